@@ -1,0 +1,115 @@
+# cython: language_level=3, boundscheck=False, wraparound=False
+"""Incremental frame splitter: the byte-level core of edge_agent.protocol.
+
+One job: take stream bytes in arbitrary pieces and hand back whole frames, checking each
+header (magic, version, body length against the limit) before any body byte is buffered
+beyond it. It does no I/O and knows nothing of methods or protobuf; edge_agent.protocol is
+the Python API over it and documents the header layout.
+"""
+from cpython.bytes cimport PyBytes_FromStringAndSize
+from libc.stdint cimport uint8_t, uint16_t, uint32_t
+
+cdef enum:
+    HEADER_SIZE = 16
+    MAGIC0 = 0x45  # 'E'
+    MAGIC1 = 0x41  # 'A'
+    VERSION = 1
+    # Status codes for framing faults (gRPC numbering, as in edge_agent.errors).
+    INVALID_ARGUMENT = 3
+    RESOURCE_EXHAUSTED = 8
+
+
+class FramingError(Exception):
+    """The stream cannot be split any further: the connection must be closed after replying.
+
+    `code` is the status to reply with, `request_id` the id the bad frame carried (0 when the
+    header itself is unreadable).
+    """
+
+    def __init__(self, int code, str message, unsigned int request_id=0):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+
+
+cdef inline uint16_t _u16(const uint8_t* p) nogil:
+    return <uint16_t>p[0] | (<uint16_t>p[1] << 8)
+
+
+cdef inline uint32_t _u32(const uint8_t* p) nogil:
+    return (<uint32_t>p[0] | (<uint32_t>p[1] << 8) | (<uint32_t>p[2] << 16)
+            | (<uint32_t>p[3] << 24))
+
+
+cdef class FrameSplitter:
+    """feed() bytes, then call next() until it returns None.
+
+    next() returns (kind, method, status, request_id, body) for each whole frame, in order.
+    """
+
+    cdef bytearray _buf
+    cdef Py_ssize_t _start
+    cdef readonly unsigned long long max_body
+    cdef bint _failed
+
+    def __cinit__(self, unsigned long long max_body):
+        self._buf = bytearray()
+        self._start = 0
+        self.max_body = max_body
+        self._failed = False
+
+    def feed(self, data):
+        if self._start and self._start == len(self._buf):
+            # Everything buffered was consumed: start afresh instead of growing.
+            del self._buf[:]
+            self._start = 0
+        self._buf += data
+
+    @property
+    def pending(self):
+        """Bytes received that do not yet make a whole frame."""
+        return len(self._buf) - self._start
+
+    def next(self):
+        cdef Py_ssize_t avail = len(self._buf) - self._start
+        cdef const uint8_t* p
+        cdef uint32_t body_len, request_id
+        cdef uint8_t kind
+        cdef uint16_t method, status
+        if self._failed:
+            raise FramingError(INVALID_ARGUMENT, "the stream is out of step after an earlier error")
+        if avail < HEADER_SIZE:
+            return None
+        p = <const uint8_t*>(<char*>self._buf) + self._start
+        request_id = _u32(p + 8)
+        if p[0] != MAGIC0 or p[1] != MAGIC1:
+            self._failed = True
+            raise FramingError(
+                INVALID_ARGUMENT,
+                "not an edge-agent frame: expected magic 'EA', got %s" % bytes(p[0:2]).hex())
+        if p[2] != VERSION:
+            self._failed = True
+            raise FramingError(
+                INVALID_ARGUMENT,
+                "unsupported protocol version %d (this agent speaks %d)" % (p[2], VERSION),
+                request_id)
+        kind = p[3]
+        method = _u16(p + 4)
+        status = _u16(p + 6)
+        body_len = _u32(p + 12)
+        if body_len > self.max_body:
+            self._failed = True
+            raise FramingError(
+                RESOURCE_EXHAUSTED,
+                "frame body of %d bytes exceeds the limit of %d bytes" % (body_len, self.max_body),
+                request_id)
+        if avail < HEADER_SIZE + <Py_ssize_t>body_len:
+            return None
+        body = PyBytes_FromStringAndSize(<const char*>p + HEADER_SIZE, body_len)
+        self._start += HEADER_SIZE + body_len
+        if self._start > 65536 and self._start * 2 > len(self._buf):
+            # Drop consumed bytes once they dominate, so a long pipelined burst stays bounded.
+            del self._buf[:self._start]
+            self._start = 0
+        return (kind, method, status, request_id, body)

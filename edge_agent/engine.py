@@ -1,0 +1,219 @@
+"""A loaded TensorFlow Lite model: its tensor metadata and the predict path.
+
+One LoadedModel wraps one interpreter. Calls on it are serialised by its own lock; calls on
+different models run in parallel, because the runtime releases the GIL while it invokes.
+"""
+from __future__ import annotations
+
+import re
+import threading
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from edge_agent import agent_pb2 as pb
+from edge_agent.errors import AgentError, StatusCode, failed_precondition, invalid_argument
+from edge_agent.runtime import interpreter_module
+from edge_agent.tensors import byte_length, data_type_name, data_type_of, format_shape
+
+# What the runtime says when a model needs an op it does not have.
+_MISSING_OP = re.compile(
+    r"unresolved custom op: (?P<custom>[^.\s]+)"
+    r"|Didn't find op for builtin opcode '(?P<builtin>[^']+)'(?: version '(?P<version>\d+)')?")
+
+
+@dataclass
+class TensorSpec:
+    """One input or output of the model as the wire sees it."""
+    name: str
+    name_bytes: bytes
+    index: int                  # the interpreter's tensor index
+    dtype: np.dtype
+    data_type: int              # wire DataType
+    signature: tuple[int, ...]  # -1 where the dimension is dynamic
+    shape: tuple[int, ...]      # the shape currently allocated
+
+    @property
+    def dynamic(self) -> bool:
+        return -1 in self.signature
+
+    def describe(self, shape: Sequence[int] | None = None) -> str:
+        shape = self.shape if shape is None else shape
+        return (f"{data_type_name(self.data_type)} {format_shape(shape)} "
+                f"({byte_length(self.dtype, shape)} bytes)")
+
+    def metadata(self) -> pb.TensorMetadata:
+        return pb.TensorMetadata(name=self.name_bytes, data_type=self.data_type,
+                                 shape=self.signature)
+
+
+def _spec(detail: dict, role: str) -> TensorSpec:
+    dtype = np.dtype(detail["dtype"])
+    data_type = data_type_of(dtype)
+    if data_type is None:
+        raise failed_precondition(
+            f"{role} '{detail['name']}' has type {dtype}, which the API cannot carry")
+    shape = tuple(int(d) for d in detail["shape"])
+    signature = tuple(int(d) for d in detail.get("shape_signature", shape)) or shape
+    return TensorSpec(detail["name"], detail["name"].encode(), detail["index"], dtype, data_type,
+                      signature, shape)
+
+
+def _missing_op_message(error: Exception) -> str | None:
+    match = _MISSING_OP.search(str(error))
+    if match is None:
+        return None
+    if match["custom"]:
+        return f"the model needs the custom op '{match['custom']}', which this runtime does not have"
+    version = f" version {match['version']}" if match["version"] else ""
+    return f"the model needs the builtin op {match['builtin']}{version}, which this runtime does not have"
+
+
+def create_interpreter(content: bytes, num_threads: int, delegates: Sequence = ()):
+    """A ready interpreter for the model bytes; FAILED_PRECONDITION naming what is wrong."""
+    Interpreter = interpreter_module().Interpreter
+    try:
+        interpreter = Interpreter(model_content=content, num_threads=num_threads,
+                                  experimental_delegates=list(delegates) or None)
+        interpreter.allocate_tensors()
+    except (ValueError, RuntimeError) as e:
+        reason = _missing_op_message(e)
+        if reason is None:
+            first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            reason = f"the runtime refused the model: {first_line}"
+        raise failed_precondition(reason) from None
+    return interpreter
+
+
+class LoadedModel:
+    def __init__(self, name: str, url: str, interpreter, footprint: int):
+        self.name = name
+        self.url = url
+        self.footprint = footprint  # bytes reserved against the memory budget
+        self._interpreter = interpreter
+        self._lock = threading.Lock()
+        self.inputs = [_spec(d, "input") for d in interpreter.get_input_details()]
+        self.outputs = [_spec(d, "output") for d in interpreter.get_output_details()]
+        self._inputs_by_name = {spec.name_bytes: i for i, spec in enumerate(self.inputs)}
+
+    def describe(self) -> pb.Model:
+        return pb.Model(
+            url=self.url, name=self.name,
+            input_tensor_metadatas=[s.metadata() for s in self.inputs],
+            output_tensor_metadatas=[s.metadata() for s in self.outputs])
+
+    # --- predict ----------------------------------------------------------------------------
+
+    def predict(self, tensors: Sequence[pb.Tensor], reader=None) -> list[pb.Tensor]:
+        """Outputs for the request's input tensors; INVALID_ARGUMENT when they do not fit.
+
+        `reader` turns a shared-memory handle into bytes; without one, such tensors are refused.
+        """
+        arrays = self._bind_inputs(tensors, reader)
+        interpreter = self._interpreter
+        with self._lock:
+            self._fit_shapes(arrays)
+            for spec, array in zip(self.inputs, arrays):
+                interpreter.set_tensor(spec.index, array)
+            interpreter.invoke()
+            return [self._output_tensor(spec) for spec in self.outputs]
+
+    def _output_tensor(self, spec: TensorSpec) -> pb.Tensor:
+        view = self._interpreter.tensor(spec.index)()
+        md = pb.TensorMetadata(name=spec.name_bytes, data_type=spec.data_type, shape=view.shape)
+        data = view.tobytes()
+        del view  # the runtime refuses to invoke while views into its buffers are alive
+        return pb.Tensor(tensor_metadata=md, byte_data=data)
+
+    def _fit_shapes(self, arrays: Sequence[np.ndarray]) -> None:
+        """Resize dynamic inputs to this call's shapes; the caller holds the lock."""
+        resized = False
+        for spec, array in zip(self.inputs, arrays):
+            if array.shape != spec.shape:
+                self._interpreter.resize_tensor_input(spec.index, array.shape, strict=True)
+                spec.shape = array.shape
+                resized = True
+        if resized:
+            try:
+                self._interpreter.allocate_tensors()
+            except RuntimeError as e:
+                raise invalid_argument(f"model '{self.name}' cannot take these shapes: {e}") from None
+
+    def _bind_inputs(self, tensors: Sequence[pb.Tensor], reader) -> list[np.ndarray]:
+        """The request's tensors as arrays in the model's input order, each checked."""
+        if len(tensors) != len(self.inputs):
+            names = ", ".join(s.name for s in self.inputs)
+            raise invalid_argument(
+                f"model '{self.name}' takes {len(self.inputs)} input(s) ({names}), "
+                f"got {len(tensors)}")
+        named = [t.HasField("tensor_metadata") and bool(t.tensor_metadata.name) for t in tensors]
+        if all(named):
+            order = self._order_by_name(tensors)
+        elif not any(named):
+            order = range(len(tensors))
+        else:
+            raise invalid_argument(
+                "name every input tensor or none: inputs are matched by name when named, "
+                "else by position")
+        arrays: list[np.ndarray] = [None] * len(self.inputs)  # type: ignore[list-item]
+        for tensor, position in zip(tensors, order):
+            arrays[position] = self._to_array(tensor, self.inputs[position], reader)
+        return arrays
+
+    def _order_by_name(self, tensors: Sequence[pb.Tensor]) -> list[int]:
+        order = []
+        seen = set()
+        for t in tensors:
+            name = t.tensor_metadata.name
+            position = self._inputs_by_name.get(name)
+            if position is None:
+                names = ", ".join(s.name for s in self.inputs)
+                raise invalid_argument(
+                    f"model '{self.name}' has no input {name.decode('utf-8', 'replace')!r} "
+                    f"(its inputs: {names})")
+            if position in seen:
+                raise invalid_argument(
+                    f"input '{self.inputs[position].name}' is given more than once")
+            seen.add(position)
+            order.append(position)
+        return order
+
+    def _to_array(self, tensor: pb.Tensor, spec: TensorSpec, reader) -> np.ndarray:
+        shape = self._requested_shape(tensor, spec)
+        which = tensor.WhichOneof("data")
+        if which == "byte_data":
+            data = tensor.byte_data
+        elif which == "shared_memory_handle":
+            if reader is None:
+                raise AgentError(StatusCode.UNIMPLEMENTED,
+                                 "shared-memory tensors are not supported by this agent")
+            data = reader(tensor.shared_memory_handle, byte_length(spec.dtype, shape), spec.name)
+        else:
+            raise invalid_argument(f"input '{spec.name}' carries no data (neither byte_data "
+                                   "nor shared_memory_handle is set)")
+        expected = byte_length(spec.dtype, shape)
+        if len(data) != expected:
+            raise invalid_argument(
+                f"input '{spec.name}': expected {spec.describe(shape)}, got {len(data)} bytes")
+        return np.frombuffer(data, dtype=spec.dtype).reshape(shape)
+
+    def _requested_shape(self, tensor: pb.Tensor, spec: TensorSpec) -> tuple[int, ...]:
+        """The shape this call feeds: the request's, checked against the model's signature."""
+        if not tensor.HasField("tensor_metadata"):
+            return spec.shape
+        md = tensor.tensor_metadata
+        if md.data_type != spec.data_type:
+            raise invalid_argument(
+                f"input '{spec.name}': expected {spec.describe()}, got "
+                f"{data_type_name(md.data_type)}")
+        shape = tuple(md.shape)
+        if not shape and spec.signature:
+            return spec.shape  # metadata without a shape: the model's own
+        fits = len(shape) == len(spec.signature) and all(
+            want in (-1, got) and got >= 0 for want, got in zip(spec.signature, shape))
+        if not fits:
+            raise invalid_argument(
+                f"input '{spec.name}': expected shape {format_shape(spec.signature)}"
+                f"{' (-1: any size)' if spec.dynamic else ''}, got {format_shape(shape)}")
+        return shape

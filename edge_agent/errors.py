@@ -1,0 +1,61 @@
+"""Status codes and the one exception type every layer of the agent raises.
+
+The codes are gRPC's, by name and number, so the framed socket protocol and the gRPC front
+report the same thing and clients written for the original agent recognise them.
+"""
+from __future__ import annotations
+
+import enum
+
+
+class StatusCode(enum.IntEnum):
+    OK = 0
+    CANCELLED = 1
+    UNKNOWN = 2
+    INVALID_ARGUMENT = 3
+    DEADLINE_EXCEEDED = 4
+    NOT_FOUND = 5
+    ALREADY_EXISTS = 6
+    PERMISSION_DENIED = 7
+    RESOURCE_EXHAUSTED = 8
+    FAILED_PRECONDITION = 9
+    ABORTED = 10
+    OUT_OF_RANGE = 11
+    UNIMPLEMENTED = 12
+    INTERNAL = 13
+    UNAVAILABLE = 14
+    DATA_LOSS = 15
+    UNAUTHENTICATED = 16
+
+    @classmethod
+    def from_wire(cls, value: int) -> "StatusCode":
+        """A code read off the wire; one this version does not know is UNKNOWN."""
+        try:
+            return cls(value)
+        except ValueError:
+            return cls.UNKNOWN
+
+
+class AgentError(Exception):
+    """A failed call: `code` says what kind of failure, `message` what to do about it."""
+
+    def __init__(self, code: StatusCode, message: str):
+        super().__init__(f"{code.name}: {message}")
+        self.code = StatusCode(code)
+        self.message = message
+
+
+def invalid_argument(message: str) -> AgentError:
+    return AgentError(StatusCode.INVALID_ARGUMENT, message)
+
+
+def not_found(message: str) -> AgentError:
+    return AgentError(StatusCode.NOT_FOUND, message)
+
+
+def failed_precondition(message: str) -> AgentError:
+    return AgentError(StatusCode.FAILED_PRECONDITION, message)
+
+
+def resource_exhausted(message: str) -> AgentError:
+    return AgentError(StatusCode.RESOURCE_EXHAUSTED, message)

@@ -1,0 +1,47 @@
+"""Builds the edge_agent package and compiles its Cython modules from cext/."""
+import os
+
+from Cython.Build import cythonize
+from setuptools import Extension, find_packages, setup
+
+# Each module in cext/ becomes edge_agent.<module>; they need only libc and Python headers,
+# so cross/ can compile them with a cross compiler.
+EXTENSIONS = [
+    Extension("edge_agent._framing", ["cext/_framing.pyx"]),
+]
+
+here = os.path.dirname(os.path.abspath(__file__))
+with open(os.path.join(here, "edge_agent", "VERSION")) as f:
+    version = f.read().strip()
+
+setup(
+    name="edge-agent",
+    version=version,
+    description="A lean model-serving agent for small Linux boards, speaking the Edge Manager agent.proto",
+    long_description=open(os.path.join(here, "README.md")).read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.9",
+    packages=find_packages(include=["edge_agent", "edge_agent.*"]),
+    package_data={"edge_agent": ["VERSION", "*.pyi", "py.typed"]},
+    ext_modules=cythonize(
+        EXTENSIONS,
+        compiler_directives={"language_level": "3"},
+        quiet=True,
+    ),
+    install_requires=[
+        # tflite-runtime 2.14 is built against NumPy 1.x; LiteRT supports NumPy 2.
+        "numpy>=1.23,<2; python_version < '3.12'",
+        "numpy>=1.23; python_version >= '3.12'",
+        "protobuf>=7.35.1",  # the generated agent_pb2.py checks for this runtime
+        "tflite-runtime==2.14.*; python_version < '3.12' and platform_machine != 'armv7l'",
+        "ai-edge-litert; python_version >= '3.12'",
+        # The demo and bench build their models with the TFLite schema's flatbuffers code.
+        "tflite>=2.18",
+        "flatbuffers>=24.3.25",
+    ],
+    extras_require={
+        "grpc": ["grpcio>=1.60"],
+    },
+    entry_points={"console_scripts": ["edge-agent = edge_agent.cli:main"]},
+)
