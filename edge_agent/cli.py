@@ -169,6 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--workdir", help="directory for the demo's files (default: a temporary one)")
     demo.set_defaults(func=lambda a: __import__("edge_agent.demo", fromlist=["run"]).run(a))
 
+    # --- model packages: keygen, package, verify ---
+
     bench = sub.add_parser("bench", help="measure Predict round trips against in-process invoke")
     bench.add_argument("--iterations", type=int, default=2000)
     bench.add_argument("--json", action="store_true", help="print the results as JSON")

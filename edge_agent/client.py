@@ -20,7 +20,8 @@ import numpy as np
 from edge_agent import agent_pb2 as pb
 from edge_agent.errors import AgentError, StatusCode
 from edge_agent.protocol import FrameDecoder, Method, encode_request
-from edge_agent.tensors import array_to_tensor, dtype_of, tensor_to_array
+from edge_agent.sockets import default_busy_poll_us, recv_into_polling
+from edge_agent.tensors import add_array, dtype_of, tensor_to_array
 
 DEFAULT_SOCKET = "/tmp/edge-agent.sock"
 # Replies are bounded by what the agent sends; this only stops a corrupt length from
@@ -58,8 +59,12 @@ Inputs = Union[Sequence[np.ndarray], Mapping[str, np.ndarray]]
 class AgentClient:
     """One connection to the agent. Thread-safe: calls from several threads take turns."""
 
-    def __init__(self, socket_path: str = DEFAULT_SOCKET, timeout: float | None = None):
+    def __init__(self, socket_path: str = DEFAULT_SOCKET, timeout: float | None = None,
+                 busy_poll_us: int | None = None):
+        """`timeout`: seconds to wait for a reply (None: for ever). `busy_poll_us`: how long
+        to spin for a reply before sleeping (default: 50 on multi-core machines, else 0)."""
         self.socket_path = socket_path
+        self._spin = (default_busy_poll_us() if busy_poll_us is None else busy_poll_us) / 1e6
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._sock.settimeout(timeout)
         try:
@@ -103,15 +108,15 @@ class AgentClient:
 
     def predict(self, name: str, inputs: Inputs) -> "OrderedDict[str, np.ndarray]":
         """Outputs by name, in the model's order. `inputs`: arrays by position, or by name."""
-        request = pb.PredictRequest(name=name, tensors=self._tensors(inputs))
+        request = pb.PredictRequest(name=name)
+        if isinstance(inputs, Mapping):
+            for input_name, array in inputs.items():
+                add_array(request.tensors, input_name, np.asarray(array))
+        else:
+            for array in inputs:
+                add_array(request.tensors, "", np.asarray(array))
         reply = self.call(Method.PREDICT, request, pb.PredictResponse)
         return OrderedDict(tensor_to_array(t) for t in reply.tensors)
-
-    @staticmethod
-    def _tensors(inputs: Inputs) -> list[pb.Tensor]:
-        if isinstance(inputs, Mapping):
-            return [array_to_tensor(name, np.asarray(a)) for name, a in inputs.items()]
-        return [array_to_tensor("", np.asarray(a)) for a in inputs]
 
     # --- the wire ---------------------------------------------------------------------------
 
@@ -133,7 +138,7 @@ class AgentClient:
                     return frame
                 if frame.request_id == 0 and frame.status != StatusCode.OK:
                     return frame  # a connection-level error: the agent is closing on us
-            received = self._sock.recv_into(self._buffer)
+            received = recv_into_polling(self._sock, self._buffer, self._spin)
             if not received:
                 raise AgentError(StatusCode.UNAVAILABLE,
                                  "the agent closed the connection before replying")

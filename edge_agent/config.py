@@ -13,6 +13,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
+from edge_agent.sockets import default_busy_poll_us
+
 log = logging.getLogger(__name__)
 
 
@@ -76,9 +78,19 @@ class AgentConfig:
     edge_agent_send_timeout_seconds: float = _setting(
         30.0, "A client that does not read its reply for this long is disconnected.",
         kind=float, minimum=0.001)
+    edge_agent_busy_poll_us: int = _setting(
+        None, "Microseconds to spin for a client's next request before sleeping (0: never). "
+        "Saves the wake-up on back-to-back calls (default: 50 on multi-core boards, else 0).",
+        kind=int, minimum=0, default_factory=lambda: default_busy_poll_us())
     edge_agent_state_dir: str = _setting(
         "/tmp/edge-agent-state", "Directory for the agent's own state (unpacked packages, "
         "capture journal).")
+
+    # --- Shared memory ---------------------------------------------------------------------
+
+    # --- Model packages --------------------------------------------------------------------
+
+    # --- Capture ---------------------------------------------------------------------------
 
     # --- Edge Manager keys ----------------------------------------------------------------
     sagemaker_edge_core_device_name: str = _setting("", "Name of this device, recorded in captures.")

@@ -28,11 +28,21 @@ class TensorSpec:
     """One input or output of the model as the wire sees it."""
     name: str
     name_bytes: bytes
+    position: int               # place among the model's inputs or outputs
     index: int                  # the interpreter's tensor index
     dtype: np.dtype
     data_type: int              # wire DataType
     signature: tuple[int, ...]  # -1 where the dimension is dynamic
     shape: tuple[int, ...]      # the shape currently allocated
+
+    def __post_init__(self) -> None:
+        self.set_shape(self.shape)
+
+    def set_shape(self, shape: tuple[int, ...]) -> None:
+        # Derived once per shape, not per call: the predict path compares against these.
+        self.shape = shape
+        self.shape_list = list(shape)
+        self.nbytes = byte_length(self.dtype, shape)
 
     @property
     def dynamic(self) -> bool:
@@ -43,12 +53,12 @@ class TensorSpec:
         return (f"{data_type_name(self.data_type)} {format_shape(shape)} "
                 f"({byte_length(self.dtype, shape)} bytes)")
 
-    def metadata(self) -> pb.TensorMetadata:
+    def metadata(self, shape: Sequence[int] | None = None) -> pb.TensorMetadata:
         return pb.TensorMetadata(name=self.name_bytes, data_type=self.data_type,
-                                 shape=self.signature)
+                                 shape=self.signature if shape is None else shape)
 
 
-def _spec(detail: dict, role: str) -> TensorSpec:
+def _spec(detail: dict, role: str, position: int) -> TensorSpec:
     dtype = np.dtype(detail["dtype"])
     data_type = data_type_of(dtype)
     if data_type is None:
@@ -56,8 +66,8 @@ def _spec(detail: dict, role: str) -> TensorSpec:
             f"{role} '{detail['name']}' has type {dtype}, which the API cannot carry")
     shape = tuple(int(d) for d in detail["shape"])
     signature = tuple(int(d) for d in detail.get("shape_signature", shape)) or shape
-    return TensorSpec(detail["name"], detail["name"].encode(), detail["index"], dtype, data_type,
-                      signature, shape)
+    return TensorSpec(detail["name"], detail["name"].encode(), position, detail["index"], dtype,
+                      data_type, signature, shape)
 
 
 def _missing_op_message(error: Exception) -> str | None:
@@ -93,9 +103,9 @@ class LoadedModel:
         self.footprint = footprint  # bytes reserved against the memory budget
         self._interpreter = interpreter
         self._lock = threading.Lock()
-        self.inputs = [_spec(d, "input") for d in interpreter.get_input_details()]
-        self.outputs = [_spec(d, "output") for d in interpreter.get_output_details()]
-        self._inputs_by_name = {spec.name_bytes: i for i, spec in enumerate(self.inputs)}
+        self.inputs = [_spec(d, "input", i) for i, d in enumerate(interpreter.get_input_details())]
+        self.outputs = [_spec(d, "output", i) for i, d in enumerate(interpreter.get_output_details())]
+        self._inputs_by_name = {spec.name_bytes: spec for spec in self.inputs}
 
     def describe(self) -> pb.Model:
         return pb.Model(
@@ -105,10 +115,12 @@ class LoadedModel:
 
     # --- predict ----------------------------------------------------------------------------
 
-    def predict(self, tensors: Sequence[pb.Tensor], reader=None) -> list[pb.Tensor]:
-        """Outputs for the request's input tensors; INVALID_ARGUMENT when they do not fit.
+    def predict(self, tensors: Sequence[pb.Tensor], response: pb.PredictResponse,
+                reader=None) -> None:
+        """Fill response with the outputs for the request's input tensors.
 
-        `reader` turns a shared-memory handle into bytes; without one, such tensors are refused.
+        INVALID_ARGUMENT when the inputs do not fit the model. `reader` turns a shared-memory
+        handle into a buffer; without one, such tensors are refused.
         """
         arrays = self._bind_inputs(tensors, reader)
         interpreter = self._interpreter
@@ -117,14 +129,13 @@ class LoadedModel:
             for spec, array in zip(self.inputs, arrays):
                 interpreter.set_tensor(spec.index, array)
             interpreter.invoke()
-            return [self._output_tensor(spec) for spec in self.outputs]
-
-    def _output_tensor(self, spec: TensorSpec) -> pb.Tensor:
-        view = self._interpreter.tensor(spec.index)()
-        md = pb.TensorMetadata(name=spec.name_bytes, data_type=spec.data_type, shape=view.shape)
-        data = view.tobytes()
-        del view  # the runtime refuses to invoke while views into its buffers are alive
-        return pb.Tensor(tensor_metadata=md, byte_data=data)
+            for spec in self.outputs:
+                view = interpreter.tensor(spec.index)()
+                md = response.tensors.add(byte_data=view.tobytes()).tensor_metadata
+                md.name = spec.name_bytes
+                md.data_type = spec.data_type
+                md.shape.extend(view.shape)
+                del view  # the runtime refuses to invoke while views into its buffers live
 
     def _fit_shapes(self, arrays: Sequence[np.ndarray]) -> None:
         """Resize dynamic inputs to this call's shapes; the caller holds the lock."""
@@ -132,7 +143,7 @@ class LoadedModel:
         for spec, array in zip(self.inputs, arrays):
             if array.shape != spec.shape:
                 self._interpreter.resize_tensor_input(spec.index, array.shape, strict=True)
-                spec.shape = array.shape
+                spec.set_shape(array.shape)
                 resized = True
         if resized:
             try:
@@ -142,45 +153,42 @@ class LoadedModel:
 
     def _bind_inputs(self, tensors: Sequence[pb.Tensor], reader) -> list[np.ndarray]:
         """The request's tensors as arrays in the model's input order, each checked."""
-        if len(tensors) != len(self.inputs):
-            names = ", ".join(s.name for s in self.inputs)
+        inputs = self.inputs
+        if len(tensors) != len(inputs):
+            names = ", ".join(s.name for s in inputs)
             raise invalid_argument(
-                f"model '{self.name}' takes {len(self.inputs)} input(s) ({names}), "
-                f"got {len(tensors)}")
-        named = [t.HasField("tensor_metadata") and bool(t.tensor_metadata.name) for t in tensors]
-        if all(named):
-            order = self._order_by_name(tensors)
-        elif not any(named):
-            order = range(len(tensors))
+                f"model '{self.name}' takes {len(inputs)} input(s) ({names}), got {len(tensors)}")
+        # An unset tensor_metadata reads as the empty default, so this needs no HasField.
+        names = [t.tensor_metadata.name for t in tensors]
+        if all(names):
+            specs = self._specs_by_name(names)
+        elif not any(names):
+            specs = inputs
         else:
             raise invalid_argument(
                 "name every input tensor or none: inputs are matched by name when named, "
                 "else by position")
-        arrays: list[np.ndarray] = [None] * len(self.inputs)  # type: ignore[list-item]
-        for tensor, position in zip(tensors, order):
-            arrays[position] = self._to_array(tensor, self.inputs[position], reader)
+        arrays: list = [None] * len(inputs)
+        for tensor, spec in zip(tensors, specs):
+            arrays[spec.position] = self._to_array(tensor, spec, reader)
         return arrays
 
-    def _order_by_name(self, tensors: Sequence[pb.Tensor]) -> list[int]:
-        order = []
-        seen = set()
-        for t in tensors:
-            name = t.tensor_metadata.name
-            position = self._inputs_by_name.get(name)
-            if position is None:
-                names = ", ".join(s.name for s in self.inputs)
+    def _specs_by_name(self, names: Sequence[bytes]) -> list[TensorSpec]:
+        specs = []
+        for name in names:
+            spec = self._inputs_by_name.get(name)
+            if spec is None:
+                known = ", ".join(s.name for s in self.inputs)
                 raise invalid_argument(
                     f"model '{self.name}' has no input {name.decode('utf-8', 'replace')!r} "
-                    f"(its inputs: {names})")
-            if position in seen:
-                raise invalid_argument(
-                    f"input '{self.inputs[position].name}' is given more than once")
-            seen.add(position)
-            order.append(position)
-        return order
+                    f"(its inputs: {known})")
+            specs.append(spec)
+        if len(set(names)) != len(names):
+            raise invalid_argument("an input tensor name is given more than once")
+        return specs
 
     def _to_array(self, tensor: pb.Tensor, spec: TensorSpec, reader) -> np.ndarray:
-        shape = self._requested_shape(tensor, spec)
+        shape, nbytes = self._requested_shape(tensor, spec)
         which = tensor.WhichOneof("data")
         if which == "byte_data":
             data = tensor.byte_data
@@ -188,32 +196,36 @@ class LoadedModel:
             if reader is None:
                 raise AgentError(StatusCode.UNIMPLEMENTED,
                                  "shared-memory tensors are not supported by this agent")
-            data = reader(tensor.shared_memory_handle, byte_length(spec.dtype, shape), spec.name)
+            data = reader(tensor.shared_memory_handle, nbytes, spec.name)
         else:
             raise invalid_argument(f"input '{spec.name}' carries no data (neither byte_data "
                                    "nor shared_memory_handle is set)")
-        expected = byte_length(spec.dtype, shape)
-        if len(data) != expected:
+        if len(data) != nbytes:
             raise invalid_argument(
                 f"input '{spec.name}': expected {spec.describe(shape)}, got {len(data)} bytes")
         return np.frombuffer(data, dtype=spec.dtype).reshape(shape)
 
-    def _requested_shape(self, tensor: pb.Tensor, spec: TensorSpec) -> tuple[int, ...]:
-        """The shape this call feeds: the request's, checked against the model's signature."""
+    def _requested_shape(self, tensor: pb.Tensor, spec: TensorSpec) -> tuple[tuple[int, ...], int]:
+        """This call's shape and byte length: the request's, checked against the signature.
+
+        Without metadata, or with metadata that gives no shape, the model's own shape is meant
+        (the original API made the metadata optional in a PredictRequest).
+        """
         if not tensor.HasField("tensor_metadata"):
-            return spec.shape
+            return spec.shape, spec.nbytes
         md = tensor.tensor_metadata
         if md.data_type != spec.data_type:
             raise invalid_argument(
                 f"input '{spec.name}': expected {spec.describe()}, got "
                 f"{data_type_name(md.data_type)}")
-        shape = tuple(md.shape)
-        if not shape and spec.signature:
-            return spec.shape  # metadata without a shape: the model's own
+        requested = md.shape
+        if not requested or requested == spec.shape_list:
+            return spec.shape, spec.nbytes
+        shape = tuple(requested)
         fits = len(shape) == len(spec.signature) and all(
             want in (-1, got) and got >= 0 for want, got in zip(spec.signature, shape))
         if not fits:
             raise invalid_argument(
                 f"input '{spec.name}': expected shape {format_shape(spec.signature)}"
                 f"{' (-1: any size)' if spec.dynamic else ''}, got {format_shape(shape)}")
-        return shape
+        return shape, byte_length(spec.dtype, shape)

@@ -26,6 +26,7 @@ from edge_agent.errors import AgentError, StatusCode
 from edge_agent.protocol import (FrameDecoder, FramingError, Kind, Method, encode_error,
                                  encode_reply)
 from edge_agent.service import RPCS, AgentService, Caller
+from edge_agent.sockets import recv_into_polling
 
 log = logging.getLogger(__name__)
 
@@ -254,10 +255,11 @@ class Connection:
         buffer = bytearray(RECV_BYTES)
         view = memoryview(buffer)
         frame_started = None  # when the incomplete frame in the decoder began to arrive
+        spin = self.server.config.edge_agent_busy_poll_us / 1e6
         try:
             while True:
                 try:
-                    received = conn.recv_into(buffer)
+                    received = recv_into_polling(conn, buffer, spin)
                 except BlockingIOError:  # SO_RCVTIMEO: the client stopped mid-frame
                     self._fail_stalled()
                     return

@@ -170,8 +170,9 @@ class AgentService:
     # --- data plane ---------------------------------------------------------------------------
 
     def predict(self, request: pb.PredictRequest, caller: Caller = IN_PROCESS) -> pb.PredictResponse:
-        model = self._model(request.name)
-        return pb.PredictResponse(tensors=model.predict(request.tensors))
+        response = pb.PredictResponse()
+        self._model(request.name).predict(request.tensors, response)
+        return response
 
     def capture_data(self, request: pb.CaptureDataRequest, caller: Caller = IN_PROCESS):
         raise AgentError(StatusCode.UNIMPLEMENTED, "CaptureData is not implemented yet")

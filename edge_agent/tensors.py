@@ -58,16 +58,17 @@ def metadata(name: str, dtype: np.dtype, shape: Sequence[int]) -> pb.TensorMetad
     return pb.TensorMetadata(name=name.encode(), data_type=_DATATYPE_BY_DTYPE[dtype], shape=shape)
 
 
-def array_to_tensor(name: str, array: np.ndarray) -> pb.Tensor:
-    """A byte_data Tensor of a NumPy array (C order), with full metadata."""
-    data_type = data_type_of(array.dtype)
+def add_array(tensors, name: str, array: np.ndarray) -> pb.Tensor:
+    """Append a byte_data Tensor holding `array` (C order) with full metadata to `tensors`."""
+    data_type = _DATATYPE_BY_DTYPE.get(array.dtype)
     if data_type is None:
         raise TypeError(f"tensor {name!r}: dtype {array.dtype} has no wire DataType")
-    return pb.Tensor(
-        tensor_metadata=pb.TensorMetadata(name=name.encode(), data_type=data_type,
-                                          shape=array.shape),
-        byte_data=np.ascontiguousarray(array).tobytes(),
-    )
+    tensor = tensors.add(byte_data=array.tobytes())
+    md = tensor.tensor_metadata
+    md.name = name.encode()
+    md.data_type = data_type
+    md.shape.extend(array.shape)
+    return tensor
 
 
 def tensor_to_array(tensor: pb.Tensor) -> tuple[str, np.ndarray]:
