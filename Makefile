@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: all setup demo test bench proto clean
+.PHONY: all setup demo test bench proto docs clean
 
 all: setup
 
@@ -34,3 +34,7 @@ proto: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info edge_agent/*.so cext/*.c .pytest_cache .hypothesis
+
+# Regenerate the key table of docs/CONFIGURATION.md from edge_agent/config.py.
+docs: $(STAMP)
+	$(PY) -m edge_agent.docs_tables

@@ -71,6 +71,11 @@ cdef class FrameSplitter:
         """Bytes received that do not yet make a whole frame."""
         return len(self._buf) - self._start
 
+    @property
+    def buffered(self):
+        """Bytes held, consumed or not: bounded however long the stream runs."""
+        return len(self._buf)
+
     def next(self):
         cdef Py_ssize_t avail = len(self._buf) - self._start
         cdef const uint8_t* p

@@ -86,6 +86,11 @@ class FrameDecoder:
         """Bytes of a frame not yet complete; non-zero at end of stream means it was cut short."""
         return self._splitter.pending
 
+    @property
+    def buffered_bytes(self) -> int:
+        """Memory the decoder holds, consumed bytes included."""
+        return self._splitter.buffered
+
     def end_of_stream(self) -> None:
         """Call when the peer closed its side: raises FramingError for a frame cut short."""
         if self._splitter.pending:

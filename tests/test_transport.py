@@ -1,0 +1,343 @@
+"""The socket front under abuse: after each, the agent keeps serving everyone else."""
+from __future__ import annotations
+
+import os
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from edge_agent import agent_pb2 as pb
+from edge_agent import model_builder
+from edge_agent.errors import AgentError, StatusCode
+from edge_agent.protocol import HEADER, FrameDecoder, Kind, Method, encode_request
+
+
+def raw_connection(agent) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(10)
+    sock.connect(agent.socket_path)
+    return sock
+
+
+def read_replies(sock: socket.socket, count: int = 1):
+    """Read `count` reply frames, or all there are until the agent closes."""
+    decoder, frames = FrameDecoder(1 << 30), []
+    while len(frames) < count:
+        data = sock.recv(65536)
+        if not data:
+            break
+        decoder.feed(data)
+        frames.extend(decoder.frames())
+    return frames
+
+
+def closed_by_peer(sock: socket.socket) -> bool:
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+
+
+def assert_serving(agent):
+    assert agent.alive(), agent.log()
+    with agent.client() as client:
+        assert isinstance(client.list_models(), list)
+
+
+def test_garbage_bytes_get_an_error_and_a_close(agent):
+    sock = raw_connection(agent)
+    sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    [reply] = read_replies(sock)
+    assert reply.kind == Kind.REPLY and reply.status == StatusCode.INVALID_ARGUMENT
+    assert b"not an edge-agent frame" in reply.body
+    assert closed_by_peer(sock)
+    assert_serving(agent)
+
+
+def test_oversize_length_prefix_is_refused_before_allocating(start_agent):
+    agent = start_agent(edge_agent_max_frame_bytes=1024 * 1024)
+    rss_before = agent.rss_kb()
+    sock = raw_connection(agent)
+    sock.sendall(HEADER.pack(b"EA", 1, Kind.REQUEST, Method.PREDICT, 0, 42, 2**32 - 1))
+    [reply] = read_replies(sock)
+    assert reply.status == StatusCode.RESOURCE_EXHAUSTED and reply.request_id == 42
+    assert b"exceeds the limit of 1048576 bytes" in reply.body
+    assert closed_by_peer(sock)
+    assert agent.rss_kb() - rss_before < 10 * 1024  # nothing near 4 GiB was allocated
+    assert_serving(agent)
+
+
+def test_a_frame_cut_short_leaves_the_agent_serving(agent):
+    sock = raw_connection(agent)
+    frame = encode_request(Method.LIST_MODELS, 1, b"\x00" * 100)
+    sock.sendall(frame[:40])
+    sock.close()
+    assert_serving(agent)
+    assert "middle of a frame" in agent.log() or agent.alive()
+
+
+def test_a_stalled_client_is_dropped_and_blocks_nobody(start_agent):
+    agent = start_agent(edge_agent_frame_timeout_seconds=1.0)
+    stalled = raw_connection(agent)
+    stalled.sendall(encode_request(Method.LIST_MODELS, 7, b"")[:10])  # half a header, then silence
+    half_open = raw_connection(agent)  # connected, never sends a byte
+    with agent.client() as client:  # others are served meanwhile
+        for _ in range(20):
+            client.list_models()
+    [reply] = read_replies(stalled)
+    assert reply.status == StatusCode.DEADLINE_EXCEEDED
+    assert b"frame not completed within 1 s" in reply.body
+    assert closed_by_peer(stalled)
+    half_open.close()
+    assert_serving(agent)
+
+
+def test_a_trickling_client_is_dropped_too(start_agent):
+    agent = start_agent(edge_agent_frame_timeout_seconds=1.0)
+    sock = raw_connection(agent)
+    frame = encode_request(Method.LIST_MODELS, 3, b"\x00" * 64)
+    reply = None
+    for byte in frame:  # one byte every 0.2 s: each read makes progress, the frame never ends
+        try:
+            sock.sendall(bytes([byte]))
+        except (BrokenPipeError, ConnectionResetError):
+            break
+        time.sleep(0.2)
+        sock.settimeout(0.01)
+        try:
+            data = sock.recv(4096)
+        except socket.timeout:
+            continue
+        finally:
+            sock.settimeout(10)
+        decoder = FrameDecoder(1 << 20)
+        decoder.feed(data)
+        reply = next(decoder.frames())
+        break
+    assert reply is not None and reply.status == StatusCode.DEADLINE_EXCEEDED
+    assert_serving(agent)
+
+
+def test_a_client_that_never_reads_its_replies_is_dropped(start_agent, model_files):
+    agent = start_agent(edge_agent_send_timeout_seconds=1.0)
+    with agent.client() as client:
+        client.load_model("img", str(model_files["add"]))
+    sock = raw_connection(agent)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    request = encode_request(Method.LIST_MODELS, 1, b"")
+    sock.settimeout(0.5)
+    try:
+        for _ in range(200000):  # fill both socket buffers with replies nobody reads
+            sock.sendall(request)
+    except (socket.timeout, BrokenPipeError, ConnectionResetError):
+        pass
+    with agent.client() as client:
+        assert [m.name for m in client.list_models()] == ["img"]
+    deadline = time.monotonic() + 10
+    while "ended" not in agent.log() and time.monotonic() < deadline:
+        with agent.client() as client:
+            client.list_models()
+        time.sleep(0.2)
+    sock.close()
+    assert_serving(agent)
+
+
+def test_pipelined_requests_are_answered_with_their_ids(agent, model_files):
+    with agent.client() as client:
+        client.load_model("add", str(model_files["add"]))
+    built = model_builder.add_model()
+    sock = raw_connection(agent)
+    requests, expected = [], {}
+    for request_id in range(1000, 1020):
+        inputs = built.sample_inputs(seed=request_id)
+        request = pb.PredictRequest(name="add")
+        for name, array in inputs.items():
+            t = request.tensors.add(byte_data=array.tobytes())
+            t.tensor_metadata.name = name.encode()
+            t.tensor_metadata.data_type = pb.FLOAT32
+            t.tensor_metadata.shape.extend(array.shape)
+        requests.append(encode_request(Method.PREDICT, request_id, request.SerializeToString()))
+        expected[request_id] = built.reference(inputs)["sum"]
+    requests.append(encode_request(Method.DESCRIBE_MODEL, 5000,
+                                   pb.DescribeModelRequest(name="nope").SerializeToString()))
+    sock.sendall(b"".join(requests))  # all at once: the agent answers each
+    replies = read_replies(sock, len(requests))
+    assert sorted(r.request_id for r in replies) == sorted(expected) + [5000]
+    for reply in replies:
+        if reply.request_id == 5000:
+            assert reply.status == StatusCode.NOT_FOUND
+            continue
+        assert reply.status == StatusCode.OK and reply.method == Method.PREDICT
+        tensor = pb.PredictResponse.FromString(reply.body).tensors[0]
+        np.testing.assert_allclose(np.frombuffer(tensor.byte_data, np.float32).reshape(1, 4),
+                                   expected[reply.request_id], rtol=1e-6)
+
+
+def test_a_client_that_disconnects_mid_call(agent, model_files):
+    with agent.client() as client:
+        client.load_model("slow", str(model_files["slow"]))
+    inputs = model_builder.slow_model().sample_inputs()
+    for _ in range(5):
+        sock = raw_connection(agent)
+        request = pb.PredictRequest(name="slow")
+        t = request.tensors.add(byte_data=inputs["x"].tobytes())
+        sock.sendall(encode_request(Method.PREDICT, 1, request.SerializeToString()))
+        sock.close()  # gone before the reply is written
+    with agent.client() as client:
+        assert client.predict("slow", inputs)["y"].shape == (1, 1024)
+    assert_serving(agent)
+
+
+def test_many_concurrent_clients(agent, model_files):
+    built = model_builder.add_model()
+    with agent.client() as client:
+        client.load_model("add", str(model_files["add"]))
+    errors = []
+
+    def worker(seed):
+        try:
+            with agent.client() as client:
+                for i in range(30):
+                    inputs = built.sample_inputs(seed=seed * 100 + i)
+                    out = client.predict("add", inputs)["sum"]
+                    np.testing.assert_allclose(out, built.reference(inputs)["sum"], rtol=1e-6)
+        except Exception as e:  # collected: a thread's failure must fail the test
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+
+
+def test_one_client_object_shared_by_threads(agent, model_files):
+    built = model_builder.add_model()
+    errors = []
+    with agent.client() as client:
+        client.load_model("add", str(model_files["add"]))
+
+        def worker(seed):
+            try:
+                for i in range(20):
+                    inputs = built.sample_inputs(seed=seed * 100 + i)
+                    np.testing.assert_allclose(client.predict("add", inputs)["sum"],
+                                               built.reference(inputs)["sum"], rtol=1e-6)
+            except Exception as e:
+                errors.append(e)
+        threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert errors == []
+
+
+def _predict_many(agent, name, inputs, count, spans, barrier):
+    with agent.client() as client:
+        barrier.wait()
+        for _ in range(count):
+            start = time.perf_counter()
+            client.predict(name, inputs)
+            spans.append(time.perf_counter() - start)
+
+
+def test_predictions_on_two_models_run_in_parallel(agent, tmp_path):
+    """Two models, two clients: together they take clearly less than one after the other."""
+    # Compute-bound (weights stay in cache), so two cores really can run both at once.
+    heavy = model_builder.slow_model(width=256, layers=16, batch=64)
+    inputs = heavy.sample_inputs()
+    with agent.client() as client:
+        for name in ("left", "right"):
+            client.load_model(name, str(heavy.write(tmp_path / f"{name}.tflite")))
+        for name in ("left", "right"):
+            client.predict(name, inputs)  # warm up
+    count = 30
+
+    def run(names):
+        barrier = threading.Barrier(len(names))
+        spans: list[float] = []
+        threads = [threading.Thread(target=_predict_many,
+                                    args=(agent, n, inputs, count, spans, barrier)) for n in names]
+        start = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return time.perf_counter() - start
+
+    serial = run(["left"]) + run(["right"])
+    parallel = run(["left", "right"])
+    same_model = run(["left", "left"])
+    # Two cores: different models overlap; the same model is taken in turn.
+    assert parallel < 0.8 * serial, (parallel, serial)
+    assert same_model > parallel, (same_model, parallel)
+
+
+def test_too_many_clients_are_refused_politely(start_agent):
+    agent = start_agent(edge_agent_max_connections=2)
+    first, second = agent.client(), agent.client()
+    first.list_models(); second.list_models()
+    third = raw_connection(agent)
+    [reply] = read_replies(third)
+    assert reply.status == StatusCode.RESOURCE_EXHAUSTED and b"too many clients" in reply.body
+    first.close()
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            with agent.client() as client:
+                client.list_models()
+            break
+        except AgentError:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    second.close()
+
+
+def test_socket_file_mode(start_agent):
+    agent = start_agent(edge_agent_socket_mode="0600")
+    assert stat.S_IMODE(os.stat(agent.socket_path).st_mode) == 0o600
+    agent2 = start_agent(edge_agent_socket_mode="0660")
+    assert stat.S_IMODE(os.stat(agent2.socket_path).st_mode) == 0o660
+
+
+def serve_exits(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "edge_agent", "serve", *args],
+                          capture_output=True, text=True, timeout=30)
+
+
+def test_a_second_agent_does_not_steal_a_live_socket(agent):
+    rival = serve_exits("--socket", agent.socket_path)
+    assert rival.returncode == 1
+    assert "another agent is already serving on" in rival.stderr
+    assert_serving(agent)
+
+
+def test_a_stale_socket_file_is_replaced(start_agent, tmp_path):
+    path = tmp_path / "stale" / "agent.sock"
+    path.parent.mkdir()
+    dead = socket.socket(socket.AF_UNIX)
+    dead.bind(str(path))
+    dead.close()  # the file stays, nobody listens: what a crashed agent leaves
+    agent = start_agent(edge_agent_socket_path=str(path))
+    assert_serving(agent)
+
+
+def test_a_non_socket_file_is_never_replaced(tmp_path):
+    path = tmp_path / "precious.txt"
+    path.write_text("data")
+    result = serve_exits("--socket", str(path))
+    assert result.returncode == 1 and "is not a socket" in result.stderr
+    assert path.read_text() == "data"
+
+
+def test_sigterm_stops_cleanly_and_removes_the_socket(agent):
+    assert agent.stop() == 0
+    assert not os.path.exists(agent.socket_path)
