@@ -1,5 +1,7 @@
-"""`edge-agent demo`: start an agent on its embedded default, load the demo model, predict,
-list, stop. Everything happens in a scratch directory; nothing is left running."""
+"""`edge-agent demo`: start an agent on its embedded default, load the demo model as a signed
+package, predict, list, stop. The demo's signing key is made on the first run and kept in
+~/.edge-agent/demo-keys; everything else happens in a scratch directory and nothing is left
+running."""
 from __future__ import annotations
 
 import os
@@ -53,17 +55,33 @@ def _round_trip(socket_path: str, model_path: str, built: model_builder.BuiltMod
     return matches
 
 
+DEMO_KEYS = os.path.join(os.path.expanduser("~"), ".edge-agent", "demo-keys")
+
+
+def _signed_demo_package(workdir: str, built: model_builder.BuiltModel) -> tuple[str, str]:
+    """(package path, trust folder): the demo model packaged and signed with the demo key."""
+    from edge_agent.packages import Target, build_package, ensure_demo_keys
+
+    key, trust = ensure_demo_keys(DEMO_KEYS)
+    package = os.path.join(workdir, "demo-1.0.0.tar.gz")
+    if os.path.exists(package):
+        os.unlink(package)  # a --workdir reused from an earlier run
+    manifest = build_package(built.content, "demo", "1.0.0", Target.host(), key, package)
+    _say(f"signed package {package} (target {manifest.target}) with key {key}")
+    return package, trust
+
+
 def run(args) -> int:
     with tempfile.TemporaryDirectory(prefix="edge-agent-demo-") as scratch:
         workdir = args.workdir or scratch
         os.makedirs(workdir, exist_ok=True)
         socket_path = os.path.join(workdir, "agent.sock")
         built = model_builder.demo_model()
-        model_path = str(built.write(os.path.join(workdir, "demo.tflite")))
-        _say(f"built the demo model at {model_path}")
-        # The embedded default, but for a private socket and for accepting the bare demo file.
+        model_path, trust = _signed_demo_package(workdir, built)
+        # The embedded default, but with a private socket and state, trusting the demo key.
         command = [sys.executable, "-m", "edge_agent", "serve", "--socket", socket_path,
-                   "--set", "edge_agent_allow_unsigned_models=true"]
+                   "--set", f"sagemaker_edge_core_root_certs_path={trust}",
+                   "--set", f"edge_agent_state_dir={os.path.join(workdir, 'state')}"]
         _say("starting: edge-agent serve " + " ".join(command[4:]))
         agent = subprocess.Popen(command)
         try:

@@ -1,0 +1,188 @@
+"""Shared-memory tensors on the client's side: segments to put arrays in, handles to send.
+
+    with SysVSegment.create(image.nbytes) as segment:
+        outputs = agent.predict("detector", [segment.write(image)])
+
+A ShmTensor stands in for an array in AgentClient.predict inputs (and names where outputs
+go). It needs no runtime: only the compiled edge_agent._shm module and NumPy.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from edge_agent import _shm
+from edge_agent import agent_pb2 as pb
+from edge_agent.tensors import data_type_of, dtype_of
+
+
+@dataclass(frozen=True)
+class ShmTensor:
+    """A tensor in shared memory: `size` bytes at `offset` of SysV segment `segment_id`, or
+    of the POSIX segment `posix_name` when that is set. size 0 means "the tensor's byte
+    length" for inputs and "up to the segment's end" for outputs."""
+    segment_id: int
+    offset: int
+    size: int
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    posix_name: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "dtype", np.dtype(self.dtype))
+        object.__setattr__(self, "shape", tuple(int(d) for d in self.shape))
+
+    @classmethod
+    def posix(cls, name: str, offset: int, size: int, dtype, shape) -> "ShmTensor":
+        return cls(0, offset, size, dtype, shape, posix_name=name)
+
+    @property
+    def nbytes(self) -> int:
+        return self.dtype.itemsize * math.prod(self.shape)
+
+    def handle(self) -> pb.SharedMemoryHandle:
+        return pb.SharedMemoryHandle(size=self.size, offset=self.offset,
+                                     segment_id=self.segment_id, posix_name=self.posix_name)
+
+    @classmethod
+    def from_reply(cls, tensor: pb.Tensor) -> tuple[str, "ShmTensor"]:
+        """(name, ShmTensor) of a reply tensor the agent wrote into shared memory."""
+        md, handle = tensor.tensor_metadata, tensor.shared_memory_handle
+        dtype = dtype_of(md.data_type)
+        if dtype is None:
+            raise ValueError(f"tensor {md.name!r}: unknown data type {md.data_type}")
+        return md.name.decode("utf-8", "replace"), cls(
+            handle.segment_id, handle.offset, handle.size, dtype, tuple(md.shape),
+            handle.posix_name)
+
+
+def add_shm_tensor(tensors, name: str, tensor: ShmTensor) -> pb.Tensor:
+    """Append a Tensor carrying `tensor`'s handle and full metadata to `tensors`."""
+    data_type = data_type_of(tensor.dtype)
+    if data_type is None:
+        raise TypeError(f"tensor {name!r}: dtype {tensor.dtype} has no wire DataType")
+    added = tensors.add()
+    added.shared_memory_handle.CopyFrom(tensor.handle())
+    md = added.tensor_metadata
+    md.name = name.encode()
+    md.data_type = data_type
+    md.shape.extend(tensor.shape)
+    return added
+
+
+class _Segment:
+    """A segment this process created and maps read-write: write arrays in, read them out."""
+
+    def __init__(self, mapping):
+        self._mapping = mapping
+        self.nbytes = mapping.length
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.free()
+
+    def _tensor(self, offset: int, size: int, dtype, shape) -> ShmTensor:
+        raise NotImplementedError
+
+    def slot(self, dtype, shape, offset: int = 0) -> ShmTensor:
+        """A ShmTensor for `dtype` `shape` at `offset`, e.g. for the agent to write into."""
+        dtype = np.dtype(dtype)
+        size = dtype.itemsize * math.prod(shape)
+        self._check(offset, size)
+        return self._tensor(offset, size, dtype, shape)
+
+    def write(self, array: np.ndarray, offset: int = 0) -> ShmTensor:
+        """Copy `array` into the segment at `offset`; → the ShmTensor to send."""
+        array = np.asarray(array)
+        tensor = self.slot(array.dtype, array.shape, offset)
+        np.copyto(self.array(tensor), array)
+        return tensor
+
+    def array(self, tensor: ShmTensor) -> np.ndarray:
+        """A NumPy view of `tensor`'s bytes in this segment (valid until free())."""
+        self._check(tensor.offset, tensor.nbytes)
+        view = self._mapping.view(tensor.offset, tensor.nbytes)
+        return np.frombuffer(view, dtype=tensor.dtype).reshape(tensor.shape)
+
+    def read(self, tensor: ShmTensor) -> np.ndarray:
+        """A copy of `tensor`'s bytes in this segment, e.g. an output the agent wrote."""
+        return self.array(tensor).copy()
+
+    def _check(self, offset: int, size: int) -> None:
+        if offset < 0 or offset + size > self.nbytes:
+            raise ValueError(f"{size} bytes at offset {offset} do not fit the "
+                             f"{self.nbytes}-byte segment")
+
+    def free(self) -> None:
+        raise NotImplementedError
+
+
+class SysVSegment(_Segment):
+    """A SysV segment: create(), write() arrays, send the ShmTensors, free() when done."""
+
+    def __init__(self, shmid: int):
+        mapping, _ = _shm.sysv_attach(shmid, writable=True)
+        super().__init__(mapping)
+        self.shmid = shmid
+
+    @classmethod
+    def create(cls, nbytes: int, mode: int = 0o600) -> "SysVSegment":
+        """A new private segment of at least one byte, readable by the agent when it runs
+        as this user (or root); give the group or others read bits otherwise."""
+        shmid = _shm.sysv_create(max(1, nbytes), mode)
+        try:
+            return cls(shmid)
+        except OSError:
+            _shm.sysv_remove(shmid)
+            raise
+
+    def _tensor(self, offset, size, dtype, shape) -> ShmTensor:
+        return ShmTensor(self.shmid, offset, size, dtype, shape)
+
+    def free(self) -> None:
+        """Remove the segment (IPC_RMID) and detach (once views from array() are released)."""
+        if self._mapping.closed:
+            return
+        try:
+            _shm.sysv_remove(self.shmid)
+        except OSError:
+            pass  # already removed by someone else: detaching is all that is left
+        self._mapping.close()
+
+
+class PosixSegment(_Segment):
+    """A POSIX segment (shm_open name): create(), write() arrays, send, free() (unlink)."""
+
+    def __init__(self, name: str):
+        mapping, _ = _shm.posix_attach(name, writable=True)
+        super().__init__(mapping)
+        self.name = name
+
+    @classmethod
+    def create(cls, nbytes: int, name: str | None = None, mode: int = 0o600) -> "PosixSegment":
+        """A new object of `nbytes` (a unique name when none is given)."""
+        name = name or f"/edge-agent-{os.getpid()}-{os.urandom(6).hex()}"
+        _shm.posix_create(name, max(1, nbytes), mode)
+        try:
+            return cls(name)
+        except OSError:
+            _shm.posix_unlink(name)
+            raise
+
+    def _tensor(self, offset, size, dtype, shape) -> ShmTensor:
+        return ShmTensor.posix(self.name, offset, size, dtype, shape)
+
+    def free(self) -> None:
+        """Unlink the name and unmap (once views from array() are released)."""
+        if self._mapping.closed:
+            return
+        try:
+            _shm.posix_unlink(self.name)
+        except FileNotFoundError:
+            pass
+        self._mapping.close()

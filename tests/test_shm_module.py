@@ -1,0 +1,251 @@
+"""The compiled shared-memory module and the agent-side cache, in process, on real segments."""
+from __future__ import annotations
+
+import ctypes
+import errno
+import importlib.machinery
+import os
+
+import numpy as np
+import pytest
+
+from edge_agent import _shm
+from edge_agent import agent_pb2 as pb
+from edge_agent import shm
+from edge_agent.errors import AgentError, StatusCode
+from edge_agent.service import Caller
+from edge_agent.shm_client import PosixSegment, SysVSegment
+
+ROOT = Caller(os.getpid(), 0, 0)
+
+
+def test_the_compiled_module_is_in_use():
+    # A compiled extension, not a Python stand-in, is what edge_agent.shm calls.
+    assert shm._shm is _shm
+    assert _shm.__file__.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))
+    assert type(_shm.sysv_attach).__name__ in ("cython_function_or_method", "builtin_function_or_method")
+
+
+@pytest.fixture
+def sysv():
+    segments = []
+
+    def make(nbytes=4096, mode=0o600):
+        segments.append(SysVSegment.create(nbytes, mode))
+        return segments[-1]
+    yield make
+    for s in segments:
+        s.free()
+
+
+@pytest.fixture
+def posix():
+    segments = []
+
+    def make(nbytes=4096, mode=0o600):
+        segments.append(PosixSegment.create(nbytes, mode=mode))
+        return segments[-1]
+    yield make
+    for s in segments:
+        s.free()
+
+
+# --- the Cython module ----------------------------------------------------------------------
+
+def test_sysv_attach_is_read_only_and_sized_by_the_kernel(sysv):
+    segment = sysv(5000)
+    segment.write(np.arange(4, dtype=np.float32))
+    mapping, st = _shm.sysv_attach(segment.shmid)
+    assert (mapping.length, st.size, st.uid, st.mode) == (5000, 5000, os.getuid(), 0o600)
+    view = mapping.view(0, 16)
+    assert np.frombuffer(view, np.float32).tolist() == [0, 1, 2, 3]
+    with pytest.raises(TypeError):
+        view[0] = 1  # read-only buffer
+    with pytest.raises((BufferError, TypeError), match="writable|read-only"):
+        ctypes.c_char.from_buffer(mapping)  # asks for a writable buffer
+    del view
+    mapping.close()
+
+
+@pytest.mark.parametrize("offset, size", [
+    (4097, 0), (4096, 1), (0, 4097), (2**64 - 1, 2), (2**63, 2**63), (1, 2**64 - 1)])
+def test_view_bounds_without_overflow(sysv, offset, size):
+    mapping, _ = _shm.sysv_attach(sysv(4096).shmid)
+    with pytest.raises(ValueError, match="beyond"):
+        mapping.view(offset, size)
+    assert len(mapping.view(4096, 0)) == 0 and len(mapping.view(0, 4096)) == 4096
+    mapping.close()
+
+
+def test_close_waits_for_the_last_view(sysv):
+    segment = sysv()
+    segment.write(np.full(4, 7, np.uint8))
+    mapping, _ = _shm.sysv_attach(segment.shmid)
+    array = np.frombuffer(mapping.view(0, 4), np.uint8)
+    mapping.close()
+    assert mapping.closed and mapping.mapped  # still mapped: a view is alive
+    assert array.tolist() == [7, 7, 7, 7]
+    with pytest.raises(ValueError, match="closed"):
+        mapping.view(0, 1)
+    del array
+    assert not mapping.mapped
+    assert _shm.sysv_stat(segment.shmid).attached == 1  # only the creator's own attachment
+
+
+def test_sysv_stat_reports_removal_and_absence(sysv):
+    segment = sysv()
+    _shm.sysv_remove(segment.shmid)
+    assert _shm.sysv_stat(segment.shmid).removing  # the creator is still attached
+    segment.free()
+    with pytest.raises(OSError) as info:
+        _shm.sysv_stat(segment.shmid)
+    assert info.value.errno in (errno.EINVAL, errno.EIDRM)
+
+
+def test_posix_mapping_survives_truncation_under_it(posix):
+    # The owner shrinks the object while the agent has it mapped: touching the lost pages
+    # would be SIGBUS; the guard turns it into zeros and a flag instead of a dead agent.
+    segment = posix(8192)
+    segment.write(np.full(8192, 1, np.uint8))
+    mapping, st = _shm.posix_attach(segment.name)
+    assert mapping.length == st.size == 8192 and not mapping.faulted
+    os.truncate(f"/dev/shm/{segment.name.lstrip('/')}", 0)
+    data = bytes(mapping.view(4096, 4096))
+    assert data == bytes(4096) and mapping.faulted
+    mapping.close()
+    assert mapping.faulted  # remembered after unmapping, for the call that used it
+
+
+def test_posix_attach_describes_the_object(posix):
+    segment = posix(100, mode=0o640)
+    mapping, st = _shm.posix_attach(segment.name)
+    assert (st.size, st.mode & 0o777, st.uid) == (100, 0o640, os.getuid())
+    assert mapping.fstat().identity == st.identity
+    mapping.close()
+    with pytest.raises(FileNotFoundError):
+        _shm.posix_attach("/edge-agent-no-such-segment")
+
+
+# --- permissions ----------------------------------------------------------------------------
+
+def _stat(mode, uid=1000, gid=1000, cuid=None, cgid=None):
+    return _shm.SegmentStat(64, uid, gid, uid if cuid is None else cuid,
+                            gid if cgid is None else cgid, mode, (1, 2, 3), False, 0)
+
+
+@pytest.mark.parametrize("caller_uid, caller_gid, st, want, allowed", [
+    (1000, 5, _stat(0o600), shm.READ, True),            # owner
+    (1000, 5, _stat(0o060), shm.READ, False),           # owner bits rule for the owner
+    (7, 5, _stat(0o600, cuid=7), shm.READ, True),       # creator counts as owner
+    (7, 1000, _stat(0o640), shm.READ, True),            # group
+    (7, 1000, _stat(0o640), shm.WRITE, False),
+    (7, 8, _stat(0o640, cgid=8), shm.READ, True),       # creator's group
+    (7, 8, _stat(0o640), shm.READ, False),              # other
+    (7, 8, _stat(0o604), shm.READ, True),
+    (7, 8, _stat(0o604), shm.WRITE, False),
+    (7, 8, _stat(0o606), shm.WRITE, True),
+    (0, 0, _stat(0o000), shm.WRITE, True),              # root, as the kernel allows
+])
+def test_permission_follows_the_kernel(caller_uid, caller_gid, st, want, allowed):
+    caller = Caller(-1, caller_uid, caller_gid)  # no /proc entry: primary group only
+    assert shm.may_access(caller, st, want) is allowed
+
+
+def test_supplementary_groups_come_from_proc():
+    groups = shm.caller_groups(os.getpid(), 12345)
+    assert 12345 in groups and set(os.getgroups()) <= groups
+
+
+# --- the cache ----------------------------------------------------------------------------
+
+def _read(cache, handle, nbytes, caller=ROOT):
+    with cache.call(caller) as call:
+        return bytes(call.read(handle, nbytes, "x"))
+
+
+def test_cache_reuses_then_detects_a_reused_shmid(sysv, tmp_path):
+    next_id = "/proc/sys/kernel/shm_next_id"
+    if not os.access(next_id, os.W_OK):
+        pytest.skip("needs a writable /proc/sys/kernel/shm_next_id (root, own IPC namespace)")
+    cache = shm.SharedMemory()
+    first = sysv(64)
+    first.write(np.full(8, 1, np.uint8))
+    handle = pb.SharedMemoryHandle(segment_id=first.shmid, size=8)
+    assert _read(cache, handle, 8) == bytes([1] * 8)
+    assert _read(cache, handle, 8) == bytes([1] * 8) and cache.attachment_count == 1
+    shmid = first.shmid
+    first.free()  # removed: the agent's attachment keeps it alive, marked SHM_DEST
+    with pytest.raises(AgentError) as info:
+        _read(cache, handle, 8)
+    assert info.value.code == StatusCode.INVALID_ARGUMENT and "removed" in info.value.message
+    assert cache.attachment_count == 0  # detached at once: the id is free again
+    with open(next_id, "w") as f:
+        f.write(str(shmid))
+    second = sysv(64)
+    assert second.shmid == shmid
+    second.write(np.full(8, 2, np.uint8))
+    assert _read(cache, handle, 8) == bytes([2] * 8)
+    cache.close()
+
+
+def test_cache_follows_a_replaced_posix_name(posix):
+    cache = shm.SharedMemory()
+    segment = posix(64)
+    segment.write(np.full(8, 1, np.uint8))
+    handle = pb.SharedMemoryHandle(posix_name=segment.name, size=8)
+    assert _read(cache, handle, 8) == bytes([1] * 8)
+    segment.free()
+    with pytest.raises(AgentError, match="does not exist"):
+        _read(cache, handle, 8)
+    replacement = PosixSegment.create(128, name=segment.name)
+    try:
+        replacement.write(np.full(8, 3, np.uint8))
+        assert _read(cache, handle, 8) == bytes([3] * 8)
+        os.truncate(f"/dev/shm{segment.name}", 4096)  # grown: mapped anew at the new size
+        handle.offset = 4000
+        assert _read(cache, handle, 8) == bytes(8)
+    finally:
+        replacement.free()
+    cache.close()
+
+
+def test_cache_is_bounded_and_sweeps_what_is_idle(sysv):
+    now = [0.0]
+    cache = shm.SharedMemory(cache_size=2, idle_seconds=10, clock=lambda: now[0])
+    segments = [sysv(64) for _ in range(3)]
+    for i, segment in enumerate(segments):
+        now[0] = i
+        _read(cache, pb.SharedMemoryHandle(segment_id=segment.shmid, size=8), 8)
+    assert cache.attachment_count == 2
+    assert _shm.sysv_stat(segments[0].shmid).attached == 1  # evicted: only the creator
+    now[0] = 11.5  # segment 1 was used at 1, segment 2 at 2
+    assert cache.sweep() == 1 and cache.attachment_count == 1
+    segments[2].free()
+    assert cache.sweep() == 1 and cache.attachment_count == 0  # removed: detached
+    cache.close()
+
+
+def test_no_cache_still_serves_each_call(sysv):
+    cache = shm.SharedMemory(cache_size=0)
+    segment = sysv(64)
+    segment.write(np.full(8, 5, np.uint8))
+    assert _read(cache, pb.SharedMemoryHandle(segment_id=segment.shmid), 8) == bytes([5] * 8)
+    assert cache.attachment_count == 0
+    assert _shm.sysv_stat(segment.shmid).attached == 1
+
+
+def test_a_call_reports_a_segment_truncated_under_it(posix):
+    cache = shm.SharedMemory()
+    segment = posix(8192)
+    segment.write(np.full(8192, 1, np.uint8))
+    handle = pb.SharedMemoryHandle(posix_name=segment.name, offset=4096, size=4096)
+    with pytest.raises(AgentError) as info:
+        with cache.call(ROOT) as call:
+            view = call.read(handle, 4096, "x")
+            os.truncate(f"/dev/shm{segment.name}", 0)  # the owner shrinks it mid-call
+            assert bytes(view) == bytes(4096)  # what set_tensor would copy: zeros, no SIGBUS
+            del view
+    assert info.value.code == StatusCode.INVALID_ARGUMENT and "truncated" in info.value.message
+    with pytest.raises(AgentError, match="beyond the end"):  # and then it is seen as small
+        _read(cache, handle, 4096)
+    cache.close()
