@@ -3,16 +3,34 @@ import os
 
 from Cython.Build import cythonize
 from setuptools import Extension, find_packages, setup
+from setuptools.command.build_py import build_py
 
 # Each module in cext/ becomes edge_agent.<module>; they need only libc and Python headers,
 # so cross/ can compile them with a cross compiler.
 EXTENSIONS = [
     Extension("edge_agent._framing", ["cext/_framing.pyx"]),
+    Extension("edge_agent._shm", ["cext/_shm.pyx"]),
 ]
 
 here = os.path.dirname(os.path.abspath(__file__))
 with open(os.path.join(here, "edge_agent", "VERSION")) as f:
     version = f.read().strip()
+
+
+class build_py_with_board_profiles(build_py):
+    """Also ships firmware_configs/ (at the top of the repository, as SPEC §8 has it) inside
+    the package as edge_agent/firmware_configs/, where edge_agent.boards finds it in an
+    installed wheel; a checkout or an editable install finds the top-level directory."""
+
+    def run(self):
+        super().run()
+        source = os.path.join(here, "firmware_configs")
+        target = os.path.join(self.build_lib, "edge_agent", "firmware_configs")
+        self.mkpath(target)
+        for name in sorted(os.listdir(source)):
+            if name.endswith(".json"):
+                self.copy_file(os.path.join(source, name), os.path.join(target, name))
+
 
 setup(
     name="edge-agent",
@@ -39,9 +57,15 @@ setup(
         # The demo and bench build their models with the TFLite schema's flatbuffers code.
         "tflite>=2.18",
         "flatbuffers>=24.3.25",
+        "pynacl>=1.5",  # Ed25519 signatures of model packages
+        # Capture uploads to S3-compatible stores; imported only when a Cloud destination
+        # or the periodic upload is used.
+        "requests>=2.31",
+        "requests-aws4auth>=1.2",
     ],
     extras_require={
         "grpc": ["grpcio>=1.60"],
     },
     entry_points={"console_scripts": ["edge-agent = edge_agent.cli:main"]},
+    cmdclass={"build_py": build_py_with_board_profiles},
 )

@@ -72,6 +72,17 @@ cdef class FrameSplitter:
         return len(self._buf) - self._start
 
     @property
+    def needed(self):
+        """Bytes still to come before the frame in progress is whole (a header's worth when
+        none is in progress): lets a caller read a large body in one receive."""
+        cdef Py_ssize_t avail = len(self._buf) - self._start
+        cdef const uint8_t* p
+        if avail < HEADER_SIZE:
+            return HEADER_SIZE - avail
+        p = <const uint8_t*>(<char*>self._buf) + self._start
+        return max(0, HEADER_SIZE + <Py_ssize_t>min(_u32(p + 12), self.max_body) - avail)
+
+    @property
     def buffered(self):
         """Bytes held, consumed or not: bounded however long the stream runs."""
         return len(self._buf)

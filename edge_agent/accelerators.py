@@ -7,7 +7,6 @@ extends ACCELERATOR_PROBES: one entry per accelerator, a function saying whether
 """
 from __future__ import annotations
 
-import ctypes
 import logging
 import platform
 from typing import Callable
@@ -37,19 +36,28 @@ def machine_architecture() -> str:
     return normalise_architecture(machine) or machine.lower()
 
 
+# The agent's delegate configuration (edge_agent_delegate and its options), set by the
+# service: the Edge TPU is usable by this agent only when it is configured to run models on
+# it, and the probe opens the same device (usb, pci:0...) the loads will. None: not set (the
+# CLI's `verify`), the probe then asks the hardware with the library's default device.
+_delegate_config: tuple[str, dict[str, str]] | None = None
+
+
+def use_delegate_config(delegate: str, options: dict[str, str]) -> None:
+    global _delegate_config
+    _delegate_config = (delegate, dict(options))
+
+
 def _edgetpu_available() -> bool:
-    # ctypes first: it answers "no library" quietly, where a failed load_delegate also prints
-    # an ignored exception from the runtime's Delegate.__del__. Then load_delegate, because the
-    # library loading is not enough: it also needs an Edge TPU attached.
-    try:
-        ctypes.CDLL(EDGETPU_LIBRARY)
-    except OSError:
+    delegate, options = _delegate_config or ("edgetpu", {})
+    if delegate != "edgetpu":
         return False
-    from edge_agent.runtime import interpreter_module
+    # Loading the library is not enough: creating the delegate also needs an Edge TPU attached.
+    from edge_agent.delegates import DelegateError, open_library
     try:
-        interpreter_module().load_delegate(EDGETPU_LIBRARY)
-    except (ValueError, OSError, RuntimeError) as e:
-        log.info("%s loads but no Edge TPU delegate could be created: %s", EDGETPU_LIBRARY, e)
+        open_library(EDGETPU_LIBRARY, options)
+    except DelegateError as e:
+        log.info("no usable Edge TPU: %s", e)
         return False
     return True
 

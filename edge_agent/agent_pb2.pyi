@@ -71,14 +71,16 @@ class TensorMetadata(_message.Message):
     def __init__(self, name: _Optional[bytes] = ..., data_type: _Optional[_Union[DataType, str]] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class SharedMemoryHandle(_message.Message):
-    __slots__ = ("size", "offset", "segment_id")
+    __slots__ = ("size", "offset", "segment_id", "posix_name")
     SIZE_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
     SEGMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    POSIX_NAME_FIELD_NUMBER: _ClassVar[int]
     size: int
     offset: int
     segment_id: int
-    def __init__(self, size: _Optional[int] = ..., offset: _Optional[int] = ..., segment_id: _Optional[int] = ...) -> None: ...
+    posix_name: str
+    def __init__(self, size: _Optional[int] = ..., offset: _Optional[int] = ..., segment_id: _Optional[int] = ..., posix_name: _Optional[str] = ...) -> None: ...
 
 class Tensor(_message.Message):
     __slots__ = ("tensor_metadata", "byte_data", "shared_memory_handle")
@@ -91,24 +93,28 @@ class Tensor(_message.Message):
     def __init__(self, tensor_metadata: _Optional[_Union[TensorMetadata, _Mapping]] = ..., byte_data: _Optional[bytes] = ..., shared_memory_handle: _Optional[_Union[SharedMemoryHandle, _Mapping]] = ...) -> None: ...
 
 class Model(_message.Message):
-    __slots__ = ("url", "name", "input_tensor_metadatas", "output_tensor_metadatas")
+    __slots__ = ("url", "name", "input_tensor_metadatas", "output_tensor_metadatas", "delegate")
     URL_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     INPUT_TENSOR_METADATAS_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_TENSOR_METADATAS_FIELD_NUMBER: _ClassVar[int]
+    DELEGATE_FIELD_NUMBER: _ClassVar[int]
     url: str
     name: str
     input_tensor_metadatas: _containers.RepeatedCompositeFieldContainer[TensorMetadata]
     output_tensor_metadatas: _containers.RepeatedCompositeFieldContainer[TensorMetadata]
-    def __init__(self, url: _Optional[str] = ..., name: _Optional[str] = ..., input_tensor_metadatas: _Optional[_Iterable[_Union[TensorMetadata, _Mapping]]] = ..., output_tensor_metadatas: _Optional[_Iterable[_Union[TensorMetadata, _Mapping]]] = ...) -> None: ...
+    delegate: str
+    def __init__(self, url: _Optional[str] = ..., name: _Optional[str] = ..., input_tensor_metadatas: _Optional[_Iterable[_Union[TensorMetadata, _Mapping]]] = ..., output_tensor_metadatas: _Optional[_Iterable[_Union[TensorMetadata, _Mapping]]] = ..., delegate: _Optional[str] = ...) -> None: ...
 
 class PredictRequest(_message.Message):
-    __slots__ = ("name", "tensors")
+    __slots__ = ("name", "tensors", "output_handles")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TENSORS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_HANDLES_FIELD_NUMBER: _ClassVar[int]
     name: str
     tensors: _containers.RepeatedCompositeFieldContainer[Tensor]
-    def __init__(self, name: _Optional[str] = ..., tensors: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ...) -> None: ...
+    output_handles: _containers.RepeatedCompositeFieldContainer[SharedMemoryHandle]
+    def __init__(self, name: _Optional[str] = ..., tensors: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., output_handles: _Optional[_Iterable[_Union[SharedMemoryHandle, _Mapping]]] = ...) -> None: ...
 
 class PredictResponse(_message.Message):
     __slots__ = ("tensors",)
@@ -211,7 +217,9 @@ class GetCaptureDataStatusRequest(_message.Message):
     def __init__(self, capture_id: _Optional[str] = ...) -> None: ...
 
 class GetCaptureDataStatusResponse(_message.Message):
-    __slots__ = ("status",)
+    __slots__ = ("status", "reason")
     STATUS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
     status: CaptureDataStatus
-    def __init__(self, status: _Optional[_Union[CaptureDataStatus, str]] = ...) -> None: ...
+    reason: str
+    def __init__(self, status: _Optional[_Union[CaptureDataStatus, str]] = ..., reason: _Optional[str] = ...) -> None: ...

@@ -43,6 +43,7 @@ def _configure_logging(verbose: bool) -> None:
 # --- serve ----------------------------------------------------------------------------------
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from edge_agent import boards, systemd
     from edge_agent import config as config_module
     from edge_agent.server import ServerError, SocketServer
     from edge_agent.service import AgentService
@@ -50,29 +51,83 @@ def cmd_serve(args: argparse.Namespace) -> int:
     overrides = _parse_set(args.set)
     if args.socket:
         overrides["edge_agent_socket_path"] = args.socket
+    if args.board:
+        overrides["edge_agent_board"] = args.board
     _configure_logging(False)
     try:
-        config = config_module.load(args.config, overrides)
+        config = config_module.load(args.config, overrides,
+                                    device_tree_model=boards.DEVICE_TREE_MODEL)
     except config_module.ConfigError as e:
         print(f"edge-agent: configuration error: {e}", file=sys.stderr)
         return 2
     if config.sagemaker_edge_log_verbose:
         logging.getLogger().setLevel(logging.DEBUG)
-    service = AgentService(config)
+    try:
+        service = AgentService(config)  # checks settings only a service can (capture's Cloud)
+    except config_module.ConfigError as e:
+        print(f"edge-agent: configuration error: {e}", file=sys.stderr)
+        return 2
     server = SocketServer(service, config)
     try:
         server.bind()
     except ServerError as e:
         print(f"edge-agent: {e}", file=sys.stderr)
         return 1
+    grpc_server = _start_grpc(service, config)
+    if grpc_server is False:
+        return 2
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: server.shutdown())
     log.info("edge-agent %s: %s", __version__, "embedded default configuration"
              if args.config is None else f"configuration {args.config}")
+    boards.log_board(config)
+    notifier = systemd.Notifier()  # READY=1 and the watchdog, when systemd runs the agent
+    notifier.ready(config.edge_agent_socket_path)
     server.serve_forever()
+    notifier.stopping()
+    if grpc_server is not None:
+        grpc_server.stop(grace=2).wait()
     service.close()
     log.info("stopped")
     return 0
+
+
+def cmd_boards(args: argparse.Namespace) -> int:
+    from edge_agent import boards
+    from edge_agent.config import ConfigError
+
+    try:
+        profiles = boards.profiles()
+        detected = boards.detect()
+    except ConfigError as e:
+        print(f"edge-agent: {e}", file=sys.stderr)
+        return 2
+    rows = [("NAME", "ARCHITECTURE", "DELEGATE", "BOARD")] + [
+        (p.name + (" *" if detected and p.name == detected.name else ""), p.architecture,
+         p.delegate, p.display_name) for p in profiles]
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[3])
+    if detected:
+        print(f"* detected from {boards.DEVICE_TREE_MODEL}")
+    return 0
+
+
+def _start_grpc(service, config):
+    """The gRPC front when configured; None when not; False when it cannot start."""
+    if not config.edge_agent_grpc_socket_path:
+        return None
+    try:
+        from edge_agent import grpc_front
+    except ImportError:
+        print("edge-agent: configuration error: edge_agent_grpc_socket_path is set but grpcio "
+              "is not installed (pip install edge-agent[grpc])", file=sys.stderr)
+        return False
+    try:
+        return grpc_front.start(service, config)
+    except (RuntimeError, OSError) as e:
+        print(f"edge-agent: edge_agent_grpc_socket_path: {e}", file=sys.stderr)
+        return False
 
 
 # --- client ---------------------------------------------------------------------------------
@@ -87,6 +142,8 @@ def _print_model(model) -> None:
     print(f"{model.name}  {model.url}")
     print(f"  inputs:  {_format_tensors(model.inputs)}")
     print(f"  outputs: {_format_tensors(model.outputs)}")
+    if model.delegate:
+        print(f"  delegate: {model.delegate}")
 
 
 def _load_inputs(items: Sequence[str]):
@@ -117,19 +174,66 @@ def cmd_client(args: argparse.Namespace) -> int:
             _print_model(agent.describe_model(args.name))
         elif args.action == "predict":
             _client_predict(agent, args)
+        elif args.action == "capture":
+            print(_client_capture(agent, args))
+        elif args.action == "status":
+            status = agent.capture_data_status(args.capture_id)
+            print(status.status + (f": {status.reason}" if status.reason else ""))
     return 0
+
+
+def _client_capture(agent, args: argparse.Namespace) -> str:
+    """Capture .npy tensors and files of auxiliary data; the capture id."""
+    def auxiliary(items):
+        parsed = {}
+        for item in items:
+            name, sep, path = item.partition("=")
+            path, _, encoding = path.partition(":")
+            if not sep or not path:
+                raise SystemExit(f"edge-agent: --aux-* expects NAME=FILE[:ENCODING], got {item!r}")
+            with open(path, "rb") as f:
+                parsed[name] = (f.read(), encoding or "NONE")
+        return parsed
+
+    return agent.capture_data(
+        args.name, _load_inputs(args.inputs), _load_inputs(args.outputs),
+        aux_inputs=auxiliary(args.aux_input), aux_outputs=auxiliary(args.aux_output),
+        capture_id=args.capture_id, timestamp=args.timestamp)
 
 
 def _client_predict(agent, args: argparse.Namespace) -> None:
     import numpy as np
 
-    outputs = agent.predict(args.name, _load_inputs(args.inputs))
+    inputs = _load_inputs(args.inputs)
+    if args.shm:
+        outputs = _predict_through_shm(agent, args.name, inputs, args.shm)
+    else:
+        outputs = agent.predict(args.name, inputs)
     for name, array in outputs.items():
         print(f"{name} {array.dtype.name}{list(array.shape)}:")
         print(np.array2string(array, threshold=64))
         if args.out:
             os.makedirs(args.out, exist_ok=True)
             np.save(os.path.join(args.out, f"{name.replace('/', '_') or 'output'}.npy"), array)
+
+
+def _predict_through_shm(agent, name: str, inputs, kind: str):
+    """Predict with each input in a shared-memory segment of its own, made for the call (mode
+    0600, so an agent running as another user than root needs read permission) and freed."""
+    from edge_agent.shm_client import PosixSegment, SysVSegment
+
+    create = SysVSegment.create if kind == "sysv" else PosixSegment.create
+    named = isinstance(inputs, dict)
+    segments = []
+    try:
+        tensors = []
+        for array in (inputs.values() if named else inputs):
+            segments.append(create(array.nbytes))
+            tensors.append(segments[-1].write(array))
+        return agent.predict(name, dict(zip(inputs, tensors)) if named else tensors)
+    finally:
+        for segment in segments:
+            segment.free()
 
 
 # --- parser ---------------------------------------------------------------------------------
@@ -146,7 +250,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--socket", help="socket path (overrides edge_agent_socket_path)")
     serve.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override one configuration key (repeatable)")
+    serve.add_argument("--board", help="board profile to run with (sets edge_agent_board; "
+                       "default: detected from /proc/device-tree/model; `edge-agent boards` "
+                       "lists them)")
     serve.set_defaults(func=cmd_serve)
+
+    boards = sub.add_parser("boards", help="list the board profiles")
+    boards.set_defaults(func=cmd_boards)
 
     client = sub.add_parser("client", help="call a running agent")
     client.add_argument("--socket", default=os.environ.get("EDGE_AGENT_SOCKET", DEFAULT_SOCKET),
@@ -159,10 +269,29 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("url", help="local path or file:// url of the model")
     for action in ("unload", "describe"):
         actions.add_parser(action, help=f"{action} a model").add_argument("name")
+    capture = actions.add_parser("capture", help="capture tensors (.npy files) for later "
+                                 "analysis; prints the capture id")
+    capture.add_argument("name", help="the model the tensors belong to")
+    capture.add_argument("--input", dest="inputs", action="append", default=[],
+                         metavar="[NAME=]FILE.npy", help="an input tensor (repeatable)")
+    capture.add_argument("--output", dest="outputs", action="append", default=[],
+                         metavar="[NAME=]FILE.npy", help="an output tensor (repeatable)")
+    capture.add_argument("--aux-input", action="append", default=[],
+                         metavar="NAME=FILE[:ENCODING]", help="auxiliary input data; "
+                         "ENCODING: CSV, JSON, NONE (default) or BASE64 (repeatable)")
+    capture.add_argument("--aux-output", action="append", default=[],
+                         metavar="NAME=FILE[:ENCODING]", help="auxiliary output data (repeatable)")
+    capture.add_argument("--capture-id", help="a UUID (default: a new random one)")
+    capture.add_argument("--timestamp", type=float,
+                         help="inference time, seconds since the epoch (default: now)")
+    status = actions.add_parser("status", help="status of a capture, and why if it failed")
+    status.add_argument("capture_id")
     predict = actions.add_parser("predict", help="run a prediction on .npy inputs")
     predict.add_argument("name")
     predict.add_argument("inputs", nargs="*", metavar="[NAME=]FILE.npy")
     predict.add_argument("--out", help="directory to save the outputs in as .npy files")
+    predict.add_argument("--shm", nargs="?", const="sysv", choices=("sysv", "posix"),
+                         help="pass the inputs through shared memory (default: SysV)")
     client.set_defaults(func=cmd_client)
 
     demo = sub.add_parser("demo", help="start an agent, load a demo model, predict, stop")
@@ -170,6 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=lambda a: __import__("edge_agent.demo", fromlist=["run"]).run(a))
 
     # --- model packages: keygen, package, verify ---
+    from edge_agent import package_cli
+    package_cli.register(sub)
 
     bench = sub.add_parser("bench", help="measure Predict round trips against in-process invoke")
     bench.add_argument("--iterations", type=int, default=2000)

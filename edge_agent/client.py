@@ -8,19 +8,24 @@ Every failed call raises edge_agent.errors.AgentError with the agent's status co
 """
 from __future__ import annotations
 
+import datetime
 import itertools
+import math
 import socket
 import threading
+import time
+import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Mapping, Sequence, Union
+from typing import Mapping, NamedTuple, Sequence, Union
 
 import numpy as np
 
 from edge_agent import agent_pb2 as pb
 from edge_agent.errors import AgentError, StatusCode
 from edge_agent.protocol import FrameDecoder, Method, encode_request
-from edge_agent.sockets import default_busy_poll_us, recv_into_polling
+from edge_agent.shm_client import ShmTensor, add_shm_tensor
+from edge_agent.sockets import default_busy_poll_us, receive
 from edge_agent.tensors import add_array, dtype_of, tensor_to_array
 
 DEFAULT_SOCKET = "/tmp/edge-agent.sock"
@@ -43,6 +48,7 @@ class ModelInfo:
     url: str
     inputs: tuple[TensorInfo, ...]
     outputs: tuple[TensorInfo, ...]
+    delegate: str = ""  # what runs it: xnnpack, cpu, edgetpu, external:<path> ("": not said)
 
     @classmethod
     def from_pb(cls, model: pb.Model) -> "ModelInfo":
@@ -50,10 +56,35 @@ class ModelInfo:
             return tuple(TensorInfo(m.name.decode("utf-8", "replace"), dtype_of(m.data_type),
                                     tuple(m.shape)) for m in metadatas)
         return cls(model.name, model.url, infos(model.input_tensor_metadatas),
-                   infos(model.output_tensor_metadatas))
+                   infos(model.output_tensor_metadatas), model.delegate)
 
 
-Inputs = Union[Sequence[np.ndarray], Mapping[str, np.ndarray]]
+AuxData = Union[bytes, str, tuple]  # data, or (data, encoding name)
+
+
+class CaptureStatus(NamedTuple):
+    status: str  # IN_PROGRESS, SUCCESS or FAILURE
+    reason: str  # why, for a FAILURE
+
+
+def _add_tensors(tensors, values: "Inputs") -> None:
+    """Append arrays or ShmTensors, given by position or by name, to a repeated Tensor."""
+    items = values.items() if isinstance(values, Mapping) else (("", v) for v in values)
+    for name, value in items:
+        if isinstance(value, ShmTensor):
+            add_shm_tensor(tensors, name, value)
+        else:
+            add_array(tensors, name, np.asarray(value))
+
+
+def _add_auxiliary(items, values: Mapping[str, AuxData]) -> None:
+    for name, value in values.items():
+        data, encoding = value if isinstance(value, tuple) else (value, "NONE")
+        items.add(name=name, encoding=pb.Encoding.Value(encoding),
+                  byte_data=data.encode() if isinstance(data, str) else bytes(data))
+
+
+Inputs = Union[Sequence[Union[np.ndarray, ShmTensor]], Mapping[str, Union[np.ndarray, ShmTensor]]]
 
 
 class AgentClient:
@@ -106,17 +137,57 @@ class AgentClient:
                           pb.DescribeModelResponse)
         return ModelInfo.from_pb(reply.model)
 
-    def predict(self, name: str, inputs: Inputs) -> "OrderedDict[str, np.ndarray]":
-        """Outputs by name, in the model's order. `inputs`: arrays by position, or by name."""
+    def predict(self, name: str, inputs: Inputs,
+                outputs: Sequence[ShmTensor] | None = None) -> "OrderedDict[str, np.ndarray]":
+        """Outputs by name, in the model's order. `inputs`: arrays (or ShmTensors, which
+        name shared memory holding the input) by position, or by name. `outputs`: one
+        ShmTensor per model output to have the agent write it there; the result then maps
+        each output name to a ShmTensor saying where it is, its dtype and its shape."""
         request = pb.PredictRequest(name=name)
-        if isinstance(inputs, Mapping):
-            for input_name, array in inputs.items():
-                add_array(request.tensors, input_name, np.asarray(array))
-        else:
-            for array in inputs:
-                add_array(request.tensors, "", np.asarray(array))
+        _add_tensors(request.tensors, inputs)
+        if outputs:
+            request.output_handles.extend(t.handle() for t in outputs)
         reply = self.call(Method.PREDICT, request, pb.PredictResponse)
+        if outputs:
+            return OrderedDict(ShmTensor.from_reply(t) for t in reply.tensors)
         return OrderedDict(tensor_to_array(t) for t in reply.tensors)
+
+    def capture_data(self, model_name: str, inputs: Inputs, outputs: Inputs,
+                     aux_inputs: Mapping[str, AuxData] | None = None,
+                     aux_outputs: Mapping[str, AuxData] | None = None,
+                     capture_id: str | None = None,
+                     timestamp: float | datetime.datetime | None = None) -> str:
+        """Capture tensors (arrays or ShmTensors, by position or by name) for later analysis;
+        the capture id (a new UUID unless given). Returns once the agent has journaled the
+        capture; follow it with get_capture_data_status. Auxiliary data: name → bytes, str,
+        or (bytes or str, encoding) with encoding CSV, JSON, NONE (default) or BASE64.
+        `timestamp`: when the inference ran, seconds since the epoch or a datetime (default:
+        now)."""
+        capture_id = capture_id or str(uuid.uuid4())
+        request = pb.CaptureDataRequest(model_name=model_name, capture_id=capture_id)
+        _add_tensors(request.input_tensors, inputs)
+        _add_tensors(request.output_tensors, outputs)
+        _add_auxiliary(request.inputs, aux_inputs or {})
+        _add_auxiliary(request.outputs, aux_outputs or {})
+        if isinstance(timestamp, datetime.datetime):
+            timestamp = timestamp.timestamp()
+        seconds = time.time() if timestamp is None else float(timestamp)
+        whole = math.floor(seconds)
+        request.inference_timestamp.seconds = whole
+        request.inference_timestamp.nanos = min(999_999_999, round((seconds - whole) * 1e9))
+        self.call(Method.CAPTURE_DATA, request, pb.CaptureDataResponse)
+        return capture_id
+
+    def get_capture_data_status(self, capture_id: str) -> str:
+        """IN_PROGRESS, SUCCESS or FAILURE; AgentError NOT_FOUND for an unknown id."""
+        return self.capture_data_status(capture_id).status
+
+    def capture_data_status(self, capture_id: str) -> "CaptureStatus":
+        """The status and, for a FAILURE, why (an extension of this agent)."""
+        reply = self.call(Method.GET_CAPTURE_DATA_STATUS,
+                          pb.GetCaptureDataStatusRequest(capture_id=capture_id),
+                          pb.GetCaptureDataStatusResponse)
+        return CaptureStatus(pb.CaptureDataStatus.Name(reply.status), reply.reason)
 
     # --- the wire ---------------------------------------------------------------------------
 
@@ -138,8 +209,8 @@ class AgentClient:
                     return frame
                 if frame.request_id == 0 and frame.status != StatusCode.OK:
                     return frame  # a connection-level error: the agent is closing on us
-            received = recv_into_polling(self._sock, self._buffer, self._spin)
-            if not received:
+            data = receive(self._sock, self._buffer, self._decoder.needed_bytes, self._spin)
+            if not data:
                 raise AgentError(StatusCode.UNAVAILABLE,
                                  "the agent closed the connection before replying")
-            self._decoder.feed(memoryview(self._buffer)[:received])
+            self._decoder.feed(data)

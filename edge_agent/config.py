@@ -13,9 +13,12 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
+from edge_agent.accelerators import ARCHITECTURES
 from edge_agent.sockets import default_busy_poll_us
 
 log = logging.getLogger(__name__)
+
+DELEGATES = ("xnnpack", "none", "edgetpu", "external")
 
 
 class ConfigError(ValueError):
@@ -82,15 +85,95 @@ class AgentConfig:
         None, "Microseconds to spin for a client's next request before sleeping (0: never). "
         "Saves the wake-up on back-to-back calls (default: 50 on multi-core boards, else 0).",
         kind=int, minimum=0, default_factory=lambda: default_busy_poll_us())
+    edge_agent_grpc_socket_path: str = _setting(
+        "", "Also serve the original agent's gRPC API (AWS.SageMaker.Edge.Agent) on this UNIX "
+        "socket; empty: off. Needs grpcio (pip install edge-agent[grpc]).")
+    edge_agent_grpc_max_workers: int = _setting(
+        8, "Threads serving gRPC calls at once.", minimum=1)
     edge_agent_state_dir: str = _setting(
         "/tmp/edge-agent-state", "Directory for the agent's own state (unpacked packages, "
         "capture journal).")
 
     # --- Shared memory ---------------------------------------------------------------------
+    edge_agent_shm_require_readonly: bool = _setting(
+        False, "Strict mode: refuse shared-memory segments that anyone (others) may write, as "
+        "the original agent did.")
+    edge_agent_shm_cache_size: int = _setting(
+        64, "Shared-memory attachments kept for reuse (least recently used go first; 0: "
+        "attach for every call).", minimum=0)
+    edge_agent_shm_idle_seconds: float = _setting(
+        30.0, "A cached shared-memory attachment unused this long is detached.",
+        kind=float, minimum=0.001)
 
     # --- Model packages --------------------------------------------------------------------
+    edge_agent_max_package_bytes: int = _setting(
+        1024**3, "Largest total of the files a .tar.gz package may unpack to, in bytes; "
+        "a larger archive is refused while unpacking.", minimum=1024)
+    edge_agent_max_package_files: int = _setting(
+        64, "Most entries (files and directories) a .tar.gz package may hold.", minimum=3)
 
     # --- Capture ---------------------------------------------------------------------------
+    edge_agent_capture_max_spool_mb: int = _setting(
+        128, "Disk the capture journal may use, in MiB; past it CaptureData answers "
+        "RESOURCE_EXHAUSTED until deliveries free space.", minimum=1)
+    edge_agent_capture_fsync: bool = _setting(
+        True, "Flush each acknowledged capture to disk (fdatasync, shared by concurrent calls) "
+        "before answering. false: captures survive an agent crash but not a power loss.")
+    edge_agent_capture_max_attempts: int = _setting(
+        5, "Times a batch the store refuses for good (not an outage) is tried before its "
+        "captures end in FAILURE.", minimum=1)
+    edge_agent_capture_retry_max_seconds: float = _setting(
+        60.0, "Longest wait between two tries of a batch while the store is unreachable "
+        "(exponential backoff with jitter).", kind=float, minimum=0.01)
+    edge_agent_capture_status_history: int = _setting(
+        10000, "Finished captures whose status is remembered (older ids: NOT_FOUND).", minimum=1)
+    edge_agent_capture_flush_seconds: float = _setting(
+        5.0, "On shutdown, time spent delivering what is pending; the rest waits in the "
+        "journal for the next start.", kind=float, minimum=0.0)
+    edge_agent_s3_endpoint_url: str = _setting(
+        "", "Endpoint of an S3-compatible store (default: AWS S3 in sagemaker_edge_core_region).")
+    edge_agent_s3_addressing_style: str = _setting(
+        "auto", "Bucket in the path or in the host name; auto: path with an endpoint url, "
+        "else virtual.", choices=("auto", "path", "virtual"))
+    edge_agent_s3_access_key_id: str = _setting(
+        "", "S3 access key id (default: the IoT credentials provider or AWS_ACCESS_KEY_ID).")
+    edge_agent_s3_secret_access_key: str = _setting("", "S3 secret access key.")
+    edge_agent_s3_session_token: str = _setting("", "S3 session token, for temporary credentials.")
+    edge_agent_s3_timeout_seconds: float = _setting(
+        30.0, "Timeout of one request to the store or the IoT credentials provider.",
+        kind=float, minimum=0.1)
+    edge_agent_iot_role_alias: str = _setting(
+        "", "IoT role alias, when sagemaker_edge_provider_aws_iot_cred_endpoint is a host "
+        "rather than the full .../role-aliases/<alias>/credentials url.")
+    edge_agent_iot_thing_name: str = _setting(
+        "", "IoT thing name sent to the credentials provider (default: the device name).")
+
+    # --- Boards and delegates --------------------------------------------------------------
+    edge_agent_board: str = _setting(
+        "auto", "Board profile (firmware_configs/, `edge-agent boards` lists them) applied "
+        "beneath the configuration file; auto: detected from /proc/device-tree/model when "
+        "serving; none: no profile.")
+    edge_agent_board_name: str = _setting(
+        "", "Display name of the board (set by its profile).")
+    edge_agent_board_architecture: str = _setting(
+        "", "Architecture the board profile is for (set by its profile; a mismatch with this "
+        "machine is warned about).", choices=("",) + ARCHITECTURES)
+    edge_agent_board_models: tuple = _setting(
+        None, "Prefixes of /proc/device-tree/model that identify the board (set by its "
+        "profile; empty: chosen by name only).", kind=tuple, default_factory=tuple)
+    edge_agent_delegate: str = _setting(
+        "xnnpack", "What runs the models: xnnpack (the runtime's CPU kernels with XNNPACK), "
+        "none (plain CPU kernels), edgetpu (libedgetpu.so.1), external "
+        "(edge_agent_delegate_library).", choices=DELEGATES)
+    edge_agent_delegate_options: dict = _setting(
+        None, "Options passed to the delegate as strings (the Edge TPU's: device = usb, pci, "
+        "usb:0...).", kind=dict, default_factory=dict)
+    edge_agent_delegate_library: str = _setting(
+        "", "Path of the external delegate's shared library (for edge_agent_delegate external).")
+    edge_agent_delegate_fallback: str = _setting(
+        "cpu", "When the delegate cannot be loaded: cpu (warn, run on the CPU) or fail "
+        "(LoadModel answers FAILED_PRECONDITION). An Edge TPU-compiled model needs the Edge "
+        "TPU either way.", choices=("cpu", "fail"))
 
     # --- Edge Manager keys ----------------------------------------------------------------
     sagemaker_edge_core_device_name: str = _setting("", "Name of this device, recorded in captures.")
@@ -111,7 +194,8 @@ class AgentConfig:
         "/tmp/edge-agent-captures", "Directory that Disk captures are written to.")
     sagemaker_edge_core_folder_prefix: str = _setting("", "Prefix of capture folders and object keys.")
     sagemaker_edge_core_capture_data_buffer_size: int = _setting(
-        30, "Captures held in memory before CaptureData answers RESOURCE_EXHAUSTED.", minimum=1)
+        30, "Captures acknowledged and not yet delivered (held in the journal on disk) before "
+        "CaptureData answers RESOURCE_EXHAUSTED.", minimum=1)
     sagemaker_edge_core_capture_data_batch_size: int = _setting(10, "Captures written per batch.", minimum=1)
     sagemaker_edge_core_capture_data_push_period_seconds: float = _setting(
         4.0, "A partial batch is written after this many seconds.", kind=float, minimum=0.001)
@@ -144,9 +228,27 @@ def _field_type(f: dataclasses.Field) -> type:
     return f.metadata.get("kind") or type(f.default)
 
 
+def _option_text(key: str, value: Any) -> str:
+    """A list item or option value as text: delegates take strings, and a JSON scalar (2,
+    true) is written as JSON writes it, so {"num_threads": 2} means "2"."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (bool, int, float)):
+        return json.dumps(value)
+    raise ConfigError(f"{key}: expected a string or number, got {value!r}")
+
+
 def _coerce(key: str, value: Any) -> Any:
     f = FIELDS[key]
     kind = _field_type(f)
+    if kind is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list of strings, got {value!r}")
+        return tuple(_option_text(key, item) for item in value)
+    if kind is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}: expected an object of names to values, got {value!r}")
+        return {str(name): _option_text(f"{key}.{name}", item) for name, item in value.items()}
     if kind is bool:
         # JSON true/false; the original agent's files sometimes quote them.
         if isinstance(value, bool):
@@ -187,6 +289,9 @@ def _check(config: AgentConfig) -> None:
                           "a permission mode")
     if not config.edge_agent_socket_path:
         raise ConfigError("edge_agent_socket_path: must not be empty")
+    if config.edge_agent_delegate == "external" and not config.edge_agent_delegate_library:
+        raise ConfigError("edge_agent_delegate_library: must name the delegate's shared library "
+                          "when edge_agent_delegate is external")
 
 
 def from_mapping(values: Mapping[str, Any], *, warn_unknown: bool = True) -> AgentConfig:
@@ -203,24 +308,53 @@ def from_mapping(values: Mapping[str, Any], *, warn_unknown: bool = True) -> Age
     return config
 
 
-def load(path: str | None = None, overrides: Mapping[str, Any] | None = None) -> AgentConfig:
-    """The embedded default, or the JSON file at `path`, with `overrides` on top."""
-    values: dict[str, Any] = {}
-    if path is not None:
-        try:
-            with open(path, encoding="utf-8") as f:
-                values = json.load(f)
-        except OSError as e:
-            raise ConfigError(f"cannot read configuration file {path}: {e.strerror}") from None
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"configuration file {path} is not valid JSON: {e}") from None
-        if not isinstance(values, dict):
-            raise ConfigError(f"configuration file {path} must hold a JSON object")
+def read_json_object(path: str, what: str = "configuration file") -> dict[str, Any]:
+    """The JSON object in the file at `path`; ConfigError naming the file otherwise."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            values = json.load(f)
+    except OSError as e:
+        raise ConfigError(f"cannot read {what} {path}: {e.strerror}") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{what} {path} is not valid JSON: {e}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{what} {path} must hold a JSON object")
+    return values
+
+
+def load(path: str | None = None, overrides: Mapping[str, Any] | None = None, *,
+         device_tree_model: str | None = None) -> AgentConfig:
+    """The embedded default, then the board profile, the JSON file at `path` and `overrides`,
+    each on top of the one before. The profile is the one edge_agent_board names; with
+    `device_tree_model` (a /proc/device-tree/model path), "auto" detects it from that file."""
+    values: dict[str, Any] = read_json_object(path) if path is not None else {}
     values.update(overrides or {})
-    return from_mapping(values)
+    from edge_agent import boards  # imported here: boards reads its profiles through this module
+    board = values.get("edge_agent_board", FIELDS["edge_agent_board"].default)
+    profile = boards.select(board, device_tree_model)
+    if profile is None:
+        return from_mapping(values)
+    return from_mapping({**profile.values, **values, "edge_agent_board": profile.name})
 
 
 def describe_keys() -> list[tuple[str, str, Any]]:
-    """(key, doc, default) for every key, for the docs and `edge-agent serve --help-keys`."""
-    return [(name, f.metadata["doc"], f.default if f.default is not dataclasses.MISSING else None)
-            for name, f in FIELDS.items()]
+    """(key, doc, default) for every key; default None where it is computed on the board."""
+    def default(f: dataclasses.Field) -> Any:
+        if f.default is not dataclasses.MISSING:
+            return f.default
+        # An empty list or object is made fresh per config, not computed.
+        return f.default_factory() if _field_type(f) in (tuple, dict) else None
+    return [(name, f.metadata["doc"], default(f)) for name, f in FIELDS.items()]
+
+
+def markdown_table() -> str:
+    """The key table of docs/CONFIGURATION.md (`make docs` writes it there)."""
+    rows = ["| key | default | meaning |", "| --- | --- | --- |"]
+    for key, doc, default in describe_keys():
+        shown = "computed" if default is None else f"`{json.dumps(default)}`"
+        rows.append(f"| `{key}` | {shown} | {doc} |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    print(markdown_table(), end="")

@@ -80,12 +80,15 @@ def _missing_op_message(error: Exception) -> str | None:
     return f"the model needs the builtin op {match['builtin']}{version}, which this runtime does not have"
 
 
-def create_interpreter(content: bytes, num_threads: int, delegates: Sequence = ()):
-    """A ready interpreter for the model bytes; FAILED_PRECONDITION naming what is wrong."""
+def create_interpreter(content: bytes, num_threads: int, delegates: Sequence = (),
+                       op_resolver_type=None):
+    """A ready interpreter for the model bytes; FAILED_PRECONDITION naming what is wrong.
+    `op_resolver_type`: the runtime's OpResolverType, None for its default."""
     Interpreter = interpreter_module().Interpreter
+    resolver = {} if op_resolver_type is None else {"experimental_op_resolver_type": op_resolver_type}
     try:
         interpreter = Interpreter(model_content=content, num_threads=num_threads,
-                                  experimental_delegates=list(delegates) or None)
+                                  experimental_delegates=list(delegates) or None, **resolver)
         interpreter.allocate_tensors()
     except (ValueError, RuntimeError) as e:
         reason = _missing_op_message(e)
@@ -96,11 +99,17 @@ def create_interpreter(content: bytes, num_threads: int, delegates: Sequence = (
     return interpreter
 
 
+# Read-only inputs from this size up are copied into the interpreter's buffer directly; below
+# it, set_tensor's extra copy costs less than getting a view of that buffer.
+_DIRECT_COPY_BYTES = 16 * 1024
+
+
 class LoadedModel:
-    def __init__(self, name: str, url: str, interpreter, footprint: int):
+    def __init__(self, name: str, url: str, interpreter, footprint: int, delegate: str = ""):
         self.name = name
         self.url = url
         self.footprint = footprint  # bytes reserved against the memory budget
+        self.delegate = delegate    # what runs it (delegates.Delegation.name)
         self._interpreter = interpreter
         self._lock = threading.Lock()
         self.inputs = [_spec(d, "input", i) for i, d in enumerate(interpreter.get_input_details())]
@@ -111,24 +120,32 @@ class LoadedModel:
         return pb.Model(
             url=self.url, name=self.name,
             input_tensor_metadatas=[s.metadata() for s in self.inputs],
-            output_tensor_metadatas=[s.metadata() for s in self.outputs])
+            output_tensor_metadatas=[s.metadata() for s in self.outputs],
+            delegate=self.delegate)
 
     # --- predict ----------------------------------------------------------------------------
 
     def predict(self, tensors: Sequence[pb.Tensor], response: pb.PredictResponse,
-                reader=None) -> None:
+                reader=None, writer=None) -> None:
         """Fill response with the outputs for the request's input tensors.
 
         INVALID_ARGUMENT when the inputs do not fit the model. `reader` turns a shared-memory
-        handle into a buffer; without one, such tensors are refused.
+        handle into a buffer; without one, such tensors are refused. `writer(position, name,
+        array)`, when given, puts each output into shared memory and returns its handle.
         """
         arrays = self._bind_inputs(tensors, reader)
         interpreter = self._interpreter
         with self._lock:
             self._fit_shapes(arrays)
             for spec, array in zip(self.inputs, arrays):
-                interpreter.set_tensor(spec.index, array)
+                if array.flags.writeable or array.nbytes < _DIRECT_COPY_BYTES:
+                    interpreter.set_tensor(spec.index, array)
+                else:
+                    self._copy_input(spec, array)
             interpreter.invoke()
+            if writer is not None:
+                self._write_outputs(response, writer)
+                return
             for spec in self.outputs:
                 view = interpreter.tensor(spec.index)()
                 md = response.tensors.add(byte_data=view.tobytes()).tensor_metadata
@@ -136,6 +153,30 @@ class LoadedModel:
                 md.data_type = spec.data_type
                 md.shape.extend(view.shape)
                 del view  # the runtime refuses to invoke while views into its buffers live
+
+    def _copy_input(self, spec: TensorSpec, array: np.ndarray) -> None:
+        """One copy straight into the input buffer: set_tensor would first copy a read-only
+        array (bytes off the wire, a view of shared memory) into a fresh writable one."""
+        target = self._interpreter.tensor(spec.index)()
+        try:
+            np.copyto(target, array, casting="no")
+        finally:
+            del target  # the runtime refuses to invoke while views into its buffers live
+
+    def _write_outputs(self, response: pb.PredictResponse, writer) -> None:
+        """Outputs through `writer` (one copy, into the caller's segment); the caller holds
+        the lock. The reply carries metadata and handles, no bytes."""
+        for spec in self.outputs:
+            view = self._interpreter.tensor(spec.index)()
+            try:
+                tensor = response.tensors.add()
+                tensor.shared_memory_handle.CopyFrom(writer(spec.position, spec.name, view))
+                md = tensor.tensor_metadata
+                md.name = spec.name_bytes
+                md.data_type = spec.data_type
+                md.shape.extend(view.shape)
+            finally:
+                del view  # also when the writer refuses: the next invoke needs no live views
 
     def _fit_shapes(self, arrays: Sequence[np.ndarray]) -> None:
         """Resize dynamic inputs to this call's shapes; the caller holds the lock."""

@@ -610,21 +610,22 @@ def image_model(shape: Sequence[int] = (1, 224, 224, 3)) -> BuiltModel:
     return g.build("image", "out = image - ImageNet channel mean", lambda i: {"out": i["image"] + offset})
 
 
-def slow_model(width: int = 1024, layers: int = 8, seed: int = 0) -> BuiltModel:
+def slow_model(width: int = 1024, layers: int = 8, seed: int = 0, batch: int = 1) -> BuiltModel:
     """``layers`` chained FULLY_CONNECTED layers with constant ``width`` x ``width`` weights.
 
     Each invoke reads every weight once (32 MiB at the defaults): about 2 ms on
-    one x86_64 server core, far more on a small board.  Long enough to show
-    that two models' predictions overlap in time; raise ``layers`` for more.
+    one x86_64 server core, far more on a small board. With a small ``width`` and a
+    large ``batch`` the weights stay in cache and the work is compute-bound, which is
+    what shows two models' predictions overlapping on two cores.
     """
     params = [_dense_weights(seed + layer, width, width) for layer in range(layers)]
     g = _Graph()
-    current = g.input("x", np.float32, (1, width))
+    current = g.input("x", np.float32, (batch, width))
     for layer, (weights, bias) in enumerate(params):
         if layer == layers - 1:
-            out = g.output("y", np.float32, (1, width))
+            out = g.output("y", np.float32, (batch, width))
         else:
-            out = g.tensor(f"hidden_{layer}", np.float32, (1, width))
+            out = g.tensor(f"hidden_{layer}", np.float32, (batch, width))
         w, b = g.constant(f"weights_{layer}", weights), g.constant(f"bias_{layer}", bias)
         g.op(BuiltinOperator.FULLY_CONNECTED, [current, w, b], [out])
         current = out
@@ -636,6 +637,20 @@ def slow_model(width: int = 1024, layers: int = 8, seed: int = 0) -> BuiltModel:
         return {"y": y}
 
     return g.build("slow", f"{layers} chained {width}x{width} fully-connected layers", reference)
+
+
+def input_sink_model(length: int) -> BuiltModel:
+    """A [1, ``length``] float32 input that no operator reads, and ``y = -1`` [1, 1].
+
+    For measuring how a tensor reaches the interpreter (set_tensor is the only thing that
+    touches it): invoke costs next to nothing whatever ``length`` is, and the reply is tiny.
+    """
+    g = _Graph()
+    g.input("x", np.float32, (1, length))
+    g.op(BuiltinOperator.NEG, [g.constant("one", np.ones((1, 1), np.float32))],
+         [g.output("y", np.float32, (1, 1))])
+    return g.build("input_sink", f"x [1, {length}] is only set; y = -1",
+                   lambda i: {"y": -np.ones((1, 1), np.float32)})
 
 
 def tiny_model() -> BuiltModel:

@@ -87,6 +87,11 @@ class FrameDecoder:
         return self._splitter.pending
 
     @property
+    def needed_bytes(self) -> int:
+        """Bytes still missing from the frame in progress (a header's worth between frames)."""
+        return self._splitter.needed
+
+    @property
     def buffered_bytes(self) -> int:
         """Memory the decoder holds, consumed bytes included."""
         return self._splitter.buffered

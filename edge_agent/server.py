@@ -26,7 +26,7 @@ from edge_agent.errors import AgentError, StatusCode
 from edge_agent.protocol import (FrameDecoder, FramingError, Kind, Method, encode_error,
                                  encode_reply)
 from edge_agent.service import RPCS, AgentService, Caller
-from edge_agent.sockets import recv_into_polling
+from edge_agent.sockets import receive
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,13 @@ def _group_id(group: str) -> int:
         raise ServerError(f"edge_agent_socket_group: no group named {group!r}") from None
 
 
+def restrict_socket_file(path: str, config: AgentConfig) -> None:
+    """Give a socket file the configured mode and group (who may connect)."""
+    os.chmod(path, config.socket_mode)
+    if config.edge_agent_socket_group:
+        os.chown(path, -1, _group_id(config.edge_agent_socket_group))
+
+
 def bind_socket(config: AgentConfig) -> socket.socket:
     """A listening socket at the configured path, with the configured mode and group."""
     path = config.edge_agent_socket_path
@@ -105,9 +112,7 @@ def bind_socket(config: AgentConfig) -> socket.socket:
     finally:
         os.umask(old_umask)
     try:
-        os.chmod(path, config.socket_mode)
-        if config.edge_agent_socket_group:
-            os.chown(path, -1, _group_id(config.edge_agent_socket_group))
+        restrict_socket_file(path, config)
     except (OSError, ServerError):
         listener.close()
         os.unlink(path)
@@ -253,21 +258,20 @@ class Connection:
         conn, decoder, dispatch, caller = self.conn, self.decoder, self.server.dispatch, self.caller
         # One receive buffer for the connection's life: recv(n) would allocate n bytes a call.
         buffer = bytearray(RECV_BYTES)
-        view = memoryview(buffer)
         frame_started = None  # when the incomplete frame in the decoder began to arrive
         spin = self.server.config.edge_agent_busy_poll_us / 1e6
         try:
             while True:
                 try:
-                    received = recv_into_polling(conn, buffer, spin)
+                    data = receive(conn, buffer, decoder.needed_bytes, spin)
                 except BlockingIOError:  # SO_RCVTIMEO: the client stopped mid-frame
                     self._fail_stalled()
                     return
-                if not received:
+                if not data:
                     if not self.server._stopping.is_set():
                         decoder.end_of_stream()
                     return
-                decoder.feed(view[:received])
+                decoder.feed(data)
                 for frame in decoder.frames():
                     if frame.kind != Kind.REQUEST:
                         raise FramingError(StatusCode.INVALID_ARGUMENT,

@@ -15,11 +15,15 @@ from dataclasses import dataclass
 from typing import Callable, NamedTuple
 
 from edge_agent import agent_pb2 as pb
+from edge_agent import accelerators, delegates
+from edge_agent.archive import Limits
 from edge_agent.config import AgentConfig
 from edge_agent.engine import LoadedModel, create_interpreter
 from edge_agent.errors import (AgentError, StatusCode, failed_precondition, invalid_argument,
                                not_found)
 from edge_agent.memory import MemoryBudget
+from edge_agent.packages import is_bare_model, open_package
+from edge_agent.shm import SharedMemory
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +87,13 @@ class AgentService:
         self._models: dict[str, LoadedModel] = {}
         self._loading: set[str] = set()  # names reserved by loads in progress
         self._lock = threading.Lock()
+        self.shm = SharedMemory.from_config(config)  # attachments shared by all calls
+        # A package built for the Edge TPU is accepted only where this agent runs one.
+        accelerators.use_delegate_config(config.edge_agent_delegate,
+                                         config.edge_agent_delegate_options)
+        # Imported here: edge_agent.capture uses this module's check_model_name.
+        from edge_agent.capture.service import CaptureService
+        self.capture = CaptureService(config)  # opens nothing until used or left a journal
 
     # --- model management -------------------------------------------------------------------
 
@@ -102,8 +113,8 @@ class AgentService:
         finally:
             with self._lock:
                 self._loading.discard(name)
-        log.info("loaded model '%s' from %s (%.1f MiB reserved)", name, path,
-                 model.footprint / 2**20)
+        log.info("loaded model '%s' from %s (%.1f MiB reserved, run by %s)", name, path,
+                 model.footprint / 2**20, model.delegate)
         return pb.LoadModelResponse(model=model.describe())
 
     def _load(self, name: str, url: str, path: str) -> LoadedModel:
@@ -112,13 +123,15 @@ class AgentService:
         self.budget.reserve(len(content), what)
         reserved = len(content)
         try:
-            interpreter = create_interpreter(content, self.config.edge_agent_num_threads)
+            interpreter, delegation = delegates.create_interpreter(
+                content, self.config, what, create_interpreter)
             # The arena and the runtime's packed copies of weights come on top of the file.
             tensors = sum(int(d["shape"].prod()) * d["dtype"](0).itemsize
                           for d in interpreter.get_tensor_details())
             self.budget.reserve(tensors, what)
             reserved += tensors
-            return LoadedModel(name, url, interpreter, footprint=reserved)
+            return LoadedModel(name, url, interpreter, footprint=reserved,
+                               delegate=delegation.name)
         except BaseException:
             self.budget.release(reserved)
             raise
@@ -130,8 +143,8 @@ class AgentService:
             raise not_found(f"no model at '{path}'") from None
         except OSError as e:
             raise failed_precondition(f"cannot read '{path}': {e.strerror}") from None
-        if stat.S_ISDIR(st.st_mode):
-            raise failed_precondition(f"'{path}' is a directory, not a model file")
+        if stat.S_ISDIR(st.st_mode) or not is_bare_model(path):
+            return self._read_package(path, what)
         # Refuse an oversized file before reading it into memory.
         self.budget.check(st.st_size, what)
         try:
@@ -146,6 +159,19 @@ class AgentService:
                 f"'{path}' is an unsigned .tflite file and unsigned models are not allowed: "
                 "load a signed package, or set edge_agent_allow_unsigned_models to true")
         return content
+
+    def _read_package(self, path: str, what: str) -> bytes:
+        """The model bytes of a signed package, verified: the same bytes that were hashed."""
+        config = self.config
+        package = open_package(
+            path, config.sagemaker_edge_core_root_certs_path,
+            os.path.join(config.edge_agent_state_dir, "packages"),
+            Limits(config.edge_agent_max_package_bytes, config.edge_agent_max_package_files),
+            check_size=lambda size: self.budget.check(size, what))
+        manifest = package.manifest
+        log.info("%s: package %s %s for %s, signed by key %s", what, manifest.name,
+                 manifest.version, manifest.target, package.key_id)
+        return package.model
 
     def unload_model(self, request: pb.UnLoadModelRequest, caller: Caller = IN_PROCESS) -> pb.UnLoadModelResponse:
         check_model_name(request.name)
@@ -171,15 +197,29 @@ class AgentService:
 
     def predict(self, request: pb.PredictRequest, caller: Caller = IN_PROCESS) -> pb.PredictResponse:
         response = pb.PredictResponse()
-        self._model(request.name).predict(request.tensors, response)
+        model = self._model(request.name)
+        with self.shm.call(caller) as shm:
+            writer = (shm.output_writer(request.output_handles, model.outputs)
+                      if request.output_handles else None)
+            model.predict(request.tensors, response, reader=shm.read, writer=writer)
         return response
 
-    def capture_data(self, request: pb.CaptureDataRequest, caller: Caller = IN_PROCESS):
-        raise AgentError(StatusCode.UNIMPLEMENTED, "CaptureData is not implemented yet")
+    def capture_data(self, request: pb.CaptureDataRequest,
+                     caller: Caller = IN_PROCESS) -> pb.CaptureDataResponse:
+        """Returns once the capture is journaled; delivery happens in the background. The
+        model need not be loaded (as in the original: captures may come from elsewhere)."""
+        from edge_agent.capture.validate import uses_shared_memory
+
+        if uses_shared_memory(request):
+            with self.shm.call(caller) as shm:  # copied out before the call returns
+                self.capture.capture(request, shm.read)
+        else:
+            self.capture.capture(request)
+        return pb.CaptureDataResponse()
 
     def get_capture_data_status(self, request: pb.GetCaptureDataStatusRequest,
-                                caller: Caller = IN_PROCESS):
-        raise AgentError(StatusCode.UNIMPLEMENTED, "GetCaptureDataStatus is not implemented yet")
+                                caller: Caller = IN_PROCESS) -> pb.GetCaptureDataStatusResponse:
+        return self.capture.status(request.capture_id)
 
     # --- helpers ----------------------------------------------------------------------------
 
@@ -199,5 +239,7 @@ class AgentService:
         return getattr(self, rpc.handler)
 
     def close(self) -> None:
+        self.capture.close()  # delivers what it can within edge_agent_capture_flush_seconds
         with self._lock:
             self._models.clear()
+        self.shm.close()

@@ -13,6 +13,19 @@ def default_busy_poll_us() -> int:
     return 50 if (os.cpu_count() or 1) > 1 else 0
 
 
+def receive(sock: socket.socket, buffer: bytearray, needed: int, spin_seconds: float):
+    """The next bytes of a frame stream: a view of what arrived, empty at end of stream.
+
+    When the frame in progress still needs more than `buffer` holds, its rest is read in one
+    MSG_WAITALL receive into a buffer of its own: one system call instead of one per chunk
+    the kernel happens to deliver.
+    """
+    if needed > len(buffer):
+        rest = bytearray(needed)
+        return memoryview(rest)[:sock.recv_into(rest, needed, socket.MSG_WAITALL)]
+    return memoryview(buffer)[:recv_into_polling(sock, buffer, spin_seconds)]
+
+
 def recv_into_polling(sock: socket.socket, buffer, spin_seconds: float) -> int:
     """recv_into, but first spin for up to spin_seconds on a non-blocking receive.
 

@@ -15,13 +15,16 @@ from edge_agent import model_builder
 from edge_agent.client import AgentClient
 
 ROOT = Path(__file__).resolve().parent.parent
+pytest_plugins = ["s3server"]
 
 
 class AgentProcess:
     """`edge-agent serve` in its own process, as a board runs it."""
 
-    def __init__(self, workdir: Path, overrides: dict | None = None, config_file: Path | None = None):
+    def __init__(self, workdir: Path, overrides: dict | None = None, config_file: Path | None = None,
+                 args: tuple[str, ...] = ()):
         self.workdir = workdir
+        self.args = args  # more `serve` arguments (--board NAME...)
         self.socket_path = str(workdir / "agent.sock")
         self.log_path = workdir / "agent.log"
         settings = {
@@ -31,6 +34,7 @@ class AgentProcess:
             "edge_agent_num_threads": 1,
         }
         settings.update(overrides or {})
+        self.socket_path = settings["edge_agent_socket_path"]
         self.config_path = config_file or workdir / "agent.json"
         if config_file is None:
             self.config_path.write_text(json.dumps(settings))
@@ -39,7 +43,8 @@ class AgentProcess:
     def start(self, timeout: float = 20.0) -> "AgentProcess":
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "edge_agent", "serve", "--config", str(self.config_path)],
+            [sys.executable, "-m", "edge_agent", "serve", "--config", str(self.config_path),
+             *self.args],
             stdout=log, stderr=log, cwd=self.workdir)
         deadline = time.monotonic() + timeout
         while True:

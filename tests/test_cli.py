@@ -53,5 +53,5 @@ def test_client_without_an_agent(tmp_path):
 
 def test_demo_runs_a_round_trip_and_stops():
     result = edge_agent("demo")
-    assert "NumPy reference agrees" in result.stdout
+    assert "signed package" in result.stdout and "NumPy reference agrees" in result.stdout
     assert "agent stopped (exit status 0)" in result.stdout

@@ -1,0 +1,182 @@
+"""The background delivery thread: seal batches, write them, record outcomes.
+
+Captures wait (as journal locations, not in memory) until `batch_size` of them are pending
+or the oldest has waited `push_period` seconds; then a batch is sealed — its composition
+journaled first — and written. One batch is in flight at a time, oldest first. While the
+store is unreachable the batch is retried with exponential backoff and full jitter; nothing
+is dropped and the statuses stay IN_PROGRESS. A batch the store refuses for good
+(`max_attempts` times) ends in FAILURE, with the store's answer as the reason.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import random
+import threading
+import time
+from typing import Callable, NamedTuple
+
+from edge_agent import agent_pb2 as pb
+from edge_agent.capture import entries
+from edge_agent.capture.destinations import DeliveryError
+from edge_agent.capture.journal import Journal, Location
+from edge_agent.capture.manifest import batch_folder, build_batch
+from edge_agent.capture.status import Outcome, StatusLog
+
+log = logging.getLogger(__name__)
+
+BACKOFF_BASE_SECONDS = 0.2
+
+
+class Waiting(NamedTuple):
+    key: bytes
+    location: Location
+    since: float  # time.monotonic() when it was accepted (or replayed)
+
+
+class Batch(NamedTuple):
+    sealed: entries.SealedBatch
+    locations: list[Location]
+    record: Location  # the BATCH record itself
+
+
+class BatchSettings(NamedTuple):
+    batch_size: int
+    push_period: float
+    prefix: str
+    device_name: str
+    fleet_name: str
+    embed_limit: int
+    max_attempts: int
+    retry_max_seconds: float
+
+
+class Batcher:
+    def __init__(self, journal: Journal, statuses: StatusLog, destination: Callable[[], object],
+                 settings: BatchSettings, on_finished: Callable[[int], None]):
+        """`destination()` returns the Destination (built on first use, in this thread)."""
+        self.journal = journal
+        self.statuses = statuses
+        self._destination_factory = destination
+        self._destination = None
+        self.settings = settings
+        self.on_finished = on_finished
+        self._waiting: collections.deque[Waiting] = collections.deque()
+        self._sealed: collections.deque[Batch] = collections.deque()  # replayed, not yet written
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._deadline = float("inf")
+        self._thread = threading.Thread(target=self._run, name="edge-agent-capture", daemon=True)
+
+    # --- called from other threads ----------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def add(self, key: bytes, location: Location) -> None:
+        with self._cond:
+            self._waiting.append(Waiting(key, location, time.monotonic()))
+            # Wake the thread for the first capture (its push period starts) and a full batch.
+            if len(self._waiting) in (1, self.settings.batch_size):
+                self._cond.notify()
+
+    def resume(self, batch: Batch) -> None:
+        with self._cond:
+            self._sealed.append(batch)
+
+    def stop(self, flush_seconds: float) -> None:
+        """Deliver what is pending for up to flush_seconds, then stop; the rest stays journaled."""
+        with self._cond:
+            self._stopping = True
+            self._deadline = time.monotonic() + flush_seconds
+            self._cond.notify()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    # --- the thread -------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            batch = self._next_batch()
+            if batch is None:
+                return
+            try:
+                self._deliver(batch)
+            except Exception:  # a fault of ours: keep the batch journaled, keep the thread
+                log.exception("capture batch %s: delivery failed unexpectedly", batch.sealed.batch_id)
+                if self._wait(self.settings.retry_max_seconds):
+                    return
+                with self._cond:
+                    self._sealed.appendleft(batch)
+
+    def _next_batch(self) -> Batch | None:
+        with self._cond:
+            while True:
+                if self._stopping and time.monotonic() >= self._deadline:
+                    return None
+                if self._sealed:
+                    return self._sealed.popleft()
+                if self._waiting:
+                    age = time.monotonic() - self._waiting[0].since
+                    if self._stopping or len(self._waiting) >= self.settings.batch_size \
+                            or age >= self.settings.push_period:
+                        taken = [self._waiting.popleft()
+                                 for _ in range(min(self.settings.batch_size, len(self._waiting)))]
+                        break
+                    self._cond.wait(self.settings.push_period - age)
+                elif self._stopping:
+                    return None
+                else:
+                    self._cond.wait()
+        sealed = entries.SealedBatch(time.time_ns(), [w.key for w in taken])
+        record = self.journal.append(entries.BATCH, entries.encode_batch(sealed))
+        return Batch(sealed, [w.location for w in taken], record)
+
+    def _wait(self, seconds: float) -> bool:
+        """Sleep, unless stopping; True when the thread should give up (stopping)."""
+        with self._cond:
+            if not self._stopping:
+                self._cond.wait(seconds)
+            return self._stopping
+
+    def _deliver(self, batch: Batch) -> None:
+        sealed = batch.sealed
+        folder = batch_folder(self.settings.prefix, sealed.created_ns, sealed.batch_id)
+        refusals = 0
+        tries = 0
+        while True:
+            tries += 1
+            try:
+                if self._destination is None:
+                    self._destination = self._destination_factory()
+                captures = [entries.decode_accept(self.journal.read(loc)) for loc in batch.locations]
+                files = build_batch(sealed.batch_id, captures, self.settings.device_name,
+                                    self.settings.fleet_name, self.settings.embed_limit)
+                self._destination.write_batch(folder, files)
+            except DeliveryError as e:
+                if not e.transient:
+                    refusals += 1
+                    if refusals >= self.settings.max_attempts:
+                        log.error("capture batch %s (%d captures) failed for good after %d "
+                                  "tries: %s", sealed.batch_id, len(sealed.keys), tries, e.reason)
+                        self._finish(batch, Outcome(pb.FAILURE, e.reason))
+                        return
+                log.warning("capture batch %s not written (try %d, will retry): %s",
+                            sealed.batch_id, tries, e.reason)
+                if self._stopping:
+                    return  # stays journaled; the next start delivers it
+                delay = random.uniform(0, min(self.settings.retry_max_seconds,
+                                              BACKOFF_BASE_SECONDS * 2 ** min(tries, 20)))
+                if self._wait(delay):
+                    return
+                continue
+            log.debug("capture batch %s: %d captures written to %s", sealed.batch_id,
+                      len(sealed.keys), folder)
+            self._finish(batch, Outcome(pb.SUCCESS))
+            return
+
+    def _finish(self, batch: Batch, outcome: Outcome) -> None:
+        # Outcomes are durable before the journal may forget the captures.
+        self.statuses.finish([(key, outcome) for key in batch.sealed.keys])
+        self.journal.unpin([loc.segment for loc in batch.locations] + [batch.record.segment])
+        self.on_finished(len(batch.sealed.keys))

@@ -1,0 +1,96 @@
+"""Where batches go: a folder on disk, or an S3-compatible bucket.
+
+A destination writes a batch's files (manifest.build_batch: payload files first, manifest
+last) under the batch's folder. Writing the same batch again overwrites the same names with
+the same bytes. A failure raises DeliveryError saying whether trying again may help
+(`transient`: the store is unreachable, busy, out of space) or not (refused for good).
+"""
+from __future__ import annotations
+
+import errno
+import os
+from typing import Protocol, Sequence
+
+from edge_agent.capture.manifest import BatchFile
+
+# Errors that retrying cannot fix without someone changing the configuration or the disk.
+_PERMANENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR,
+                     errno.ENAMETOOLONG}
+
+
+class DeliveryError(Exception):
+    def __init__(self, reason: str, transient: bool):
+        super().__init__(reason)
+        self.reason = reason
+        self.transient = transient
+
+
+class Destination(Protocol):
+    def write_batch(self, folder: str, files: Sequence[BatchFile]) -> None: ...
+
+    def where(self, folder: str) -> str: ...
+
+
+def _fsync_directory(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class DiskDestination:
+    """Files under `root`; each written to a temporary name, flushed and renamed, so a
+    reader never sees half a file."""
+
+    def __init__(self, root: str, fsync: bool = True):
+        self.root = root
+        self.fsync = fsync
+
+    def where(self, folder: str) -> str:
+        return os.path.join(self.root, folder)
+
+    def write_batch(self, folder: str, files: Sequence[BatchFile]) -> None:
+        target = self.where(folder)
+        try:
+            directories = set()
+            for file in files:
+                path = os.path.join(target, file.name)
+                directory = os.path.dirname(path)
+                if directory not in directories:
+                    os.makedirs(directory, exist_ok=True)
+                    directories.add(directory)
+                self._write(path, file.data)
+            if self.fsync:
+                for directory in directories:
+                    _fsync_directory(directory)
+        except OSError as e:
+            raise DeliveryError(f"cannot write {target}: {e.strerror or e}",
+                                transient=e.errno not in _PERMANENT_ERRNOS) from None
+
+    def _write(self, path: str, data: bytes) -> None:
+        temporary = path + ".tmp"
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            if self.fsync:
+                os.fdatasync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temporary, path)
+
+
+class S3Destination:
+    """Objects `<folder>/<name>` in the bucket, through an S3Client (edge_agent.capture.s3)."""
+
+    def __init__(self, client):
+        self.client = client
+
+    def where(self, folder: str) -> str:
+        return self.client.url_of(folder)
+
+    def write_batch(self, folder: str, files: Sequence[BatchFile]) -> None:
+        for file in files:
+            self.client.put_object(f"{folder}/{file.name}", file.data)

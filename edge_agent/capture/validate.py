@@ -1,0 +1,145 @@
+"""Checks a CaptureDataRequest and turns it into what the journal stores.
+
+The stored request has every tensor and auxiliary item as byte_data — shared-memory data is
+copied out here, at call time, so the client may reuse its segment as soon as the call
+returns — and always an inference timestamp (the time of the call when the client gave none).
+"""
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Callable, Optional
+
+from edge_agent import agent_pb2 as pb
+from edge_agent.errors import AgentError, StatusCode, invalid_argument
+from edge_agent.service import check_model_name
+from edge_agent.tensors import byte_length, data_type_name, dtype_of, format_shape
+
+# Clocks of the application and the agent read the same system clock on a board, but a
+# timestamp taken just before a clock step (NTP) must not be refused: 1 s of slack.
+CLOCK_SKEW_SECONDS = 1.0
+
+# reader(handle, nbytes, what) → bytes-like, as for Predict; None: no shared-memory support.
+Reader = Optional[Callable[[pb.SharedMemoryHandle, int, str], object]]
+
+
+def capture_key(capture_id: str) -> bytes:
+    """The 16 bytes of a capture_id; INVALID_ARGUMENT unless it is a UUID string."""
+    try:
+        parsed = uuid.UUID(capture_id)
+    except (ValueError, TypeError):
+        parsed = None
+    # uuid.UUID also takes "{...}", "urn:uuid:" and hex without dashes: those are UUIDs too.
+    if parsed is None or not capture_id:
+        raise invalid_argument(f"capture_id {capture_id!r} is not a UUID string "
+                               "(like 123e4567-e89b-12d3-a456-426614174000)")
+    return parsed.bytes
+
+
+def _check_timestamp(request: pb.CaptureDataRequest, stored: pb.CaptureDataRequest, now: float) -> None:
+    if not request.HasField("inference_timestamp"):
+        whole = int(now)
+        stored.inference_timestamp.seconds = whole
+        stored.inference_timestamp.nanos = int((now - whole) * 1e9)
+        return
+    ts = request.inference_timestamp
+    if ts.seconds < 0 or not 0 <= ts.nanos < 1_000_000_000:
+        raise invalid_argument(f"inference_timestamp ({ts.seconds} s, {ts.nanos} ns) is not a "
+                               "valid time: seconds must be >= 0 and nanos in [0, 1e9)")
+    if ts.seconds + ts.nanos / 1e9 > now + CLOCK_SKEW_SECONDS:
+        raise AgentError(StatusCode.OUT_OF_RANGE,
+                         f"inference_timestamp is {ts.seconds + ts.nanos / 1e9 - now:.3f} s in "
+                         "the future; give the time the inference ran")
+    stored.inference_timestamp.CopyFrom(ts)
+
+
+def uses_shared_memory(request: pb.CaptureDataRequest) -> bool:
+    return any(item.WhichOneof("data") == "shared_memory_handle"
+               for items in (request.input_tensors, request.output_tensors, request.inputs,
+                             request.outputs) for item in items)
+
+
+def _shared(handle: pb.SharedMemoryHandle, nbytes: int, name: str, what: str,
+            reader: Reader) -> bytes:
+    if reader is None:
+        raise invalid_argument(f"{what}: shared-memory tensors in CaptureData need the "
+                               "shared-memory reader; send byte_data")
+    return bytes(reader(handle, nbytes, name))  # a copy: the client may reuse the segment
+
+
+def _copy_tensor(tensor: pb.Tensor, out: pb.Tensor, what: str, reader: Reader) -> None:
+    if not tensor.HasField("tensor_metadata"):
+        raise invalid_argument(f"{what}: tensor_metadata is missing (name, data type and shape)")
+    md = tensor.tensor_metadata
+    name = md.name.decode("utf-8", "replace")
+    what = f"{what} '{name}'"
+    dtype = dtype_of(md.data_type)
+    if dtype is None:
+        raise invalid_argument(f"{what}: unknown data type {data_type_name(md.data_type)}")
+    if any(d < 0 for d in md.shape):
+        raise invalid_argument(f"{what}: shape {format_shape(md.shape)} has a negative dimension; "
+                               "captured tensors need their real shape")
+    nbytes = byte_length(dtype, md.shape)
+    kind = tensor.WhichOneof("data")
+    if kind is None:
+        raise invalid_argument(f"{what}: no data (byte_data or shared_memory_handle)")
+    if kind == "byte_data":
+        data = tensor.byte_data
+    else:
+        handle = tensor.shared_memory_handle
+        if handle.size not in (0, nbytes):
+            raise invalid_argument(f"{what}: the shared-memory handle says {handle.size} bytes "
+                                   f"but {data_type_name(md.data_type)} {format_shape(md.shape)} "
+                                   f"is {nbytes} bytes")
+        data = _shared(handle, nbytes, name, what, reader)
+    if len(data) != nbytes:
+        raise invalid_argument(f"{what}: expected {data_type_name(md.data_type)} "
+                               f"{format_shape(md.shape)} ({nbytes} bytes), got {len(data)} bytes")
+    out.tensor_metadata.CopyFrom(md)
+    out.byte_data = data
+
+
+def _copy_auxiliary(item: pb.AuxilaryData, out: pb.AuxilaryData, what: str, reader: Reader) -> None:
+    if not item.name:
+        raise invalid_argument(f"{what}: auxiliary data needs a name")
+    what = f"{what} '{item.name}'"
+    if item.encoding not in pb.Encoding.values():
+        raise invalid_argument(f"{what}: unknown encoding {item.encoding} "
+                               "(CSV, JSON, NONE or BASE64)")
+    kind = item.WhichOneof("data")
+    if kind == "shared_memory_handle":
+        if item.shared_memory_handle.size == 0:
+            raise invalid_argument(f"{what}: a shared-memory handle for auxiliary data needs "
+                                   "its size")
+        data = _shared(item.shared_memory_handle, item.shared_memory_handle.size, item.name, what,
+                       reader)
+    else:
+        data = item.byte_data
+    if not data:
+        raise invalid_argument(f"{what}: no data")
+    out.name = item.name
+    out.encoding = item.encoding
+    out.byte_data = data
+
+
+def checked_capture(request: pb.CaptureDataRequest, reader: Reader = None,
+                    now: float | None = None) -> tuple[bytes, pb.CaptureDataRequest]:
+    """(the capture id's 16 bytes, the request as the journal stores it), or INVALID_ARGUMENT
+    / OUT_OF_RANGE saying what is wrong."""
+    key = capture_key(request.capture_id)
+    check_model_name(request.model_name)
+    if not (request.input_tensors or request.output_tensors or request.inputs or request.outputs):
+        raise invalid_argument("nothing to capture: give input or output tensors or "
+                               "auxiliary data")
+    stored = pb.CaptureDataRequest(model_name=request.model_name,
+                                   capture_id=str(uuid.UUID(bytes=key)))
+    _check_timestamp(request, stored, time.time() if now is None else now)
+    for i, tensor in enumerate(request.input_tensors):
+        _copy_tensor(tensor, stored.input_tensors.add(), f"input tensor {i}", reader)
+    for i, tensor in enumerate(request.output_tensors):
+        _copy_tensor(tensor, stored.output_tensors.add(), f"output tensor {i}", reader)
+    for i, item in enumerate(request.inputs):
+        _copy_auxiliary(item, stored.inputs.add(), f"auxiliary input {i}", reader)
+    for i, item in enumerate(request.outputs):
+        _copy_auxiliary(item, stored.outputs.add(), f"auxiliary output {i}", reader)
+    return key, stored

@@ -1,0 +1,381 @@
+"""CaptureData / GetCaptureDataStatus through the service core (in process, Disk destination
+or an unreachable store): validation, status codes, batching, manifests, bounds, restarts."""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+import time
+import uuid
+
+import numpy as np
+import pytest
+
+from edge_agent import agent_pb2 as pb
+from edge_agent import config as config_module
+from edge_agent.config import ConfigError
+from edge_agent.errors import AgentError, StatusCode
+from edge_agent.service import AgentService
+from edge_agent.tensors import add_array
+
+from capture_helpers import capture_request, delivered_ids, disk_manifests, lines, payload, wait_for
+
+
+@pytest.fixture
+def make_service(tmp_path):
+    services = []
+
+    def make(**overrides) -> AgentService:
+        settings = {
+            "edge_agent_state_dir": str(tmp_path / "state"),
+            "sagemaker_edge_core_capture_data_disk_path": str(tmp_path / "out"),
+            "sagemaker_edge_core_capture_data_push_period_seconds": 0.05,
+            "edge_agent_capture_retry_max_seconds": 0.05,
+            "edge_agent_capture_flush_seconds": 0.5,
+        }
+        settings.update(overrides)
+        service = AgentService(config_module.load(None, settings))
+        services.append(service)
+        return service
+
+    yield make
+    for service in services:
+        service.close()
+
+
+def status_of(service: AgentService, capture_id: str) -> pb.GetCaptureDataStatusResponse:
+    return service.get_capture_data_status(pb.GetCaptureDataStatusRequest(capture_id=capture_id))
+
+
+def wait_status(service, capture_id, status=pb.SUCCESS):
+    return wait_for(lambda: status_of(service, capture_id).status == status,
+                    what=f"{capture_id} to be {pb.CaptureDataStatus.Name(status)}")
+
+
+def unreachable_store() -> dict:
+    """A Cloud destination at a loopback port nobody listens on: every upload fails to
+    connect (transient), so captures stay pending."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return {"sagemaker_edge_core_capture_data_destination": "Cloud",
+            "sagemaker_edge_provider_s3_bucket_name": "b",
+            "edge_agent_s3_endpoint_url": f"http://127.0.0.1:{port}",
+            "edge_agent_s3_access_key_id": "k", "edge_agent_s3_secret_access_key": "s"}
+
+
+def expect(code: StatusCode, call, *args) -> AgentError:
+    with pytest.raises(AgentError) as info:
+        call(*args)
+    assert info.value.code == code, info.value
+    return info.value
+
+
+# --- the happy path and the layout ------------------------------------------------------------
+
+def test_capture_is_written_with_its_manifest(make_service, tmp_path):
+    service = make_service(sagemaker_edge_core_device_name="pi-7",
+                           sagemaker_edge_core_device_fleet_name="shelf",
+                           sagemaker_edge_core_folder_prefix="cams")
+    request = capture_request(nbytes=5000)
+    request.inference_timestamp.seconds = 1_700_000_000
+    request.inference_timestamp.nanos = 5
+    request.inputs.add(name="labels", encoding=pb.CSV, byte_data=b"a,b\n1,2\n")
+    service.capture_data(request)
+    wait_status(service, request.capture_id)
+
+    manifests = disk_manifests(tmp_path / "out")
+    [(folder, text)] = manifests.items()
+    assert folder.startswith("cams/") and len(folder.split("/")) == 6  # prefix/Y/M/D/H/batch
+    [line] = [json.loads(t) for t in text.splitlines()]
+    assert line["capture_id"] == request.capture_id
+    assert line["model_name"] == "m"
+    assert line["inference_timestamp"] == "2023-11-14T22:13:20.000000005Z"
+    assert (line["device_name"], line["device_fleet_name"]) == ("pi-7", "shelf")
+    [x] = line["input_tensors"]
+    assert (x["name"], x["data_type"], x["shape"], x["byte_length"]) == ("x", "UINT8", [5000], 5000)
+    assert "data" not in x  # over the embed limit: its own file
+    assert x["file"] == "payloads.bin"
+    assert payload(x, lambda name: (tmp_path / "out" / folder / name).read_bytes()) == \
+        np.arange(5000, dtype=np.uint8).tobytes()
+    [y] = line["output_tensors"]
+    assert base64.b64decode(y["data"]) == np.ones(2, np.float32).tobytes()
+    [aux] = line["aux_inputs"]
+    assert (aux["name"], aux["encoding"], base64.b64decode(aux["data"])) == ("labels", "CSV", b"a,b\n1,2\n")
+
+
+@pytest.mark.parametrize("limit", [0, 100, 3072])
+def test_base64_embed_limit(make_service, tmp_path, limit):
+    service = make_service(sagemaker_edge_core_capture_data_base64_embed_limit=limit)
+    at, over = capture_request(nbytes=limit), capture_request(nbytes=limit + 1)
+    for request in (at, over):
+        service.capture_data(request)
+    wait_status(service, over.capture_id)
+    wait_status(service, at.capture_id)
+    by_id = {line["capture_id"]: line for line in lines(disk_manifests(tmp_path / "out"))}
+    assert "data" in by_id[at.capture_id]["input_tensors"][0] or limit == 0
+    assert "file" in by_id[over.capture_id]["input_tensors"][0]
+
+
+def test_base64_embed_limit_above_3_kb_stops_start_up(make_service):
+    with pytest.raises(ConfigError, match="base64_embed_limit: at most 3072"):
+        make_service(sagemaker_edge_core_capture_data_base64_embed_limit=3073)
+
+
+def test_batches_by_size_and_by_period(make_service, tmp_path):
+    service = make_service(sagemaker_edge_core_capture_data_batch_size=4,
+                           sagemaker_edge_core_capture_data_push_period_seconds=0.3)
+    requests = [capture_request() for _ in range(10)]
+    for request in requests:
+        service.capture_data(request)
+    for request in requests:
+        wait_status(service, request.capture_id)
+    sizes = sorted(len(text.splitlines()) for text in disk_manifests(tmp_path / "out").values())
+    assert sizes == [2, 4, 4]  # two full batches, the rest after the push period
+    assert sorted(delivered_ids(disk_manifests(tmp_path / "out"))) == sorted(r.capture_id for r in requests)
+
+
+def test_model_need_not_be_loaded_and_timestamp_defaults_to_now(make_service, tmp_path):
+    service = make_service()
+    request = capture_request(model="never-loaded")
+    before = time.time()
+    service.capture_data(request)
+    wait_status(service, request.capture_id)
+    [line] = lines(disk_manifests(tmp_path / "out"))
+    stamp = time.mktime(time.strptime(line["inference_timestamp"][:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone
+    assert before - 1 <= stamp <= time.time() + 1
+
+
+# --- status codes -------------------------------------------------------------------------------
+
+def test_duplicate_capture_id_is_already_exists(make_service):
+    service = make_service()
+    request = capture_request()
+    service.capture_data(request)
+    error = expect(StatusCode.ALREADY_EXISTS, service.capture_data, request)
+    assert request.capture_id in error.message
+    wait_status(service, request.capture_id)
+    expect(StatusCode.ALREADY_EXISTS, service.capture_data, request)
+    # The same UUID written differently is the same capture.
+    expect(StatusCode.ALREADY_EXISTS, service.capture_data,
+           capture_request(request.capture_id.upper()))
+
+
+def test_future_timestamp_is_out_of_range(make_service):
+    service = make_service()
+    future = capture_request()
+    future.inference_timestamp.seconds = int(time.time()) + 60
+    error = expect(StatusCode.OUT_OF_RANGE, service.capture_data, future)
+    assert "in the future" in error.message
+    expect(StatusCode.NOT_FOUND, status_of, service, future.capture_id)  # nothing was kept
+    skewed = capture_request()  # within the clock-skew tolerance
+    skewed.inference_timestamp.seconds = int(time.time())
+    skewed.inference_timestamp.nanos = 500_000_000
+    service.capture_data(skewed)
+
+
+@pytest.mark.parametrize("capture_id", ["", "not-a-uuid", "123", "g23e4567-e89b-12d3-a456-426614174000"])
+def test_capture_id_must_be_a_uuid(make_service, capture_id):
+    service = make_service()
+    error = expect(StatusCode.INVALID_ARGUMENT, service.capture_data, capture_request(capture_id or None) if capture_id else
+                   pb.CaptureDataRequest(model_name="m", capture_id=""))
+    assert "UUID" in error.message
+    expect(StatusCode.INVALID_ARGUMENT, status_of, service, capture_id)
+
+
+def _bad_requests():
+    def base():
+        return pb.CaptureDataRequest(model_name="m", capture_id=str(uuid.uuid4()))
+    no_metadata = base()
+    no_metadata.input_tensors.add(byte_data=b"1234")
+    unknown_type = base()
+    add_array(unknown_type.input_tensors, "x", np.zeros(2, np.float32))
+    unknown_type.input_tensors[0].tensor_metadata.data_type = 99
+    wrong_length = base()
+    add_array(wrong_length.output_tensors, "y", np.zeros(3, np.float32))
+    wrong_length.output_tensors[0].byte_data = b"12"
+    no_data = base()
+    no_data.input_tensors.add().tensor_metadata.CopyFrom(
+        pb.TensorMetadata(name=b"x", data_type=pb.UINT8, shape=[1]))
+    negative = base()
+    add_array(negative.input_tensors, "x", np.zeros(2, np.uint8))
+    negative.input_tensors[0].tensor_metadata.shape[0] = -1
+    aux_no_name = base()
+    aux_no_name.inputs.add(encoding=pb.JSON, byte_data=b"{}")
+    aux_no_data = base()
+    aux_no_data.outputs.add(name="a", encoding=pb.JSON)
+    bad_model = capture_request(model="no spaces")
+    empty = base()
+    return {"no metadata": (no_metadata, "tensor_metadata is missing"),
+            "unknown type": (unknown_type, "unknown data type"),
+            "wrong length": (wrong_length, "(12 bytes), got 2 bytes"),
+            "no data": (no_data, "no data"),
+            "negative shape": (negative, "negative dimension"),
+            "aux without name": (aux_no_name, "needs a name"),
+            "aux without data": (aux_no_data, "no data"),
+            "bad model name": (bad_model, "model name"),
+            "nothing": (empty, "nothing to capture")}
+
+
+@pytest.mark.parametrize("case", list(_bad_requests()))
+def test_invalid_tensors_are_invalid_argument(make_service, case):
+    service = make_service()
+    request, message = _bad_requests()[case]
+    error = expect(StatusCode.INVALID_ARGUMENT, service.capture_data, request)
+    assert message in error.message
+    # The id was not used up by the refused call.
+    expect(StatusCode.NOT_FOUND, status_of, service, request.capture_id)
+
+
+def test_unknown_capture_is_not_found(make_service):
+    service = make_service()
+    expect(StatusCode.NOT_FOUND, status_of, service, str(uuid.uuid4()))
+    service.capture_data(capture_request())
+    expect(StatusCode.NOT_FOUND, status_of, service, str(uuid.uuid4()))
+
+
+def test_shared_memory_tensor_is_copied_at_call_time(make_service, tmp_path):
+    from edge_agent.shm_client import SysVSegment, add_shm_tensor
+
+    service = make_service()
+    request = pb.CaptureDataRequest(model_name="m", capture_id=str(uuid.uuid4()))
+    original = np.arange(1000, dtype=np.float32)
+    with SysVSegment.create(original.nbytes) as segment:
+        add_shm_tensor(request.input_tensors, "x", segment.write(original))
+        service.capture_data(request)
+        segment.write(np.zeros(1000, np.float32))  # the client reuses its segment at once
+    wait_status(service, request.capture_id)
+    [line] = lines(disk_manifests(tmp_path / "out"))
+    folder = next(iter(disk_manifests(tmp_path / "out")))
+    entry = line["input_tensors"][0]
+    assert payload(entry, lambda name: (tmp_path / "out" / folder / name).read_bytes()) == \
+        original.tobytes()
+
+
+def test_shared_memory_tensor_out_of_bounds_is_invalid_argument(make_service):
+    from edge_agent.shm_client import SysVSegment, ShmTensor, add_shm_tensor
+
+    service = make_service()
+    request = pb.CaptureDataRequest(model_name="m", capture_id=str(uuid.uuid4()))
+    with SysVSegment.create(64) as segment:
+        add_shm_tensor(request.input_tensors, "x",
+                       ShmTensor(segment.shmid, 32, 64, np.uint8, (64,)))
+        expect(StatusCode.INVALID_ARGUMENT, service.capture_data, request)
+
+
+# --- bounds -------------------------------------------------------------------------------------
+
+def test_buffer_full_is_resource_exhausted_and_nothing_is_lost(make_service):
+    service = make_service(sagemaker_edge_core_capture_data_buffer_size=3, **unreachable_store())
+    accepted = [capture_request() for _ in range(3)]
+    for request in accepted:
+        service.capture_data(request)
+    error = expect(StatusCode.RESOURCE_EXHAUSTED, service.capture_data, capture_request())
+    assert "capture_data_buffer_size is 3" in error.message
+    for request in accepted:
+        assert status_of(service, request.capture_id).status == pb.IN_PROGRESS
+
+
+def test_spool_bound_is_resource_exhausted(make_service):
+    service = make_service(edge_agent_capture_max_spool_mb=1, **unreachable_store())
+    accepted = 0
+    with pytest.raises(AgentError) as info:
+        for _ in range(10):
+            service.capture_data(capture_request(nbytes=300_000))
+            accepted += 1
+    assert info.value.code == StatusCode.RESOURCE_EXHAUSTED
+    assert "edge_agent_capture_max_spool_mb" in info.value.message
+    assert accepted == 3
+    assert service.capture.journal.total_bytes <= 1024 * 1024
+
+
+def test_delivered_captures_free_the_buffer(make_service):
+    service = make_service(sagemaker_edge_core_capture_data_buffer_size=2,
+                           sagemaker_edge_core_capture_data_batch_size=2)
+    for _ in range(3):  # each pair is delivered, so the buffer never stays full
+        requests = [capture_request(), capture_request()]
+        for request in requests:
+            service.capture_data(request)
+        for request in requests:
+            wait_status(service, request.capture_id)
+
+
+# --- failures and restarts ----------------------------------------------------------------------
+
+def test_refused_for_good_ends_in_failure_with_the_reason(make_service, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    service = make_service(sagemaker_edge_core_capture_data_disk_path=str(blocker / "out"),
+                           edge_agent_capture_max_attempts=2)
+    request = capture_request()
+    service.capture_data(request)
+    wait_status(service, request.capture_id, pb.FAILURE)
+    reply = status_of(service, request.capture_id)
+    assert "Not a directory" in reply.reason and str(blocker) in reply.reason
+
+
+def test_statuses_and_used_ids_survive_a_restart(make_service):
+    service = make_service()
+    done = capture_request()
+    service.capture_data(done)
+    wait_status(service, done.capture_id)
+    service.close()
+
+    again = make_service()
+    assert status_of(again, done.capture_id).status == pb.SUCCESS
+    expect(StatusCode.ALREADY_EXISTS, again.capture_data, done)
+
+
+def test_pending_captures_are_delivered_after_a_restart(make_service, tmp_path):
+    unreachable = make_service(**unreachable_store())
+    requests = [capture_request() for _ in range(5)]
+    for request in requests:
+        unreachable.capture_data(request)
+    unreachable.close()  # the store never answered: all still in the journal
+
+    service = make_service()  # same state dir, now to disk
+    for request in requests:
+        wait_status(service, request.capture_id)
+    assert sorted(delivered_ids(disk_manifests(tmp_path / "out"))) == sorted(r.capture_id for r in requests)
+
+
+def test_journal_is_compacted_once_delivered(make_service):
+    service = make_service(edge_agent_capture_max_spool_mb=8,  # 1 MiB segments
+                           sagemaker_edge_core_capture_data_buffer_size=100)
+    requests = [capture_request(nbytes=100_000) for _ in range(40)]
+    for request in requests:
+        service.capture_data(request)
+    for request in requests:
+        wait_status(service, request.capture_id)
+    journal = service.capture.journal
+    wait_for(lambda: journal.total_bytes < 2 * journal.segment_bytes, what="compaction")
+    assert len(os.listdir(journal.directory)) <= 2
+
+
+def test_no_capture_files_until_first_capture(make_service, tmp_path):
+    make_service()
+    assert not (tmp_path / "state" / "capture").exists()
+
+
+def test_cloud_without_settings_stops_start_up(make_service, monkeypatch):
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID", raising=False)
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY", raising=False)
+    with pytest.raises(ConfigError) as info:
+        make_service(sagemaker_edge_core_capture_data_destination="Cloud")
+    assert "sagemaker_edge_provider_s3_bucket_name" in str(info.value)
+    assert "credentials" in str(info.value)
+    with pytest.raises(ConfigError, match="sagemaker_edge_provider_aws_cert_file"):
+        make_service(sagemaker_edge_core_capture_data_destination="Cloud",
+                     sagemaker_edge_provider_s3_bucket_name="b",
+                     sagemaker_edge_provider_aws_iot_cred_endpoint="creds.example/role-aliases/r/credentials")
+    with pytest.raises(ConfigError, match="the endpoint"):
+        make_service(sagemaker_edge_core_capture_data_destination="Cloud",
+                     sagemaker_edge_provider_s3_bucket_name="b", sagemaker_edge_core_region="",
+                     edge_agent_s3_access_key_id="k", edge_agent_s3_secret_access_key="s")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
+    make_service(sagemaker_edge_core_capture_data_destination="Cloud",
+                 sagemaker_edge_provider_s3_bucket_name="b")
+    with pytest.raises(ConfigError, match="periodic_upload needs"):
+        make_service(sagemaker_edge_core_capture_data_periodic_upload=True)
