@@ -39,6 +39,7 @@ from edge_agent.accelerators import (ACCELERATOR_PROBES, ARCHITECTURES, accelera
                                      normalise_architecture)
 from edge_agent.archive import Limits, Progress, is_gzip, safe_parts, unpacked
 from edge_agent.errors import AgentError, failed_precondition, invalid_argument
+from edge_agent.modelfile import is_bare_model, looks_like_tflite  # noqa: F401 (API)
 from edge_agent.keys import (ROOT_CERTS_KEY, describe_trust, generate_key, key_id, load_trust,
                              public_key_text, read_private_key)
 
@@ -49,7 +50,6 @@ SIGNATURE_NAME = "manifest.sig"
 RESERVED_NAMES = frozenset({MANIFEST_NAME, SIGNATURE_NAME})
 MODEL_SUFFIX = ".tflite"
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz")
-TFLITE_IDENTIFIER = b"TFL3"  # the flatbuffer file identifier, at bytes 4..8
 MAX_MANIFEST_BYTES = 1024 * 1024
 MAX_SIGNATURE_BYTES = 4096
 HASH_CHUNK = 8 * 1024 * 1024  # large reads keep hashing near sha256sum speed
@@ -216,7 +216,7 @@ def model_metadata(content: bytes) -> tuple[tuple[TensorEntry, ...], tuple[Tenso
     Read with the schema, not an interpreter, so models that need a delegate or custom op
     absent here (an Edge TPU model on a build host) can still be packaged.
     """
-    if content[4:8] != TFLITE_IDENTIFIER:
+    if not looks_like_tflite(content):
         raise invalid_argument("not a TensorFlow Lite model (no TFL3 identifier)")
     import tflite
     from tflite.TensorType import TensorType
@@ -533,20 +533,9 @@ def verify_directory(directory: str, keys: Mapping[str, VerifyKey], *, label: st
                            keep=name == manifest.model, check_size=check_size, progress=progress)
         if data is not None:
             model = data
-    if model[4:8] != TFLITE_IDENTIFIER:
+    if not looks_like_tflite(model):
         raise refuse(f"'{manifest.model}' is not a TensorFlow Lite model")
     return VerifiedPackage(manifest, ident, model)
-
-
-def is_bare_model(path: str) -> bool:
-    """Whether `path` is a file holding a bare .tflite model (not a package)."""
-    try:
-        with open(path, "rb") as f:
-            return f.read(8)[4:8] == TFLITE_IDENTIFIER
-    except IsADirectoryError:
-        return False
-    except OSError as e:
-        raise failed_precondition(f"cannot read '{path}': {e.strerror}") from None
 
 
 def open_package(path: str, trust_path: str, work_dir: str, limits: Limits, *,

@@ -16,19 +16,17 @@ from typing import Callable, NamedTuple
 
 from edge_agent import agent_pb2 as pb
 from edge_agent import accelerators, delegates
-from edge_agent.archive import Limits
 from edge_agent.config import AgentConfig
 from edge_agent.engine import LoadedModel, create_interpreter
 from edge_agent.errors import (AgentError, StatusCode, failed_precondition, invalid_argument,
                                not_found)
 from edge_agent.memory import MemoryBudget
-from edge_agent.packages import is_bare_model, open_package
+from edge_agent.modelfile import is_bare_model, looks_like_tflite
 from edge_agent.shm import SharedMemory
 
 log = logging.getLogger(__name__)
 
 MODEL_NAME = re.compile(r"[a-zA-Z0-9](-*[a-zA-Z0-9])*")
-TFLITE_IDENTIFIER = b"TFL3"  # the flatbuffer file identifier, at bytes 4..8
 
 
 @dataclass(frozen=True)
@@ -152,7 +150,7 @@ class AgentService:
                 content = f.read()
         except OSError as e:
             raise failed_precondition(f"cannot read '{path}': {e.strerror}") from None
-        if content[4:8] != TFLITE_IDENTIFIER:
+        if not looks_like_tflite(content):
             raise failed_precondition(f"'{path}' is not a TensorFlow Lite model")
         if not self.config.edge_agent_allow_unsigned_models:
             raise failed_precondition(
@@ -162,6 +160,9 @@ class AgentService:
 
     def _read_package(self, path: str, what: str) -> bytes:
         """The model bytes of a signed package, verified: the same bytes that were hashed."""
+        from edge_agent.archive import Limits
+        from edge_agent.packages import open_package  # PyNaCl: only once a package comes
+
         config = self.config
         package = open_package(
             path, config.sagemaker_edge_core_root_certs_path,

@@ -11,6 +11,7 @@ import errno
 import os
 from typing import Protocol, Sequence
 
+from edge_agent.capture.journal import fsync_directory
 from edge_agent.capture.manifest import BatchFile
 
 # Errors that retrying cannot fix without someone changing the configuration or the disk.
@@ -29,14 +30,6 @@ class Destination(Protocol):
     def write_batch(self, folder: str, files: Sequence[BatchFile]) -> None: ...
 
     def where(self, folder: str) -> str: ...
-
-
-def _fsync_directory(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class DiskDestination:
@@ -63,7 +56,7 @@ class DiskDestination:
                 self._write(path, file.data)
             if self.fsync:
                 for directory in directories:
-                    _fsync_directory(directory)
+                    fsync_directory(directory)
         except OSError as e:
             raise DeliveryError(f"cannot write {target}: {e.strerror or e}",
                                 transient=e.errno not in _PERMANENT_ERRNOS) from None

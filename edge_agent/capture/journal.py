@@ -34,7 +34,8 @@ class Location(NamedTuple):
     size: int  # header + payload
 
 
-def _fsync_directory(path: str) -> None:
+def fsync_directory(path: str) -> None:
+    """Make a new or renamed file's directory entry durable, not just its bytes."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -87,7 +88,7 @@ class Journal:
 
     def _new_segment(self, segment: int) -> None:
         self._fd = os.open(self._path(segment), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        _fsync_directory(self.directory)
+        fsync_directory(self.directory)
         self._current = segment
         self._sizes[segment] = 0
         self._pins[segment] = 0
@@ -172,7 +173,7 @@ class Journal:
             del self._sizes[segment], self._pins[segment]
             deleted = True
         if deleted:
-            _fsync_directory(self.directory)
+            fsync_directory(self.directory)
 
     def pin_replayed(self, segment: int) -> None:
         """Replay found a record in `segment` that is still needed."""
