@@ -7,6 +7,8 @@ STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
 .PHONY: all setup demo test bench proto docs clean
+.PHONY: cross-wheels cross-wheel-aarch64 cross-wheel-armv7 qemu-test-aarch64 qemu-test-armv7 \
+	qemu-test-aarch64-full qemu-test-armv7-full
 
 all: setup
 
@@ -38,3 +40,21 @@ clean:
 # Regenerate the key table of docs/CONFIGURATION.md from edge_agent/config.py.
 docs: $(STAMP)
 	$(PY) -m edge_agent.docs_tables
+
+# --- Boards: cross-built wheels and the suite on an emulated board (cross/, docs/CROSS.md) ---
+# The scripts apt-get install the cross compilers, qemu-user-static and mmdebstrap if missing.
+CROSS_ENV := CROSS_PYTHON=$(abspath $(PY))
+# What CI runs under QEMU: every end-to-end path (agent, socket, shared memory, signed packages,
+# inference, delegates, profiles) within the CI budget; `make qemu-test-aarch64-full` runs all.
+QEMU_CI_TESTS ?= tests
+
+cross-wheels: cross-wheel-aarch64 cross-wheel-armv7
+
+cross-wheel-aarch64 cross-wheel-armv7: $(STAMP)
+	$(CROSS_ENV) cross/build-wheel.sh $(@:cross-wheel-%=%)
+
+qemu-test-aarch64 qemu-test-armv7: $(STAMP)
+	$(CROSS_ENV) cross/qemu-test.sh $(@:qemu-test-%=%) $(QEMU_CI_TESTS)
+
+qemu-test-aarch64-full qemu-test-armv7-full: $(STAMP)
+	$(CROSS_ENV) cross/qemu-test.sh $(patsubst qemu-test-%-full,%,$@) tests

@@ -53,6 +53,13 @@ class TensorSpec:
         return (f"{data_type_name(self.data_type)} {format_shape(shape)} "
                 f"({byte_length(self.dtype, shape)} bytes)")
 
+    def fill_metadata(self, tensor: pb.Tensor, shape: Sequence[int]) -> None:
+        """Set a reply tensor's metadata in place (cheaper than building and copying one)."""
+        md = tensor.tensor_metadata
+        md.name = self.name_bytes
+        md.data_type = self.data_type
+        md.shape.extend(shape)
+
     def metadata(self, shape: Sequence[int] | None = None) -> pb.TensorMetadata:
         return pb.TensorMetadata(name=self.name_bytes, data_type=self.data_type,
                                  shape=self.signature if shape is None else shape)
@@ -148,10 +155,7 @@ class LoadedModel:
                 return
             for spec in self.outputs:
                 view = interpreter.tensor(spec.index)()
-                md = response.tensors.add(byte_data=view.tobytes()).tensor_metadata
-                md.name = spec.name_bytes
-                md.data_type = spec.data_type
-                md.shape.extend(view.shape)
+                spec.fill_metadata(response.tensors.add(byte_data=view.tobytes()), view.shape)
                 del view  # the runtime refuses to invoke while views into its buffers live
 
     def _copy_input(self, spec: TensorSpec, array: np.ndarray) -> None:
@@ -171,10 +175,7 @@ class LoadedModel:
             try:
                 tensor = response.tensors.add()
                 tensor.shared_memory_handle.CopyFrom(writer(spec.position, spec.name, view))
-                md = tensor.tensor_metadata
-                md.name = spec.name_bytes
-                md.data_type = spec.data_type
-                md.shape.extend(view.shape)
+                spec.fill_metadata(tensor, view.shape)
             finally:
                 del view  # also when the writer refuses: the next invoke needs no live views
 
