@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -23,7 +23,7 @@ _MISSING_OP = re.compile(
     r"|Didn't find op for builtin opcode '(?P<builtin>[^']+)'(?: version '(?P<version>\d+)')?")
 
 
-@dataclass
+@dataclass(frozen=True)
 class TensorSpec:
     """One input or output of the model as the wire sees it."""
     name: str
@@ -33,16 +33,15 @@ class TensorSpec:
     dtype: np.dtype
     data_type: int              # wire DataType
     signature: tuple[int, ...]  # -1 where the dimension is dynamic
-    shape: tuple[int, ...]      # the shape currently allocated
+    shape: tuple[int, ...]      # the shape at load: what a request without a shape means
+    # Derived once, not per call: the predict path compares against these. A spec never
+    # changes after load, so calls may read it without the model's lock.
+    shape_list: list[int] = field(init=False)
+    nbytes: int = field(init=False)
 
     def __post_init__(self) -> None:
-        self.set_shape(self.shape)
-
-    def set_shape(self, shape: tuple[int, ...]) -> None:
-        # Derived once per shape, not per call: the predict path compares against these.
-        self.shape = shape
-        self.shape_list = list(shape)
-        self.nbytes = byte_length(self.dtype, shape)
+        object.__setattr__(self, "shape_list", list(self.shape))
+        object.__setattr__(self, "nbytes", byte_length(self.dtype, self.shape))
 
     @property
     def dynamic(self) -> bool:
@@ -122,6 +121,8 @@ class LoadedModel:
         self.inputs = [_spec(d, "input", i) for i, d in enumerate(interpreter.get_input_details())]
         self.outputs = [_spec(d, "output", i) for i, d in enumerate(interpreter.get_output_details())]
         self._inputs_by_name = {spec.name_bytes: spec for spec in self.inputs}
+        # The input shapes the interpreter has allocated now; read and changed under _lock.
+        self._allocated = [spec.shape for spec in self.inputs]
 
     def describe(self) -> pb.Model:
         return pb.Model(
@@ -182,10 +183,10 @@ class LoadedModel:
     def _fit_shapes(self, arrays: Sequence[np.ndarray]) -> None:
         """Resize dynamic inputs to this call's shapes; the caller holds the lock."""
         resized = False
-        for spec, array in zip(self.inputs, arrays):
-            if array.shape != spec.shape:
+        for position, (spec, array) in enumerate(zip(self.inputs, arrays)):
+            if array.shape != self._allocated[position]:
                 self._interpreter.resize_tensor_input(spec.index, array.shape, strict=True)
-                spec.set_shape(array.shape)
+                self._allocated[position] = array.shape
                 resized = True
         if resized:
             try:

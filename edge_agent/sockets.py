@@ -6,6 +6,7 @@ import socket
 import time
 
 _DONTWAIT = socket.MSG_DONTWAIT
+WAITALL_BYTES = 4 * 1024 * 1024
 
 
 def default_busy_poll_us() -> int:
@@ -16,13 +17,14 @@ def default_busy_poll_us() -> int:
 def receive(sock: socket.socket, buffer: bytearray, needed: int, spin_seconds: float):
     """The next bytes of a frame stream: a view of what arrived, empty at end of stream.
 
-    When the frame in progress still needs more than `buffer` holds, its rest is read in one
-    MSG_WAITALL receive into a buffer of its own: one system call instead of one per chunk
-    the kernel happens to deliver.
+    When the frame in progress still needs more than `buffer` holds, it is read in
+    MSG_WAITALL receives of up to WAITALL_BYTES into a buffer of their own: one system call
+    instead of one per chunk the kernel happens to deliver. The cap bounds what a header
+    alone (a client that announces a large body and sends nothing) makes the agent allocate.
     """
     if needed > len(buffer):
-        rest = bytearray(needed)
-        return memoryview(rest)[:sock.recv_into(rest, needed, socket.MSG_WAITALL)]
+        rest = bytearray(min(needed, WAITALL_BYTES))
+        return memoryview(rest)[:sock.recv_into(rest, len(rest), socket.MSG_WAITALL)]
     return memoryview(buffer)[:recv_into_polling(sock, buffer, spin_seconds)]
 
 

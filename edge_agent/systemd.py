@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from typing import Callable, Mapping
 
 from edge_agent.errors import AgentError, StatusCode
@@ -70,7 +71,7 @@ def agent_answers(socket_path: str, timeout: float) -> bool:
             client.list_models()
     except AgentError as e:
         return e.code != StatusCode.UNAVAILABLE
-    except OSError:  # timed out
+    except Exception:  # timed out, or a garbled reply: not healthy, and the watchdog lives on
         return False
     return True
 
@@ -97,7 +98,10 @@ class Watchdog:
             self._thread.join()
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval):
+        # Pings keep to a fixed schedule, however long each health check took.
+        due = time.monotonic() + self.interval
+        while not self._stop.wait(max(0.0, due - time.monotonic())):
+            due += self.interval
             if self._healthy():
                 self._send("WATCHDOG=1")
             elif not self._stop.is_set():
@@ -118,7 +122,8 @@ class Notifier:
         interval = watchdog_interval(self._env)
         if interval is not None:
             self._watchdog = Watchdog(
-                interval, lambda: agent_answers(socket_path, timeout=interval),
+                # Half the interval: a slow answer still leaves time to ping before WatchdogSec.
+                interval, lambda: agent_answers(socket_path, timeout=interval / 2),
                 lambda message: notify(message, self._env)).start()
             log.info("systemd watchdog: notifying every %.1f s", interval)
 

@@ -170,3 +170,28 @@ def test_the_install_script_refuses_bad_arguments_before_touching_anything(args,
     result = subprocess.run(["bash", str(INSTALL_SCRIPT), *args], capture_output=True, text=True)
     assert result.returncode == 2 and message in result.stderr
     assert "==>" not in result.stdout  # no step started
+
+
+def test_a_garbled_health_reply_is_unhealthy_not_fatal(tmp_path):
+    """Whatever the health check meets, it answers False: the watchdog thread never dies."""
+    import socket as socket_module
+    import threading
+
+    from edge_agent.systemd import agent_answers
+
+    path = str(tmp_path / "liar.sock")
+    listener = socket_module.socket(socket_module.AF_UNIX)
+    listener.bind(path)
+    listener.listen(1)
+
+    def lie():
+        conn, _ = listener.accept()
+        conn.recv(1024)
+        conn.sendall(b"this is not a frame at all")
+        conn.close()
+
+    liar = threading.Thread(target=lie)
+    liar.start()
+    assert agent_answers(path, timeout=5) is False
+    liar.join()
+    listener.close()
