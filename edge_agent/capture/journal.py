@@ -10,11 +10,18 @@ share flushes (group commit): while one thread waits for fdatasync, the others w
 records, and the next flush covers them all. With fsync off, records reach the page cache
 only: they survive the agent being killed, not the board losing power.
 
+A flush that fails fails every append it covered (NotDurable, with the record's location):
+after a failed fdatasync the kernel may have dropped those pages, and a later fdatasync can
+report success without them, so none of them may be acknowledged. The record was written, so
+it may or may not be there after a restart: the caller decides what it means (CaptureService
+appends an ABORT for it; the Batcher seals the captures anew).
+
 Segments are pinned by the records in them that are still needed; `unpin` deletes the oldest
 segments once nothing pins them (in order, so replay never sees a hole).
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
@@ -22,6 +29,7 @@ import threading
 from typing import NamedTuple
 
 from edge_agent.capture import records
+from edge_agent.capture.durable import fsync_directory, make_directories
 
 log = logging.getLogger(__name__)
 
@@ -34,13 +42,24 @@ class Location(NamedTuple):
     size: int  # header + payload
 
 
-def fsync_directory(path: str) -> None:
-    """Make a new or renamed file's directory entry durable, not just its bytes."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+__all__ = ["Journal", "Location", "NotDurable", "fsync_directory"]
+
+
+class NotDurable(OSError):
+    """The record was written but its flush failed: it may or may not survive a crash."""
+
+    def __init__(self, error: OSError, location: Location):
+        super().__init__(error.errno, f"flushing the journal failed: {error.strerror or error}")
+        self.location = location
+
+
+class _Flush:
+    """The appends one fdatasync covers (group commit): its outcome, shared by all of them."""
+    __slots__ = ("done", "error")
+
+    def __init__(self):
+        self.done = False
+        self.error: OSError | None = None
 
 
 class Journal:
@@ -55,14 +74,13 @@ class Journal:
         self._readers: dict[int, int] = {}  # segment → read-only fd
         self._fd = -1
         self._current = 0
-        self._written = 0  # appends written, and
-        self._synced = 0  # of them, those known to be on disk
+        self._flush = _Flush()  # the appends written and not yet flushed join this one
 
     # --- start ------------------------------------------------------------------------------
 
     def open(self) -> list[tuple[int, records.Record]]:
         """Replay: every good record as (segment, record), oldest first; then open for appends."""
-        os.makedirs(self.directory, exist_ok=True)
+        make_directories(self.directory, self.fsync)
         segments = sorted(int(m.group(1)) for m in map(SEGMENT.fullmatch, os.listdir(self.directory)) if m)
         replayed = []
         for segment in segments:
@@ -87,11 +105,15 @@ class Journal:
         return os.path.join(self.directory, f"seg-{segment:08d}.log")
 
     def _new_segment(self, segment: int) -> None:
-        self._fd = os.open(self._path(segment), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        fsync_directory(self.directory)
+        fd = os.open(self._path(segment), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        old, self._fd = self._fd, fd  # the old one stays usable if the new one cannot be made
+        if old >= 0:
+            os.close(old)
         self._current = segment
         self._sizes[segment] = 0
         self._pins[segment] = 0
+        if self.fsync:
+            fsync_directory(self.directory)  # the new segment's name survives a power loss
 
     # --- appends ----------------------------------------------------------------------------
 
@@ -100,42 +122,84 @@ class Journal:
         return sum(self._sizes.values())
 
     def append(self, record_type: int, payload: bytes, pin: bool = True) -> Location:
-        """Write one record and return once it is durable; `pin` keeps its segment."""
+        """Write one record and return once it is durable; `pin` keeps its segment.
+        OSError if it was not written; NotDurable (an OSError) if it was written but not
+        flushed (then it is not pinned)."""
         data = records.encode(record_type, payload)
         with self._lock:
-            os.write(self._fd, data)  # O_APPEND: one write, one record, never interleaved
+            self._check_open()
+            self._write_locked(data)
             location = Location(self._current, self._sizes[self._current], len(data))
             self._sizes[self._current] += len(data)
             if pin:
                 self._pins[self._current] += 1
-            self._written += 1
-            sequence = self._written
-        self._sync(sequence)
+            flush = self._flush
+        try:
+            self._sync(flush)
+        except OSError as e:
+            if pin:
+                self.unpin([location.segment])
+            raise NotDurable(e, location) from None
         if location.offset + location.size >= self.segment_bytes:
             self._rotate_if_full()
         return location
 
-    def _sync(self, sequence: int) -> None:
+    def _write_locked(self, data: bytes) -> None:
+        """O_APPEND: one write, one record, never interleaved. A short write (the disk filled
+        up) is cut off again: a torn record before later ones would hide them from replay."""
+        written = os.write(self._fd, data)
+        if written < len(data):
+            os.ftruncate(self._fd, self._sizes[self._current])
+            raise OSError(errno.ENOSPC, f"only {written} of {len(data)} bytes could be "
+                          f"written to the capture journal {self.directory}")
+
+    def _check_open(self) -> None:
+        if self._fd < 0:  # closed: a delivery thread that outlived the shutdown
+            raise OSError(errno.EBADF, f"the capture journal {self.directory} is closed")
+
+    def _sync(self, flush: _Flush) -> None:
         if not self.fsync:
             return
         with self._sync_lock:
-            if self._synced >= sequence:
-                return  # another thread's flush covered this record
-            with self._lock:
-                target = self._written
-            os.fdatasync(self._fd)  # rotation needs _sync_lock, so the fd stays open
-            self._synced = target
+            if not flush.done:  # else another thread's fdatasync covered this record
+                with self._lock:
+                    self._check_open()
+                    covered, self._flush = self._flush, _Flush()  # later appends: the next one
+                # Without _lock: others append meanwhile (group commit). Rotation and close
+                # need _sync_lock, so the fd stays open.
+                self._fdatasync(covered)
+        if flush.error is not None:
+            raise flush.error
+
+    def _fdatasync(self, covered: _Flush) -> None:
+        """Flush the current segment; the outcome is that of every append `covered` holds."""
+        try:
+            os.fdatasync(self._fd)
+        except OSError as e:
+            covered.error = e
+        finally:
+            covered.done = True
+
+    def _flush_locked(self) -> None:
+        """Flush with both locks held (rotation, close); OSError if it failed."""
+        covered, self._flush = self._flush, _Flush()
+        self._fdatasync(covered)
+        if covered.error is not None:
+            raise covered.error
 
     def _rotate_if_full(self) -> None:
         with self._sync_lock, self._lock:
-            if self._sizes[self._current] < self.segment_bytes:
-                return  # another thread rotated already
-            self._rotate_locked()
+            if self._fd < 0 or self._sizes[self._current] < self.segment_bytes:
+                return  # another thread rotated already, or closed
+            try:
+                self._rotate_locked()
+            except OSError as e:  # the record is durable; rotation is tried at the next append
+                log.warning("capture journal %s: cannot start a new segment: %s", self.directory,
+                            e.strerror or e)
 
     def _rotate_locked(self) -> None:
-        os.fdatasync(self._fd)  # the old segment is complete on disk before the next begins
-        self._synced = self._written
-        os.close(self._fd)
+        if self.fsync:
+            self._flush_locked()  # the old segment is complete on disk before the next begins
         self._new_segment(self._current + 1)
         self._delete_unpinned_locked()
 
@@ -144,6 +208,7 @@ class Journal:
     def read(self, location: Location) -> bytes:
         """The payload of the record at `location`."""
         with self._lock:
+            self._check_open()
             fd = self._readers.get(location.segment)
             if fd is None:
                 fd = self._readers[location.segment] = os.open(self._path(location.segment), os.O_RDONLY)
@@ -155,11 +220,18 @@ class Journal:
         with self._sync_lock, self._lock:
             for segment in segments:
                 self._pins[segment] -= 1
-            if all(n == 0 for n in self._pins.values()) and \
-                    self._sizes[self._current] >= self.segment_bytes // 4:
-                self._rotate_locked()  # all delivered: start afresh rather than keep dead bytes
-            else:
-                self._delete_unpinned_locked()
+            if self._fd < 0:
+                return  # closed: the next start compacts
+            # Never raises once the pins are released: a caller retrying would release twice.
+            try:
+                if all(n == 0 for n in self._pins.values()) and \
+                        self._sizes[self._current] >= self.segment_bytes // 4:
+                    self._rotate_locked()  # all delivered: start afresh, drop the dead bytes
+                else:
+                    self._delete_unpinned_locked()
+            except OSError as e:
+                log.warning("capture journal %s: cannot drop delivered segments yet: %s",
+                            self.directory, e.strerror or e)
 
     def _delete_unpinned_locked(self) -> None:
         deleted = False
@@ -187,10 +259,12 @@ class Journal:
     def close(self) -> None:
         with self._sync_lock, self._lock:
             if self._fd >= 0:
-                if self.fsync:
-                    os.fdatasync(self._fd)
-                os.close(self._fd)
-                self._fd = -1
+                try:
+                    if self.fsync:
+                        self._flush_locked()
+                finally:
+                    os.close(self._fd)
+                    self._fd = -1
             for fd in self._readers.values():
                 os.close(fd)
             self._readers.clear()
