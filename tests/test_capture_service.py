@@ -3,9 +3,11 @@ or an unreachable store): validation, status codes, batching, manifests, bounds,
 from __future__ import annotations
 
 import base64
+import errno
 import json
 import os
 import socket
+import threading
 import time
 import uuid
 
@@ -379,3 +381,173 @@ def test_cloud_without_settings_stops_start_up(make_service, monkeypatch):
                  sagemaker_edge_provider_s3_bucket_name="b")
     with pytest.raises(ConfigError, match="periodic_upload needs"):
         make_service(sagemaker_edge_core_capture_data_periodic_upload=True)
+
+
+# --- exactly once, disk errors, shutdown (review fixes) -----------------------------------------
+
+def test_delivered_captures_are_not_delivered_again_after_a_restart(make_service, tmp_path):
+    # The status log remembers 3 outcomes; the journal still holds all 10 captures. What is
+    # delivered is in the journal itself (DONE), so the restart finds nothing to deliver.
+    settings = {"edge_agent_capture_status_history": 3,
+                "sagemaker_edge_core_capture_data_batch_size": 4}
+    service = make_service(**settings)
+    requests = [capture_request() for _ in range(10)]
+    for request in requests:
+        service.capture_data(request)
+    wait_for(lambda: service.capture.pending == 0, what="all 10 delivered")
+    service.close()
+
+    again = make_service(**settings)
+    assert again.capture.pending == 0
+    again.close()  # would flush anything replayed
+    ids = delivered_ids(disk_manifests(tmp_path / "out"))
+    assert sorted(ids) == sorted(r.capture_id for r in requests)  # once each
+
+
+def test_a_disk_error_while_sealing_does_not_stop_delivery(make_service, tmp_path, monkeypatch):
+    from edge_agent.capture import entries
+
+    service = make_service(sagemaker_edge_core_capture_data_batch_size=2)
+    first = capture_request()
+    service.capture_data(first)  # starts the journal
+    journal = service.capture.journal
+    real_append = journal.append
+    failures = []
+
+    def append(record_type, payload, pin=True):
+        if record_type == entries.BATCH and len(failures) < 2:
+            failures.append(record_type)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_append(record_type, payload, pin)
+
+    monkeypatch.setattr(journal, "append", append)
+    requests = [first] + [capture_request() for _ in range(3)]
+    for request in requests[1:]:
+        service.capture_data(request)
+    for request in requests:  # the thread survived and put the captures back
+        wait_status(service, request.capture_id)
+    assert len(failures) == 2
+    assert service.capture.batcher._thread.is_alive()
+    assert sorted(delivered_ids(disk_manifests(tmp_path / "out"))) == \
+        sorted(r.capture_id for r in requests)
+
+
+def test_a_seal_whose_flush_failed_is_superseded_on_replay(make_service, tmp_path):
+    """BATCH [a, b] written but not flushed (the thread sealed a, b, c anew), then a crash
+    before either was delivered: each capture is delivered once, in the newest batch."""
+    from edge_agent.capture import entries
+    from edge_agent.capture.journal import Journal
+    from edge_agent.capture.validate import checked_capture
+
+    journal = Journal(str(tmp_path / "state" / "capture" / "journal"), 1 << 20)
+    journal.open()
+    captured = [checked_capture(capture_request()) for _ in range(3)]
+    for key, stored in captured:
+        journal.append(entries.ACCEPT, entries.encode_accept(key, stored))
+    keys = [key for key, _ in captured]
+    journal.append(entries.BATCH, entries.encode_batch(entries.SealedBatch(1, keys[:2])))
+    journal.append(entries.BATCH, entries.encode_batch(entries.SealedBatch(2, keys)))
+    journal.close()
+
+    service = make_service()
+    assert service.capture.pending == 3
+    service.close()  # flushes: writes what was replayed
+    manifests = disk_manifests(tmp_path / "out")
+    assert sorted(delivered_ids(manifests)) == sorted(stored.capture_id for _, stored in captured)
+    assert len(manifests) == 1
+
+
+def test_failed_flush_is_internal_and_the_capture_is_never_delivered(make_service, tmp_path,
+                                                                    monkeypatch):
+    service = make_service()
+    delivered = capture_request()
+    service.capture_data(delivered)  # the journal is open: the next flush is the capture's
+    real_fdatasync = os.fdatasync
+    calls = []
+
+    def fdatasync(fd):
+        calls.append(fd)
+        if len(calls) == 1:
+            raise OSError(errno.EIO, "Input/output error")
+        return real_fdatasync(fd)
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    refused = capture_request()
+    error = expect(StatusCode.INTERNAL, service.capture_data, refused)
+    assert "Input/output error" in error.message and "not accepted" in error.message
+    monkeypatch.setattr(os, "fdatasync", real_fdatasync)
+    expect(StatusCode.NOT_FOUND, status_of, service, refused.capture_id)
+    wait_status(service, delivered.capture_id)
+    service.close()
+
+    again = make_service()  # the record is in the journal, and so is its ABORT
+    assert again.capture.pending == 0
+    again.close()
+    assert delivered_ids(disk_manifests(tmp_path / "out")) == [delivered.capture_id]
+
+
+def test_shared_memory_truncated_during_the_copy_is_refused_before_journaling(make_service,
+                                                                             monkeypatch):
+    from edge_agent.shm import ShmCall
+    from edge_agent.shm_client import PosixSegment, add_shm_tensor
+
+    service = make_service()
+    request = pb.CaptureDataRequest(model_name="m", capture_id=str(uuid.uuid4()))
+    segment = PosixSegment.create(8192)
+    real_read = ShmCall.read
+
+    def read_then_truncate(self, handle, nbytes, tensor_name):
+        view = real_read(self, handle, nbytes, tensor_name)
+        os.truncate(f"/dev/shm{segment.name}", 0)  # the owner shrinks it before the copy
+        return view
+
+    try:
+        add_shm_tensor(request.input_tensors, "x", segment.write(np.ones(2048, np.float32)))
+        monkeypatch.setattr(ShmCall, "read", read_then_truncate)
+        error = expect(StatusCode.INVALID_ARGUMENT, service.capture_data, request)
+        assert "truncated" in error.message and "not accepted" in error.message
+    finally:
+        segment.free()
+    expect(StatusCode.NOT_FOUND, status_of, service, request.capture_id)
+    retry = capture_request(request.capture_id)  # the id was not used up
+    service.capture_data(retry)
+    wait_status(service, retry.capture_id)
+
+
+class BlockingDestination:
+    """A store whose writes hang until released (an S3 PUT waiting out its timeout)."""
+
+    def __init__(self):
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def write_batch(self, folder, files):
+        self.entered.set()
+        self.release.wait()
+
+    def where(self, folder):
+        return folder
+
+
+def test_shutdown_gives_up_a_hung_write_after_the_flush_time(make_service, tmp_path, monkeypatch):
+    from edge_agent.capture.service import CaptureService
+
+    store = BlockingDestination()
+    monkeypatch.setattr(CaptureService, "_make_destination", lambda self: store)
+    service = make_service(edge_agent_capture_flush_seconds=0.1)
+    request = capture_request()
+    service.capture_data(request)
+    wait_for(store.entered.is_set, what="the write to start")
+    closer = threading.Thread(target=service.close)
+    closer.start()
+    closer.join(60)  # a watchdog, not a timing assertion: without the bound it never returns
+    hung = closer.is_alive()
+    store.release.set()  # the write returns to a closed journal: nothing is recorded
+    closer.join()
+    assert not hung
+    monkeypatch.undo()
+
+    again = make_service()  # the batch stayed in the journal
+    assert again.capture.pending == 1
+    wait_status(again, request.capture_id)
+    assert delivered_ids(disk_manifests(tmp_path / "out")) == [request.capture_id]

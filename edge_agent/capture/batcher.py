@@ -5,7 +5,14 @@ or the oldest has waited `push_period` seconds; then a batch is sealed — its c
 journaled first — and written. One batch is in flight at a time, oldest first. While the
 store is unreachable the batch is retried with exponential backoff and full jitter; nothing
 is dropped and the statuses stay IN_PROGRESS. A batch the store refuses for good
-(`max_attempts` times) ends in FAILURE, with the store's answer as the reason.
+(`max_attempts` times) ends in FAILURE, with the store's answer as the reason. A finished
+batch gets a DONE record in the journal (after its outcome is in status.log): that is what
+tells the next start it is delivered.
+
+The thread never dies of a disk error (or a fault of ours): whatever it was doing — sealing
+a batch, writing it, recording its outcome — is put back at the front and tried again after
+a backoff. Every step is safe to repeat: a batch is rewritten under the same keys, a seal
+whose flush failed is superseded by the next one (entries.py).
 """
 from __future__ import annotations
 
@@ -84,32 +91,64 @@ class Batcher:
         with self._cond:
             self._sealed.append(batch)
 
-    def stop(self, flush_seconds: float) -> None:
-        """Deliver what is pending for up to flush_seconds, then stop; the rest stays journaled."""
+    def stop(self, flush_seconds: float) -> bool:
+        """Deliver what is pending for up to flush_seconds, then stop; the rest stays journaled.
+        Returns at the deadline even if a write is still in flight (an S3 PUT can take its
+        whole timeout): False then, and the thread, a daemon, finds the journal closed when
+        the write returns, so it records nothing and that batch is rewritten at the next
+        start."""
         with self._cond:
             self._stopping = True
             self._deadline = time.monotonic() + flush_seconds
             self._cond.notify()
-        if self._thread.is_alive():
-            self._thread.join()
+        self._thread.join(max(0.0, flush_seconds))
+        return not self._thread.is_alive()
 
     # --- the thread -------------------------------------------------------------------------
 
     def _run(self) -> None:
+        failures = 0  # in a row
         while True:
-            batch = self._next_batch()
-            if batch is None:
+            work = self._next_work()
+            if work is None:
                 return
+            batch = work if isinstance(work, Batch) else None
             try:
+                if batch is None:
+                    batch = self._seal(work)
                 self._deliver(batch)
-            except Exception:  # a fault of ours: keep the batch journaled, keep the thread
-                log.exception("capture batch %s: delivery failed unexpectedly", batch.sealed.batch_id)
-                if self._wait(self.settings.retry_max_seconds):
-                    return
-                with self._cond:
-                    self._sealed.appendleft(batch)
+                failures = 0
+                continue
+            except OSError as e:  # the journal or the status log: a full or failing disk
+                what = f"cannot journal capture batch {batch.sealed.batch_id if batch else ''}"
+                reason = e.strerror or str(e)
+                trace = False
+            except Exception as e:  # a fault of ours
+                what, reason, trace = "capture delivery failed unexpectedly", str(e), True
+            self._put_back(work if batch is None else batch)
+            if self._stopping:
+                log.info("%s (%s); it stays in the journal for the next start", what, reason)
+                return
+            failures += 1
+            log.error("%s (will retry): %s", what, reason, exc_info=trace)
+            if self._wait(self._backoff(failures)):
+                return
 
-    def _next_batch(self) -> Batch | None:
+    def _put_back(self, work) -> None:
+        """Undo _next_work: the batch or the captures go back to the front, in order."""
+        with self._cond:
+            if isinstance(work, Batch):
+                self._sealed.appendleft(work)
+            else:
+                self._waiting.extendleft(reversed(work))
+
+    def _backoff(self, tries: int) -> float:
+        """Exponential backoff with full jitter, at most retry_max_seconds."""
+        return random.uniform(0, min(self.settings.retry_max_seconds,
+                                     BACKOFF_BASE_SECONDS * 2 ** min(tries, 20)))
+
+    def _next_work(self) -> Batch | list[Waiting] | None:
+        """A replayed batch, the captures to seal into the next one, or None: stop."""
         with self._cond:
             while True:
                 if self._stopping and time.monotonic() >= self._deadline:
@@ -120,14 +159,16 @@ class Batcher:
                     age = time.monotonic() - self._waiting[0].since
                     if self._stopping or len(self._waiting) >= self.settings.batch_size \
                             or age >= self.settings.push_period:
-                        taken = [self._waiting.popleft()
-                                 for _ in range(min(self.settings.batch_size, len(self._waiting)))]
-                        break
+                        return [self._waiting.popleft()
+                                for _ in range(min(self.settings.batch_size, len(self._waiting)))]
                     self._cond.wait(self.settings.push_period - age)
                 elif self._stopping:
                     return None
                 else:
                     self._cond.wait()
+
+    def _seal(self, taken: list[Waiting]) -> Batch:
+        """Journal the batch's composition before its first write (OSError: not sealed)."""
         sealed = entries.SealedBatch(time.time_ns(), [w.key for w in taken])
         record = self.journal.append(entries.BATCH, entries.encode_batch(sealed))
         return Batch(sealed, [w.location for w in taken], record)
@@ -165,9 +206,7 @@ class Batcher:
                             sealed.batch_id, tries, e.reason)
                 if self._stopping:
                     return  # stays journaled; the next start delivers it
-                delay = random.uniform(0, min(self.settings.retry_max_seconds,
-                                              BACKOFF_BASE_SECONDS * 2 ** min(tries, 20)))
-                if self._wait(delay):
+                if self._wait(self._backoff(tries)):
                     return
                 continue
             log.debug("capture batch %s: %d captures written to %s", sealed.batch_id,
@@ -176,7 +215,11 @@ class Batcher:
             return
 
     def _finish(self, batch: Batch, outcome: Outcome) -> None:
-        # Outcomes are durable before the journal may forget the captures.
+        """Outcomes are durable before the journal says DONE, and DONE before the journal may
+        forget the captures. An OSError here is retried by _run from the write on: all of it
+        is safe to repeat."""
         self.statuses.finish([(key, outcome) for key in batch.sealed.keys])
+        self.journal.append(entries.DONE, entries.encode_reference(batch.record.segment,
+                                                                   batch.record.offset), pin=False)
         self.journal.unpin([loc.segment for loc in batch.locations] + [batch.record.segment])
         self.on_finished(len(batch.sealed.keys))

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import Protocol, Sequence
+from typing import Callable, Optional, Protocol, Sequence
 
-from edge_agent.capture.journal import fsync_directory
+from edge_agent.capture.durable import fsync_directory, make_directories
 from edge_agent.capture.manifest import BatchFile
 
 # Errors that retrying cannot fix without someone changing the configuration or the disk.
@@ -34,11 +34,16 @@ class Destination(Protocol):
 
 class DiskDestination:
     """Files under `root`; each written to a temporary name, flushed and renamed, so a
-    reader never sees half a file."""
+    reader never sees half a file. With `fsync`, every directory created on the way (the
+    hour folders too) is flushed with its parent, so a batch recorded as written is still
+    there after a power loss. `on_written(folder)` is told each batch folder written (the
+    periodic upload's queue)."""
 
-    def __init__(self, root: str, fsync: bool = True):
+    def __init__(self, root: str, fsync: bool = True,
+                 on_written: Optional[Callable[[str], None]] = None):
         self.root = root
         self.fsync = fsync
+        self.on_written = on_written
 
     def where(self, folder: str) -> str:
         return os.path.join(self.root, folder)
@@ -51,19 +56,28 @@ class DiskDestination:
                 path = os.path.join(target, file.name)
                 directory = os.path.dirname(path)
                 if directory not in directories:
-                    os.makedirs(directory, exist_ok=True)
+                    make_directories(directory, self.fsync)
                     directories.add(directory)
                 self._write(path, file.data)
             if self.fsync:
                 for directory in directories:
-                    fsync_directory(directory)
+                    fsync_directory(directory)  # the renames
         except OSError as e:
             raise DeliveryError(f"cannot write {target}: {e.strerror or e}",
                                 transient=e.errno not in _PERMANENT_ERRNOS) from None
+        if self.on_written is not None:
+            self.on_written(folder)
 
     def _write(self, path: str, data: bytes) -> None:
         temporary = path + ".tmp"
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        # A leftover from a crash (or anything planted there, a symlink included: unlink
+        # removes the link, never its target) goes first; then the name is created anew and
+        # never followed, so the write cannot land anywhere but in the batch folder.
+        try:
+            os.unlink(temporary)
+        except FileNotFoundError:
+            pass
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
         try:
             view = memoryview(data)
             while view:

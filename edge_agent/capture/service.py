@@ -6,26 +6,45 @@ edge_agent_capture_max_spool_mb), journaled durably, and only then acknowledged.
 Batcher delivers it in the background. Nothing is opened or started until the first capture,
 unless a previous run left a journal behind: then it is replayed at start-up and what it
 holds is delivered.
+
+The client hears success only for a capture that will be delivered, and an error only for
+one that will not: shared-memory data truncated while it was copied is refused before it is
+journaled; a record whose flush failed is marked ABORT in the journal before INTERNAL is
+answered (if even that cannot be written, it is logged: the record may come back at the next
+start).
 """
 from __future__ import annotations
 
 import logging
 import os
 import threading
+import time
+import uuid
+from typing import Protocol
 
 from edge_agent import agent_pb2 as pb
-from edge_agent.capture import entries
-from edge_agent.capture.batcher import Batch, BatchSettings, Batcher
-from edge_agent.capture.journal import Journal, Location
+from edge_agent.capture import entries, replay
+from edge_agent.capture.batcher import BatchSettings, Batcher
+from edge_agent.capture.durable import make_directories
+from edge_agent.capture.journal import Journal, Location, NotDurable
 from edge_agent.capture.manifest import MAX_EMBED_LIMIT
 from edge_agent.capture.status import StatusLog
-from edge_agent.capture.validate import Reader, capture_key, checked_capture
+from edge_agent.capture.validate import capture_key, checked_capture
 from edge_agent.config import AgentConfig, ConfigError
-from edge_agent.errors import AgentError, StatusCode, not_found, resource_exhausted
+from edge_agent.errors import (AgentError, StatusCode, invalid_argument, not_found,
+                               resource_exhausted)
 
 log = logging.getLogger(__name__)
 
 MIB = 1024 * 1024
+
+
+class SharedMemoryCall(Protocol):
+    """What CaptureData needs of a shared-memory call (edge_agent.shm.ShmCall)."""
+
+    def read(self, handle: pb.SharedMemoryHandle, nbytes: int, tensor_name: str): ...
+
+    def faulted(self) -> list: ...
 
 
 def check_config(config: AgentConfig) -> None:
@@ -73,8 +92,8 @@ class CaptureService:
 
     def _start(self) -> None:
         config = self.config
-        os.makedirs(self.directory, mode=0o700, exist_ok=True)
         fsync = config.edge_agent_capture_fsync
+        make_directories(self.directory, fsync, mode=0o700)
         # Segments small enough that freed space comes back soon, few enough to stay cheap.
         segment_bytes = max(MIB, min(16 * MIB, self.max_spool // 8))
         self.journal = Journal(os.path.join(self.directory, "journal"), segment_bytes, fsync)
@@ -82,18 +101,20 @@ class CaptureService:
                                   config.edge_agent_capture_status_history, fsync)
         self.statuses.open()
         replayed = self.journal.open()
-        self.batcher = Batcher(self.journal, self.statuses, self._make_destination,
-                               self._settings(), self._delivered)
-        self._resume(replayed)
-        self.batcher.start()
         if config.sagemaker_edge_core_capture_data_destination == "Disk" and \
                 config.sagemaker_edge_core_capture_data_periodic_upload:
             from edge_agent.capture.cloud import s3_client
             from edge_agent.capture.upload import PeriodicUploader
+            # Before the batcher starts: the Disk destination tells it what it writes.
             self.uploader = PeriodicUploader(
                 config.sagemaker_edge_core_capture_data_disk_path,
                 config.sagemaker_edge_core_capture_data_periodic_upload_period_seconds,
                 lambda: s3_client(config))
+        self.batcher = Batcher(self.journal, self.statuses, self._make_destination,
+                               self._settings(), self._delivered)
+        self._resume(replayed)
+        self.batcher.start()
+        if self.uploader is not None:
             self.uploader.start()
         self._started = True
 
@@ -116,38 +137,34 @@ class CaptureService:
             from edge_agent.capture.cloud import s3_client
             return S3Destination(s3_client(self.config))
         return DiskDestination(self.config.sagemaker_edge_core_capture_data_disk_path,
-                               self.config.edge_agent_capture_fsync)
+                               self.config.edge_agent_capture_fsync,
+                               on_written=self.uploader.enqueue if self.uploader else None)
 
     def _resume(self, replayed) -> None:
-        """Rebuild what is pending from the journal: unfinished batches as they were sealed,
-        then the captures not yet in a batch, in the order they were accepted."""
-        locations = {}
-        batched = set()
-        for segment, record in replayed:
-            if record.type == entries.ACCEPT:
-                key = entries.accept_key(record.payload)
-                if self.statuses.get(key) is None:  # no outcome yet
-                    locations[key] = (segment, record)
-            elif record.type == entries.BATCH:
-                sealed = entries.decode_batch(record.payload)
-                if all(k in locations for k in sealed.keys):
-                    self.journal.pin_replayed(segment)
-                    batched.update(sealed.keys)
-                    self.batcher.resume(Batch(sealed, [self._location(*locations[k]) for k in sealed.keys],
-                                              self._location(segment, record)))
-        for key, (segment, record) in locations.items():
-            self.journal.pin_replayed(segment)
+        """Rebuild what is pending from the journal alone (replay.py): unfinished batches as
+        they were sealed, then the captures not yet in a batch, in the order they were
+        accepted. (A capture whose outcome is recorded but whose DONE is not — a crash
+        between the two — is written again under the same keys; its status stays.)"""
+        found = replay.pending(replayed)
+        for batch in found.batches:
+            self.journal.pin_replayed(batch.record.segment)
+            self.batcher.resume(batch)
+        for key, location in found.accepted.items():
+            self.journal.pin_replayed(location.segment)
             self.statuses.reserve(key)
-            if key not in batched:
-                self.batcher.add(key, self._location(segment, record))
-        self._pending = len(locations)
+        for key in found.unbatched:
+            self.batcher.add(key, found.accepted[key])
+        self._pending = len(found.accepted)
         self.journal.compact_after_replay()
-        if locations:
-            log.info("capture journal: %d captures to deliver from a previous run", len(locations))
+        if found.accepted:
+            log.info("capture journal: %d captures to deliver from a previous run",
+                     len(found.accepted))
 
-    @staticmethod
-    def _location(segment, record) -> Location:
-        return Location(segment, record.offset, record.size)
+    @property
+    def pending(self) -> int:
+        """Captures acknowledged and not yet delivered or failed."""
+        with self._lock:
+            return self._pending
 
     def _delivered(self, count: int) -> None:
         with self._lock:
@@ -155,8 +172,11 @@ class CaptureService:
 
     # --- the RPCs ---------------------------------------------------------------------------
 
-    def capture(self, request: pb.CaptureDataRequest, reader: Reader = None) -> None:
-        key, stored = checked_capture(request, reader)
+    def capture(self, request: pb.CaptureDataRequest, shm: SharedMemoryCall | None = None) -> None:
+        """Journal the capture; `shm`: the call's shared memory, if its tensors use any."""
+        key, stored = checked_capture(request, shm.read if shm is not None else None)
+        if shm is not None:
+            self._check_not_truncated(shm)
         self._ensure_started()
         payload = entries.encode_accept(key, stored)
         known = self.statuses.reserve(key)
@@ -164,22 +184,60 @@ class CaptureService:
             raise AgentError(StatusCode.ALREADY_EXISTS,
                              f"capture_id {request.capture_id} was already used (status "
                              f"{pb.CaptureDataStatus.Name(known.status)}); use a new UUID per capture")
+        accepted = False
         try:
-            self._admit(len(payload))
-            try:
-                location = self.journal.append(entries.ACCEPT, payload)
-            finally:
-                with self._lock:
-                    self._reserved_bytes -= len(payload)
-        except BaseException as e:
-            self.statuses.release(key)
-            if isinstance(e, OSError):
-                with self._lock:
-                    self._pending -= 1
-                raise AgentError(StatusCode.INTERNAL, f"cannot journal the capture in "
-                                 f"{self.directory}: {e.strerror or e}") from None
-            raise
+            location = self._journal(key, payload)
+            accepted = True
+        except OSError as e:
+            raise AgentError(StatusCode.INTERNAL, f"cannot journal the capture in "
+                             f"{self.directory}: {e.strerror or e}; it was not accepted") from None
+        finally:
+            if not accepted:  # refused (a bound, the disk): the id may be sent again
+                self.statuses.release(key)
         self.batcher.add(key, location)
+
+    @staticmethod
+    def _check_not_truncated(shm: SharedMemoryCall) -> None:
+        """A POSIX segment truncated while its bytes were copied reads as zeros: refuse the
+        capture now, before it is journaled (ShmCall would say so only after)."""
+        truncated = shm.faulted()
+        if truncated:
+            raise invalid_argument(
+                f"{', '.join(map(str, truncated))} was truncated while the agent copied it; "
+                "the capture was not accepted (send it again)")
+
+    def _journal(self, key: bytes, payload: bytes) -> Location:
+        """Admit and append the ACCEPT record; AgentError (a bound) or OSError: not accepted,
+        and not counted."""
+        self._admit(len(payload))
+        try:
+            return self.journal.append(entries.ACCEPT, payload)
+        except NotDurable as e:
+            self._uncount()
+            self._abort(key, e.location)
+            raise
+        except OSError:
+            self._uncount()
+            raise
+        finally:
+            with self._lock:
+                self._reserved_bytes -= len(payload)
+
+    def _uncount(self) -> None:
+        with self._lock:
+            self._pending -= 1
+
+    def _abort(self, key: bytes, location: Location) -> None:
+        """The ACCEPT at `location` was written but not flushed: the client is told INTERNAL,
+        so the record must not be delivered if it survives; say so in the journal."""
+        try:
+            self.journal.append(entries.ABORT,
+                                entries.encode_reference(location.segment, location.offset),
+                                pin=False)
+        except OSError as e:
+            log.error("capture %s: its journal record could not be flushed nor cancelled (%s); "
+                      "if the record survives, it is delivered at the next start",
+                      uuid.UUID(bytes=key), e.strerror or e)
 
     def _admit(self, size: int) -> None:
         with self._lock:
@@ -209,14 +267,23 @@ class CaptureService:
         return pb.GetCaptureDataStatusResponse(status=outcome.status, reason=outcome.reason)
 
     def close(self) -> None:
-        """Deliver what can be delivered within edge_agent_capture_flush_seconds, then stop."""
+        """Deliver what can be delivered within edge_agent_capture_flush_seconds, then stop.
+        A write still in flight then is abandoned: it stays in the journal for the next start."""
         with self._lock:
             self._closed = True
             started = self._started
         if not started:
             return
+        deadline = time.monotonic() + self.config.edge_agent_capture_flush_seconds
         if self.uploader is not None:
-            self.uploader.stop()
-        self.batcher.stop(self.config.edge_agent_capture_flush_seconds)
-        self.journal.close()
-        self.statuses.close()
+            self.uploader.stop(0.0)  # signal only: joined below, within the same budget
+        if not self.batcher.stop(self.config.edge_agent_capture_flush_seconds):
+            log.warning("capture: a batch was still being written after %.1f s "
+                        "(edge_agent_capture_flush_seconds); it is written again at the next "
+                        "start", self.config.edge_agent_capture_flush_seconds)
+        if self.uploader is not None:
+            self.uploader.stop(max(0.0, deadline - time.monotonic()))
+        try:
+            self.journal.close()
+        finally:
+            self.statuses.close()

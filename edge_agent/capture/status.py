@@ -9,6 +9,7 @@ twice as many, and older ids are forgotten (NOT_FOUND again).
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import threading
@@ -17,6 +18,7 @@ from typing import NamedTuple
 
 from edge_agent import agent_pb2 as pb
 from edge_agent.capture import records
+from edge_agent.capture.durable import fsync_directory
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +59,10 @@ class StatusLog:
             for payload in records.iter_payloads(good, OUTCOME):
                 self._remember(payload[:16], Outcome(payload[16], payload[17:].decode()))
             self._logged = len(good)
+        created = not os.path.exists(self.path)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        if created and self.fsync:
+            fsync_directory(os.path.dirname(self.path))  # the new file's name survives a power loss
         if self._logged > 2 * self.history:
             self._rewrite()
 
@@ -94,6 +99,8 @@ class StatusLog:
         """Record the outcomes durably, then report them."""
         data = b"".join(_encode(key, outcome) for key, outcome in outcomes)
         with self._lock:
+            if self._fd < 0:  # closed: a delivery thread that outlived the shutdown
+                raise OSError(errno.EBADF, f"the capture status log {self.path} is closed")
             os.write(self._fd, data)
             if self.fsync:
                 os.fdatasync(self._fd)
@@ -111,11 +118,7 @@ class StatusLog:
             f.flush()
             os.fsync(f.fileno())
         os.replace(temporary, self.path)
-        fd = os.open(os.path.dirname(self.path), os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_directory(os.path.dirname(self.path))
         os.close(self._fd)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
         self._logged = len(self._finished)

@@ -1,12 +1,19 @@
 """Periodic upload of what the Disk destination wrote (..._capture_data_periodic_upload).
 
-Every period, each batch folder under the disk path that has its manifest and no `.uploaded`
-marker is uploaded under the same relative key — payload files first, the manifest last —
-and then marked. An upload that fails is tried again at the next period; uploading a batch
-twice rewrites the same objects.
+Every period, each batch folder waiting to be uploaded is uploaded under the same relative
+key — payload files first, the manifest last — and then marked with an empty `.uploaded`
+file. An upload that fails stays at the head of the queue and is tried again at the next
+period; uploading a batch twice rewrites the same objects.
+
+What waits: the tree under the disk path is walked ONCE, at the first period after start,
+for batch folders with a manifest and no marker (left by an earlier run, or written while
+the store was unreachable before a restart); after that the uploader only takes the folders
+the delivery thread reports as written (`enqueue`). A walk every period would cost as much
+as everything ever captured on the board, for nothing new.
 """
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import threading
@@ -35,16 +42,30 @@ class PeriodicUploader:
         self.period = period
         self._client_factory = client_factory
         self._client = None
+        self._lock = threading.Lock()
+        self._queue: collections.deque[str] = collections.deque()  # folders, oldest first
+        self._queued: set[str] = set()
+        self._scanned = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="edge-agent-upload", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, timeout: float) -> bool:
+        """Stop after the upload in flight, waiting at most `timeout` seconds for it (what is
+        left is found again by the walk at the next start). True once the thread ended."""
         self._stop.set()
         if self._thread.is_alive():
-            self._thread.join()
+            self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def enqueue(self, folder: str) -> None:
+        """A batch folder (relative to root) was written: upload it at the next period."""
+        with self._lock:
+            if folder not in self._queued:
+                self._queued.add(folder)
+                self._queue.append(folder)
 
     def _run(self) -> None:
         while not self._stop.wait(self.period):
@@ -56,27 +77,35 @@ class PeriodicUploader:
                 log.exception("periodic upload failed unexpectedly")
 
     def upload_pending(self) -> int:
-        """Upload every pending batch folder; the number uploaded."""
+        """Upload every waiting batch folder; the number uploaded. DeliveryError leaves the
+        failed folder and those after it queued."""
         if self._client is None:
             self._client = self._client_factory()
+        if not self._scanned:
+            for folder in pending_batches(self.root):
+                self.enqueue(folder)
+            self._scanned = True
         uploaded = 0
-        for folder in pending_batches(self.root):
-            if self._stop.is_set():
-                break
+        while not self._stop.is_set():
+            with self._lock:
+                if not self._queue:
+                    break
+                folder = self._queue[0]
             self._upload(folder)
+            with self._lock:
+                self._queue.popleft()
+                self._queued.discard(folder)
             uploaded += 1
         return uploaded
 
     def _upload(self, folder: str) -> None:
         directory = os.path.join(self.root, folder)
-        files = []
-        for sub, _, names in os.walk(directory):
-            files.extend(os.path.relpath(os.path.join(sub, n), directory) for n in names
-                         if not n.endswith(".tmp") and n not in (MANIFEST, UPLOADED))
-        for name in sorted(files) + [MANIFEST]:
+        names = sorted(n for n in os.listdir(directory)  # a batch folder is flat
+                       if not n.endswith(".tmp") and n not in (MANIFEST, UPLOADED))
+        for name in names + [MANIFEST]:
             with open(os.path.join(directory, name), "rb") as f:
                 data = f.read()
-            key = "/".join(p for p in (folder.replace(os.sep, "/"), name.replace(os.sep, "/")) if p != ".")
+            key = "/".join(p for p in (folder.replace(os.sep, "/"), name) if p != ".")
             self._client.put_object(key, data)
         with open(os.path.join(directory, UPLOADED), "wb"):
             pass
