@@ -10,6 +10,10 @@ Memory safety rules kept here:
 - a Mapping is unmapped only when no buffer exported from it is alive: close() while views
   exist only marks it, and the last released view unmaps it;
 - view() checks offset and size against the mapped length without integer overflow;
+- a zero-length POSIX object maps no pages but is still a valid, open Mapping of 0 bytes;
+- posix_attach opens non-blocking and without following links, and maps only a regular
+  file: a FIFO (or device) put in /dev/shm under a segment's name must not block the agent
+  in open(), nor map a device's memory;
 - a POSIX object can be truncated by its owner while it is mapped, and touching the pages
   beyond its new end raises SIGBUS. A SIGBUS handler (as Wayland compositors do for client
   pools) replaces such a mapping with anonymous zero pages and flags it (Mapping.faulted), so
@@ -21,6 +25,7 @@ from libc.errno cimport errno
 from libc.stdint cimport uint64_t, uintptr_t
 from posix.types cimport off_t, mode_t, uid_t, gid_t, pid_t, time_t
 
+import errno as errno_module
 import os
 
 cdef extern from "<sys/types.h>":
@@ -35,6 +40,7 @@ cdef extern from "<sys/stat.h>":
         gid_t st_gid
         off_t st_size
     int fstat(int fd, stat* buf) nogil
+    bint S_ISREG(mode_t mode)
 
 cdef extern from "<sys/mman.h>":
     void* mmap(void* addr, size_t length, int prot, int flags, int fd, off_t offset) nogil
@@ -45,7 +51,7 @@ cdef extern from "<sys/mman.h>":
     int PROT_READ, PROT_WRITE, MAP_SHARED
 
 cdef extern from "<fcntl.h>":
-    int O_RDONLY, O_RDWR, O_CREAT, O_EXCL
+    int O_RDONLY, O_RDWR, O_CREAT, O_EXCL, O_NONBLOCK, O_NOFOLLOW, O_CLOEXEC
 
 cdef extern from "<unistd.h>":
     int close(int fd) nogil
@@ -169,6 +175,11 @@ cdef inline _os_error(what):
     return OSError(code, f"{what}: {os.strerror(code)}")
 
 
+class NotASegment(OSError):
+    """The name is taken by something that is not a regular file (a FIFO, a device, a
+    directory...): no shared-memory object, and not to be opened or mapped."""
+
+
 # --- segment descriptions ----------------------------------------------------------------
 
 cdef class SegmentStat:
@@ -220,6 +231,10 @@ cdef enum Kind:
     POSIX = 2
 
 
+# Where a zero-length Mapping's buffer points: a valid address, never read or written.
+cdef char _EMPTY[1]
+
+
 cdef class Mapping:
     """A mapped segment. Its buffer is the whole segment; view() is a bounds-checked slice.
 
@@ -249,7 +264,9 @@ cdef class Mapping:
         self._unmap()
 
     cdef void _unmap(self) noexcept:
-        if self._addr != NULL:
+        if self._addr == _EMPTY:  # a zero-length object: nothing was mapped
+            self._addr = NULL
+        elif self._addr != NULL:
             if self._slot >= 0:
                 self._was_faulted = ea_guard_faulted(self._slot) != 0
                 ea_guard_remove(self._slot)
@@ -362,6 +379,9 @@ def posix_attach(str name, bint writable=False):
     cdef const char* c_name = encoded
     cdef int fd
     cdef int oflag = O_RDWR if writable else O_RDONLY
+    # O_NONBLOCK: open() of a FIFO would wait for a writer for ever (it changes nothing for
+    # a regular file); O_NOFOLLOW: a link under /dev/shm is refused, not followed.
+    oflag |= O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC
     with nogil:
         fd = shm_open(c_name, oflag, 0)
     if fd < 0:
@@ -371,9 +391,16 @@ def posix_attach(str name, bint writable=False):
     m._kind = POSIX
     m.writable = writable
     m.name = name
-    st = _fd_stat(fd, f"POSIX segment {name!r}")  # closes fd via m on error
+    cdef stat raw
+    if fstat(fd, &raw) != 0:
+        raise _os_error(f"fstat of POSIX segment {name!r}")  # closes fd via m
+    if not S_ISREG(raw.st_mode):
+        raise NotASegment(errno_module.ENODEV,
+                          f"{name!r} is not a shared-memory segment (not a regular file)")
+    st = _fd_stat(fd, f"POSIX segment {name!r}")
     m.length = st.size
     if m.length == 0:
+        m._addr = _EMPTY  # a valid, empty buffer: the mapping is open, just holds no bytes
         return m, st
     cdef int prot = PROT_READ | (PROT_WRITE if writable else 0)
     cdef void* addr

@@ -3,6 +3,8 @@
 An archive is untrusted until its signature is checked, and that needs it unpacked, so the
 unpacking itself must be harmless whatever the archive holds:
 
+- the archive must be a regular file (a FIFO or device is refused, never read: it could
+  block the loading thread for ever);
 - it streams the archive once (no seeking, nothing read twice) into a fresh 0700 directory
   `<edge_agent_state_dir>/packages/unpack-<pid>-<random>` that only the agent writes;
 - member names must be relative paths of plain components (no `..`, no absolute path, no
@@ -28,6 +30,7 @@ from dataclasses import dataclass
 from typing import BinaryIO, Callable, Iterator
 
 from edge_agent.errors import AgentError, failed_precondition
+from edge_agent.modelfile import open_regular
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +73,8 @@ def safe_parts(name: str) -> tuple[str, ...] | None:
 
 
 def is_gzip(path: str) -> bool:
-    with open(path, "rb") as f:
+    """Whether `path` starts like a gzip stream; FAILED_PRECONDITION if it is no regular file."""
+    with open_regular(path) as f:
         return f.read(2) == GZIP_MAGIC
 
 
@@ -211,7 +215,8 @@ def _extract(archive_path: str, root: str, limits: Limits, label: str,
                     + 20 * TAR_BLOCK)
     unpacker = _Unpacker(root, limits, refuse, progress)
     try:
-        with open(archive_path, "rb") as raw, gzip.GzipFile(fileobj=raw, mode="rb") as gz:
+        with open_regular(archive_path, name=label, refuse=refuse) as raw, \
+                gzip.GzipFile(fileobj=raw, mode="rb") as gz:
             bounded = _BoundedReader(gz, stream_limit, refuse)
             with tarfile.open(fileobj=bounded, mode="r|", tarinfo=_BoundedTarInfo) as tar:
                 for member in tar:

@@ -13,7 +13,10 @@ file of a package names it, so the agent finds the one key to try.
 The trust folder (`sagemaker_edge_core_root_certs_path`) holds `*.pub` files. Whoever can
 write to it decides which models run, so a folder or key file that the group or others may
 write, or that someone other than root or the agent's user owns, is refused, as the original
-agent refused writable root certificates.
+agent refused writable root certificates. So is a folder under a directory such a user could
+change (they could rename the folder away and put their own in its place): every directory
+above it, up to /, must be root's or the agent's and not writable by group or others unless
+sticky (like /tmp, where only an entry's owner may rename it).
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ import stat
 from nacl.signing import SigningKey, VerifyKey
 
 from edge_agent.errors import failed_precondition
+from edge_agent.modelfile import open_regular
 
 PUBLIC_HEADER = "edge-agent-key v1 ed25519-public"
 PRIVATE_HEADER = "edge-agent-key v1 ed25519-private"
@@ -77,7 +81,7 @@ def _parse_key(text: str, header: str, path: str) -> tuple[bytes, str | None]:
 
 def _read_key_file(path: str) -> str:
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             data = f.read(MAX_KEY_FILE_BYTES + 1)
     except FileNotFoundError:
         raise failed_precondition(f"key file '{path}' does not exist") from None
@@ -161,11 +165,55 @@ def _check_not_writable_by_others(path: str, st: os.stat_result, what: str) -> N
             f"key: it must belong to root or to the agent's user (uid {os.geteuid()})")
 
 
+def _ancestors(path: str):
+    """'/a/b/c' → '/a/b', '/a', '/'."""
+    while path != "/":
+        path = os.path.dirname(path)
+        yield path
+
+
+def _check_directory_above(directory: str, trust_path: str) -> None:
+    """One directory above the trust folder: whoever may rename entries in it can swap the
+    folder for one of their own, so it must be root's or the agent's user's and not writable
+    by group or others, unless sticky (/tmp): there only an entry's owner may rename or
+    remove it, and the entry on the way down is checked to be root's or the agent's."""
+    st = os.lstat(directory)
+    if st.st_uid not in (0, os.geteuid()):
+        raise failed_precondition(
+            f"the trusted keys' {ROOT_CERTS_KEY} '{trust_path}' lies under '{directory}', which "
+            f"belongs to uid {st.st_uid}, who could swap it: every directory above the trusted "
+            f"keys must belong to root or to the agent's user (uid {os.geteuid()})")
+    if stat.S_ISLNK(st.st_mode):
+        return  # a link's own mode means nothing; its owner (checked) decides where it points
+    if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+        raise failed_precondition(
+            f"the trusted keys' {ROOT_CERTS_KEY} '{trust_path}' lies under '{directory}', which "
+            f"group or others may write (mode {stat.S_IMODE(st.st_mode):04o}), so anyone could "
+            f"swap it: run chmod go-w '{directory}', or move the trusted keys elsewhere")
+
+
+def _check_path_above(path: str) -> None:
+    """Every directory above the trust folder (or key file), up to /, on the path as written
+    (which may go through links, each of which must be root's or the agent's) and on the path
+    those links resolve to."""
+    written = os.path.abspath(path)
+    try:
+        if os.path.islink(written):
+            _check_directory_above(written, path)  # the folder named through a link
+        for chain in dict.fromkeys((written, os.path.realpath(written))):
+            for directory in _ancestors(chain):
+                _check_directory_above(directory, path)
+    except OSError as e:
+        raise failed_precondition(
+            f"{ROOT_CERTS_KEY} '{path}': cannot check the directories above it: "
+            f"{e.strerror}") from None
+
+
 def load_trust(path: str) -> dict[str, VerifyKey]:
     """The trusted public keys by key id: every *.pub in the folder `path`, or the one key file.
 
-    FAILED_PRECONDITION when the folder or a key file may be written by others, a key file
-    does not parse, or there is no key at all.
+    FAILED_PRECONDITION when the folder, a directory above it or a key file may be written
+    by others, a key file does not parse, or there is no key at all.
     """
     if not path:
         raise failed_precondition(
@@ -176,6 +224,7 @@ def load_trust(path: str) -> dict[str, VerifyKey]:
     except OSError as e:
         raise failed_precondition(
             f"{ROOT_CERTS_KEY} '{path}' cannot be read: {e.strerror}") from None
+    _check_path_above(path)
     if not stat.S_ISDIR(st.st_mode):
         _check_not_writable_by_others(path, st, "file")
         key = read_public_key(path)

@@ -39,7 +39,7 @@ from edge_agent.accelerators import (ACCELERATOR_PROBES, ARCHITECTURES, accelera
                                      normalise_architecture)
 from edge_agent.archive import Limits, Progress, is_gzip, safe_parts, unpacked
 from edge_agent.errors import AgentError, failed_precondition, invalid_argument
-from edge_agent.modelfile import is_bare_model, looks_like_tflite  # noqa: F401 (API)
+from edge_agent.modelfile import is_bare_model, looks_like_tflite, open_regular  # noqa: F401
 from edge_agent.keys import (ROOT_CERTS_KEY, describe_trust, generate_key, key_id, load_trust,
                              public_key_text, read_private_key)
 
@@ -282,7 +282,7 @@ def _utc_now() -> tuple[str, int]:
 
 def _read(path: str) -> bytes:
     try:
-        with open(path, "rb") as f:
+        with open_regular(path, refuse=invalid_argument) as f:
             return f.read()
     except OSError as e:
         raise invalid_argument(f"cannot read '{path}': {e.strerror}") from None
@@ -404,16 +404,16 @@ def check_target(manifest: Manifest, label: str) -> None:
         f"but {problem}")
 
 
-def _open_in_package(directory: str, name: str):
-    # O_NOFOLLOW: a file swapped for a link after the walk is refused, not followed.
-    fd = os.open(os.path.join(directory, *name.split("/")),
-                 os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    return os.fdopen(fd, "rb")
+def _open_in_package(directory: str, name: str, refuse):
+    # Not following links: a file swapped for a link after the walk is refused, not followed;
+    # a FIFO or device (put there before or after the walk) is refused before any read.
+    return open_regular(os.path.join(directory, *name.split("/")), name=name,
+                        follow_symlinks=False, refuse=refuse)
 
 
 def _read_small(directory: str, name: str, limit: int, refuse) -> bytes:
     try:
-        with _open_in_package(directory, name) as f:
+        with _open_in_package(directory, name, refuse) as f:
             data = f.read(limit + 1)
     except FileNotFoundError:
         raise refuse(f"it has no {name} (a package holds {MANIFEST_NAME}, {SIGNATURE_NAME} "
@@ -472,7 +472,7 @@ def _check_file(directory: str, name: str, entry: FileEntry, refuse, *, keep: bo
                 check_size: Callable[[int], None] | None, progress: Progress | None) -> bytes | None:
     """Check one file's size and hash; return its bytes when `keep` (read once, hashed)."""
     try:
-        with _open_in_package(directory, name) as f:
+        with _open_in_package(directory, name, refuse) as f:
             size = os.fstat(f.fileno()).st_size
             if size != entry.size:
                 raise refuse(f"'{name}' has {size} bytes, the signed manifest says {entry.size}")

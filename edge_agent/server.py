@@ -44,6 +44,8 @@ RECV_BYTES = 256 * 1024
 # How often the blocked accept() looks up to notice a shutdown.
 POLL_SECONDS = 0.5
 _PEERCRED = struct.Struct("3i")
+SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux's value; Python may lack it
+_PEERGROUPS_BYTES = 1024  # the most CPython's getsockopt takes: 256 gids
 _TIMEVAL = struct.Struct("ll")
 
 
@@ -52,9 +54,31 @@ class ServerError(RuntimeError):
 
 
 def peer_credentials(sock: socket.socket) -> Caller:
+    """The peer's pid, uid, gid and supplementary groups, as they were when it connected.
+
+    Read once per connection: the shared-memory permission check then needs no file read
+    per call, and a pid reused later cannot lend its groups to this connection."""
     pid, uid, gid = _PEERCRED.unpack(
         sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
-    return Caller(pid, uid, gid)
+    return Caller(pid, uid, gid, _peer_groups(sock, pid))
+
+
+def _peer_groups(sock: socket.socket, pid: int) -> frozenset[int]:
+    """SO_PEERGROUPS (Linux 4.13+), or the Groups: line of /proc/<pid>/status where the
+    kernel lacks it or the peer has more groups than getsockopt's 1024-byte buffer holds."""
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, _PEERGROUPS_BYTES)
+        return frozenset(struct.unpack(f"{len(raw) // 4}I", raw[:len(raw) // 4 * 4]))
+    except OSError:
+        pass
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("Groups:"):
+                    return frozenset(int(g) for g in line.split()[1:])
+    except (OSError, ValueError):
+        pass
+    return frozenset()  # unknown: the caller is credited with its primary gid only
 
 
 def _claim_socket_path(path: str) -> None:

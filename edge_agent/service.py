@@ -21,7 +21,7 @@ from edge_agent.engine import LoadedModel, create_interpreter
 from edge_agent.errors import (AgentError, StatusCode, failed_precondition, invalid_argument,
                                not_found)
 from edge_agent.memory import MemoryBudget
-from edge_agent.modelfile import is_bare_model, looks_like_tflite
+from edge_agent.modelfile import is_bare_model, looks_like_tflite, open_regular
 from edge_agent.shm import SharedMemory
 
 log = logging.getLogger(__name__)
@@ -31,13 +31,18 @@ MODEL_NAME = re.compile(r"[a-zA-Z0-9](-*[a-zA-Z0-9])*")
 
 @dataclass(frozen=True)
 class Caller:
-    """Who is calling, as the transport knows it (SO_PEERCRED on the UNIX socket)."""
+    """Who is calling, as the transport knows it (SO_PEERCRED on the UNIX socket).
+
+    `groups`: the supplementary groups, read once when the connection was accepted
+    (SO_PEERGROUPS); empty for a caller whose groups are unknown, who then gets only `gid`.
+    """
     pid: int
     uid: int
     gid: int
+    groups: frozenset[int] = frozenset()
 
 
-IN_PROCESS = Caller(os.getpid(), os.getuid(), os.getgid())
+IN_PROCESS = Caller(os.getpid(), os.getuid(), os.getgid(), frozenset(os.getgroups()))
 
 
 class Rpc(NamedTuple):
@@ -143,19 +148,20 @@ class AgentService:
             raise failed_precondition(f"cannot read '{path}': {e.strerror}") from None
         if stat.S_ISDIR(st.st_mode) or not is_bare_model(path):
             return self._read_package(path, what)
+        if not self.config.edge_agent_allow_unsigned_models:
+            raise failed_precondition(
+                f"'{path}' is an unsigned .tflite file and unsigned models are not allowed: "
+                "load a signed package, or set edge_agent_allow_unsigned_models to true")
         # Refuse an oversized file before reading it into memory.
         self.budget.check(st.st_size, what)
         try:
-            with open(path, "rb") as f:
+            # A regular file still: it may have been swapped for a FIFO since the check above.
+            with open_regular(path) as f:
                 content = f.read()
         except OSError as e:
             raise failed_precondition(f"cannot read '{path}': {e.strerror}") from None
         if not looks_like_tflite(content):
             raise failed_precondition(f"'{path}' is not a TensorFlow Lite model")
-        if not self.config.edge_agent_allow_unsigned_models:
-            raise failed_precondition(
-                f"'{path}' is an unsigned .tflite file and unsigned models are not allowed: "
-                "load a signed package, or set edge_agent_allow_unsigned_models to true")
         return content
 
     def _read_package(self, path: str, what: str) -> bytes:
@@ -213,7 +219,7 @@ class AgentService:
 
         if uses_shared_memory(request):
             with self.shm.call(caller) as shm:  # copied out before the call returns
-                self.capture.capture(request, shm.read)
+                self.capture.capture(request, shm)  # reads, then checks for truncation
         else:
             self.capture.capture(request)
         return pb.CaptureDataResponse()

@@ -3,13 +3,16 @@
 A Predict tensor may name a SysV segment (`segment_id`, a shmid) or, as an extension, a POSIX
 object (`posix_name`) instead of carrying bytes. For each such handle the agent:
 
-1. describes the segment as it is now (shmctl IPC_STAT, or stat of /dev/shm/NAME): a segment
-   that does not exist or is being removed is INVALID_ARGUMENT;
-2. checks that the caller (SO_PEERCRED uid/gid and supplementary groups) may read it (or
+1. describes the segment as it is now (shmctl IPC_STAT, or lstat of /dev/shm/NAME): a segment
+   that does not exist, is being removed, is empty (0 bytes) or is no regular file (a FIFO
+   or device someone put in /dev/shm) is INVALID_ARGUMENT;
+2. checks that the caller (SO_PEERCRED uid/gid and the supplementary groups read once when
+   the connection was accepted, Caller.groups) may read it (or
    write it, for outputs) by its owner, group and mode, as the kernel would: else
    PERMISSION_DENIED, so the agent never reads for a client what the client could not read
    itself. Strict mode (edge_agent_shm_require_readonly) also refuses world-writable segments;
-3. takes the attachment from its cache if it is still the same segment, else attaches anew;
+3. takes the attachment from its cache if it is still the same segment, else attaches anew,
+   outside the cache's lock: an attach that is slow holds up only its own call;
 4. checks offset and size against the segment's real size and hands the engine a view of the
    mapped bytes: the engine's set_tensor is the one copy.
 
@@ -25,6 +28,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import stat
 import threading
 import time
 from collections import OrderedDict
@@ -48,41 +52,24 @@ _DIRECTION = {READ: "read", WRITE: "write"}
 
 # --- who may touch a segment ----------------------------------------------------------------
 
-def caller_groups(pid: int, gid: int) -> frozenset[int]:
-    """The caller's primary and supplementary groups, from /proc/<pid>/status.
-
-    SO_PEERCRED gives only the primary gid; where the process is gone or /proc is not
-    readable, that is all the caller gets credited with.
-    """
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("Groups:"):
-                    return frozenset(int(g) for g in line.split()[1:]) | {gid}
-    except (OSError, ValueError):
-        pass
-    return frozenset((gid,))
-
-
 def may_access(caller, st: _shm.SegmentStat, want: int) -> bool:
     """The kernel's ipcperms()/generic_permission() decision for `want` (READ or WRITE).
 
     The owner or creator gets the owner bits, a member of the owner's or creator's group the
     group bits, anyone else the other bits. uid 0 is allowed everything, as the kernel
     allows root (CAP_IPC_OWNER, CAP_DAC_OVERRIDE): the agent refuses nothing root could take.
+    The groups are the caller's primary gid and `caller.groups`, taken when the connection
+    was accepted (SO_PEERGROUPS): nothing is read per call, and a pid reused since then
+    cannot lend its groups.
     """
     if caller.uid == 0:
         return True
     mode = st.mode
     if caller.uid in (st.uid, st.cuid):
         return bool((mode >> 6) & want)
-    group_bits, other_bits = (mode >> 3) & want, mode & want
-    if group_bits == other_bits:  # membership would change nothing: spare the /proc read
-        return bool(other_bits)
-    groups = caller_groups(caller.pid, caller.gid)
-    if st.gid in groups or st.cgid in groups:
-        return bool(group_bits)
-    return bool(other_bits)
+    in_group = (st.gid == caller.gid or st.cgid == caller.gid
+                or st.gid in caller.groups or st.cgid in caller.groups)
+    return bool((mode >> 3) & want if in_group else mode & want)
 
 
 # --- naming segments ------------------------------------------------------------------------
@@ -116,7 +103,10 @@ def segment_ref(handle: pb.SharedMemoryHandle, what: str) -> SegmentRef:
 
 
 def _posix_path_stat(name: str) -> _shm.SegmentStat:
+    """lstat of /dev/shm/NAME; NotASegment for anything but a regular file (never opened)."""
     st = os.stat(os.path.join(POSIX_DIR, name), follow_symlinks=False)
+    if not stat.S_ISREG(st.st_mode):
+        raise _shm.NotASegment(errno.ENODEV, "not a regular file")
     return _shm.SegmentStat(st.st_size, st.st_uid, st.st_gid, st.st_uid, st.st_gid,
                             st.st_mode & 0o7777, (st.st_dev, st.st_ino), False, 0)
 
@@ -131,10 +121,20 @@ def current_stat(ref: SegmentRef, what: str) -> _shm.SegmentStat:
     if st.removing:
         raise invalid_argument(f"{what}: {ref} has been removed (IPC_RMID); create a new "
                                "segment and send its id")
+    if st.size == 0:  # only a POSIX object can be: shmget refuses 0 bytes
+        raise _empty(ref, what)
     return st
 
 
+def _empty(ref: SegmentRef, what: str) -> AgentError:
+    return invalid_argument(f"{what}: {ref} is empty (0 bytes); size it (ftruncate) before "
+                            "naming it")
+
+
 def _os_failure(error: OSError, ref: SegmentRef, what: str) -> AgentError:
+    if isinstance(error, _shm.NotASegment):
+        return invalid_argument(f"{what}: {ref} is not a shared-memory segment (/dev/shm/"
+                                f"{ref.posix_name} is not a regular file)")
     if error.errno in (errno.EINVAL, errno.EIDRM, errno.ENOENT):
         return invalid_argument(f"{what}: {ref} does not exist (never created, or removed)")
     if error.errno in (errno.EACCES, errno.EPERM):
@@ -201,39 +201,60 @@ class SharedMemory:
         INVALID_ARGUMENT or PERMISSION_DENIED as the module docstring says.
 
         The view is taken under the lock: once it exists, the mapping stays mapped even if
-        another call evicts the attachment, so nothing can unmap the bytes under a call.
+        another call evicts the attachment, so nothing can unmap the bytes under a call. A new
+        attachment is made outside the lock (open, mmap, shmat may be slow; the lock guards
+        only the cache), so one call's attach never stalls the others or the sweeper.
         """
         writable = want == WRITE
         key = (ref, writable)
         try:
             st = current_stat(ref, what)
         except AgentError:
-            self._forget(key)  # gone or being removed: let its memory go now
+            self._forget(key)  # gone, being removed or empty: let its memory go now
             raise
         self._check_permission(ref, st, caller, want, what)
         with self._lock:
-            entry = self._entries.get(key)
-            if entry is not None and not entry.matches(st):
-                self._drop(key)  # the name now means another object, or it changed size
-                entry = None
-            if entry is None:
-                entry = self._attach_new(ref, writable, st, what)
+            entry = self._cached(key, st)
+            if entry is not None:
+                return entry, self._use(entry, ref, offset, size, what)
+        fresh = self._attach_new(ref, writable, st, what)
+        with self._lock:
+            entry = self._cached(key, st)  # another call may have attached it meanwhile
+            if entry is not None:
+                fresh.close()
+            else:
+                entry = fresh
                 self._purge_removed()
                 if self.cache_size > 0:
                     entry.cached = True
                     self._entries[key] = entry
                     self._evict_beyond_limit()
-            else:
-                self._entries.move_to_end(key)
-            entry.last_used = self._clock()
-            try:
-                view = _bounded_view(entry.mapping, ref, offset, size, what)
-            finally:
-                if not entry.cached:
-                    entry.close()  # unmapped when the view is released
+            view = self._use(entry, ref, offset, size, what)
         if entry.cached:
             self._start_sweeper()
         return entry, view
+
+    def _cached(self, key, st: _shm.SegmentStat) -> Attachment | None:
+        """The cached attachment of `key` if it still maps the segment `st` describes (most
+        recently used now); a stale one is dropped. Call with the lock held."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if not entry.matches(st):
+            self._drop(key)  # the name now means another object, or it changed size
+            return None
+        self._entries.move_to_end(key)
+        return entry
+
+    def _use(self, entry: Attachment, ref, offset, size, what) -> memoryview:
+        """The bounded view of one call; an uncached attachment goes with its view. Call with
+        the lock held, so no eviction can slip between the lookup and the view."""
+        entry.last_used = self._clock()
+        try:
+            return _bounded_view(entry.mapping, ref, offset, size, what)
+        finally:
+            if not entry.cached:
+                entry.close()  # unmapped when the view is released
 
     def _forget(self, key) -> None:
         with self._lock:
@@ -269,6 +290,9 @@ class SharedMemory:
             entry.close()  # replaced between the check and the attach: check it again
             raise invalid_argument(f"{what}: {ref} was replaced or removed while being "
                                    "attached; try again")
+        if mapping.length == 0:  # truncated to nothing since it was described
+            entry.close()
+            raise _empty(ref, what)
         return entry
 
     def _evict_beyond_limit(self) -> None:
@@ -351,6 +375,10 @@ class ShmCall:
                 if entry.mapping.faulted:
                     raise invalid_argument(f"{entry.ref} was truncated while the agent used it; "
                                            "its contents were not what the call named")
+
+    def faulted(self) -> list:
+        """The segments used so far that were truncated under the call (read as zeros)."""
+        return [entry.ref for entry in self._used if entry.mapping.faulted]
 
     def read(self, handle: pb.SharedMemoryHandle, nbytes: int, tensor_name: str):
         """The input's bytes in place: a read-only view of the segment (bounds-checked)."""

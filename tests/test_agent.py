@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from fifo_helpers import fifo, returns
 
 from edge_agent import agent_pb2 as pb
 from edge_agent import model_builder
@@ -87,6 +88,17 @@ def test_load_status_codes(agent, model_files, tmp_path):
         client.load_model("m", str(model_files["add"]))
         expect_error(StatusCode.ALREADY_EXISTS, client.load_model, "m", str(model_files["fc"]),
                      match="unload it first")
+        assert [m.name for m in client.list_models()] == ["m"]
+
+
+def test_loading_a_fifo_is_refused_and_frees_the_name(agent, model_files, tmp_path):
+    # Opening a FIFO waits for a writer: read as a model it would hang the load for ever and
+    # keep the name reserved ("is loaded") for every later load.
+    with agent.client() as client, fifo(tmp_path / "model.tflite") as path:
+        expect_error(StatusCode.FAILED_PRECONDITION, returns,
+                     lambda: client.load_model("m", str(path)),
+                     match=f"'{path}' is not a regular file (it is a FIFO)")
+        returns(lambda: client.load_model("m", str(model_files["add"])))
         assert [m.name for m in client.list_models()] == ["m"]
 
 

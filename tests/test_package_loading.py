@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import package_cases as cases
+from fifo_helpers import fifo, returns
 from edge_agent import model_builder, packages
 from edge_agent.errors import AgentError, StatusCode
 
@@ -116,6 +117,20 @@ def test_a_hostile_archive_is_refused_and_leaves_nothing(signed_agent, signer, t
     assert reason in load_refused(signed_agent, path)
     assert cases.escaped(tmp_path) == []
     assert signed_agent.alive()
+
+
+def test_a_package_with_a_fifo_for_its_signature_is_refused_and_frees_the_name(
+        signed_agent, signer, tmp_path):
+    directory = signer.package(tmp_path / "pkg")
+    signature = directory / packages.SIGNATURE_NAME
+    signature.rename(tmp_path / "manifest.sig.saved")
+    with fifo(signature):
+        message = returns(lambda: load_refused(signed_agent, directory))
+    assert "'manifest.sig' is not a regular file (it is a FIFO)" in message
+    (tmp_path / "manifest.sig.saved").rename(signature)
+    with signed_agent.client() as client:
+        client.load_model("demo", str(directory))  # the name was not left reserved
+        predicts_demo(client)
 
 
 def test_a_trust_folder_others_may_write_is_refused(signed_agent, signer, tmp_path):

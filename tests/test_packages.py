@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 
 import package_cases as cases
-from edge_agent import accelerators, archive, keys, model_builder, packages
+from fifo_helpers import fifo, returns
+
+from edge_agent import accelerators, archive, keys, model_builder, modelfile, packages
 from edge_agent.archive import Limits
 from edge_agent.errors import AgentError, StatusCode
 
@@ -107,6 +109,51 @@ def test_a_trust_folder_owned_by_another_user_is_refused(signer):
     with refused() as e:
         keys.load_trust(str(signer.trust))
     assert "uid 12345" in e.value.message
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o770, 0o757])
+def test_a_trust_folder_under_a_directory_others_may_write_is_refused(tmp_path, mode):
+    # Whoever may write the parent can rename the folder away and put their own in its place.
+    signer = cases.Signer(tmp_path / "shared" / "keys")
+    os.chmod(tmp_path / "shared", mode)
+    for path in (signer.trust, signer.trust / "signer.pub"):
+        with refused() as e:
+            keys.load_trust(str(path))
+        assert f"lies under '{tmp_path / 'shared'}'" in e.value.message, e.value.message
+        assert "group or others may write" in e.value.message
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
+def test_a_trust_folder_under_a_directory_of_another_user_is_refused(tmp_path):
+    signer = cases.Signer(tmp_path / "theirs" / "keys")
+    os.chown(tmp_path / "theirs", 12345, -1)
+    with refused() as e:
+        keys.load_trust(str(signer.trust))
+    assert "belongs to uid 12345" in e.value.message and "theirs" in e.value.message
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
+def test_a_trust_folder_in_a_sticky_directory_must_be_the_agents(tmp_path):
+    # Sticky (like /tmp): others may add entries, but only an entry's owner may rename it.
+    sticky = tmp_path / "sticky"
+    signer = cases.Signer(sticky / "keys")
+    os.chmod(sticky, 0o1777)
+    assert list(keys.load_trust(str(signer.trust))) == [keys.key_id(signer.key.verify_key)]
+    os.chown(signer.trust.parent, 12345, -1)  # a directory on the way that another user owns
+    with refused() as e:
+        keys.load_trust(str(signer.trust))
+    assert "belongs to uid 12345" in e.value.message
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
+def test_a_trust_folder_reached_through_another_users_link_is_refused(signer, tmp_path):
+    link = tmp_path / "trust-link"
+    link.symlink_to(signer.trust)
+    assert list(keys.load_trust(str(link))) == list(keys.load_trust(str(signer.trust)))
+    os.chown(link, 12345, -1, follow_symlinks=False)  # its owner could point it elsewhere
+    with refused() as e:
+        keys.load_trust(str(link))
+    assert "belongs to uid 12345" in e.value.message
 
 
 def test_an_empty_or_unset_trust_folder_is_refused(tmp_path):
@@ -271,6 +318,87 @@ def test_a_package_without_configured_trust_names_the_key_to_set(signer, tmp_pat
     with refused() as e:
         packages.open_package(str(out), "", str(tmp_path / "work"), LIMITS)
     assert "sagemaker_edge_core_root_certs_path" in e.value.message
+
+
+# --- FIFOs and other files that are not regular ---------------------------------------------
+# Opening a FIFO for reading waits for a writer: each of these would hang the loading thread
+# for ever (and keep the model's name reserved) if it were opened as a plain file.
+
+@pytest.mark.parametrize("follow_symlinks", [True, False])
+def test_open_regular_refuses_what_is_not_a_regular_file(tmp_path, follow_symlinks):
+    regular = tmp_path / "regular"
+    regular.write_bytes(b"data")
+    with modelfile.open_regular(str(regular), follow_symlinks=follow_symlinks) as f:
+        assert f.read() == b"data"
+    with fifo(tmp_path / "fifo") as path, refused() as e:
+        returns(lambda: modelfile.open_regular(str(path), follow_symlinks=follow_symlinks))
+    assert e.value.message == f"'{path}' is not a regular file (it is a FIFO)"
+    with refused() as e:
+        modelfile.open_regular(str(tmp_path), name="pkg", follow_symlinks=follow_symlinks)
+    assert e.value.message == "'pkg' is not a regular file (it is a directory)"
+    (tmp_path / "link").symlink_to(regular)
+    if follow_symlinks:
+        with modelfile.open_regular(str(tmp_path / "link")) as f:
+            assert f.read() == b"data"
+    else:
+        with refused(StatusCode.INVALID_ARGUMENT) as e:
+            modelfile.open_regular(str(tmp_path / "link"), follow_symlinks=False,
+                                   refuse=packages.invalid_argument)
+        assert "(it is a symbolic link)" in e.value.message
+
+
+def test_a_fifo_is_neither_a_model_nor_a_package(signer, tmp_path):
+    with fifo(tmp_path / "model.tflite") as path:
+        for check in (lambda: packages.is_bare_model(str(path)),
+                      lambda: verify(path, signer, tmp_path / "work")):
+            with refused() as e:
+                returns(check)
+            assert f"'{path}' is not a regular file (it is a FIFO)" in e.value.message
+
+
+@pytest.mark.parametrize("name", [packages.SIGNATURE_NAME, packages.MANIFEST_NAME])
+def test_a_fifo_in_place_of_the_signature_or_manifest_is_refused(signer, tmp_path, name):
+    directory = signer.package(tmp_path / "pkg")
+    (directory / name).unlink()
+    with fifo(directory / name), refused() as e:
+        returns(lambda: verify(directory, signer, tmp_path / "work"))
+    assert f"'{name}' is not a regular file (it is a FIFO)" in e.value.message
+    assert str(directory) in e.value.message
+
+
+def test_a_listed_file_swapped_for_a_fifo_after_the_walk_is_refused(signer, tmp_path,
+                                                                      monkeypatch):
+    directory = signer.package(tmp_path / "pkg")
+    (directory / "labels.txt").unlink()
+    # As if the FIFO came after the walk that lists the package's files had found a file.
+    monkeypatch.setattr(packages, "_check_file_set", lambda directory, manifest, refuse: None)
+    with fifo(directory / "labels.txt"), refused() as e:
+        returns(lambda: verify(directory, signer, tmp_path / "work"))
+    assert "'labels.txt' is not a regular file (it is a FIFO)" in e.value.message
+
+
+def test_an_archive_swapped_for_a_fifo_after_the_gzip_check_is_refused(signer, tmp_path,
+                                                                         monkeypatch):
+    monkeypatch.setattr(packages, "is_gzip", lambda path: True)
+    work = tmp_path / "work"
+    with fifo(tmp_path / "demo.tar.gz") as path, refused() as e:
+        returns(lambda: verify(path, signer, work))
+    assert "refused" in e.value.message and "is not a regular file (it is a FIFO)" in e.value.message
+    assert list(work.iterdir()) == []  # the unpack directory went too
+
+
+def test_a_fifo_in_the_trust_folder_is_refused(signer, tmp_path):
+    with fifo(signer.trust / "fifo.pub") as path, refused() as e:
+        returns(lambda: keys.load_trust(str(signer.trust)))
+    assert f"'{path}' is not a regular file (it is a FIFO)" in e.value.message
+
+
+def test_building_from_a_fifo_is_refused(signer, tmp_path):
+    with fifo(tmp_path / "labels.txt") as labels, refused(StatusCode.INVALID_ARGUMENT) as e:
+        returns(lambda: packages.build_package(
+            model_builder.demo_model().content, "demo", "1.0.0", packages.Target.host(),
+            signer.key_path, str(tmp_path / "out"), extra_files=[str(labels)]))
+    assert "is not a regular file (it is a FIFO)" in e.value.message
 
 
 # --- hostile archives -----------------------------------------------------------------------

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import AgentProcess
+from fifo_helpers import fifo, returns
 
 from edge_agent import _shm, model_builder
 from edge_agent.client import AgentClient
@@ -19,6 +20,7 @@ from edge_agent.errors import AgentError, StatusCode
 from edge_agent.shm_client import PosixSegment, ShmTensor, SysVSegment
 
 NOBODY = 65534
+GROUP = 4242  # a group nobody is not in
 F32 = np.float32
 
 
@@ -162,6 +164,33 @@ def test_a_removed_segment_is_invalid_not_stale(client, kind):
                   client.predict, "add", [tensor, b])
 
 
+def test_a_fifo_named_as_a_segment_is_refused_and_blocks_nobody(client, shm_agent):
+    # Opening a FIFO waits for a writer: named as a segment, it must be refused, not opened,
+    # and must hold up neither this client nor others.
+    a, b = _inputs()
+    name = f"edge-agent-test-fifo-{os.getpid()}"
+    with fifo(f"/dev/shm/{name}"):
+        handle = ShmTensor.posix(f"/{name}", 0, 0, F32, (1, 4))
+        message = _expect_error(StatusCode.INVALID_ARGUMENT, "is not a shared-memory segment",
+                                returns, lambda: client.predict("add", [handle, b]))
+        assert name in message
+        with SysVSegment.create(64) as segment, shm_agent.client() as other:
+            result = returns(lambda: other.predict("add", [segment.write(a), b]))
+            np.testing.assert_array_equal(result["sum"], a + b)
+
+
+def test_an_empty_posix_segment_is_invalid(client, segments):
+    a, b = _inputs()
+    segment = segments("posix", 64)
+    os.truncate(f"/dev/shm{segment.name}", 0)
+    handle = ShmTensor.posix(segment.name, 0, 0, F32, (1, 4))
+    _expect_error(StatusCode.INVALID_ARGUMENT, "is empty (0 bytes)",
+                  client.predict, "add", [handle, b])  # was INTERNAL: "the mapping is closed"
+    slot = segment.slot(F32, (1, 4))
+    _expect_error(StatusCode.INVALID_ARGUMENT, "is empty (0 bytes)",
+                  client.predict, "add", [a, b], outputs=[slot])
+
+
 def test_a_shrunk_posix_segment_is_checked_at_its_new_size(client, segments):
     a, b = _inputs()
     segment = segments("posix", 4096)
@@ -193,8 +222,9 @@ def test_a_reused_shmid_serves_the_new_segment(client, shm_agent):
 
 # --- permissions ------------------------------------------------------------------------------
 
-def _predict_as_nobody(socket_path: str, model: str, inputs, outputs=None) -> str:
-    """Run one predict in a child process that dropped to uid/gid nobody: → the status name.
+def _predict_as_nobody(socket_path: str, model: str, inputs, outputs=None, groups=()) -> str:
+    """Run one predict in a child process that dropped to uid/gid nobody (with supplementary
+    `groups`): → the status name.
 
     A forked child, because nobody cannot execute this machine's Python from /root."""
     read_end, write_end = os.pipe()
@@ -202,7 +232,7 @@ def _predict_as_nobody(socket_path: str, model: str, inputs, outputs=None) -> st
     if pid == 0:  # the child: never return into pytest
         status = "CHILD FAILED"
         try:
-            os.setgroups([])
+            os.setgroups(list(groups))
             os.setgid(NOBODY)
             os.setuid(NOBODY)
             with AgentClient(socket_path) as client:
@@ -230,6 +260,17 @@ def test_another_users_private_segment_is_denied(shm_agent, segments, kind):
     assert status.startswith("PERMISSION_DENIED") and "uid 65534" in status, status
     readable = segments(kind, mode=0o604).write(a)  # others may read: so may nobody
     assert _predict_as_nobody(shm_agent.socket_path, "add", [readable, b]) == "OK"
+
+
+def test_a_supplementary_group_of_the_caller_grants_group_access(shm_agent, segments):
+    # The groups are those the client had when it connected (SO_PEERGROUPS at accept).
+    a, b = _inputs()
+    segment = segments("posix", mode=0o640)
+    os.chown(f"/dev/shm{segment.name}", -1, GROUP)
+    tensor = segment.write(a)
+    assert _predict_as_nobody(shm_agent.socket_path, "add", [tensor, b], groups=[GROUP]) == "OK"
+    status = _predict_as_nobody(shm_agent.socket_path, "add", [tensor, b])
+    assert status.startswith("PERMISSION_DENIED"), status
 
 
 def test_another_users_segment_cannot_take_outputs(shm_agent, segments):

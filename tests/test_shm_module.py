@@ -5,15 +5,21 @@ import ctypes
 import errno
 import importlib.machinery
 import os
+import socket
+import subprocess
+import threading
 
 import numpy as np
 import pytest
 
+from fifo_helpers import fifo, returns
+
 from edge_agent import _shm
 from edge_agent import agent_pb2 as pb
-from edge_agent import shm
+from edge_agent import server, shm
 from edge_agent.errors import AgentError, StatusCode
-from edge_agent.service import Caller
+from edge_agent.grpc_front import ANONYMOUS
+from edge_agent.service import IN_PROCESS, Caller
 from edge_agent.shm_client import PosixSegment, SysVSegment
 
 ROOT = Caller(os.getpid(), 0, 0)
@@ -147,13 +153,70 @@ def _stat(mode, uid=1000, gid=1000, cuid=None, cgid=None):
     (0, 0, _stat(0o000), shm.WRITE, True),              # root, as the kernel allows
 ])
 def test_permission_follows_the_kernel(caller_uid, caller_gid, st, want, allowed):
-    caller = Caller(-1, caller_uid, caller_gid)  # no /proc entry: primary group only
+    caller = Caller(-1, caller_uid, caller_gid)  # no supplementary groups: primary group only
     assert shm.may_access(caller, st, want) is allowed
 
 
-def test_supplementary_groups_come_from_proc():
-    groups = shm.caller_groups(os.getpid(), 12345)
-    assert 12345 in groups and set(os.getgroups()) <= groups
+GROUP = 4242  # a supplementary group no test user has
+
+
+@pytest.fixture
+def process_in_group():
+    """A live process whose supplementary groups are exactly [GROUP]."""
+    child = subprocess.Popen(["sleep", "600"], extra_groups=[GROUP])
+    yield child
+    child.kill()
+    child.wait()
+
+
+def test_supplementary_groups_are_the_callers_never_read_from_proc(process_in_group):
+    # The caller's pid is in GROUP now, but the groups taken at accept do not include it:
+    # only Caller.groups counts, whatever a process with that pid looks like today.
+    st = _stat(0o040, uid=1000, gid=GROUP)
+    assert not shm.may_access(Caller(process_in_group.pid, 7, 8), st, shm.READ)
+    assert shm.may_access(Caller(process_in_group.pid, 7, 8, frozenset({GROUP})), st, shm.READ)
+    assert shm.may_access(Caller(-1, 7, 8, frozenset({5, GROUP})), _stat(0o040, cgid=GROUP),
+                          shm.READ)  # the creator's group counts too
+    assert IN_PROCESS.groups == frozenset(os.getgroups())
+
+
+def test_the_anonymous_grpc_caller_matches_no_owner_or_group():
+    assert ANONYMOUS.groups == frozenset()
+    for st in (_stat(0o660, uid=2**32 - 2, gid=2**32 - 2), _stat(0o060, gid=0)):
+        assert not shm.may_access(ANONYMOUS, st, shm.READ)
+    assert shm.may_access(ANONYMOUS, _stat(0o604), shm.READ)  # others may: so may it
+
+
+def _peer_of_a_child_in_groups(tmp_path, groups) -> tuple[Caller, int]:
+    """Caller that peer_credentials reads off a connection from a child in `groups`."""
+    path = str(tmp_path / "peer.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(1)
+    child = subprocess.Popen(
+        ["python3", "-c", "import socket, sys; s = socket.socket(socket.AF_UNIX); "
+         f"s.connect({path!r}); sys.stdin.read()"],
+        stdin=subprocess.PIPE, extra_groups=list(groups))
+    try:
+        conn, _ = listener.accept()
+        with conn:
+            return server.peer_credentials(conn), child.pid
+    finally:
+        child.stdin.close()  # the child exits
+        child.wait()
+        listener.close()
+
+
+def test_peer_credentials_carry_the_groups_read_at_accept(tmp_path):
+    caller, pid = _peer_of_a_child_in_groups(tmp_path, [GROUP, GROUP + 1])
+    assert (caller.pid, caller.uid) == (pid, os.getuid())
+    assert caller.groups == {GROUP, GROUP + 1}
+
+
+def test_peer_groups_fall_back_to_proc_without_so_peergroups(tmp_path, monkeypatch):
+    monkeypatch.setattr(server, "SO_PEERGROUPS", -1)  # as on a kernel before 4.13: ENOPROTOOPT
+    caller, _ = _peer_of_a_child_in_groups(tmp_path, [GROUP])
+    assert caller.groups == {GROUP}
 
 
 # --- the cache ----------------------------------------------------------------------------
@@ -246,6 +309,112 @@ def test_a_call_reports_a_segment_truncated_under_it(posix):
             assert bytes(view) == bytes(4096)  # what set_tensor would copy: zeros, no SIGBUS
             del view
     assert info.value.code == StatusCode.INVALID_ARGUMENT and "truncated" in info.value.message
-    with pytest.raises(AgentError, match="beyond the end"):  # and then it is seen as small
+    with pytest.raises(AgentError, match="is empty"):  # and then it is seen as it is now
         _read(cache, handle, 4096)
+    cache.close()
+
+
+# --- what is no segment, or an empty one ------------------------------------------------------
+
+@pytest.fixture
+def shm_fifo():
+    """A FIFO in /dev/shm where a client could name it as a POSIX segment: → its name."""
+    name = f"edge-agent-test-fifo-{os.getpid()}"
+    with fifo(f"{shm.POSIX_DIR}/{name}"):
+        yield name
+
+
+@pytest.mark.parametrize("writable", [False, True])
+def test_posix_attach_refuses_a_fifo_without_blocking(shm_fifo, writable):
+    with pytest.raises(_shm.NotASegment, match="not a shared-memory segment"):
+        returns(lambda: _shm.posix_attach("/" + shm_fifo, writable))
+
+
+def test_posix_attach_refuses_a_link(posix, tmp_path):
+    target = posix(64)
+    link = f"{shm.POSIX_DIR}/edge-agent-test-link-{os.getpid()}"
+    os.symlink(f"{shm.POSIX_DIR}{target.name}", link)
+    try:
+        with pytest.raises(OSError) as info:
+            _shm.posix_attach("/" + os.path.basename(link))
+        assert info.value.errno == errno.ELOOP
+    finally:
+        os.unlink(link)
+
+
+def test_a_fifo_named_as_a_segment_is_invalid_and_never_opened(shm_fifo, posix):
+    cache = shm.SharedMemory()
+    handle = pb.SharedMemoryHandle(posix_name="/" + shm_fifo, size=8)
+    with pytest.raises(AgentError) as info:
+        returns(lambda: _read(cache, handle, 8))
+    assert info.value.code == StatusCode.INVALID_ARGUMENT
+    assert "is not a shared-memory segment" in info.value.message, info.value.message
+    segment = posix(64)  # and the cache keeps serving
+    assert returns(lambda: _read(cache, pb.SharedMemoryHandle(posix_name=segment.name, size=8),
+                                 8)) == bytes(8)
+    cache.close()
+
+
+def test_a_fifo_swapped_in_after_the_check_is_refused_by_the_attach(shm_fifo, monkeypatch):
+    # The name was a regular file when described, a FIFO by the time it is opened.
+    monkeypatch.setattr(shm, "_posix_path_stat", lambda name: _stat(0o600, uid=0, gid=0))
+    cache = shm.SharedMemory()
+    with pytest.raises(AgentError, match="is not a shared-memory segment") as info:
+        returns(lambda: _read(cache, pb.SharedMemoryHandle(posix_name=shm_fifo, size=8), 8))
+    assert info.value.code == StatusCode.INVALID_ARGUMENT
+    cache.close()
+
+
+def test_a_zero_length_posix_mapping_is_open_and_empty(posix):
+    segment = posix(0)
+    os.truncate(f"{shm.POSIX_DIR}{segment.name}", 0)  # create() rounds 0 up to 1 byte
+    mapping, st = _shm.posix_attach(segment.name)
+    assert (mapping.length, st.size) == (0, 0)
+    assert not mapping.closed and mapping.mapped
+    assert len(mapping.view(0, 0)) == 0 and bytes(memoryview(mapping)) == b""
+    with pytest.raises(ValueError, match="beyond"):
+        mapping.view(0, 1)
+    mapping.close()
+    assert not mapping.mapped
+
+
+@pytest.mark.parametrize("nbytes", [0, 8])
+def test_an_empty_posix_segment_is_invalid_not_internal(posix, nbytes):
+    segment = posix(64)
+    os.truncate(f"{shm.POSIX_DIR}{segment.name}", 0)
+    cache = shm.SharedMemory()
+    with pytest.raises(AgentError) as info:
+        _read(cache, pb.SharedMemoryHandle(posix_name=segment.name), nbytes)
+    assert info.value.code == StatusCode.INVALID_ARGUMENT
+    assert "is empty (0 bytes)" in info.value.message, info.value.message
+    assert cache.attachment_count == 0
+    cache.close()
+
+
+def test_a_slow_attach_stalls_neither_other_calls_nor_the_sweeper(posix, monkeypatch):
+    # One call's attach is stuck (as an open() of a FIFO would be); the cache's lock must not
+    # be held meanwhile, or every shared-memory call and the sweeper wait for it.
+    slow, other = posix(64), posix(64)
+    entered, let_go = threading.Event(), threading.Event()
+    real_attach = _shm.posix_attach
+
+    def attach(name, writable=False):
+        if name == slow.name:
+            entered.set()
+            let_go.wait()
+        return real_attach(name, writable)
+    monkeypatch.setattr(_shm, "posix_attach", attach)
+    cache = shm.SharedMemory()
+    stuck = threading.Thread(target=_read, daemon=True,
+                             args=(cache, pb.SharedMemoryHandle(posix_name=slow.name, size=8), 8))
+    stuck.start()
+    try:
+        assert entered.wait(60)
+        assert returns(lambda: _read(cache, pb.SharedMemoryHandle(posix_name=other.name, size=8),
+                                     8)) == bytes(8)
+        assert returns(cache.sweep) == 0
+    finally:
+        let_go.set()
+        stuck.join(60)
+    assert not stuck.is_alive() and cache.attachment_count == 2
     cache.close()

@@ -245,45 +245,51 @@ def test_one_client_object_shared_by_threads(agent, model_files):
     assert errors == []
 
 
-def _predict_many(agent, name, inputs, count, spans, barrier):
+def _predict_many(agent, name, inputs, count, barrier):
     with agent.client() as client:
         barrier.wait()
         for _ in range(count):
-            start = time.perf_counter()
             client.predict(name, inputs)
-            spans.append(time.perf_counter() - start)
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_per_wall(agent, names, inputs, count=40) -> float:
+    """The agent's CPU seconds per wall-clock second while clients predict on `names`: above
+    1 only if two of its threads computed at the same time."""
+    barrier = threading.Barrier(len(names))
+    threads = [threading.Thread(target=_predict_many, args=(agent, n, inputs, count, barrier))
+               for n in names]
+    cpu, start = _cpu_seconds(agent.process.pid), time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return (_cpu_seconds(agent.process.pid) - cpu) / (time.perf_counter() - start)
 
 
 def test_predictions_on_two_models_run_in_parallel(agent, tmp_path):
-    """Two models, two clients: together they take clearly less than one after the other."""
+    """Two clients on two models keep two cores busy at once; on one model they take turns.
+
+    Other load on the machine can only hide the overlap, never fake it, so a few tries are
+    allowed to see it."""
     # Compute-bound (weights stay in cache), so two cores really can run both at once.
     heavy = model_builder.slow_model(width=256, layers=16, batch=64)
     inputs = heavy.sample_inputs()
     with agent.client() as client:
         for name in ("left", "right"):
             client.load_model(name, str(heavy.write(tmp_path / f"{name}.tflite")))
-        for name in ("left", "right"):
             client.predict(name, inputs)  # warm up
-    count = 30
-
-    def run(names):
-        barrier = threading.Barrier(len(names))
-        spans: list[float] = []
-        threads = [threading.Thread(target=_predict_many,
-                                    args=(agent, n, inputs, count, spans, barrier)) for n in names]
-        start = time.perf_counter()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        return time.perf_counter() - start
-
-    serial = run(["left"]) + run(["right"])
-    parallel = run(["left", "right"])
-    same_model = run(["left", "left"])
-    # Two cores: different models overlap; the same model is taken in turn.
-    assert parallel < 0.8 * serial, (parallel, serial)
-    assert same_model > parallel, (same_model, parallel)
+    ratios = []
+    for _ in range(3):
+        ratios.append(_cpu_per_wall(agent, ["left", "right"], inputs))
+        if ratios[-1] > 1.3:
+            break
+    assert max(ratios) > 1.3, f"no overlap seen: CPU/wall {ratios}"
+    assert _cpu_per_wall(agent, ["left", "left"], inputs) < 1.15  # same model: in turn
 
 
 def test_too_many_clients_are_refused_politely(start_agent):
