@@ -25,7 +25,7 @@ from edge_agent import agent_pb2 as pb
 from edge_agent.errors import AgentError, StatusCode
 from edge_agent.protocol import FrameDecoder, Method, encode_request
 from edge_agent.shm_client import ShmTensor, add_shm_tensor
-from edge_agent.sockets import default_busy_poll_us, receive
+from edge_agent.sockets import receive
 from edge_agent.tensors import add_array, dtype_of, tensor_to_array
 
 DEFAULT_SOCKET = "/tmp/edge-agent.sock"
@@ -91,11 +91,11 @@ class AgentClient:
     """One connection to the agent. Thread-safe: calls from several threads take turns."""
 
     def __init__(self, socket_path: str = DEFAULT_SOCKET, timeout: float | None = None,
-                 busy_poll_us: int | None = None):
+                 busy_poll_us: int = 0):
         """`timeout`: seconds to wait for a reply (None: for ever). `busy_poll_us`: how long
-        to spin for a reply before sleeping (default: 50 on multi-core machines, else 0)."""
+        to spin for a reply before sleeping (0: not at all; see edge_agent_busy_poll_us)."""
         self.socket_path = socket_path
-        self._spin = (default_busy_poll_us() if busy_poll_us is None else busy_poll_us) / 1e6
+        self._spin = busy_poll_us / 1e6
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._sock.settimeout(timeout)
         try:

@@ -14,8 +14,6 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from edge_agent.accelerators import ARCHITECTURES
-from edge_agent.sockets import default_busy_poll_us
-
 log = logging.getLogger(__name__)
 
 DELEGATES = ("xnnpack", "none", "edgetpu", "external")
@@ -82,9 +80,9 @@ class AgentConfig:
         30.0, "A client that does not read its reply for this long is disconnected.",
         kind=float, minimum=0.001)
     edge_agent_busy_poll_us: int = _setting(
-        None, "Microseconds to spin for a client's next request before sleeping (0: never). "
-        "Saves the wake-up on back-to-back calls (default: 50 on multi-core boards, else 0).",
-        kind=int, minimum=0, default_factory=lambda: default_busy_poll_us())
+        0, "Microseconds to spin for a client's next request before sleeping (0: never). Can "
+        "save the wake-up on back-to-back calls where cores are the agent's own; costs CPU, "
+        "and hurts where cores are shared (see docs/BENCHMARKS.md).", minimum=0)
     edge_agent_grpc_socket_path: str = _setting(
         "", "Also serve the original agent's gRPC API (AWS.SageMaker.Edge.Agent) on this UNIX "
         "socket; empty: off. Needs grpcio (pip install edge-agent[grpc]).")

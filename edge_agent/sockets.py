@@ -1,17 +1,11 @@
 """Socket helpers shared by the server loop and the client (the only I/O outside them)."""
 from __future__ import annotations
 
-import os
 import socket
 import time
 
 _DONTWAIT = socket.MSG_DONTWAIT
 WAITALL_BYTES = 4 * 1024 * 1024
-
-
-def default_busy_poll_us() -> int:
-    """Spin before sleeping on multi-core machines only: on one core it would starve the peer."""
-    return 50 if (os.cpu_count() or 1) > 1 else 0
 
 
 def receive(sock: socket.socket, buffer: bytearray, needed: int, spin_seconds: float):
