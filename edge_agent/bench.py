@@ -109,12 +109,44 @@ def bare_round_trip(workdir: str, request_bytes: int, reply_bytes: int, iteratio
         server.wait()
 
 
-def start_agent(workdir: str, num_threads: int) -> tuple[subprocess.Popen, str]:
+def grpc_round_trip(workdir: str, num_threads: int, model_path: str, request,
+                    iterations: int) -> dict | None:
+    """The same Predict through the gRPC front of an agent of its own (grpc would swell the
+    main agent's RSS): what a grpcio server costs here."""
+    try:
+        import grpc
+    except ImportError:
+        return None
+    from edge_agent import agent_pb2 as pb
+    from edge_agent.grpc_front import SERVICE
+
+    directory = os.path.join(workdir, "grpc")
+    os.makedirs(directory)
+    grpc_path = os.path.join(directory, "grpc.sock")
+    agent, _ = start_agent(directory, num_threads, "--set", f"edge_agent_grpc_socket_path={grpc_path}")
+    try:
+        with grpc.insecure_channel(f"unix://{grpc_path}") as channel:
+            grpc.channel_ready_future(channel).result(timeout=30)  # it binds after the socket
+
+            def call(method, request_type, response_type, message):
+                return channel.unary_unary(f"/{SERVICE}/{method}",
+                                           request_serializer=request_type.SerializeToString,
+                                           response_deserializer=response_type.FromString)(message)
+            call("LoadModel", pb.LoadModelRequest, pb.LoadModelResponse,
+                 pb.LoadModelRequest(name=request.name, url=model_path))
+            return time_calls(
+                lambda: call("Predict", pb.PredictRequest, pb.PredictResponse, request), iterations)
+    finally:
+        agent.terminate()
+        agent.wait(10)
+
+
+def start_agent(workdir: str, num_threads: int, *extra: str) -> tuple[subprocess.Popen, str]:
     path = os.path.join(workdir, "agent.sock")
     agent = subprocess.Popen(
         [sys.executable, "-m", "edge_agent", "serve", "--socket", path,
          "--set", "edge_agent_allow_unsigned_models=true",
-         "--set", f"edge_agent_num_threads={num_threads}"],
+         "--set", f"edge_agent_num_threads={num_threads}", *extra],
         stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 30
     while not os.path.exists(path):
@@ -163,6 +195,10 @@ def run_bench(iterations: int, num_threads: int = 1) -> dict:
                     agent_t = time_calls(lambda: client.predict(name, inputs), iterations)
                     local_t = in_process(model, inputs, num_threads, iterations)
                     bare_t = bare_round_trip(workdir, *sizes, iterations)
+                    if name == "tiny":
+                        results["grpc_front_tiny"] = grpc_round_trip(
+                            workdir, num_threads, os.path.join(workdir, "tiny.tflite"), request,
+                            iterations)
                     results["models"][name] = {
                         "request_bytes": sizes[0], "reply_bytes": sizes[1],
                         "agent": agent_t, "in_process": local_t, "bare_socket": bare_t,
@@ -184,6 +220,10 @@ def print_table(results: dict) -> None:
               f"{r['in_process']['p50_us']:12.1f} {r['bare_socket']['p50_us']:9.1f} "
               f"{r['ratio_p50']:6.2f}")
     print("ratio = agent p50 / (in-process p50 + bare socket p50)")
+    grpc_front = results.get("grpc_front_tiny")
+    if grpc_front:
+        print(f"tiny model through the gRPC front (grpcio): p50 {grpc_front['p50_us']:.1f} us, "
+              f"p99 {grpc_front['p99_us']:.1f} us")
     print(f"idle RSS with one small model loaded: {results['idle_rss_mb_one_small_model']:.1f} MB")
 
 
