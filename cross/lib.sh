@@ -1,0 +1,131 @@
+# Shared by the scripts in cross/ (sourced, not run). One place for the architecture table,
+# the cache layout, host package installs, the Debian mirror and how to run a command inside the
+# emulated board, so the scripts cannot disagree about them.
+
+set -euo pipefail
+
+CROSS_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_DIR="$(dirname "$CROSS_DIR")"
+# Sysroots, root file systems and downloaded wheels are big and slow to make: kept outside the
+# checkout so every clone on the machine shares them. `rm -rf` it to start from nothing.
+CACHE_DIR="${EDGE_AGENT_CROSS_CACHE:-$HOME/.cache/edge-agent-cross}"
+# The boards run Debian bookworm / Raspberry Pi OS bookworm, whose Python is 3.11.
+DEBIAN_SUITE=bookworm
+TARGET_PYTHON=3.11
+
+log() { printf '[cross] %s\n' "$*" >&2; }
+die() { printf '[cross] error: %s\n' "$*" >&2; exit 1; }
+
+# set_arch ARCH: the names one target architecture goes by in each tool.
+set_arch() {
+    ARCH="$1"
+    DEBIAN_PYTHON_PACKAGES=
+    case "$ARCH" in
+        aarch64)
+            DEB_ARCH=arm64; TRIPLET=aarch64-linux-gnu; CROSS_PKG=gcc-aarch64-linux-gnu
+            WHEEL_PLAT=linux_aarch64; PIP_MACHINE=aarch64; ELF_MACHINE=AArch64; ELF_CLASS=ELF64
+            QEMU_BINFMT=qemu-aarch64 ;;
+        armv7)
+            # Debian armhf = ARMv7-A, hard float: Raspberry Pi 2/3/4/5 with a 32-bit OS.
+            DEB_ARCH=armhf; TRIPLET=arm-linux-gnueabihf; CROSS_PKG=gcc-arm-linux-gnueabihf
+            WHEEL_PLAT=linux_armv7l; PIP_MACHINE=armv7l; ELF_MACHINE=ARM; ELF_CLASS=ELF32
+            QEMU_BINFMT=qemu-arm
+            # PyPI has no armv7 wheels of numpy and pynacl (nor of cffi, which pynacl needs):
+            # the emulated board takes Debian's (cross/qemu-test.sh).
+            DEBIAN_PYTHON_PACKAGES="python3-numpy python3-nacl python3-cffi" ;;
+        x86_64)
+            # The host itself, built the same way (Debian's headers, same flags): the baseline
+            # the footprint figures compare against. No QEMU run for it: that is `make test`.
+            DEB_ARCH=amd64; TRIPLET=x86_64-linux-gnu; CROSS_PKG=gcc
+            WHEEL_PLAT=linux_x86_64; PIP_MACHINE=x86_64; ELF_MACHINE="Advanced Micro Devices X86-64"
+            ELF_CLASS=ELF64; QEMU_BINFMT= ;;
+        *) die "unknown architecture '$ARCH' (expected aarch64, armv7 or x86_64)" ;;
+    esac
+    CROSS_CC="$TRIPLET-gcc"
+    ROOTFS="$CACHE_DIR/rootfs-$DEB_ARCH"
+    WHEELHOUSE="$CACHE_DIR/wheelhouse-$ARCH"
+}
+
+# Inside the root file system: the venv the wheel is installed into, and the copied tests.
+TARGET_VENV=/opt/edge-agent-venv
+TARGET_TESTS=/opt/edge-agent-tests
+
+# in_target COMMAND...: COMMAND inside the target's root file system (cross/qemu-test.sh makes
+# it), chrooted in new mount, PID and IPC namespaces: its own /proc, /dev/shm, /tmp and System V
+# IPC, /sys read-only (TFLite's XNNPACK reads the CPU list there, as on a board), the wheelhouse
+# read-only at /mnt/wheelhouse. Mounts and processes vanish with the namespaces, even if the
+# script is killed, so nothing leaks into the host. The namespace's PID 1 is the bash below, not
+# COMMAND: programs (and tests) may rightly assume they are not init.
+in_target() {
+    [ -x "$ROOTFS/bin/sh" ] || die "no root file system at $ROOTFS: run cross/qemu-test.sh $ARCH first"
+    mkdir -p "$WHEELHOUSE"
+    # unshare --fork ignores SIGTERM/SIGINT while it waits; SIGKILL makes it kill its child (the
+    # namespace's PID 1, and so everything inside). Hence: in the background, killed on signal.
+    unshare --mount --pid --ipc --fork --kill-child -- bash -euc '
+        root="$1" wheelhouse="$2"; shift 2
+        mount -t proc proc "$root/proc"
+        mount -t sysfs -o ro sysfs "$root/sys"
+        mount -t tmpfs -o mode=1777 shm "$root/dev/shm"
+        mount -t tmpfs -o mode=1777 tmp "$root/tmp"
+        mkdir -p "$root/mnt/wheelhouse"
+        mount --bind -o ro "$wheelhouse" "$root/mnt/wheelhouse"
+        chroot "$root" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root \
+            LANG=C.UTF-8 TMPDIR=/tmp EDGE_AGENT_UNDER_QEMU=1 "$@"
+    ' in_target "$ROOTFS" "$WHEELHOUSE" "$@" &
+    local pid=$! status=0
+    trap 'kill -KILL '"$pid"' 2>/dev/null; exit 130' INT TERM HUP
+    wait "$pid" || status=$?
+    trap - INT TERM HUP
+    return "$status"
+}
+
+# ensure_host_packages PKG...: apt-get install what is missing, nothing if all are there.
+ensure_host_packages() {
+    local missing=() pkg
+    for pkg in "$@"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' \
+            || missing+=("$pkg")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    [ "$(id -u)" -eq 0 ] || die "needs root to apt-get install: ${missing[*]}"
+    log "installing host packages: ${missing[*]}"
+    apt-get update -q >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >&2
+}
+
+# debian_mirror: the Debian mirror the host's apt already uses (deb822 or one-line sources,
+# read through apt itself, even before any apt-get update), so the scripts go where the machine
+# is allowed to go: the one serving bookworm, else the one serving the host's own release.
+# EDGE_AGENT_DEBIAN_MIRROR overrides it.
+debian_mirror() {
+    if [ -n "${EDGE_AGENT_DEBIAN_MIRROR:-}" ]; then
+        echo "$EDGE_AGENT_DEBIAN_MIRROR"; return
+    fi
+    local targets uri
+    targets="$(apt-get indextargets --no-release-info --format '$(RELEASE) $(REPO_URI)' \
+               'Target-Of: deb' 2>/dev/null | sort -u)"
+    uri="$(awk -v suite="$DEBIAN_SUITE" '$1 == suite { print $2; exit }' <<<"$targets")"
+    [ -n "$uri" ] || uri="$(awk '$1 !~ /-/ { print $2; exit }' <<<"$targets")"
+    [ -n "$uri" ] || die "no Debian mirror in the host's apt sources; set EDGE_AGENT_DEBIAN_MIRROR"
+    echo "${uri%/}"
+}
+
+# host_python: the interpreter that builds the wheel (CROSS_PYTHON, else the project's .venv,
+# which has Cython). Its version must be the target's: the wheel's cp3XX tag comes from it.
+host_python() {
+    local py="${CROSS_PYTHON:-$REPO_DIR/.venv/bin/python}"
+    [ -x "$py" ] || die "no Python at $py: run 'make setup' first (or set CROSS_PYTHON)"
+    local version
+    version="$("$py" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
+    [ "$version" = "$TARGET_PYTHON" ] \
+        || die "$py is Python $version; the boards run $TARGET_PYTHON and the wheel's tag must match"
+    echo "$py"
+}
+
+# project_version: edge_agent/VERSION, which setup.py reads too.
+project_version() { tr -d '[:space:]' < "$REPO_DIR/edge_agent/VERSION"; }
+
+# wheel_path ARCH-set: where build-wheel.sh puts the wheel for the current architecture.
+wheel_path() {
+    echo "$REPO_DIR/dist/edge_agent-$(project_version)-cp${TARGET_PYTHON/./}-cp${TARGET_PYTHON/./}-$WHEEL_PLAT.whl"
+}

