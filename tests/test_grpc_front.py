@@ -54,7 +54,7 @@ def test_the_original_api_over_grpc(grpc_agent, model_files):
     with agent.client() as client:
         assert [m.name for m in client.list_models()] == ["add"]
     stub.UnLoadModel(pb.UnLoadModelRequest(name="add"))
-    assert stub.ListModels(pb.ListModelsRequest()).models == []
+    assert len(stub.ListModels(pb.ListModelsRequest()).models) == 0
 
 
 def test_the_grpc_socket_gets_the_configured_mode(grpc_agent):
