@@ -195,12 +195,21 @@ class AgentClient:
         """Send one request, wait for its reply; AgentError for a non-OK status."""
         with self._lock:
             request_id = next(self._ids) & 0xFFFFFFFF
-            self._sock.sendall(encode_request(method, request_id, request.SerializeToString()))
+            try:
+                self._sock.sendall(encode_request(method, request_id, request.SerializeToString()))
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the agent closed on us: its reason, if it gave one, is still to be read
+            except socket.timeout:
+                raise self._timed_out() from None
             frame = self._read_reply(request_id)
         if frame.status != StatusCode.OK:
             raise AgentError(StatusCode.from_wire(frame.status),
                              frame.body.decode("utf-8", "replace"))
         return response_type.FromString(frame.body)
+
+    def _timed_out(self) -> AgentError:
+        return AgentError(StatusCode.DEADLINE_EXCEEDED,
+                          f"no reply from the agent within {self._sock.gettimeout():g} s")
 
     def _read_reply(self, request_id: int):
         while True:
@@ -209,7 +218,12 @@ class AgentClient:
                     return frame
                 if frame.request_id == 0 and frame.status != StatusCode.OK:
                     return frame  # a connection-level error: the agent is closing on us
-            data = receive(self._sock, self._buffer, self._decoder.needed_bytes, self._spin)
+            try:
+                data = receive(self._sock, self._buffer, self._decoder.needed_bytes, self._spin)
+            except socket.timeout:
+                raise self._timed_out() from None
+            except ConnectionResetError:
+                data = b""
             if not data:
                 raise AgentError(StatusCode.UNAVAILABLE,
                                  "the agent closed the connection before replying")

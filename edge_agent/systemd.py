@@ -69,8 +69,8 @@ def agent_answers(socket_path: str, timeout: float) -> bool:
     try:
         with AgentClient(socket_path, timeout=timeout) as client:
             client.list_models()
-    except AgentError as e:
-        return e.code != StatusCode.UNAVAILABLE
+    except AgentError as e:  # unreachable or silent: unhealthy; any answer: the loop works
+        return e.code not in (StatusCode.UNAVAILABLE, StatusCode.DEADLINE_EXCEEDED)
     except Exception:  # timed out, or a garbled reply: not healthy, and the watchdog lives on
         return False
     return True

@@ -195,3 +195,19 @@ def test_a_garbled_health_reply_is_unhealthy_not_fatal(tmp_path):
     assert agent_answers(path, timeout=5) is False
     liar.join()
     listener.close()
+
+
+def test_a_silent_agent_is_unhealthy(tmp_path):
+    """An agent that accepts but never answers (hung) must not feed the watchdog."""
+    import socket as socket_module
+
+    from edge_agent.systemd import agent_answers
+
+    path = str(tmp_path / "silent.sock")
+    listener = socket_module.socket(socket_module.AF_UNIX)
+    listener.bind(path)
+    listener.listen(1)  # the kernel accepts the connection; nobody ever reads or replies
+    try:
+        assert agent_answers(path, timeout=0.5) is False
+    finally:
+        listener.close()

@@ -292,23 +292,31 @@ def test_predictions_on_two_models_run_in_parallel(agent, tmp_path):
     assert _cpu_per_wall(agent, ["left", "left"], inputs) < 1.15  # same model: in turn
 
 
+def _client_with_a_place(agent, timeout: float = 5.0):
+    """A client the agent has taken in: a connection that just closed (the fixture's readiness
+    probe, a client of the test) may hold its place for a moment after close()."""
+    deadline = time.monotonic() + timeout
+    while True:
+        client = agent.client()
+        try:
+            client.list_models()
+            return client
+        except AgentError as e:
+            client.close()
+            assert e.code == StatusCode.RESOURCE_EXHAUSTED and time.monotonic() < deadline, e
+            time.sleep(0.05)
+
+
 def test_too_many_clients_are_refused_politely(start_agent):
     agent = start_agent(edge_agent_max_connections=2)
-    first, second = agent.client(), agent.client()
-    first.list_models(); second.list_models()
+    first = _client_with_a_place(agent)
+    second = _client_with_a_place(agent)
     third = raw_connection(agent)
     [reply] = read_replies(third)
     assert reply.status == StatusCode.RESOURCE_EXHAUSTED and b"too many clients" in reply.body
+    assert closed_by_peer(third)
     first.close()
-    deadline = time.monotonic() + 5
-    while True:
-        try:
-            with agent.client() as client:
-                client.list_models()
-            break
-        except AgentError:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+    _client_with_a_place(agent).close()  # the place first held is given back
     second.close()
 
 
@@ -352,3 +360,20 @@ def test_a_non_socket_file_is_never_replaced(tmp_path):
 def test_sigterm_stops_cleanly_and_removes_the_socket(agent):
     assert agent.stop() == 0
     assert not os.path.exists(agent.socket_path)
+
+
+def test_client_timeout_is_deadline_exceeded(tmp_path):
+    from edge_agent.client import AgentClient
+
+    path = str(tmp_path / "silent.sock")
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(path)
+    listener.listen(1)
+    try:
+        with AgentClient(path, timeout=0.3) as client:
+            with pytest.raises(AgentError) as info:
+                client.list_models()
+        assert info.value.code == StatusCode.DEADLINE_EXCEEDED
+        assert "no reply from the agent within 0.3 s" in info.value.message
+    finally:
+        listener.close()
