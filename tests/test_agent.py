@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from concurrency import run_concurrently
 from fifo_helpers import fifo, returns
 
 from edge_agent import agent_pb2 as pb
@@ -283,38 +284,22 @@ class _RawBody:
 def test_clients_resizing_one_dynamic_model_concurrently(agent, model_files):
     """Each call gets its own shape, whatever other clients resize the model to meanwhile;
     a tensor without metadata means the shape the model was loaded with."""
-    import threading
-
     built = model_builder.dynamic_batch_model()
     with agent.client() as client:
         client.load_model("dyn", str(model_files["dynamic"]))
-    errors = []
 
     def resize_loop(batches):
-        try:
-            with agent.client() as client:
-                for i in range(60):
-                    batch = batches[i % len(batches)]
-                    inputs = built.sample_inputs(seed=i, batch=batch)
-                    assert_outputs_match(built, inputs, client.predict("dyn", inputs))
-        except Exception as e:
-            errors.append(e)
+        with agent.client() as client:
+            for i in range(60):
+                batch = batches[i % len(batches)]
+                inputs = built.sample_inputs(seed=i, batch=batch)
+                assert_outputs_match(built, inputs, client.predict("dyn", inputs))
 
     def bare_loop():
-        try:
-            with agent.client() as client:
-                for i in range(60):
-                    x = built.sample_inputs(seed=i)["x"]  # batch 1: the load-time shape
-                    reply = raw_predict(client, "dyn", [pb.Tensor(byte_data=x.tobytes())])
-                    assert list(reply.tensors[0].tensor_metadata.shape) == [1, 4]
-        except Exception as e:
-            errors.append(e)
+        with agent.client() as client:
+            for i in range(60):
+                x = built.sample_inputs(seed=i)["x"]  # batch 1: the load-time shape
+                reply = raw_predict(client, "dyn", [pb.Tensor(byte_data=x.tobytes())])
+                assert list(reply.tensors[0].tensor_metadata.shape) == [1, 4]
 
-    threads = [threading.Thread(target=resize_loop, args=([3, 7],)),
-               threading.Thread(target=resize_loop, args=([5, 2, 9],)),
-               threading.Thread(target=bare_loop)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
+    run_concurrently(lambda: resize_loop([3, 7]), lambda: resize_loop([5, 2, 9]), bare_loop)

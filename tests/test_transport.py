@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 import pytest
+from concurrency import run_concurrently
 
 from edge_agent import agent_pb2 as pb
 from edge_agent import model_builder
@@ -203,46 +204,28 @@ def test_many_concurrent_clients(agent, model_files):
     built = model_builder.add_model()
     with agent.client() as client:
         client.load_model("add", str(model_files["add"]))
-    errors = []
 
     def worker(seed):
-        try:
-            with agent.client() as client:
-                for i in range(30):
-                    inputs = built.sample_inputs(seed=seed * 100 + i)
-                    out = client.predict("add", inputs)["sum"]
-                    np.testing.assert_allclose(out, built.reference(inputs)["sum"], rtol=1e-6)
-        except Exception as e:  # collected: a thread's failure must fail the test
-            errors.append(e)
+        with agent.client() as client:
+            for i in range(30):
+                inputs = built.sample_inputs(seed=seed * 100 + i)
+                out = client.predict("add", inputs)["sum"]
+                np.testing.assert_allclose(out, built.reference(inputs)["sum"], rtol=1e-6)
 
-    threads = [threading.Thread(target=worker, args=(n,)) for n in range(16)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
+    run_concurrently(*(lambda n=n: worker(n) for n in range(16)))
 
 
 def test_one_client_object_shared_by_threads(agent, model_files):
     built = model_builder.add_model()
-    errors = []
     with agent.client() as client:
         client.load_model("add", str(model_files["add"]))
 
         def worker(seed):
-            try:
-                for i in range(20):
-                    inputs = built.sample_inputs(seed=seed * 100 + i)
-                    np.testing.assert_allclose(client.predict("add", inputs)["sum"],
-                                               built.reference(inputs)["sum"], rtol=1e-6)
-            except Exception as e:
-                errors.append(e)
-        threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    assert errors == []
+            for i in range(20):
+                inputs = built.sample_inputs(seed=seed * 100 + i)
+                np.testing.assert_allclose(client.predict("add", inputs)["sum"],
+                                           built.reference(inputs)["sum"], rtol=1e-6)
+        run_concurrently(*(lambda n=n: worker(n) for n in range(4)))
 
 
 def _predict_many(agent, name, inputs, count, barrier):
