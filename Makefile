@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: all setup demo test bench proto docs clean
+.PHONY: all setup system-deps demo test bench proto docs clean
 .PHONY: cross-wheels cross-wheel-aarch64 cross-wheel-armv7 qemu-test-aarch64 qemu-test-armv7 \
 	qemu-test-aarch64-full qemu-test-armv7-full
 
@@ -24,7 +24,11 @@ $(STAMP): setup.py pyproject.toml requirements-dev.txt $(wildcard cext/*.pyx)
 demo: $(STAMP)
 	$(VENV)/bin/edge-agent demo
 
-test: $(STAMP)
+# Debian packages of the test suite's servers and foreign-language clients (install/test-packages.txt).
+system-deps:
+	install/system-deps.sh install/test-packages.txt
+
+test: $(STAMP) system-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)
