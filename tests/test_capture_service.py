@@ -177,13 +177,46 @@ def test_future_timestamp_is_out_of_range(make_service):
     service.capture_data(skewed)
 
 
-@pytest.mark.parametrize("capture_id", ["", "not-a-uuid", "123", "g23e4567-e89b-12d3-a456-426614174000"])
-def test_capture_id_must_be_a_uuid(make_service, capture_id):
+@pytest.mark.parametrize("capture_id", [
+    "", "x" * 129, "a/b", "../up", "a b", "tab\there", "line\n", "nul\0", "caf\u00e9", "{x}",
+    "{123e4567-e89b-12d3-a456-426614174000}"])
+def test_capture_id_outside_the_rule_is_invalid_argument(make_service, capture_id):
     service = make_service()
-    error = expect(StatusCode.INVALID_ARGUMENT, service.capture_data, capture_request(capture_id or None) if capture_id else
-                   pb.CaptureDataRequest(model_name="m", capture_id=""))
-    assert "UUID" in error.message
+    request = capture_request()
+    request.capture_id = capture_id
+    error = expect(StatusCode.INVALID_ARGUMENT, service.capture_data, request)
+    assert "1 to 128 letters, digits or . _ : -" in error.message
     expect(StatusCode.INVALID_ARGUMENT, status_of, service, capture_id)
+
+
+# The original agent's C++ example names its captures capture<unix time> and
+# captureshm<unix time>; any id of the rule is accepted and kept as given.
+@pytest.mark.parametrize("capture_id", [
+    "capture1700000000", "captureshm1700000000", "a", "x" * 128, "cam-1.frame_2:3",
+    "not-a-uuid", "123"])
+def test_capture_ids_of_the_original_clients_are_accepted(make_service, tmp_path, capture_id):
+    service = make_service()
+    request = capture_request(capture_id)
+    service.capture_data(request)
+    wait_status(service, capture_id)
+    expect(StatusCode.ALREADY_EXISTS, service.capture_data, request)
+    assert delivered_ids(disk_manifests(tmp_path / "out")) == [capture_id]
+
+
+def test_ids_other_than_uuids_are_compared_exactly_and_survive_a_restart(make_service):
+    service = make_service()
+    service.capture_data(capture_request("capture1700000000"))
+    service.capture_data(capture_request("Capture1700000000"))  # another id: case counts
+    wait_status(service, "capture1700000000")
+    wait_status(service, "Capture1700000000")
+    expect(StatusCode.NOT_FOUND, status_of, service, "capture1700000001")
+    service.close()
+
+    again = make_service()
+    assert status_of(again, "capture1700000000").status == pb.SUCCESS
+    expect(StatusCode.ALREADY_EXISTS, again.capture_data, capture_request("capture1700000000"))
+    again.capture_data(capture_request("capture1700000001"))
+    wait_status(again, "capture1700000001")
 
 
 def _bad_requests():

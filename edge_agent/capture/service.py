@@ -183,7 +183,7 @@ class CaptureService:
         if known is not None:
             raise AgentError(StatusCode.ALREADY_EXISTS,
                              f"capture_id {request.capture_id} was already used (status "
-                             f"{pb.CaptureDataStatus.Name(known.status)}); use a new UUID per capture")
+                             f"{pb.CaptureDataStatus.Name(known.status)}); use a new id per capture")
         accepted = False
         try:
             location = self._journal(key, payload)

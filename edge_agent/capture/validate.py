@@ -6,6 +6,7 @@ returns — and always an inference timestamp (the time of the call when the cli
 """
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from typing import Callable, Optional
@@ -23,17 +24,37 @@ CLOCK_SKEW_SECONDS = 1.0
 Reader = Optional[Callable[[pb.SharedMemoryHandle, int, str], object]]
 
 
+# The ids the original agent's clients send (`capture1700000000`, UUIDs, ...): safe as object
+# keys and file names, and short enough for a log line.
+CAPTURE_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+# Ids that are not UUIDs get a 16-byte key of their own (the journal's fixed-size key), a
+# name-based UUID; UUID ids keep their own 16 bytes, so journals written before stay valid.
+_ID_NAMESPACE = uuid.UUID("2b0f5a52-6c0b-4e0e-9d1c-3f7d1e5a9c40")
+
+
 def capture_key(capture_id: str) -> bytes:
-    """The 16 bytes of a capture_id; INVALID_ARGUMENT unless it is a UUID string."""
+    """The 16-byte key of a capture_id; INVALID_ARGUMENT unless it is 1 to 128 characters of
+    [A-Za-z0-9._:-]. Ids that parse as a UUID name one capture whatever their spelling
+    (upper case, no dashes, urn:uuid:); any other id is compared exactly."""
+    parsed = stored_capture_id(capture_id)
     try:
-        parsed = uuid.UUID(capture_id)
-    except (ValueError, TypeError):
-        parsed = None
-    # uuid.UUID also takes "{...}", "urn:uuid:" and hex without dashes: those are UUIDs too.
-    if parsed is None or not capture_id:
-        raise invalid_argument(f"capture_id {capture_id!r} is not a UUID string "
-                               "(like 123e4567-e89b-12d3-a456-426614174000)")
-    return parsed.bytes
+        return uuid.UUID(parsed).bytes
+    except ValueError:
+        return uuid.uuid5(_ID_NAMESPACE, parsed).bytes
+
+
+def stored_capture_id(capture_id: str) -> str:
+    """The capture_id as manifests and logs show it: a UUID in its canonical form, any other
+    id as given."""
+    if not CAPTURE_ID.fullmatch(capture_id):
+        shown = capture_id if len(capture_id) <= 140 else capture_id[:128] + "..."
+        raise invalid_argument(
+            f"capture_id {shown!r} is not valid: use 1 to 128 letters, digits or . _ : - "
+            "(a UUID, or an id like capture1700000000)")
+    try:
+        return str(uuid.UUID(capture_id))
+    except ValueError:
+        return capture_id
 
 
 def _check_timestamp(request: pb.CaptureDataRequest, stored: pb.CaptureDataRequest, now: float) -> None:
@@ -132,7 +153,7 @@ def checked_capture(request: pb.CaptureDataRequest, reader: Reader = None,
         raise invalid_argument("nothing to capture: give input or output tensors or "
                                "auxiliary data")
     stored = pb.CaptureDataRequest(model_name=request.model_name,
-                                   capture_id=str(uuid.UUID(bytes=key)))
+                                   capture_id=stored_capture_id(request.capture_id))
     _check_timestamp(request, stored, time.time() if now is None else now)
     for i, tensor in enumerate(request.input_tensors):
         _copy_tensor(tensor, stored.input_tensors.add(), f"input tensor {i}", reader)
