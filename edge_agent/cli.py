@@ -81,6 +81,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     log.info("edge-agent %s: %s", __version__, "embedded default configuration"
              if args.config is None else f"configuration {args.config}")
     boards.log_board(config)
+    for note in config_module.compatibility_notes(config):
+        log.info("%s", note)
     notifier = systemd.Notifier()  # READY=1 and the watchdog, when systemd runs the agent
     notifier.ready(config.edge_agent_socket_path)
     server.serve_forever()

@@ -142,7 +142,8 @@ class AgentConfig:
         kind=float, minimum=0.1)
     edge_agent_iot_role_alias: str = _setting(
         "", "IoT role alias, when sagemaker_edge_provider_aws_iot_cred_endpoint is a host "
-        "rather than the full .../role-aliases/<alias>/credentials url.")
+        "rather than the full .../role-aliases/<alias>/credentials url (default: "
+        "SageMakerEdge-<sagemaker_edge_core_device_fleet_name>, the alias the fleet got).")
     edge_agent_iot_thing_name: str = _setting(
         "", "IoT thing name sent to the credentials provider (default: the device name).")
 
@@ -179,12 +180,20 @@ class AgentConfig:
     sagemaker_edge_core_region: str = _setting("us-west-2", "Region of the capture bucket.")
     sagemaker_edge_core_root_certs_path: str = _setting(
         "", "Directory of the public keys that model packages must be signed with.")
-    sagemaker_edge_provider_provider: str = _setting("Aws", "Cloud provider (Aws).")
-    sagemaker_edge_provider_provider_path: str = _setting("", "Accepted for compatibility; unused.")
+    sagemaker_edge_provider_provider: str = _setting(
+        "Aws", "Cloud provider: Aws (uploads to the bucket as configured) or None (no cloud "
+        "uploads: a Cloud capture destination or periodic upload stops start-up).",
+        choices=("Aws", "None"))
+    sagemaker_edge_provider_provider_path: str = _setting(
+        "", "The original agent's provider library; no effect here (uploads are built in), "
+        "logged at start-up.")
     sagemaker_edge_provider_aws_ca_cert_file: str = _setting("", "CA certificate of the IoT credentials endpoint.")
     sagemaker_edge_provider_aws_cert_file: str = _setting("", "Device certificate for the IoT credentials provider.")
     sagemaker_edge_provider_aws_cert_pk_file: str = _setting("", "Device private key for the IoT credentials provider.")
-    sagemaker_edge_provider_aws_iot_cred_endpoint: str = _setting("", "IoT credentials-provider endpoint.")
+    sagemaker_edge_provider_aws_iot_cred_endpoint: str = _setting(
+        "", "IoT credentials-provider endpoint: the host (role alias from "
+        "edge_agent_iot_role_alias, else SageMakerEdge-<fleet name>) or the full "
+        ".../role-aliases/<alias>/credentials url.")
     sagemaker_edge_provider_s3_bucket_name: str = _setting("", "Bucket that Cloud captures go to.")
     sagemaker_edge_core_capture_data_destination: str = _setting(
         "Disk", "Where captures go: Disk or Cloud.", choices=("Disk", "Cloud"))
@@ -205,7 +214,9 @@ class AgentConfig:
     sagemaker_edge_core_capture_data_periodic_upload_period_seconds: float = _setting(
         8.0, "Period of that upload.", kind=float, minimum=0.001)
     sagemaker_edge_log_verbose: bool = _setting(False, "Log at debug level.")
-    sagemaker_edge_telemetry_libsystemd_path: str = _setting("", "Accepted for compatibility; unused.")
+    sagemaker_edge_telemetry_libsystemd_path: str = _setting(
+        "", "The original agent's libsystemd; no effect here (systemd notification is built "
+        "in), logged at start-up.")
 
     @property
     def memory_budget_bytes(self) -> int:
@@ -290,6 +301,20 @@ def _check(config: AgentConfig) -> None:
     if config.edge_agent_delegate == "external" and not config.edge_agent_delegate_library:
         raise ConfigError("edge_agent_delegate_library: must name the delegate's shared library "
                           "when edge_agent_delegate is external")
+
+
+def compatibility_notes(config: AgentConfig) -> list[str]:
+    """What start-up says about keys of the original agent that have no effect here."""
+    notes = []
+    if config.sagemaker_edge_provider_provider_path:
+        notes.append(f"sagemaker_edge_provider_provider_path "
+                     f"({config.sagemaker_edge_provider_provider_path}) has no effect: uploads "
+                     "are built into this agent")
+    if config.sagemaker_edge_telemetry_libsystemd_path:
+        notes.append(f"sagemaker_edge_telemetry_libsystemd_path "
+                     f"({config.sagemaker_edge_telemetry_libsystemd_path}) has no effect: this "
+                     "agent speaks the systemd notify protocol itself")
+    return notes
 
 
 def from_mapping(values: Mapping[str, Any], *, warn_unknown: bool = True) -> AgentConfig:

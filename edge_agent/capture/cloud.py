@@ -18,6 +18,15 @@ def _iot_configured(config: AgentConfig) -> bool:
     return bool(config.sagemaker_edge_provider_aws_iot_cred_endpoint)
 
 
+def iot_role_alias(config: AgentConfig) -> str:
+    """The role alias of the IoT credentials provider: configured, or the one the original
+    service created for the fleet (SageMakerEdge-<fleet name>); empty if neither is known."""
+    if config.edge_agent_iot_role_alias:
+        return config.edge_agent_iot_role_alias
+    fleet = config.sagemaker_edge_core_device_fleet_name
+    return f"SageMakerEdge-{fleet}" if fleet else ""
+
+
 def check_cloud(config: AgentConfig, why: str, environ: Mapping[str, str] = os.environ) -> None:
     """ConfigError naming every setting that `why` (what needs the bucket) is missing."""
     missing = []
@@ -36,9 +45,10 @@ def check_cloud(config: AgentConfig, why: str, environ: Mapping[str, str] = os.e
             missing.append("the device certificate (sagemaker_edge_provider_aws_cert_file)")
         if not config.sagemaker_edge_provider_aws_cert_pk_file:
             missing.append("the device key (sagemaker_edge_provider_aws_cert_pk_file)")
-        if "/role-aliases/" not in endpoint and not config.edge_agent_iot_role_alias:
-            missing.append("the role alias (edge_agent_iot_role_alias, or a full "
-                           "sagemaker_edge_provider_aws_iot_cred_endpoint url)")
+        if "/role-aliases/" not in endpoint and not iot_role_alias(config):
+            missing.append("the role alias (edge_agent_iot_role_alias, "
+                           "sagemaker_edge_core_device_fleet_name for SageMakerEdge-<fleet>, "
+                           "or a full sagemaker_edge_provider_aws_iot_cred_endpoint url)")
     elif not any(static) and not (environ.get("AWS_ACCESS_KEY_ID") and
                                   environ.get("AWS_SECRET_ACCESS_KEY")):
         missing.append("credentials (edge_agent_s3_access_key_id and "
@@ -61,7 +71,7 @@ def credentials_provider(config: AgentConfig, environ: Mapping[str, str] = os.en
         from edge_agent.capture.iot_credentials import IotCredentials, credentials_url
         return IotCredentials(
             credentials_url(config.sagemaker_edge_provider_aws_iot_cred_endpoint,
-                            config.edge_agent_iot_role_alias),
+                            iot_role_alias(config)),
             config.edge_agent_iot_thing_name or config.sagemaker_edge_core_device_name,
             config.sagemaker_edge_provider_aws_cert_file,
             config.sagemaker_edge_provider_aws_cert_pk_file,

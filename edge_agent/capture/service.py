@@ -55,6 +55,14 @@ def check_config(config: AgentConfig) -> None:
     if limit > MAX_EMBED_LIMIT:
         raise ConfigError(f"sagemaker_edge_core_capture_data_base64_embed_limit: at most "
                           f"{MAX_EMBED_LIMIT} bytes, got {limit}")
+    cloud_needed_by = ("sagemaker_edge_core_capture_data_destination Cloud"
+                       if config.sagemaker_edge_core_capture_data_destination == "Cloud" else
+                       "sagemaker_edge_core_capture_data_periodic_upload"
+                       if config.sagemaker_edge_core_capture_data_periodic_upload else None)
+    if cloud_needed_by and config.sagemaker_edge_provider_provider == "None":
+        raise ConfigError(f"{cloud_needed_by} uploads to the cloud, but "
+                          "sagemaker_edge_provider_provider is None (no cloud uploads): capture "
+                          "to Disk without periodic upload, or set the provider to Aws")
     if config.sagemaker_edge_core_capture_data_destination == "Cloud":
         check_cloud(config, "sagemaker_edge_core_capture_data_destination Cloud")
     elif config.sagemaker_edge_core_capture_data_periodic_upload:
