@@ -138,8 +138,17 @@ def _os_failure(error: OSError, ref: SegmentRef, what: str) -> AgentError:
     if error.errno in (errno.EINVAL, errno.EIDRM, errno.ENOENT):
         return invalid_argument(f"{what}: {ref} does not exist (never created, or removed)")
     if error.errno in (errno.EACCES, errno.EPERM):
-        return invalid_argument(f"{what}: the agent itself may not open {ref} "
-                                f"({error.strerror}); let the agent's user read it")
+        # The caller may use the segment (checked before); the agent's own user may not.
+        if ref.posix_name is None:
+            fix = ("run the agent with CAP_IPC_OWNER (the systemd unit grants it: "
+                   "AmbientCapabilities=CAP_IPC_OWNER), or give the agent's user or group "
+                   "read access to the segment")
+        else:
+            fix = ("pass the segment to the agent as a file descriptor, or give the agent's "
+                   "user or group read access to /dev/shm/" + ref.posix_name)
+        return AgentError(StatusCode.PERMISSION_DENIED,
+                          f"{what}: the agent's own user (uid {os.getuid()}) may not open "
+                          f"{ref} ({error.strerror}); {fix}")
     return invalid_argument(f"{what}: cannot use {ref}: {error.strerror}")
 
 
