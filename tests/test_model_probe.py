@@ -1,0 +1,266 @@
+"""Corrupt models cannot hurt the agent: each is proven in a child process (model_probe)
+first, refused with a status that says what happened, and the agent keeps serving.
+
+The corrupt files are the project's own add model (model_builder) truncated, with a byte
+flipped, cut to its header, with non-UTF-8 tensor names, or with a huge tensor; the flips
+and cuts kept here are ones found (by trying every offset) to crash tflite-runtime with
+SIGSEGV when it reads them in-process, and test_the_corrupt_cases_really_crash_the_runtime
+proves they still do.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import package_cases as cases
+from edge_agent import agent_pb2 as pb
+from edge_agent import config as config_module
+from edge_agent import model_builder, model_probe
+from edge_agent.errors import AgentError, StatusCode
+from edge_agent.service import AgentService
+
+GOOD = model_builder.add_model().content
+# Offsets whose flipped byte (xor 0xff) makes the runtime dereference garbage (SIGSEGV),
+# every time (others crash or not depending on what lies past the buffer).
+CRASHING_FLIPS = (11, 63, 124, 211)
+# Lengths the file is cut to that crash it the same way.
+CRASHING_CUTS = (100, 200, 256)
+# Cut to the flatbuffer's root offset and file identifier.
+HEADER_ONLY = GOOD[:8]
+
+# Runs the model as the agent would in-process, without the child: what used to kill it.
+IN_PROCESS = """
+import sys, numpy as np
+from edge_agent.runtime import interpreter_module
+i = interpreter_module().Interpreter(model_content=open(sys.argv[1], "rb").read(), num_threads=1)
+i.allocate_tensors()
+for d in i.get_input_details():
+    i.set_tensor(d["index"], np.zeros(d["shape"], d["dtype"]))
+i.invoke()
+"""
+
+
+def flipped(offset: int) -> bytes:
+    data = bytearray(GOOD)
+    data[offset] ^= 0xFF
+    return bytes(data)
+
+
+def non_utf8_names() -> bytes:
+    stored = b"\x03\x00\x00\x00sum"  # the output's name: a length-prefixed string
+    assert GOOD.count(stored) == 1
+    return GOOD.replace(stored, b"\x03\x00\x00\x00s\xffm")
+
+
+CORRUPT = {
+    **{f"flip-{o}": flipped(o) for o in CRASHING_FLIPS},
+    **{f"cut-{n}": GOOD[:n] for n in CRASHING_CUTS},
+    "header-only": HEADER_ONLY,
+}
+
+
+def write(directory: Path, name: str, content: bytes) -> Path:
+    path = directory / f"{name}.tflite"
+    path.write_bytes(content)
+    return path
+
+
+def still_serving(client, good: Path) -> None:
+    """The agent answers, loads and predicts as before."""
+    client.load_model("good", str(good))
+    built = model_builder.add_model()
+    inputs = built.sample_inputs(seed=1)
+    np.testing.assert_array_equal(client.predict("good", inputs)["sum"],
+                                  built.reference(inputs)["sum"])
+    client.unload_model("good")
+
+
+def refused(client, path: Path, code: StatusCode = StatusCode.FAILED_PRECONDITION) -> str:
+    with pytest.raises(AgentError) as info:
+        client.load_model("bad", str(path))
+    assert info.value.code == code, info.value
+    assert client.list_models() == []
+    return info.value.message
+
+
+@pytest.mark.parametrize("name", [n for n in CORRUPT if n != "header-only"])
+def test_the_corrupt_cases_really_crash_the_runtime(tmp_path, name):
+    path = write(tmp_path, name, CORRUPT[name])
+    run = subprocess.run([sys.executable, "-c", IN_PROCESS, str(path)], capture_output=True)
+    assert run.returncode == -signal.SIGSEGV, (run.returncode, run.stderr[-300:])
+
+
+def test_corrupt_models_are_refused_and_the_agent_keeps_serving(start_agent, tmp_path):
+    agent = start_agent()
+    good = write(tmp_path, "good", GOOD)
+    with agent.client() as client:
+        for name, content in CORRUPT.items():
+            message = refused(client, write(tmp_path, name, content))
+            if name == "header-only":
+                # The runtime reads past the 8 bytes: what it finds there decides whether it
+                # says no (schema version 0) or crashes; either way the agent is unharmed.
+                assert ("the runtime refused the model" in message
+                        or "the runtime crashed reading this model (SIGSEGV)" in message), message
+            else:
+                assert ("the runtime crashed reading this model (SIGSEGV): the file is "
+                        "corrupt or was written for another runtime") in message, message
+            assert message.startswith("model 'bad': ")
+            assert agent.alive()
+            still_serving(client, good)
+
+
+def test_non_utf8_tensor_names_are_refused(start_agent, tmp_path):
+    agent = start_agent()
+    with agent.client() as client:
+        message = refused(client, write(tmp_path, "names", non_utf8_names()))
+        assert "tensor names are not valid UTF-8" in message
+        still_serving(client, write(tmp_path, "good", GOOD))
+
+
+def test_a_model_that_allocates_without_bound_is_refused_within_the_budget(start_agent,
+                                                                           tmp_path):
+    # Three float32 tensors of 2**28 elements: 3 GiB of arena from a 352-byte file.
+    huge = model_builder.add_model(shape=(1, 2**28)).content
+    agent = start_agent(edge_agent_memory_budget_mb=64)
+    with agent.client() as client:
+        message = refused(client, write(tmp_path, "huge", huge), StatusCode.RESOURCE_EXHAUSTED)
+        assert "edge_agent_memory_budget_mb" in message and "std::bad_alloc" in message
+        still_serving(client, write(tmp_path, "good", GOOD))
+    assert agent.rss_kb() < 512 * 1024  # the agent's own runtime never saw it
+
+
+def test_a_model_rewritten_while_it_loads_never_kills_the_agent(start_agent, tmp_path):
+    """A writer keeps swapping the file's content between a good and a crashing model in
+    place while a client loads it: each load gets one version, whole, proven before use."""
+    agent = start_agent()
+    path = write(tmp_path, "racy", GOOD)
+    bad = flipped(CRASHING_FLIPS[0])
+    stop = threading.Event()
+
+    def rewrite() -> None:
+        with open(path, "r+b") as f:
+            while not stop.is_set():
+                for content in (bad, GOOD):
+                    f.seek(0)
+                    f.write(content)
+                    f.flush()
+
+    writer = threading.Thread(target=rewrite, name="rewriter")
+    writer.start()
+    outcomes = set()
+    try:
+        with agent.client() as client:
+            for _ in range(12):
+                try:
+                    client.load_model("racy", str(path))
+                    outcomes.add("loaded")
+                    inputs = model_builder.add_model().sample_inputs()
+                    client.predict("racy", inputs)
+                    client.unload_model("racy")
+                except AgentError as e:
+                    assert e.code == StatusCode.FAILED_PRECONDITION, e
+                    outcomes.add("refused")
+                assert agent.alive()
+    finally:
+        stop.set()
+        writer.join()
+    assert outcomes  # what each load met depends on the writer; none killed the agent
+
+
+def test_the_bytes_proven_are_the_bytes_loaded(tmp_path, monkeypatch):
+    """The file is rewritten to a crashing version after it was read and proven, before the
+    agent's runtime loads: the agent loads what it proved, never the file anew."""
+    path = write(tmp_path, "m", GOOD)
+    service = AgentService(config_module.from_mapping({
+        "edge_agent_state_dir": str(tmp_path / "state"),
+        "edge_agent_allow_unsigned_models": True, "edge_agent_num_threads": 1}))
+    real_prove = model_probe.prove
+    proven = []
+
+    def prove_then_rewrite(content, config, what, memory_limit):
+        proof = real_prove(content, config, what, memory_limit)
+        proven.append(content)
+        path.write_bytes(flipped(CRASHING_FLIPS[0]))  # would crash this process if read
+        return proof
+
+    monkeypatch.setattr(model_probe, "prove", prove_then_rewrite)
+    try:
+        service.load_model(pb.LoadModelRequest(name="m", url=str(path)))
+        assert proven == [GOOD]
+        built = model_builder.add_model()
+        request = pb.PredictRequest(name="m")
+        inputs = built.sample_inputs()
+        from edge_agent.tensors import add_array
+        for name, array in inputs.items():
+            add_array(request.tensors, name, array)
+        reply = service.predict(request)
+        out = np.frombuffer(reply.tensors[0].byte_data, np.float32).reshape(1, 4)
+        np.testing.assert_array_equal(out, built.reference(inputs)["sum"])
+    finally:
+        service.close()
+
+
+def test_the_budget_reserves_what_the_child_measured(tmp_path, monkeypatch, model_files):
+    service = AgentService(config_module.from_mapping({
+        "edge_agent_state_dir": str(tmp_path / "state"),
+        "edge_agent_allow_unsigned_models": True, "edge_agent_num_threads": 1}))
+    real_prove = model_probe.prove
+    proofs = []
+
+    def recording(*args, **kwargs):
+        proofs.append(real_prove(*args, **kwargs))
+        return proofs[-1]
+
+    monkeypatch.setattr(model_probe, "prove", recording)
+    try:
+        service.load_model(pb.LoadModelRequest(name="slow", url=str(model_files["slow"])))
+        (proof,) = proofs
+        size = model_files["slow"].stat().st_size
+        # The runtime holds the file and packs its 32 MiB of weights again.
+        assert proof.peak_bytes > size
+        assert service.budget.used >= proof.peak_bytes
+        service.unload_model(pb.UnLoadModelRequest(name="slow"))
+        assert service.budget.used == 0
+    finally:
+        service.close()
+
+
+def test_a_child_past_its_time_is_killed_and_the_load_refused(tmp_path, monkeypatch):
+    """The time limit, with a child that never answers (a stopped process would do the same;
+    no model is slow on every machine): killed at the limit, FAILED_PRECONDITION."""
+    hang = tmp_path / "hang"
+    pid_file = tmp_path / "pid"
+    hang.write_text(f"#!/bin/sh\necho $$ > {pid_file}\nexec sleep 1000\n")
+    hang.chmod(0o755)
+    monkeypatch.setattr(model_probe.sys, "executable", str(hang))
+    config = config_module.from_mapping({"edge_agent_model_probe_timeout_seconds": 0.5})
+    with pytest.raises(AgentError) as info:
+        model_probe.prove(GOOD, config, "model 'm'", 1 << 20)
+    assert info.value.code == StatusCode.FAILED_PRECONDITION
+    assert "did not finish loading and running this model within 0.5 s" in info.value.message
+    assert "edge_agent_model_probe_timeout_seconds" in info.value.message
+    pid = int(pid_file.read_text())
+    assert not Path(f"/proc/{pid}").exists()  # killed and reaped, not left behind
+
+
+def test_a_crashing_model_in_a_signed_package_is_refused_the_same_way(start_agent, tmp_path):
+    signer = cases.Signer(tmp_path / "keys")
+    # A flip the package builder's schema reader still parses (it reads inputs and outputs).
+    corrupt = dataclasses.replace(model_builder.add_model(), content=flipped(124))
+    package = signer.package(tmp_path / "pkg", model=corrupt, labels=False)
+    agent = start_agent(sagemaker_edge_core_root_certs_path=str(signer.trust),
+                        edge_agent_allow_unsigned_models=False)
+    with agent.client() as client:
+        # A valid signature proves where the bytes come from, not that the runtime survives them.
+        message = refused(client, package)
+        assert "the runtime crashed reading this model (SIGSEGV)" in message
+        assert agent.alive()
+        assert client.list_models() == []
