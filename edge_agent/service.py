@@ -103,7 +103,8 @@ class ModelSource:
 
 def open_model(url: str, caller: Caller) -> ModelSource:
     """The model a LoadModel url names, opened with the caller's rights: the one place where
-    a url becomes a file. What the caller cannot see or read answers NOT_FOUND worded
+    a url becomes a file (a descriptor the client passes instead of a path is the other
+    way in, and belongs here). What the caller cannot see or read answers NOT_FOUND worded
     exactly as a missing path; a url that names no local path, INVALID_ARGUMENT."""
     path = model_path(url)
     try:
@@ -135,23 +136,22 @@ class AgentService:
     def load_model(self, request: pb.LoadModelRequest, caller: Caller = IN_PROCESS) -> pb.LoadModelResponse:
         name = request.name
         check_model_name(name)
-        model_path(request.url)  # a bad url is INVALID_ARGUMENT before anything else
-        with self._lock:
-            if name in self._models or name in self._loading:
-                raise AgentError(StatusCode.ALREADY_EXISTS,
-                                 f"a model named '{name}' is loaded; unload it first")
-            self._loading.add(name)
+        source = open_model(request.url, caller)  # non-blocking: holds only a descriptor
         try:
-            source = open_model(request.url, caller)
+            with self._lock:
+                if name in self._models or name in self._loading:
+                    raise AgentError(StatusCode.ALREADY_EXISTS,
+                                     f"a model named '{name}' is loaded; unload it first")
+                self._loading.add(name)
             try:
                 model = self._load(name, request.url, source, caller)
+                with self._lock:
+                    self._models[name] = model
             finally:
-                source.close()
-            with self._lock:
-                self._models[name] = model
+                with self._lock:
+                    self._loading.discard(name)
         finally:
-            with self._lock:
-                self._loading.discard(name)
+            source.close()
         log.info("loaded model '%s' from %s (%.1f MiB reserved, run by %s)", name, source.path,
                  model.footprint / 2**20, model.delegate)
         return pb.LoadModelResponse(model=self._describe(model, caller))
