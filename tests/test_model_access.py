@@ -1,62 +1,60 @@
 """LoadModel with the caller's rights, and the ownership policy, against a real agent with a
-second user on its socket: a client run as `nobody` (setpriv) next to the agent's root."""
+second user on its socket: a client run as `nobody` (a forked child that switched users)
+next to the agent's root."""
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 import package_cases as cases
 from edge_agent import model_builder
-from edge_agent.errors import AgentError, StatusCode
-
-AS_NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
-
-# Run as nobody: each call's outcome as JSON, [code name or "OK", message or url(s)].
-CLIENT = r"""
-import json, sys
 from edge_agent.client import AgentClient
-from edge_agent.errors import AgentError
-socket_path, calls = sys.argv[1], json.loads(sys.argv[2])
-results = []
-with AgentClient(socket_path) as client:
-    for method, *args in calls:
-        try:
-            value = getattr(client, method)(*args)
-        except AgentError as e:
-            results.append([e.code.name, e.message])
-            continue
-        if method == "list_models":
-            value = {m.name: m.url for m in value}
-        elif method in ("load_model", "describe_model"):
-            value = value.url
-        results.append(["OK", value])
-print(json.dumps(results))
-"""
+from edge_agent.errors import AgentError, StatusCode
+from privileges import NOBODY, fork_as
+
+def _call_all(socket_path: str, calls) -> list:
+    """Each call's outcome: [code name or "OK", message, url or {name: url}]."""
+    results = []
+    with AgentClient(socket_path) as client:
+        for method, *args in calls:
+            try:
+                value = getattr(client, method)(*args)
+            except AgentError as e:
+                results.append([e.code.name, e.message])
+                continue
+            if method == "list_models":
+                value = {m.name: m.url for m in value}
+            elif method in ("load_model", "describe_model"):
+                value = value.url
+            results.append(["OK", value])
+    return results
 
 
 def as_nobody(agent, *calls) -> list:
-    run = subprocess.run([*AS_NOBODY, sys.executable, "-c", CLIENT, agent.socket_path,
-                          json.dumps(calls)], capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0, run.stderr
-    return json.loads(run.stdout)
+    """Run the client calls as nobody:nogroup without supplementary groups, in a forked
+    child (privileges.fork_as), and return their outcomes."""
+    log = agent.workdir.parent / f"nobody-{len(os.listdir(agent.workdir.parent))}.log"
+
+    def run() -> int:
+        # To the log itself (fd 1), not sys.stdout, which pytest may have replaced.
+        os.write(1, json.dumps(_call_all(agent.socket_path, calls)).encode() + b"\n")
+        return 0
+
+    pid = fork_as(NOBODY, NOBODY, run, str(log))
+    _, status = os.waitpid(pid, 0)
+    output = log.read_text()
+    assert os.waitstatus_to_exitcode(status) == 0, output
+    return json.loads(output.strip().splitlines()[-1])
 
 
 @pytest.fixture
 def second_user(public_dir):
-    """Skips unless this machine can run a client as nobody (root, setpriv, a Python that
-    nobody may execute)."""
-    if os.geteuid() != 0 or shutil.which("setpriv") is None:
-        pytest.skip("needs root and setpriv to run a client as a second user")
-    probe = subprocess.run([*AS_NOBODY, sys.executable, "-c", "import edge_agent.client"],
-                           capture_output=True, text=True)
-    if probe.returncode != 0:
-        pytest.skip(f"nobody cannot run this Python: {probe.stderr.strip()[-200:]}")
+    """Skips unless this process may switch users (root)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run a client as a second user")
     return public_dir
 
 

@@ -10,7 +10,6 @@ proves they still do.
 from __future__ import annotations
 
 import dataclasses
-import os
 import platform
 import signal
 import subprocess

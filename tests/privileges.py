@@ -1,0 +1,66 @@
+"""Run code as another user, keeping chosen capabilities: the agent as its own unprivileged
+user (as the systemd unit runs it), a client as a user that is not the agent's.
+
+Forked children rather than setpriv + exec: another user cannot execute this machine's Python
+when it lives under /root, and a forked child needs nothing it cannot already reach."""
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+from typing import Callable
+
+NOBODY = 65534
+CAP_IPC_OWNER = 15
+_PR_SET_KEEPCAPS = 8
+_CAPABILITY_VERSION_3 = 0x20080522
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                ("inheritable", ctypes.c_uint32)]
+
+
+def become(uid: int, gid: int, groups: tuple[int, ...] = (), capabilities: tuple[int, ...] = ()):
+    """Switch this (forked) process to uid/gid with exactly `capabilities` effective."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_KEEPCAPS, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_KEEPCAPS)")
+    os.setgroups(list(groups))
+    os.setgid(gid)
+    os.setuid(uid)
+    data = (_CapData * 2)()
+    for cap in capabilities:
+        data[cap // 32].effective |= 1 << (cap % 32)
+        data[cap // 32].permitted |= 1 << (cap % 32)
+    if libc.capset(ctypes.byref(_CapHeader(_CAPABILITY_VERSION_3, 0)), data) != 0:
+        raise OSError(ctypes.get_errno(), "capset")
+
+
+def fork_as(uid: int, gid: int, run: Callable[[], int], log_path: str,
+            capabilities: tuple[int, ...] = (), preload: Callable[[], object] = lambda: None) -> int:
+    """Fork a child that becomes uid/gid (with `capabilities`), sends its output to log_path
+    and exits with run()'s return value: → its pid. preload() runs before the switch: it
+    imports what the child needs from places the other user cannot read."""
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 70
+    try:
+        fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, signal.SIG_DFL)  # pytest's handlers are not the child's
+        preload()
+        become(uid, gid, capabilities=capabilities)
+        code = run()
+    except BaseException as e:  # reported through the log; the parent fails the test
+        print(f"child failed: {e!r}", file=sys.stderr, flush=True)
+    finally:
+        os._exit(code)
