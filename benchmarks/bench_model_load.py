@@ -4,12 +4,15 @@
 
 For two models (the 352-byte add model and the 33.6 MB slow model with 32 MiB of weights)
 times, with the files in the page cache:
-  - load: AgentService.load_model + unload_model in process, what a LoadModel costs now
-    (read, the check in a child, the agent's own interpreter);
-  - probe: model_probe.prove alone (spawn `python -m edge_agent.model_probe`, its imports,
-    the model built, allocated and invoked once, the report);
+  - load: AgentService.load_model + unload_model, what a LoadModel costs now (read, the check
+    in a child of the pre-forked helper, the agent's own interpreter), as `edge-agent serve`
+    runs it (the service is made first, so it has its helper);
+  - helper: Prover.prove through the helper alone (a fork, the model built, allocated and
+    invoked once, the report);
+  - fresh: Prover.prove in a fresh `python -m edge_agent.model_probe` process (where there is
+    no helper: its imports, then the same);
   - in-process: delegates.create_interpreter alone, what loading cost before the check.
-Prints the medians, the probe's share of a load, and the memory the child measured.
+Prints the medians and the memory the child measured.
 """
 from __future__ import annotations
 
@@ -21,8 +24,9 @@ from pathlib import Path
 
 from edge_agent import agent_pb2 as pb
 from edge_agent import config as config_module
-from edge_agent import delegates, model_builder, model_probe
+from edge_agent import delegates, model_builder
 from edge_agent.engine import create_interpreter
+from edge_agent.prover import Prover
 from edge_agent.service import AgentService
 
 
@@ -45,8 +49,10 @@ def main() -> int:
         "edge_agent_state_dir": str(work / "state"), "edge_agent_allow_unsigned_models": True,
         "edge_agent_num_threads": 1})
     service = AgentService(config)
-    print(f"{'model':>6} {'size':>9} {'load':>9} {'probe':>9} {'in-process':>11} "
-          f"{'probe/load':>10} {'measured':>9}")
+    helper, fresh = service.prover, Prover(use_helper=False)
+    assert helper.has_helper, "the service was made with threads running: no helper"
+    print(f"{'model':>6} {'size':>9} {'load':>9} {'helper':>9} {'fresh':>9} {'in-process':>11} "
+          f"{'measured':>9}")
     for name, built in (("add", model_builder.add_model()), ("slow", model_builder.slow_model())):
         path = built.write(work / f"{name}.tflite")
         content = built.content
@@ -56,14 +62,16 @@ def main() -> int:
             service.unload_model(pb.UnLoadModelRequest(name=name))
 
         load_s = median_seconds(load, args.runs)
-        probe_s = median_seconds(lambda: model_probe.prove(content, config, name, 1 << 30),
+        helper_s = median_seconds(lambda: helper.prove(content, config, name, 1 << 30),
+                                  args.runs)
+        fresh_s = median_seconds(lambda: fresh.prove(content, config, name, 1 << 30),
                                  args.runs)
         direct_s = median_seconds(
             lambda: delegates.create_interpreter(content, config, name, create_interpreter),
             args.runs)
-        measured = model_probe.prove(content, config, name, 1 << 30).peak_bytes
-        print(f"{name:>6} {len(content) / 1e6:>7.2f}MB {load_s * 1e3:>7.0f}ms "
-              f"{probe_s * 1e3:>7.0f}ms {direct_s * 1e3:>9.1f}ms {probe_s / load_s:>10.2f} "
+        measured = helper.prove(content, config, name, 1 << 30).peak_bytes
+        print(f"{name:>6} {len(content) / 1e6:>7.2f}MB {load_s * 1e3:>7.1f}ms "
+              f"{helper_s * 1e3:>7.1f}ms {fresh_s * 1e3:>7.1f}ms {direct_s * 1e3:>9.1f}ms "
               f"{measured / 2**20:>7.1f}MiB")
     service.close()
     return 0

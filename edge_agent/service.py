@@ -15,13 +15,14 @@ from dataclasses import dataclass
 from typing import Callable, NamedTuple
 
 from edge_agent import agent_pb2 as pb
-from edge_agent import accelerators, caller_paths, delegates, model_probe
+from edge_agent import accelerators, caller_paths, delegates
 from edge_agent.config import AgentConfig
 from edge_agent.engine import LoadedModel, create_interpreter
 from edge_agent.errors import (AgentError, StatusCode, failed_precondition, invalid_argument,
                                not_found)
 from edge_agent.memory import MemoryBudget
 from edge_agent.modelfile import looks_like_tflite, not_regular
+from edge_agent.prover import Prover, holds_edgetpu
 from edge_agent.shm import SharedMemory
 
 log = logging.getLogger(__name__)
@@ -118,6 +119,9 @@ def open_model(url: str, caller: Caller) -> ModelSource:
 
 class AgentService:
     def __init__(self, config: AgentConfig):
+        # First, while this process may still have a single thread: the helper that proves
+        # models is forked now or never (prover.py).
+        self.prover = Prover()
         self.config = config
         self.budget = MemoryBudget(config.memory_budget_bytes)
         self._models: dict[str, LoadedModel] = {}
@@ -129,7 +133,11 @@ class AgentService:
                                          config.edge_agent_delegate_options)
         # Imported here: edge_agent.capture uses this module's check_model_name.
         from edge_agent.capture.service import CaptureService
-        self.capture = CaptureService(config)  # opens nothing until used or left a journal
+        try:
+            self.capture = CaptureService(config)  # opens nothing until used or left a journal
+        except BaseException:
+            self.prover.close()  # a service that never was leaves no helper behind
+            raise
 
     # --- model management -------------------------------------------------------------------
 
@@ -188,13 +196,13 @@ class AgentService:
 
     def _prove(self, content: bytes, what: str) -> int:
         """Bytes the model costs the runtime beyond the file, measured in a child process
-        (model_probe) allowed what the memory budget has free; 0 for a model that cannot
-        be proven apart from the agent (one compiled for an Edge TPU the agent holds)."""
-        if model_probe.holds_edgetpu(self.config) and delegates.needs_edgetpu(content):
+        (prover) allowed what the memory budget has free; 0 for a model that cannot be
+        proven apart from the agent (one compiled for an Edge TPU the agent holds)."""
+        if holds_edgetpu(self.config) and delegates.needs_edgetpu(content):
             log.info("%s: compiled for the Edge TPU, which one process holds at a time: "
                      "loaded without a check in a separate process", what)
             return 0
-        proof = model_probe.prove(content, self.config, what,
+        proof = self.prover.prove(content, self.config, what,
                                   memory_limit=self.budget.free + len(content))
         log.info("%s: checked in a separate process in %.2f s; the runtime needed %.1f MiB",
                  what, proof.seconds, proof.peak_bytes / 2**20)
@@ -332,3 +340,4 @@ class AgentService:
         with self._lock:
             self._models.clear()
         self.shm.close()
+        self.prover.close()

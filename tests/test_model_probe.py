@@ -10,11 +10,13 @@ proves they still do.
 from __future__ import annotations
 
 import dataclasses
+import os
 import platform
 import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +25,7 @@ import pytest
 import package_cases as cases
 from edge_agent import agent_pb2 as pb
 from edge_agent import config as config_module
-from edge_agent import model_builder, model_probe
+from edge_agent import model_builder, model_probe, prover
 from edge_agent.errors import AgentError, StatusCode
 from edge_agent.service import AgentService
 
@@ -86,6 +88,12 @@ def still_serving(client, good: Path) -> None:
     client.unload_model("good")
 
 
+def in_process_service(tmp_path) -> AgentService:
+    return AgentService(config_module.from_mapping({
+        "edge_agent_state_dir": str(tmp_path / "state"),
+        "edge_agent_allow_unsigned_models": True, "edge_agent_num_threads": 1}))
+
+
 def refused(client, path: Path, code: StatusCode = StatusCode.FAILED_PRECONDITION) -> str:
     with pytest.raises(AgentError) as info:
         client.load_model("bad", str(path))
@@ -115,20 +123,40 @@ def test_the_corrupt_cases_really_crash_the_runtime(tmp_path, name):
 def test_corrupt_models_are_refused_and_the_agent_keeps_serving(start_agent, tmp_path):
     agent = start_agent()
     good = write(tmp_path, "good", GOOD)
+    crashed = []
     with agent.client() as client:
         for name, content in CORRUPT.items():
             message = refused(client, write(tmp_path, name, content))
-            if name == "header-only" or platform.machine() != FOUND_ON:
-                # The runtime reads past the 8 bytes: what it finds there decides whether it
-                # says no (schema version 0) or crashes; either way the agent is unharmed.
-                assert ("the runtime refused the model" in message
-                        or "the runtime crashed reading this model (SIGSEGV)" in message), message
+            # The runtime reads past the buffer or through garbage offsets: what lies there
+            # decides whether it says no or crashes; either way the agent is unharmed.
+            if ("the runtime crashed reading this model (SIGSEGV): the file is corrupt or was "
+                    "written for another runtime") in message:
+                crashed.append(name)
             else:
-                assert ("the runtime crashed reading this model (SIGSEGV): the file is "
-                        "corrupt or was written for another runtime") in message, message
+                assert "the runtime refused the model" in message, message
             assert message.startswith("model 'bad': ")
             assert agent.alive()
             still_serving(client, good)
+    if platform.machine() == FOUND_ON:
+        assert len(crashed) >= len(CORRUPT) // 2, crashed  # the crash path was taken, often
+    assert "model checks run in a helper process" in agent.log()  # forked at start
+
+
+@pytest.mark.parametrize("use_helper", [True, False], ids=["helper", "fresh-process"])
+def test_both_ways_of_running_a_check_tell_the_same(use_helper):
+    config = config_module.from_mapping({"edge_agent_num_threads": 1})
+    checks = prover.Prover(use_helper=use_helper)
+    try:
+        assert checks.has_helper is use_helper
+        assert checks.prove(GOOD, config, "model 'm'", 1 << 20).peak_bytes > 0
+        for content in (flipped(CRASHING_FLIPS[1]), non_utf8_names()):
+            with pytest.raises(AgentError) as info:
+                checks.prove(content, config, "model 'm'", 1 << 20)
+            assert info.value.code == StatusCode.FAILED_PRECONDITION
+            if platform.machine() == FOUND_ON and content != non_utf8_names():
+                assert "crashed reading this model (SIGSEGV)" in info.value.message
+    finally:
+        checks.close()
 
 
 def test_non_utf8_tensor_names_are_refused(start_agent, tmp_path):
@@ -196,10 +224,8 @@ def test_the_bytes_proven_are_the_bytes_loaded(tmp_path, monkeypatch):
     """The file is rewritten to a crashing version after it was read and proven, before the
     agent's runtime loads: the agent loads what it proved, never the file anew."""
     path = write(tmp_path, "m", GOOD)
-    service = AgentService(config_module.from_mapping({
-        "edge_agent_state_dir": str(tmp_path / "state"),
-        "edge_agent_allow_unsigned_models": True, "edge_agent_num_threads": 1}))
-    real_prove = model_probe.prove
+    service = in_process_service(tmp_path)
+    real_prove = service.prover.prove
     proven = []
 
     def prove_then_rewrite(content, config, what, memory_limit):
@@ -208,7 +234,7 @@ def test_the_bytes_proven_are_the_bytes_loaded(tmp_path, monkeypatch):
         path.write_bytes(flipped(CRASHING_FLIPS[0]))  # would crash this process if read
         return proof
 
-    monkeypatch.setattr(model_probe, "prove", prove_then_rewrite)
+    monkeypatch.setattr(service.prover, "prove", prove_then_rewrite)
     try:
         service.load_model(pb.LoadModelRequest(name="m", url=str(path)))
         assert proven == [GOOD]
@@ -226,17 +252,15 @@ def test_the_bytes_proven_are_the_bytes_loaded(tmp_path, monkeypatch):
 
 
 def test_the_budget_reserves_what_the_child_measured(tmp_path, monkeypatch, model_files):
-    service = AgentService(config_module.from_mapping({
-        "edge_agent_state_dir": str(tmp_path / "state"),
-        "edge_agent_allow_unsigned_models": True, "edge_agent_num_threads": 1}))
-    real_prove = model_probe.prove
+    service = in_process_service(tmp_path)
+    real_prove = service.prover.prove
     proofs = []
 
     def recording(*args, **kwargs):
         proofs.append(real_prove(*args, **kwargs))
         return proofs[-1]
 
-    monkeypatch.setattr(model_probe, "prove", recording)
+    monkeypatch.setattr(service.prover, "prove", recording)
     try:
         service.load_model(pb.LoadModelRequest(name="slow", url=str(model_files["slow"])))
         (proof,) = proofs
@@ -250,17 +274,30 @@ def test_the_budget_reserves_what_the_child_measured(tmp_path, monkeypatch, mode
         service.close()
 
 
-def test_a_child_past_its_time_is_killed_and_the_load_refused(tmp_path, monkeypatch):
-    """The time limit, with a child that never answers (a stopped process would do the same;
-    no model is slow on every machine): killed at the limit, FAILED_PRECONDITION."""
-    hang = tmp_path / "hang"
+@pytest.mark.parametrize("use_helper", [True, False], ids=["helper", "fresh-process"])
+def test_a_check_past_its_time_is_killed_and_the_load_refused(tmp_path, monkeypatch,
+                                                              use_helper):
+    """The time limit, with a check that never answers (no model is slow on every machine):
+    killed at the limit, FAILED_PRECONDITION, nothing left running."""
     pid_file = tmp_path / "pid"
-    hang.write_text(f"#!/bin/sh\necho $$ > {pid_file}\nexec sleep 1000\n")
-    hang.chmod(0o755)
-    monkeypatch.setattr(model_probe.sys, "executable", str(hang))
+    if use_helper:  # the helper is forked from here: its children run this check
+        def hang(fd, request, report):
+            pid_file.write_text(str(os.getpid()))
+            time.sleep(1000)
+        monkeypatch.setattr(model_probe, "check", hang)
+    else:  # a fresh process runs sys.executable
+        hang_script = tmp_path / "hang"
+        hang_script.write_text(f"#!/bin/sh\necho $$ > {pid_file}\nexec sleep 1000\n")
+        hang_script.chmod(0o755)
+        monkeypatch.setattr(prover.sys, "executable", str(hang_script))
     config = config_module.from_mapping({"edge_agent_model_probe_timeout_seconds": 0.5})
-    with pytest.raises(AgentError) as info:
-        model_probe.prove(GOOD, config, "model 'm'", 1 << 20)
+    checks = prover.Prover(use_helper=use_helper)
+    try:
+        with pytest.raises(AgentError) as info:
+            checks.prove(GOOD, config, "model 'm'", 1 << 20)
+        assert checks.has_helper is use_helper  # a check that timed out is no helper fault
+    finally:
+        checks.close()
     assert info.value.code == StatusCode.FAILED_PRECONDITION
     assert "did not finish loading and running this model within 0.5 s" in info.value.message
     assert "edge_agent_model_probe_timeout_seconds" in info.value.message
