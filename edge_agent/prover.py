@@ -25,6 +25,8 @@ delegate too), and a model compiled for the Edge TPU is loaded without a proof.
 """
 from __future__ import annotations
 
+import ctypes
+import fcntl
 import json
 import logging
 import os
@@ -37,6 +39,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+from edge_agent import model_probe  # light: its heavy imports happen in the helper
 from edge_agent.config import AgentConfig
 from edge_agent.errors import AgentError, StatusCode, failed_precondition, resource_exhausted
 
@@ -87,8 +90,6 @@ def _child_settings(config: AgentConfig) -> dict:
 
 def _sealed_memfd(content: bytes) -> int:
     """A memfd holding `content` that nobody can change any more (F_SEAL_*)."""
-    import fcntl
-
     fd = os.memfd_create("edge-agent-model", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
     try:
         view, written = memoryview(content), 0
@@ -111,8 +112,6 @@ def _signal_name(number: int) -> str:
 
 def _die_with_parent() -> None:
     """SIGKILL this process when the one that forked it ends (prctl PR_SET_PDEATHSIG)."""
-    import ctypes
-
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
@@ -170,8 +169,6 @@ def _spawn(fd: int, request: dict, timeout: float) -> _Ending:
 
 def _run_forked(fd: int, request: dict, channel: socket.socket) -> _Ending:
     """In the helper: fork a child for one check, wait for it at most the time limit."""
-    from edge_agent import model_probe
-
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: the check, then out, whatever happens
@@ -212,8 +209,6 @@ def _helper_main(channel: socket.socket) -> None:
     keep = channel.fileno()
     os.closerange(3, keep)  # nothing of the agent's (its sockets, its files) stays open here
     os.closerange(keep + 1, os.sysconf("SC_OPEN_MAX"))
-    from edge_agent import model_probe
-
     model_probe.preload()  # once: every child starts with the runtime imported
     while True:
         message, fds, _, _ = socket.recv_fds(channel, _MESSAGE_LIMIT, 1)
