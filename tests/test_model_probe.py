@@ -318,3 +318,27 @@ def test_a_crashing_model_in_a_signed_package_is_refused_the_same_way(start_agen
         assert "the runtime crashed reading this model (SIGSEGV)" in message
         assert agent.alive()
         assert client.list_models() == []
+
+
+def test_bad_alloc_in_the_agents_own_runtime_is_resource_exhausted(tmp_path):
+    """Should the runtime run out of memory in the agent itself (the check passed, then
+    memory ran short), the load is RESOURCE_EXHAUSTED, not INTERNAL. Run where RLIMIT_DATA
+    can make it run short: a process of its own."""
+    if not data_limit_enforced():
+        pytest.skip("RLIMIT_DATA is not enforced here (qemu-user ignores it)")
+    path = write(tmp_path, "huge", model_builder.add_model(shape=(1, 2**28)).content)
+    script = (
+        "import resource, sys\n"
+        "from edge_agent.engine import create_interpreter\n"
+        "from edge_agent.errors import AgentError\n"
+        "from edge_agent.runtime import interpreter_module\n"
+        "interpreter_module()\n"
+        "resource.setrlimit(resource.RLIMIT_DATA, (1 << 30, 1 << 30))\n"
+        "try:\n"
+        "    create_interpreter(open(sys.argv[1], 'rb').read(), 1)\n"
+        "except AgentError as e:\n"
+        "    print(e.code.name, e.message)\n")
+    run = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True,
+                         text=True)
+    assert run.returncode == 0, run.stderr[-500:]
+    assert run.stdout.startswith("RESOURCE_EXHAUSTED the runtime ran out of memory"), run.stdout
