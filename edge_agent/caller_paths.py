@@ -20,6 +20,7 @@ import stat
 from edge_agent.permissions import READ, SEARCH, may_access
 
 MAX_LINKS = 40  # the kernel's MAXSYMLINKS
+PATH_MAX = 4096  # the kernel's limit on a path given to it, terminating NUL included
 _DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
 _OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -55,6 +56,8 @@ def open_as(caller, path: str) -> int:
     """
     if not path:
         raise Hidden(path)
+    if len(path.encode()) >= PATH_MAX:  # as the kernel refuses it, before any walking
+        raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG), path)
     check = not trusted(caller)
     pending = path.split("/")
     current = os.open("/" if path.startswith("/") else ".", _DIR_FLAGS)

@@ -104,6 +104,12 @@ def test_the_kernels_other_errors_are_kept(tmp_path):
     assert info.value.errno == errno.ELOOP
 
 
+def test_a_path_longer_than_the_kernel_takes_is_refused_before_walking():
+    with pytest.raises(OSError) as info:
+        read(STRANGER, "./" * 1_000_000 + "model.tflite")
+    assert info.value.errno == errno.ENAMETOOLONG
+
+
 def test_relative_paths_and_dots_walk_like_the_kernel(tmp_path, monkeypatch):
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "f").write_bytes(b"f")
