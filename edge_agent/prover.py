@@ -8,10 +8,12 @@ that process survived is loaded in the agent, and the memory budget reserves wha
 
 How the process is made, the decision (docs/MODEL_LOADING.md):
 
-- **A pre-forked helper.** When the agent starts, before it has any thread, it forks a small
-  helper process, which imports the runtime once and then, for each check, forks a child that
-  runs it and is killed at the time limit. The helper is single-threaded, so its fork is safe,
-  and a check costs a fork plus the model's own work, not a Python start-up. fork() of the
+- **A pre-forked helper.** When the agent starts, before it starts any thread, it forks a
+  small helper process (the only other thread then is NumPy's OpenBLAS pool, which stops
+  itself around a fork: pthread_atfork), which imports the runtime once and then, for each
+  check, forks a child that runs it and is killed at the time limit. The helper is
+  single-threaded, so its forks are safe, and a check costs a fork plus the model's own
+  work, not a Python start-up. fork() of the
   running agent itself would not be safe: it is multithreaded, and a child may inherit a lock
   another thread held (the runtime's, the allocator's) and hang.
 - **A fresh interpreter process** (`python -m edge_agent.model_probe`) where there is no
