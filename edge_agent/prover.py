@@ -133,21 +133,24 @@ def _outcome(ending: _Ending, what: str, timeout: float, memory_limit: int,
         raise failed_precondition(
             f"{what}: the runtime crashed reading this model ({_signal_name(-ending.status)}): "
             "the file is corrupt or was written for another runtime")
+    # The report comes from a process that ran untrusted bytes: read it as hostile input.
     try:
         report = json.loads(ending.report[:_REPORT_LIMIT].decode())
-    except ValueError:
+        outcome, message = report["outcome"], str(report.get("message", ""))
+        if outcome == "ok":
+            return Proof(max(0, int(report["peak_bytes"])), seconds)
+        code = StatusCode[report.get("code", "FAILED_PRECONDITION")]
+    except (ValueError, KeyError, TypeError, AttributeError):
         raise failed_precondition(f"{what}: the model check ended with exit status "
-                                  f"{ending.status} and no result") from None
-    outcome = report.get("outcome")
-    if outcome == "ok":
-        return Proof(max(0, int(report["peak_bytes"])), seconds)
+                                  f"{ending.status} and no readable result") from None
     if outcome == "memory":
         raise resource_exhausted(
             f"{what}: loading this model needs more than the {memory_limit / MIB:.1f} MiB "
             "the model memory budget has free (edge_agent_memory_budget_mb): unload a model "
-            f"or raise the budget ({report.get('message', '')})")
-    raise AgentError(StatusCode[report.get("code", "FAILED_PRECONDITION")],
-                     f"{what}: {report.get('message', 'the runtime refused the model')}")
+            f"or raise the budget ({message})")
+    if code in (StatusCode.OK, StatusCode.INTERNAL):
+        code = StatusCode.FAILED_PRECONDITION  # a refusal of the model, whatever it says
+    raise AgentError(code, f"{what}: {message or 'the runtime refused the model'}")
 
 
 # --- a fresh interpreter process per check --------------------------------------------------
@@ -317,7 +320,8 @@ class Prover:
         if helper is not None:
             try:
                 return helper.run(fd, request, timeout)
-            except (OSError, ValueError, KeyError) as e:  # gone, hung or garbled: not again
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+                # Gone, hung or garbled: never trusted again.
                 log.warning("the model check helper failed (%s); each check starts a new "
                             "process from now on", e)
                 self._helper = None

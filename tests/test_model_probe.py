@@ -342,3 +342,16 @@ def test_bad_alloc_in_the_agents_own_runtime_is_resource_exhausted(tmp_path):
                          text=True)
     assert run.returncode == 0, run.stderr[-500:]
     assert run.stdout.startswith("RESOURCE_EXHAUSTED the runtime ran out of memory"), run.stdout
+
+
+@pytest.mark.parametrize("report", [b"", b"garbage", b"[1, 2]", b'{"outcome": "ok"}',
+                                    b'{"outcome": "ok", "peak_bytes": "x"}',
+                                    b'{"outcome": "refused", "code": "NO_SUCH_CODE"}',
+                                    b"\xff\xfe"])
+def test_a_garbled_report_is_a_refusal_not_an_internal_error(report):
+    """The report comes from a process that ran the untrusted bytes: whatever it says is
+    read as hostile input."""
+    ending = prover._Ending(0, False, report)
+    with pytest.raises(AgentError) as info:
+        prover._outcome(ending, "model 'm'", 30.0, 1 << 20, 0.1)
+    assert info.value.code == StatusCode.FAILED_PRECONDITION
