@@ -355,3 +355,17 @@ def test_a_garbled_report_is_a_refusal_not_an_internal_error(report):
     with pytest.raises(AgentError) as info:
         prover._outcome(ending, "model 'm'", 30.0, 1 << 20, 0.1)
     assert info.value.code == StatusCode.FAILED_PRECONDITION
+
+
+def test_a_dead_helper_is_replaced_by_fresh_processes():
+    config = config_module.from_mapping({"edge_agent_num_threads": 1})
+    checks = prover.Prover(use_helper=True)
+    try:
+        os.kill(checks._helper.pid, signal.SIGKILL)
+        assert checks.prove(GOOD, config, "model 'm'", 1 << 20).peak_bytes > 0
+        assert not checks.has_helper
+        with pytest.raises(AgentError) as info:  # and they still catch what crashes
+            checks.prove(flipped(CRASHING_FLIPS[0]), config, "model 'm'", 1 << 20)
+        assert info.value.code == StatusCode.FAILED_PRECONDITION
+    finally:
+        checks.close()
