@@ -26,15 +26,18 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def _status_bytes(key: str) -> int:
+def _status_bytes(key: str) -> int | None:
     """A figure of /proc/self/status: VmData is what RLIMIT_DATA counts; VmHWM the peak
     RSS of this process image (getrusage's ru_maxrss would include the RSS of the agent
-    an exec'd child was forked from)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"/proc/self/status has no {key}")
+    an exec'd child was forked from). None where the kernel (or an emulator) does not say."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 def _private_dirty_bytes() -> int:
@@ -117,8 +120,10 @@ def check(fd: int, request: dict, report: int) -> None:
     os.dup2(devnull, 2)
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # a crash is expected; no core file
     preload()
-    limit = _status_bytes("VmData") + int(request["limit"])
-    resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+    data = _status_bytes("VmData")
+    if data is not None:  # else no baseline to add the allowance to: no memory limit
+        limit = data + int(request["limit"])
+        resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
     baseline, written = _rss_bytes(), _private_dirty_bytes()
     with os.fdopen(fd, "rb") as f:
         f.seek(0)  # the offset is shared with whoever wrote it, who left it at the end
@@ -128,7 +133,7 @@ def check(fd: int, request: dict, report: int) -> None:
         # The peak RSS of this process image above the baseline; but a forked child may
         # reuse heap its parent freed, which is resident already and does not raise the RSS:
         # what it wrote (Private_Dirty) counts that, at the end, with the interpreter alive.
-        result["peak_bytes"] = max(_status_bytes("VmHWM") - baseline,
+        result["peak_bytes"] = max((_status_bytes("VmHWM") or baseline) - baseline,
                                    _private_dirty_bytes() - written)
     os.write(report, (json.dumps(result) + "\n").encode())
 
