@@ -172,6 +172,8 @@ def run_bench(iterations: int, num_threads: int = 1) -> dict:
 
     results: dict = {"iterations": iterations, "num_threads": num_threads, "models": {}}
     with tempfile.TemporaryDirectory(prefix="edge-agent-bench-") as workdir:
+        # Readable by all: gRPC callers are anonymous, and load only what everyone may read.
+        os.chmod(workdir, 0o755)
         agent, path = start_agent(workdir, num_threads)
         try:
             with AgentClient(path) as client:

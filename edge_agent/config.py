@@ -65,6 +65,14 @@ class AgentConfig:
     edge_agent_memory_budget_mb: int = _setting(
         None, "Memory the loaded models may use in all, in MiB (default: half the RAM).",
         kind=int, minimum=1, default_factory=default_memory_budget_mb)
+    edge_agent_model_access: str = _setting(
+        "shared", "Who may unload a model and see its url: shared (every client) or owner (the "
+        "user that loaded it, root and the agent's own user; others are refused "
+        "PERMISSION_DENIED and see an empty url).", choices=("shared", "owner"))
+    edge_agent_model_probe_timeout_seconds: float = _setting(
+        30.0, "Time a new model gets to load and run once in a separate process before the "
+        "agent loads it; a model that takes longer is refused (FAILED_PRECONDITION).",
+        kind=float, minimum=0.1)
     edge_agent_num_threads: int = _setting(
         None, "Threads each interpreter may use (default: the cores, at most 4).",
         kind=int, minimum=1, default_factory=default_num_threads)

@@ -13,7 +13,8 @@ from typing import Sequence
 import numpy as np
 
 from edge_agent import agent_pb2 as pb
-from edge_agent.errors import AgentError, StatusCode, failed_precondition, invalid_argument
+from edge_agent.errors import (AgentError, StatusCode, failed_precondition, invalid_argument,
+                               resource_exhausted)
 from edge_agent.runtime import interpreter_module
 from edge_agent.tensors import byte_length, data_type_name, data_type_of, format_shape
 
@@ -96,6 +97,10 @@ def create_interpreter(content: bytes, num_threads: int, delegates: Sequence = (
         interpreter = Interpreter(model_content=content, num_threads=num_threads,
                                   experimental_delegates=list(delegates) or None, **resolver)
         interpreter.allocate_tensors()
+    except MemoryError:  # std::bad_alloc: the model asks for more than this process may have
+        raise resource_exhausted(
+            "the runtime ran out of memory loading the model (std::bad_alloc): the model "
+            "needs more memory than is free, or the file is corrupt") from None
     except (ValueError, RuntimeError) as e:
         reason = _missing_op_message(e)
         if reason is None:
@@ -111,9 +116,11 @@ _DIRECT_COPY_BYTES = 16 * 1024
 
 
 class LoadedModel:
-    def __init__(self, name: str, url: str, interpreter, footprint: int, delegate: str = ""):
+    def __init__(self, name: str, url: str, interpreter, footprint: int, delegate: str = "",
+                 owner: int = -1):
         self.name = name
         self.url = url
+        self.owner = owner          # uid of the caller that loaded it (edge_agent_model_access)
         self.footprint = footprint  # bytes reserved against the memory budget
         self.delegate = delegate    # what runs it (delegates.Delegation.name)
         self._interpreter = interpreter
@@ -193,6 +200,10 @@ class LoadedModel:
                 self._interpreter.allocate_tensors()
             except RuntimeError as e:
                 raise invalid_argument(f"model '{self.name}' cannot take these shapes: {e}") from None
+            except MemoryError:  # std::bad_alloc
+                raise resource_exhausted(
+                    f"model '{self.name}': the runtime ran out of memory for these shapes; "
+                    "send smaller ones") from None
 
     def _bind_inputs(self, tensors: Sequence[pb.Tensor], reader) -> list[np.ndarray]:
         """The request's tensors as arrays in the model's input order, each checked."""

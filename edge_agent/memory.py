@@ -32,6 +32,13 @@ class MemoryBudget:
     def used(self) -> int:
         return self._used
 
+    @property
+    def free(self) -> int:
+        """What may still be reserved: the budget's free part, at most what the system has."""
+        free = self.total - self._used
+        available = available_bytes()
+        return free if available is None else min(free, available)
+
     def check(self, nbytes: int, what: str) -> None:
         """Raise RESOURCE_EXHAUSTED if nbytes would not fit now, saying how much is missing."""
         free = self.total - self._used

@@ -23,6 +23,11 @@ def _kind(mode: int) -> str:
     return next((name for test, name in _KINDS if test(mode)), "a special file")
 
 
+def not_regular(label: str, mode: int) -> str:
+    """What to say of a file that should be a regular one and is not."""
+    return f"'{label}' is not a regular file (it is {_kind(mode)})"
+
+
 def open_regular(path: str, *, name: str | None = None, follow_symlinks: bool = True,
                  refuse: Callable[[str], AgentError] = failed_precondition) -> BinaryIO:
     """`path` opened for reading in binary, if it is a regular file.
@@ -46,7 +51,7 @@ def open_regular(path: str, *, name: str | None = None, follow_symlinks: bool = 
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
-            raise refuse(f"'{label}' is not a regular file (it is {_kind(mode)})")
+            raise refuse(not_regular(label, mode))
         os.set_blocking(fd, True)  # no effect on a regular file's reads; plain from here on
         return os.fdopen(fd, "rb")
     except BaseException:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import errno
 import gzip
 import hashlib
 import io
@@ -404,16 +405,24 @@ def check_target(manifest: Manifest, label: str) -> None:
         f"but {problem}")
 
 
-def _open_in_package(directory: str, name: str, refuse):
+MayRead = Callable[[os.stat_result], bool]  # whether the caller may read a file or directory
+
+
+def _open_in_package(directory: str, name: str, refuse, may_read: MayRead | None = None):
     # Not following links: a file swapped for a link after the walk is refused, not followed;
     # a FIFO or device (put there before or after the walk) is refused before any read.
-    return open_regular(os.path.join(directory, *name.split("/")), name=name,
-                        follow_symlinks=False, refuse=refuse)
+    f = open_regular(os.path.join(directory, *name.split("/")), name=name,
+                     follow_symlinks=False, refuse=refuse)
+    if may_read is not None and not may_read(os.fstat(f.fileno())):
+        f.close()  # checked on the opened file: the one that would be read
+        raise refuse(f"cannot read '{name}': {os.strerror(errno.EACCES)}")
+    return f
 
 
-def _read_small(directory: str, name: str, limit: int, refuse) -> bytes:
+def _read_small(directory: str, name: str, limit: int, refuse,
+                may_read: MayRead | None = None) -> bytes:
     try:
-        with _open_in_package(directory, name, refuse) as f:
+        with _open_in_package(directory, name, refuse, may_read) as f:
             data = f.read(limit + 1)
     except FileNotFoundError:
         raise refuse(f"it has no {name} (a package holds {MANIFEST_NAME}, {SIGNATURE_NAME} "
@@ -425,8 +434,8 @@ def _read_small(directory: str, name: str, limit: int, refuse) -> bytes:
     return data
 
 
-def _read_signature(directory: str, refuse) -> tuple[str, bytes]:
-    data = _read_small(directory, SIGNATURE_NAME, MAX_SIGNATURE_BYTES, refuse)
+def _read_signature(directory: str, refuse, may_read: MayRead | None) -> tuple[str, bytes]:
+    data = _read_small(directory, SIGNATURE_NAME, MAX_SIGNATURE_BYTES, refuse, may_read)
     try:
         obj = json.loads(data.decode("utf-8"))
         if obj.get("algorithm") != "ed25519":
@@ -440,8 +449,9 @@ def _read_signature(directory: str, refuse) -> tuple[str, bytes]:
     return ident, signature
 
 
-def _files_on_disk(directory: str, refuse) -> set[str]:
-    """Every regular file under `directory`, relative; links and special files refused."""
+def _files_on_disk(directory: str, refuse, may_read: MayRead | None = None) -> set[str]:
+    """Every regular file under `directory`, relative; links and special files refused, and
+    directories the caller may not list (`may_read`)."""
     found: set[str] = set()
     pending = [("", directory)]
     while pending:
@@ -450,6 +460,8 @@ def _files_on_disk(directory: str, refuse) -> set[str]:
             for entry in entries:
                 relative = prefix + entry.name
                 if entry.is_dir(follow_symlinks=False):
+                    if may_read is not None and not may_read(entry.stat(follow_symlinks=False)):
+                        raise refuse(f"cannot read '{relative}': {os.strerror(errno.EACCES)}")
                     pending.append((relative + "/", entry.path))
                 elif entry.is_file(follow_symlinks=False):
                     found.add(relative)
@@ -459,8 +471,9 @@ def _files_on_disk(directory: str, refuse) -> set[str]:
     return found
 
 
-def _check_file_set(directory: str, manifest: Manifest, refuse) -> None:
-    on_disk = _files_on_disk(directory, refuse) - RESERVED_NAMES
+def _check_file_set(directory: str, manifest: Manifest, refuse,
+                    may_read: MayRead | None = None) -> None:
+    on_disk = _files_on_disk(directory, refuse, may_read) - RESERVED_NAMES
     missing, extra = sorted(set(manifest.files) - on_disk), sorted(on_disk - set(manifest.files))
     if missing:
         raise refuse(f"file(s) listed in the manifest are missing: {', '.join(missing)}")
@@ -469,10 +482,11 @@ def _check_file_set(directory: str, manifest: Manifest, refuse) -> None:
 
 
 def _check_file(directory: str, name: str, entry: FileEntry, refuse, *, keep: bool,
-                check_size: Callable[[int], None] | None, progress: Progress | None) -> bytes | None:
+                check_size: Callable[[int], None] | None, progress: Progress | None,
+                may_read: MayRead | None = None) -> bytes | None:
     """Check one file's size and hash; return its bytes when `keep` (read once, hashed)."""
     try:
-        with _open_in_package(directory, name, refuse) as f:
+        with _open_in_package(directory, name, refuse, may_read) as f:
             size = os.fstat(f.fileno()).st_size
             if size != entry.size:
                 raise refuse(f"'{name}' has {size} bytes, the signed manifest says {entry.size}")
@@ -496,25 +510,28 @@ def _check_file(directory: str, name: str, entry: FileEntry, refuse, *, keep: bo
 
 def verify_directory(directory: str, keys: Mapping[str, VerifyKey], *, label: str | None = None,
                      target_check: bool = True, check_size: Callable[[int], None] | None = None,
-                     progress: Progress | None = None) -> VerifiedPackage:
+                     progress: Progress | None = None,
+                     may_read: MayRead | None = None) -> VerifiedPackage:
     """Verify an unpacked package against trusted `keys` (key id -> key).
 
     Order: signature over the manifest bytes, then the manifest, the target, the file set,
     and each file's size and hash. Any failure: FAILED_PRECONDITION naming the package
     (`label`, default the directory) and the reason. `check_size(n)` is called with the
     model's size before it is read into memory (the agent checks its memory budget there).
+    `may_read(stat)`, when given, must allow every file and directory read: the agent
+    reads a package for a caller only as far as that caller could read it.
     """
     label = label or directory
 
     def refuse(reason: str) -> AgentError:
         return failed_precondition(f"package '{label}': {reason}")
 
-    ident, signature = _read_signature(directory, refuse)
+    ident, signature = _read_signature(directory, refuse, may_read)
     key = keys.get(ident)
     if key is None:
         raise refuse(f"it is signed with key {ident}, which is not trusted (trusted keys: "
                      f"{describe_trust(keys)}); add its .pub file to {ROOT_CERTS_KEY}")
-    manifest_bytes = _read_small(directory, MANIFEST_NAME, MAX_MANIFEST_BYTES, refuse)
+    manifest_bytes = _read_small(directory, MANIFEST_NAME, MAX_MANIFEST_BYTES, refuse, may_read)
     try:
         key.verify(manifest_bytes, signature)
     except BadSignatureError:
@@ -526,11 +543,12 @@ def verify_directory(directory: str, keys: Mapping[str, VerifyKey], *, label: st
         raise refuse(str(e)) from None
     if target_check:
         check_target(manifest, label)
-    _check_file_set(directory, manifest, refuse)
+    _check_file_set(directory, manifest, refuse, may_read)
     model = None
     for name in sorted(manifest.files):
         data = _check_file(directory, name, manifest.files[name], refuse,
-                           keep=name == manifest.model, check_size=check_size, progress=progress)
+                           keep=name == manifest.model, check_size=check_size, progress=progress,
+                           may_read=may_read)
         if data is not None:
             model = data
     if not looks_like_tflite(model):
@@ -540,28 +558,32 @@ def verify_directory(directory: str, keys: Mapping[str, VerifyKey], *, label: st
 
 def open_package(path: str, trust_path: str, work_dir: str, limits: Limits, *,
                  target_check: bool = True, check_size: Callable[[int], None] | None = None,
-                 progress: Progress | None = None) -> VerifiedPackage:
+                 progress: Progress | None = None, label: str | None = None,
+                 may_read: MayRead | None = None) -> VerifiedPackage:
     """Verify the package at `path` (a directory or a .tar.gz) against the keys in
-    `trust_path`; archives are unpacked under `work_dir` and removed afterwards."""
+    `trust_path`; archives are unpacked under `work_dir` and removed afterwards. `label`
+    names it in messages (default: `path`); `may_read` as verify_directory has it (the
+    archive itself the caller has opened: what it unpacks to, it may read)."""
+    label = label or path
     directory = os.path.isdir(path)
     try:
         if not directory and not is_gzip(path):
-            raise failed_precondition(f"'{path}' is not a TensorFlow Lite model, nor a model "
+            raise failed_precondition(f"'{label}' is not a TensorFlow Lite model, nor a model "
                                       "package (a directory or a .tar.gz)")
     except OSError as e:
-        raise failed_precondition(f"cannot read '{path}': {e.strerror}") from None
+        raise failed_precondition(f"cannot read '{label}': {e.strerror}") from None
     if not trust_path:
         kind = "a directory" if directory else "a .tar.gz"
         raise failed_precondition(
-            f"'{path}' is {kind}, so it must be a signed model package, but no trusted keys "
+            f"'{label}' is {kind}, so it must be a signed model package, but no trusted keys "
             f"are configured: set {ROOT_CERTS_KEY} to the folder of public keys (*.pub) that "
             "packages are signed with")
     keys = load_trust(trust_path)
-    options = dict(label=path, target_check=target_check, check_size=check_size,
+    options = dict(label=label, target_check=target_check, check_size=check_size,
                    progress=progress)
     if directory:
-        return verify_directory(path, keys, **options)
-    with unpacked(path, work_dir, limits, label=path, progress=progress) as root:
+        return verify_directory(path, keys, may_read=may_read, **options)
+    with unpacked(path, work_dir, limits, label=label, progress=progress) as root:
         return verify_directory(root, keys, **options)
 
 

@@ -15,13 +15,14 @@ from dataclasses import dataclass
 from typing import Callable, NamedTuple
 
 from edge_agent import agent_pb2 as pb
-from edge_agent import accelerators, delegates
+from edge_agent import accelerators, caller_paths, delegates
 from edge_agent.config import AgentConfig
 from edge_agent.engine import LoadedModel, create_interpreter
 from edge_agent.errors import (AgentError, StatusCode, failed_precondition, invalid_argument,
                                not_found)
 from edge_agent.memory import MemoryBudget
-from edge_agent.modelfile import is_bare_model, looks_like_tflite, open_regular
+from edge_agent.modelfile import looks_like_tflite, not_regular
+from edge_agent.prover import Prover, holds_edgetpu
 from edge_agent.shm import SharedMemory
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,8 @@ def model_path(url: str) -> str:
     """The local path a LoadModel url names: a plain path or a file:// url."""
     if not url:
         raise invalid_argument("url is empty: give the model's local path or a file:// url")
+    if "\0" in url:
+        raise invalid_argument("url contains a NUL byte, which no path can hold")
     if url.startswith("file://"):
         path = url[len("file://"):]
         if not path.startswith("/"):
@@ -83,8 +86,42 @@ def model_path(url: str) -> str:
     return url
 
 
+@dataclass(frozen=True)
+class ModelSource:
+    """An opened model file or package directory, and the path that names it in replies."""
+    fd: int
+    path: str  # as the caller gave it
+
+    @property
+    def proc_path(self) -> str:
+        """The opened object by path, for code that takes paths (packages, archives): the
+        kernel resolves it to this descriptor's file, whatever the name means by now."""
+        return f"/proc/self/fd/{self.fd}"
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def open_model(url: str, caller: Caller) -> ModelSource:
+    """The model a LoadModel url names, opened with the caller's rights: the one place where
+    a url becomes a file (a descriptor the client passes instead of a path is the other
+    way in, and belongs here). What the caller cannot see or read answers NOT_FOUND worded
+    exactly as a missing path; a url that names no local path, INVALID_ARGUMENT."""
+    path = model_path(url)
+    try:
+        fd = caller_paths.open_as(caller, path)
+    except FileNotFoundError:
+        raise not_found(f"no model at '{path}'") from None
+    except OSError as e:
+        raise failed_precondition(f"cannot read '{path}': {e.strerror}") from None
+    return ModelSource(fd, path)
+
+
 class AgentService:
     def __init__(self, config: AgentConfig):
+        # First, while this process may still have a single thread: the helper that proves
+        # models is forked now or never (prover.py).
+        self.prover = Prover()
         self.config = config
         self.budget = MemoryBudget(config.memory_budget_bytes)
         self._models: dict[str, LoadedModel] = {}
@@ -96,85 +133,121 @@ class AgentService:
                                          config.edge_agent_delegate_options)
         # Imported here: edge_agent.capture uses this module's check_model_name.
         from edge_agent.capture.service import CaptureService
-        self.capture = CaptureService(config)  # opens nothing until used or left a journal
+        try:
+            self.capture = CaptureService(config)  # opens nothing until used or left a journal
+        except BaseException:
+            self.prover.close()  # a service that never was leaves no helper behind
+            raise
 
     # --- model management -------------------------------------------------------------------
 
     def load_model(self, request: pb.LoadModelRequest, caller: Caller = IN_PROCESS) -> pb.LoadModelResponse:
         name = request.name
         check_model_name(name)
-        path = model_path(request.url)
-        with self._lock:
-            if name in self._models or name in self._loading:
-                raise AgentError(StatusCode.ALREADY_EXISTS,
-                                 f"a model named '{name}' is loaded; unload it first")
-            self._loading.add(name)
+        source = open_model(request.url, caller)  # non-blocking: holds only a descriptor
         try:
-            model = self._load(name, request.url, path)
             with self._lock:
-                self._models[name] = model
+                if name in self._models or name in self._loading:
+                    raise AgentError(StatusCode.ALREADY_EXISTS,
+                                     f"a model named '{name}' is loaded; unload it first")
+                self._loading.add(name)
+            try:
+                model = self._load(name, request.url, source, caller)
+                with self._lock:
+                    self._models[name] = model
+            finally:
+                with self._lock:
+                    self._loading.discard(name)
         finally:
-            with self._lock:
-                self._loading.discard(name)
-        log.info("loaded model '%s' from %s (%.1f MiB reserved, run by %s)", name, path,
+            source.close()
+        log.info("loaded model '%s' from %s (%.1f MiB reserved, run by %s)", name, source.path,
                  model.footprint / 2**20, model.delegate)
-        return pb.LoadModelResponse(model=model.describe())
+        return pb.LoadModelResponse(model=self._describe(model, caller))
 
-    def _load(self, name: str, url: str, path: str) -> LoadedModel:
+    def _load(self, name: str, url: str, source: ModelSource, caller: Caller) -> LoadedModel:
         what = f"model '{name}'"
-        content = self._read_model(path, what)
+        content = self._read_model(source, what, caller)
         self.budget.reserve(len(content), what)
         reserved = len(content)
         try:
+            # What the runtime cost a child beyond the file, measured before the agent's own
+            # runtime sees a byte: a model that crashes or swamps it is refused here.
+            measured = self._prove(content, what)
+            self.budget.reserve(measured, what)
+            reserved += measured
             interpreter, delegation = delegates.create_interpreter(
                 content, self.config, what, create_interpreter)
-            # The arena and the runtime's packed copies of weights come on top of the file.
+            # The arena and the runtime's packed copies of weights come on top of the file:
+            # an estimate from the tensors, for when the child measured less or nothing.
             tensors = sum(int(d["shape"].prod()) * d["dtype"](0).itemsize
                           for d in interpreter.get_tensor_details())
-            self.budget.reserve(tensors, what)
-            reserved += tensors
+            self.budget.reserve(max(0, tensors - measured), what)
+            reserved += max(0, tensors - measured)
             return LoadedModel(name, url, interpreter, footprint=reserved,
-                               delegate=delegation.name)
+                               delegate=delegation.name, owner=caller.uid)
+        except UnicodeDecodeError:  # the runtime decodes tensor names as UTF-8
+            self.budget.release(reserved)
+            raise failed_precondition(
+                f"{what}: the model's tensor names are not valid UTF-8, which the API cannot "
+                "carry: the file is corrupt, or rename its tensors") from None
         except BaseException:
             self.budget.release(reserved)
             raise
 
-    def _read_model(self, path: str, what: str) -> bytes:
+    def _prove(self, content: bytes, what: str) -> int:
+        """Bytes the model costs the runtime beyond the file, measured in a child process
+        (prover) allowed what the memory budget has free; 0 for a model that cannot be
+        proven apart from the agent (one compiled for an Edge TPU the agent holds)."""
+        if holds_edgetpu(self.config) and delegates.needs_edgetpu(content):
+            log.info("%s: compiled for the Edge TPU, which one process holds at a time: "
+                     "loaded without a check in a separate process", what)
+            return 0
+        proof = self.prover.prove(content, self.config, what,
+                                  memory_limit=self.budget.free + len(content))
+        log.info("%s: checked in a separate process in %.2f s; the runtime needed %.1f MiB",
+                 what, proof.seconds, proof.peak_bytes / 2**20)
+        return max(0, proof.peak_bytes - len(content))
+
+    def _read_model(self, source: ModelSource, what: str, caller: Caller) -> bytes:
+        path = source.path
         try:
-            st = os.stat(path)
-        except FileNotFoundError:
-            raise not_found(f"no model at '{path}'") from None
-        except OSError as e:
-            raise failed_precondition(f"cannot read '{path}': {e.strerror}") from None
-        if stat.S_ISDIR(st.st_mode) or not is_bare_model(path):
-            return self._read_package(path, what)
-        if not self.config.edge_agent_allow_unsigned_models:
-            raise failed_precondition(
-                f"'{path}' is an unsigned .tflite file and unsigned models are not allowed: "
-                "load a signed package, or set edge_agent_allow_unsigned_models to true")
-        # Refuse an oversized file before reading it into memory.
-        self.budget.check(st.st_size, what)
-        try:
-            # A regular file still: it may have been swapped for a FIFO since the check above.
-            with open_regular(path) as f:
-                content = f.read()
+            st = os.fstat(source.fd)
+            if stat.S_ISDIR(st.st_mode):
+                return self._read_package(source, what, caller)
+            if not stat.S_ISREG(st.st_mode):
+                raise failed_precondition(not_regular(path, st.st_mode))
+            if not looks_like_tflite(os.pread(source.fd, 8, 0)):
+                return self._read_package(source, what, caller)
+            if not self.config.edge_agent_allow_unsigned_models:
+                raise failed_precondition(
+                    f"'{path}' is an unsigned .tflite file and unsigned models are not "
+                    "allowed: load a signed package, or set edge_agent_allow_unsigned_models "
+                    "to true")
+            # Refuse an oversized file before reading it into memory.
+            self.budget.check(st.st_size, what)
+            # Read once: the child and the agent's runtime both get exactly these bytes.
+            with os.fdopen(os.dup(source.fd), "rb") as f:
+                content = f.read(st.st_size)
         except OSError as e:
             raise failed_precondition(f"cannot read '{path}': {e.strerror}") from None
         if not looks_like_tflite(content):
             raise failed_precondition(f"'{path}' is not a TensorFlow Lite model")
         return content
 
-    def _read_package(self, path: str, what: str) -> bytes:
-        """The model bytes of a signed package, verified: the same bytes that were hashed."""
+    def _read_package(self, source: ModelSource, what: str, caller: Caller) -> bytes:
+        """The model bytes of a signed package, verified: the same bytes that were hashed;
+        every file in it readable by the caller."""
         from edge_agent.archive import Limits
         from edge_agent.packages import open_package  # PyNaCl: only once a package comes
 
         config = self.config
         package = open_package(
-            path, config.sagemaker_edge_core_root_certs_path,
+            source.proc_path, config.sagemaker_edge_core_root_certs_path,
             os.path.join(config.edge_agent_state_dir, "packages"),
             Limits(config.edge_agent_max_package_bytes, config.edge_agent_max_package_files),
-            check_size=lambda size: self.budget.check(size, what))
+            check_size=lambda size: self.budget.check(size, what), label=source.path,
+            may_read=None if caller_paths.trusted(caller)
+            else lambda st: caller_paths.may_read(caller, st))
         manifest = package.manifest
         log.info("%s: package %s %s for %s, signed by key %s", what, manifest.name,
                  manifest.version, manifest.target, package.key_id)
@@ -183,7 +256,13 @@ class AgentService:
     def unload_model(self, request: pb.UnLoadModelRequest, caller: Caller = IN_PROCESS) -> pb.UnLoadModelResponse:
         check_model_name(request.name)
         with self._lock:
-            model = self._models.pop(request.name, None)
+            model = self._models.get(request.name)
+            if model is not None and not self._may_manage(model, caller):
+                raise AgentError(
+                    StatusCode.PERMISSION_DENIED,
+                    f"model '{request.name}' was loaded by another user: only that user, root "
+                    "and the agent's own user may unload it (edge_agent_model_access is owner)")
+            self._models.pop(request.name, None)
         if model is None:
             raise self._no_model(request.name)
         # A prediction still running on it keeps its own reference and finishes normally.
@@ -195,10 +274,10 @@ class AgentService:
                     caller: Caller = IN_PROCESS) -> pb.ListModelsResponse:
         with self._lock:
             models = sorted(self._models.values(), key=lambda m: m.name)
-        return pb.ListModelsResponse(models=[m.describe() for m in models])
+        return pb.ListModelsResponse(models=[self._describe(m, caller) for m in models])
 
     def describe_model(self, request: pb.DescribeModelRequest, caller: Caller = IN_PROCESS) -> pb.DescribeModelResponse:
-        return pb.DescribeModelResponse(model=self._model(request.name).describe())
+        return pb.DescribeModelResponse(model=self._describe(self._model(request.name), caller))
 
     # --- data plane ---------------------------------------------------------------------------
 
@@ -237,6 +316,17 @@ class AgentService:
             raise self._no_model(name)
         return model
 
+    def _may_manage(self, model: LoadedModel, caller: Caller) -> bool:
+        """Whether `caller` may unload `model` and see its url (edge_agent_model_access)."""
+        return (self.config.edge_agent_model_access == "shared"
+                or caller.uid in (model.owner, 0, os.geteuid()))
+
+    def _describe(self, model: LoadedModel, caller: Caller) -> pb.Model:
+        described = model.describe()
+        if not self._may_manage(model, caller):
+            described.url = ""  # where another user's model lives is that user's business
+        return described
+
     def _no_model(self, name: str) -> AgentError:
         with self._lock:
             loaded = ", ".join(sorted(self._models)) or "none"
@@ -250,3 +340,4 @@ class AgentService:
         with self._lock:
             self._models.clear()
         self.shm.close()
+        self.prover.close()

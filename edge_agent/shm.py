@@ -38,6 +38,7 @@ import numpy as np
 
 from edge_agent import _shm
 from edge_agent import agent_pb2 as pb
+from edge_agent import permissions
 from edge_agent.errors import AgentError, StatusCode, invalid_argument
 
 log = logging.getLogger(__name__)
@@ -46,30 +47,17 @@ POSIX_DIR = "/dev/shm"  # where glibc's shm_open keeps its objects on Linux
 MAX_SHMID = 2**31 - 1   # shmids are C ints
 NAME_MAX = 255
 
-READ, WRITE = 4, 2  # permission bits, as in a mode's rwx triplets
+READ, WRITE = permissions.READ, permissions.WRITE
 _DIRECTION = {READ: "read", WRITE: "write"}
 
 
 # --- who may touch a segment ----------------------------------------------------------------
 
 def may_access(caller, st: _shm.SegmentStat, want: int) -> bool:
-    """The kernel's ipcperms()/generic_permission() decision for `want` (READ or WRITE).
-
-    The owner or creator gets the owner bits, a member of the owner's or creator's group the
-    group bits, anyone else the other bits. uid 0 is allowed everything, as the kernel
-    allows root (CAP_IPC_OWNER, CAP_DAC_OVERRIDE): the agent refuses nothing root could take.
-    The groups are the caller's primary gid and `caller.groups`, taken when the connection
-    was accepted (SO_PEERGROUPS): nothing is read per call, and a pid reused since then
-    cannot lend its groups.
-    """
-    if caller.uid == 0:
-        return True
-    mode = st.mode
-    if caller.uid in (st.uid, st.cuid):
-        return bool((mode >> 6) & want)
-    in_group = (st.gid == caller.gid or st.cgid == caller.gid
-                or st.gid in caller.groups or st.cgid in caller.groups)
-    return bool((mode >> 3) & want if in_group else mode & want)
+    """The kernel's ipcperms() decision for `want` (READ or WRITE): the owner or creator
+    gets the owner bits, a member of the owner's or creator's group the group bits
+    (permissions.may_access says the rest)."""
+    return permissions.may_access(caller, (st.uid, st.cuid), (st.gid, st.cgid), st.mode, want)
 
 
 # --- naming segments ------------------------------------------------------------------------

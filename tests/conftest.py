@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -125,3 +126,12 @@ def model_files(tmp_path_factory) -> dict[str, Path]:
         "demo": model_builder.demo_model(),
     }
     return {name: m.write(directory / f"{name}.tflite") for name, m in models.items()}
+
+
+@pytest.fixture
+def public_dir():
+    """A directory every user may search and read (tmp_path lies in a 0700 tree): for what
+    another user, or a caller the agent cannot identify (gRPC), must reach."""
+    with tempfile.TemporaryDirectory(prefix="edge-agent-test-") as directory:
+        os.chmod(directory, 0o755)
+        yield Path(directory)

@@ -80,8 +80,10 @@ def test_external_delegate_gets_its_options_and_the_model_runs(start_agent, mode
         outputs = client.predict("add", inputs)
         np.testing.assert_array_equal(outputs["sum"], built.reference(inputs)["sum"])
         # The runtime created it with the configured options (numbers as strings) and asked
-        # it to take nodes; it took none, so the CPU computed the sum above.
-        assert recorded(record) == [f"create record_to={record} mode=fast cache=2", "prepare"]
+        # it to take nodes; it took none, so the CPU computed the sum above. The child that
+        # proved the model first (model_probe) ran it with the same delegate and options.
+        created = f"create record_to={record} mode=fast cache=2"
+        assert recorded(record) == [created, "prepare", "destroy", created, "prepare"]
         client.unload_model("add")
     assert recorded(record)[-1] == "destroy"  # freed with its interpreter
     assert f"run by external:{recording_delegate}" in agent.log()

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -26,6 +28,13 @@ class AgentStub:
             setattr(self, name, channel.unary_unary(
                 f"/{SERVICE}/{name}", request_serializer=request.SerializeToString,
                 response_deserializer=response.FromString))
+
+
+@pytest.fixture
+def model_files(model_files, public_dir):
+    """The models where anyone may read them: a gRPC caller is not identified (the agent
+    loads for it only what every user could read)."""
+    return {name: Path(shutil.copy(path, public_dir)) for name, path in model_files.items()}
 
 
 @pytest.fixture

@@ -371,7 +371,7 @@ def test_a_listed_file_swapped_for_a_fifo_after_the_walk_is_refused(signer, tmp_
     directory = signer.package(tmp_path / "pkg")
     (directory / "labels.txt").unlink()
     # As if the FIFO came after the walk that lists the package's files had found a file.
-    monkeypatch.setattr(packages, "_check_file_set", lambda directory, manifest, refuse: None)
+    monkeypatch.setattr(packages, "_check_file_set", lambda directory, manifest, *rest: None)
     with fifo(directory / "labels.txt"), refused() as e:
         returns(lambda: verify(directory, signer, tmp_path / "work"))
     assert "'labels.txt' is not a regular file (it is a FIFO)" in e.value.message

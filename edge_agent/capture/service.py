@@ -15,6 +15,7 @@ start).
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import threading
@@ -197,12 +198,22 @@ class CaptureService:
             location = self._journal(key, payload)
             accepted = True
         except OSError as e:
-            raise AgentError(StatusCode.INTERNAL, f"cannot journal the capture in "
-                             f"{self.directory}: {e.strerror or e}; it was not accepted") from None
+            raise self._not_journaled(e) from None
         finally:
             if not accepted:  # refused (a bound, the disk): the id may be sent again
                 self.statuses.release(key)
         self.batcher.add(key, location)
+
+    def _not_journaled(self, error: OSError) -> AgentError:
+        """The reply for a capture the disk refused: a full disk or quota is a full spool
+        (RESOURCE_EXHAUSTED: retry once deliveries or the operator free space), anything
+        else a fault of the board (INTERNAL). Either way it was not accepted."""
+        reason = f"{error.strerror or error}; it was not accepted"
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return resource_exhausted(f"the disk under the capture journal {self.directory} is "
+                                      f"full ({reason}): retry once space is freed")
+        return AgentError(StatusCode.INTERNAL,
+                          f"cannot journal the capture in {self.directory}: {reason}")
 
     @staticmethod
     def _check_not_truncated(shm: SharedMemoryCall) -> None:
