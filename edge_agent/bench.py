@@ -118,7 +118,7 @@ def grpc_round_trip(workdir: str, num_threads: int, model_path: str, request,
     except ImportError:
         return None
     from edge_agent import agent_pb2 as pb
-    from edge_agent.grpc_front import SERVICE
+    from edge_agent.api import GRPC_SERVICE as SERVICE
 
     directory = os.path.join(workdir, "grpc")
     os.makedirs(directory)

@@ -9,7 +9,7 @@ import pytest
 
 from edge_agent import agent_pb2 as pb
 from edge_agent import model_builder
-from edge_agent.grpc_front import SERVICE
+from edge_agent.api import GRPC_SERVICE as SERVICE
 
 
 class AgentStub:
