@@ -42,10 +42,7 @@ class AgentProcess:
 
     def start(self, timeout: float = 20.0) -> "AgentProcess":
         log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "edge_agent", "serve", "--config", str(self.config_path),
-             *self.args],
-            stdout=log, stderr=log, cwd=self.workdir)
+        self.process = subprocess.Popen(self.command(), stdout=log, stderr=log, cwd=self.workdir)
         deadline = time.monotonic() + timeout
         while True:
             if self.process.poll() is not None:
@@ -58,6 +55,11 @@ class AgentProcess:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"agent did not start:\n{self.log()}")
                 time.sleep(0.05)
+
+    def command(self) -> list[str]:
+        """What starts the agent (a subclass may start it another way: as another user...)."""
+        return [sys.executable, "-m", "edge_agent", "serve", "--config", str(self.config_path),
+                *self.args]
 
     def client(self, **kwargs) -> AgentClient:
         return AgentClient(self.socket_path, **kwargs)
