@@ -200,6 +200,10 @@ class GrpcConnection:
                 SettingCodes.MAX_FRAME_SIZE: MAX_FRAME,
                 SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST,
             })
+            # Accepted at once, not only once acknowledged: h2 checks a whole received chunk
+            # against the size in force when it began, and the client's acknowledgement and
+            # its first large frame may arrive in one chunk.
+            self.h2.max_inbound_frame_size = MAX_FRAME
             self.h2.increment_flow_control_window(CONNECTION_WINDOW)
             self._flush()
         buffer = bytearray(RECV_BYTES)
