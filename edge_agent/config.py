@@ -85,9 +85,10 @@ class AgentConfig:
         "and hurts where cores are shared (see docs/BENCHMARKS.md).", minimum=0)
     edge_agent_grpc_socket_path: str = _setting(
         "", "Also serve the original agent's gRPC API (AWS.SageMaker.Edge.Agent) on this UNIX "
-        "socket; empty: off. Needs grpcio (pip install edge-agent[grpc]).")
+        "socket; empty: off. `edge-agent -a SOCKET -c CONFIG` sets it to SOCKET.")
     edge_agent_grpc_max_workers: int = _setting(
-        8, "Threads serving gRPC calls at once.", minimum=1)
+        8, "gRPC calls run at once, by all gRPC clients together (a worker pool); also the "
+        "calls one gRPC connection may have open.", minimum=1)
     edge_agent_state_dir: str = _setting(
         "/tmp/edge-agent-state", "Directory for the agent's own state (unpacked packages, "
         "capture journal).")

@@ -178,8 +178,10 @@ class GrpcConnection:
         self.caller: Caller = peer_credentials(sock)
         self.max_message = server.config.edge_agent_max_frame_bytes
         self.send_timeout = server.config.edge_agent_send_timeout_seconds
+        # What we send is ours and well-formed: h2 need not check it again on every call.
         self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(
-            client_side=False, header_encoding=None))
+            client_side=False, header_encoding=None, validate_outbound_headers=False,
+            normalize_outbound_headers=False))
         self._cond = threading.Condition()  # guards h2 and writes to sock
         self._calls: dict[int, _Call] = {}
         self._running = 0  # calls handed to a worker, not yet answered
