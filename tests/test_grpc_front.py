@@ -11,6 +11,7 @@ import pytest
 from capture_helpers import wait_for
 from concurrency import run_concurrently
 from test_agent import _RawBody
+from test_delegates import recording_delegate  # noqa: F401  (a fixture)
 
 from edge_agent import agent_pb2 as pb
 from edge_agent import model_builder
@@ -196,6 +197,36 @@ def test_concurrent_calls_on_one_connection(grpc_agent, model_files):
         return run
 
     run_concurrently(*(worker(seed) for seed in range(12)))
+
+
+def test_predictions_on_two_models_run_in_parallel_through_grpc(start_agent, tmp_path,
+                                                               model_files, recording_delegate):
+    """Proven by construction: the test delegate runs each model's ADD only once two invokes
+    are inside it at the same time (a barrier), and fails an invoke left alone there. Both
+    calls succeed only if the gRPC front ran them at once."""
+    path = tmp_path / "grpc.sock"
+    record = tmp_path / "delegate-record.txt"
+    start_agent(edge_agent_grpc_socket_path=str(path), edge_agent_delegate="external",
+                edge_agent_delegate_library=recording_delegate,
+                edge_agent_delegate_options={"rendezvous": 2, "rendezvous_seconds": 60,
+                                             "record_to": str(record)})
+    built = model_builder.add_model()
+    with grpc.insecure_channel(f"unix://{path}") as channel:
+        stub = AgentStub(channel)
+        for name in ("left", "right"):
+            stub.LoadModel(pb.LoadModelRequest(name=name, url=str(model_files["add"])))
+        assert record.read_text().count("took 1 node(s)") == 2  # each model's ADD is the barrier's
+
+        def predict(name, seed):
+            def run():
+                inputs = built.sample_inputs(seed=seed)
+                reply = stub.Predict(_predict_request(name, inputs))
+                out = np.frombuffer(reply.tensors[0].byte_data, np.float32).reshape(1, 4)
+                np.testing.assert_allclose(out, built.reference(inputs)["sum"], rtol=1e-6)
+            return run
+
+        run_concurrently(predict("left", 1), predict("right", 2))
+    # tests/test_delegates.py shows the control: an invoke alone at the barrier fails.
 
 
 def test_a_client_that_goes_away_mid_call_harms_nobody(grpc_agent, tmp_path):
