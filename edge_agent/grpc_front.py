@@ -137,10 +137,15 @@ class GrpcServer:
 
     def _start_connection(self, sock: socket.socket) -> None:
         limit = self.config.edge_agent_max_connections
+        try:
+            connection = GrpcConnection(self, sock)
+        except OSError as e:  # the client left before we could ask who it is
+            log.debug("gRPC client connection ended at once: %s", e)
+            sock.close()
+            return
         with self._lock:
             full = len(self._connections) >= limit
             if not full:
-                connection = GrpcConnection(self, sock)
                 self._connections.add(connection)
         if full:
             _refuse(sock, f"too many clients (edge_agent_max_connections is {limit}); "

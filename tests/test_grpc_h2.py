@@ -1,0 +1,173 @@
+"""The gRPC front as a hostile or unusual HTTP/2 client sees it: requests written frame by
+frame with h2's client side over the agent's real socket, and the helpers on their own."""
+from __future__ import annotations
+
+import socket
+import struct
+
+import h2.config
+import h2.connection
+import h2.events
+import pytest
+
+from edge_agent import agent_pb2 as pb
+from edge_agent.api import GRPC_SERVICE
+from edge_agent.grpc_front import parse_timeout, percent_encode
+
+PATH = f"/{GRPC_SERVICE}/ListModels".encode()
+
+
+def headers(path: bytes = PATH, **extra) -> list[tuple[bytes, bytes]]:
+    base = {b":method": b"POST", b":scheme": b"http", b":path": path, b":authority": b"agent",
+            b"content-type": b"application/grpc", b"te": b"trailers"}
+    base.update({k.replace("_", "-").encode(): v for k, v in extra.items()})
+    return list(base.items())
+
+
+def message(body: bytes, compressed: int = 0) -> bytes:
+    return struct.pack(">BI", compressed, len(body)) + body
+
+
+class RawClient:
+    """One HTTP/2 connection, written by hand."""
+
+    def __init__(self, path: str):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(30)
+        self.sock.connect(path)
+        self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(
+            client_side=True, header_encoding=None))
+        self.h2.initiate_connection()
+        self.flush()
+        self.replies: dict[int, dict] = {}
+
+    def flush(self) -> None:
+        self.sock.sendall(self.h2.data_to_send())
+
+    def call(self, header_list, *chunks: bytes, end: bool = True) -> int:
+        stream_id = self.h2.get_next_available_stream_id()
+        self.h2.send_headers(stream_id, header_list, end_stream=not chunks and end)
+        for i, chunk in enumerate(chunks):
+            self.h2.send_data(stream_id, chunk, end_stream=end and i == len(chunks) - 1)
+        self.flush()
+        return stream_id
+
+    def reply(self, stream_id: int) -> dict:
+        """headers, data and trailers of one stream, once it ended (or was reset)."""
+        while stream_id not in self.replies or not self.replies[stream_id].get("done"):
+            data = self.sock.recv(65536)
+            if not data:
+                raise ConnectionError("the agent closed the connection")
+            for event in self.h2.receive_data(data):
+                entry = self.replies.setdefault(getattr(event, "stream_id", 0), {
+                    "headers": {}, "data": b"", "trailers": {}})
+                if isinstance(event, h2.events.ResponseReceived):
+                    entry["headers"] = dict(event.headers)
+                elif isinstance(event, h2.events.TrailersReceived):
+                    entry["trailers"] = dict(event.headers)
+                elif isinstance(event, h2.events.DataReceived):
+                    entry["data"] += event.data
+                    self.h2.acknowledge_received_data(event.flow_controlled_length,
+                                                      event.stream_id)
+                elif isinstance(event, (h2.events.StreamEnded, h2.events.StreamReset)):
+                    entry["done"] = True
+            self.flush()
+        return self.replies[stream_id]
+
+    def status(self, stream_id: int) -> tuple[int, str]:
+        reply = self.reply(stream_id)
+        fields = {**reply["headers"], **reply["trailers"]}
+        return int(fields[b"grpc-status"]), fields.get(b"grpc-message", b"").decode()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture(scope="module")
+def grpc_path(tmp_path_factory):
+    from conftest import AgentProcess
+
+    workdir = tmp_path_factory.mktemp("h2-agent")
+    path = str(workdir / "grpc.sock")
+    agent = AgentProcess(workdir, {"edge_agent_grpc_socket_path": path,
+                                   "edge_agent_max_frame_bytes": 65536}).start()
+    yield path
+    assert agent.alive(), agent.log()
+    agent.stop()
+
+
+@pytest.fixture
+def client(grpc_path):
+    c = RawClient(grpc_path)
+    yield c
+    c.close()
+
+
+def test_a_message_in_many_small_frames(client):
+    body = message(pb.ListModelsRequest().SerializeToString())
+    stream = client.call(headers(), *[bytes([b]) for b in body])
+    assert client.status(stream) == (0, "")
+    assert client.reply(stream)["data"] == message(b"")
+
+
+def test_what_is_not_one_message_is_invalid(client):
+    cases = {
+        "nothing": client.call(headers()),
+        "a prefix cut short": client.call(headers(), b"\x00\x00"),
+        "a body cut short": client.call(headers(), struct.pack(">BI", 0, 10) + b"abc"),
+        "two messages": client.call(headers(), message(b"") + message(b"")),
+    }
+    for what, stream in cases.items():
+        code, text = client.status(stream)
+        assert code == 3, what
+        assert text == ("malformed ListModels request: a unary call carries exactly one gRPC "
+                        "message"), what
+
+
+def test_the_refusals_of_the_gateway(client):
+    not_grpc = client.call(headers(content_type=b"application/json"), message(b""))
+    assert client.status(not_grpc)[0] == 3
+    unknown = client.call(headers(path=b"/nothing"), message(b""))
+    assert client.status(unknown) == (12, "unknown method /nothing")
+    compressed = client.call(headers(grpc_encoding=b"gzip"), message(b"zz", compressed=1))
+    assert client.status(compressed)[0] == 12
+    too_big = client.call(headers(), struct.pack(">BI", 0, 65537), end=False)
+    assert client.status(too_big) == (8, "message of 65537 bytes exceeds the limit of 65536 bytes")
+    # The connection still serves.
+    assert client.status(client.call(headers(), message(b""))) == (0, "")
+
+
+def test_an_expired_deadline_is_not_run(client):
+    stream = client.call(headers(grpc_timeout=b"1n"), message(b""))
+    assert client.status(stream) == (4, "the call's deadline passed before it could start")
+
+
+def test_a_reset_call_and_garbage_leave_the_agent_serving(client, grpc_path):
+    stream = client.call(headers(), b"\x00", end=False)
+    client.h2.reset_stream(stream)
+    client.flush()
+    assert client.status(client.call(headers(), message(b""))) == (0, "")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as raw:
+        raw.settimeout(30)
+        raw.connect(grpc_path)
+        raw.sendall(b"GET / HTTP/1.1\r\nHost: agent\r\n\r\n")  # not HTTP/2
+        while raw.recv(65536):
+            pass  # a GOAWAY, then the agent closes
+    again = RawClient(grpc_path)
+    try:
+        assert again.status(again.call(headers(), message(b""))) == (0, "")
+    finally:
+        again.close()
+
+
+def test_grpc_message_is_percent_encoded():
+    assert percent_encode("no model named 'x' (100%)") == b"no model named 'x' (100%25)"
+    assert percent_encode("caf\u00e9\n") == b"caf%C3%A9"  # UTF-8; blanks at the ends go
+    assert percent_encode("a\r\nb") == b"a%0D%0Ab"
+
+
+@pytest.mark.parametrize("value, seconds", [
+    (b"5S", 5.0), (b"100m", 0.1), (b"2M", 120.0), (b"1H", 3600.0), (b"250u", 250e-6),
+    (b"7n", 7e-9), (b"", None), (b"5", None), (b"123456789S", None), (b"-1S", None)])
+def test_grpc_timeout_values(value, seconds):
+    assert parse_timeout(value) == (pytest.approx(seconds) if seconds is not None else None)
