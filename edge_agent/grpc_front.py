@@ -50,6 +50,10 @@ STREAM_WINDOW = 4 * 1024 * 1024
 CONNECTION_WINDOW = 16 * 1024 * 1024
 MAX_FRAME = 1024 * 1024  # fewer, larger DATA frames: less Python per byte
 MAX_HEADER_LIST = 16 * 1024
+# A connection over edge_agent_max_connections is answered RESOURCE_EXHAUSTED for this long,
+# by at most MAX_REFUSING threads at once; beyond, it is closed unanswered.
+REFUSAL_SECONDS = 2.0
+MAX_REFUSING = 4
 _TIMEOUT = re.compile(rb"(\d{1,8})([HMSmun])")
 _TIMEOUT_UNIT = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"n": 1e-9}
 _RESPONSE_HEADERS = [(b":status", b"200"), (b"content-type", b"application/grpc"),
@@ -94,6 +98,7 @@ class GrpcServer:
                                           thread_name_prefix="edge-agent-grpc")
         self._stopping = threading.Event()
         self._connections: set[GrpcConnection] = set()
+        self._refusing = 0  # connections over the limit being told so
         self._lock = threading.Lock()
         self._listener: socket.socket | None = None
         self._thread: threading.Thread | None = None
@@ -148,11 +153,25 @@ class GrpcServer:
             if not full:
                 self._connections.add(connection)
         if full:
-            _refuse(sock, f"too many clients (edge_agent_max_connections is {limit}); "
-                          "try again later")
+            reason = f"too many clients (edge_agent_max_connections is {limit}); try again later"
+            with self._lock:
+                refusing = self._refusing < MAX_REFUSING
+                self._refusing += refusing
+            if refusing:
+                threading.Thread(target=self._refuse, args=(sock, reason), daemon=True,
+                                 name="edge-agent-grpc-refuse").start()
+            else:
+                sock.close()  # a flood: no thread for each
             return
         threading.Thread(target=self._serve_connection, args=(connection,), daemon=True,
                          name="edge-agent-grpc-conn").start()
+
+    def _refuse(self, sock: socket.socket, reason: str) -> None:
+        try:
+            _refuse(sock, reason)
+        finally:
+            with self._lock:
+                self._refusing -= 1
 
     def _serve_connection(self, connection: "GrpcConnection") -> None:
         try:
@@ -166,12 +185,36 @@ class GrpcServer:
 
 
 def _refuse(sock: socket.socket, reason: str) -> None:
-    """Answer a connection over the limit with a GOAWAY that says why, and close it."""
-    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+    """Answer the calls of a connection over the limit with RESOURCE_EXHAUSTED and the reason,
+    as the framed socket does, for at most REFUSAL_SECONDS; then GOAWAY and close.
+
+    A bare GOAWAY would not do: gRPC clients take one that comes before any call for a
+    transient failure and reconnect at once, again and again, instead of failing the call."""
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(
+        client_side=False, header_encoding=None))
     conn.initiate_connection()
-    conn.close_connection(ErrorCodes.ENHANCE_YOUR_CALM, reason.encode())
-    send_quietly(sock, conn.data_to_send())
-    sock.close()
+    deadline = time.monotonic() + REFUSAL_SECONDS
+    try:
+        sock.sendall(conn.data_to_send())
+        answered = False
+        while not answered and (left := deadline - time.monotonic()) > 0:
+            sock.settimeout(left)
+            data = sock.recv(RECV_BYTES)
+            if not data:
+                break
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.RequestReceived):
+                    conn.send_headers(event.stream_id, _RESPONSE_HEADERS + [
+                        (b"grpc-status", b"%d" % StatusCode.RESOURCE_EXHAUSTED),
+                        (b"grpc-message", percent_encode(reason))], end_stream=True)
+                    answered = True
+            sock.sendall(conn.data_to_send())
+        conn.close_connection()
+        sock.sendall(conn.data_to_send())
+    except (OSError, h2.exceptions.ProtocolError):
+        pass  # it has gone, or spoke no HTTP/2: closing is all that is left
+    finally:
+        sock.close()
 
 
 class GrpcConnection:

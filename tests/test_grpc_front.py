@@ -247,21 +247,28 @@ def test_a_client_that_goes_away_mid_call_harms_nobody(grpc_agent, tmp_path):
 
 
 def test_the_connection_limit_holds_for_grpc(start_agent, tmp_path):
+    """One connection over the limit gets the framed socket's answer, and its client does not
+    spin reconnecting; a place given back is taken again."""
     path = tmp_path / "grpc.sock"
-    start_agent(edge_agent_grpc_socket_path=str(path), edge_agent_max_connections=1)
+    agent = start_agent(edge_agent_grpc_socket_path=str(path), edge_agent_max_connections=1)
     options = [("grpc.use_local_subchannel_pool", 1)]  # a connection of each channel's own
     with grpc.insecure_channel(f"unix://{path}", options=options) as first:
-        AgentStub(first).ListModels(pb.ListModelsRequest())
+        AgentStub(first).ListModels(pb.ListModelsRequest(), timeout=30)
         with grpc.insecure_channel(f"unix://{path}", options=options) as second:
-            code, _ = _grpc_error(AgentStub(second).ListModels, pb.ListModelsRequest())
-    assert code == "UNAVAILABLE"
+            over_grpc = _grpc_error(AgentStub(second).ListModels, pb.ListModelsRequest(),
+                                    timeout=30)
+        with agent.client() as framed, agent.client() as over:
+            framed.list_models()
+            over_framed = _framed_error(over.list_models)
+    assert over_grpc == over_framed == (
+        "RESOURCE_EXHAUSTED", "too many clients (edge_agent_max_connections is 1); try again later")
     with grpc.insecure_channel(f"unix://{path}", options=options) as third:
         wait_for(lambda: _lists(third), what="a place given back")
 
 
 def _lists(channel) -> bool:
     try:
-        AgentStub(channel).ListModels(pb.ListModelsRequest())
+        AgentStub(channel).ListModels(pb.ListModelsRequest(), timeout=30)
         return True
     except grpc.RpcError:
         return False
