@@ -2,8 +2,10 @@
 frame with h2's client side over the agent's real socket, and the helpers on their own."""
 from __future__ import annotations
 
+import os
 import socket
 import struct
+import threading
 
 import h2.config
 import h2.connection
@@ -13,6 +15,7 @@ import pytest
 from edge_agent import agent_pb2 as pb
 from edge_agent.api import GRPC_SERVICE
 from edge_agent.grpc_front import parse_timeout, percent_encode
+from test_delegates import recording_delegate  # noqa: F401  (a fixture)
 
 PATH = f"/{GRPC_SERVICE}/ListModels".encode()
 
@@ -40,6 +43,7 @@ class RawClient:
         self.h2.initiate_connection()
         self.flush()
         self.replies: dict[int, dict] = {}
+        self.goaway = None  # the ConnectionTerminated event, once the agent sent GOAWAY
 
     def flush(self) -> None:
         self.sock.sendall(self.h2.data_to_send())
@@ -55,24 +59,29 @@ class RawClient:
     def reply(self, stream_id: int) -> dict:
         """headers, data and trailers of one stream, once it ended (or was reset)."""
         while stream_id not in self.replies or not self.replies[stream_id].get("done"):
-            data = self.sock.recv(65536)
-            if not data:
-                raise ConnectionError("the agent closed the connection")
-            for event in self.h2.receive_data(data):
-                entry = self.replies.setdefault(getattr(event, "stream_id", 0), {
-                    "headers": {}, "data": b"", "trailers": {}})
-                if isinstance(event, h2.events.ResponseReceived):
-                    entry["headers"] = dict(event.headers)
-                elif isinstance(event, h2.events.TrailersReceived):
-                    entry["trailers"] = dict(event.headers)
-                elif isinstance(event, h2.events.DataReceived):
-                    entry["data"] += event.data
-                    self.h2.acknowledge_received_data(event.flow_controlled_length,
-                                                      event.stream_id)
-                elif isinstance(event, (h2.events.StreamEnded, h2.events.StreamReset)):
-                    entry["done"] = True
-            self.flush()
+            self.receive()
         return self.replies[stream_id]
+
+    def receive(self) -> None:
+        data = self.sock.recv(65536)
+        if not data:
+            raise ConnectionError("the agent closed the connection")
+        for event in self.h2.receive_data(data):
+            entry = self.replies.setdefault(getattr(event, "stream_id", 0), {
+                "headers": {}, "data": b"", "trailers": {}})
+            if isinstance(event, h2.events.ResponseReceived):
+                entry["headers"] = dict(event.headers)
+            elif isinstance(event, h2.events.TrailersReceived):
+                entry["trailers"] = dict(event.headers)
+            elif isinstance(event, h2.events.DataReceived):
+                entry["data"] += event.data
+                self.h2.acknowledge_received_data(event.flow_controlled_length,
+                                                  event.stream_id)
+            elif isinstance(event, (h2.events.StreamEnded, h2.events.StreamReset)):
+                entry["done"] = True
+            elif isinstance(event, h2.events.ConnectionTerminated):
+                self.goaway = event
+        self.flush()
 
     def status(self, stream_id: int) -> tuple[int, str]:
         reply = self.reply(stream_id)
@@ -171,3 +180,92 @@ def test_grpc_message_is_percent_encoded():
     (b"7n", 7e-9), (b"", None), (b"5", None), (b"123456789S", None), (b"-1S", None)])
 def test_grpc_timeout_values(value, seconds):
     assert parse_timeout(value) == (pytest.approx(seconds) if seconds is not None else None)
+
+
+def test_stopping_sends_goaway_and_answers_the_call_in_progress(tmp_path, model_files,
+                                                              recording_delegate):
+    """A call is held inside the runtime (the test delegate's barrier) while the front stops:
+    the client gets a GOAWAY, the socket file goes, and the call is still answered once it
+    is released."""
+    import numpy as np
+    from capture_helpers import wait_for
+
+    from edge_agent import config, grpc_front, model_builder
+    from edge_agent.service import AgentService
+    from edge_agent.tensors import add_array
+
+    record = tmp_path / "record.txt"
+    settings = config.from_mapping({
+        "edge_agent_socket_path": str(tmp_path / "unused.sock"),
+        "edge_agent_grpc_socket_path": str(tmp_path / "grpc.sock"),
+        "edge_agent_state_dir": str(tmp_path / "state"),
+        "edge_agent_allow_unsigned_models": True, "edge_agent_num_threads": 1,
+        "edge_agent_delegate": "external", "edge_agent_delegate_library": recording_delegate,
+        "edge_agent_delegate_options": {"rendezvous": 2, "rendezvous_seconds": 60,
+                                        "record_to": str(record)}})
+    service = AgentService(settings)
+    for name in ("held", "partner"):
+        service.load_model(pb.LoadModelRequest(name=name, url=str(model_files["add"])))
+    server = grpc_front.start(service, settings)
+    built = model_builder.add_model()
+    inputs = built.sample_inputs(seed=5)
+    request = pb.PredictRequest(name="held")
+    for name, array in inputs.items():
+        add_array(request.tensors, name, array)
+    client = RawClient(settings.edge_agent_grpc_socket_path)
+    stopper = None
+    try:
+        stream = client.call(headers(path=f"/{GRPC_SERVICE}/Predict".encode()),
+                             message(request.SerializeToString()))
+        wait_for(lambda: "arrive" in record.read_text(), what="the call inside the runtime")
+        stopper = threading.Thread(target=server.stop, kwargs={"grace": 60})
+        stopper.start()
+        while client.goaway is None:
+            client.receive()
+        assert client.goaway.error_code == 0
+        assert client.goaway.last_stream_id == stream
+        assert not os.path.exists(settings.edge_agent_grpc_socket_path)
+        assert not client.replies.get(stream, {}).get("done")  # still running
+        partner = pb.PredictRequest(name="partner")
+        for name, array in inputs.items():
+            add_array(partner.tensors, name, array)
+        service.predict(partner)  # meets the held call at the barrier: both go on
+        fields, data = _frames_after_goaway(client, stream)
+        assert fields[b":status"] == b"200" and fields[b"grpc-status"] == b"0"
+        reply = pb.PredictResponse.FromString(data[5:])
+        out = np.frombuffer(reply.tensors[0].byte_data, np.float32).reshape(1, 4)
+        np.testing.assert_allclose(out, built.reference(inputs)["sum"], rtol=1e-6)
+    finally:
+        client.close()
+        if stopper is not None:
+            stopper.join()
+        else:
+            server.stop(grace=0)
+        service.close()
+
+
+def _frames_after_goaway(client: RawClient, stream_id: int) -> tuple[dict, bytes]:
+    """The headers, trailers and data of one stream, read frame by frame: h2's client side
+    takes nothing after a GOAWAY, though HTTP/2 lets the streams it spared finish."""
+    from hyperframe.frame import DataFrame, Frame, HeadersFrame
+
+    buffer, data, fields = b"", b"", {}
+    while True:
+        chunk = client.sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("the agent closed the connection before the reply")
+        buffer += chunk
+        while len(buffer) >= 9:
+            frame, length = Frame.parse_frame_header(memoryview(buffer[:9]))
+            if len(buffer) < 9 + length:
+                break
+            frame.parse_body(memoryview(buffer[9:9 + length]))
+            buffer = buffer[9 + length:]
+            if frame.stream_id != stream_id:
+                continue
+            if isinstance(frame, DataFrame):
+                data += frame.data
+            elif isinstance(frame, HeadersFrame):
+                fields.update(dict(client.h2.decoder.decode(frame.data, raw=True)))
+                if "END_STREAM" in frame.flags:
+                    return fields, data

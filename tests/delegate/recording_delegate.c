@@ -19,6 +19,7 @@
  *                     waits for the others at a barrier, up to rendezvous_seconds (default
  *                     30), then fails the invoke. A test that passes with N = 2 has shown two
  *                     invokes inside the runtime at once, by construction, not by timing.
+ *                     With record_to, each invoke appends "arrive" when it reaches the barrier.
  *
  * Built by the tests with `cc -shared -fPIC`; no TensorFlow headers needed: the few types it
  * touches are declared below as tensorflow/lite/core/c/common.h declares them in 2.14, and
@@ -133,6 +134,7 @@ static int barrier_parties = 0;
 static int barrier_waiting = 0;
 static unsigned long barrier_generation = 0;
 static int barrier_seconds = 30;
+static Recorder* barrier_recorder = NULL;  /* the last one created with rendezvous */
 
 static void record(const Recorder* recorder, const char* line) {
   if (recorder->record_to[0] == '\0') return;
@@ -168,6 +170,9 @@ static int meet(void) {
 
 /* The kernel of a taken ADD node: meet the other invokes, then out = a + b. */
 static TfLiteStatus AddInvoke(TfLiteContext* context, TfLiteNode* node) {
+  pthread_mutex_lock(&barrier_lock);
+  if (barrier_recorder != NULL) record(barrier_recorder, "arrive");
+  pthread_mutex_unlock(&barrier_lock);
   if (meet() != 0) return kTfLiteError;
   const TfLiteTensor* a = &context->tensors[node->inputs->data[0]];
   const TfLiteTensor* b = &context->tensors[node->inputs->data[1]];
@@ -265,6 +270,11 @@ TfLiteDelegate* tflite_plugin_create_delegate(char** keys, char** values, size_t
     snprintf(line + used, sizeof(line) - used, " %s=%s", keys[i], values[i]);
   }
   record(recorder, line);
+  if (recorder->rendezvous) {
+    pthread_mutex_lock(&barrier_lock);
+    barrier_recorder = recorder;
+    pthread_mutex_unlock(&barrier_lock);
+  }
   delegate->data_ = recorder;
   delegate->Prepare = Prepare;
   delegate->flags = 0;
@@ -275,6 +285,9 @@ void tflite_plugin_destroy_delegate(TfLiteDelegate* delegate) {
   if (delegate == NULL) return;
   Recorder* recorder = (Recorder*)delegate->data_;
   record(recorder, "destroy");
+  pthread_mutex_lock(&barrier_lock);
+  if (barrier_recorder == recorder) barrier_recorder = NULL;
+  pthread_mutex_unlock(&barrier_lock);
   free(recorder);
   free(delegate);
 }
