@@ -178,6 +178,9 @@ class GrpcServer:
             connection.run()
         except OSError as e:
             log.debug("gRPC client connection ended: %s", e)
+        except Exception:  # a fault of ours: this connection ends, the agent keeps serving
+            log.exception("a gRPC connection (pid %d) failed with an internal error",
+                          connection.caller.pid)
         finally:
             connection.close()
             with self._lock:

@@ -3,6 +3,7 @@ frame with h2's client side over the agent's real socket, and the helpers on the
 from __future__ import annotations
 
 import os
+import random
 import socket
 import struct
 import threading
@@ -167,6 +168,31 @@ def test_a_reset_call_and_garbage_leave_the_agent_serving(client, grpc_path):
         assert again.status(again.call(headers(), message(b""))) == (0, "")
     finally:
         again.close()
+
+
+def test_garbage_after_the_preface_never_stops_the_agent(grpc_path):
+    """Random frames, valid and not, on fresh connections: each is closed or answered, and
+    the agent keeps serving everyone else."""
+    rng = random.Random(7)
+    preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+    for _ in range(60):
+        frames = b"".join(
+            struct.pack(">I", rng.randrange(0, 64))[1:] + bytes([rng.randrange(0, 12),
+                                                                 rng.randrange(0, 256)])
+            + struct.pack(">I", rng.randrange(0, 8)) + rng.randbytes(rng.randrange(0, 64))
+            for _ in range(rng.randrange(1, 6)))
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as raw:
+            raw.settimeout(30)
+            raw.connect(grpc_path)
+            raw.sendall(preface + frames)
+            raw.shutdown(socket.SHUT_WR)
+            while raw.recv(65536):
+                pass
+    survivor = RawClient(grpc_path)
+    try:
+        assert survivor.status(survivor.call(headers(), message(b""))) == (0, "")
+    finally:
+        survivor.close()
 
 
 def test_grpc_message_is_percent_encoded():
