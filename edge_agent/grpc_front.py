@@ -75,9 +75,11 @@ def parse_timeout(value: bytes) -> float | None:
 
 class _Call:
     """One stream: its request message as it arrives, until answered."""
-    __slots__ = ("stream_id", "rpc", "deadline", "data", "length", "answered", "remote_closed")
+    __slots__ = ("stream_id", "rpc", "deadline", "data", "length", "answered", "remote_closed",
+                 "started")
 
     def __init__(self, stream_id: int, rpc, deadline: float | None):
+        self.started = time.monotonic()  # a request still incomplete after the frame timeout goes
         self.stream_id = stream_id
         self.rpc = rpc
         self.deadline = deadline
@@ -229,6 +231,8 @@ class GrpcConnection:
         self.caller: Caller = peer_credentials(sock)
         self.max_message = server.config.edge_agent_max_frame_bytes
         self.send_timeout = server.config.edge_agent_send_timeout_seconds
+        self.request_timeout = server.config.edge_agent_frame_timeout_seconds
+        self._receive_timeout_armed = False
         # What we send is ours and well-formed: h2 need not check it again on every call.
         self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(
             client_side=False, header_encoding=None, validate_outbound_headers=False,
@@ -261,7 +265,15 @@ class GrpcConnection:
             self._flush()
         buffer = bytearray(RECV_BYTES)
         while True:
-            n = self.sock.recv_into(buffer)
+            try:
+                n = self.sock.recv_into(buffer)
+            except BlockingIOError:  # SO_RCVTIMEO: nothing came while a request was incomplete
+                n = None
+            if n is None or self._request_stalled():
+                log.info("closing a gRPC connection (pid %d): a request was not completed within "
+                         "%g s (edge_agent_frame_timeout_seconds)", self.caller.pid,
+                         self.request_timeout)
+                return
             if not n:
                 return
             with self._cond:
@@ -276,8 +288,24 @@ class GrpcConnection:
                     self._on_event(event)
                 self._flush()
                 self._cond.notify_all()  # a WINDOW_UPDATE may free a waiting reply
+                self._arm_receive_timeout(any(not c.answered for c in self._calls.values()))
             if any(isinstance(e, h2.events.ConnectionTerminated) for e in events):
                 return
+
+    def _arm_receive_timeout(self, incomplete: bool) -> None:
+        """As on the framed socket: the kernel bounds the wait for the rest of a request
+        (SO_RCVTIMEO), armed only while one is incomplete, so an idle connection costs nothing."""
+        if incomplete != self._receive_timeout_armed:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
+                                 timeval(self.request_timeout if incomplete else 0))
+            self._receive_timeout_armed = incomplete
+
+    def _request_stalled(self) -> bool:
+        """A request trickling in for longer than the frame timeout (bytes keep coming, so
+        SO_RCVTIMEO never fires) is given up too."""
+        limit = time.monotonic() - self.request_timeout
+        with self._cond:
+            return any(not c.answered and c.started < limit for c in self._calls.values())
 
     def _on_event(self, event) -> None:
         if isinstance(event, h2.events.RequestReceived):

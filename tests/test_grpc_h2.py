@@ -195,6 +195,26 @@ def test_garbage_after_the_preface_never_stops_the_agent(grpc_path):
         survivor.close()
 
 
+def test_a_request_left_incomplete_closes_its_connection(start_agent, tmp_path):
+    """As on the framed socket, a request not completed within edge_agent_frame_timeout_seconds
+    costs the client its connection; the agent serves the next one."""
+    path = str(tmp_path / "grpc.sock")
+    agent = start_agent(edge_agent_grpc_socket_path=path, edge_agent_frame_timeout_seconds=0.2)
+    stalled = RawClient(path)
+    try:
+        stream = stalled.call(headers(), struct.pack(">BI", 0, 100) + b"x" * 10, end=False)
+        with pytest.raises(ConnectionError):
+            stalled.reply(stream)  # the agent closes it; nothing is answered
+    finally:
+        stalled.close()
+    fresh = RawClient(path)
+    try:
+        assert fresh.status(fresh.call(headers(), message(b""))) == (0, "")
+    finally:
+        fresh.close()
+    assert "a request was not completed within 0.2 s" in agent.log()
+
+
 def test_grpc_message_is_percent_encoded():
     assert percent_encode("no model named 'x' (100%)") == b"no model named 'x' (100%25)"
     assert percent_encode("caf\u00e9\n") == b"caf%C3%A9"  # UTF-8; blanks at the ends go
