@@ -36,7 +36,7 @@ from edge_agent.config import AgentConfig
 from edge_agent.errors import StatusCode
 from edge_agent.service import AgentService, Caller
 from edge_agent.unix_socket import (accept_until, bind_socket, peer_credentials,
-                                    remove_socket_file, send_quietly, timeval)
+                                    remove_socket_file, timeval)
 
 log = logging.getLogger(__name__)
 

@@ -112,6 +112,16 @@ def agent(start_agent) -> AgentProcess:
 
 
 @pytest.fixture(scope="session")
+def recording_delegate(tmp_path_factory) -> str:
+    """tests/delegate/recording_delegate.c built as a shared library, as a vendor's delegate
+    is shipped (the delegate tests, and the parallelism tests that use its barrier)."""
+    library = tmp_path_factory.mktemp("delegate") / "librecording_delegate.so"
+    subprocess.run(["cc", "-shared", "-fPIC", "-O2", "-Wall", "-Werror", "-o", str(library),
+                    str(ROOT / "tests" / "delegate" / "recording_delegate.c")], check=True)
+    return str(library)
+
+
+@pytest.fixture(scope="session")
 def model_files(tmp_path_factory) -> dict[str, Path]:
     """The project's test models written once per session, by name."""
     directory = tmp_path_factory.mktemp("models")

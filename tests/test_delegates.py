@@ -15,17 +15,7 @@ from edge_agent.errors import AgentError, StatusCode
 from edge_agent.service import AgentService
 from edge_agent.tensors import add_array
 
-SOURCE = Path(__file__).resolve().parent / "delegate" / "recording_delegate.c"
 NO_SUCH_LIBRARY = "/nonexistent/libno-such-delegate.so"
-
-
-@pytest.fixture(scope="session")
-def recording_delegate(tmp_path_factory) -> str:
-    """The test delegate built as a shared library, as a vendor's delegate is shipped."""
-    library = tmp_path_factory.mktemp("delegate") / "librecording_delegate.so"
-    subprocess.run(["cc", "-shared", "-fPIC", "-O2", "-Wall", "-Werror", "-o", str(library),
-                    str(SOURCE)], check=True)
-    return str(library)
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ import pytest
 from capture_helpers import wait_for
 from concurrency import run_concurrently
 from test_agent import _RawBody
-from test_delegates import recording_delegate  # noqa: F401  (a fixture)
 
 from edge_agent import agent_pb2 as pb
 from edge_agent import model_builder

@@ -16,7 +16,6 @@ import pytest
 from edge_agent import agent_pb2 as pb
 from edge_agent.api import GRPC_SERVICE
 from edge_agent.grpc_front import parse_timeout, percent_encode
-from test_delegates import recording_delegate  # noqa: F401  (a fixture)
 
 PATH = f"/{GRPC_SERVICE}/ListModels".encode()
 
