@@ -214,6 +214,34 @@ def test_a_request_left_incomplete_closes_its_connection(start_agent, tmp_path):
     assert "a request was not completed within 0.2 s" in agent.log()
 
 
+def test_a_client_that_does_not_take_its_reply_is_disconnected(start_agent, tmp_path):
+    """It reads, but never opens its flow-control window: the 256 KiB reply cannot be sent,
+    and after edge_agent_send_timeout_seconds the connection goes, as on the framed socket."""
+    from edge_agent import model_builder
+    from edge_agent.tensors import add_array
+
+    path = str(tmp_path / "grpc.sock")
+    agent = start_agent(edge_agent_grpc_socket_path=path, edge_agent_send_timeout_seconds=0.2)
+    built = model_builder.add_model((1, 1 << 16))
+    with agent.client() as framed:
+        framed.load_model("wide", str(built.write(tmp_path / "wide.tflite")))
+    request = pb.PredictRequest(name="wide")
+    for name, array in built.sample_inputs().items():
+        add_array(request.tensors, name, array)
+    greedy = RawClient(path)
+    try:
+        greedy.receive()  # the agent's settings and window: room for the 512 KiB request
+        greedy.call(headers(path=f"/{GRPC_SERVICE}/Predict".encode()),
+                    message(request.SerializeToString()))
+        while greedy.sock.recv(65536):  # read everything, acknowledge nothing
+            pass
+    finally:
+        greedy.close()
+    assert "the client has not read its reply for 0.2 s" in agent.log()
+    with agent.client() as framed:
+        assert [m.name for m in framed.list_models()] == ["wide"]  # still serving
+
+
 def test_grpc_message_is_percent_encoded():
     assert percent_encode("no model named 'x' (100%)") == b"no model named 'x' (100%25)"
     assert percent_encode("caf\u00e9\n") == b"caf%C3%A9"  # UTF-8; blanks at the ends go
