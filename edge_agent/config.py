@@ -69,12 +69,14 @@ class AgentConfig:
         None, "Threads each interpreter may use (default: the cores, at most 4).",
         kind=int, minimum=1, default_factory=default_num_threads)
     edge_agent_max_frame_bytes: int = _setting(
-        64 * 1024 * 1024, "Largest frame body accepted, in bytes; larger frames are refused "
-        "before anything is allocated.", minimum=1024)
+        64 * 1024 * 1024, "Largest frame body (on the gRPC socket: message) accepted, in bytes; "
+        "larger ones are refused before anything is allocated.", minimum=1024)
     edge_agent_max_connections: int = _setting(
-        64, "Clients served at once; more are refused with RESOURCE_EXHAUSTED.", minimum=1)
+        64, "Clients served at once (on each socket); more are refused with RESOURCE_EXHAUSTED.",
+        minimum=1)
     edge_agent_frame_timeout_seconds: float = _setting(
-        10.0, "A client that stops in the middle of a frame for this long is disconnected.",
+        10.0, "A client that stops in the middle of a frame (on the gRPC socket: a request) for "
+        "this long is disconnected.",
         kind=float, minimum=0.001)
     edge_agent_send_timeout_seconds: float = _setting(
         30.0, "A client that does not read its reply for this long is disconnected.",
