@@ -275,6 +275,33 @@ def test_predictions_on_two_models_run_in_parallel(agent, tmp_path):
     assert _cpu_per_wall(agent, ["left", "left"], inputs) < 1.15  # same model: in turn
 
 
+def test_two_models_are_inside_the_runtime_at_once(start_agent, model_files, tmp_path,
+                                                   recording_delegate):
+    """The same by construction, whatever the machine's load: the test delegate runs each
+    model's ADD only once two invokes are inside it together (a barrier), and fails one left
+    alone there (tests/test_delegates.py shows that control)."""
+    record_path = tmp_path / "delegate-record.txt"
+    agent = start_agent(edge_agent_delegate="external",
+                        edge_agent_delegate_library=recording_delegate,
+                        edge_agent_delegate_options={"rendezvous": 2, "rendezvous_seconds": 60,
+                                                     "record_to": str(record_path)})
+    built = model_builder.add_model()
+    with agent.client() as client:
+        for name in ("left", "right"):
+            client.load_model(name, str(model_files["add"]))
+    assert record_path.read_text().count("took 1 node(s)") == 2
+
+    def predict(name, seed):
+        def run():
+            inputs = built.sample_inputs(seed=seed)
+            with agent.client() as client:
+                np.testing.assert_allclose(client.predict(name, inputs)["sum"],
+                                           built.reference(inputs)["sum"], rtol=1e-6)
+        return run
+
+    run_concurrently(predict("left", 1), predict("right", 2))
+
+
 def _client_with_a_place(agent, timeout: float = 5.0):
     """A client the agent has taken in: a connection that just closed (the fixture's readiness
     probe, a client of the test) may hold its place for a moment after close()."""
