@@ -67,10 +67,10 @@ def measure_grpc(socket_path: str, model_path: str, iterations: int) -> dict:
 
     from edge_agent import agent_pb2 as pb
     from edge_agent.api import GRPC_SERVICE
+    from edge_agent.tensors import add_array
 
     built = model_builder.tiny_model()
     request = pb.PredictRequest(name="tiny")
-    from edge_agent.tensors import add_array
     for name, array in built.sample_inputs().items():
         add_array(request.tensors, name, array)
     with grpc.insecure_channel(f"unix://{socket_path}") as channel:
