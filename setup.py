@@ -62,10 +62,9 @@ setup(
         # or the periodic upload is used.
         "requests>=2.31",
         "requests-aws4auth>=1.2",
+        # The gRPC front's HTTP/2 (pure Python, sans-IO; docs/PROTOCOL.md says why not grpcio).
+        "h2>=4.1",
     ],
-    extras_require={
-        "grpc": ["grpcio>=1.60"],
-    },
     entry_points={"console_scripts": ["edge-agent = edge_agent.cli:main"]},
     cmdclass={"build_py": build_py_with_board_profiles},
 )

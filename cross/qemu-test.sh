@@ -98,7 +98,7 @@ download_wheels() {
     mkdir -p "$WHEELHOUSE"
     # The project's own dependencies come through its wheel where they all exist for the
     # target; else requirements-dev.txt lists them (the wheel's are a subset).
-    local project=("$wheel[grpc]")
+    local project=("$wheel")
     [ "$FROM_DEBIAN" = '^$' ] || project=("grpcio>=1.60")
     target_pip_download -r <(requirements | grep -Eiv "$WITHOUT_DEPS") "${project[@]}"
     if requirements | grep -Eiq "$WITHOUT_DEPS"; then
@@ -128,7 +128,7 @@ install() {
     local inside="/opt/edge-agent-dist/$(basename "$wheel")"
     log "installing $(basename "$wheel") and its dependencies with the target's pip"
     in_target "$VENV/bin/python" -m pip install --quiet --no-index --find-links /mnt/wheelhouse \
-        -r /opt/edge-agent-dist/requirements.txt "$inside[grpc]"
+        -r /opt/edge-agent-dist/requirements.txt "$inside"
     # Same version as the last run but new contents: replace it whatever pip thinks.
     in_target "$VENV/bin/python" -m pip install --quiet --no-index --no-deps --force-reinstall "$inside"
 }

@@ -111,14 +111,14 @@ def bare_round_trip(workdir: str, request_bytes: int, reply_bytes: int, iteratio
 
 def grpc_round_trip(workdir: str, num_threads: int, model_path: str, request,
                     iterations: int) -> dict | None:
-    """The same Predict through the gRPC front of an agent of its own (grpc would swell the
-    main agent's RSS): what a grpcio server costs here."""
+    """The same Predict through the gRPC front (h2) of an agent of its own, with a grpcio
+    client (imported in this process only, and only here)."""
     try:
         import grpc
     except ImportError:
         return None
     from edge_agent import agent_pb2 as pb
-    from edge_agent.grpc_front import SERVICE
+    from edge_agent.api import GRPC_SERVICE as SERVICE
 
     directory = os.path.join(workdir, "grpc")
     os.makedirs(directory)
@@ -224,7 +224,7 @@ def print_table(results: dict) -> None:
     print("ratio = agent p50 / (in-process p50 + bare socket p50)")
     grpc_front = results.get("grpc_front_tiny")
     if grpc_front:
-        print(f"tiny model through the gRPC front (grpcio): p50 {grpc_front['p50_us']:.1f} us, "
+        print(f"tiny model through the gRPC front (h2): p50 {grpc_front['p50_us']:.1f} us, "
               f"p99 {grpc_front['p99_us']:.1f} us")
     print(f"idle RSS with one small model loaded: {results['idle_rss_mb_one_small_model']:.1f} MB")
 

@@ -1,5 +1,6 @@
 """The `edge-agent` command: serve, demo, bench and a shell client.
 
+Also the original agent's command line, `edge-agent -a SOCKET -c CONFIG` (no subcommand).
 Heavy modules load only in the subcommand that needs them, so `edge-agent client ...`
 starts fast on a small board.
 """
@@ -43,25 +44,52 @@ def _configure_logging(verbose: bool) -> None:
 # --- serve ----------------------------------------------------------------------------------
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from edge_agent import boards, systemd
-    from edge_agent import config as config_module
-    from edge_agent.server import ServerError, SocketServer
-    from edge_agent.service import AgentService
-
     overrides = _parse_set(args.set)
     if args.socket:
         overrides["edge_agent_socket_path"] = args.socket
     if args.board:
         overrides["edge_agent_board"] = args.board
+    return _run_agent(args.config, overrides)
+
+
+def cmd_original(argv: Sequence[str]) -> int:
+    """`edge-agent -a SOCKET -c CONFIG`: the original agent's command line, as its systemd
+    unit runs it. SOCKET was a gRPC socket there, so the gRPC front serves on it; the framed
+    socket is where the configuration says."""
+    parser = argparse.ArgumentParser(
+        prog="edge-agent", usage="edge-agent -a SOCKET -c CONFIG",
+        description="Run the agent the way the original agent binary was run (the other "
+                    "commands: edge-agent --help).")
+    parser.add_argument("-a", dest="address", required=True, metavar="SOCKET",
+                        help="UNIX socket of the gRPC front (the original agent's API)")
+    parser.add_argument("-c", dest="config", required=True, metavar="CONFIG",
+                        help="JSON configuration file")
+    args = parser.parse_args(argv)
+    return _run_agent(args.config, {"edge_agent_grpc_socket_path": args.address})
+
+
+def _run_agent(config_path: str | None, overrides: dict) -> int:
+    """Serve until SIGTERM, SIGINT or SIGHUP (the original unit's KillSignal), then stop
+    gracefully: calls in progress answered, captures flushed, socket files removed."""
+    from edge_agent import boards, systemd
+    from edge_agent import config as config_module
+    from edge_agent.server import ServerError, SocketServer
+    from edge_agent.service import AgentService
+
     _configure_logging(False)
     try:
-        config = config_module.load(args.config, overrides,
+        config = config_module.load(config_path, overrides,
                                     device_tree_model=boards.DEVICE_TREE_MODEL)
     except config_module.ConfigError as e:
         print(f"edge-agent: configuration error: {e}", file=sys.stderr)
         return 2
     if config.sagemaker_edge_log_verbose:
         logging.getLogger().setLevel(logging.DEBUG)
+    grpc_path = config.edge_agent_grpc_socket_path
+    if grpc_path and os.path.abspath(grpc_path) == os.path.abspath(config.edge_agent_socket_path):
+        print(f"edge-agent: configuration error: the gRPC socket and the framed socket are both "
+              f"{grpc_path}; give edge_agent_socket_path another path", file=sys.stderr)
+        return 2
     try:
         service = AgentService(config)  # checks settings only a service can (capture's Cloud)
     except config_module.ConfigError as e:
@@ -73,13 +101,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ServerError as e:
         print(f"edge-agent: {e}", file=sys.stderr)
         return 1
-    grpc_server = _start_grpc(service, config)
-    if grpc_server is False:
-        return 2
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    grpc_server = None
+    if grpc_path:
+        from edge_agent import grpc_front
+        try:
+            grpc_server = grpc_front.start(service, config)
+        except (ServerError, OSError) as e:
+            print(f"edge-agent: edge_agent_grpc_socket_path: {e}", file=sys.stderr)
+            server.shutdown()
+            server.serve_forever()  # returns at once: closes and removes the framed socket
+            service.close()
+            return 1
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, lambda *_: server.shutdown())
     log.info("edge-agent %s: %s", __version__, "embedded default configuration"
-             if args.config is None else f"configuration {args.config}")
+             if config_path is None else f"configuration {config_path}")
     boards.log_board(config)
     for note in config_module.compatibility_notes(config):
         log.info("%s", note)
@@ -88,7 +124,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     server.serve_forever()
     notifier.stopping()
     if grpc_server is not None:
-        grpc_server.stop(grace=2).wait()
+        grpc_server.stop(grace=2)
     service.close()
     log.info("stopped")
     return 0
@@ -113,23 +149,6 @@ def cmd_boards(args: argparse.Namespace) -> int:
     if detected:
         print(f"* detected from {boards.DEVICE_TREE_MODEL}")
     return 0
-
-
-def _start_grpc(service, config):
-    """The gRPC front when configured; None when not; False when it cannot start."""
-    if not config.edge_agent_grpc_socket_path:
-        return None
-    try:
-        from edge_agent import grpc_front
-    except ImportError:
-        print("edge-agent: configuration error: edge_agent_grpc_socket_path is set but grpcio "
-              "is not installed (pip install edge-agent[grpc])", file=sys.stderr)
-        return False
-    try:
-        return grpc_front.start(service, config)
-    except (RuntimeError, OSError) as e:
-        print(f"edge-agent: edge_agent_grpc_socket_path: {e}", file=sys.stderr)
-        return False
 
 
 # --- client ---------------------------------------------------------------------------------
@@ -312,9 +331,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0].startswith(("-a", "-c")):
+        func = lambda: cmd_original(argv)  # noqa: E731  the original agent's command line
+    else:
+        args = build_parser().parse_args(argv)
+        func = lambda: args.func(args)  # noqa: E731
     try:
-        return args.func(args)
+        return func()
     except AgentError as e:
         print(f"edge-agent: {e.code.name}: {e.message}", file=sys.stderr)
         return 1

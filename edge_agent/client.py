@@ -23,6 +23,7 @@ import numpy as np
 
 from edge_agent import agent_pb2 as pb
 from edge_agent.errors import AgentError, StatusCode
+from edge_agent.api import BY_METHOD
 from edge_agent.protocol import FrameDecoder, Method, encode_request
 from edge_agent.shm_client import ShmTensor, add_shm_tensor
 from edge_agent.sockets import receive
@@ -121,20 +122,18 @@ class AgentClient:
     # --- the API ----------------------------------------------------------------------------
 
     def load_model(self, name: str, url: str) -> ModelInfo:
-        reply = self.call(Method.LOAD_MODEL, pb.LoadModelRequest(url=url, name=name),
-                          pb.LoadModelResponse)
+        reply = self.call(Method.LOAD_MODEL, pb.LoadModelRequest(url=url, name=name))
         return ModelInfo.from_pb(reply.model)
 
     def unload_model(self, name: str) -> None:
-        self.call(Method.UNLOAD_MODEL, pb.UnLoadModelRequest(name=name), pb.UnLoadModelResponse)
+        self.call(Method.UNLOAD_MODEL, pb.UnLoadModelRequest(name=name))
 
     def list_models(self) -> list[ModelInfo]:
-        reply = self.call(Method.LIST_MODELS, pb.ListModelsRequest(), pb.ListModelsResponse)
+        reply = self.call(Method.LIST_MODELS, pb.ListModelsRequest())
         return [ModelInfo.from_pb(m) for m in reply.models]
 
     def describe_model(self, name: str) -> ModelInfo:
-        reply = self.call(Method.DESCRIBE_MODEL, pb.DescribeModelRequest(name=name),
-                          pb.DescribeModelResponse)
+        reply = self.call(Method.DESCRIBE_MODEL, pb.DescribeModelRequest(name=name))
         return ModelInfo.from_pb(reply.model)
 
     def predict(self, name: str, inputs: Inputs,
@@ -147,7 +146,7 @@ class AgentClient:
         _add_tensors(request.tensors, inputs)
         if outputs:
             request.output_handles.extend(t.handle() for t in outputs)
-        reply = self.call(Method.PREDICT, request, pb.PredictResponse)
+        reply = self.call(Method.PREDICT, request)
         if outputs:
             return OrderedDict(ShmTensor.from_reply(t) for t in reply.tensors)
         return OrderedDict(tensor_to_array(t) for t in reply.tensors)
@@ -175,7 +174,7 @@ class AgentClient:
         whole = math.floor(seconds)
         request.inference_timestamp.seconds = whole
         request.inference_timestamp.nanos = min(999_999_999, round((seconds - whole) * 1e9))
-        self.call(Method.CAPTURE_DATA, request, pb.CaptureDataResponse)
+        self.call(Method.CAPTURE_DATA, request)
         return capture_id
 
     def get_capture_data_status(self, capture_id: str) -> str:
@@ -185,14 +184,14 @@ class AgentClient:
     def capture_data_status(self, capture_id: str) -> "CaptureStatus":
         """The status and, for a FAILURE, why (an extension of this agent)."""
         reply = self.call(Method.GET_CAPTURE_DATA_STATUS,
-                          pb.GetCaptureDataStatusRequest(capture_id=capture_id),
-                          pb.GetCaptureDataStatusResponse)
+                          pb.GetCaptureDataStatusRequest(capture_id=capture_id))
         return CaptureStatus(pb.CaptureDataStatus.Name(reply.status), reply.reason)
 
     # --- the wire ---------------------------------------------------------------------------
 
-    def call(self, method: Method, request, response_type):
-        """Send one request, wait for its reply; AgentError for a non-OK status."""
+    def call(self, method: Method, request, response_type: type | None = None):
+        """Send one request, wait for its reply: a `response_type` message (default: the
+        method's response type in edge_agent.api's table); AgentError for a non-OK status."""
         with self._lock:
             request_id = next(self._ids) & 0xFFFFFFFF
             try:
@@ -205,7 +204,7 @@ class AgentClient:
         if frame.status != StatusCode.OK:
             raise AgentError(StatusCode.from_wire(frame.status),
                              frame.body.decode("utf-8", "replace"))
-        return response_type.FromString(frame.body)
+        return (response_type or BY_METHOD[method].response_type).FromString(frame.body)
 
     def _timed_out(self) -> AgentError:
         return AgentError(StatusCode.DEADLINE_EXCEEDED,

@@ -77,12 +77,14 @@ class AgentConfig:
         None, "Threads each interpreter may use (default: the cores, at most 4).",
         kind=int, minimum=1, default_factory=default_num_threads)
     edge_agent_max_frame_bytes: int = _setting(
-        64 * 1024 * 1024, "Largest frame body accepted, in bytes; larger frames are refused "
-        "before anything is allocated.", minimum=1024)
+        64 * 1024 * 1024, "Largest frame body (on the gRPC socket: message) accepted, in bytes; "
+        "larger ones are refused before anything is allocated.", minimum=1024)
     edge_agent_max_connections: int = _setting(
-        64, "Clients served at once; more are refused with RESOURCE_EXHAUSTED.", minimum=1)
+        64, "Clients served at once (on each socket); more are refused with RESOURCE_EXHAUSTED.",
+        minimum=1)
     edge_agent_frame_timeout_seconds: float = _setting(
-        10.0, "A client that stops in the middle of a frame for this long is disconnected.",
+        10.0, "A client that stops in the middle of a frame (on the gRPC socket: a request) for "
+        "this long is disconnected.",
         kind=float, minimum=0.001)
     edge_agent_send_timeout_seconds: float = _setting(
         30.0, "A client that does not read its reply for this long is disconnected.",
@@ -93,9 +95,10 @@ class AgentConfig:
         "and hurts where cores are shared (see docs/BENCHMARKS.md).", minimum=0)
     edge_agent_grpc_socket_path: str = _setting(
         "", "Also serve the original agent's gRPC API (AWS.SageMaker.Edge.Agent) on this UNIX "
-        "socket; empty: off. Needs grpcio (pip install edge-agent[grpc]).")
+        "socket; empty: off. `edge-agent -a SOCKET -c CONFIG` sets it to SOCKET.")
     edge_agent_grpc_max_workers: int = _setting(
-        8, "Threads serving gRPC calls at once.", minimum=1)
+        8, "gRPC calls run at once, by all gRPC clients together (a worker pool); also the "
+        "calls one gRPC connection may have open.", minimum=1)
     edge_agent_state_dir: str = _setting(
         "/tmp/edge-agent-state", "Directory for the agent's own state (unpacked packages, "
         "capture journal).")

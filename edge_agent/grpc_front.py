@@ -1,67 +1,512 @@
-"""The gRPC front: `AWS.SageMaker.Edge.Agent` over a UNIX socket, for applications written for
-the original agent's gRPC API. A thin adapter over the same AgentService as the framed socket.
+"""The gRPC front: `AWS.SageMaker.Edge.Agent` over a UNIX socket the agent owns, for
+applications written for the original agent's gRPC API.
 
-grpcio is an optional extra (`pip install edge-agent[grpc]`), imported only when
-`edge_agent_grpc_socket_path` is set. gRPC does not tell a server its peer's credentials, so
-gRPC callers are anonymous to the shared-memory permission check: only segments that anyone
-may read (or write, for outputs) can be named through this front.
+A small unary gRPC server on the `h2` sans-IO HTTP/2 library, in the framed socket's style:
+the agent binds and accepts the socket itself (edge_agent.unix_socket), reads the peer's
+credentials once per connection and hands the same Caller to the service, so shared-memory
+permissions are checked exactly as on the framed socket. One reader thread per connection
+feeds bytes to h2; each complete request runs on a worker pool shared by all connections
+(edge_agent_grpc_max_workers calls at once), so several calls on one HTTP/2 connection, and
+calls on different models, run in parallel. Writes to a connection take its lock; a worker
+whose reply is held back by HTTP/2 flow control waits on that lock's condition, which the
+reader signals when the peer opens its window. docs/PROTOCOL.md says why h2 and not grpcio
+or grpclib.
 """
 from __future__ import annotations
 
 import logging
 import os
-from concurrent import futures
+import re
+import socket
+import struct
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 
-import grpc
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
+from h2.errors import ErrorCodes
+from h2.settings import SettingCodes
+from hyperframe.frame import GoAwayFrame
 
+from edge_agent.api import BY_GRPC_PATH, Api, Outcome, unknown_method
 from edge_agent.config import AgentConfig
-from edge_agent.errors import AgentError
-from edge_agent.server import restrict_socket_file
-from edge_agent.service import RPCS, AgentService, Caller
+from edge_agent.errors import StatusCode
+from edge_agent.service import AgentService, Caller
+from edge_agent.unix_socket import (accept_until, bind_socket, peer_credentials,
+                                    remove_socket_file, timeval)
 
 log = logging.getLogger(__name__)
 
-SERVICE = "AWS.SageMaker.Edge.Agent"
-# Matches no segment owner or group: only the "other" permission bits apply.
-ANONYMOUS = Caller(pid=-1, uid=-2, gid=-2)
+RECV_BYTES = 256 * 1024
+# Each gRPC message: a compressed flag and a big-endian length, then the protobuf bytes.
+MESSAGE_PREFIX = struct.Struct(">BI")
+# Receive windows: large enough that a message of some MiB streams in without waiting a
+# round trip per 64 KiB (the HTTP/2 default); what is buffered stays bounded by
+# edge_agent_max_frame_bytes per call and the calls a connection may have open.
+STREAM_WINDOW = 4 * 1024 * 1024
+CONNECTION_WINDOW = 16 * 1024 * 1024
+MAX_FRAME = 1024 * 1024  # fewer, larger DATA frames: less Python per byte
+MAX_HEADER_LIST = 16 * 1024
+# A connection over edge_agent_max_connections is answered RESOURCE_EXHAUSTED for this long,
+# by at most MAX_REFUSING threads at once; beyond, it is closed unanswered.
+REFUSAL_SECONDS = 2.0
+MAX_REFUSING = 4
+_TIMEOUT = re.compile(rb"(\d{1,8})([HMSmun])")
+_TIMEOUT_UNIT = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"n": 1e-9}
+_RESPONSE_HEADERS = [(b":status", b"200"), (b"content-type", b"application/grpc"),
+                     (b"grpc-accept-encoding", b"identity")]
 
 
-def _handler(service: AgentService, rpc):
-    call = service.handler(rpc)
+def percent_encode(message: str) -> bytes:
+    """grpc-message as the gRPC spec has it: UTF-8, every byte outside printable ASCII and
+    '%' itself as %XX. Surrounding blanks go (a header value cannot carry them)."""
+    return "".join(chr(b) if 0x20 <= b <= 0x7E and b != 0x25 else f"%{b:02X}"
+                   for b in message.strip().encode("utf-8", "replace")).encode("ascii")
 
-    def handle(request, context):
+
+def parse_timeout(value: bytes) -> float | None:
+    """Seconds of a grpc-timeout header ("100m", "5S"); None when malformed (then ignored)."""
+    match = _TIMEOUT.fullmatch(value)
+    return int(match[1]) * _TIMEOUT_UNIT[match[2]] if match else None
+
+
+class _Call:
+    """One stream: its request message as it arrives, until answered."""
+    __slots__ = ("stream_id", "rpc", "deadline", "data", "length", "answered", "remote_closed",
+                 "started")
+
+    def __init__(self, stream_id: int, rpc, deadline: float | None):
+        self.started = time.monotonic()  # a request still incomplete after the frame timeout goes
+        self.stream_id = stream_id
+        self.rpc = rpc
+        self.deadline = deadline
+        self.data = bytearray()
+        self.length: int | None = None  # the message length, once its prefix arrived
+        self.answered = False  # a reply is on its way or sent: the rest of the stream is ignored
+        self.remote_closed = False
+
+
+class GrpcServer:
+    """Serves gRPC on path until stop(); start() binds and accepts in a thread of its own."""
+
+    def __init__(self, service: AgentService, config: AgentConfig, path: str | None = None):
+        self.api = Api(service)
+        self.config = config
+        self.path = path or config.edge_agent_grpc_socket_path
+        self.workers = ThreadPoolExecutor(config.edge_agent_grpc_max_workers,
+                                          thread_name_prefix="edge-agent-grpc")
+        self._stopping = threading.Event()
+        self._connections: set[GrpcConnection] = set()
+        self._refusing = 0  # connections over the limit being told so
+        self._lock = threading.Lock()
+        self._listener: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> "GrpcServer":
+        self._listener = bind_socket(self.path, self.config)
+        self._inode = os.stat(self.path).st_ino
+        self._thread = threading.Thread(target=self._serve, name="edge-agent-grpc-accept",
+                                        daemon=True)
+        self._thread.start()
+        log.info("gRPC front serving on unix://%s", self.path)
+        return self
+
+    def _serve(self) -> None:
         try:
-            return call(request, ANONYMOUS)
-        except AgentError as e:
-            context.abort(grpc.StatusCode[e.code.name], e.message)
-        except Exception as e:  # a fault of ours: report it, keep serving
-            log.exception("%s failed with an internal error", rpc.name)
-            context.abort(grpc.StatusCode.INTERNAL,
-                          f"internal error in {rpc.name}: {type(e).__name__}: {e}")
+            accept_until(self._listener, self._stopping, self._start_connection)
+        except OSError as e:
+            log.error("the gRPC front stopped accepting: %s", e)
 
-    return grpc.unary_unary_rpc_method_handler(
-        handle, request_deserializer=rpc.request_type.FromString,
-        response_serializer=lambda response: response.SerializeToString())
+    def stop(self, grace: float = 2.0) -> None:
+        """GOAWAY to every client, then up to `grace` seconds for calls in progress to be
+        answered; then the connections close. The socket file is removed first, so no new
+        client arrives meanwhile."""
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join()
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+            remove_socket_file(self.path, self._inode)
+        with self._lock:
+            connections = list(self._connections)
+        for connection in connections:
+            connection.go_away()
+        deadline = time.monotonic() + grace
+        for connection in connections:
+            connection.wait_idle(deadline)
+        for connection in connections:
+            connection.close()
+        self.workers.shutdown(wait=True, cancel_futures=True)
+
+    def _start_connection(self, sock: socket.socket) -> None:
+        limit = self.config.edge_agent_max_connections
+        try:
+            connection = GrpcConnection(self, sock)
+        except OSError as e:  # the client left before we could ask who it is
+            log.debug("gRPC client connection ended at once: %s", e)
+            sock.close()
+            return
+        with self._lock:
+            full = len(self._connections) >= limit
+            if not full:
+                self._connections.add(connection)
+        if full:
+            reason = f"too many clients (edge_agent_max_connections is {limit}); try again later"
+            with self._lock:
+                refusing = self._refusing < MAX_REFUSING
+                self._refusing += refusing
+            if refusing:
+                threading.Thread(target=self._refuse, args=(sock, reason), daemon=True,
+                                 name="edge-agent-grpc-refuse").start()
+            else:
+                sock.close()  # a flood: no thread for each
+            return
+        threading.Thread(target=self._serve_connection, args=(connection,), daemon=True,
+                         name="edge-agent-grpc-conn").start()
+
+    def _refuse(self, sock: socket.socket, reason: str) -> None:
+        try:
+            _refuse(sock, reason)
+        finally:
+            with self._lock:
+                self._refusing -= 1
+
+    def _serve_connection(self, connection: "GrpcConnection") -> None:
+        try:
+            connection.run()
+        except OSError as e:
+            log.debug("gRPC client connection ended: %s", e)
+        except Exception:  # a fault of ours: this connection ends, the agent keeps serving
+            log.exception("a gRPC connection (pid %d) failed with an internal error",
+                          connection.caller.pid)
+        finally:
+            connection.close()
+            with self._lock:
+                self._connections.discard(connection)
 
 
-def start(service: AgentService, config: AgentConfig):
-    """A started grpc.Server on unix://edge_agent_grpc_socket_path; stop it with .stop(grace).
+def _refuse(sock: socket.socket, reason: str) -> None:
+    """Answer the calls of a connection over the limit with RESOURCE_EXHAUSTED and the reason,
+    as the framed socket does, for at most REFUSAL_SECONDS; then GOAWAY and close.
 
-    The socket file gets the same mode and group as the framed socket."""
-    socket_path = config.edge_agent_grpc_socket_path
-    max_message_bytes = config.edge_agent_max_frame_bytes
-    max_workers = config.edge_agent_grpc_max_workers
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="edge-agent-grpc"),
-        options=[("grpc.max_receive_message_length", max_message_bytes),
-                 ("grpc.max_send_message_length", max_message_bytes)])
-    handlers = {name: _handler(service, rpc) for name, rpc in RPCS.items()}
-    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE, handlers)])
-    if os.path.exists(socket_path):
-        os.unlink(socket_path)  # the framed socket's claim already ruled out a live agent
-    if not server.add_insecure_port(f"unix://{socket_path}"):
-        raise RuntimeError(f"cannot bind the gRPC socket {socket_path}")
-    server.start()
-    restrict_socket_file(socket_path, config)
-    log.info("gRPC front serving on unix://%s", socket_path)
-    return server
+    A bare GOAWAY would not do: gRPC clients take one that comes before any call for a
+    transient failure and reconnect at once, again and again, instead of failing the call."""
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(
+        client_side=False, header_encoding=None))
+    conn.initiate_connection()
+    deadline = time.monotonic() + REFUSAL_SECONDS
+    try:
+        sock.sendall(conn.data_to_send())
+        answered = False
+        while not answered and (left := deadline - time.monotonic()) > 0:
+            sock.settimeout(left)
+            data = sock.recv(RECV_BYTES)
+            if not data:
+                break
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.RequestReceived):
+                    conn.send_headers(event.stream_id, _RESPONSE_HEADERS + [
+                        (b"grpc-status", b"%d" % StatusCode.RESOURCE_EXHAUSTED),
+                        (b"grpc-message", percent_encode(reason))], end_stream=True)
+                    answered = True
+            sock.sendall(conn.data_to_send())
+        conn.close_connection()
+        sock.sendall(conn.data_to_send())
+    except (OSError, h2.exceptions.ProtocolError):
+        pass  # it has gone, or spoke no HTTP/2: closing is all that is left
+    finally:
+        sock.close()
+
+
+class GrpcConnection:
+    """One client's HTTP/2 connection: the reader loop, and the replies workers send."""
+
+    def __init__(self, server: GrpcServer, sock: socket.socket):
+        self.server = server
+        self.sock = sock
+        self.caller: Caller = peer_credentials(sock)
+        self.max_message = server.config.edge_agent_max_frame_bytes
+        self.send_timeout = server.config.edge_agent_send_timeout_seconds
+        self.request_timeout = server.config.edge_agent_frame_timeout_seconds
+        self._receive_timeout_armed = False
+        # What we send is ours and well-formed: h2 need not check it again on every call.
+        self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(
+            client_side=False, header_encoding=None, validate_outbound_headers=False,
+            normalize_outbound_headers=False))
+        self._cond = threading.Condition()  # guards h2 and writes to sock
+        self._calls: dict[int, _Call] = {}
+        self._running = 0  # calls handed to a worker, not yet answered
+        self._draining = False
+        self._closed = False
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval(self.send_timeout))
+
+    # --- the reader thread ----------------------------------------------------------------
+
+    def run(self) -> None:
+        max_streams = self.server.config.edge_agent_grpc_max_workers
+        with self._cond:
+            self.h2.initiate_connection()
+            # Take effect when the client acknowledges them, as HTTP/2 has it.
+            self.h2.update_settings({
+                SettingCodes.MAX_CONCURRENT_STREAMS: max_streams,
+                SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
+                SettingCodes.MAX_FRAME_SIZE: MAX_FRAME,
+                SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST,
+            })
+            # Accepted at once, not only once acknowledged: h2 checks a whole received chunk
+            # against the size in force when it began, and the client's acknowledgement and
+            # its first large frame may arrive in one chunk.
+            self.h2.max_inbound_frame_size = MAX_FRAME
+            self.h2.increment_flow_control_window(CONNECTION_WINDOW)
+            self._flush()
+        buffer = bytearray(RECV_BYTES)
+        while True:
+            try:
+                n = self.sock.recv_into(buffer)
+            except BlockingIOError:  # SO_RCVTIMEO: nothing came while a request was incomplete
+                n = None
+            if n is None or self._request_stalled():
+                log.info("closing a gRPC connection (pid %d): a request was not completed within "
+                         "%g s (edge_agent_frame_timeout_seconds)", self.caller.pid,
+                         self.request_timeout)
+                return
+            if not n:
+                return
+            with self._cond:
+                try:
+                    events = self.h2.receive_data(bytes(memoryview(buffer)[:n]))
+                except h2.exceptions.ProtocolError as e:
+                    log.info("closing a gRPC connection (pid %d): HTTP/2 protocol error: %s",
+                             self.caller.pid, e)
+                    self._flush()  # h2 has queued a GOAWAY that says why
+                    return
+                for event in events:
+                    self._on_event(event)
+                self._flush()
+                self._cond.notify_all()  # a WINDOW_UPDATE may free a waiting reply
+                self._arm_receive_timeout(any(not c.answered for c in self._calls.values()))
+            if any(isinstance(e, h2.events.ConnectionTerminated) for e in events):
+                return
+
+    def _arm_receive_timeout(self, incomplete: bool) -> None:
+        """As on the framed socket: the kernel bounds the wait for the rest of a request
+        (SO_RCVTIMEO), armed only while one is incomplete, so an idle connection costs nothing."""
+        if incomplete != self._receive_timeout_armed:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
+                                 timeval(self.request_timeout if incomplete else 0))
+            self._receive_timeout_armed = incomplete
+
+    def _request_stalled(self) -> bool:
+        """A request trickling in for longer than the frame timeout (bytes keep coming, so
+        SO_RCVTIMEO never fires) is given up too."""
+        limit = time.monotonic() - self.request_timeout
+        with self._cond:
+            return any(not c.answered and c.started < limit for c in self._calls.values())
+
+    def _on_event(self, event) -> None:
+        if isinstance(event, h2.events.RequestReceived):
+            self._on_request(event.stream_id, dict(event.headers))
+        elif isinstance(event, h2.events.DataReceived):
+            # Acknowledged at once, whether kept or ignored: what is kept is bounded by
+            # the message limit, and an ignored stream must not stall the connection.
+            self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            call = self._calls.get(event.stream_id)
+            if call is not None and not call.answered:
+                self._on_data(call, event.data)
+        elif isinstance(event, h2.events.StreamEnded):  # also after the DATA that ended it
+            self._on_end(event.stream_id)
+        elif isinstance(event, h2.events.StreamReset):
+            self._calls.pop(event.stream_id, None)  # a worker's reply to it is dropped
+
+    def _on_request(self, stream_id: int, headers: dict) -> None:
+        if self._draining:
+            self.h2.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
+            return
+        path = headers.get(b":path", b"").decode("utf-8", "replace")
+        timeout = parse_timeout(headers.get(b"grpc-timeout", b""))
+        call = _Call(stream_id, BY_GRPC_PATH.get(path),
+                     None if timeout is None else time.monotonic() + timeout)
+        self._calls[stream_id] = call
+        content_type = headers.get(b"content-type", b"")
+        if headers.get(b":method") != b"POST" or not content_type.startswith(b"application/grpc"):
+            self._answer_now(call, Outcome(
+                StatusCode.INVALID_ARGUMENT, "not a gRPC request: expected POST with content-type "
+                f"application/grpc, got {headers.get(b':method', b'?').decode('latin-1')} "
+                f"{content_type.decode('latin-1') or 'without a content-type'}"))
+        elif call.rpc is None:
+            self._answer_now(call, unknown_method(path))
+
+    def _on_data(self, call: _Call, data: bytes) -> None:
+        call.data += data
+        if call.length is None and len(call.data) >= MESSAGE_PREFIX.size:
+            compressed, call.length = MESSAGE_PREFIX.unpack_from(call.data)
+            if compressed:
+                self._answer_now(call, Outcome(
+                    StatusCode.UNIMPLEMENTED, "compressed messages are not supported: this "
+                    "agent accepts identity encoding only (grpc-accept-encoding: identity)"))
+            elif call.length > self.max_message:
+                # Refused on its prefix: nothing of the message is kept.
+                self._answer_now(call, Outcome(
+                    StatusCode.RESOURCE_EXHAUSTED, f"message of {call.length} bytes exceeds the "
+                    f"limit of {self.max_message} bytes"))
+        if (not call.answered and call.length is not None
+                and len(call.data) > MESSAGE_PREFIX.size + call.length):
+            self._answer_now(call, _not_one_message(call))
+
+    def _on_end(self, stream_id: int) -> None:
+        call = self._calls.get(stream_id)
+        if call is None:
+            return
+        call.remote_closed = True
+        if call.answered:
+            return
+        if call.length is None or len(call.data) != MESSAGE_PREFIX.size + call.length:
+            self._answer_now(call, _not_one_message(call))
+            return
+        call.answered = True
+        body = bytes(memoryview(call.data)[MESSAGE_PREFIX.size:])
+        call.data = bytearray()
+        self._running += 1
+        try:
+            self.server.workers.submit(self._serve_call, call, body)
+        except RuntimeError:  # the pool is shut down: the agent is stopping
+            self._running -= 1
+            self._send_reply(call, Outcome(StatusCode.UNAVAILABLE, "the agent is stopping"))
+
+    def _answer_now(self, call: _Call, outcome: Outcome) -> None:
+        """Answer on the reader thread (the request is refused before it runs)."""
+        call.answered = True
+        call.data = bytearray()
+        self._send_reply(call, outcome)
+
+    # --- workers --------------------------------------------------------------------------
+
+    def _serve_call(self, call: _Call, body: bytes) -> None:
+        try:
+            if call.deadline is not None and time.monotonic() > call.deadline:
+                outcome = Outcome(StatusCode.DEADLINE_EXCEEDED,
+                                  "the call's deadline passed before it could start")
+            else:
+                outcome = self.server.api.invoke(call.rpc, body, self.caller)
+            with self._cond:
+                self._send_reply(call, outcome)
+        except OSError as e:
+            log.debug("gRPC client went away before its reply: %s", e)
+            self._shutdown_socket()
+        finally:
+            with self._cond:
+                self._running -= 1
+                self._cond.notify_all()
+
+    def _send_reply(self, call: _Call, outcome: Outcome) -> None:
+        """Headers, the message and trailers, or trailers only for a failure. Holds the
+        condition's lock; waits on it while flow control holds the message back."""
+        if self._calls.get(call.stream_id) is not call or self._closed:
+            return  # reset by the client, or the connection is gone
+        stream_id = call.stream_id
+        try:
+            if outcome.code != StatusCode.OK:
+                self.h2.send_headers(stream_id, _RESPONSE_HEADERS + [
+                    (b"grpc-status", b"%d" % outcome.code),
+                    (b"grpc-message", percent_encode(outcome.reply))], end_stream=True)
+            else:
+                self.h2.send_headers(stream_id, _RESPONSE_HEADERS)
+                self._send_message(call, outcome.reply)
+                self.h2.send_headers(stream_id, [(b"grpc-status", b"0")], end_stream=True)
+            if not call.remote_closed:
+                # Answered before the request ended (refused early): the rest is not wanted.
+                self.h2.reset_stream(stream_id, ErrorCodes.NO_ERROR)
+        except (h2.exceptions.StreamClosedError, _Abandoned):
+            pass  # the client reset the stream or left: nobody is waiting for this reply
+        finally:
+            self._calls.pop(stream_id, None)
+            self._flush()
+
+    def _send_message(self, call: _Call, message: bytes) -> None:
+        data = memoryview(MESSAGE_PREFIX.pack(0, len(message)) + message)
+        deadline = None
+        while data:
+            room = min(self.h2.local_flow_control_window(call.stream_id),
+                       self.h2.max_outbound_frame_size, len(data))
+            if room > 0:
+                self.h2.send_data(call.stream_id, data[:room].tobytes())
+                data = data[room:]
+                deadline = None
+                continue
+            self._flush()
+            now = time.monotonic()
+            deadline = deadline or now + self.send_timeout
+            if now >= deadline:
+                log.info("closing a gRPC connection (pid %d): the client has not read its reply "
+                         "for %g s", self.caller.pid, self.send_timeout)
+                self._shutdown_socket()
+                raise _Abandoned()
+            self._cond.wait(deadline - now)
+            if self._closed or self._calls.get(call.stream_id) is not call:
+                raise _Abandoned()
+
+    # --- both -----------------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        data = self.h2.data_to_send()
+        if data and not self._closed:
+            self.sock.sendall(data)
+
+    def go_away(self) -> None:
+        """Tell the client to open no more calls; the ones it has open still get answers.
+        h2 would refuse to send on open streams after its own close_connection(), so the
+        GOAWAY frame is written directly."""
+        with self._cond:
+            if self._closed:
+                return
+            self._draining = True
+            frame = GoAwayFrame(0, last_stream_id=self.h2.highest_inbound_stream_id,
+                                error_code=ErrorCodes.NO_ERROR)
+            try:
+                self._flush()
+                self.sock.sendall(frame.serialize())
+            except OSError:
+                pass
+
+    def wait_idle(self, deadline: float) -> None:
+        with self._cond:
+            while self._running and not self._closed:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                self._cond.wait(left)
+
+    def _shutdown_socket(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the reader thread
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+            self._cond.notify_all()
+        self._shutdown_socket()
+        self.sock.close()
+
+
+class _Abandoned(Exception):
+    """A reply nobody will read: its stream or connection went away while it waited."""
+
+
+def _not_one_message(call: _Call) -> Outcome:
+    return Outcome(StatusCode.INVALID_ARGUMENT,
+                   f"malformed {call.rpc.name} request: a unary call carries exactly one "
+                   "gRPC message")
+
+
+def start(service: AgentService, config: AgentConfig, path: str | None = None) -> GrpcServer:
+    """A started GrpcServer on path (default: edge_agent_grpc_socket_path); stop it with
+    .stop(grace). The socket file gets the same mode and group as the framed socket."""
+    return GrpcServer(service, config, path).start()

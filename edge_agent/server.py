@@ -9,150 +9,34 @@ stays open.
 """
 from __future__ import annotations
 
-import errno
-import grp
 import logging
 import os
 import socket
-import stat
-import struct
 import threading
 import time
 
-from google.protobuf.message import DecodeError
-
+from edge_agent.api import BY_METHOD, Api, unknown_method
 from edge_agent.config import AgentConfig
-from edge_agent.errors import AgentError, StatusCode
-from edge_agent.protocol import (FrameDecoder, FramingError, Kind, Method, encode_error,
-                                 encode_reply)
-from edge_agent.service import RPCS, AgentService, Caller
+from edge_agent.errors import StatusCode
+from edge_agent.protocol import FrameDecoder, FramingError, Kind, encode_error, encode_reply
+from edge_agent.service import AgentService, Caller
 from edge_agent.sockets import receive
+from edge_agent.unix_socket import (ServerError, accept_until, bind_socket, peer_credentials,
+                                    remove_socket_file)
+from edge_agent.unix_socket import send_quietly as _send_quietly
+from edge_agent.unix_socket import timeval as _timeval
 
 log = logging.getLogger(__name__)
 
-RPC_BY_METHOD = {
-    Method.PREDICT: RPCS["Predict"],
-    Method.LOAD_MODEL: RPCS["LoadModel"],
-    Method.UNLOAD_MODEL: RPCS["UnLoadModel"],
-    Method.LIST_MODELS: RPCS["ListModels"],
-    Method.DESCRIBE_MODEL: RPCS["DescribeModel"],
-    Method.CAPTURE_DATA: RPCS["CaptureData"],
-    Method.GET_CAPTURE_DATA_STATUS: RPCS["GetCaptureDataStatus"],
-}
-
 RECV_BYTES = 256 * 1024
-# How often the blocked accept() looks up to notice a shutdown.
-POLL_SECONDS = 0.5
-_PEERCRED = struct.Struct("3i")
-SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux's value; Python may lack it
-_PEERGROUPS_BYTES = 1024  # the most CPython's getsockopt takes: 256 gids
-_TIMEVAL = struct.Struct("ll")
 
-
-class ServerError(RuntimeError):
-    """The server cannot start; the message says why."""
-
-
-def peer_credentials(sock: socket.socket) -> Caller:
-    """The peer's pid, uid, gid and supplementary groups, as they were when it connected.
-
-    Read once per connection: the shared-memory permission check then needs no file read
-    per call, and a pid reused later cannot lend its groups to this connection."""
-    pid, uid, gid = _PEERCRED.unpack(
-        sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
-    return Caller(pid, uid, gid, _peer_groups(sock, pid))
-
-
-def _peer_groups(sock: socket.socket, pid: int) -> frozenset[int]:
-    """SO_PEERGROUPS (Linux 4.13+), or the Groups: line of /proc/<pid>/status where the
-    kernel lacks it or the peer has more groups than getsockopt's 1024-byte buffer holds."""
-    try:
-        raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, _PEERGROUPS_BYTES)
-        return frozenset(struct.unpack(f"{len(raw) // 4}I", raw[:len(raw) // 4 * 4]))
-    except OSError:
-        pass
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("Groups:"):
-                    return frozenset(int(g) for g in line.split()[1:])
-    except (OSError, ValueError):
-        pass
-    return frozenset()  # unknown: the caller is credited with its primary gid only
-
-
-def _claim_socket_path(path: str) -> None:
-    """Remove a stale socket file at path; refuse if an agent answers there or it is no socket."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(st.st_mode):
-        raise ServerError(f"{path} exists and is not a socket; refusing to replace it")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    probe.settimeout(1.0)
-    try:
-        probe.connect(path)
-    except (ConnectionRefusedError, FileNotFoundError):
-        os.unlink(path)  # nobody listens: a leftover of an agent that died
-        return
-    except OSError as e:
-        raise ServerError(f"cannot tell whether an agent serves on {path}: {e}") from None
-    finally:
-        probe.close()
-    raise ServerError(f"another agent is already serving on {path}")
-
-
-def _group_id(group: str) -> int:
-    if group.isdigit():
-        return int(group)
-    try:
-        return grp.getgrnam(group).gr_gid
-    except KeyError:
-        raise ServerError(f"edge_agent_socket_group: no group named {group!r}") from None
-
-
-def restrict_socket_file(path: str, config: AgentConfig) -> None:
-    """Give a socket file the configured mode and group (who may connect)."""
-    os.chmod(path, config.socket_mode)
-    if config.edge_agent_socket_group:
-        os.chown(path, -1, _group_id(config.edge_agent_socket_group))
-
-
-def bind_socket(config: AgentConfig) -> socket.socket:
-    """A listening socket at the configured path, with the configured mode and group."""
-    path = config.edge_agent_socket_path
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    _claim_socket_path(path)
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    # bind() creates the file; the umask makes it born with the configured mode, no window.
-    old_umask = os.umask(0o777 & ~config.socket_mode)
-    try:
-        listener.bind(path)
-    except OSError as e:
-        listener.close()
-        raise ServerError(f"cannot bind {path}: {e.strerror}") from None
-    finally:
-        os.umask(old_umask)
-    try:
-        restrict_socket_file(path, config)
-    except (OSError, ServerError):
-        listener.close()
-        os.unlink(path)
-        raise
-    listener.listen(128)
-    return listener
-
-
-def _timeval(seconds: float) -> bytes:
-    whole = int(seconds)
-    return _TIMEVAL.pack(whole, int((seconds - whole) * 1e6))
+__all__ = ["ServerError", "SocketServer", "Connection", "peer_credentials"]
 
 
 class SocketServer:
     def __init__(self, service: AgentService, config: AgentConfig):
         self.service = service
+        self.api = Api(service)
         self.config = config
         self.path = config.edge_agent_socket_path
         self._listener: socket.socket | None = None
@@ -161,8 +45,7 @@ class SocketServer:
         self._lock = threading.Lock()
 
     def bind(self) -> None:
-        self._listener = bind_socket(self.config)
-        self._listener.settimeout(POLL_SECONDS)
+        self._listener = bind_socket(self.path, self.config)
         self._inode = os.stat(self.path).st_ino
 
     def serve_forever(self) -> None:
@@ -170,20 +53,7 @@ class SocketServer:
             self.bind()
         log.info("serving on %s", self.path)
         try:
-            while not self._stopping.is_set():
-                try:
-                    conn, _ = self._listener.accept()
-                except socket.timeout:
-                    continue
-                except OSError as e:
-                    if self._stopping.is_set():
-                        break
-                    if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                        log.error("cannot accept a client: %s", e)
-                        time.sleep(POLL_SECONDS)
-                        continue
-                    raise
-                self._start_connection(conn)
+            accept_until(self._listener, self._stopping, self._start_connection)
         finally:
             self._close_listener()
             self._wake_connections()
@@ -204,15 +74,9 @@ class SocketServer:
         if self._listener is not None:
             self._listener.close()
             self._listener = None
-            try:
-                # Only our own socket file: another agent may have replaced it since.
-                if os.stat(self.path).st_ino == self._inode:
-                    os.unlink(self.path)
-            except FileNotFoundError:
-                pass
+            remove_socket_file(self.path, self._inode)
 
     def _start_connection(self, conn: socket.socket) -> None:
-        conn.settimeout(None)  # accepted sockets inherit the listener's poll timeout
         limit = self.config.edge_agent_max_connections
         with self._lock:
             full = len(self._connections) >= limit
@@ -239,26 +103,11 @@ class SocketServer:
 
     def dispatch(self, method: int, request_id: int, body: bytes, caller: Caller) -> bytes:
         """One request frame's body in, one reply frame out; never raises for a bad request."""
-        rpc = RPC_BY_METHOD.get(method)
-        if rpc is None:
-            return encode_error(StatusCode.UNIMPLEMENTED, request_id,
-                                f"unknown method {method}", method)
-        try:
-            request = rpc.request_type.FromString(body)
-        except DecodeError:
-            return encode_error(StatusCode.INVALID_ARGUMENT, request_id,
-                                f"malformed {rpc.name} request: the body is not a "
-                                f"{rpc.request_type.__name__} message", method)
-        try:
-            response = self.service.handler(rpc)(request, caller)
-        except AgentError as e:
-            log.debug("%s failed: %s", rpc.name, e)
-            return encode_error(e.code, request_id, e.message, method)
-        except Exception as e:  # a fault of ours: report it, keep serving
-            log.exception("%s failed with an internal error", rpc.name)
-            return encode_error(StatusCode.INTERNAL, request_id,
-                                f"internal error in {rpc.name}: {type(e).__name__}: {e}", method)
-        return encode_reply(method, request_id, response.SerializeToString())
+        rpc = BY_METHOD.get(method)
+        code, reply = unknown_method(method) if rpc is None else self.api.invoke(rpc, body, caller)
+        if code != StatusCode.OK:
+            return encode_error(code, request_id, reply, method)
+        return encode_reply(method, request_id, reply)
 
 
 class Connection:
@@ -331,12 +180,3 @@ class Connection:
 
     def _fail(self, code: int, message: str, request_id: int = 0) -> None:
         _send_quietly(self.conn, encode_error(code, request_id, message))
-
-
-def _send_quietly(conn: socket.socket, data: bytes) -> None:
-    """Best effort: the peer may already be gone."""
-    try:
-        conn.settimeout(1.0)
-        conn.sendall(data)
-    except OSError:
-        pass

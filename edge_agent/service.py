@@ -2,7 +2,8 @@
 
 Each RPC is a method taking the protobuf request and the Caller and returning the protobuf
 response, or raising AgentError with the status code the API gives for that failure. The
-framed socket server and the gRPC front are thin adapters over one AgentService.
+framed socket server and the gRPC front are thin adapters over one AgentService, through
+the RPC table of edge_agent.api.
 """
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ import re
 import stat
 import threading
 from dataclasses import dataclass
-from typing import Callable, NamedTuple
 
 from edge_agent import agent_pb2 as pb
 from edge_agent import accelerators, caller_paths, delegates
@@ -44,23 +44,6 @@ class Caller:
 
 
 IN_PROCESS = Caller(os.getpid(), os.getuid(), os.getgid(), frozenset(os.getgroups()))
-
-
-class Rpc(NamedTuple):
-    name: str
-    request_type: type
-    handler: str  # AgentService method name
-
-
-RPCS: dict[str, Rpc] = {r.name: r for r in (
-    Rpc("Predict", pb.PredictRequest, "predict"),
-    Rpc("LoadModel", pb.LoadModelRequest, "load_model"),
-    Rpc("UnLoadModel", pb.UnLoadModelRequest, "unload_model"),
-    Rpc("ListModels", pb.ListModelsRequest, "list_models"),
-    Rpc("DescribeModel", pb.DescribeModelRequest, "describe_model"),
-    Rpc("CaptureData", pb.CaptureDataRequest, "capture_data"),
-    Rpc("GetCaptureDataStatus", pb.GetCaptureDataStatusRequest, "get_capture_data_status"),
-)}
 
 
 def check_model_name(name: str) -> None:
@@ -331,9 +314,6 @@ class AgentService:
         with self._lock:
             loaded = ", ".join(sorted(self._models)) or "none"
         return not_found(f"no model named '{name}' is loaded (loaded: {loaded})")
-
-    def handler(self, rpc: Rpc) -> Callable:
-        return getattr(self, rpc.handler)
 
     def close(self) -> None:
         self.capture.close()  # delivers what it can within edge_agent_capture_flush_seconds

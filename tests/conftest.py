@@ -43,10 +43,7 @@ class AgentProcess:
 
     def start(self, timeout: float = 20.0) -> "AgentProcess":
         log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "edge_agent", "serve", "--config", str(self.config_path),
-             *self.args],
-            stdout=log, stderr=log, cwd=self.workdir)
+        self.process = subprocess.Popen(self.command(), stdout=log, stderr=log, cwd=self.workdir)
         deadline = time.monotonic() + timeout
         while True:
             if self.process.poll() is not None:
@@ -59,6 +56,11 @@ class AgentProcess:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"agent did not start:\n{self.log()}")
                 time.sleep(0.05)
+
+    def command(self) -> list[str]:
+        """What starts the agent (a subclass may start it another way: as another user...)."""
+        return [sys.executable, "-m", "edge_agent", "serve", "--config", str(self.config_path),
+                *self.args]
 
     def client(self, **kwargs) -> AgentClient:
         return AgentClient(self.socket_path, **kwargs)
@@ -108,6 +110,16 @@ def start_agent(tmp_path):
 def agent(start_agent) -> AgentProcess:
     """A running agent that accepts unsigned models, with the embedded defaults otherwise."""
     return start_agent()
+
+
+@pytest.fixture(scope="session")
+def recording_delegate(tmp_path_factory) -> str:
+    """tests/delegate/recording_delegate.c built as a shared library, as a vendor's delegate
+    is shipped (the delegate tests, and the parallelism tests that use its barrier)."""
+    library = tmp_path_factory.mktemp("delegate") / "librecording_delegate.so"
+    subprocess.run(["cc", "-shared", "-fPIC", "-O2", "-Wall", "-Werror", "-o", str(library),
+                    str(ROOT / "tests" / "delegate" / "recording_delegate.c")], check=True)
+    return str(library)
 
 
 @pytest.fixture(scope="session")

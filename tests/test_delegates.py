@@ -15,17 +15,7 @@ from edge_agent.errors import AgentError, StatusCode
 from edge_agent.service import AgentService
 from edge_agent.tensors import add_array
 
-SOURCE = Path(__file__).resolve().parent / "delegate" / "recording_delegate.c"
 NO_SUCH_LIBRARY = "/nonexistent/libno-such-delegate.so"
-
-
-@pytest.fixture(scope="session")
-def recording_delegate(tmp_path_factory) -> str:
-    """The test delegate built as a shared library, as a vendor's delegate is shipped."""
-    library = tmp_path_factory.mktemp("delegate") / "librecording_delegate.so"
-    subprocess.run(["cc", "-shared", "-fPIC", "-O2", "-Wall", "-Werror", "-o", str(library),
-                    str(SOURCE)], check=True)
-    return str(library)
 
 
 @pytest.fixture
@@ -260,3 +250,32 @@ def test_wrong_delegate_settings_name_the_key(settings, message):
 def test_options_are_strings():
     cfg = config.from_mapping({"edge_agent_delegate_options": {"n": 2, "on": True, "s": "x"}})
     assert cfg.edge_agent_delegate_options == {"n": "2", "on": "true", "s": "x"}
+
+
+def test_the_rendezvous_barrier_passes_two_invokes_together_and_fails_one_alone(
+        recording_delegate):
+    """The control for the parallelism tests that use `rendezvous`: the delegate really runs
+    the ADD (the right sums come out of its kernel), and an invoke that is alone at the
+    barrier fails instead of passing."""
+    from concurrency import run_concurrently
+
+    from edge_agent.runtime import interpreter_module
+
+    runtime = interpreter_module()
+    built = model_builder.add_model()
+    delegate = runtime.load_delegate(recording_delegate,
+                                     {"rendezvous": "2", "rendezvous_seconds": "1"})
+    interpreters = [runtime.Interpreter(model_content=built.content,
+                                        experimental_delegates=[delegate]) for _ in range(2)]
+    for interpreter in interpreters:
+        interpreter.allocate_tensors()
+    with pytest.raises(RuntimeError, match="recording_rendezvous_add"):
+        interpreters[0].invoke()  # alone: nobody comes to the barrier
+    inputs = [built.sample_inputs(seed=seed) for seed in range(2)]
+    for interpreter, feed in zip(interpreters, inputs):
+        for detail in interpreter.get_input_details():
+            interpreter.set_tensor(detail["index"], feed[detail["name"]])
+    run_concurrently(*(interpreter.invoke for interpreter in interpreters))
+    for interpreter, feed in zip(interpreters, inputs):
+        out = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+        np.testing.assert_allclose(out, built.reference(feed)["sum"], rtol=1e-6)

@@ -16,9 +16,8 @@ from fifo_helpers import fifo, returns
 
 from edge_agent import _shm
 from edge_agent import agent_pb2 as pb
-from edge_agent import server, shm
+from edge_agent import shm, unix_socket
 from edge_agent.errors import AgentError, StatusCode
-from edge_agent.grpc_front import ANONYMOUS
 from edge_agent.service import IN_PROCESS, Caller
 from edge_agent.shm_client import PosixSegment, SysVSegment
 
@@ -180,11 +179,12 @@ def test_supplementary_groups_are_the_callers_never_read_from_proc(process_in_gr
     assert IN_PROCESS.groups == frozenset(os.getgroups())
 
 
-def test_the_anonymous_grpc_caller_matches_no_owner_or_group():
-    assert ANONYMOUS.groups == frozenset()
+def test_a_caller_matching_no_owner_or_group_gets_the_other_bits():
+    stranger = Caller(pid=-1, uid=-2, gid=-2)
+    assert stranger.groups == frozenset()
     for st in (_stat(0o660, uid=2**32 - 2, gid=2**32 - 2), _stat(0o060, gid=0)):
-        assert not shm.may_access(ANONYMOUS, st, shm.READ)
-    assert shm.may_access(ANONYMOUS, _stat(0o604), shm.READ)  # others may: so may it
+        assert not shm.may_access(stranger, st, shm.READ)
+    assert shm.may_access(stranger, _stat(0o604), shm.READ)  # others may: so may it
 
 
 def _peer_of_a_child_in_groups(tmp_path, groups) -> tuple[Caller, int]:
@@ -200,7 +200,7 @@ def _peer_of_a_child_in_groups(tmp_path, groups) -> tuple[Caller, int]:
     try:
         conn, _ = listener.accept()
         with conn:
-            return server.peer_credentials(conn), child.pid
+            return unix_socket.peer_credentials(conn), child.pid
     finally:
         child.stdin.close()  # the child exits
         child.wait()
@@ -214,7 +214,7 @@ def test_peer_credentials_carry_the_groups_read_at_accept(tmp_path):
 
 
 def test_peer_groups_fall_back_to_proc_without_so_peergroups(tmp_path, monkeypatch):
-    monkeypatch.setattr(server, "SO_PEERGROUPS", -1)  # as on a kernel before 4.13: ENOPROTOOPT
+    monkeypatch.setattr(unix_socket, "SO_PEERGROUPS", -1)  # as on a kernel before 4.13: ENOPROTOOPT
     caller, _ = _peer_of_a_child_in_groups(tmp_path, [GROUP])
     assert caller.groups == {GROUP}
 

@@ -1,0 +1,99 @@
+"""The one RPC table of service Agent, and the one place where a call's failure becomes a
+status code and a message.
+
+Both fronts (the framed socket, edge_agent.server; gRPC, edge_agent.grpc_front) and the
+client (edge_agent.client) are built from RPCS: a new RPC is one row here and one method
+of AgentService. A leaf module: it knows the protobuf types and the errors, not the service
+(bound by Api) nor any transport.
+"""
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Callable, NamedTuple
+
+from google.protobuf.message import DecodeError
+
+from edge_agent import agent_pb2 as pb
+from edge_agent.errors import AgentError, StatusCode
+from edge_agent.protocol import Method
+
+if TYPE_CHECKING:
+    from edge_agent.service import AgentService, Caller
+
+log = logging.getLogger(__name__)
+
+# The gRPC service name of agent.proto (package AWS.SageMaker.Edge, service Agent).
+GRPC_SERVICE = "AWS.SageMaker.Edge.Agent"
+
+
+class Rpc(NamedTuple):
+    method: Method  # its number on the framed socket
+    name: str  # its name in agent.proto and on gRPC (/AWS.SageMaker.Edge.Agent/<name>)
+    request_type: type
+    response_type: type
+    handler: str  # the AgentService method that serves it
+
+    @property
+    def grpc_path(self) -> str:
+        return f"/{GRPC_SERVICE}/{self.name}"
+
+
+RPCS: tuple[Rpc, ...] = (
+    Rpc(Method.PREDICT, "Predict", pb.PredictRequest, pb.PredictResponse, "predict"),
+    Rpc(Method.LOAD_MODEL, "LoadModel", pb.LoadModelRequest, pb.LoadModelResponse, "load_model"),
+    Rpc(Method.UNLOAD_MODEL, "UnLoadModel", pb.UnLoadModelRequest, pb.UnLoadModelResponse,
+        "unload_model"),
+    Rpc(Method.LIST_MODELS, "ListModels", pb.ListModelsRequest, pb.ListModelsResponse,
+        "list_models"),
+    Rpc(Method.DESCRIBE_MODEL, "DescribeModel", pb.DescribeModelRequest,
+        pb.DescribeModelResponse, "describe_model"),
+    Rpc(Method.CAPTURE_DATA, "CaptureData", pb.CaptureDataRequest, pb.CaptureDataResponse,
+        "capture_data"),
+    Rpc(Method.GET_CAPTURE_DATA_STATUS, "GetCaptureDataStatus", pb.GetCaptureDataStatusRequest,
+        pb.GetCaptureDataStatusResponse, "get_capture_data_status"),
+)
+BY_METHOD: dict[int, Rpc] = {rpc.method: rpc for rpc in RPCS}
+BY_GRPC_PATH: dict[str, Rpc] = {rpc.grpc_path: rpc for rpc in RPCS}
+
+
+class Outcome(NamedTuple):
+    """A call's result: OK and the serialized response, or a failure code and its message."""
+    code: StatusCode
+    reply: bytes | str  # the serialized response when OK, else the error message
+
+
+class Api:
+    """The RPCs bound to one AgentService: handlers looked up once, not per call."""
+
+    def __init__(self, service: "AgentService"):
+        self._handlers: dict[int, Callable] = {
+            rpc.method: getattr(service, rpc.handler) for rpc in RPCS}
+
+    def invoke(self, rpc: Rpc, body: bytes, caller: "Caller") -> Outcome:
+        """Decode, serve, encode; never raises for a bad request or a failed call.
+
+        A failed call is logged here, so it is logged the same way whichever front it came
+        through."""
+        try:
+            request = rpc.request_type.FromString(body)
+        except DecodeError:
+            log.debug("%s failed: malformed request from pid %d", rpc.name, caller.pid)
+            return Outcome(
+                StatusCode.INVALID_ARGUMENT,
+                f"malformed {rpc.name} request: the body is not a "
+                f"{rpc.request_type.__name__} message")
+        try:
+            response = self._handlers[rpc.method](request, caller)
+        except AgentError as e:
+            log.debug("%s failed: %s", rpc.name, e)
+            return Outcome(e.code, e.message)
+        except Exception as e:  # a fault of ours: report it, keep serving
+            log.exception("%s failed with an internal error", rpc.name)
+            return Outcome(StatusCode.INTERNAL,
+                           f"internal error in {rpc.name}: {type(e).__name__}: {e}")
+        return Outcome(StatusCode.OK, response.SerializeToString())
+
+
+def unknown_method(method: object) -> Outcome:
+    """The reply to a method this agent does not serve (a newer client's, or a typo)."""
+    return Outcome(StatusCode.UNIMPLEMENTED, f"unknown method {method}")

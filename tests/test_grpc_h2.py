@@ -1,0 +1,344 @@
+"""The gRPC front as a hostile or unusual HTTP/2 client sees it: requests written frame by
+frame with h2's client side over the agent's real socket, and the helpers on their own."""
+from __future__ import annotations
+
+import os
+import random
+import socket
+import struct
+import threading
+
+import h2.config
+import h2.connection
+import h2.events
+import pytest
+
+from edge_agent import agent_pb2 as pb
+from edge_agent.api import GRPC_SERVICE
+from edge_agent.grpc_front import parse_timeout, percent_encode
+
+PATH = f"/{GRPC_SERVICE}/ListModels".encode()
+
+
+def headers(path: bytes = PATH, **extra) -> list[tuple[bytes, bytes]]:
+    base = {b":method": b"POST", b":scheme": b"http", b":path": path, b":authority": b"agent",
+            b"content-type": b"application/grpc", b"te": b"trailers"}
+    base.update({k.replace("_", "-").encode(): v for k, v in extra.items()})
+    return list(base.items())
+
+
+def message(body: bytes, compressed: int = 0) -> bytes:
+    return struct.pack(">BI", compressed, len(body)) + body
+
+
+class RawClient:
+    """One HTTP/2 connection, written by hand."""
+
+    def __init__(self, path: str):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(30)
+        self.sock.connect(path)
+        self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(
+            client_side=True, header_encoding=None))
+        self.h2.initiate_connection()
+        self.flush()
+        self.replies: dict[int, dict] = {}
+        self.goaway = None  # the ConnectionTerminated event, once the agent sent GOAWAY
+
+    def flush(self) -> None:
+        self.sock.sendall(self.h2.data_to_send())
+
+    def call(self, header_list, *chunks: bytes, end: bool = True) -> int:
+        stream_id = self.h2.get_next_available_stream_id()
+        self.h2.send_headers(stream_id, header_list, end_stream=not chunks and end)
+        for i, chunk in enumerate(chunks):
+            self.h2.send_data(stream_id, chunk, end_stream=end and i == len(chunks) - 1)
+        self.flush()
+        return stream_id
+
+    def reply(self, stream_id: int) -> dict:
+        """headers, data and trailers of one stream, once it ended (or was reset)."""
+        while stream_id not in self.replies or not self.replies[stream_id].get("done"):
+            self.receive()
+        return self.replies[stream_id]
+
+    def receive(self) -> None:
+        data = self.sock.recv(65536)
+        if not data:
+            raise ConnectionError("the agent closed the connection")
+        for event in self.h2.receive_data(data):
+            entry = self.replies.setdefault(getattr(event, "stream_id", 0), {
+                "headers": {}, "data": b"", "trailers": {}})
+            if isinstance(event, h2.events.ResponseReceived):
+                entry["headers"] = dict(event.headers)
+            elif isinstance(event, h2.events.TrailersReceived):
+                entry["trailers"] = dict(event.headers)
+            elif isinstance(event, h2.events.DataReceived):
+                entry["data"] += event.data
+                self.h2.acknowledge_received_data(event.flow_controlled_length,
+                                                  event.stream_id)
+            elif isinstance(event, (h2.events.StreamEnded, h2.events.StreamReset)):
+                entry["done"] = True
+            elif isinstance(event, h2.events.ConnectionTerminated):
+                self.goaway = event
+        self.flush()
+
+    def status(self, stream_id: int) -> tuple[int, str]:
+        reply = self.reply(stream_id)
+        fields = {**reply["headers"], **reply["trailers"]}
+        return int(fields[b"grpc-status"]), fields.get(b"grpc-message", b"").decode()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture(scope="module")
+def grpc_path(tmp_path_factory):
+    from conftest import AgentProcess
+
+    workdir = tmp_path_factory.mktemp("h2-agent")
+    path = str(workdir / "grpc.sock")
+    agent = AgentProcess(workdir, {"edge_agent_grpc_socket_path": path,
+                                   "edge_agent_max_frame_bytes": 65536}).start()
+    yield path
+    assert agent.alive(), agent.log()
+    agent.stop()
+
+
+@pytest.fixture
+def client(grpc_path):
+    c = RawClient(grpc_path)
+    yield c
+    c.close()
+
+
+def test_a_message_in_many_small_frames(client):
+    body = message(pb.ListModelsRequest().SerializeToString())
+    stream = client.call(headers(), *[bytes([b]) for b in body])
+    assert client.status(stream) == (0, "")
+    assert client.reply(stream)["data"] == message(b"")
+
+
+def test_what_is_not_one_message_is_invalid(client):
+    cases = {
+        "nothing": client.call(headers()),
+        "a prefix cut short": client.call(headers(), b"\x00\x00"),
+        "a body cut short": client.call(headers(), struct.pack(">BI", 0, 10) + b"abc"),
+        "two messages": client.call(headers(), message(b"") + message(b"")),
+    }
+    for what, stream in cases.items():
+        code, text = client.status(stream)
+        assert code == 3, what
+        assert text == ("malformed ListModels request: a unary call carries exactly one gRPC "
+                        "message"), what
+
+
+def test_the_refusals_of_the_gateway(client):
+    not_grpc = client.call(headers(content_type=b"application/json"), message(b""))
+    assert client.status(not_grpc)[0] == 3
+    unknown = client.call(headers(path=b"/nothing"), message(b""))
+    assert client.status(unknown) == (12, "unknown method /nothing")
+    compressed = client.call(headers(grpc_encoding=b"gzip"), message(b"zz", compressed=1))
+    assert client.status(compressed)[0] == 12
+    too_big = client.call(headers(), struct.pack(">BI", 0, 65537), end=False)
+    assert client.status(too_big) == (8, "message of 65537 bytes exceeds the limit of 65536 bytes")
+    # The connection still serves.
+    assert client.status(client.call(headers(), message(b""))) == (0, "")
+
+
+def test_an_expired_deadline_is_not_run(client):
+    stream = client.call(headers(grpc_timeout=b"1n"), message(b""))
+    assert client.status(stream) == (4, "the call's deadline passed before it could start")
+
+
+def test_a_reset_call_and_garbage_leave_the_agent_serving(client, grpc_path):
+    stream = client.call(headers(), b"\x00", end=False)
+    client.h2.reset_stream(stream)
+    client.flush()
+    assert client.status(client.call(headers(), message(b""))) == (0, "")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as raw:
+        raw.settimeout(30)
+        raw.connect(grpc_path)
+        raw.sendall(b"GET / HTTP/1.1\r\nHost: agent\r\n\r\n")  # not HTTP/2
+        while raw.recv(65536):
+            pass  # a GOAWAY, then the agent closes
+    again = RawClient(grpc_path)
+    try:
+        assert again.status(again.call(headers(), message(b""))) == (0, "")
+    finally:
+        again.close()
+
+
+def test_garbage_after_the_preface_never_stops_the_agent(grpc_path):
+    """Random frames, valid and not, on fresh connections: each is closed or answered, and
+    the agent keeps serving everyone else."""
+    rng = random.Random(7)
+    preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+    for _ in range(60):
+        frames = b"".join(
+            struct.pack(">I", rng.randrange(0, 64))[1:] + bytes([rng.randrange(0, 12),
+                                                                 rng.randrange(0, 256)])
+            + struct.pack(">I", rng.randrange(0, 8)) + rng.randbytes(rng.randrange(0, 64))
+            for _ in range(rng.randrange(1, 6)))
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as raw:
+            raw.settimeout(30)
+            raw.connect(grpc_path)
+            raw.sendall(preface + frames)
+            raw.shutdown(socket.SHUT_WR)
+            while raw.recv(65536):
+                pass
+    survivor = RawClient(grpc_path)
+    try:
+        assert survivor.status(survivor.call(headers(), message(b""))) == (0, "")
+    finally:
+        survivor.close()
+
+
+def test_a_request_left_incomplete_closes_its_connection(start_agent, tmp_path):
+    """As on the framed socket, a request not completed within edge_agent_frame_timeout_seconds
+    costs the client its connection; the agent serves the next one."""
+    path = str(tmp_path / "grpc.sock")
+    agent = start_agent(edge_agent_grpc_socket_path=path, edge_agent_frame_timeout_seconds=0.2)
+    stalled = RawClient(path)
+    try:
+        stream = stalled.call(headers(), struct.pack(">BI", 0, 100) + b"x" * 10, end=False)
+        with pytest.raises(ConnectionError):
+            stalled.reply(stream)  # the agent closes it; nothing is answered
+    finally:
+        stalled.close()
+    fresh = RawClient(path)
+    try:
+        assert fresh.status(fresh.call(headers(), message(b""))) == (0, "")
+    finally:
+        fresh.close()
+    assert "a request was not completed within 0.2 s" in agent.log()
+
+
+def test_a_client_that_does_not_take_its_reply_is_disconnected(start_agent, tmp_path):
+    """It reads, but never opens its flow-control window: the 256 KiB reply cannot be sent,
+    and after edge_agent_send_timeout_seconds the connection goes, as on the framed socket."""
+    from edge_agent import model_builder
+    from edge_agent.tensors import add_array
+
+    path = str(tmp_path / "grpc.sock")
+    agent = start_agent(edge_agent_grpc_socket_path=path, edge_agent_send_timeout_seconds=0.2)
+    built = model_builder.add_model((1, 1 << 16))
+    with agent.client() as framed:
+        framed.load_model("wide", str(built.write(tmp_path / "wide.tflite")))
+    request = pb.PredictRequest(name="wide")
+    for name, array in built.sample_inputs().items():
+        add_array(request.tensors, name, array)
+    greedy = RawClient(path)
+    try:
+        greedy.receive()  # the agent's settings and window: room for the 512 KiB request
+        greedy.call(headers(path=f"/{GRPC_SERVICE}/Predict".encode()),
+                    message(request.SerializeToString()))
+        while greedy.sock.recv(65536):  # read everything, acknowledge nothing
+            pass
+    finally:
+        greedy.close()
+    assert "the client has not read its reply for 0.2 s" in agent.log()
+    with agent.client() as framed:
+        assert [m.name for m in framed.list_models()] == ["wide"]  # still serving
+
+
+def test_grpc_message_is_percent_encoded():
+    assert percent_encode("no model named 'x' (100%)") == b"no model named 'x' (100%25)"
+    assert percent_encode("caf\u00e9\n") == b"caf%C3%A9"  # UTF-8; blanks at the ends go
+    assert percent_encode("a\r\nb") == b"a%0D%0Ab"
+
+
+@pytest.mark.parametrize("value, seconds", [
+    (b"5S", 5.0), (b"100m", 0.1), (b"2M", 120.0), (b"1H", 3600.0), (b"250u", 250e-6),
+    (b"7n", 7e-9), (b"", None), (b"5", None), (b"123456789S", None), (b"-1S", None)])
+def test_grpc_timeout_values(value, seconds):
+    assert parse_timeout(value) == (pytest.approx(seconds) if seconds is not None else None)
+
+
+def test_stopping_sends_goaway_and_answers_the_call_in_progress(tmp_path, model_files,
+                                                              recording_delegate):
+    """A call is held inside the runtime (the test delegate's barrier) while the front stops:
+    the client gets a GOAWAY, the socket file goes, and the call is still answered once it
+    is released."""
+    import numpy as np
+    from capture_helpers import wait_for
+
+    from edge_agent import config, grpc_front, model_builder
+    from edge_agent.service import AgentService
+    from edge_agent.tensors import add_array
+
+    record = tmp_path / "record.txt"
+    settings = config.from_mapping({
+        "edge_agent_socket_path": str(tmp_path / "unused.sock"),
+        "edge_agent_grpc_socket_path": str(tmp_path / "grpc.sock"),
+        "edge_agent_state_dir": str(tmp_path / "state"),
+        "edge_agent_allow_unsigned_models": True, "edge_agent_num_threads": 1,
+        "edge_agent_delegate": "external", "edge_agent_delegate_library": recording_delegate,
+        "edge_agent_delegate_options": {"rendezvous": 2, "rendezvous_seconds": 60,
+                                        "record_to": str(record)}})
+    service = AgentService(settings)
+    for name in ("held", "partner"):
+        service.load_model(pb.LoadModelRequest(name=name, url=str(model_files["add"])))
+    server = grpc_front.start(service, settings)
+    built = model_builder.add_model()
+    inputs = built.sample_inputs(seed=5)
+    request = pb.PredictRequest(name="held")
+    for name, array in inputs.items():
+        add_array(request.tensors, name, array)
+    client = RawClient(settings.edge_agent_grpc_socket_path)
+    stopper = None
+    try:
+        stream = client.call(headers(path=f"/{GRPC_SERVICE}/Predict".encode()),
+                             message(request.SerializeToString()))
+        wait_for(lambda: "arrive" in record.read_text(), what="the call inside the runtime")
+        stopper = threading.Thread(target=server.stop, kwargs={"grace": 60})
+        stopper.start()
+        while client.goaway is None:
+            client.receive()
+        assert client.goaway.error_code == 0
+        assert client.goaway.last_stream_id == stream
+        assert not os.path.exists(settings.edge_agent_grpc_socket_path)
+        assert not client.replies.get(stream, {}).get("done")  # still running
+        partner = pb.PredictRequest(name="partner")
+        for name, array in inputs.items():
+            add_array(partner.tensors, name, array)
+        service.predict(partner)  # meets the held call at the barrier: both go on
+        fields, data = _frames_after_goaway(client, stream)
+        assert fields[b":status"] == b"200" and fields[b"grpc-status"] == b"0"
+        reply = pb.PredictResponse.FromString(data[5:])
+        out = np.frombuffer(reply.tensors[0].byte_data, np.float32).reshape(1, 4)
+        np.testing.assert_allclose(out, built.reference(inputs)["sum"], rtol=1e-6)
+    finally:
+        client.close()
+        if stopper is not None:
+            stopper.join()
+        else:
+            server.stop(grace=0)
+        service.close()
+
+
+def _frames_after_goaway(client: RawClient, stream_id: int) -> tuple[dict, bytes]:
+    """The headers, trailers and data of one stream, read frame by frame: h2's client side
+    takes nothing after a GOAWAY, though HTTP/2 lets the streams it spared finish."""
+    from hyperframe.frame import DataFrame, Frame, HeadersFrame
+
+    buffer, data, fields = b"", b"", {}
+    while True:
+        chunk = client.sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("the agent closed the connection before the reply")
+        buffer += chunk
+        while len(buffer) >= 9:
+            frame, length = Frame.parse_frame_header(memoryview(buffer[:9]))
+            if len(buffer) < 9 + length:
+                break
+            frame.parse_body(memoryview(buffer[9:9 + length]))
+            buffer = buffer[9 + length:]
+            if frame.stream_id != stream_id:
+                continue
+            if isinstance(frame, DataFrame):
+                data += frame.data
+            elif isinstance(frame, HeadersFrame):
+                fields.update(dict(client.h2.decoder.decode(frame.data, raw=True)))
+                if "END_STREAM" in frame.flags:
+                    return fields, data
