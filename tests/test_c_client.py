@@ -496,6 +496,20 @@ def test_too_many_clients_is_read_not_a_broken_pipe(driver, start_agent):
 
 # --- a hostile peer: a fake agent on a UNIX socket ---------------------------------------------
 
+def read_request(conn: socket.socket) -> int | None:
+    """Reads one request frame: its request id (None at end of stream)."""
+    header = b""
+    while len(header) < HEADER.size:
+        chunk = conn.recv(HEADER.size - len(header))
+        if not chunk:
+            return None
+        header += chunk
+    *_, request_id, length = HEADER.unpack(header)
+    while length:
+        length -= len(conn.recv(length))
+    return request_id
+
+
 def fake_agent(path: Path, answer) -> threading.Thread:
     """Accepts one connection, reads one request frame and calls answer(conn, request_id)."""
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -506,16 +520,9 @@ def fake_agent(path: Path, answer) -> threading.Thread:
         with listener:
             conn, _ = listener.accept()
             with conn:
-                header = b""
-                while len(header) < HEADER.size:
-                    chunk = conn.recv(HEADER.size - len(header))
-                    if not chunk:
-                        return
-                    header += chunk
-                *_, request_id, length = HEADER.unpack(header)
-                while length:
-                    length -= len(conn.recv(length))
-                answer(conn, request_id)
+                request_id = read_request(conn)
+                if request_id is not None:
+                    answer(conn, request_id)
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
@@ -555,5 +562,24 @@ def test_a_hostile_peer_gets_a_clear_error(driver, public_dir, case):
     assert (result["status"], message in result["message"]) == (status, True), result
     if case == "silence":  # the fake waits for one more byte: unblock it
         d("close")
+    thread.join(10)
+    os.unlink(path)
+
+
+def test_a_late_reply_is_skipped_by_its_request_id(driver, public_dir):
+    """A call times out; its reply arrives just before the next call's: the next call gets
+    its own reply, not the stale one."""
+    def answer(conn, first_id):
+        second_id = read_request(conn)  # the client gave up on the first and sent a second
+        conn.sendall(reply(first_id, b"\x0a\x06\x12\x04late") + reply(second_id, b""))
+        read_request(conn)  # until the client closes
+
+    path = public_dir / f"{uuid.uuid4().hex[:8]}.sock"
+    thread = fake_agent(path, answer)
+    d = driver()
+    assert d("connect", path, 1000, 300)["code"] == 0
+    assert d("list")["status"] == "DEADLINE_EXCEEDED"
+    assert d("list") == {"code": 0, "status": "OK", "message": "", "models": []}
+    d("close")
     thread.join(10)
     os.unlink(path)
