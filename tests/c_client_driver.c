@@ -11,6 +11,10 @@
  *   predict MODEL TENSOR... [out=SEGMENT_BYTES...]
  *   capture MODEL ID|new SECONDS|now [in=TENSOR...] [out=TENSOR...] [aux=NAME:ENCODING:TEXT...]
  *   status ID        quit
+ *   threads MODEL ROUNDS TENSOR...   one thread per TENSOR, all on this one client, released
+ *                                    together (a barrier), each predicting ROUNDS times with
+ *                                    its tensor as the only input; reports each thread's
+ *                                    distinct outputs
  *
  * TENSOR is NAME:DTYPE:SHAPE:SOURCE, '-' for no name / no data type / no shape, SHAPE like
  * 1,4, and SOURCE one of
@@ -18,6 +22,7 @@
  *   sysv=PATH@OFFSET/SEGMENT/SIZE    a SysV segment this program makes (SEGMENT bytes, 0: just
  *                                    enough), the file's bytes written at OFFSET; the handle
  *                                    says OFFSET and SIZE; removed after the call
+ *   posix=PATH@OFFSET/SEGMENT/SIZE   the same in a POSIX segment (shm_open, unlinked after)
  *   shmid=ID@OFFSET/SIZE             a handle naming a segment made elsewhere
  * out=SEGMENT_BYTES asks for one output written into a new SysV segment of that size; the
  * reply then carries the bytes the agent wrote there, read back from the segment.
@@ -27,13 +32,17 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ipc.h>
+#include <sys/mman.h>
 #include <sys/shm.h>
 #include <sys/time.h>
+#include <unistd.h>
 
 #include "edge_agent_client.h"
 
@@ -136,6 +145,7 @@ typedef struct tensor_spec {
     int32_t shape[16];
     void *file_data; /* owned */
     int shmid;       /* a segment this program made, or -1 */
+    char posix_name[64]; /* a POSIX segment this program made, or "" */
 } tensor_spec;
 
 static void *read_file(const char *path, size_t *size)
@@ -180,8 +190,9 @@ static int parse_tensor(char *text, ea_input *input, tensor_spec *spec)
         input->data = spec->file_data;
         return spec->file_data ? 0 : -1;
     }
-    if (strncmp(source, "sysv=", 5) == 0) {
-        char *path = strtok(source + 5, "@");
+    if (strncmp(source, "sysv=", 5) == 0 || strncmp(source, "posix=", 6) == 0) {
+        int posix = source[0] == 'p';
+        char *path = strtok(source + (posix ? 6 : 5), "@");
         unsigned long long offset = 0, segment = 0, size = 0;
         if (sscanf(strtok(NULL, ""), "%llu/%llu/%llu", &offset, &segment, &size) != 3)
             return -1;
@@ -191,6 +202,28 @@ static int parse_tensor(char *text, ea_input *input, tensor_spec *spec)
             return -1;
         if (segment == 0)
             segment = offset + length;
+        if (posix) {
+            static int made;
+            snprintf(spec->posix_name, sizeof spec->posix_name, "/edge-agent-c-%d-%d",
+                     (int)getpid(), made++);
+            int fd = shm_open(spec->posix_name, O_RDWR | O_CREAT | O_EXCL, 0600);
+            if (fd < 0 || ftruncate(fd, (off_t)segment) != 0) {
+                perror("shm_open");
+                if (fd >= 0)
+                    close(fd);
+                return -1;
+            }
+            unsigned char *base = mmap(NULL, segment, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+            close(fd);
+            if (base == MAP_FAILED)
+                return -1;
+            if (offset + length <= segment)
+                memcpy(base + offset, spec->file_data, length);
+            munmap(base, segment);
+            input->shm = (ea_shm){.kind = EA_SHM_POSIX, .posix_name = spec->posix_name,
+                                  .offset = offset, .size = size};
+            return 0;
+        }
         spec->shmid = shmget(IPC_PRIVATE, segment, IPC_CREAT | 0600);
         if (spec->shmid < 0) {
             perror("shmget");
@@ -228,6 +261,8 @@ static void free_specs(tensor_spec *specs, size_t n)
         free(specs[i].file_data);
         if (specs[i].shmid >= 0)
             shmctl(specs[i].shmid, IPC_RMID, NULL);
+        if (specs[i].posix_name[0])
+            shm_unlink(specs[i].posix_name);
     }
 }
 
@@ -337,6 +372,85 @@ static void do_capture(ea_client *agent, char **words, int n)
     free_specs(out_specs, n_out);
 }
 
+typedef struct worker {
+    ea_client *agent;
+    const char *model;
+    int rounds;
+    ea_input input;
+    pthread_barrier_t *start;
+    int failures;       /* calls that did not return EA_OK */
+    char *first_hex;    /* the first output's bytes, in hex */
+    int differing;      /* later outputs that differed from the first */
+} worker;
+
+static char *hex_of(const void *data, size_t n)
+{
+    char *hex = malloc(2 * n + 1);
+    for (size_t i = 0; hex && i < n; i++)
+        sprintf(hex + 2 * i, "%02x", ((const unsigned char *)data)[i]);
+    if (hex)
+        hex[2 * n] = '\0';
+    return hex;
+}
+
+static void *work(void *arg)
+{
+    worker *w = arg;
+    pthread_barrier_wait(w->start);
+    for (int r = 0; r < w->rounds; r++) {
+        ea_tensors out = {0};
+        ea_error err = EA_ERROR_INIT;
+        if (ea_predict(w->agent, w->model, &w->input, 1, NULL, 0, &out, &err) != EA_OK
+            || out.count == 0) {
+            w->failures++;
+            ea_error_clear(&err);
+            ea_tensors_free(&out);
+            continue;
+        }
+        char *hex = hex_of(out.tensors[0].data, out.tensors[0].nbytes);
+        if (w->first_hex == NULL)
+            w->first_hex = hex;
+        else {
+            w->differing += hex == NULL || strcmp(hex, w->first_hex) != 0;
+            free(hex);
+        }
+        ea_tensors_free(&out);
+    }
+    return NULL;
+}
+
+static void do_threads(ea_client *agent, char **words, int n)
+{
+    int count = n - 3;
+    worker workers[MAX_WORDS];
+    tensor_spec specs[MAX_WORDS];
+    pthread_t threads[MAX_WORDS];
+    pthread_barrier_t start;
+    pthread_barrier_init(&start, NULL, (unsigned)count);
+    for (int i = 0; i < count; i++) {
+        workers[i] = (worker){.agent = agent, .model = words[1], .rounds = atoi(words[2]),
+                              .start = &start};
+        parse_tensor(words[3 + i], &workers[i].input, &specs[i]);
+    }
+    for (int i = 0; i < count; i++)
+        pthread_create(&threads[i], NULL, work, &workers[i]);
+    for (int i = 0; i < count; i++)
+        pthread_join(threads[i], NULL);
+    pthread_barrier_destroy(&start);
+    begin(EA_OK, NULL);
+    printf(", \"threads\": [");
+    for (int i = 0; i < count; i++) {
+        printf("%s{\"failures\": %d, \"differing\": %d, \"hex\": ", i ? ", " : "",
+               workers[i].failures, workers[i].differing);
+        json_cstring(workers[i].first_hex);
+        putchar('}');
+        free(workers[i].first_hex);
+    }
+    putchar(']');
+    end();
+    free_specs(specs, (size_t)count);
+}
+
 static void run(char **words, int n, ea_client **agent)
 {
     ea_error err = EA_ERROR_INIT;
@@ -384,6 +498,9 @@ static void run(char **words, int n, ea_client **agent)
         }
     } else if (strcmp(cmd, "predict") == 0 && n >= 2) {
         do_predict(*agent, words, n);
+        return;
+    } else if (strcmp(cmd, "threads") == 0 && n >= 4) {
+        do_threads(*agent, words, n);
         return;
     } else if (strcmp(cmd, "capture") == 0 && n >= 4) {
         do_capture(*agent, words, n);

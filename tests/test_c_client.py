@@ -147,8 +147,8 @@ class Files:
         shape = ",".join(str(d) for d in array.shape) if typed else "-"
         if source == "file":
             where = f"file={path}"
-        else:  # a SysV segment the C program makes
-            where = f"sysv={path}@{offset}/{segment}/{array.nbytes if size is None else size}"
+        else:  # "sysv" or "posix": a segment the C program makes
+            where = f"{source}={path}@{offset}/{segment}/{array.nbytes if size is None else size}"
         return f"{name or '-'}:{dtype}:{shape}:{where}"
 
 
@@ -271,6 +271,21 @@ def test_a_large_tensor_crosses_in_many_pieces(driver, agent, files, tmp_path):
     np.testing.assert_allclose(got["out"], model.reference({"image": image})["out"], rtol=1e-6)
 
 
+def test_threads_sharing_one_client_take_turns(driver, agent, tmp_path, files):
+    """Four threads released together by a barrier share one client: each gets its own
+    answer every time (the replies are never crossed)."""
+    model = model_builder.dynamic_batch_model()
+    path = model.write(tmp_path / "dynamic.tflite")
+    d = connected(driver, agent)
+    assert d("load", "dynamic", path)["code"] == 0
+    xs = [np.full((1, 4), i + 1, np.float32) for i in range(4)]
+    result = d("threads", "dynamic", 25, *(files.spec(x, "x") for x in xs))
+    for x, thread in zip(xs, result["threads"]):
+        assert (thread["failures"], thread["differing"]) == (0, 0), result
+        got = np.frombuffer(bytes.fromhex(thread["hex"]), np.float32).reshape(1, 4)
+        np.testing.assert_array_equal(got, model.reference({"x": x})["y"])
+
+
 def test_signals_interrupting_every_wait_change_nothing(driver, agent, model_files, files):
     """SIGALRM every 200 µs, installed without SA_RESTART: the library's poll, send and recv
     see EINTR again and again, and every call still returns the right answer."""
@@ -301,6 +316,9 @@ def test_a_sysv_input_made_by_the_c_program(driver, agent, model_files, files):
     np.testing.assert_array_equal(outputs(both)["sum"], a + b)
     size_zero = d("predict", "add", files.spec(a, "a", source="sysv", size=0), files.spec(b, "b"))
     np.testing.assert_array_equal(outputs(size_zero)["sum"], a + b)  # 0: the tensor's length
+    posix = d("predict", "add", files.spec(a, "a", source="posix", offset=32, segment=4096),
+              files.spec(b, "b", source="sysv"))
+    np.testing.assert_array_equal(outputs(posix)["sum"], a + b)
 
 
 def test_outputs_written_into_the_c_programs_segment(driver, agent, model_files, files):

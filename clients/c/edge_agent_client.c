@@ -635,10 +635,11 @@ int ea_unload_model(ea_client *client, const char *name, ea_error *err)
 
 int ea_list_models(ea_client *client, ea_model_list *out, ea_error *err)
 {
+    if (out)
+        memset(out, 0, sizeof *out);
     int rc = need(out, "out", err);
     if (rc)
         return rc;
-    memset(out, 0, sizeof *out);
     AWS__SageMaker__Edge__ListModelsRequest request = AWS__SAGE_MAKER__EDGE__LIST_MODELS_REQUEST__INIT;
     ProtobufCMessage *response;
     rc = call(client, EA_METHOD_LIST_MODELS, &request.base,
@@ -663,12 +664,13 @@ int ea_list_models(ea_client *client, ea_model_list *out, ea_error *err)
 
 int ea_describe_model(ea_client *client, const char *name, ea_model *out, ea_error *err)
 {
+    if (out)
+        memset(out, 0, sizeof *out);
     int rc = need(name, "name", err);
     if (rc == EA_OK)
         rc = need(out, "out", err);
     if (rc)
         return rc;
-    memset(out, 0, sizeof *out);
     AWS__SageMaker__Edge__DescribeModelRequest request = AWS__SAGE_MAKER__EDGE__DESCRIBE_MODEL_REQUEST__INIT;
     request.name = (char *)name;
     ProtobufCMessage *response;
@@ -855,12 +857,13 @@ int ea_predict(ea_client *client, const char *model_name, const ea_input *inputs
                size_t n_inputs, const ea_shm *output_shm, size_t n_output_shm,
                ea_tensors *out, ea_error *err)
 {
+    if (out)
+        memset(out, 0, sizeof *out);
     int rc = need(model_name, "model_name", err);
     if (rc == EA_OK)
         rc = need(out, "out", err);
     if (rc)
         return rc;
-    memset(out, 0, sizeof *out);
     if (n_output_shm > 0 && output_shm == NULL)
         return fail(err, EA_INVALID_ARGUMENT, "%zu output handles announced but none given",
                     n_output_shm);
@@ -1022,12 +1025,13 @@ void ea_capture_status_free(ea_capture_status *status)
 int ea_get_capture_status(ea_client *client, const char *capture_id, ea_capture_status *out,
                           ea_error *err)
 {
+    if (out)
+        memset(out, 0, sizeof *out);
     int rc = need(capture_id, "capture_id", err);
     if (rc == EA_OK)
         rc = need(out, "out", err);
     if (rc)
         return rc;
-    memset(out, 0, sizeof *out);
     AWS__SageMaker__Edge__GetCaptureDataStatusRequest request =
         AWS__SAGE_MAKER__EDGE__GET_CAPTURE_DATA_STATUS_REQUEST__INIT;
     request.capture_id = (char *)capture_id;
