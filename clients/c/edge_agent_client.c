@@ -66,6 +66,7 @@ const char *ea_status_name(int code)
 {
     switch (code) {
     case EA_OK: return "OK";
+    case EA_CANCELLED: return "CANCELLED";
     case EA_INVALID_ARGUMENT: return "INVALID_ARGUMENT";
     case EA_DEADLINE_EXCEEDED: return "DEADLINE_EXCEEDED";
     case EA_NOT_FOUND: return "NOT_FOUND";
@@ -77,6 +78,9 @@ const char *ea_status_name(int code)
     case EA_UNIMPLEMENTED: return "UNIMPLEMENTED";
     case EA_INTERNAL: return "INTERNAL";
     case EA_UNAVAILABLE: return "UNAVAILABLE";
+    case EA_ABORTED: return "ABORTED";
+    case EA_DATA_LOSS: return "DATA_LOSS";
+    case EA_UNAUTHENTICATED: return "UNAUTHENTICATED";
     default: return "UNKNOWN";
     }
 }

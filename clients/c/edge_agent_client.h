@@ -27,6 +27,7 @@ extern "C" {
 /* Status codes: gRPC's numbering, as on the wire. */
 enum {
     EA_OK = 0,
+    EA_CANCELLED = 1,
     EA_UNKNOWN = 2,
     EA_INVALID_ARGUMENT = 3,
     EA_DEADLINE_EXCEEDED = 4,
@@ -35,10 +36,13 @@ enum {
     EA_PERMISSION_DENIED = 7,
     EA_RESOURCE_EXHAUSTED = 8,
     EA_FAILED_PRECONDITION = 9,
+    EA_ABORTED = 10,
     EA_OUT_OF_RANGE = 11,
     EA_UNIMPLEMENTED = 12,
     EA_INTERNAL = 13,
-    EA_UNAVAILABLE = 14
+    EA_UNAVAILABLE = 14,
+    EA_DATA_LOSS = 15,
+    EA_UNAUTHENTICATED = 16
 };
 
 /* DataType of agent.proto. */
@@ -74,7 +78,7 @@ typedef struct ea_error {
 } ea_error;
 #define EA_ERROR_INIT {0, NULL}
 void ea_error_clear(ea_error *err);
-/* "NOT_FOUND" for EA_NOT_FOUND...; "UNKNOWN" for a code not in the table. Static storage. */
+/* "NOT_FOUND" for EA_NOT_FOUND...; "UNKNOWN" for a number gRPC does not define. Static. */
 const char *ea_status_name(int code);
 
 /* One connection to the agent. Calls on one client from several threads take turns (a
@@ -86,7 +90,8 @@ typedef struct ea_client ea_client;
  * UNAVAILABLE. On success *out is the client, to close with ea_close. */
 int ea_connect(const char *socket_path, int connect_timeout_ms, int call_timeout_ms,
                ea_client **out, ea_error *err);
-/* Closes the connection and frees the client. NULL is allowed. */
+/* Closes the connection and frees the client (no call may be running on it). NULL is
+ * allowed. */
 void ea_close(ea_client *client);
 
 /* --- Models -------------------------------------------------------------------------- */
