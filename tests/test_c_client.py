@@ -49,7 +49,8 @@ def _missing() -> str | None:
     return None
 
 
-pytestmark = pytest.mark.skipif(_missing() is not None, reason=f"C client: {_missing()}")
+MISSING = _missing()
+pytestmark = pytest.mark.skipif(MISSING is not None, reason=f"C client: {MISSING}")
 
 
 @pytest.fixture(scope="session")
