@@ -176,6 +176,11 @@ def connected(driver, agent, *args, timeout_ms: int = 0) -> Driver:
 
 # --- the calls ---------------------------------------------------------------------------------
 
+def test_the_leak_checker_is_here():
+    """Without valgrind the C tests still run, unchecked for leaks: this says so."""
+    if VALGRIND is None:
+        pytest.skip("no valgrind (install/test-packages.txt): the C tests run without a leak check")
+
 def test_generated_code_matches_the_proto(tmp_path):
     """clients/c/agent.pb-c.[ch] are what protoc-c makes of proto/agent.proto today."""
     if shutil.which("protoc-c") is None:
@@ -576,6 +581,7 @@ HOSTILE = {
                         "OK", ""),
     "error with id 0": (lambda c, i: c.sendall(reply(0, b"going away", 13)),
                         "INTERNAL", "going away"),
+    "a status gRPC lacks": (lambda c, i: c.sendall(reply(i, b"odd", 99)), "UNKNOWN", "odd"),
     "silence": (lambda c, i: c.recv(1), "DEADLINE_EXCEEDED", "no reply from the agent within 300 ms"),
 }
 
@@ -611,4 +617,24 @@ def test_a_late_reply_is_skipped_by_its_request_id(driver, public_dir):
     assert d("list") == {"code": 0, "status": "OK", "message": "", "models": []}
     d("close")
     thread.join(10)
+    os.unlink(path)
+
+
+def test_a_request_cut_short_by_the_timeout_spends_the_client(driver, public_dir, files):
+    """A peer that never reads: a 4 MiB request cannot be sent within the call timeout. The
+    frame is half out, so the stream is lost: DEADLINE_EXCEEDED, then UNAVAILABLE saying why."""
+    path = public_dir / f"{uuid.uuid4().hex[:8]}.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(1)
+    d = driver()
+    assert d("connect", path, 1000, 300)["code"] == 0
+    conn, _ = listener.accept()  # and never read from it
+    with listener, conn:
+        big = np.zeros(1 << 20, np.float32)
+        stuck = d("predict", "add", files.spec(big, "a"))
+        assert stuck["status"] == "DEADLINE_EXCEEDED", stuck
+        assert "cut short" in stuck["message"], stuck
+        after = d("list")
+        assert after["status"] == "UNAVAILABLE" and "cut short" in after["message"], after
     os.unlink(path)
