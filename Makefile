@@ -49,7 +49,7 @@ c-bench: $(STAMP)
 	$(PY) benchmarks/bench_c_client.py clients/c/build/c_predict_bench
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info edge_agent/*.so cext/*.c .pytest_cache .hypothesis
+	rm -rf $(VENV) build dist *.egg-info edge_agent/*.so cext/*.c .pytest_cache .hypothesis clients/c/build
 
 # Regenerate the key table of docs/CONFIGURATION.md from edge_agent/config.py.
 docs: $(STAMP)

@@ -275,14 +275,13 @@ static uint32_t get32(const uint8_t *p)
     return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }
 
-enum { SENT = 0, PEER_GONE = 1, SEND_FAILED = 2 };
-
-/* Writes the whole frame. PEER_GONE when the agent closed its side (its reason may still be
- * waiting to be read), SEND_FAILED with err filled otherwise. */
+/* Writes the whole frame: EA_OK, or a status with err filled. *peer_gone is set (and EA_OK
+ * returned) when the agent closed its side: its reason may still be waiting to be read. */
 static int send_all(ea_client *c, const uint8_t *data, size_t length, int64_t deadline,
-                    ea_error *err)
+                    int *peer_gone, ea_error *err)
 {
     size_t sent = 0;
+    *peer_gone = 0;
     while (sent < length) {
         ssize_t n = send(c->fd, data + sent, length - sent, MSG_NOSIGNAL);
         if (n >= 0) {
@@ -291,33 +290,29 @@ static int send_all(ea_client *c, const uint8_t *data, size_t length, int64_t de
         }
         if (errno == EINTR)
             continue;
-        if (errno == EPIPE || errno == ECONNRESET)
-            return PEER_GONE;
+        if (errno == EPIPE || errno == ECONNRESET) {
+            *peer_gone = 1;
+            return EA_OK;
+        }
         if (errno != EAGAIN && errno != EWOULDBLOCK) {
             char message[256];
             snprintf(message, sizeof message, "cannot send to the agent: %s", strerror(errno));
-            kill_stream(c, err, EA_UNAVAILABLE, message);
-            return SEND_FAILED;
+            return kill_stream(c, err, EA_UNAVAILABLE, message);
         }
         if (wait_for(c->fd, POLLOUT, deadline) != 0) {
-            char message[256];
             int code = errno == ETIMEDOUT ? EA_DEADLINE_EXCEEDED : EA_UNAVAILABLE;
-            if (sent == 0) { /* nothing of this frame went out: the stream is still whole */
-                if (code == EA_DEADLINE_EXCEEDED)
-                    fail(err, code, "could not send to the agent within %d ms",
-                         c->call_timeout_ms);
-                else
-                    fail(err, code, "cannot send to the agent: %s", strerror(errno));
-                return SEND_FAILED;
-            }
+            const char *why = code == EA_DEADLINE_EXCEEDED ? "timed out" : strerror(errno);
+            if (sent == 0) /* nothing of this frame went out: the stream is still whole */
+                return fail(err, code, "could not send to the agent: %s after %d ms", why,
+                            c->call_timeout_ms);
+            char message[256];
             snprintf(message, sizeof message,
                      "a request was cut short after %zu of %zu bytes (%s); reconnect", sent,
-                     length, code == EA_DEADLINE_EXCEEDED ? "timed out" : strerror(errno));
-            kill_stream(c, err, code, message);
-            return SEND_FAILED;
+                     length, why);
+            return kill_stream(c, err, code, message);
         }
     }
-    return SENT;
+    return EA_OK;
 }
 
 /* Makes room for `needed` buffered bytes in all. */
@@ -440,7 +435,7 @@ static int call(ea_client *c, uint16_t method, const ProtobufCMessage *request,
     if (c == NULL)
         return fail(err, EA_INVALID_ARGUMENT, "no client (NULL)");
     size_t length = protobuf_c_message_get_packed_size(request);
-    if (length > UINT32_MAX)
+    if ((uint64_t)length > UINT32_MAX || length > SIZE_MAX - HEADER_BYTES)
         return fail(err, EA_RESOURCE_EXHAUSTED,
                     "a request of %zu bytes does not fit a frame (4 GiB at most)", length);
     uint8_t *frame = malloc(HEADER_BYTES + length);
@@ -467,19 +462,18 @@ static int call(ea_client *c, uint16_t method, const ProtobufCMessage *request,
     put32(frame + 8, id);
     put32(frame + 12, (uint32_t)length);
     int64_t deadline = c->call_timeout_ms > 0 ? now_ms() + c->call_timeout_ms : -1;
-    int sent = send_all(c, frame, HEADER_BYTES + length, deadline, err);
-    if (sent == SEND_FAILED) {
-        rc = err ? err->code : EA_UNAVAILABLE;
+    int peer_gone;
+    rc = send_all(c, frame, HEADER_BYTES + length, deadline, &peer_gone, err);
+    if (rc != EA_OK)
         goto out;
-    }
-    /* Even when the agent closed on us (PEER_GONE), its reason may be buffered: read it. */
+    /* Even when the agent closed on us (peer_gone), its reason may be buffered: read it. */
     frame_reply r;
     rc = read_reply(c, id, deadline, &r, err);
     if (rc != EA_OK)
         goto out;
     if (r.status != EA_OK) {
         rc = fail_with_body(err, r.status, r.body, r.length);
-        if (r.request_id == 0 || sent == PEER_GONE)
+        if (r.request_id == 0 || peer_gone)
             kill_stream(c, NULL, r.status, "the agent closed the connection after an error");
     } else {
         *response = protobuf_c_message_unpack(response_type, NULL, r.length, r.body);
