@@ -6,7 +6,7 @@
  * So the Python tests drive every call of the library against a real agent and check the
  * results with NumPy, while the whole run goes under valgrind.
  *
- *   connect PATH CONNECT_MS CALL_MS          close
+ *   connect PATH CONNECT_MS CALL_MS          timeout CALL_MS          close
  *   load NAME URL    unload NAME    list    describe NAME
  *   predict MODEL TENSOR... [out=SEGMENT_BYTES...]
  *   capture MODEL ID|new SECONDS|now [in=TENSOR...] [out=TENSOR...] [aux=NAME:ENCODING:TEXT...]
@@ -459,6 +459,9 @@ static void run(char **words, int n, ea_client **agent)
     if (strcmp(cmd, "connect") == 0 && n == 4) {
         code = ea_connect(words[1], atoi(words[2]), atoi(words[3]), agent, &err);
         begin(code, &err);
+    } else if (strcmp(cmd, "timeout") == 0 && n == 2) {
+        ea_set_call_timeout(*agent, atoi(words[1]));
+        begin(EA_OK, &err);
     } else if (strcmp(cmd, "close") == 0) {
         ea_close(*agent);
         *agent = NULL;

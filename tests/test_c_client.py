@@ -592,7 +592,8 @@ def test_a_hostile_peer_gets_a_clear_error(driver, public_dir, case):
     path = public_dir / f"{uuid.uuid4().hex[:8]}.sock"
     thread = fake_agent(path, answer)
     d = driver()
-    assert d("connect", path, 1000, 300)["code"] == 0
+    # A short call timeout only where none is to come: a busy machine may delay a reply.
+    assert d("connect", path, 1000, 300 if case == "silence" else 60000)["code"] == 0
     result = d("list")
     assert (result["status"], message in result["message"]) == (status, True), result
     if case == "silence":  # the fake waits for one more byte: unblock it
@@ -614,6 +615,7 @@ def test_a_late_reply_is_skipped_by_its_request_id(driver, public_dir):
     d = driver()
     assert d("connect", path, 1000, 300)["code"] == 0
     assert d("list")["status"] == "DEADLINE_EXCEEDED"
+    d("timeout", 60000)  # the replies now come at once; a busy machine may still delay them
     assert d("list") == {"code": 0, "status": "OK", "message": "", "models": []}
     d("close")
     thread.join(10)

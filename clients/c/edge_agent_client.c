@@ -241,6 +241,15 @@ int ea_connect(const char *socket_path, int connect_timeout_ms, int call_timeout
     return EA_OK;
 }
 
+void ea_set_call_timeout(ea_client *client, int call_timeout_ms)
+{
+    if (client == NULL)
+        return;
+    pthread_mutex_lock(&client->lock);
+    client->call_timeout_ms = call_timeout_ms;
+    pthread_mutex_unlock(&client->lock);
+}
+
 void ea_close(ea_client *client)
 {
     if (client == NULL)

@@ -90,6 +90,8 @@ typedef struct ea_client ea_client;
  * UNAVAILABLE. On success *out is the client, to close with ea_close. */
 int ea_connect(const char *socket_path, int connect_timeout_ms, int call_timeout_ms,
                ea_client **out, ea_error *err);
+/* Changes the call timeout for later calls (<= 0: no limit). */
+void ea_set_call_timeout(ea_client *client, int call_timeout_ms);
 /* Closes the connection and frees the client (no call may be running on it). NULL is
  * allowed. */
 void ea_close(ea_client *client);
