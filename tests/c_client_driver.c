@@ -204,7 +204,7 @@ static int parse_tensor(char *text, ea_input *input, tensor_spec *spec)
             segment = offset + length;
         if (posix) {
             static int made;
-            snprintf(spec->posix_name, sizeof spec->posix_name, "/edge-agent-c-%d-%d",
+            snprintf(spec->posix_name, sizeof spec->posix_name, "/c-client-test-%d-%d",
                      (int)getpid(), made++);
             int fd = shm_open(spec->posix_name, O_RDWR | O_CREAT | O_EXCL, 0600);
             if (fd < 0 || ftruncate(fd, (off_t)segment) != 0) {
