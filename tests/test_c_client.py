@@ -434,6 +434,11 @@ def test_every_call_reports_the_agents_status_and_message(driver, agent, model_f
     assert error("predict", "add", files.spec(a, "a"), files.spec(b, "nope"))[0] == "INVALID_ARGUMENT"
     assert error("predict", "add", files.spec(a, "a"), files.spec(b))[0] == "INVALID_ARGUMENT"
     assert error("predict", "add", files.spec(a))[0] == "INVALID_ARGUMENT"  # one input of two
+    path = files.spec(a).rsplit(":", 1)[1]  # by name, no data type: the library says why
+    assert error("predict", "add", f"a:-:-:{path}", f"b:-:-:{path}") == (
+        "INVALID_ARGUMENT", "input 0 ('a'): a name or a shape needs the data type too (or give "
+        "none of the three)")
+    assert d("predict", "add", f"a:5:-:{path}", f"b:5:-:{path}")["code"] == 0  # the model's shape
     np.testing.assert_array_equal(outputs(d("predict", "add", files.spec(a), files.spec(b)))["sum"],
                                   a + b)  # every error left the connection usable
     assert agent.alive()

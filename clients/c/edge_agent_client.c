@@ -773,6 +773,13 @@ static int build_tensors(const ea_input *inputs, size_t count, const char *what,
             return fail(err, EA_INVALID_ARGUMENT, "%s %zu: %zu dimensions but no shape (NULL)",
                         what, i, in->ndim);
         if (in->name != NULL || in->data_type != EA_DTYPE_UNSET || in->ndim > 0) {
+            /* The agent checks a sent data type even when the shape is left out, and proto3
+             * cannot leave it out: it would read as UINT8. */
+            if (in->data_type == EA_DTYPE_UNSET)
+                return fail(err, EA_INVALID_ARGUMENT, "%s %zu%s%s%s: a name or a shape needs "
+                            "the data type too (or give none of the three)", what, i,
+                            in->name ? " ('" : "", in->name ? in->name : "",
+                            in->name ? "')" : "");
             AWS__SageMaker__Edge__TensorMetadata *m = &list->metas[i];
             aws__sage_maker__edge__tensor_metadata__init(m);
             if (in->name != NULL) {

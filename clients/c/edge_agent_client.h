@@ -148,7 +148,10 @@ typedef struct ea_shm {
 
 /* One input tensor. Inputs go by name when every one has a name, by position when none has.
  * With no name, EA_DTYPE_UNSET and ndim 0, no metadata is sent and the model's own data type
- * and shape are assumed; give the shape for a dynamic dimension. The bytes are C order,
+ * and shape are assumed; otherwise the data type is required (INVALID_ARGUMENT without it:
+ * the agent checks it), and ndim 0 still means the model's own shape; give the shape for a
+ * dynamic dimension. A zeroed ea_input says EA_UINT8 (0): start from ea_input_bytes or
+ * ea_input_sysv. The bytes are C order,
  * little-endian: `data`/`nbytes` inline, or `shm` when shm.kind is not EA_SHM_NONE. The
  * library only reads what these point to, during the call. */
 typedef struct ea_input {
