@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: all setup system-deps demo test bench proto docs clean
+.PHONY: all setup system-deps demo test bench proto docs clean c-client c-bench
 .PHONY: cross-wheels cross-wheel-aarch64 cross-wheel-armv7 qemu-test-aarch64 qemu-test-armv7 \
 	qemu-test-aarch64-full qemu-test-armv7-full
 
@@ -37,9 +37,19 @@ bench: $(STAMP)
 # Regenerate the committed protobuf code after editing proto/agent.proto.
 proto: $(STAMP)
 	$(PY) -m grpc_tools.protoc -Iproto --python_out=edge_agent --pyi_out=edge_agent proto/agent.proto
+	$(MAKE) -C clients/c proto
+
+# The C client library and its example in clients/c/build (clients/c/README.md).
+c-client:
+	$(MAKE) -C clients/c
+
+# Predict round trips of the C client beside the Python client, on one agent (docs/BENCHMARKS.md).
+c-bench: $(STAMP)
+	$(MAKE) -C clients/c bench
+	$(PY) benchmarks/bench_c_client.py clients/c/build/c_predict_bench
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info edge_agent/*.so cext/*.c .pytest_cache .hypothesis
+	rm -rf $(VENV) build dist *.egg-info edge_agent/*.so cext/*.c .pytest_cache .hypothesis clients/c/build
 
 # Regenerate the key table of docs/CONFIGURATION.md from edge_agent/config.py.
 docs: $(STAMP)
