@@ -35,11 +35,15 @@ class Caller:
 
     `groups`: the supplementary groups, read once when the connection was accepted
     (SO_PEERGROUPS); empty for a caller whose groups are unknown, who then gets only `gid`.
+    `fds`: the file descriptors the client passed with this call (SCM_RIGHTS on the framed
+    socket), in the order sent; requests name them by index (SharedMemoryHandle.fd_index,
+    LoadModel url `fd:N`). The transport closes them when the call returns.
     """
     pid: int
     uid: int
     gid: int
     groups: frozenset[int] = frozenset()
+    fds: tuple[int, ...] = ()
 
 
 IN_PROCESS = Caller(os.getpid(), os.getuid(), os.getgid(), frozenset(os.getgroups()))
