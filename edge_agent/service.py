@@ -17,6 +17,7 @@ from typing import Callable, NamedTuple
 from edge_agent import agent_pb2 as pb
 from edge_agent import accelerators, delegates
 from edge_agent.config import AgentConfig
+from edge_agent.descriptors import fd_url_index, read_passed_model
 from edge_agent.engine import LoadedModel, create_interpreter
 from edge_agent.errors import (AgentError, StatusCode, failed_precondition, invalid_argument,
                                not_found)
@@ -114,7 +115,7 @@ class AgentService:
                                  f"a model named '{name}' is loaded; unload it first")
             self._loading.add(name)
         try:
-            model = self._load(name, request.url, path)
+            model = self._load(name, request.url, path, caller)
             with self._lock:
                 self._models[name] = model
         finally:
@@ -124,9 +125,12 @@ class AgentService:
                  model.footprint / 2**20, model.delegate)
         return pb.LoadModelResponse(model=model.describe())
 
-    def _load(self, name: str, url: str, path: str) -> LoadedModel:
+    def _load(self, name: str, url: str, path: str, caller: Caller = IN_PROCESS) -> LoadedModel:
         what = f"model '{name}'"
-        content = self._read_model(path, what)
+        fd_index = fd_url_index(url)  # `fd:N`: a file the client passed with the request
+        content = (self._read_model(path, what) if fd_index is None else read_passed_model(
+            caller, fd_index, what, lambda size: self.budget.check(size, what),
+            self.config.edge_agent_allow_unsigned_models))
         self.budget.reserve(len(content), what)
         reserved = len(content)
         try:
