@@ -419,12 +419,16 @@ class Connection:
                 self.carried = fds  # the frame they begin with is not whole yet
             elif owner is not None:
                 passed[owner] = fds
-            else:
+            else:  # no frame begins here: they came in the middle of one, which is refused
                 self._discard(fds)
-                failure = failure or FramingError(
+                for fds in passed:
+                    if fds is not None:
+                        self._discard(fds)
+                raise failure or FramingError(
                     StatusCode.INVALID_ARGUMENT,
                     "file descriptors arrived in the middle of a frame: send them with the "
-                    "first byte of the frame they belong to")
+                    "first byte of the frame they belong to",
+                    frames[0].request_id if frames else 0)
         try:
             for i, frame in enumerate(frames):
                 self._hold(self.decoder.pending_bytes)

@@ -25,7 +25,7 @@ def _unread_by_agent(sock: socket.socket) -> int:
     return struct.unpack("i", fcntl.ioctl(sock, termios.TIOCOUTQ, b"\0" * 4))[0]
 
 
-def _wait_taken(sock: socket.socket, timeout: float = 60.0) -> None:
+def wait_taken(sock: socket.socket, timeout: float = 60.0) -> None:
     """Wait until the agent has read everything sent on `sock` (it then holds the bytes)."""
     deadline = time.monotonic() + timeout
     while _unread_by_agent(sock):
@@ -160,7 +160,7 @@ def test_half_frames_of_many_clients_stay_within_the_total_budget(start_agent):
     for sock, request_id in ((first, 1), (second, 2)):
         sock.settimeout(120)
         sock.sendall(frames[request_id][:sent])
-        _wait_taken(sock)  # the agent holds these bytes now
+        wait_taken(sock)  # the agent holds these bytes now
     third.settimeout(120)
     try:
         third.sendall(frames[3][:sent])
