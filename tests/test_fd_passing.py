@@ -8,6 +8,8 @@ import fcntl
 import os
 import shutil
 import socket
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -64,7 +66,16 @@ def _inputs(seed=0):
 
 
 def _open_fds(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
+    """Descriptors the agent holds other than sockets: connections come and go with their
+    clients' timing; what a client passes (memfds, files) must never stay."""
+    directory = f"/proc/{pid}/fd"
+    count = 0
+    for fd in os.listdir(directory):
+        try:
+            count += not os.readlink(f"{directory}/{fd}").startswith("socket:")
+        except FileNotFoundError:
+            pass  # closed while listed
+    return count
 
 
 def _expect(code, match, call, *args, **kwargs) -> str:
@@ -218,6 +229,20 @@ def test_without_a_socket_there_are_no_descriptors(tmp_path, model_files):
         assert info.value.code == StatusCode.INVALID_ARGUMENT
     finally:
         service.close()
+
+
+def test_cli_predict_through_passed_segments(fd_agent, tmp_path):
+    a, b = _inputs(3)
+    np.save(tmp_path / "a.npy", a)
+    np.save(tmp_path / "b.npy", b)
+    for options in (["--shm", "memfd"], ["--shm", "posix", "--pass-fd"]):
+        result = subprocess.run(
+            [sys.executable, "-m", "edge_agent", "client", "--socket", fd_agent.socket_path,
+             "predict", "add", f"a={tmp_path / 'a.npy'}", f"b={tmp_path / 'b.npy'}",
+             "--out", str(tmp_path / "out"), *options],
+            capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        np.testing.assert_array_equal(np.load(tmp_path / "out" / "sum.npy"), a + b)
 
 
 # --- models by descriptor ----------------------------------------------------------------------
