@@ -17,6 +17,7 @@ _ANCILLARY_BYTES = socket.CMSG_SPACE(MAX_FDS * _FD_SIZE)
 # starts must never inherit a client's file.
 _CLOEXEC = socket.MSG_CMSG_CLOEXEC
 _NO_FDS: tuple[int, ...] = ()
+_CTRUNC = socket.MSG_CTRUNC
 
 
 def receive(sock: socket.socket, buffer: bytearray, needed: int, spin_seconds: float):
@@ -67,23 +68,25 @@ def receive_with_fds(sock: socket.socket, buffer: bytearray, needed: int, spin_s
             [rest], _ANCILLARY_BYTES, socket.MSG_WAITALL | _CLOEXEC)
         data = memoryview(rest)[:n]
     else:
-        n, ancillary, flags = _recvmsg_polling(sock, buffer, spin_seconds)
+        if spin_seconds > 0:
+            n, ancillary, flags = _recvmsg_polling(sock, buffer, spin_seconds)
+        else:  # the common case, kept short: this runs once per request
+            n, ancillary, flags, _ = sock.recvmsg_into([buffer], _ANCILLARY_BYTES, _CLOEXEC)
         data = memoryview(buffer)[:n]
-    if not ancillary and not flags & socket.MSG_CTRUNC:
-        return data, _NO_FDS, False
-    return data, _descriptors(ancillary), bool(flags & socket.MSG_CTRUNC)
+    if ancillary or flags & _CTRUNC:
+        return data, _descriptors(ancillary), bool(flags & _CTRUNC)
+    return data, _NO_FDS, False
 
 
 def _recvmsg_polling(sock: socket.socket, buffer, spin_seconds: float):
     """recv_into_polling, as recvmsg: the spin is the same, ancillary data comes along."""
-    if spin_seconds > 0:
-        deadline = time.perf_counter() + spin_seconds
-        while True:
-            try:
-                return sock.recvmsg_into([buffer], _ANCILLARY_BYTES, _DONTWAIT | _CLOEXEC)[:3]
-            except BlockingIOError:
-                if time.perf_counter() >= deadline:
-                    break
+    deadline = time.perf_counter() + spin_seconds
+    while True:
+        try:
+            return sock.recvmsg_into([buffer], _ANCILLARY_BYTES, _DONTWAIT | _CLOEXEC)[:3]
+        except BlockingIOError:
+            if time.perf_counter() >= deadline:
+                break
     return sock.recvmsg_into([buffer], _ANCILLARY_BYTES, _CLOEXEC)[:3]
 
 
