@@ -348,7 +348,11 @@ class Connection:
                         decoder.end_of_stream()
                     return
                 before = decoder.pending_bytes
-                hold(before + len(data))
+                try:
+                    hold(before + len(data))
+                except FramingError:
+                    close_fds(fds)  # refused with the bytes they came with
+                    raise
                 decoder.feed(data)
                 if fds or truncated or self.carried is not None:
                     self._answer_with_fds(before, len(data), fds, truncated)
