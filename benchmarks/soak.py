@@ -10,7 +10,8 @@ Four clients run at once until the time is up:
                unload;
 - connections: connect, ListModels, disconnect.
 
-    .venv/bin/python benchmarks/soak.py [--seconds 300] [--every 15] [--json]
+    .venv/bin/python benchmarks/soak.py [--seconds 300] [--every 15] [--workers calls,shm,...]
+                                        [--json]
 
 docs/BENCHMARKS.md ("Soak") records a run.
 """
@@ -116,7 +117,10 @@ def sample(pid: int, start: float, counters: Counters) -> dict:
             **counters.snapshot()}
 
 
-def run(seconds: float, every: float, emit) -> dict:
+WORKERS = ("calls", "shm", "loads", "connections")
+
+
+def run(seconds: float, every: float, emit, only: tuple[str, ...] = WORKERS) -> dict:
     with tempfile.TemporaryDirectory(prefix="edge-agent-soak-") as workdir:
         agent, path = start_agent(workdir, 1)
         try:
@@ -131,10 +135,11 @@ def run(seconds: float, every: float, emit) -> dict:
                 except BaseException as e:  # reported, and the soak stops
                     failures.append(repr(e))
                     stop.set()
-            workers = [threading.Thread(target=guarded, args=args) for args in (
-                (calls, path, stop, counters), (shm_churn, path, stop, counters),
-                (load_churn, path, model_path, stop, counters),
-                (connections, path, stop, counters))]
+            jobs = {"calls": (calls, path, stop, counters),
+                    "shm": (shm_churn, path, stop, counters),
+                    "loads": (load_churn, path, model_path, stop, counters),
+                    "connections": (connections, path, stop, counters)}
+            workers = [threading.Thread(target=guarded, args=jobs[name]) for name in only]
             start = time.monotonic()
             samples = [sample(agent.pid, start, counters)]
             emit(samples[-1])
@@ -167,15 +172,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=300.0)
     parser.add_argument("--every", type=float, default=15.0, help="seconds between samples")
+    parser.add_argument("--workers", default=",".join(WORKERS),
+                        help=f"which churn to run (default: all of {', '.join(WORKERS)})")
     parser.add_argument("--json", action="store_true", help="print the result as JSON at the end")
     args = parser.parse_args()
+    only = tuple(args.workers.split(","))
+    if not set(only) <= set(WORKERS):
+        parser.error(f"--workers: choose from {', '.join(WORKERS)}")
     columns = ("t_s", "rss_mb", "fds", "segments", "threads", "calls", "shm:sysv", "shm:posix",
                "shm:posix-fd", "shm:memfd", "loads", "connections")
     print(" ".join(f"{c:>12}" for c in columns))
 
     def emit(row):
         print(" ".join(f"{row.get(c, 0):>12}" for c in columns), flush=True)
-    result = run(args.seconds, args.every, emit)
+    result = run(args.seconds, args.every, emit, only)
     print(f"RSS growth after the first interval: {result['rss_growth_after_first_interval_mb']} MB; "
           f"fds {result['fds_start_end']}; segments {result['segments_start_end']}; "
           f"agent alive: {result['agent_alive']}; failures: {result['failures'] or 'none'}")

@@ -6,11 +6,13 @@ from __future__ import annotations
 import array
 import fcntl
 import os
+import select
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -417,6 +419,33 @@ def test_descriptors_in_the_middle_of_a_frame_close_the_connection(fd_agent):
         assert closed_by_peer(sock)
         sock.close()
     assert _open_fds(fd_agent.process.pid) == before
+
+
+def test_descriptors_of_a_frame_refused_by_the_pending_budget_are_closed(start_agent):
+    """The budget holds one large body's receive buffer: a second client's large frame is
+    refused, and the descriptor sent with its header is closed with it."""
+    agent = start_agent(edge_agent_max_frame_bytes=8 * 1024 * 1024,
+                        edge_agent_max_pending_bytes=8 * 1024 * 1024 + 16,
+                        edge_agent_frame_timeout_seconds=300.0)
+    before = _open_fds(agent.process.pid)
+    header = HEADER.pack(b"EA", 1, Kind.REQUEST, Method.LIST_MODELS, 0, 1, 8 * 1024 * 1024)
+    holder, refused = raw_connection(agent), raw_connection(agent)
+    holder.sendall(header)
+    wait_taken(holder)
+    with MemfdSegment.create(64) as segment:
+        _send_with_fds(refused, header, [segment.fd])
+    readable, _, _ = select.select([holder, refused], [], [], 120)
+    assert len(readable) == 1  # which one depends on which thread held first
+    assert [f.status for f in read_replies(readable[0])] == [StatusCode.RESOURCE_EXHAUSTED]
+    assert closed_by_peer(readable[0])
+    holder.close()
+    refused.close()
+    holder = raw_connection(agent)
+    _hang_up(holder)  # the agent has taken and ended a later connection ...
+    deadline = time.monotonic() + 30
+    while _open_fds(agent.process.pid) != before:  # ... and the descriptor goes with its thread
+        assert time.monotonic() < deadline, "the passed descriptor stayed open"
+        time.sleep(0.05)
 
 
 def test_no_descriptor_is_left_open(fd_agent, model_files):
