@@ -170,7 +170,10 @@ def test_a_sealed_memfd_cannot_take_outputs(client):
     fd = os.memfd_create("sealed", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
     try:
         os.ftruncate(fd, 4096)
-        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_WRITE)
+        try:
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_WRITE)
+        except OSError as e:  # an emulator that does not translate F_ADD_SEALS
+            pytest.skip(f"memfd sealing is not available here: {e}")
         target = ShmTensor(0, 0, 16, F32, (1, 4), fd=fd)
         _expect(StatusCode.PERMISSION_DENIED, "may not be mapped", client.predict, "add",
                 [a, b], outputs=[target])
