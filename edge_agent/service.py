@@ -129,8 +129,8 @@ class AgentService:
         what = f"model '{name}'"
         fd_index = fd_url_index(url)  # `fd:N`: a file the client passed with the request
         content = (self._read_model(path, what) if fd_index is None else read_passed_model(
-            caller, fd_index, what, lambda size: self.budget.check(size, what),
-            self.config.edge_agent_allow_unsigned_models))
+            caller, fd_index, what, self.config, lambda size: self.budget.check(size, what),
+            lambda copy: self._read_package(copy, what)))
         self.budget.reserve(len(content), what)
         reserved = len(content)
         try:

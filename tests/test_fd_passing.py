@@ -286,8 +286,33 @@ def test_a_passed_file_that_is_no_model(client, tmp_path):
 def test_unsigned_models_by_descriptor_follow_the_same_rule(start_agent, model_files):
     agent = start_agent(edge_agent_allow_unsigned_models=False)
     with agent.client() as c, open(model_files["add"], "rb") as f:
-        _expect(StatusCode.FAILED_PRECONDITION, "unsigned models are not allowed",
+        _expect(StatusCode.FAILED_PRECONDITION, "unsigned .tflite models are not allowed",
                 c.load_model_from_file, "add", f)
+
+
+def test_a_signed_package_passed_as_a_descriptor(start_agent, tmp_path):
+    from package_cases import Signer
+
+    signer = Signer(tmp_path / "keys")
+    agent = start_agent(sagemaker_edge_core_root_certs_path=str(signer.trust),
+                        edge_agent_allow_unsigned_models=False)
+    package = signer.package(tmp_path / "demo.tar.gz")
+    demo = model_builder.demo_model()
+    inputs = demo.sample_inputs(seed=3)
+    with agent.client() as c, open(package, "rb") as f:
+        c.load_model_from_file("demo", f)
+        outputs = c.predict("demo", [inputs["features"]])
+        np.testing.assert_allclose(outputs["scores"], demo.reference(inputs)["scores"], rtol=1e-5)
+    tampered = tmp_path / "tampered.tar.gz"
+    data = bytearray(package.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    tampered.write_bytes(bytes(data))
+    with agent.client() as c, open(tampered, "rb") as f:
+        with pytest.raises(AgentError) as info:
+            c.load_model_from_file("tampered", f)
+        assert info.value.code == StatusCode.FAILED_PRECONDITION
+    passed = agent.workdir / "state" / "passed"
+    assert not list(passed.iterdir())  # the private copies are gone
 
 
 def _as_nobody(work) -> str:
