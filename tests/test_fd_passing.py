@@ -250,6 +250,27 @@ def test_cli_predict_through_passed_segments(fd_agent, tmp_path):
         np.testing.assert_array_equal(np.load(tmp_path / "out" / "sum.npy"), a + b)
 
 
+def test_a_client_in_c_passes_a_memfd(fd_agent, tmp_path):
+    """tests/fd_client/fd_client.c sends a Predict with a memfd as the docs show it in C."""
+    if shutil.which("cc") is None:
+        pytest.skip("no C compiler (cc) here")
+    program = tmp_path / "fd_client"
+    source = Path(__file__).resolve().parent / "fd_client" / "fd_client.c"
+    subprocess.run(["cc", "-O2", "-Wall", "-Werror", "-o", str(program), str(source)],
+                   check=True, timeout=120)
+    request = pb.PredictRequest(name="add")
+    request.tensors.add().shared_memory_handle.CopyFrom(pb.SharedMemoryHandle(fd_index=0))
+    request.tensors.add().shared_memory_handle.CopyFrom(pb.SharedMemoryHandle(fd_index=0,
+                                                                              offset=16))
+    request.output_handles.add(fd_index=0, offset=64)
+    frame = tmp_path / "frame.bin"
+    frame.write_bytes(encode_request(Method.PREDICT, 1, request.SerializeToString()))
+    result = subprocess.run([str(program), fd_agent.socket_path, str(frame)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["status 0", "output 11 22 33 44"], result.stdout
+
+
 # --- models by descriptor ----------------------------------------------------------------------
 
 def test_a_model_loaded_from_a_passed_file(client, model_files):
