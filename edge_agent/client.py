@@ -108,18 +108,23 @@ class AgentClient:
         to spin for a reply before sleeping (0: not at all; see edge_agent_busy_poll_us)."""
         self.socket_path = socket_path
         self._spin = busy_poll_us / 1e6
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._sock.settimeout(timeout)
-        try:
-            self._sock.connect(socket_path)
-        except OSError as e:
-            self._sock.close()
-            raise AgentError(StatusCode.UNAVAILABLE,
-                             f"cannot connect to the agent at {socket_path}: {e.strerror or e}") from None
+        self._timeout = timeout
+        self._sock = self._connect()
         self._decoder = FrameDecoder(MAX_REPLY_BYTES)
         self._buffer = bytearray(RECV_BYTES)  # reused: recv(n) would allocate n bytes a call
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
+
+    def _connect(self) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self._timeout)
+        try:
+            sock.connect(self.socket_path)
+        except OSError as e:
+            sock.close()
+            raise AgentError(StatusCode.UNAVAILABLE, f"cannot connect to the agent at "
+                             f"{self.socket_path}: {e.strerror or e}") from None
+        return sock
 
     def __enter__(self) -> "AgentClient":
         return self
@@ -221,18 +226,29 @@ class AgentClient:
         descriptors passed with the request (SCM_RIGHTS), named in it by index."""
         with self._lock:
             request_id = next(self._ids) & 0xFFFFFFFF
-            try:
-                send_with_fds(self._sock,
-                              encode_request(method, request_id, request.SerializeToString()), fds)
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # the agent closed on us: its reason, if it gave one, is still to be read
-            except socket.timeout:
-                raise self._timed_out() from None
-            frame = self._read_reply(request_id)
+            data = encode_request(method, request_id, request.SerializeToString())
+            frame = self._exchange(data, fds, request_id)
+            if frame.request_id == 0 and frame.status == StatusCode.UNAVAILABLE:
+                # The agent had closed this connection for being idle before it read the
+                # request (docs/PROTOCOL.md): nothing ran, so it is sent again, once, on a
+                # new connection.
+                self._sock.close()
+                self._sock = self._connect()
+                self._decoder = FrameDecoder(MAX_REPLY_BYTES)
+                frame = self._exchange(data, fds, request_id)
         if frame.status != StatusCode.OK:
             raise AgentError(StatusCode.from_wire(frame.status),
                              frame.body.decode("utf-8", "replace"))
         return response_type.FromString(frame.body)
+
+    def _exchange(self, data: bytes, fds: Sequence[int], request_id: int):
+        try:
+            send_with_fds(self._sock, data, fds)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the agent closed on us: its reason, if it gave one, is still to be read
+        except socket.timeout:
+            raise self._timed_out() from None
+        return self._read_reply(request_id)
 
     def _timed_out(self) -> AgentError:
         return AgentError(StatusCode.DEADLINE_EXCEEDED,
