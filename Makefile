@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: all setup system-deps demo test bench proto docs clean c-client c-bench
+.PHONY: all setup system-deps demo test bench proto docs clean c-client c-bench fuzz
 .PHONY: cross-wheels cross-wheel-aarch64 cross-wheel-armv7 qemu-test-aarch64 qemu-test-armv7 \
 	qemu-test-aarch64-full qemu-test-armv7-full
 
@@ -33,6 +33,14 @@ test: $(STAMP) system-deps
 
 bench: $(STAMP)
 	$(VENV)/bin/edge-agent bench
+
+# Long fuzzing runs of the harnesses in fuzz/ (docs/DEVELOPMENT.md): new inputs and findings
+# go to fuzz/out/. `make test` runs both for a bounded number of inputs.
+FUZZ_ARGS ?= -max_total_time=600
+fuzz: $(STAMP)
+	mkdir -p fuzz/out/frames fuzz/out/models
+	$(PY) fuzz/frames.py $(FUZZ_ARGS) -artifact_prefix=fuzz/out/ fuzz/out/frames fuzz/corpus/frames
+	$(PY) fuzz/models.py $(FUZZ_ARGS) -artifact_prefix=fuzz/out/ fuzz/out/models fuzz/corpus/models
 
 # Regenerate the committed protobuf code after editing proto/agent.proto.
 proto: $(STAMP)

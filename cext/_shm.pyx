@@ -296,6 +296,11 @@ cdef class Mapping:
         """True when the POSIX object shrank under the mapping and its pages were replaced."""
         return self._was_faulted or (self._slot >= 0 and ea_guard_faulted(self._slot) != 0)
 
+    def fileno(self):
+        """The descriptor of a mapped POSIX object or memfd (to pass to the agent); -1 for
+        SysV. It stays open until the mapping is unmapped."""
+        return self._fd
+
     def fstat(self):
         """fstat of the mapped POSIX object (its current size, owner and mode)."""
         if self._fd < 0:
@@ -386,6 +391,21 @@ def posix_attach(str name, bint writable=False):
         fd = shm_open(c_name, oflag, 0)
     if fd < 0:
         raise _os_error(f"shm_open of POSIX segment {name!r}")
+    return _map_fd(fd, name, writable)
+
+
+def fd_attach(int fd, bint writable=False, name=None):
+    """Map the regular file (POSIX object, memfd) open as `fd`, read-only unless writable.
+
+    The Mapping keeps a duplicate of `fd` (close-on-exec), so the caller may close its own at
+    once. → (Mapping, SegmentStat), as posix_attach; NotASegment for a FIFO, socket, device.
+    """
+    cdef int copy = os.dup(fd)  # non-inheritable, as every descriptor Python makes
+    return _map_fd(copy, f"descriptor {fd}" if name is None else name, writable)
+
+
+cdef _map_fd(int fd, name, bint writable):
+    """Map the open object `fd` (which the returned Mapping then owns and closes)."""
     cdef Mapping m = Mapping.__new__(Mapping)
     m._fd = fd
     m._kind = POSIX

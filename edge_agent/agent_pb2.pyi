@@ -71,16 +71,18 @@ class TensorMetadata(_message.Message):
     def __init__(self, name: _Optional[bytes] = ..., data_type: _Optional[_Union[DataType, str]] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class SharedMemoryHandle(_message.Message):
-    __slots__ = ("size", "offset", "segment_id", "posix_name")
+    __slots__ = ("size", "offset", "segment_id", "posix_name", "fd_index")
     SIZE_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
     SEGMENT_ID_FIELD_NUMBER: _ClassVar[int]
     POSIX_NAME_FIELD_NUMBER: _ClassVar[int]
+    FD_INDEX_FIELD_NUMBER: _ClassVar[int]
     size: int
     offset: int
     segment_id: int
     posix_name: str
-    def __init__(self, size: _Optional[int] = ..., offset: _Optional[int] = ..., segment_id: _Optional[int] = ..., posix_name: _Optional[str] = ...) -> None: ...
+    fd_index: int
+    def __init__(self, size: _Optional[int] = ..., offset: _Optional[int] = ..., segment_id: _Optional[int] = ..., posix_name: _Optional[str] = ..., fd_index: _Optional[int] = ...) -> None: ...
 
 class Tensor(_message.Message):
     __slots__ = ("tensor_metadata", "byte_data", "shared_memory_handle")

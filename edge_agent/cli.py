@@ -227,7 +227,7 @@ def _client_predict(agent, args: argparse.Namespace) -> None:
 
     inputs = _load_inputs(args.inputs)
     if args.shm:
-        outputs = _predict_through_shm(agent, args.name, inputs, args.shm)
+        outputs = _predict_through_shm(agent, args.name, inputs, args.shm, args.pass_fd)
     else:
         outputs = agent.predict(args.name, inputs)
     for name, array in outputs.items():
@@ -238,12 +238,14 @@ def _client_predict(agent, args: argparse.Namespace) -> None:
             np.save(os.path.join(args.out, f"{name.replace('/', '_') or 'output'}.npy"), array)
 
 
-def _predict_through_shm(agent, name: str, inputs, kind: str):
+def _predict_through_shm(agent, name: str, inputs, kind: str, pass_fd: bool = False):
     """Predict with each input in a shared-memory segment of its own, made for the call (mode
-    0600, so an agent running as another user than root needs read permission) and freed."""
-    from edge_agent.shm_client import PosixSegment, SysVSegment
+    0600, so an agent running as another user than root needs read permission, unless the
+    segment is passed as a descriptor: memfd always, POSIX with pass_fd) and freed."""
+    from edge_agent.shm_client import MemfdSegment, PosixSegment, SysVSegment
 
-    create = SysVSegment.create if kind == "sysv" else PosixSegment.create
+    create = {"sysv": SysVSegment.create, "posix": PosixSegment.create,
+              "memfd": MemfdSegment.create}[kind]
     named = isinstance(inputs, dict)
     segments = []
     try:
@@ -251,7 +253,8 @@ def _predict_through_shm(agent, name: str, inputs, kind: str):
         for array in (inputs.values() if named else inputs):
             segments.append(create(array.nbytes))
             tensors.append(segments[-1].write(array))
-        return agent.predict(name, dict(zip(inputs, tensors)) if named else tensors)
+        return agent.predict(name, dict(zip(inputs, tensors)) if named else tensors,
+                             pass_fd=pass_fd)
     finally:
         for segment in segments:
             segment.free()
@@ -311,8 +314,11 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("name")
     predict.add_argument("inputs", nargs="*", metavar="[NAME=]FILE.npy")
     predict.add_argument("--out", help="directory to save the outputs in as .npy files")
-    predict.add_argument("--shm", nargs="?", const="sysv", choices=("sysv", "posix"),
-                         help="pass the inputs through shared memory (default: SysV)")
+    predict.add_argument("--shm", nargs="?", const="sysv", choices=("sysv", "posix", "memfd"),
+                         help="pass the inputs through shared memory (default: SysV; memfd "
+                         "segments go as file descriptors)")
+    predict.add_argument("--pass-fd", action="store_true",
+                         help="with --shm posix: pass the segments as file descriptors, not names")
     client.set_defaults(func=cmd_client)
 
     demo = sub.add_parser("demo", help="start an agent, load a demo model, predict, stop")

@@ -8,6 +8,7 @@ Every failed call raises edge_agent.errors.AgentError with the agent's status co
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import itertools
 import math
@@ -25,8 +26,8 @@ from edge_agent import agent_pb2 as pb
 from edge_agent.errors import AgentError, StatusCode
 from edge_agent.api import BY_METHOD
 from edge_agent.protocol import FrameDecoder, Method, encode_request
-from edge_agent.shm_client import ShmTensor, add_shm_tensor
-from edge_agent.sockets import receive
+from edge_agent.shm_client import ShmTensor, add_shm_tensor, fd_index
+from edge_agent.sockets import receive, send_with_fds
 from edge_agent.tensors import add_array, dtype_of, tensor_to_array
 
 DEFAULT_SOCKET = "/tmp/edge-agent.sock"
@@ -68,12 +69,13 @@ class CaptureStatus(NamedTuple):
     reason: str  # why, for a FAILURE
 
 
-def _add_tensors(tensors, values: "Inputs") -> None:
-    """Append arrays or ShmTensors, given by position or by name, to a repeated Tensor."""
+def _add_tensors(tensors, values: "Inputs", fds: list, pass_fd: bool) -> None:
+    """Append arrays or ShmTensors, given by position or by name, to a repeated Tensor; the
+    descriptors of segments passed as such go to `fds`."""
     items = values.items() if isinstance(values, Mapping) else (("", v) for v in values)
     for name, value in items:
         if isinstance(value, ShmTensor):
-            add_shm_tensor(tensors, name, value)
+            add_shm_tensor(tensors, name, value, fd_index(fds, value, pass_fd))
         else:
             add_array(tensors, name, np.asarray(value))
 
@@ -83,6 +85,16 @@ def _add_auxiliary(items, values: Mapping[str, AuxData]) -> None:
         data, encoding = value if isinstance(value, tuple) else (value, "NONE")
         items.add(name=name, encoding=pb.Encoding.Value(encoding),
                   byte_data=data.encode() if isinstance(data, str) else bytes(data))
+
+
+def _written(sent: ShmTensor, tensor: pb.Tensor) -> tuple[str, ShmTensor]:
+    """(name, ShmTensor) of an output the agent wrote where `sent` said; a descriptor's
+    index means nothing outside the call, so the segment is named as it was sent."""
+    name, written = ShmTensor.from_reply(tensor)
+    if tensor.shared_memory_handle.HasField("fd_index"):
+        written = dataclasses.replace(written, segment_id=sent.segment_id,
+                                      posix_name=sent.posix_name, fd=sent.fd)
+    return name, written
 
 
 Inputs = Union[Sequence[Union[np.ndarray, ShmTensor]], Mapping[str, Union[np.ndarray, ShmTensor]]]
@@ -97,18 +109,23 @@ class AgentClient:
         to spin for a reply before sleeping (0: not at all; see edge_agent_busy_poll_us)."""
         self.socket_path = socket_path
         self._spin = busy_poll_us / 1e6
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._sock.settimeout(timeout)
-        try:
-            self._sock.connect(socket_path)
-        except OSError as e:
-            self._sock.close()
-            raise AgentError(StatusCode.UNAVAILABLE,
-                             f"cannot connect to the agent at {socket_path}: {e.strerror or e}") from None
+        self._timeout = timeout
+        self._sock = self._connect()
         self._decoder = FrameDecoder(MAX_REPLY_BYTES)
         self._buffer = bytearray(RECV_BYTES)  # reused: recv(n) would allocate n bytes a call
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
+
+    def _connect(self) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self._timeout)
+        try:
+            sock.connect(self.socket_path)
+        except OSError as e:
+            sock.close()
+            raise AgentError(StatusCode.UNAVAILABLE, f"cannot connect to the agent at "
+                             f"{self.socket_path}: {e.strerror or e}") from None
+        return sock
 
     def __enter__(self) -> "AgentClient":
         return self
@@ -125,6 +142,14 @@ class AgentClient:
         reply = self.call(Method.LOAD_MODEL, pb.LoadModelRequest(url=url, name=name))
         return ModelInfo.from_pb(reply.model)
 
+    def load_model_from_file(self, name: str, file) -> ModelInfo:
+        """Load the model in `file` (an open file or a descriptor), passing the descriptor:
+        the agent reads what this process opened, needing no right to the path itself."""
+        fd = file if isinstance(file, int) else file.fileno()
+        reply = self.call(Method.LOAD_MODEL, pb.LoadModelRequest(url="fd:0", name=name),
+                          fds=(fd,))
+        return ModelInfo.from_pb(reply.model)
+
     def unload_model(self, name: str) -> None:
         self.call(Method.UNLOAD_MODEL, pb.UnLoadModelRequest(name=name))
 
@@ -136,36 +161,41 @@ class AgentClient:
         reply = self.call(Method.DESCRIBE_MODEL, pb.DescribeModelRequest(name=name))
         return ModelInfo.from_pb(reply.model)
 
-    def predict(self, name: str, inputs: Inputs,
-                outputs: Sequence[ShmTensor] | None = None) -> "OrderedDict[str, np.ndarray]":
+    def predict(self, name: str, inputs: Inputs, outputs: Sequence[ShmTensor] | None = None,
+                pass_fd: bool = False) -> "OrderedDict[str, np.ndarray]":
         """Outputs by name, in the model's order. `inputs`: arrays (or ShmTensors, which
         name shared memory holding the input) by position, or by name. `outputs`: one
         ShmTensor per model output to have the agent write it there; the result then maps
-        each output name to a ShmTensor saying where it is, its dtype and its shape."""
+        each output name to a ShmTensor saying where it is, its dtype and its shape.
+        `pass_fd`: pass POSIX segments as descriptors rather than by name (memfd segments
+        always are)."""
         request = pb.PredictRequest(name=name)
-        _add_tensors(request.tensors, inputs)
+        fds: list[int] = []
+        _add_tensors(request.tensors, inputs, fds, pass_fd)
         if outputs:
-            request.output_handles.extend(t.handle() for t in outputs)
-        reply = self.call(Method.PREDICT, request)
+            request.output_handles.extend(t.handle(fd_index(fds, t, pass_fd)) for t in outputs)
+        reply = self.call(Method.PREDICT, request, fds=fds)
         if outputs:
-            return OrderedDict(ShmTensor.from_reply(t) for t in reply.tensors)
+            return OrderedDict(_written(sent, t) for sent, t in zip(outputs, reply.tensors))
         return OrderedDict(tensor_to_array(t) for t in reply.tensors)
 
     def capture_data(self, model_name: str, inputs: Inputs, outputs: Inputs,
                      aux_inputs: Mapping[str, AuxData] | None = None,
                      aux_outputs: Mapping[str, AuxData] | None = None,
                      capture_id: str | None = None,
-                     timestamp: float | datetime.datetime | None = None) -> str:
+                     timestamp: float | datetime.datetime | None = None,
+                     pass_fd: bool = False) -> str:
         """Capture tensors (arrays or ShmTensors, by position or by name) for later analysis;
         the capture id (a new UUID unless given). Returns once the agent has journaled the
         capture; follow it with get_capture_data_status. Auxiliary data: name → bytes, str,
         or (bytes or str, encoding) with encoding CSV, JSON, NONE (default) or BASE64.
         `timestamp`: when the inference ran, seconds since the epoch or a datetime (default:
-        now)."""
+        now). `pass_fd`: as for predict."""
         capture_id = capture_id or str(uuid.uuid4())
         request = pb.CaptureDataRequest(model_name=model_name, capture_id=capture_id)
-        _add_tensors(request.input_tensors, inputs)
-        _add_tensors(request.output_tensors, outputs)
+        fds: list[int] = []
+        _add_tensors(request.input_tensors, inputs, fds, pass_fd)
+        _add_tensors(request.output_tensors, outputs, fds, pass_fd)
         _add_auxiliary(request.inputs, aux_inputs or {})
         _add_auxiliary(request.outputs, aux_outputs or {})
         if isinstance(timestamp, datetime.datetime):
@@ -174,7 +204,7 @@ class AgentClient:
         whole = math.floor(seconds)
         request.inference_timestamp.seconds = whole
         request.inference_timestamp.nanos = min(999_999_999, round((seconds - whole) * 1e9))
-        self.call(Method.CAPTURE_DATA, request)
+        self.call(Method.CAPTURE_DATA, request, fds=fds)
         return capture_id
 
     def get_capture_data_status(self, capture_id: str) -> str:
@@ -189,22 +219,36 @@ class AgentClient:
 
     # --- the wire ---------------------------------------------------------------------------
 
-    def call(self, method: Method, request, response_type: type | None = None):
+    def call(self, method: Method, request, response_type: type | None = None,
+             fds: Sequence[int] = ()):
         """Send one request, wait for its reply: a `response_type` message (default: the
-        method's response type in edge_agent.api's table); AgentError for a non-OK status."""
+        method's response type in edge_agent.api's table); AgentError for a non-OK status.
+        `fds`: descriptors passed with the request (SCM_RIGHTS), named in it by index."""
         with self._lock:
             request_id = next(self._ids) & 0xFFFFFFFF
-            try:
-                self._sock.sendall(encode_request(method, request_id, request.SerializeToString()))
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # the agent closed on us: its reason, if it gave one, is still to be read
-            except socket.timeout:
-                raise self._timed_out() from None
-            frame = self._read_reply(request_id)
+            data = encode_request(method, request_id, request.SerializeToString())
+            frame = self._exchange(data, fds, request_id)
+            if frame.request_id == 0 and frame.status == StatusCode.UNAVAILABLE:
+                # The agent had closed this connection for being idle before it read the
+                # request (docs/PROTOCOL.md): nothing ran, so it is sent again, once, on a
+                # new connection.
+                self._sock.close()
+                self._sock = self._connect()
+                self._decoder = FrameDecoder(MAX_REPLY_BYTES)
+                frame = self._exchange(data, fds, request_id)
         if frame.status != StatusCode.OK:
             raise AgentError(StatusCode.from_wire(frame.status),
                              frame.body.decode("utf-8", "replace"))
         return (response_type or BY_METHOD[method].response_type).FromString(frame.body)
+
+    def _exchange(self, data: bytes, fds: Sequence[int], request_id: int):
+        try:
+            send_with_fds(self._sock, data, fds)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the agent closed on us: its reason, if it gave one, is still to be read
+        except socket.timeout:
+            raise self._timed_out() from None
+        return self._read_reply(request_id)
 
     def _timed_out(self) -> AgentError:
         return AgentError(StatusCode.DEADLINE_EXCEEDED,

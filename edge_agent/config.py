@@ -86,6 +86,14 @@ class AgentConfig:
         10.0, "A client that stops in the middle of a frame (on the gRPC socket: a request) for "
         "this long is disconnected.",
         kind=float, minimum=0.001)
+    edge_agent_idle_timeout_seconds: float = _setting(
+        600.0, "A connection with no request in progress for this long is closed (UNAVAILABLE, "
+        "request id 0), so idle clients cannot hold every place for ever; 0: never.",
+        kind=float, minimum=0.0)
+    edge_agent_max_pending_bytes: int = _setting(
+        0, "Bytes that incomplete frames of all clients together may hold; the client whose "
+        "frame would pass it gets RESOURCE_EXHAUSTED and is disconnected. 0: twice "
+        "edge_agent_max_frame_bytes.", minimum=0)
     edge_agent_send_timeout_seconds: float = _setting(
         30.0, "A client that does not read its reply for this long is disconnected.",
         kind=float, minimum=0.001)
@@ -234,6 +242,11 @@ class AgentConfig:
         return self.edge_agent_memory_budget_mb * 1024 * 1024
 
     @property
+    def pending_budget_bytes(self) -> int:
+        """edge_agent_max_pending_bytes, or its default: room for two of the largest frames."""
+        return self.edge_agent_max_pending_bytes or 2 * (self.edge_agent_max_frame_bytes + 16)
+
+    @property
     def socket_mode(self) -> int:
         return int(self.edge_agent_socket_mode, 8)
 
@@ -309,6 +322,11 @@ def _check(config: AgentConfig) -> None:
                           "a permission mode")
     if not config.edge_agent_socket_path:
         raise ConfigError("edge_agent_socket_path: must not be empty")
+    largest_frame = config.edge_agent_max_frame_bytes + 16  # the header comes on top
+    if 0 < config.edge_agent_max_pending_bytes < largest_frame:
+        raise ConfigError(f"edge_agent_max_pending_bytes: must hold at least one frame of "
+                          f"edge_agent_max_frame_bytes plus its 16-byte header ({largest_frame}), "
+                          f"got {config.edge_agent_max_pending_bytes}")
     if config.edge_agent_delegate == "external" and not config.edge_agent_delegate_library:
         raise ConfigError("edge_agent_delegate_library: must name the delegate's shared library "
                           "when edge_agent_delegate is external")

@@ -59,6 +59,19 @@ def open_regular(path: str, *, name: str | None = None, follow_symlinks: bool = 
         raise
 
 
+def read_at_most(fd: int, size: int) -> bytes:
+    """The first `size` bytes of the file open at fd (fewer only if it ends sooner), read with
+    pread: the descriptor's offset, which a client that passed it may share, is untouched."""
+    chunks, done = [], 0
+    while done < size:
+        chunk = os.pread(fd, min(size - done, 1 << 24), done)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        done += len(chunk)
+    return b"".join(chunks)
+
+
 def looks_like_tflite(data: bytes) -> bool:
     return data[4:8] == TFLITE_IDENTIFIER
 

@@ -4,11 +4,12 @@ One thread per connection: a call runs on its client's thread, so a slow, stalle
 half-open client holds only its own thread, and predictions from different clients on
 different models run in parallel. Requests pipelined on one connection are answered in
 order. Framing faults get an error reply and the connection is closed; everything else
-(a bad request, an unknown method, a failed call) gets an error reply and the connection
-stays open.
+(a bad request, an unknown method, a request frame with a non-zero status, a failed call)
+gets an error reply and the connection stays open. docs/PROTOCOL.md states the rules.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import socket
@@ -18,9 +19,9 @@ import time
 from edge_agent.api import BY_METHOD, Api, unknown_method
 from edge_agent.config import AgentConfig
 from edge_agent.errors import StatusCode
-from edge_agent.protocol import FrameDecoder, FramingError, Kind, encode_error, encode_reply
+from edge_agent.protocol import HEADER, FrameDecoder, FramingError, Kind, encode_error, encode_reply
 from edge_agent.service import AgentService, Caller
-from edge_agent.sockets import receive
+from edge_agent.sockets import MAX_FDS, WAITALL_BYTES, close_fds, receive_with_fds
 from edge_agent.unix_socket import (ServerError, accept_until, bind_socket, peer_credentials,
                                     remove_socket_file)
 from edge_agent.unix_socket import send_quietly as _send_quietly
@@ -43,6 +44,7 @@ class SocketServer:
         self._stopping = threading.Event()
         self._connections: set[socket.socket] = set()
         self._lock = threading.Lock()
+        self.pending = PendingBudget(config.pending_budget_bytes)
 
     def bind(self) -> None:
         self._listener = bind_socket(self.path, self.config)
@@ -110,57 +112,226 @@ class SocketServer:
         return encode_reply(method, request_id, reply)
 
 
+class PendingBudget:
+    """Bytes that incomplete frames hold across all connections (edge_agent_max_pending_bytes).
+
+    Each connection says what it holds now; one that would take the total past the limit is
+    refused, so many clients each sending part of a large frame cannot exhaust the board."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.used = 0
+        self._lock = threading.Lock()
+
+    def change(self, held: int, wanted: int) -> bool:
+        """Move one connection's share from `held` to `wanted` bytes; False if it cannot grow."""
+        with self._lock:
+            if wanted > held and self.used + wanted - held > self.limit:
+                return False
+            self.used += wanted - held
+            return True
+
+
+# Stands for the descriptors of a frame that came with more than MAX_FDS: already closed,
+# the frame is answered INVALID_ARGUMENT.
+_TOO_MANY_FDS = object()
+
+
 class Connection:
     """One client: read frames, answer each in order, close on a framing fault.
 
     The socket stays in blocking mode (a Python-level timeout costs a poll() per call); the
-    kernel enforces the time limits instead: SO_SNDTIMEO for a client that stops reading,
-    SO_RCVTIMEO, set only while a frame is incomplete, for one that stops mid-frame.
+    kernel enforces the time limits instead: SO_SNDTIMEO for a client that stops reading, and
+    SO_RCVTIMEO for one that sends nothing: edge_agent_idle_timeout_seconds between frames,
+    edge_agent_frame_timeout_seconds while a frame is incomplete. The option is set only when
+    the connection passes from one state to the other, never per call.
+
+    The bytes of an incomplete frame (and the buffer set aside for the rest of a large body)
+    are held against the server's PendingBudget while they are buffered, and given back as the
+    frame completes or the connection ends.
+
+    Descriptors a client passes (SCM_RIGHTS) belong to the last frame that begins in the bytes
+    they arrived with (docs/PROTOCOL.md); they go to the call in Caller.fds and are closed when
+    its reply is ready, whatever happened.
     """
 
     def __init__(self, server: SocketServer, conn: socket.socket, caller: Caller):
         self.server = server
         self.conn = conn
         self.caller = caller
-        self.frame_timeout = server.config.edge_agent_frame_timeout_seconds
-        self.decoder = FrameDecoder(server.config.edge_agent_max_frame_bytes)
+        config = server.config
+        self.frame_timeout = config.edge_agent_frame_timeout_seconds
+        self.idle_timeout = config.edge_agent_idle_timeout_seconds
+        self.decoder = FrameDecoder(config.edge_agent_max_frame_bytes)
+        self.pending = server.pending
+        self.held = 0  # bytes held against the pending budget
+        self.carried = None  # descriptors of the incomplete frame they arrived with
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
-                        _timeval(server.config.edge_agent_send_timeout_seconds))
+                        _timeval(config.edge_agent_send_timeout_seconds))
+        if self.idle_timeout:
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(self.idle_timeout))
 
     def run(self) -> None:
         conn, decoder, dispatch, caller = self.conn, self.decoder, self.server.dispatch, self.caller
+        hold = self._hold
         # One receive buffer for the connection's life: recv(n) would allocate n bytes a call.
         buffer = bytearray(RECV_BYTES)
         frame_started = None  # when the incomplete frame in the decoder began to arrive
         spin = self.server.config.edge_agent_busy_poll_us / 1e6
         try:
             while True:
+                needed = decoder.needed_bytes
+                if needed > RECV_BYTES:  # receive() sets a buffer aside for the large body
+                    hold(decoder.pending_bytes + min(needed, WAITALL_BYTES))
                 try:
-                    data = receive(conn, buffer, decoder.needed_bytes, spin)
-                except BlockingIOError:  # SO_RCVTIMEO: the client stopped mid-frame
-                    self._fail_stalled()
+                    data, fds, truncated = receive_with_fds(conn, buffer, needed, spin)
+                except BlockingIOError:  # SO_RCVTIMEO
+                    if frame_started is None:
+                        self._close_idle()
+                    else:
+                        self._fail_stalled()  # the client stopped mid-frame
                     return
                 if not data:
+                    close_fds(fds)
                     if not self.server._stopping.is_set():
                         decoder.end_of_stream()
                     return
+                before = decoder.pending_bytes
+                try:
+                    hold(before + len(data))
+                except FramingError:
+                    close_fds(fds)  # refused with the bytes they came with
+                    raise
                 decoder.feed(data)
-                for frame in decoder.frames():
-                    if frame.kind != Kind.REQUEST:
-                        raise FramingError(StatusCode.INVALID_ARGUMENT,
-                                           f"expected a request frame, got kind {frame.kind}",
-                                           frame.request_id)
-                    conn.sendall(dispatch(frame.method, frame.request_id, frame.body, caller))
+                if fds or truncated or self.carried is not None:
+                    self._answer_with_fds(before, len(data), fds, truncated)
+                else:
+                    for frame in decoder.frames():
+                        hold(decoder.pending_bytes)  # a whole frame is pending no more
+                        if frame.kind == Kind.REQUEST and not frame.status:
+                            conn.sendall(dispatch(frame.method, frame.request_id, frame.body,
+                                                  caller))
+                        else:
+                            self._refuse(frame)
+                hold(decoder.pending_bytes)
                 frame_started = self._watch_partial_frame(frame_started)
         except FramingError as e:
             log.info("closing a client connection (pid %d): %s", caller.pid, e.message)
             self._fail(e.code, e.message, e.request_id)
+        finally:
+            self.pending.change(self.held, 0)
+            self.held = 0
+            if self.carried is not None:
+                self._discard(self.carried)
+                self.carried = None
+
+    def _hold(self, nbytes: int) -> None:
+        """Hold `nbytes` against the pending budget (growing or shrinking this share)."""
+        if nbytes != self.held:
+            if not self.pending.change(self.held, nbytes):
+                raise FramingError(
+                    StatusCode.RESOURCE_EXHAUSTED,
+                    f"incomplete frames of all clients would hold more than "
+                    f"{self.pending.limit} bytes (edge_agent_max_pending_bytes); send the "
+                    "frame again later")
+            self.held = nbytes
+
+    def _refuse(self, frame) -> None:
+        """A frame that is no well-formed request: a reply closes the connection (the peer is
+        not speaking this protocol), a non-zero status is refused and the connection stays."""
+        if frame.kind != Kind.REQUEST:
+            raise FramingError(StatusCode.INVALID_ARGUMENT,
+                               f"expected a request frame, got kind {frame.kind}",
+                               frame.request_id)
+        self.conn.sendall(encode_error(
+            StatusCode.INVALID_ARGUMENT, frame.request_id,
+            f"a request frame carries status 0, got {frame.status}", frame.method))
+
+    def _answer_with_fds(self, before: int, length: int, fds, truncated: bool) -> None:
+        """Answer the frames of the `length` bytes just fed (`before` bytes of an incomplete
+        frame were buffered already), giving descriptors to the frame they belong to."""
+        frames, failure = [], None
+        try:
+            frames.extend(self.decoder.frames())
+        except FramingError as e:
+            failure = e
+        passed: list = [None] * len(frames)
+        if self.carried is not None and frames:
+            passed[0], self.carried = self.carried, None  # its frame is whole now
+        if fds or truncated:
+            if truncated:
+                close_fds(fds)
+                fds = _TOO_MANY_FDS
+            owner, start = None, -before  # where each frame begins in the new bytes
+            for i, frame in enumerate(frames):
+                if start >= 0:
+                    owner = i
+                start += HEADER.size + len(frame.body)
+            pending = self.decoder.pending_bytes
+            if failure is None and 0 < pending <= length:
+                self.carried = fds  # the frame they begin with is not whole yet
+            elif owner is not None:
+                passed[owner] = fds
+            else:  # no frame begins here: they came in the middle of one, which is refused
+                self._discard(fds)
+                for fds in passed:
+                    if fds is not None:
+                        self._discard(fds)
+                raise failure or FramingError(
+                    StatusCode.INVALID_ARGUMENT,
+                    "file descriptors arrived in the middle of a frame: send them with the "
+                    "first byte of the frame they belong to",
+                    frames[0].request_id if frames else 0)
+        try:
+            for i, frame in enumerate(frames):
+                self._hold(self.decoder.pending_bytes)
+                fds, passed[i] = passed[i], None
+                self._answer(frame, fds)
+        finally:
+            for fds in passed:  # the frames after a fault are never answered
+                if fds is not None:
+                    self._discard(fds)
+        if failure is not None:
+            raise failure
+
+    def _answer(self, frame, fds) -> None:
+        if fds is None:
+            if frame.kind == Kind.REQUEST and not frame.status:
+                self.conn.sendall(self.server.dispatch(frame.method, frame.request_id,
+                                                       frame.body, self.caller))
+            else:
+                self._refuse(frame)
+            return
+        if fds is _TOO_MANY_FDS:
+            if frame.kind != Kind.REQUEST or frame.status:
+                self._refuse(frame)
+                return
+            self.conn.sendall(encode_error(
+                StatusCode.INVALID_ARGUMENT, frame.request_id,
+                f"more than {MAX_FDS} file descriptors came with one frame; all were closed",
+                frame.method))
+            return
+        try:
+            if frame.kind != Kind.REQUEST or frame.status:
+                self._refuse(frame)
+                return
+            reply = self.server.dispatch(frame.method, frame.request_id, frame.body,
+                                         dataclasses.replace(self.caller, fds=fds))
+        finally:
+            close_fds(fds)
+        self.conn.sendall(reply)
+
+    @staticmethod
+    def _discard(fds) -> None:
+        if fds is not _TOO_MANY_FDS:
+            close_fds(fds)
 
     def _watch_partial_frame(self, frame_started: float | None) -> float | None:
-        """Arm the receive timeout while a frame is incomplete, disarm it when none is."""
+        """Arm the frame timeout while a frame is incomplete, the idle timeout when none is."""
         if not self.decoder.pending_bytes:
             if frame_started is not None:
-                self.conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(0))
+                self.conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
+                                     _timeval(self.idle_timeout))  # 0: wait for ever
             return None
         now = time.monotonic()
         if frame_started is None:
@@ -177,6 +348,13 @@ class Connection:
 
     def _fail_stalled(self) -> None:
         self._fail(StatusCode.DEADLINE_EXCEEDED, self._stalled_message())
+
+    def _close_idle(self) -> None:
+        log.info("closing a client connection (pid %d) idle for %g s", self.caller.pid,
+                 self.idle_timeout)
+        self._fail(StatusCode.UNAVAILABLE,
+                   f"connection closed after {self.idle_timeout:g} s without a request "
+                   "(edge_agent_idle_timeout_seconds); connect again")
 
     def _fail(self, code: int, message: str, request_id: int = 0) -> None:
         _send_quietly(self.conn, encode_error(code, request_id, message))

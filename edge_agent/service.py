@@ -17,11 +17,12 @@ from dataclasses import dataclass
 from edge_agent import agent_pb2 as pb
 from edge_agent import accelerators, caller_paths, delegates
 from edge_agent.config import AgentConfig
+from edge_agent.descriptors import check_access, fd_url_index, passed_fd
 from edge_agent.engine import LoadedModel, create_interpreter
 from edge_agent.errors import (AgentError, StatusCode, failed_precondition, invalid_argument,
                                not_found)
 from edge_agent.memory import MemoryBudget
-from edge_agent.modelfile import looks_like_tflite, not_regular
+from edge_agent.modelfile import looks_like_tflite, not_regular, read_at_most
 from edge_agent.prover import Prover, holds_edgetpu
 from edge_agent.shm import SharedMemory
 
@@ -36,11 +37,15 @@ class Caller:
 
     `groups`: the supplementary groups, read once when the connection was accepted
     (SO_PEERGROUPS); empty for a caller whose groups are unknown, who then gets only `gid`.
+    `fds`: the file descriptors the client passed with this call (SCM_RIGHTS on the framed
+    socket), in the order sent; requests name them by index (SharedMemoryHandle.fd_index,
+    LoadModel url `fd:N`). The transport closes them when the call returns.
     """
     pid: int
     uid: int
     gid: int
     groups: frozenset[int] = frozenset()
+    fds: tuple[int, ...] = ()
 
 
 IN_PROCESS = Caller(os.getpid(), os.getuid(), os.getgid(), frozenset(os.getgroups()))
@@ -90,6 +95,12 @@ def open_model(url: str, caller: Caller) -> ModelSource:
     a url becomes a file (a descriptor the client passes instead of a path is the other
     way in, and belongs here). What the caller cannot see or read answers NOT_FOUND worded
     exactly as a missing path; a url that names no local path, INVALID_ARGUMENT."""
+    index = fd_url_index(url)
+    if index is not None:  # `fd:N`: holding the descriptor is the caller's proof of access
+        what = f"url {url!r}"
+        fd = passed_fd(caller, index, what)
+        check_access(fd, False, what)
+        return ModelSource(os.dup(fd), url)  # read with pread: the client's offset stays
     path = model_path(url)
     try:
         fd = caller_paths.open_as(caller, path)
@@ -203,14 +214,13 @@ class AgentService:
                 return self._read_package(source, what, caller)
             if not self.config.edge_agent_allow_unsigned_models:
                 raise failed_precondition(
-                    f"'{path}' is an unsigned .tflite file and unsigned models are not "
-                    "allowed: load a signed package, or set edge_agent_allow_unsigned_models "
-                    "to true")
+                    f"'{path}' is an unsigned .tflite file, and unsigned .tflite models are "
+                    "not allowed: load a signed package, or set "
+                    "edge_agent_allow_unsigned_models to true")
             # Refuse an oversized file before reading it into memory.
             self.budget.check(st.st_size, what)
             # Read once: the child and the agent's runtime both get exactly these bytes.
-            with os.fdopen(os.dup(source.fd), "rb") as f:
-                content = f.read(st.st_size)
+            content = read_at_most(source.fd, st.st_size)
         except OSError as e:
             raise failed_precondition(f"cannot read '{path}': {e.strerror}") from None
         if not looks_like_tflite(content):

@@ -21,7 +21,12 @@ agent is attached to the old one (a removed segment stays in the kernel's table,
 SHM_DEST, until its last detach), so "IPC_STAT succeeds and SHM_DEST is clear" proves the
 cached attachment is still the segment the id names; the creator pid, creation time and size
 are compared as well. A POSIX name is tied to its inode: (st_dev, st_ino, size) of the name
-now must match the mapped object's. docs/SHARED_MEMORY.md is the user's guide.
+now must match the mapped object's.
+
+On the framed socket a handle may instead name a descriptor the client passed with the call
+(`fd_index`, edge_agent.descriptors): the object it refers to is mapped for that call only and
+never cached (the descriptor is the client's, closed when the call ends), with no owner or mode
+check, only the descriptor's own access mode. docs/SHARED_MEMORY.md is the user's guide.
 """
 from __future__ import annotations
 
@@ -39,6 +44,7 @@ import numpy as np
 from edge_agent import _shm
 from edge_agent import agent_pb2 as pb
 from edge_agent import permissions
+from edge_agent.descriptors import check_access, passed_fd
 from edge_agent.errors import AgentError, StatusCode, invalid_argument
 
 log = logging.getLogger(__name__)
@@ -63,12 +69,16 @@ def may_access(caller, st: _shm.SegmentStat, want: int) -> bool:
 # --- naming segments ------------------------------------------------------------------------
 
 class SegmentRef(NamedTuple):
-    """Which segment a handle names: a SysV shmid or a POSIX name (without its slash).
-    A tuple: it is hashed as a cache key on every call."""
+    """Which segment a handle names: a SysV shmid, a POSIX name (without its slash), or the
+    index of a descriptor passed with the call. A tuple: it is hashed as a cache key on every
+    call."""
     shmid: int | None
     posix_name: str | None
+    fd_index: int | None = None
 
     def __str__(self) -> str:
+        if self.fd_index is not None:
+            return f"passed descriptor #{self.fd_index}"
         if self.posix_name is not None:
             return f"POSIX segment '/{self.posix_name}'"
         return f"SysV segment {self.shmid}"
@@ -76,6 +86,8 @@ class SegmentRef(NamedTuple):
 
 def segment_ref(handle: pb.SharedMemoryHandle, what: str) -> SegmentRef:
     """The segment a handle names; INVALID_ARGUMENT for an id or name that cannot be one."""
+    if handle.HasField("fd_index"):
+        return SegmentRef(None, None, handle.fd_index)
     if handle.posix_name:
         name = handle.posix_name[1:] if handle.posix_name.startswith("/") else handle.posix_name
         if (not name or "/" in name or "\0" in name or name in (".", "..")
@@ -120,6 +132,14 @@ def _empty(ref: SegmentRef, what: str) -> AgentError:
 
 
 def _os_failure(error: OSError, ref: SegmentRef, what: str) -> AgentError:
+    if ref.fd_index is not None:
+        if isinstance(error, _shm.NotASegment):
+            return invalid_argument(f"{what}: {ref} is not a shared-memory segment (not a "
+                                    "regular file: a POSIX object, a memfd or a file)")
+        if error.errno in (errno.EACCES, errno.EPERM):  # a memfd sealed against writing
+            return AgentError(StatusCode.PERMISSION_DENIED,
+                              f"{what}: {ref} may not be mapped as asked ({error.strerror})")
+        return invalid_argument(f"{what}: cannot map {ref}: {error.strerror}")
     if isinstance(error, _shm.NotASegment):
         return invalid_argument(f"{what}: {ref} is not a shared-memory segment (/dev/shm/"
                                 f"{ref.posix_name} is not a regular file)")
@@ -203,6 +223,8 @@ class SharedMemory:
         only the cache), so one call's attach never stalls the others or the sweeper.
         """
         writable = want == WRITE
+        if ref.fd_index is not None:
+            return self._attach_passed(ref, caller, writable, what, offset, size)
         key = (ref, writable)
         try:
             st = current_stat(ref, what)
@@ -230,6 +252,21 @@ class SharedMemory:
         if entry.cached:
             self._start_sweeper()
         return entry, view
+
+    def _attach_passed(self, ref: SegmentRef, caller, writable: bool, what: str, offset: int,
+                       size: int | None) -> tuple[Attachment, memoryview]:
+        """attach() of a descriptor the client passed: mapped for this call only."""
+        fd = passed_fd(caller, ref.fd_index, what)
+        check_access(fd, writable, what)
+        try:
+            mapping, st = _shm.fd_attach(fd, writable, str(ref))
+        except OSError as e:
+            raise _os_failure(e, ref, what) from None
+        entry = Attachment(ref, writable, mapping, st)  # never cached: unmapped with its view
+        if mapping.length == 0:
+            entry.close()
+            raise _empty(ref, what)
+        return entry, self._use(entry, ref, offset, size, what)
 
     def _cached(self, key, st: _shm.SegmentStat) -> Attachment | None:
         """The cached attachment of `key` if it still maps the segment `st` describes (most
@@ -417,7 +454,9 @@ class ShmCall:
                     f"{handle.offset}")
             np.copyto(np.frombuffer(room[:nbytes], dtype=array.dtype).reshape(array.shape), array)
             reply = pb.SharedMemoryHandle(size=nbytes, offset=handle.offset)
-            if ref.posix_name is not None:
+            if ref.fd_index is not None:
+                reply.fd_index = ref.fd_index
+            elif ref.posix_name is not None:
                 reply.posix_name = handle.posix_name
             else:
                 reply.segment_id = ref.shmid

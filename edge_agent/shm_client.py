@@ -5,6 +5,10 @@
 
 A ShmTensor stands in for an array in AgentClient.predict inputs (and names where outputs
 go). It needs no runtime: only the compiled edge_agent._shm module and NumPy.
+
+POSIX and memfd segments can also be passed to the agent as file descriptors (SCM_RIGHTS) on
+the framed socket: then the agent needs no right to open the segment by name (a memfd has
+none). AgentClient does it for a MemfdSegment always and for a PosixSegment with pass_fd=True.
 """
 from __future__ import annotations
 
@@ -30,20 +34,30 @@ class ShmTensor:
     dtype: np.dtype
     shape: tuple[int, ...]
     posix_name: str = ""
+    fd: int = -1  # this process's descriptor of the segment (POSIX, memfd), to pass; -1: none
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "dtype", np.dtype(self.dtype))
         object.__setattr__(self, "shape", tuple(int(d) for d in self.shape))
 
     @classmethod
-    def posix(cls, name: str, offset: int, size: int, dtype, shape) -> "ShmTensor":
-        return cls(0, offset, size, dtype, shape, posix_name=name)
+    def posix(cls, name: str, offset: int, size: int, dtype, shape, fd: int = -1) -> "ShmTensor":
+        return cls(0, offset, size, dtype, shape, posix_name=name, fd=fd)
+
+    @property
+    def needs_fd(self) -> bool:
+        """Only a descriptor can name it: a memfd, which has no name or id."""
+        return self.fd >= 0 and not self.posix_name
 
     @property
     def nbytes(self) -> int:
         return self.dtype.itemsize * math.prod(self.shape)
 
-    def handle(self) -> pb.SharedMemoryHandle:
+    def handle(self, fd_index: int | None = None) -> pb.SharedMemoryHandle:
+        """The handle naming it by id or name, or, given fd_index, as the fd_index-th
+        descriptor passed with the request."""
+        if fd_index is not None:
+            return pb.SharedMemoryHandle(size=self.size, offset=self.offset, fd_index=fd_index)
         return pb.SharedMemoryHandle(size=self.size, offset=self.offset,
                                      segment_id=self.segment_id, posix_name=self.posix_name)
 
@@ -59,13 +73,24 @@ class ShmTensor:
             handle.posix_name)
 
 
-def add_shm_tensor(tensors, name: str, tensor: ShmTensor) -> pb.Tensor:
+def fd_index(fds: list, tensor: ShmTensor, pass_fd: bool) -> int | None:
+    """Where `tensor`'s descriptor goes among the descriptors of a request (added to `fds`
+    once, however many tensors share the segment); None when it is named, not passed."""
+    if tensor.fd < 0 or not (pass_fd or tensor.needs_fd):
+        return None
+    if tensor.fd not in fds:
+        fds.append(tensor.fd)
+    return fds.index(tensor.fd)
+
+
+def add_shm_tensor(tensors, name: str, tensor: ShmTensor,
+                   fd_index: int | None = None) -> pb.Tensor:
     """Append a Tensor carrying `tensor`'s handle and full metadata to `tensors`."""
     data_type = data_type_of(tensor.dtype)
     if data_type is None:
         raise TypeError(f"tensor {name!r}: dtype {tensor.dtype} has no wire DataType")
     added = tensors.add()
-    added.shared_memory_handle.CopyFrom(tensor.handle())
+    added.shared_memory_handle.CopyFrom(tensor.handle(fd_index))
     md = added.tensor_metadata
     md.name = name.encode()
     md.data_type = data_type
@@ -175,7 +200,7 @@ class PosixSegment(_Segment):
             raise
 
     def _tensor(self, offset, size, dtype, shape) -> ShmTensor:
-        return ShmTensor.posix(self.name, offset, size, dtype, shape)
+        return ShmTensor.posix(self.name, offset, size, dtype, shape, self._mapping.fileno())
 
     def free(self) -> None:
         """Unlink the name and unmap (once views from array() are released)."""
@@ -186,3 +211,34 @@ class PosixSegment(_Segment):
         except FileNotFoundError:
             pass
         self._mapping.close()
+
+
+class MemfdSegment(_Segment):
+    """An anonymous segment (memfd_create): no name and no permission bits, so nobody can open
+    it; the agent reaches it only through the descriptor the client passes with each call."""
+
+    def __init__(self, fd: int):
+        mapping, _ = _shm.fd_attach(fd, writable=True, name="memfd")
+        super().__init__(mapping)
+        self.fd = fd
+
+    @classmethod
+    def create(cls, nbytes: int, name: str = "edge-agent") -> "MemfdSegment":
+        fd = os.memfd_create(name, os.MFD_CLOEXEC)
+        try:
+            os.ftruncate(fd, max(1, nbytes))
+            return cls(fd)
+        except OSError:
+            os.close(fd)
+            raise
+
+    def _tensor(self, offset, size, dtype, shape) -> ShmTensor:
+        return ShmTensor(0, offset, size, dtype, shape, fd=self.fd)
+
+    def free(self) -> None:
+        """Close the descriptor and unmap (once views from array() are released); the memory
+        goes when the agent has let go of it too."""
+        if self._mapping.closed:
+            return
+        self._mapping.close()
+        os.close(self.fd)

@@ -1,11 +1,23 @@
 """Socket helpers shared by the server loop and the client (the only I/O outside them)."""
 from __future__ import annotations
 
+import array
+import os
 import socket
 import time
 
 _DONTWAIT = socket.MSG_DONTWAIT
 WAITALL_BYTES = 4 * 1024 * 1024
+# Descriptors a client may pass with one frame (SCM_RIGHTS). The ancillary buffer holds this
+# many; the kernel closes any beyond it and flags the receive MSG_CTRUNC.
+MAX_FDS = 16
+_FD_SIZE = array.array("i").itemsize
+_ANCILLARY_BYTES = socket.CMSG_SPACE(MAX_FDS * _FD_SIZE)
+# Received descriptors are close-on-exec from the start: a model probe or helper the agent
+# starts must never inherit a client's file.
+_CLOEXEC = socket.MSG_CMSG_CLOEXEC
+_NO_FDS: tuple[int, ...] = ()
+_CTRUNC = socket.MSG_CTRUNC
 
 
 def receive(sock: socket.socket, buffer: bytearray, needed: int, spin_seconds: float):
@@ -38,3 +50,69 @@ def recv_into_polling(sock: socket.socket, buffer, spin_seconds: float) -> int:
                 if time.perf_counter() >= deadline:
                     break
     return sock.recv_into(buffer)
+
+
+def receive_with_fds(sock: socket.socket, buffer: bytearray, needed: int, spin_seconds: float):
+    """receive(), but with recvmsg: → (data, fds, truncated).
+
+    `fds`: the descriptors that came with these bytes (usually none: an empty tuple), already
+    close-on-exec and now the caller's to close. `truncated`: the client sent more than
+    MAX_FDS with one message; the kernel has closed the ones that did not fit, the caller must
+    close the rest and refuse. The kernel never delivers the descriptors of two sendmsg calls
+    in one receive, and delivers a call's descriptors with that call's first byte (the read
+    stops after the message that carried them).
+    """
+    if needed > len(buffer):
+        rest = bytearray(min(needed, WAITALL_BYTES))
+        n, ancillary, flags, _ = sock.recvmsg_into(
+            [rest], _ANCILLARY_BYTES, socket.MSG_WAITALL | _CLOEXEC)
+        data = memoryview(rest)[:n]
+    else:
+        if spin_seconds > 0:
+            n, ancillary, flags = _recvmsg_polling(sock, buffer, spin_seconds)
+        else:  # the common case, kept short: this runs once per request
+            n, ancillary, flags, _ = sock.recvmsg_into([buffer], _ANCILLARY_BYTES, _CLOEXEC)
+        data = memoryview(buffer)[:n]
+    if ancillary or flags & _CTRUNC:
+        return data, _descriptors(ancillary), bool(flags & _CTRUNC)
+    return data, _NO_FDS, False
+
+
+def _recvmsg_polling(sock: socket.socket, buffer, spin_seconds: float):
+    """recv_into_polling, as recvmsg: the spin is the same, ancillary data comes along."""
+    deadline = time.perf_counter() + spin_seconds
+    while True:
+        try:
+            return sock.recvmsg_into([buffer], _ANCILLARY_BYTES, _DONTWAIT | _CLOEXEC)[:3]
+        except BlockingIOError:
+            if time.perf_counter() >= deadline:
+                break
+    return sock.recvmsg_into([buffer], _ANCILLARY_BYTES, _CLOEXEC)[:3]
+
+
+def _descriptors(ancillary) -> tuple[int, ...]:
+    fds = array.array("i")
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(payload[:len(payload) - len(payload) % _FD_SIZE])
+    return tuple(fds)
+
+
+def close_fds(fds) -> None:
+    """Close descriptors a client passed; each exactly once, whatever fails."""
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def send_with_fds(sock: socket.socket, data: bytes, fds) -> None:
+    """sendall(data), the descriptors going with its first byte (one sendmsg), so the agent
+    takes them as belonging to the frame `data` begins with."""
+    if not fds:
+        sock.sendall(data)
+        return
+    sent = sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+    if sent < len(data):
+        sock.sendall(memoryview(data)[sent:])

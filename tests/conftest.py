@@ -54,6 +54,8 @@ class AgentProcess:
                 return self
             except Exception:
                 if time.monotonic() > deadline:
+                    self.process.kill()  # not left running: no fixture will stop it
+                    self.process.wait()
                     raise RuntimeError(f"agent did not start:\n{self.log()}")
                 time.sleep(0.05)
 

@@ -1,0 +1,51 @@
+"""File descriptors a client passed with a call (SCM_RIGHTS on the framed socket).
+
+A request names them by index: the N-th descriptor that came with its frame (Caller.fds),
+in a SharedMemoryHandle's `fd_index` or a LoadModel url `fd:N` (service.open_model reads a
+passed model as it reads one opened by path). Holding a descriptor is the
+client's proof of access, so the agent checks no owner or mode for what it reaches through
+one, only what the descriptor itself allows (opened read-only, read-write) and that it is a
+regular file. The transport closes the descriptors when the call returns; nothing here keeps
+one (shared memory maps a duplicate of its own).
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+
+from edge_agent.errors import AgentError, StatusCode, invalid_argument
+
+FD_URL = re.compile(r"fd:([0-9]{1,9})")
+
+
+def fd_url_index(url: str) -> int | None:
+    """N for a LoadModel url `fd:N`, None for any other url."""
+    match = FD_URL.fullmatch(url)
+    return int(match.group(1)) if match else None
+
+
+def passed_fd(caller, index: int, what: str) -> int:
+    """The index-th descriptor passed with the call; INVALID_ARGUMENT if there is none."""
+    fds = caller.fds
+    if index < len(fds):
+        return fds[index]
+    if not fds:
+        raise invalid_argument(
+            f"{what}: names passed descriptor #{index}, but no file descriptor came with the "
+            "request (descriptors are passed with SCM_RIGHTS on the framed socket only)")
+    raise invalid_argument(f"{what}: names passed descriptor #{index}, but only {len(fds)} "
+                           f"came with the request (#0..#{len(fds) - 1})")
+
+
+def check_access(fd: int, writable: bool, what: str) -> None:
+    """PERMISSION_DENIED unless the descriptor was opened for what the call does with it."""
+    mode = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE
+    if writable and mode != os.O_RDWR:
+        opened = "read-only" if mode == os.O_RDONLY else "write-only"
+        raise AgentError(StatusCode.PERMISSION_DENIED,
+                         f"{what}: the descriptor was opened {opened}; the agent writes "
+                         "outputs only through a descriptor opened read-write (O_RDWR)")
+    if not writable and mode == os.O_WRONLY:
+        raise AgentError(StatusCode.PERMISSION_DENIED,
+                         f"{what}: the descriptor was opened write-only; open it for reading")

@@ -1,0 +1,105 @@
+"""Fuzz harness: any byte stream, fed to the frame decoder in pieces and dispatched against an
+agent core with a small loaded model, as the framed socket serves a connection.
+
+    make fuzz                     (long run; new inputs go to fuzz/out/frames)
+    python fuzz/frames.py -runs=30000 OUT_DIR fuzz/corpus/frames
+
+What must hold for every input (an AssertionError is a finding):
+- the only exception that escapes decoding is FramingError, with a documented code
+  (INVALID_ARGUMENT or RESOURCE_EXHAUSTED): the connection would be closed after it;
+- every request frame gets exactly one reply frame with its request id and method, whose
+  status is a documented code and never INTERNAL (nor UNKNOWN), and whose body parses as the
+  method's response when the status is OK.
+Known defects still open (issue 10, item 3: INTERNAL for a url with a NUL byte and for
+model bytes the runtime cannot describe) are counted and printed, not failed, unless
+EDGE_AGENT_FUZZ_STRICT=1: see fuzz/common.py KNOWN_INTERNAL, to be emptied when they are fixed.
+The caller is another user (nobody) who passed one memfd, so permission checks and fd_index
+handles are exercised; frames that the server refuses before dispatch (kind not request,
+status not 0) are skipped as it skips them.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import atheris
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import MAX_FRAME_BYTES, agent_config, known_internal, write_models  # noqa: E402
+
+with atheris.instrument_imports(include=["edge_agent"]):
+    from edge_agent import agent_pb2 as pb
+    from edge_agent.errors import StatusCode
+    from edge_agent.protocol import FrameDecoder, FramingError, Kind
+    from edge_agent.server import RPC_BY_METHOD, SocketServer
+    from edge_agent.service import AgentService, Caller
+
+NOBODY = 65534
+FRAMING_CODES = {StatusCode.INVALID_ARGUMENT, StatusCode.RESOURCE_EXHAUSTED}
+NEVER = {StatusCode.INTERNAL, StatusCode.UNKNOWN}
+
+
+class Harness:
+    def __init__(self):
+        write_models()
+        from common import MODEL_PATH
+
+        self.service = AgentService(agent_config())
+        self.service.load_model(pb.LoadModelRequest(name="add", url=str(MODEL_PATH)))
+        self.server = SocketServer(self.service, self.service.config)
+        memfd = os.memfd_create("fuzz", os.MFD_CLOEXEC)
+        os.ftruncate(memfd, 4096)
+        self.caller = Caller(os.getpid(), NOBODY, NOBODY, frozenset(), fds=(memfd,))
+
+    def run(self, data: bytes) -> None:
+        step = data[0] + 1 if data else 1  # the input also decides how the stream is cut
+        stream = data[1:]
+        decoder = FrameDecoder(MAX_FRAME_BYTES)
+        try:
+            for start in range(0, len(stream), step):
+                decoder.feed(stream[start:start + step])
+                for frame in decoder.frames():
+                    if frame.kind == Kind.REQUEST and not frame.status:
+                        self.check(frame, self.server.dispatch(
+                            frame.method, frame.request_id, frame.body, self.caller))
+            decoder.end_of_stream()
+        except FramingError as e:
+            assert e.code in FRAMING_CODES, (e.code, e.message)
+        finally:
+            self.unload_extra_models()
+
+    @staticmethod
+    def check(request, reply: bytes) -> None:
+        decoder = FrameDecoder(1 << 31)
+        decoder.feed(reply)
+        frames = list(decoder.frames())
+        assert len(frames) == 1 and not decoder.pending_bytes, "one whole reply frame"
+        frame = frames[0]
+        assert frame.kind == Kind.REPLY and frame.request_id == request.request_id
+        assert frame.method == request.method
+        code = StatusCode.from_wire(frame.status)
+        message = frame.body.decode(errors="replace")
+        if code in NEVER and known_internal(message):
+            return
+        assert code not in NEVER, f"{code.name}: {message}"
+        if code == StatusCode.OK:
+            response_type = getattr(pb, RPC_BY_METHOD[request.method].name + "Response")
+            response_type.FromString(frame.body)
+        else:
+            frame.body.decode("utf-8")  # error messages are text
+
+    def unload_extra_models(self) -> None:
+        """Models the input loaded under new names: unloaded, so memory stays flat."""
+        for model in self.service.list_models().models:
+            if model.name != "add":
+                self.service.unload_model(pb.UnLoadModelRequest(name=model.name))
+
+
+def main() -> None:
+    harness = Harness()
+    atheris.Setup(sys.argv, harness.run)
+    atheris.Fuzz()
+
+
+if __name__ == "__main__":
+    main()
