@@ -24,59 +24,59 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0b\x61gent.proto\x12\x12\x41WS.SageMaker.Edge\"^\n\x0eTensorMetadata\x12\x0c\n\x04name\x18\x01 \x01(\x0c\x12/\n\tdata_type\x18\x02 \x01(\x0e\x32\x1c.AWS.SageMaker.Edge.DataType\x12\r\n\x05shape\x18\x03 \x03(\x05\"~\n\x12SharedMemoryHandle\x12\x0c\n\x04size\x18\x01 \x01(\x04\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x12\n\nsegment_id\x18\x03 \x01(\x04\x12\x12\n\nposix_name\x18\x64 \x01(\t\x12\x15\n\x08\x66\x64_index\x18\x65 \x01(\rH\x00\x88\x01\x01\x42\x0b\n\t_fd_index\"\xaa\x01\n\x06Tensor\x12;\n\x0ftensor_metadata\x18\x01 \x01(\x0b\x32\".AWS.SageMaker.Edge.TensorMetadata\x12\x13\n\tbyte_data\x18\x04 \x01(\x0cH\x00\x12\x46\n\x14shared_memory_handle\x18\x05 \x01(\x0b\x32&.AWS.SageMaker.Edge.SharedMemoryHandleH\x00\x42\x06\n\x04\x64\x61ta\"\xbd\x01\n\x05Model\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x42\n\x16input_tensor_metadatas\x18\x03 \x03(\x0b\x32\".AWS.SageMaker.Edge.TensorMetadata\x12\x43\n\x17output_tensor_metadatas\x18\x04 \x03(\x0b\x32\".AWS.SageMaker.Edge.TensorMetadata\x12\x10\n\x08\x64\x65legate\x18\x64 \x01(\t\"\x8b\x01\n\x0ePredictRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12+\n\x07tensors\x18\x02 \x03(\x0b\x32\x1a.AWS.SageMaker.Edge.Tensor\x12>\n\x0eoutput_handles\x18\x64 \x03(\x0b\x32&.AWS.SageMaker.Edge.SharedMemoryHandle\">\n\x0fPredictResponse\x12+\n\x07tensors\x18\x01 \x03(\x0b\x32\x1a.AWS.SageMaker.Edge.Tensor\"-\n\x10LoadModelRequest\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"=\n\x11LoadModelResponse\x12(\n\x05model\x18\x01 \x01(\x0b\x32\x19.AWS.SageMaker.Edge.Model\"\"\n\x12UnLoadModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x15\n\x13UnLoadModelResponse\"\x13\n\x11ListModelsRequest\"?\n\x12ListModelsResponse\x12)\n\x06models\x18\x01 \x03(\x0b\x32\x19.AWS.SageMaker.Edge.Model\"$\n\x14\x44\x65scribeModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"A\n\x15\x44\x65scribeModelResponse\x12(\n\x05model\x18\x01 \x01(\x0b\x32\x19.AWS.SageMaker.Edge.Model\"\xb1\x01\n\x0c\x41uxilaryData\x12\x0c\n\x04name\x18\x01 \x01(\t\x12.\n\x08\x65ncoding\x18\x02 \x01(\x0e\x32\x1c.AWS.SageMaker.Edge.Encoding\x12\x13\n\tbyte_data\x18\x03 \x01(\x0cH\x00\x12\x46\n\x14shared_memory_handle\x18\x04 \x01(\x0b\x32&.AWS.SageMaker.Edge.SharedMemoryHandleH\x00\x42\x06\n\x04\x64\x61ta\"+\n\tTimestamp\x12\x0f\n\x07seconds\x18\x01 \x01(\x03\x12\r\n\x05nanos\x18\x02 \x01(\x05\"\xc4\x02\n\x12\x43\x61ptureDataRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x12\n\ncapture_id\x18\x02 \x01(\t\x12:\n\x13inference_timestamp\x18\x03 \x01(\x0b\x32\x1d.AWS.SageMaker.Edge.Timestamp\x12\x31\n\rinput_tensors\x18\x04 \x03(\x0b\x32\x1a.AWS.SageMaker.Edge.Tensor\x12\x32\n\x0eoutput_tensors\x18\x05 \x03(\x0b\x32\x1a.AWS.SageMaker.Edge.Tensor\x12\x30\n\x06inputs\x18\x06 \x03(\x0b\x32 .AWS.SageMaker.Edge.AuxilaryData\x12\x31\n\x07outputs\x18\x07 \x03(\x0b\x32 .AWS.SageMaker.Edge.AuxilaryData\"\x15\n\x13\x43\x61ptureDataResponse\"1\n\x1bGetCaptureDataStatusRequest\x12\x12\n\ncapture_id\x18\x01 \x01(\t\"e\n\x1cGetCaptureDataStatusResponse\x12\x35\n\x06status\x18\x01 \x01(\x0e\x32%.AWS.SageMaker.Edge.CaptureDataStatus\x12\x0e\n\x06reason\x18\x64 \x01(\t*\xb4\x01\n\x08\x44\x61taType\x12\t\n\x05UINT8\x10\x00\x12\t\n\x05INT16\x10\x01\x12\t\n\x05INT32\x10\x02\x12\t\n\x05INT64\x10\x03\x12\x0b\n\x07\x46LOAT16\x10\x04\x12\x0b\n\x07\x46LOAT32\x10\x05\x12\x0b\n\x07\x46LOAT64\x10\x06\x12\x08\n\x04INT8\x10\x07\x12\x08\n\x04\x42OOL\x10\x08\x12\n\n\x06UINT16\x10\t\x12\n\n\x06UINT32\x10\n\x12\n\n\x06UINT64\x10\x0b\x12\r\n\tCOMPLEX64\x10\x0c\x12\x0e\n\nCOMPLEX128\x10\r*3\n\x08\x45ncoding\x12\x07\n\x03\x43SV\x10\x00\x12\x08\n\x04JSON\x10\x01\x12\x08\n\x04NONE\x10\x02\x12\n\n\x06\x42\x41SE64\x10\x03*M\n\x11\x43\x61ptureDataStatus\x12\x0b\n\x07\x46\x41ILURE\x10\x00\x12\x0b\n\x07SUCCESS\x10\x01\x12\x0f\n\x0bIN_PROGRESS\x10\x02\x12\r\n\tNOT_FOUND\x10\x03\x32\xb3\x05\n\x05\x41gent\x12R\n\x07Predict\x12\".AWS.SageMaker.Edge.PredictRequest\x1a#.AWS.SageMaker.Edge.PredictResponse\x12X\n\tLoadModel\x12$.AWS.SageMaker.Edge.LoadModelRequest\x1a%.AWS.SageMaker.Edge.LoadModelResponse\x12^\n\x0bUnLoadModel\x12&.AWS.SageMaker.Edge.UnLoadModelRequest\x1a\'.AWS.SageMaker.Edge.UnLoadModelResponse\x12[\n\nListModels\x12%.AWS.SageMaker.Edge.ListModelsRequest\x1a&.AWS.SageMaker.Edge.ListModelsResponse\x12\x64\n\rDescribeModel\x12(.AWS.SageMaker.Edge.DescribeModelRequest\x1a).AWS.SageMaker.Edge.DescribeModelResponse\x12^\n\x0b\x43\x61ptureData\x12&.AWS.SageMaker.Edge.CaptureDataRequest\x1a\'.AWS.SageMaker.Edge.CaptureDataResponse\x12y\n\x14GetCaptureDataStatus\x12/.AWS.SageMaker.Edge.GetCaptureDataStatusRequest\x1a\x30.AWS.SageMaker.Edge.GetCaptureDataStatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0b\x61gent.proto\x12\x12\x41WS.SageMaker.Edge\"^\n\x0eTensorMetadata\x12\x0c\n\x04name\x18\x01 \x01(\x0c\x12/\n\tdata_type\x18\x02 \x01(\x0e\x32\x1c.AWS.SageMaker.Edge.DataType\x12\r\n\x05shape\x18\x03 \x03(\x05\"\x83\x01\n\x12SharedMemoryHandle\x12\x0c\n\x04size\x18\x01 \x01(\x04\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x12\n\nsegment_id\x18\x03 \x01(\x04\x12\x12\n\nposix_name\x18\x64 \x01(\t\x12\x12\n\x08\x66\x64_index\x18\x65 \x01(\rH\x00\x42\x13\n\x11passed_descriptor\"\xaa\x01\n\x06Tensor\x12;\n\x0ftensor_metadata\x18\x01 \x01(\x0b\x32\".AWS.SageMaker.Edge.TensorMetadata\x12\x13\n\tbyte_data\x18\x04 \x01(\x0cH\x00\x12\x46\n\x14shared_memory_handle\x18\x05 \x01(\x0b\x32&.AWS.SageMaker.Edge.SharedMemoryHandleH\x00\x42\x06\n\x04\x64\x61ta\"\xbd\x01\n\x05Model\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x42\n\x16input_tensor_metadatas\x18\x03 \x03(\x0b\x32\".AWS.SageMaker.Edge.TensorMetadata\x12\x43\n\x17output_tensor_metadatas\x18\x04 \x03(\x0b\x32\".AWS.SageMaker.Edge.TensorMetadata\x12\x10\n\x08\x64\x65legate\x18\x64 \x01(\t\"\x8b\x01\n\x0ePredictRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12+\n\x07tensors\x18\x02 \x03(\x0b\x32\x1a.AWS.SageMaker.Edge.Tensor\x12>\n\x0eoutput_handles\x18\x64 \x03(\x0b\x32&.AWS.SageMaker.Edge.SharedMemoryHandle\">\n\x0fPredictResponse\x12+\n\x07tensors\x18\x01 \x03(\x0b\x32\x1a.AWS.SageMaker.Edge.Tensor\"-\n\x10LoadModelRequest\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"=\n\x11LoadModelResponse\x12(\n\x05model\x18\x01 \x01(\x0b\x32\x19.AWS.SageMaker.Edge.Model\"\"\n\x12UnLoadModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x15\n\x13UnLoadModelResponse\"\x13\n\x11ListModelsRequest\"?\n\x12ListModelsResponse\x12)\n\x06models\x18\x01 \x03(\x0b\x32\x19.AWS.SageMaker.Edge.Model\"$\n\x14\x44\x65scribeModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"A\n\x15\x44\x65scribeModelResponse\x12(\n\x05model\x18\x01 \x01(\x0b\x32\x19.AWS.SageMaker.Edge.Model\"\xb1\x01\n\x0c\x41uxilaryData\x12\x0c\n\x04name\x18\x01 \x01(\t\x12.\n\x08\x65ncoding\x18\x02 \x01(\x0e\x32\x1c.AWS.SageMaker.Edge.Encoding\x12\x13\n\tbyte_data\x18\x03 \x01(\x0cH\x00\x12\x46\n\x14shared_memory_handle\x18\x04 \x01(\x0b\x32&.AWS.SageMaker.Edge.SharedMemoryHandleH\x00\x42\x06\n\x04\x64\x61ta\"+\n\tTimestamp\x12\x0f\n\x07seconds\x18\x01 \x01(\x03\x12\r\n\x05nanos\x18\x02 \x01(\x05\"\xc4\x02\n\x12\x43\x61ptureDataRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x12\n\ncapture_id\x18\x02 \x01(\t\x12:\n\x13inference_timestamp\x18\x03 \x01(\x0b\x32\x1d.AWS.SageMaker.Edge.Timestamp\x12\x31\n\rinput_tensors\x18\x04 \x03(\x0b\x32\x1a.AWS.SageMaker.Edge.Tensor\x12\x32\n\x0eoutput_tensors\x18\x05 \x03(\x0b\x32\x1a.AWS.SageMaker.Edge.Tensor\x12\x30\n\x06inputs\x18\x06 \x03(\x0b\x32 .AWS.SageMaker.Edge.AuxilaryData\x12\x31\n\x07outputs\x18\x07 \x03(\x0b\x32 .AWS.SageMaker.Edge.AuxilaryData\"\x15\n\x13\x43\x61ptureDataResponse\"1\n\x1bGetCaptureDataStatusRequest\x12\x12\n\ncapture_id\x18\x01 \x01(\t\"e\n\x1cGetCaptureDataStatusResponse\x12\x35\n\x06status\x18\x01 \x01(\x0e\x32%.AWS.SageMaker.Edge.CaptureDataStatus\x12\x0e\n\x06reason\x18\x64 \x01(\t*\xb4\x01\n\x08\x44\x61taType\x12\t\n\x05UINT8\x10\x00\x12\t\n\x05INT16\x10\x01\x12\t\n\x05INT32\x10\x02\x12\t\n\x05INT64\x10\x03\x12\x0b\n\x07\x46LOAT16\x10\x04\x12\x0b\n\x07\x46LOAT32\x10\x05\x12\x0b\n\x07\x46LOAT64\x10\x06\x12\x08\n\x04INT8\x10\x07\x12\x08\n\x04\x42OOL\x10\x08\x12\n\n\x06UINT16\x10\t\x12\n\n\x06UINT32\x10\n\x12\n\n\x06UINT64\x10\x0b\x12\r\n\tCOMPLEX64\x10\x0c\x12\x0e\n\nCOMPLEX128\x10\r*3\n\x08\x45ncoding\x12\x07\n\x03\x43SV\x10\x00\x12\x08\n\x04JSON\x10\x01\x12\x08\n\x04NONE\x10\x02\x12\n\n\x06\x42\x41SE64\x10\x03*M\n\x11\x43\x61ptureDataStatus\x12\x0b\n\x07\x46\x41ILURE\x10\x00\x12\x0b\n\x07SUCCESS\x10\x01\x12\x0f\n\x0bIN_PROGRESS\x10\x02\x12\r\n\tNOT_FOUND\x10\x03\x32\xb3\x05\n\x05\x41gent\x12R\n\x07Predict\x12\".AWS.SageMaker.Edge.PredictRequest\x1a#.AWS.SageMaker.Edge.PredictResponse\x12X\n\tLoadModel\x12$.AWS.SageMaker.Edge.LoadModelRequest\x1a%.AWS.SageMaker.Edge.LoadModelResponse\x12^\n\x0bUnLoadModel\x12&.AWS.SageMaker.Edge.UnLoadModelRequest\x1a\'.AWS.SageMaker.Edge.UnLoadModelResponse\x12[\n\nListModels\x12%.AWS.SageMaker.Edge.ListModelsRequest\x1a&.AWS.SageMaker.Edge.ListModelsResponse\x12\x64\n\rDescribeModel\x12(.AWS.SageMaker.Edge.DescribeModelRequest\x1a).AWS.SageMaker.Edge.DescribeModelResponse\x12^\n\x0b\x43\x61ptureData\x12&.AWS.SageMaker.Edge.CaptureDataRequest\x1a\'.AWS.SageMaker.Edge.CaptureDataResponse\x12y\n\x14GetCaptureDataStatus\x12/.AWS.SageMaker.Edge.GetCaptureDataStatusRequest\x1a\x30.AWS.SageMaker.Edge.GetCaptureDataStatusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'agent_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DATATYPE']._serialized_start=1920
-  _globals['_DATATYPE']._serialized_end=2100
-  _globals['_ENCODING']._serialized_start=2102
-  _globals['_ENCODING']._serialized_end=2153
-  _globals['_CAPTUREDATASTATUS']._serialized_start=2155
-  _globals['_CAPTUREDATASTATUS']._serialized_end=2232
+  _globals['_DATATYPE']._serialized_start=1926
+  _globals['_DATATYPE']._serialized_end=2106
+  _globals['_ENCODING']._serialized_start=2108
+  _globals['_ENCODING']._serialized_end=2159
+  _globals['_CAPTUREDATASTATUS']._serialized_start=2161
+  _globals['_CAPTUREDATASTATUS']._serialized_end=2238
   _globals['_TENSORMETADATA']._serialized_start=35
   _globals['_TENSORMETADATA']._serialized_end=129
-  _globals['_SHAREDMEMORYHANDLE']._serialized_start=131
-  _globals['_SHAREDMEMORYHANDLE']._serialized_end=257
-  _globals['_TENSOR']._serialized_start=260
-  _globals['_TENSOR']._serialized_end=430
-  _globals['_MODEL']._serialized_start=433
-  _globals['_MODEL']._serialized_end=622
-  _globals['_PREDICTREQUEST']._serialized_start=625
-  _globals['_PREDICTREQUEST']._serialized_end=764
-  _globals['_PREDICTRESPONSE']._serialized_start=766
-  _globals['_PREDICTRESPONSE']._serialized_end=828
-  _globals['_LOADMODELREQUEST']._serialized_start=830
-  _globals['_LOADMODELREQUEST']._serialized_end=875
-  _globals['_LOADMODELRESPONSE']._serialized_start=877
-  _globals['_LOADMODELRESPONSE']._serialized_end=938
-  _globals['_UNLOADMODELREQUEST']._serialized_start=940
-  _globals['_UNLOADMODELREQUEST']._serialized_end=974
-  _globals['_UNLOADMODELRESPONSE']._serialized_start=976
-  _globals['_UNLOADMODELRESPONSE']._serialized_end=997
-  _globals['_LISTMODELSREQUEST']._serialized_start=999
-  _globals['_LISTMODELSREQUEST']._serialized_end=1018
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1020
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1083
-  _globals['_DESCRIBEMODELREQUEST']._serialized_start=1085
-  _globals['_DESCRIBEMODELREQUEST']._serialized_end=1121
-  _globals['_DESCRIBEMODELRESPONSE']._serialized_start=1123
-  _globals['_DESCRIBEMODELRESPONSE']._serialized_end=1188
-  _globals['_AUXILARYDATA']._serialized_start=1191
-  _globals['_AUXILARYDATA']._serialized_end=1368
-  _globals['_TIMESTAMP']._serialized_start=1370
-  _globals['_TIMESTAMP']._serialized_end=1413
-  _globals['_CAPTUREDATAREQUEST']._serialized_start=1416
-  _globals['_CAPTUREDATAREQUEST']._serialized_end=1740
-  _globals['_CAPTUREDATARESPONSE']._serialized_start=1742
-  _globals['_CAPTUREDATARESPONSE']._serialized_end=1763
-  _globals['_GETCAPTUREDATASTATUSREQUEST']._serialized_start=1765
-  _globals['_GETCAPTUREDATASTATUSREQUEST']._serialized_end=1814
-  _globals['_GETCAPTUREDATASTATUSRESPONSE']._serialized_start=1816
-  _globals['_GETCAPTUREDATASTATUSRESPONSE']._serialized_end=1917
-  _globals['_AGENT']._serialized_start=2235
-  _globals['_AGENT']._serialized_end=2926
+  _globals['_SHAREDMEMORYHANDLE']._serialized_start=132
+  _globals['_SHAREDMEMORYHANDLE']._serialized_end=263
+  _globals['_TENSOR']._serialized_start=266
+  _globals['_TENSOR']._serialized_end=436
+  _globals['_MODEL']._serialized_start=439
+  _globals['_MODEL']._serialized_end=628
+  _globals['_PREDICTREQUEST']._serialized_start=631
+  _globals['_PREDICTREQUEST']._serialized_end=770
+  _globals['_PREDICTRESPONSE']._serialized_start=772
+  _globals['_PREDICTRESPONSE']._serialized_end=834
+  _globals['_LOADMODELREQUEST']._serialized_start=836
+  _globals['_LOADMODELREQUEST']._serialized_end=881
+  _globals['_LOADMODELRESPONSE']._serialized_start=883
+  _globals['_LOADMODELRESPONSE']._serialized_end=944
+  _globals['_UNLOADMODELREQUEST']._serialized_start=946
+  _globals['_UNLOADMODELREQUEST']._serialized_end=980
+  _globals['_UNLOADMODELRESPONSE']._serialized_start=982
+  _globals['_UNLOADMODELRESPONSE']._serialized_end=1003
+  _globals['_LISTMODELSREQUEST']._serialized_start=1005
+  _globals['_LISTMODELSREQUEST']._serialized_end=1024
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1026
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1089
+  _globals['_DESCRIBEMODELREQUEST']._serialized_start=1091
+  _globals['_DESCRIBEMODELREQUEST']._serialized_end=1127
+  _globals['_DESCRIBEMODELRESPONSE']._serialized_start=1129
+  _globals['_DESCRIBEMODELRESPONSE']._serialized_end=1194
+  _globals['_AUXILARYDATA']._serialized_start=1197
+  _globals['_AUXILARYDATA']._serialized_end=1374
+  _globals['_TIMESTAMP']._serialized_start=1376
+  _globals['_TIMESTAMP']._serialized_end=1419
+  _globals['_CAPTUREDATAREQUEST']._serialized_start=1422
+  _globals['_CAPTUREDATAREQUEST']._serialized_end=1746
+  _globals['_CAPTUREDATARESPONSE']._serialized_start=1748
+  _globals['_CAPTUREDATARESPONSE']._serialized_end=1769
+  _globals['_GETCAPTUREDATASTATUSREQUEST']._serialized_start=1771
+  _globals['_GETCAPTUREDATASTATUSREQUEST']._serialized_end=1820
+  _globals['_GETCAPTUREDATASTATUSRESPONSE']._serialized_start=1822
+  _globals['_GETCAPTUREDATASTATUSRESPONSE']._serialized_end=1923
+  _globals['_AGENT']._serialized_start=2241
+  _globals['_AGENT']._serialized_end=2932
 # @@protoc_insertion_point(module_scope)

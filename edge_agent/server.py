@@ -199,9 +199,9 @@ class Connection:
                 before = decoder.pending_bytes
                 try:
                     hold(before + len(data))
-                except FramingError:
+                except FramingError as refusal:
                     close_fds(fds)  # refused with the bytes they came with
-                    raise
+                    raise self._header_fault(data) or refusal
                 decoder.feed(data)
                 if fds or truncated or self.carried is not None:
                     self._answer_with_fds(before, len(data), fds, truncated)
@@ -235,6 +235,18 @@ class Connection:
                     f"{self.pending.limit} bytes (edge_agent_max_pending_bytes); send the "
                     "frame again later")
             self.held = nbytes
+
+    def _header_fault(self, data) -> FramingError | None:
+        """What the decoder says of bytes the budget refused: a frame refused anyway (a bad
+        or oversized header) is refused for that reason, which is the client's to fix. The
+        connection closes either way, so frames found here are never answered."""
+        try:
+            self.decoder.feed(data)
+            for _ in self.decoder.frames():
+                pass
+        except FramingError as e:
+            return e
+        return None
 
     def _refuse(self, frame) -> None:
         """A frame that is no well-formed request: a reply closes the connection (the peer is

@@ -482,7 +482,7 @@ def test_capture_and_its_status(driver, start_agent, files, tmp_path):
     assert again["status"] == "ALREADY_EXISTS", again
     unknown = d("status", str(uuid.uuid4()))
     assert unknown["status"] == "NOT_FOUND", unknown
-    assert d("capture", "cam", "not-a-uuid", "now", f"in={files.spec(x, 'x')}")["status"] == \
+    assert d("capture", "cam", "bad/id", "now", f"in={files.spec(x, 'x')}")["status"] == \
         "INVALID_ARGUMENT"
     assert d("capture", "cam", "new", "now")["status"] == "INVALID_ARGUMENT"  # nothing to capture
 

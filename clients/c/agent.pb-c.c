@@ -971,7 +971,7 @@ const ProtobufCMessageDescriptor aws__sage_maker__edge__tensor_metadata__descrip
   (ProtobufCMessageInit) aws__sage_maker__edge__tensor_metadata__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor aws__sage_maker__edge__shared_memory_handle__field_descriptors[4] =
+static const ProtobufCFieldDescriptor aws__sage_maker__edge__shared_memory_handle__field_descriptors[5] =
 {
   {
     "size",
@@ -1021,8 +1021,21 @@ static const ProtobufCFieldDescriptor aws__sage_maker__edge__shared_memory_handl
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "fd_index",
+    101,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    offsetof(AWS__SageMaker__Edge__SharedMemoryHandle, passed_descriptor_case),
+    offsetof(AWS__SageMaker__Edge__SharedMemoryHandle, fd_index),
+    NULL,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned aws__sage_maker__edge__shared_memory_handle__field_indices_by_name[] = {
+  4,   /* field[4] = fd_index */
   1,   /* field[1] = offset */
   3,   /* field[3] = posix_name */
   2,   /* field[2] = segment_id */
@@ -1032,7 +1045,7 @@ static const ProtobufCIntRange aws__sage_maker__edge__shared_memory_handle__numb
 {
   { 1, 0 },
   { 100, 3 },
-  { 0, 4 }
+  { 0, 5 }
 };
 const ProtobufCMessageDescriptor aws__sage_maker__edge__shared_memory_handle__descriptor =
 {
@@ -1042,7 +1055,7 @@ const ProtobufCMessageDescriptor aws__sage_maker__edge__shared_memory_handle__de
   "AWS__SageMaker__Edge__SharedMemoryHandle",
   "AWS.SageMaker.Edge",
   sizeof(AWS__SageMaker__Edge__SharedMemoryHandle),
-  4,
+  5,
   aws__sage_maker__edge__shared_memory_handle__field_descriptors,
   aws__sage_maker__edge__shared_memory_handle__field_indices_by_name,
   2,  aws__sage_maker__edge__shared_memory_handle__number_ranges,

@@ -95,6 +95,12 @@ struct  AWS__SageMaker__Edge__TensorMetadata
     , {0,NULL}, AWS__SAGE_MAKER__EDGE__DATA_TYPE__UINT8, 0,NULL }
 
 
+typedef enum {
+  AWS__SAGE_MAKER__EDGE__SHARED_MEMORY_HANDLE__PASSED_DESCRIPTOR__NOT_SET = 0,
+  AWS__SAGE_MAKER__EDGE__SHARED_MEMORY_HANDLE__PASSED_DESCRIPTOR_FD_INDEX = 101
+    PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(AWS__SAGE_MAKER__EDGE__SHARED_MEMORY_HANDLE__PASSED_DESCRIPTOR__CASE)
+} AWS__SageMaker__Edge__SharedMemoryHandle__PassedDescriptorCase;
+
 struct  AWS__SageMaker__Edge__SharedMemoryHandle
 {
   ProtobufCMessage base;
@@ -112,10 +118,14 @@ struct  AWS__SageMaker__Edge__SharedMemoryHandle
    * the segment and segment_id is ignored.
    */
   char *posix_name;
+  AWS__SageMaker__Edge__SharedMemoryHandle__PassedDescriptorCase passed_descriptor_case;
+  union {
+    uint32_t fd_index;
+  };
 };
 #define AWS__SAGE_MAKER__EDGE__SHARED_MEMORY_HANDLE__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&aws__sage_maker__edge__shared_memory_handle__descriptor) \
-    , 0, 0, 0, (char *)protobuf_c_empty_string }
+    , 0, 0, 0, (char *)protobuf_c_empty_string, AWS__SAGE_MAKER__EDGE__SHARED_MEMORY_HANDLE__PASSED_DESCRIPTOR__NOT_SET, {0} }
 
 
 typedef enum {
