@@ -15,7 +15,7 @@ from concurrent import futures
 import grpc
 
 from edge_agent.config import AgentConfig
-from edge_agent.errors import AgentError
+from edge_agent.errors import AgentError, StatusCode
 from edge_agent.server import restrict_socket_file
 from edge_agent.service import RPCS, AgentService, Caller
 
@@ -28,13 +28,18 @@ ANONYMOUS = Caller(pid=-1, uid=-2, gid=-2)
 
 def _handler(service: AgentService, rpc):
     call = service.handler(rpc)
+    count = service.metrics.count_call
 
     def handle(request, context):
         try:
-            return call(request, ANONYMOUS)
+            response = call(request, ANONYMOUS)
+            count("grpc", rpc.name, StatusCode.OK)
+            return response
         except AgentError as e:
+            count("grpc", rpc.name, e.code)
             context.abort(grpc.StatusCode[e.code.name], e.message)
         except Exception as e:  # a fault of ours: report it, keep serving
+            count("grpc", rpc.name, StatusCode.INTERNAL)
             log.exception("%s failed with an internal error", rpc.name)
             context.abort(grpc.StatusCode.INTERNAL,
                           f"internal error in {rpc.name}: {type(e).__name__}: {e}")

@@ -38,6 +38,7 @@ RPC_BY_METHOD = {
     Method.DESCRIBE_MODEL: RPCS["DescribeModel"],
     Method.CAPTURE_DATA: RPCS["CaptureData"],
     Method.GET_CAPTURE_DATA_STATUS: RPCS["GetCaptureDataStatus"],
+    Method.GET_METRICS: RPCS["GetMetrics"],
 }
 
 RECV_BYTES = 256 * 1024
@@ -159,6 +160,7 @@ class SocketServer:
         self._stopping = threading.Event()
         self._connections: set[socket.socket] = set()
         self._lock = threading.Lock()
+        service.metrics.watch_connections("framed", self._connections.__len__)
 
     def bind(self) -> None:
         self._listener = bind_socket(self.config)
@@ -239,6 +241,14 @@ class SocketServer:
 
     def dispatch(self, method: int, request_id: int, body: bytes, caller: Caller) -> bytes:
         """One request frame's body in, one reply frame out; never raises for a bad request."""
+        reply = self._answer(method, request_id, body, caller)
+        # Counted here, the one place every reply passes: its status is header bytes 6-7.
+        rpc = RPC_BY_METHOD.get(method)
+        self.service.metrics.count_call("framed", rpc.name if rpc else "unknown",
+                                        reply[6] | reply[7] << 8)
+        return reply
+
+    def _answer(self, method: int, request_id: int, body: bytes, caller: Caller) -> bytes:
         rpc = RPC_BY_METHOD.get(method)
         if rpc is None:
             return encode_error(StatusCode.UNIMPLEMENTED, request_id,

@@ -11,6 +11,7 @@ import os
 import re
 import stat
 import threading
+import time
 from dataclasses import dataclass
 from typing import Callable, NamedTuple
 
@@ -21,6 +22,7 @@ from edge_agent.engine import LoadedModel, create_interpreter
 from edge_agent.errors import (AgentError, StatusCode, failed_precondition, invalid_argument,
                                not_found)
 from edge_agent.memory import MemoryBudget
+from edge_agent.metrics import AgentMetrics, ModelMetrics
 from edge_agent.modelfile import is_bare_model, looks_like_tflite, open_regular
 from edge_agent.shm import SharedMemory
 
@@ -59,6 +61,7 @@ RPCS: dict[str, Rpc] = {r.name: r for r in (
     Rpc("DescribeModel", pb.DescribeModelRequest, "describe_model"),
     Rpc("CaptureData", pb.CaptureDataRequest, "capture_data"),
     Rpc("GetCaptureDataStatus", pb.GetCaptureDataStatusRequest, "get_capture_data_status"),
+    Rpc("GetMetrics", pb.GetMetricsRequest, "get_metrics"),
 )}
 
 
@@ -90,6 +93,7 @@ class AgentService:
         self._models: dict[str, LoadedModel] = {}
         self._loading: set[str] = set()  # names reserved by loads in progress
         self._lock = threading.Lock()
+        self.metrics = AgentMetrics(config.edge_agent_metrics)
         self.shm = SharedMemory.from_config(config)  # attachments shared by all calls
         # A package built for the Edge TPU is accepted only where this agent runs one.
         accelerators.use_delegate_config(config.edge_agent_delegate,
@@ -122,7 +126,9 @@ class AgentService:
 
     def _load(self, name: str, url: str, path: str) -> LoadedModel:
         what = f"model '{name}'"
-        content = self._read_model(path, what)
+        started = time.monotonic()
+        package: dict = {}  # the package's name and version, when it comes from one
+        content = self._read_model(path, what, package)
         self.budget.reserve(len(content), what)
         reserved = len(content)
         try:
@@ -133,13 +139,15 @@ class AgentService:
                           for d in interpreter.get_tensor_details())
             self.budget.reserve(tensors, what)
             reserved += tensors
+            metrics = ModelMetrics(time.monotonic() - started, **package) \
+                if self.config.edge_agent_metrics else None
             return LoadedModel(name, url, interpreter, footprint=reserved,
-                               delegate=delegation.name)
+                               delegate=delegation.name, metrics=metrics)
         except BaseException:
             self.budget.release(reserved)
             raise
 
-    def _read_model(self, path: str, what: str) -> bytes:
+    def _read_model(self, path: str, what: str, package: dict) -> bytes:
         try:
             st = os.stat(path)
         except FileNotFoundError:
@@ -147,7 +155,7 @@ class AgentService:
         except OSError as e:
             raise failed_precondition(f"cannot read '{path}': {e.strerror}") from None
         if stat.S_ISDIR(st.st_mode) or not is_bare_model(path):
-            return self._read_package(path, what)
+            return self._read_package(path, what, package)
         if not self.config.edge_agent_allow_unsigned_models:
             raise failed_precondition(
                 f"'{path}' is an unsigned .tflite file and unsigned models are not allowed: "
@@ -164,7 +172,7 @@ class AgentService:
             raise failed_precondition(f"'{path}' is not a TensorFlow Lite model")
         return content
 
-    def _read_package(self, path: str, what: str) -> bytes:
+    def _read_package(self, path: str, what: str, found: dict) -> bytes:
         """The model bytes of a signed package, verified: the same bytes that were hashed."""
         from edge_agent.archive import Limits
         from edge_agent.packages import open_package  # PyNaCl: only once a package comes
@@ -178,6 +186,7 @@ class AgentService:
         manifest = package.manifest
         log.info("%s: package %s %s for %s, signed by key %s", what, manifest.name,
                  manifest.version, manifest.target, package.key_id)
+        found.update(package_name=manifest.name, package_version=manifest.version)
         return package.model
 
     def unload_model(self, request: pb.UnLoadModelRequest, caller: Caller = IN_PROCESS) -> pb.UnLoadModelResponse:
@@ -203,12 +212,23 @@ class AgentService:
     # --- data plane ---------------------------------------------------------------------------
 
     def predict(self, request: pb.PredictRequest, caller: Caller = IN_PROCESS) -> pb.PredictResponse:
+        started = time.perf_counter()
         response = pb.PredictResponse()
         model = self._model(request.name)
-        with self.shm.call(caller) as shm:
-            writer = (shm.output_writer(request.output_handles, model.outputs)
-                      if request.output_handles else None)
-            model.predict(request.tensors, response, reader=shm.read, writer=writer)
+        predicted = False  # counted OK by the model; the shared memory may yet prove truncated
+        try:
+            with self.shm.call(caller) as shm:
+                writer = (shm.output_writer(request.output_handles, model.outputs)
+                          if request.output_handles else None)
+                model.predict(request.tensors, response, reader=shm.read, writer=writer,
+                              started=started)
+                predicted = True
+        except AgentError as e:
+            model.count_failure(e.code, predicted)
+            raise
+        except Exception:
+            model.count_failure(StatusCode.INTERNAL, predicted)
+            raise
         return response
 
     def capture_data(self, request: pb.CaptureDataRequest,
@@ -227,6 +247,12 @@ class AgentService:
     def get_capture_data_status(self, request: pb.GetCaptureDataStatusRequest,
                                 caller: Caller = IN_PROCESS) -> pb.GetCaptureDataStatusResponse:
         return self.capture.status(request.capture_id)
+
+    def get_metrics(self, request: pb.GetMetricsRequest | None = None,
+                    caller: Caller = IN_PROCESS) -> pb.GetMetricsResponse:
+        with self._lock:
+            models = sorted(self._models.values(), key=lambda m: m.name)
+        return self.metrics.snapshot(models, self.budget, self.capture, self.config)
 
     # --- helpers ----------------------------------------------------------------------------
 

@@ -1,0 +1,273 @@
+"""The agent's own metrics: cheap counters and fixed-bucket histograms kept on the call paths,
+and the GetMetrics snapshot built from them when someone asks (the RPC, a Prometheus scrape,
+the textfile writer, the MQTT heartbeat). docs/METRICS.md lists what each means.
+
+Cost on the predict path is a few integer adds and two bisects into fixed bucket lists, and
+no lock of its own:
+- a model's counters (ModelMetrics) are updated only under that model's lock, which every
+  prediction already holds while it invokes;
+- calls by RPC and status (CallCounter) are counted in per-thread shards: each shard has one
+  writer, its own thread, so a read-add-store cannot lose an increment; readers copy the
+  shards (dict.copy() is one C call, atomic under the GIL) and add them up.
+Readers take no model lock either: a snapshot may straddle a prediction in flight, so a
+histogram's count and the prediction counter can differ by the calls running at that moment;
+every counter only grows, as Prometheus expects.
+"""
+from __future__ import annotations
+
+import bisect
+import os
+import threading
+import time
+from typing import Callable, Iterable
+
+from edge_agent import agent_pb2 as pb
+from edge_agent.errors import StatusCode
+
+# Upper bounds in seconds: a tiny model's ~50 µs call up to a large model on a slow board.
+LATENCY_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                   0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
+_perf_counter = time.perf_counter
+
+
+class Histogram:
+    """Observations in LATENCY_BUCKETS; counts[i] is not cumulative, the last is +Inf."""
+    __slots__ = ("counts", "total")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.total = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.total += seconds
+
+    def fill(self, message: pb.Histogram) -> None:
+        counts = list(self.counts)
+        message.bucket_upper_bounds.extend(LATENCY_BUCKETS)
+        message.bucket_counts.extend(counts)
+        message.sum_seconds = self.total
+        message.count = sum(counts)
+
+
+class ModelMetrics:
+    """One loaded model's counters. Updated only under the model's lock (see the module doc).
+    `codes`: predictions by status code, OK included."""
+    __slots__ = ("package_name", "package_version", "load_seconds", "loaded_at", "codes",
+                 "predict", "invoke", "input_bytes", "output_bytes", "shared_inputs",
+                 "inline_inputs")
+
+    def __init__(self, load_seconds: float = 0.0, package_name: str = "",
+                 package_version: str = ""):
+        self.package_name = package_name
+        self.package_version = package_version
+        self.load_seconds = load_seconds
+        self.loaded_at = time.time()
+        self.codes: dict[int, int] = {StatusCode.OK: 0}
+        self.predict = Histogram()
+        self.invoke = Histogram()
+        self.input_bytes = 0
+        self.output_bytes = 0
+        self.shared_inputs = 0
+        self.inline_inputs = 0
+
+    def succeeded(self, started: float, invoke_started: float, invoke_ended: float,
+                  tensors, input_bytes: int, output_bytes: int) -> None:
+        """A prediction whose outputs are in the reply; `started`: perf_counter() when the
+        agent had the decoded request. The caller holds the model's lock."""
+        self.predict.observe(_perf_counter() - started)
+        self.invoke.observe(invoke_ended - invoke_started)
+        self.codes[StatusCode.OK] += 1
+        self.input_bytes += input_bytes
+        self.output_bytes += output_bytes
+        shared = 0
+        for tensor in tensors:
+            if tensor.HasField("shared_memory_handle"):
+                shared += 1
+        self.shared_inputs += shared
+        self.inline_inputs += len(tensors) - shared
+
+    def failed(self, code: int, after_success: bool = False) -> None:
+        """A prediction that answered `code`; `after_success`: it was counted OK already (its
+        shared memory turned out truncated after the outputs were made). Under the lock."""
+        if after_success:
+            self.codes[StatusCode.OK] -= 1
+        self.codes[code] = self.codes.get(code, 0) + 1
+
+    def fill(self, message: pb.ModelMetrics, counters: bool) -> None:
+        message.package_name = self.package_name
+        message.package_version = self.package_version
+        message.load_seconds = self.load_seconds
+        message.loaded_at_unix_seconds = self.loaded_at
+        if not counters:
+            return
+        for code, count in sorted(self.codes.copy().items()):
+            message.predictions.add(code=StatusCode(code).name, count=count)
+        self.predict.fill(message.predict_seconds)
+        self.invoke.fill(message.invoke_seconds)
+        message.input_bytes = self.input_bytes
+        message.output_bytes = self.output_bytes
+        message.shared_memory_inputs = self.shared_inputs
+        message.inline_inputs = self.inline_inputs
+
+
+class CallCounter:
+    """Calls by (front, rpc, status code), counted in per-thread shards (see the module doc).
+    Shards of threads that have ended are folded into one total when a thread makes its first
+    shard and when the counts are read, so their number stays that of the live threads."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+        self._lock = threading.Lock()  # the shard list only; never taken by a counted call
+        self._shards: list[tuple[threading.Thread, dict]] = []
+        self._ended: dict[tuple, int] = {}
+
+    def count(self, front: str, rpc: str, code: int) -> None:
+        try:
+            shard = self._local.shard
+        except AttributeError:
+            shard = self._new_shard()
+        key = (front, rpc, code)
+        shard[key] = shard.get(key, 0) + 1
+
+    def _new_shard(self) -> dict:
+        shard: dict = {}
+        with self._lock:
+            self._fold_ended()
+            self._shards.append((threading.current_thread(), shard))
+        self._local.shard = shard
+        return shard
+
+    def _fold_ended(self) -> None:
+        """Add the shards of ended threads into _ended; the caller holds _lock."""
+        live = []
+        for thread, shard in self._shards:
+            if thread.is_alive():
+                live.append((thread, shard))
+            else:
+                for key, count in shard.items():  # no writer is left: a plain read
+                    self._ended[key] = self._ended.get(key, 0) + count
+        self._shards = live
+
+    def counts(self) -> dict[tuple, int]:
+        with self._lock:
+            self._fold_ended()
+            total = dict(self._ended)
+            shards = [shard.copy() for _, shard in self._shards]
+        for shard in shards:
+            for key, count in shard.items():
+                total[key] = total.get(key, 0) + count
+        return total
+
+
+def _resident_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * _PAGE_BYTES
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _cpu_seconds() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
+class AgentMetrics:
+    """What the agent counts beyond its models: calls, connections, the start time.
+
+    `enabled` false (edge_agent_metrics): no per-call counters are kept, and the snapshot
+    carries only what the agent holds anyway (models, memory, capture state, CPU, RSS)."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
+        self.started_at = time.time()
+        self._started = time.monotonic()
+        self.calls = CallCounter() if enabled else None
+        self._connections: dict[str, Callable[[], int]] = {}
+
+    def watch_connections(self, front: str, count: Callable[[], int]) -> None:
+        """`count()` says how many connections `front` has open (read at snapshot time)."""
+        self._connections[front] = count
+
+    def count_call(self, front: str, rpc: str, code: int) -> None:
+        if self.calls is not None:
+            self.calls.count(front, rpc, code)
+
+    @property
+    def uptime(self) -> float:
+        return time.monotonic() - self._started
+
+    def snapshot(self, models: Iterable, budget, capture, config) -> pb.GetMetricsResponse:
+        """The GetMetrics answer. `models`: the loaded LoadedModels; `budget`: the
+        MemoryBudget; `capture`: the CaptureService (its counters() or None)."""
+        from edge_agent import __version__
+
+        response = pb.GetMetricsResponse(
+            agent_version=__version__, device_name=config.sagemaker_edge_core_device_name,
+            fleet_name=config.sagemaker_edge_core_device_fleet_name,
+            start_time_unix_seconds=self.started_at, uptime_seconds=self.uptime,
+            counters_kept=self.enabled, memory_budget_bytes=budget.total,
+            memory_budget_used_bytes=budget.used, resident_memory_bytes=_resident_bytes(),
+            cpu_seconds=_cpu_seconds())
+        for model in models:
+            message = response.models.add(name=model.name, delegate=model.delegate,
+                                          memory_reserved_bytes=model.footprint)
+            if model.metrics is not None:
+                model.metrics.fill(message, self.enabled)
+        if self.calls is not None:
+            for (front, rpc, code), count in sorted(self.calls.counts().items()):
+                response.calls.add(front=front, rpc=rpc, code=StatusCode(code).name,
+                                   count=count)
+        for front, count in sorted(self._connections.items()):
+            response.connections.add(front=front, open=count())
+        capture.fill_metrics(response.capture)
+        return response
+
+
+# --- the JSON document: heartbeats and `edge-agent client metrics --json` --------------------
+
+def _histogram_document(h: pb.Histogram) -> dict:
+    return {"count": h.count, "sum_seconds": h.sum_seconds,
+            "bucket_upper_bounds": list(h.bucket_upper_bounds),
+            "bucket_counts": list(h.bucket_counts)}
+
+
+def document(m: pb.GetMetricsResponse) -> dict:
+    """A GetMetricsResponse as plain JSON types (numbers as numbers, unlike protobuf's JSON
+    mapping of 64-bit integers); docs/METRICS.md shows one."""
+    models = []
+    for model in m.models:
+        entry = {"name": model.name, "package_name": model.package_name,
+                 "package_version": model.package_version, "delegate": model.delegate,
+                 "memory_reserved_bytes": model.memory_reserved_bytes,
+                 "load_seconds": model.load_seconds,
+                 "loaded_at_unix_seconds": model.loaded_at_unix_seconds}
+        if m.counters_kept:
+            entry.update({
+                "predictions": {c.code: c.count for c in model.predictions},
+                "predict_seconds": _histogram_document(model.predict_seconds),
+                "invoke_seconds": _histogram_document(model.invoke_seconds),
+                "input_bytes": model.input_bytes, "output_bytes": model.output_bytes,
+                "shared_memory_inputs": model.shared_memory_inputs,
+                "inline_inputs": model.inline_inputs})
+        models.append(entry)
+    c = m.capture
+    return {
+        "device": m.device_name, "fleet": m.fleet_name, "agent_version": m.agent_version,
+        "start_time_unix_seconds": m.start_time_unix_seconds,
+        "uptime_seconds": m.uptime_seconds, "counters_kept": m.counters_kept,
+        "models": models,
+        "calls": [{"front": x.front, "rpc": x.rpc, "code": x.code, "count": x.count}
+                  for x in m.calls],
+        "connections": {x.front: x.open for x in m.connections},
+        "capture": {"accepted": c.accepted, "delivered": c.delivered, "failed": c.failed,
+                    "backlog": c.backlog, "journal_bytes": c.journal_bytes,
+                    "journal_limit_bytes": c.journal_limit_bytes, "last_error": c.last_error,
+                    "last_error_unix_seconds": c.last_error_unix_seconds},
+        "memory": {"budget_bytes": m.memory_budget_bytes,
+                   "budget_used_bytes": m.memory_budget_used_bytes,
+                   "resident_bytes": m.resident_memory_bytes},
+        "cpu_seconds": m.cpu_seconds,
+    }
