@@ -62,9 +62,13 @@ setup(
         # or the periodic upload is used.
         "requests>=2.31",
         "requests-aws4auth>=1.2",
+        # Prometheus exposition (edge_agent_metrics_listen, _textfile): small, pure Python;
+        # imported only when one of them is set.
+        "prometheus-client>=0.17",
     ],
     extras_require={
         "grpc": ["grpcio>=1.60"],
+        "mqtt": ["paho-mqtt>=2.0"],  # the MQTT heartbeat (edge_agent_mqtt_url)
     },
     entry_points={"console_scripts": ["edge-agent = edge_agent.cli:main"]},
     cmdclass={"build_py": build_py_with_board_profiles},

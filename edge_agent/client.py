@@ -189,6 +189,11 @@ class AgentClient:
                           pb.GetCaptureDataStatusResponse)
         return CaptureStatus(pb.CaptureDataStatus.Name(reply.status), reply.reason)
 
+    def get_metrics(self) -> pb.GetMetricsResponse:
+        """What the agent counted and holds (an extension; docs/METRICS.md);
+        edge_agent.metrics.document() turns it into plain JSON types."""
+        return self.call(Method.GET_METRICS, pb.GetMetricsRequest(), pb.GetMetricsResponse)
+
     # --- the wire ---------------------------------------------------------------------------
 
     def call(self, method: Method, request, response_type):

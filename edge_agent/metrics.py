@@ -271,3 +271,85 @@ def document(m: pb.GetMetricsResponse) -> dict:
                    "resident_bytes": m.resident_memory_bytes},
         "cpu_seconds": m.cpu_seconds,
     }
+
+
+# --- the table of `edge-agent client metrics` --------------------------------------------
+
+def quantile(h: pb.Histogram, q: float) -> float | None:
+    """The q-quantile estimated as Prometheus's histogram_quantile does: linear within the
+    bucket it falls in; the highest bound when it falls above them all; None when empty."""
+    if not h.count:
+        return None
+    rank = q * h.count
+    seen, lower = 0, 0.0
+    for bound, count in zip(h.bucket_upper_bounds, h.bucket_counts):
+        if count and seen + count >= rank:
+            return lower + (bound - lower) * (rank - seen) / count
+        seen += count
+        lower = bound
+    return h.bucket_upper_bounds[-1] if h.bucket_upper_bounds else None
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return ""
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, seconds = divmod(rest, 60)
+    return (f"{days}d" if days else "") + f"{hours:02d}:{minutes:02d}:{seconds:02d}"
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1e3:.3f}"
+
+
+def _columns(rows: list[tuple]) -> list[str]:
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip()
+            for row in rows]
+
+
+def table(m: pb.GetMetricsResponse) -> str:
+    """A GetMetricsResponse as text a person reads."""
+    c = m.capture
+    lines = [
+        f"edge-agent {m.agent_version}  device {m.device_name or '-'}  fleet "
+        f"{m.fleet_name or '-'}  up {_duration(m.uptime_seconds)}",
+        f"memory budget {_size(m.memory_budget_used_bytes)} of {_size(m.memory_budget_bytes)}"
+        f"  RSS {_size(m.resident_memory_bytes)}  CPU {m.cpu_seconds:.1f} s  connections "
+        + (", ".join(f"{x.front} {x.open}" for x in m.connections) or "-"),
+        "",
+    ]
+    if not m.counters_kept:
+        lines.append("(edge_agent_metrics is off: no per-call counters)")
+    rows = [("MODEL", "PACKAGE", "DELEGATE", "MEMORY", "LOAD S", "OK", "ERRORS", "P50 MS",
+             "P99 MS", "INVOKE P50 MS", "IN", "OUT", "SHM IN")]
+    for x in m.models:
+        codes = {p.code: p.count for p in x.predictions}
+        ok = codes.pop("OK", 0)
+        rows.append((
+            x.name, f"{x.package_name} {x.package_version}" if x.package_name else "-",
+            x.delegate or "-", _size(x.memory_reserved_bytes), f"{x.load_seconds:.3f}",
+            ok if m.counters_kept else "-",
+            (", ".join(f"{k} {v}" for k, v in codes.items()) or "0") if m.counters_kept else "-",
+            _ms(quantile(x.predict_seconds, 0.5)), _ms(quantile(x.predict_seconds, 0.99)),
+            _ms(quantile(x.invoke_seconds, 0.5)), _size(x.input_bytes), _size(x.output_bytes),
+            f"{x.shared_memory_inputs}/{x.shared_memory_inputs + x.inline_inputs}"))
+    lines += _columns(rows) if m.models else ["no models loaded"]
+    if m.calls:
+        lines += [""] + _columns([("FRONT", "RPC", "CODE", "CALLS")] +
+                                 [(x.front, x.rpc, x.code, x.count) for x in m.calls])
+    lines += ["", f"capture: accepted {c.accepted}  delivered {c.delivered}  failed {c.failed}  "
+              f"backlog {c.backlog}  journal {_size(c.journal_bytes)} of "
+              f"{_size(c.journal_limit_bytes)}"]
+    if c.last_error:
+        lines.append(f"  last error ({time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(c.last_error_unix_seconds))}): "
+                     f"{c.last_error}")
+    return "\n".join(lines) + "\n"
