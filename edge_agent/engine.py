@@ -127,6 +127,8 @@ class LoadedModel:
         self._inputs_by_name = {spec.name_bytes: spec for spec in self.inputs}
         # The input shapes the interpreter has allocated now; read and changed under _lock.
         self._allocated = [spec.shape for spec in self.inputs]
+        if metrics is not None:
+            metrics.inputs_per_call = len(self.inputs)
 
     def describe(self) -> pb.Model:
         return pb.Model(
@@ -146,7 +148,7 @@ class LoadedModel:
         array)`, when given, puts each output into shared memory and returns its handle.
         `started`: time.perf_counter() when the request arrived, for the metrics.
         """
-        arrays = self._bind_inputs(tensors, reader)
+        arrays, shared = self._bind_inputs(tensors, reader)
         interpreter = self._interpreter
         with self._lock:
             self._fit_shapes(arrays)
@@ -170,7 +172,7 @@ class LoadedModel:
                     spec.fill_metadata(response.tensors.add(byte_data=view.tobytes()), view.shape)
                     del view  # the runtime refuses to invoke while views into its buffers live
             if self.metrics is not None:  # under the lock: the counters need no lock of their own
-                self.metrics.succeeded(started, invoke_started, invoke_ended, tensors,
+                self.metrics.succeeded(started, invoke_ended - invoke_started, shared,
                                        input_bytes, output_bytes)
 
     def count_failure(self, code: int, after_success: bool = False) -> None:
@@ -218,8 +220,9 @@ class LoadedModel:
             except RuntimeError as e:
                 raise invalid_argument(f"model '{self.name}' cannot take these shapes: {e}") from None
 
-    def _bind_inputs(self, tensors: Sequence[pb.Tensor], reader) -> list[np.ndarray]:
-        """The request's tensors as arrays in the model's input order, each checked."""
+    def _bind_inputs(self, tensors: Sequence[pb.Tensor], reader) -> tuple[list[np.ndarray], int]:
+        """The request's tensors as arrays in the model's input order, each checked, and how
+        many of them came through shared memory."""
         inputs = self.inputs
         if len(tensors) != len(inputs):
             names = ", ".join(s.name for s in inputs)
@@ -236,9 +239,12 @@ class LoadedModel:
                 "name every input tensor or none: inputs are matched by name when named, "
                 "else by position")
         arrays: list = [None] * len(inputs)
+        shared = 0
         for tensor, spec in zip(tensors, specs):
-            arrays[spec.position] = self._to_array(tensor, spec, reader)
-        return arrays
+            which = tensor.WhichOneof("data")
+            shared += which == "shared_memory_handle"
+            arrays[spec.position] = self._to_array(tensor, spec, reader, which)
+        return arrays, shared
 
     def _specs_by_name(self, names: Sequence[bytes]) -> list[TensorSpec]:
         specs = []
@@ -254,9 +260,9 @@ class LoadedModel:
             raise invalid_argument("an input tensor name is given more than once")
         return specs
 
-    def _to_array(self, tensor: pb.Tensor, spec: TensorSpec, reader) -> np.ndarray:
+    def _to_array(self, tensor: pb.Tensor, spec: TensorSpec, reader, which: str | None) -> np.ndarray:
+        """`which`: the tensor's data field (WhichOneof("data")), read once by the caller."""
         shape, nbytes = self._requested_shape(tensor, spec)
-        which = tensor.WhichOneof("data")
         if which == "byte_data":
             data = tensor.byte_data
         elif which == "shared_memory_handle":

@@ -29,34 +29,30 @@ LATENCY_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
                    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 _perf_counter = time.perf_counter
+_bisect = bisect.bisect_left
+OK = int(StatusCode.OK)  # a plain int: the dict lookup then needs no enum machinery
 
 
-class Histogram:
-    """Observations in LATENCY_BUCKETS; counts[i] is not cumulative, the last is +Inf."""
-    __slots__ = ("counts", "total")
-
-    def __init__(self) -> None:
-        self.counts = [0] * (len(LATENCY_BUCKETS) + 1)
-        self.total = 0.0
-
-    def observe(self, seconds: float) -> None:
-        self.counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
-        self.total += seconds
-
-    def fill(self, message: pb.Histogram) -> None:
-        counts = list(self.counts)
-        message.bucket_upper_bounds.extend(LATENCY_BUCKETS)
-        message.bucket_counts.extend(counts)
-        message.sum_seconds = self.total
-        message.count = sum(counts)
+def fill_histogram(message: pb.Histogram, counts: list[int], total: float) -> None:
+    """`counts`: per bucket of LATENCY_BUCKETS, not cumulative, the last one +Inf."""
+    counts = list(counts)  # one C-level copy: the writer may add meanwhile
+    message.bucket_upper_bounds.extend(LATENCY_BUCKETS)
+    message.bucket_counts.extend(counts)
+    message.sum_seconds = total
+    message.count = sum(counts)
 
 
 class ModelMetrics:
     """One loaded model's counters. Updated only under the model's lock (see the module doc).
-    `codes`: predictions by status code, OK included."""
-    __slots__ = ("package_name", "package_version", "load_seconds", "loaded_at", "codes",
-                 "predict", "invoke", "input_bytes", "output_bytes", "shared_inputs",
-                 "inline_inputs")
+
+    A successful prediction costs two histogram updates and three adds: what can be derived
+    is not counted. Its count is the predict histogram's, less those `retracted` (counted,
+    then failed: see failed()); its inline inputs are `inputs_per_call` per prediction less
+    the shared ones. `errors`: failed predictions by status code."""
+    __slots__ = ("package_name", "package_version", "load_seconds", "loaded_at",
+                 "inputs_per_call", "predict_counts", "predict_sum", "invoke_counts",
+                 "invoke_sum", "input_bytes", "output_bytes", "shared_inputs", "retracted",
+                 "errors")
 
     def __init__(self, load_seconds: float = 0.0, package_name: str = "",
                  package_version: str = ""):
@@ -64,36 +60,40 @@ class ModelMetrics:
         self.package_version = package_version
         self.load_seconds = load_seconds
         self.loaded_at = time.time()
-        self.codes: dict[int, int] = {StatusCode.OK: 0}
-        self.predict = Histogram()
-        self.invoke = Histogram()
+        self.inputs_per_call = 0  # set by the LoadedModel, which knows its inputs
+        self.predict_counts = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.predict_sum = 0.0
+        self.invoke_counts = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.invoke_sum = 0.0
         self.input_bytes = 0
         self.output_bytes = 0
         self.shared_inputs = 0
-        self.inline_inputs = 0
+        self.retracted = 0
+        self.errors: dict[int, int] = {}
 
-    def succeeded(self, started: float, invoke_started: float, invoke_ended: float,
-                  tensors, input_bytes: int, output_bytes: int) -> None:
-        """A prediction whose outputs are in the reply; `started`: perf_counter() when the
-        agent had the decoded request. The caller holds the model's lock."""
-        self.predict.observe(_perf_counter() - started)
-        self.invoke.observe(invoke_ended - invoke_started)
-        self.codes[StatusCode.OK] += 1
+    def succeeded(self, started: float, invoke_seconds: float, shared: int, input_bytes: int,
+                  output_bytes: int) -> None:
+        """A prediction whose outputs are in the reply, `shared` of its inputs through shared
+        memory; `started`: perf_counter() when the agent had the decoded request. The caller
+        holds the model's lock."""
+        seconds = _perf_counter() - started
+        self.predict_counts[_bisect(LATENCY_BUCKETS, seconds)] += 1
+        self.predict_sum += seconds
+        self.invoke_counts[_bisect(LATENCY_BUCKETS, invoke_seconds)] += 1
+        self.invoke_sum += invoke_seconds
         self.input_bytes += input_bytes
         self.output_bytes += output_bytes
-        shared = 0
-        for tensor in tensors:
-            if tensor.HasField("shared_memory_handle"):
-                shared += 1
-        self.shared_inputs += shared
-        self.inline_inputs += len(tensors) - shared
+        if shared:
+            self.shared_inputs += shared
 
     def failed(self, code: int, after_success: bool = False) -> None:
-        """A prediction that answered `code`; `after_success`: it was counted OK already (its
-        shared memory turned out truncated after the outputs were made). Under the lock."""
+        """A prediction that answered `code`; `after_success`: it was counted a success
+        already (its shared memory turned out truncated after the outputs were made). Under
+        the lock."""
         if after_success:
-            self.codes[StatusCode.OK] -= 1
-        self.codes[code] = self.codes.get(code, 0) + 1
+            self.retracted += 1
+        code = int(code)
+        self.errors[code] = self.errors.get(code, 0) + 1
 
     def fill(self, message: pb.ModelMetrics, counters: bool) -> None:
         message.package_name = self.package_name
@@ -102,14 +102,16 @@ class ModelMetrics:
         message.loaded_at_unix_seconds = self.loaded_at
         if not counters:
             return
-        for code, count in sorted(self.codes.copy().items()):
+        fill_histogram(message.predict_seconds, self.predict_counts, self.predict_sum)
+        fill_histogram(message.invoke_seconds, self.invoke_counts, self.invoke_sum)
+        ran = message.predict_seconds.count
+        codes = {OK: ran - self.retracted, **self.errors.copy()}
+        for code, count in sorted(codes.items()):
             message.predictions.add(code=StatusCode(code).name, count=count)
-        self.predict.fill(message.predict_seconds)
-        self.invoke.fill(message.invoke_seconds)
         message.input_bytes = self.input_bytes
         message.output_bytes = self.output_bytes
         message.shared_memory_inputs = self.shared_inputs
-        message.inline_inputs = self.inline_inputs
+        message.inline_inputs = ran * self.inputs_per_call - self.shared_inputs
 
 
 class CallCounter:
@@ -124,6 +126,7 @@ class CallCounter:
         self._ended: dict[tuple, int] = {}
 
     def count(self, front: str, rpc: str, code: int) -> None:
+        """`code`: a StatusCode or its int (the same key: IntEnum hashes as its int)."""
         try:
             shard = self._local.shard
         except AttributeError:
@@ -161,6 +164,10 @@ class CallCounter:
         return total
 
 
+def _ignore(*_) -> None:
+    pass
+
+
 def _resident_bytes() -> int:
     try:
         with open("/proc/self/statm") as f:
@@ -185,15 +192,13 @@ class AgentMetrics:
         self.started_at = time.time()
         self._started = time.monotonic()
         self.calls = CallCounter() if enabled else None
+        # count_call(front, rpc, code): bound once here, so a counted call costs no extra frame.
+        self.count_call = self.calls.count if self.calls is not None else _ignore
         self._connections: dict[str, Callable[[], int]] = {}
 
     def watch_connections(self, front: str, count: Callable[[], int]) -> None:
         """`count()` says how many connections `front` has open (read at snapshot time)."""
         self._connections[front] = count
-
-    def count_call(self, front: str, rpc: str, code: int) -> None:
-        if self.calls is not None:
-            self.calls.count(front, rpc, code)
 
     @property
     def uptime(self) -> float:

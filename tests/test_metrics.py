@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import uuid
 
 import numpy as np
@@ -297,17 +298,25 @@ def test_call_counter_loses_no_count_across_threads():
     assert counter._shards == []  # every worker ended: folded into the total
 
 
-def test_histogram_buckets_and_quantile():
-    h = metrics.Histogram()
+def test_histogram_buckets_counts_and_quantile():
+    m = metrics.ModelMetrics()
+    m.inputs_per_call = 2
     for seconds in (0.00001, 0.0003, 0.0003, 0.0004, 20.0):
-        h.observe(seconds)
-    message = pb.Histogram()
-    h.fill(message)
-    assert message.count == 5 and message.bucket_counts[0] == 1 and message.bucket_counts[-1] == 1
-    assert message.bucket_counts[metrics.LATENCY_BUCKETS.index(0.0005)] == 3
-    assert 0.00025 < metrics.quantile(message, 0.5) <= 0.0005
-    assert metrics.quantile(message, 1.0) == metrics.LATENCY_BUCKETS[-1]
+        m.succeeded(time.perf_counter(), seconds, 1, 32, 16)
+    m.failed(StatusCode.INVALID_ARGUMENT, after_success=True)
+    m.failed(StatusCode.NOT_FOUND)
+    message = pb.ModelMetrics()
+    m.fill(message, counters=True)
+    h = message.invoke_seconds
+    assert h.count == 5 and h.bucket_counts[0] == 1 and h.bucket_counts[-1] == 1
+    assert h.bucket_counts[metrics.LATENCY_BUCKETS.index(0.0005)] == 3
+    assert 0.00025 < metrics.quantile(h, 0.5) <= 0.0005
+    assert metrics.quantile(h, 1.0) == metrics.LATENCY_BUCKETS[-1]
     assert metrics.quantile(pb.Histogram(), 0.5) is None
+    # One of the five turned out a failure after all: 4 OK, and the inputs of all five ran.
+    assert by_code(message) == {"OK": 4, "INVALID_ARGUMENT": 1, "NOT_FOUND": 1}
+    assert (message.shared_memory_inputs, message.inline_inputs) == (5, 5)
+    assert (message.input_bytes, message.output_bytes) == (5 * 32, 5 * 16)
 
 
 def test_capture_counters_and_last_error(tmp_path):
