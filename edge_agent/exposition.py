@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 Snapshot = Callable[[], pb.GetMetricsResponse]
 # A scraper that stops mid-request is dropped after this long (it holds one thread).
 REQUEST_TIMEOUT_SECONDS = 10.0
+# Scrapes served at once; a connection beyond them is closed at once, so a flood of idle
+# connections costs this many threads at most.
+MAX_CONCURRENT_SCRAPES = 8
 
 
 def _buckets(h: pb.Histogram) -> list[tuple[str, float]]:
@@ -174,9 +177,30 @@ def _handler(registry_: CollectorRegistry) -> type:
     return Handler
 
 
-class _TcpServer(socketserver.ThreadingTCPServer):
-    """Not http.server.HTTPServer: its bind looks the host's name up, which may wait on DNS."""
+class _Bounded(socketserver.ThreadingMixIn):
+    """A thread per scrape, at most MAX_CONCURRENT_SCRAPES of them."""
     daemon_threads = True
+    block_on_close = False
+
+    def __init__(self, *args, **kwargs):
+        self._slots = threading.BoundedSemaphore(MAX_CONCURRENT_SCRAPES)
+        super().__init__(*args, **kwargs)
+
+    def process_request(self, request, client_address):
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)  # too many at once: the scraper retries next time
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
+class _TcpServer(_Bounded, socketserver.TCPServer):
+    """Not http.server.HTTPServer: its bind looks the host's name up, which may wait on DNS."""
     allow_reuse_address = True
 
 
@@ -184,8 +208,8 @@ class _TcpServer6(_TcpServer):
     address_family = socket.AF_INET6
 
 
-class _UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    daemon_threads = True
+class _UnixServer(_Bounded, socketserver.UnixStreamServer):
+    pass
 
 
 def parse_listen(listen: str) -> tuple[str, int] | str:

@@ -45,6 +45,9 @@ def _topic_part(text: str, default: str) -> str:
 
 def topic(config: AgentConfig) -> str:
     if config.edge_agent_heartbeat_topic:
+        if "+" in config.edge_agent_heartbeat_topic or "#" in config.edge_agent_heartbeat_topic:
+            raise ConfigError(f"edge_agent_heartbeat_topic: {config.edge_agent_heartbeat_topic!r} "
+                              "has a wildcard (+ or #); a message needs a plain topic")
         return config.edge_agent_heartbeat_topic
     fleet = _topic_part(config.sagemaker_edge_core_device_fleet_name, "default")
     device = _topic_part(config.sagemaker_edge_core_device_name, socket.gethostname())

@@ -6,9 +6,11 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -268,9 +270,12 @@ def test_bad_exposition_and_heartbeat_settings_stop_start_up(tmp_path):
             ("edge_agent_metrics_listen", "localhost", "expected HOST:PORT"),
             ("edge_agent_metrics_listen", "127.0.0.1:99999", "expected HOST:PORT"),
             ("edge_agent_mqtt_url", "http://broker", "expected mqtt://"),
-            ("edge_agent_mqtt_url", "mqtts://127.0.0.1:1", "sagemaker_edge_provider_aws")):
+            ("edge_agent_mqtt_url", "mqtts://127.0.0.1:1", "sagemaker_edge_provider_aws"),
+            ("edge_agent_heartbeat_topic", "fleet/+/x", "wildcard")):
         extra = ["--set", "sagemaker_edge_provider_aws_cert_file=/nonexistent.crt"] \
             if value.startswith("mqtts") else []
+        if key == "edge_agent_heartbeat_topic":
+            extra = ["--set", "edge_agent_mqtt_url=mqtt://127.0.0.1:1"]
         result = edge_agent("serve", "--socket", str(tmp_path / f"{uuid.uuid4().hex[:8]}.sock"),
                             "--set", f"edge_agent_state_dir={tmp_path / 'state'}",
                             "--set", f"{key}={value}", *extra)
@@ -363,3 +368,79 @@ def test_package_name_and_version_are_reported(start_agent, tmp_path):
         client.load_model("demo", str(package))
         [model] = client.get_metrics().models
     assert (model.package_name, model.package_version) == ("demo", "1.0.0")
+
+
+def test_idle_scrapers_beyond_the_limit_are_turned_away_and_scrapes_go_on(start_agent):
+    """Connections that say nothing hold at most MAX_CONCURRENT_SCRAPES threads; the ones
+    beyond are closed at once; once they go, a scrape is answered."""
+    from edge_agent.exposition import MAX_CONCURRENT_SCRAPES
+
+    port = free_port()
+    agent = start_agent(edge_agent_metrics_listen=f"127.0.0.1:{port}")
+    idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(MAX_CONCURRENT_SCRAPES)]
+    try:
+        extra = socket.create_connection(("127.0.0.1", port), timeout=30)
+        assert extra.recv(1) == b""  # closed by the agent, not left waiting
+        extra.close()
+    finally:
+        for s in idle:
+            s.close()
+
+    def scraped():
+        try:
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            connection.request("GET", "/metrics")
+            return b"edge_agent_uptime_seconds" in connection.getresponse().read()
+        except (ConnectionError, http.client.HTTPException):
+            return False  # the idle ones' threads are still letting go of their places
+    wait_for(scraped, what="a scrape to be answered")
+    assert agent.alive()
+
+
+def test_another_user_cannot_read_a_unix_metrics_socket(start_agent, tmp_path):
+    """The metrics socket gets the agent socket's mode: 0660 root:root keeps nobody out."""
+    if os.getuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to act as a second user")
+    public = tempfile.mkdtemp(prefix="edge-agent-metrics-")
+    os.chmod(public, 0o755)
+    try:
+        path = os.path.join(public, "metrics.sock")
+        start_agent(edge_agent_metrics_listen=path)
+        probe = ("import socket,sys\ns=socket.socket(socket.AF_UNIX)\n"
+                 "try:\n s.connect(sys.argv[1])\nexcept PermissionError:\n print('denied')\n"
+                 "else:\n print('connected')\n")
+        result = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                                 sys.executable, "-c", probe, path],
+                                capture_output=True, text=True, timeout=60)
+        assert result.stdout.strip() == "denied", result.stderr
+        assert _get_over_unix(path)[0] == 200  # its owner still reads it
+    finally:
+        shutil.rmtree(public, ignore_errors=True)
+
+
+def test_get_metrics_over_grpc_counts_the_grpc_front(start_agent, tmp_path, model_files):
+    grpc = pytest.importorskip("grpc")
+    from edge_agent.grpc_front import SERVICE
+
+    path = tmp_path / "grpc.sock"
+    agent = start_agent(edge_agent_grpc_socket_path=str(path))
+    with grpc.insecure_channel(f"unix://{path}") as channel:
+        def call(method, request, response_type):
+            return channel.unary_unary(f"/{SERVICE}/{method}",
+                                       request_serializer=type(request).SerializeToString,
+                                       response_deserializer=response_type.FromString)(request)
+        call("LoadModel", pb.LoadModelRequest(name="add", url=str(model_files["add"])),
+             pb.LoadModelResponse)
+        request = pb.PredictRequest(name="add")
+        from edge_agent.tensors import add_array
+        for name, array in ADD_INPUTS.items():
+            add_array(request.tensors, name, array)
+        call("Predict", request, pb.PredictResponse)
+        with pytest.raises(grpc.RpcError) as missing:
+            call("Predict", pb.PredictRequest(name="absent"), pb.PredictResponse)
+        assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+        m = call("GetMetrics", pb.GetMetricsRequest(), pb.GetMetricsResponse)
+    assert by_code(m.models[0]) == {"OK": 1}
+    assert calls(m, "grpc") == {("LoadModel", "OK"): 1, ("Predict", "OK"): 1,
+                                ("Predict", "NOT_FOUND"): 1}
+    assert agent.alive()
