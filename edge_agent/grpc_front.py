@@ -28,18 +28,18 @@ ANONYMOUS = Caller(pid=-1, uid=-2, gid=-2)
 
 def _handler(service: AgentService, rpc):
     call = service.handler(rpc)
-    count = service.metrics.count_call
+    count = service.metrics.call_counter("grpc")
 
     def handle(request, context):
         try:
             response = call(request, ANONYMOUS)
-            count("grpc", rpc.name, StatusCode.OK)
+            count(rpc.name, StatusCode.OK)
             return response
         except AgentError as e:
-            count("grpc", rpc.name, e.code)
+            count(rpc.name, e.code)
             context.abort(grpc.StatusCode[e.code.name], e.message)
         except Exception as e:  # a fault of ours: report it, keep serving
-            count("grpc", rpc.name, StatusCode.INTERNAL)
+            count(rpc.name, StatusCode.INTERNAL)
             log.exception("%s failed with an internal error", rpc.name)
             context.abort(grpc.StatusCode.INTERNAL,
                           f"internal error in {rpc.name}: {type(e).__name__}: {e}")

@@ -114,25 +114,32 @@ class ModelMetrics:
         message.inline_inputs = ran * self.inputs_per_call - self.shared_inputs
 
 
+_CODES = max(StatusCode) + 1
+
+
 class CallCounter:
-    """Calls by (front, rpc, status code), counted in per-thread shards (see the module doc).
+    """One front's calls by RPC and status code, counted in per-thread shards (see the module
+    doc): rpc name → a list indexed by status code, so a counted call allocates nothing.
     Shards of threads that have ended are folded into one total when a thread makes its first
     shard and when the counts are read, so their number stays that of the live threads."""
 
     def __init__(self) -> None:
         self._local = threading.local()
         self._lock = threading.Lock()  # the shard list only; never taken by a counted call
-        self._shards: list[tuple[threading.Thread, dict]] = []
-        self._ended: dict[tuple, int] = {}
+        self._shards: list[tuple[threading.Thread, dict[str, list[int]]]] = []
+        self._ended: dict[tuple[str, int], int] = {}
 
-    def count(self, front: str, rpc: str, code: int) -> None:
-        """`code`: a StatusCode or its int (the same key: IntEnum hashes as its int)."""
+    def count(self, rpc: str, code: int) -> None:
+        """`code`: a StatusCode or its int."""
         try:
             shard = self._local.shard
         except AttributeError:
             shard = self._new_shard()
-        key = (front, rpc, code)
-        shard[key] = shard.get(key, 0) + 1
+        try:
+            shard[rpc][code] += 1
+        except KeyError:
+            shard[rpc] = codes = [0] * _CODES
+            codes[code] += 1
 
     def _new_shard(self) -> dict:
         shard: dict = {}
@@ -142,6 +149,13 @@ class CallCounter:
         self._local.shard = shard
         return shard
 
+    @staticmethod
+    def _add(total: dict, shard: dict) -> None:
+        for rpc, codes in shard.items():
+            for code, count in enumerate(list(codes)):
+                if count:
+                    total[rpc, code] = total.get((rpc, code), 0) + count
+
     def _fold_ended(self) -> None:
         """Add the shards of ended threads into _ended; the caller holds _lock."""
         live = []
@@ -149,18 +163,17 @@ class CallCounter:
             if thread.is_alive():
                 live.append((thread, shard))
             else:
-                for key, count in shard.items():  # no writer is left: a plain read
-                    self._ended[key] = self._ended.get(key, 0) + count
+                self._add(self._ended, shard)  # no writer is left: a plain read
         self._shards = live
 
-    def counts(self) -> dict[tuple, int]:
+    def counts(self) -> dict[tuple[str, int], int]:
+        """(rpc, code) → calls."""
         with self._lock:
             self._fold_ended()
             total = dict(self._ended)
             shards = [shard.copy() for _, shard in self._shards]
         for shard in shards:
-            for key, count in shard.items():
-                total[key] = total.get(key, 0) + count
+            self._add(total, shard)
         return total
 
 
@@ -191,14 +204,19 @@ class AgentMetrics:
         self.enabled = enabled
         self.started_at = time.time()
         self._started = time.monotonic()
-        self.calls = CallCounter() if enabled else None
-        # count_call(front, rpc, code): bound once here, so a counted call costs no extra frame.
-        self.count_call = self.calls.count if self.calls is not None else _ignore
+        self._calls: dict[str, CallCounter] = {}  # by front
         self._connections: dict[str, Callable[[], int]] = {}
 
     def watch_connections(self, front: str, count: Callable[[], int]) -> None:
         """`count()` says how many connections `front` has open (read at snapshot time)."""
         self._connections[front] = count
+
+    def call_counter(self, front: str) -> Callable[[str, int], None]:
+        """count(rpc, code) for the calls of `front` (framed, grpc): a front binds it once, so
+        a counted call costs no extra frame; a no-op when the counters are off."""
+        if not self.enabled:
+            return _ignore
+        return self._calls.setdefault(front, CallCounter()).count
 
     @property
     def uptime(self) -> float:
@@ -221,8 +239,8 @@ class AgentMetrics:
                                           memory_reserved_bytes=model.footprint)
             if model.metrics is not None:
                 model.metrics.fill(message, self.enabled)
-        if self.calls is not None:
-            for (front, rpc, code), count in sorted(self.calls.counts().items()):
+        for front, counter in sorted(self._calls.copy().items()):
+            for (rpc, code), count in sorted(counter.counts().items()):
                 response.calls.add(front=front, rpc=rpc, code=StatusCode(code).name,
                                    count=count)
         for front, count in sorted(self._connections.items()):

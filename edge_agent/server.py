@@ -161,6 +161,7 @@ class SocketServer:
         self._connections: set[socket.socket] = set()
         self._lock = threading.Lock()
         service.metrics.watch_connections("framed", self._connections.__len__)
+        self._count_call = service.metrics.call_counter("framed")
 
     def bind(self) -> None:
         self._listener = bind_socket(self.config)
@@ -244,8 +245,7 @@ class SocketServer:
         reply = self._answer(method, request_id, body, caller)
         # Counted here, the one place every reply passes: its status is header bytes 6-7.
         rpc = RPC_BY_METHOD.get(method)
-        self.service.metrics.count_call("framed", rpc.name if rpc else "unknown",
-                                        reply[6] | reply[7] << 8)
+        self._count_call(rpc.name if rpc else "unknown", reply[6] | reply[7] << 8)
         return reply
 
     def _answer(self, method: int, request_id: int, body: bytes, caller: Caller) -> bytes:

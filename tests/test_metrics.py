@@ -295,11 +295,13 @@ def test_call_counter_loses_no_count_across_threads():
     def work():
         barrier.wait()
         for i in range(per_thread):
-            counter.count("framed", "Predict", StatusCode.OK if i % 5 else StatusCode.NOT_FOUND)
+            counter.count("Predict", StatusCode.OK if i % 5 else StatusCode.NOT_FOUND)
+        counter.count("ListModels", 0)
 
     run_concurrently(*[work] * threads)
-    assert counter.counts() == {("framed", "Predict", StatusCode.OK): threads * per_thread * 4 // 5,
-                                ("framed", "Predict", StatusCode.NOT_FOUND): threads * per_thread // 5}
+    assert counter.counts() == {("Predict", StatusCode.OK): threads * per_thread * 4 // 5,
+                                ("Predict", StatusCode.NOT_FOUND): threads * per_thread // 5,
+                                ("ListModels", StatusCode.OK): threads}
     assert counter._shards == []  # every worker ended: folded into the total
 
 
