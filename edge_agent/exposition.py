@@ -234,8 +234,18 @@ def _bind(listen: str, handler: type, config: AgentConfig) -> socketserver.BaseS
             _claim_socket_path(where)
         except ServerError as e:
             raise ConfigError(f"edge_agent_metrics_listen: {e}") from None
-        server = _UnixServer(where, handler)
-        restrict_socket_file(where, config)  # the agent socket's mode and group
+        server = _UnixServer(where, handler, bind_and_activate=False)
+        # Born with the agent socket's mode (as server.bind_socket does), its group set next.
+        old_umask = os.umask(0o777 & ~config.socket_mode)
+        try:
+            server.server_bind()
+            server.server_activate()
+            restrict_socket_file(where, config)
+        except BaseException:
+            server.server_close()
+            raise
+        finally:
+            os.umask(old_umask)
         return server
     host, port = where
     server_class = _TcpServer6 if ":" in host else _TcpServer

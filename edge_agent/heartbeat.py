@@ -96,6 +96,7 @@ class Heartbeat:
         client.reconnect_delay_set(RECONNECT_MIN_SECONDS, RECONNECT_MAX_SECONDS)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
+        client.on_connect_fail = self._on_connect_fail
         self.client = client
 
     @staticmethod
@@ -136,6 +137,10 @@ class Heartbeat:
         log.info("MQTT: connected to %s:%d; heartbeats to %s every %g s", self.host, self.port,
                  self.topic, self.period)
         self._publish()  # at once: a reconnected device shows up without waiting a period
+
+    def _on_connect_fail(self, client, userdata) -> None:
+        # Each try of the backoff (1 s doubling to 60 s): a broker down, a certificate refused.
+        log.warning("MQTT: cannot connect to %s:%d; retrying", self.host, self.port)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         if not self._stopping.is_set():
