@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_agent import config as config_module
 from edge_agent.errors import AgentError
 
 from capture_helpers import wait_for
@@ -225,14 +224,3 @@ def test_the_broker_refuses_a_client_without_a_certificate(broker, pki):
         pass  # refused during the handshake itself
     finally:
         client.loop_stop()
-
-
-def test_default_topic_and_client_id_come_from_the_device():
-    from edge_agent import heartbeat
-
-    config = config_module.from_mapping({
-        "sagemaker_edge_core_device_name": "cam/1+#", "sagemaker_edge_core_device_fleet_name": "",
-        "edge_agent_mqtt_url": "mqtt://127.0.0.1"})
-    assert heartbeat.topic(config) == "edge-agent/default/cam_1__/heartbeat"
-    assert heartbeat.client_id(config) == "cam/1+#"
-    assert heartbeat.topic(config.replace(edge_agent_heartbeat_topic="t/x")) == "t/x"

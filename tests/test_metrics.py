@@ -446,3 +446,15 @@ def test_get_metrics_over_grpc_counts_the_grpc_front(start_agent, tmp_path, mode
     assert calls(m, "grpc") == {("LoadModel", "OK"): 1, ("Predict", "OK"): 1,
                                 ("Predict", "NOT_FOUND"): 1}
     assert agent.alive()
+
+
+def test_default_topic_and_client_id_come_from_the_device():
+    pytest.importorskip("paho.mqtt.client", reason="paho-mqtt is not installed")
+    from edge_agent import heartbeat
+
+    config = config_module.from_mapping({
+        "sagemaker_edge_core_device_name": "cam/1+#", "sagemaker_edge_core_device_fleet_name": "",
+        "edge_agent_mqtt_url": "mqtt://127.0.0.1"})
+    assert heartbeat.topic(config) == "edge-agent/default/cam_1__/heartbeat"
+    assert heartbeat.client_id(config) == "cam/1+#"
+    assert heartbeat.topic(config.replace(edge_agent_heartbeat_topic="t/x")) == "t/x"
