@@ -1,10 +1,12 @@
 """What the metrics cost on the predict path, tiny model, in one run:
 
 1. Predict round trips through four agent processes, two with edge_agent_metrics true (the
-   default) and two with it false, started in the order on, off, off, on (an agent's start
-   slot alone moves its p50 by a percent or two on a shared machine), measured in alternating
-   rounds so machine noise falls on all alike; p50 and p99 per setting, pooled, and the
-   median over rounds of each round's p50 ratio (calls made moments apart).
+   default) and two with it false, started in the order on, off, off, on, called in bursts
+   (back to back, as `edge-agent bench` does) one agent after the other, the order rotated
+   each round, so machine noise falls on all alike; p50 and p99 per setting, pooled, and the
+   median over rounds of each round's p50 ratio. `--control` runs the same with the metrics
+   off in all four: what it shows is the noise floor (one agent process can be a few percent
+   faster than another for where it runs).
 2. The agent-side cost alone: SocketServer.dispatch() of the same Predict frame in this
    process, metrics on and off, alternating rounds: microseconds per call, and that as a
    percent of the round-trip p50 of part 1.
@@ -54,7 +56,8 @@ def _connect(path: str) -> AgentClient:
 SLOTS = (("on-1", True), ("off-1", False), ("off-2", False), ("on-2", True))
 
 
-def round_trips(workdir: str, model_path: str, inputs: dict, rounds: int, calls: int) -> dict:
+def round_trips(workdir: str, model_path: str, inputs: dict, rounds: int, calls: int,
+                burst: int, control: bool) -> dict:
     samples: dict[bool, list[int]] = {True: [], False: []}
     ratios = []  # per round: p50 on / p50 off, of calls made moments apart
     agents, clients, ports = [], [], []
@@ -66,6 +69,8 @@ def round_trips(workdir: str, model_path: str, inputs: dict, rounds: int, calls:
                 ports.append(_free_port())
             extra = ("--set", f"edge_agent_metrics_listen=127.0.0.1:{ports[-1]}") if on \
                 else ("--set", "edge_agent_metrics=false")
+            if control:  # the noise floor: the same comparison with the metrics off everywhere
+                extra = ("--set", "edge_agent_metrics=false")
             process, path = start_agent(str(directory), 1, *extra)
             agents.append(process)
             clients.append((on, _connect(path)))
@@ -75,15 +80,19 @@ def round_trips(workdir: str, model_path: str, inputs: dict, rounds: int, calls:
         clock = time.perf_counter_ns
         for round_ in range(rounds):
             this_round: dict[bool, list[int]] = {True: [], False: []}
-            for on, client in (clients if round_ % 2 == 0 else clients[::-1]):
-                for _ in range(calls):
-                    start = clock()
-                    client.predict("tiny", inputs)
-                    this_round[on].append(clock() - start)
+            # Bursts of calls to each agent in turn, the order rotated every round: no agent
+            # is always first or last, or called again at the start of the next round.
+            turn = clients[round_ % len(clients):] + clients[:round_ % len(clients)]
+            for _ in range(max(1, calls // burst)):
+                for on, client in turn:
+                    for _ in range(burst):
+                        start = clock()
+                        client.predict("tiny", inputs)
+                        this_round[on].append(clock() - start)
             for on, values in this_round.items():
                 samples[on] += values
             ratios.append(statistics.median(this_round[True]) / statistics.median(this_round[False]))
-            for port in ports:
+            for port in ([] if control else ports):
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
                     scraped = r.read()
                 assert b'edge_agent_predictions_total{code="OK",model="tiny"}' in scraped
@@ -141,13 +150,14 @@ def dispatch_cost(workdir: str, model_path: str, inputs: dict, rounds: int, call
     return {name: statistics.median(values) for name, values in means.items()}
 
 
-def run(rounds: int, calls: int) -> dict:
+def run(rounds: int, calls: int, burst: int = 50, control: bool = False) -> dict:
     tiny = model_builder.tiny_model()
     inputs = tiny.sample_inputs()
     with tempfile.TemporaryDirectory(prefix="edge-agent-bench-metrics-") as workdir:
         model_path = str(tiny.write(Path(workdir) / "tiny.tflite"))
-        result = {"rounds": rounds, "calls_per_round": calls,
-                  **round_trips(workdir, model_path, inputs, rounds, calls)}
+        result = {"rounds": rounds, "calls_per_round": calls, "burst": burst,
+                  "control": control,
+                  **round_trips(workdir, model_path, inputs, rounds, calls, burst, control)}
         # Short rounds, many of them: on and off then meet the same moments of machine noise.
         cost = dispatch_cost(workdir, model_path, inputs, rounds * 20, max(1, calls // 20))
     result["p50_difference_percent"] = 100 * (result["on"]["p50_us"] / result["off"]["p50_us"] - 1)
@@ -162,14 +172,19 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--calls", type=int, default=1000)
+    parser.add_argument("--burst", type=int, default=50,
+                        help="calls made back to back to one agent before the next")
+    parser.add_argument("--control", action="store_true",
+                        help="metrics off in all four agents: the difference is then noise")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    result = run(args.rounds, args.calls)
+    result = run(args.rounds, args.calls, args.burst, args.control)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    print(f"Predict round trip, tiny model, {args.rounds} alternating rounds of {args.calls} "
-          "calls per agent, two agents per setting (microseconds)")
+    print(f"Predict round trip, tiny model, {args.rounds} rounds of {args.calls} calls per "
+          f"agent in bursts of {args.burst}, two agents per setting (microseconds)"
+          + ("; CONTROL: metrics off in all" if args.control else ""))
     for name in ("on", "off"):
         print(f"metrics {name:3s}  p50 {result[name]['p50_us']:7.1f}  p99 {result[name]['p99_us']:7.1f}"
               f"  dispatch() in process {result['dispatch_us'][name]:6.2f}")
