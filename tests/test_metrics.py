@@ -458,3 +458,73 @@ def test_default_topic_and_client_id_come_from_the_device():
     assert heartbeat.topic(config) == "edge-agent/default/cam_1__/heartbeat"
     assert heartbeat.client_id(config) == "cam/1+#"
     assert heartbeat.topic(config.replace(edge_agent_heartbeat_topic="t/x")) == "t/x"
+
+
+def test_garbage_to_the_prometheus_listener_gets_an_error_and_scrapes_go_on(start_agent):
+    port = free_port()
+    agent = start_agent(edge_agent_metrics_listen=f"127.0.0.1:{port}")
+    for garbage in (b"\x00\xff\xfe garbage\r\n\r\n", b"GET " + b"A" * 100000 + b" HTTP/1.1\r\n\r\n",
+                    b"POST /metrics HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello"):
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+            s.sendall(garbage)
+            s.shutdown(socket.SHUT_WR)
+            answer = b""
+            while chunk := s.recv(65536):
+                answer += chunk
+        # An error page (400, 414, 501: with or without a status line), never metrics.
+        assert b" 200 " not in answer[:16] and b"edge_agent" not in answer, answer[:200]
+        assert answer == b"" or b"Error code" in answer, answer[:200]
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    connection.request("GET", "/metrics")
+    assert connection.getresponse().status == 200
+    assert agent.alive()
+
+
+def test_counts_are_exact_under_concurrent_predictions_and_snapshots(tmp_path, model_files):
+    """Threads released together predict on two models while another takes snapshots: the
+    final counts are exact, and the counts the snapshots saw on the way never went back."""
+    from edge_agent.tensors import add_array
+
+    config = config_module.from_mapping({"edge_agent_state_dir": str(tmp_path / "state"),
+                                         "edge_agent_allow_unsigned_models": True})
+    service = AgentService(config)
+    try:
+        for name in ("add-1", "add-2"):
+            service.load_model(pb.LoadModelRequest(name=name, url=str(model_files["add"])))
+        workers, calls = 4, 300
+        barrier = threading.Barrier(workers + 1)
+        done = threading.Event()
+
+        def predict(name):
+            def work():
+                request = pb.PredictRequest(name=name)
+                for key, array in ADD_INPUTS.items():
+                    add_array(request.tensors, key, array)
+                barrier.wait()
+                for _ in range(calls):
+                    service.predict(request)
+            return work
+
+        def snapshots():
+            seen = {"add-1": 0, "add-2": 0}
+            barrier.wait()
+            while not done.is_set():
+                for model in service.get_metrics().models:
+                    count = model.invoke_seconds.count
+                    assert seen[model.name] <= count <= workers // 2 * calls  # never goes back
+                    seen[model.name] = count
+
+        def predictors():
+            try:
+                run_concurrently(*[predict(n) for n in ("add-1", "add-2") * (workers // 2)])
+            finally:
+                done.set()
+
+        run_concurrently(predictors, snapshots)
+        final = service.get_metrics()
+        for model in final.models:
+            assert by_code(model) == {"OK": workers // 2 * calls}
+            assert model.predict_seconds.count == model.invoke_seconds.count == workers // 2 * calls
+            assert model.input_bytes == workers // 2 * calls * 32
+    finally:
+        service.close()
