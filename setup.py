@@ -10,6 +10,7 @@ from setuptools.command.build_py import build_py
 EXTENSIONS = [
     Extension("edge_agent._framing", ["cext/_framing.pyx"]),
     Extension("edge_agent._shm", ["cext/_shm.pyx"]),
+    Extension("edge_agent._metrics", ["cext/_metrics.pyx"]),
 ]
 
 here = os.path.dirname(os.path.abspath(__file__))

@@ -2,40 +2,33 @@
 and the GetMetrics snapshot built from them when someone asks (the RPC, a Prometheus scrape,
 the textfile writer, the MQTT heartbeat). docs/METRICS.md lists what each means.
 
-Cost on the predict path is a few integer adds and two bisects into fixed bucket lists, and
-no lock of its own:
-- a model's counters (ModelMetrics) are updated only under that model's lock, which every
-  prediction already holds while it invokes;
-- calls by RPC and status (CallCounter) are counted in per-thread shards: each shard has one
-  writer, its own thread, so a read-add-store cannot lose an increment; readers copy the
-  shards (dict.copy() is one C call, atomic under the GIL) and add them up.
-Readers take no model lock either: a snapshot may straddle a prediction in flight, so a
-histogram's count and the prediction counter can differ by the calls running at that moment;
-every counter only grows, as Prometheus expects.
+Cost on the predict path is two calls into C, and no lock of its own:
+- a model's per-prediction counters (edge_agent._metrics.PredictCounters: two fixed-bucket
+  histograms, bytes, shared-memory inputs) are updated in C holding the GIL throughout, so
+  a reader sees each prediction whole; its failures are counted under the model's lock;
+- calls by RPC and status (edge_agent._metrics.CallCounts, one per front) likewise, in C
+  holding the GIL, so the calls of every thread add up exactly without a lock.
+Readers take no model lock: every counter only grows, as Prometheus expects.
 """
 from __future__ import annotations
 
-import bisect
 import os
-import threading
 import time
 from typing import Callable, Iterable
 
 from edge_agent import agent_pb2 as pb
+from edge_agent._metrics import CallCounts, PredictCounters
 from edge_agent.errors import StatusCode
 
 # Upper bounds in seconds: a tiny model's ~50 µs call up to a large model on a slow board.
 LATENCY_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
                    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
-_perf_counter = time.perf_counter
-_bisect = bisect.bisect_left
 OK = int(StatusCode.OK)  # a plain int: the dict lookup then needs no enum machinery
 
 
 def fill_histogram(message: pb.Histogram, counts: list[int], total: float) -> None:
     """`counts`: per bucket of LATENCY_BUCKETS, not cumulative, the last one +Inf."""
-    counts = list(counts)  # one C-level copy: the writer may add meanwhile
     message.bucket_upper_bounds.extend(LATENCY_BUCKETS)
     message.bucket_counts.extend(counts)
     message.sum_seconds = total
@@ -43,16 +36,17 @@ def fill_histogram(message: pb.Histogram, counts: list[int], total: float) -> No
 
 
 class ModelMetrics:
-    """One loaded model's counters. Updated only under the model's lock (see the module doc).
+    """One loaded model's counters.
 
-    A successful prediction costs two histogram updates and three adds: what can be derived
-    is not counted. Its count is the predict histogram's, less those `retracted` (counted,
-    then failed: see failed()); its inline inputs are `inputs_per_call` per prediction less
-    the shared ones. `errors`: failed predictions by status code."""
+    A successful prediction costs one call into C (edge_agent._metrics.PredictCounters: two
+    histogram updates, three adds, under the GIL throughout, so a reader sees all of it or
+    none); `succeeded` is that call itself, bound here, so it costs no Python frame either.
+    What can be derived is not counted: the number of successful predictions is the predict
+    histogram's count, less those `retracted` (counted, then failed: see failed()); the
+    inline inputs are `inputs_per_call` per prediction less the shared ones. `errors`:
+    failed predictions by status code, counted under the model's lock."""
     __slots__ = ("package_name", "package_version", "load_seconds", "loaded_at",
-                 "inputs_per_call", "predict_counts", "predict_sum", "invoke_counts",
-                 "invoke_sum", "input_bytes", "output_bytes", "shared_inputs", "retracted",
-                 "errors")
+                 "inputs_per_call", "counters", "succeeded", "retracted", "errors")
 
     def __init__(self, load_seconds: float = 0.0, package_name: str = "",
                  package_version: str = ""):
@@ -61,30 +55,12 @@ class ModelMetrics:
         self.load_seconds = load_seconds
         self.loaded_at = time.time()
         self.inputs_per_call = 0  # set by the LoadedModel, which knows its inputs
-        self.predict_counts = [0] * (len(LATENCY_BUCKETS) + 1)
-        self.predict_sum = 0.0
-        self.invoke_counts = [0] * (len(LATENCY_BUCKETS) + 1)
-        self.invoke_sum = 0.0
-        self.input_bytes = 0
-        self.output_bytes = 0
-        self.shared_inputs = 0
+        self.counters = PredictCounters(LATENCY_BUCKETS)
+        # succeeded(started, invoke_seconds, shared, input_bytes, output_bytes): a prediction
+        # whose outputs are in the reply; `started`: time.perf_counter() at the request.
+        self.succeeded = self.counters.succeeded
         self.retracted = 0
         self.errors: dict[int, int] = {}
-
-    def succeeded(self, started: float, invoke_seconds: float, shared: int, input_bytes: int,
-                  output_bytes: int) -> None:
-        """A prediction whose outputs are in the reply, `shared` of its inputs through shared
-        memory; `started`: perf_counter() when the agent had the decoded request. The caller
-        holds the model's lock."""
-        seconds = _perf_counter() - started
-        self.predict_counts[_bisect(LATENCY_BUCKETS, seconds)] += 1
-        self.predict_sum += seconds
-        self.invoke_counts[_bisect(LATENCY_BUCKETS, invoke_seconds)] += 1
-        self.invoke_sum += invoke_seconds
-        self.input_bytes += input_bytes
-        self.output_bytes += output_bytes
-        if shared:
-            self.shared_inputs += shared
 
     def failed(self, code: int, after_success: bool = False) -> None:
         """A prediction that answered `code`; `after_success`: it was counted a success
@@ -102,79 +78,15 @@ class ModelMetrics:
         message.loaded_at_unix_seconds = self.loaded_at
         if not counters:
             return
-        fill_histogram(message.predict_seconds, self.predict_counts, self.predict_sum)
-        fill_histogram(message.invoke_seconds, self.invoke_counts, self.invoke_sum)
+        (predict, predict_sum, invoke, invoke_sum, message.input_bytes, message.output_bytes,
+         message.shared_memory_inputs) = self.counters.state()
+        fill_histogram(message.predict_seconds, predict, predict_sum)
+        fill_histogram(message.invoke_seconds, invoke, invoke_sum)
         ran = message.predict_seconds.count
         codes = {OK: ran - self.retracted, **self.errors.copy()}
         for code, count in sorted(codes.items()):
             message.predictions.add(code=StatusCode(code).name, count=count)
-        message.input_bytes = self.input_bytes
-        message.output_bytes = self.output_bytes
-        message.shared_memory_inputs = self.shared_inputs
-        message.inline_inputs = ran * self.inputs_per_call - self.shared_inputs
-
-
-_CODES = max(StatusCode) + 1
-
-
-class CallCounter:
-    """One front's calls by RPC and status code, counted in per-thread shards (see the module
-    doc): rpc name → a list indexed by status code, so a counted call allocates nothing.
-    Shards of threads that have ended are folded into one total when a thread makes its first
-    shard and when the counts are read, so their number stays that of the live threads."""
-
-    def __init__(self) -> None:
-        self._local = threading.local()
-        self._lock = threading.Lock()  # the shard list only; never taken by a counted call
-        self._shards: list[tuple[threading.Thread, dict[str, list[int]]]] = []
-        self._ended: dict[tuple[str, int], int] = {}
-
-    def count(self, rpc: str, code: int) -> None:
-        """`code`: a StatusCode or its int."""
-        try:
-            shard = self._local.shard
-        except AttributeError:
-            shard = self._new_shard()
-        try:
-            shard[rpc][code] += 1
-        except KeyError:
-            shard[rpc] = codes = [0] * _CODES
-            codes[code] += 1
-
-    def _new_shard(self) -> dict:
-        shard: dict = {}
-        with self._lock:
-            self._fold_ended()
-            self._shards.append((threading.current_thread(), shard))
-        self._local.shard = shard
-        return shard
-
-    @staticmethod
-    def _add(total: dict, shard: dict) -> None:
-        for rpc, codes in shard.items():
-            for code, count in enumerate(list(codes)):
-                if count:
-                    total[rpc, code] = total.get((rpc, code), 0) + count
-
-    def _fold_ended(self) -> None:
-        """Add the shards of ended threads into _ended; the caller holds _lock."""
-        live = []
-        for thread, shard in self._shards:
-            if thread.is_alive():
-                live.append((thread, shard))
-            else:
-                self._add(self._ended, shard)  # no writer is left: a plain read
-        self._shards = live
-
-    def counts(self) -> dict[tuple[str, int], int]:
-        """(rpc, code) → calls."""
-        with self._lock:
-            self._fold_ended()
-            total = dict(self._ended)
-            shards = [shard.copy() for _, shard in self._shards]
-        for shard in shards:
-            self._add(total, shard)
-        return total
+        message.inline_inputs = ran * self.inputs_per_call - message.shared_memory_inputs
 
 
 def _ignore(*_) -> None:
@@ -204,7 +116,7 @@ class AgentMetrics:
         self.enabled = enabled
         self.started_at = time.time()
         self._started = time.monotonic()
-        self._calls: dict[str, CallCounter] = {}  # by front
+        self._calls: dict[str, CallCounts] = {}  # by front
         self._connections: dict[str, Callable[[], int]] = {}
 
     def watch_connections(self, front: str, count: Callable[[], int]) -> None:
@@ -216,7 +128,7 @@ class AgentMetrics:
         a counted call costs no extra frame; a no-op when the counters are off."""
         if not self.enabled:
             return _ignore
-        return self._calls.setdefault(front, CallCounter()).count
+        return self._calls.setdefault(front, CallCounts()).count
 
     @property
     def uptime(self) -> float:
@@ -240,7 +152,7 @@ class AgentMetrics:
             if model.metrics is not None:
                 model.metrics.fill(message, self.enabled)
         for front, counter in sorted(self._calls.copy().items()):
-            for (rpc, code), count in sorted(counter.counts().items()):
+            for (rpc, code), count in sorted(counter.counted().items()):
                 response.calls.add(front=front, rpc=rpc, code=StatusCode(code).name,
                                    count=count)
         for front, count in sorted(self._connections.items()):

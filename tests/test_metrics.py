@@ -285,10 +285,11 @@ def test_bad_exposition_and_heartbeat_settings_stop_start_up(tmp_path):
 
 # --- the counters themselves ------------------------------------------------------------
 
-def test_call_counter_loses_no_count_across_threads():
-    """Threads released together by a barrier count into their own shards; the total is
-    exact, and the shards of ended threads are folded so they do not pile up."""
-    counter = metrics.CallCounter()
+def test_call_counts_lose_no_count_across_threads():
+    """Threads released together by a barrier count at once: the totals are exact."""
+    from edge_agent._metrics import CallCounts
+
+    counter = CallCounts()
     threads, per_thread = 8, 5000
     barrier = threading.Barrier(threads)
 
@@ -299,10 +300,9 @@ def test_call_counter_loses_no_count_across_threads():
         counter.count("ListModels", 0)
 
     run_concurrently(*[work] * threads)
-    assert counter.counts() == {("Predict", StatusCode.OK): threads * per_thread * 4 // 5,
-                                ("Predict", StatusCode.NOT_FOUND): threads * per_thread // 5,
-                                ("ListModels", StatusCode.OK): threads}
-    assert counter._shards == []  # every worker ended: folded into the total
+    assert counter.counted() == {("Predict", StatusCode.OK): threads * per_thread * 4 // 5,
+                                 ("Predict", StatusCode.NOT_FOUND): threads * per_thread // 5,
+                                 ("ListModels", StatusCode.OK): threads}
 
 
 def test_histogram_buckets_counts_and_quantile():
@@ -528,3 +528,16 @@ def test_counts_are_exact_under_concurrent_predictions_and_snapshots(tmp_path, m
             assert model.input_bytes == workers // 2 * calls * 32
     finally:
         service.close()
+
+
+def test_the_c_counters_end_on_the_clock_predictions_start_on():
+    """PredictCounters ends a prediction's time on CLOCK_MONOTONIC; the service starts it
+    with time.perf_counter(): they must be one clock (a sandwich, not a timing)."""
+    from edge_agent import _metrics
+
+    before = time.perf_counter()
+    now = _metrics.now()
+    after = time.perf_counter()
+    assert before <= now <= after
+    with pytest.raises(ValueError):
+        _metrics.PredictCounters(tuple(range(1, 40)))
