@@ -149,7 +149,7 @@ class AgentConfig:
     # --- Metrics and heartbeat (docs/METRICS.md) -------------------------------------------
     edge_agent_metrics: bool = _setting(
         True, "Count predictions, latencies and calls per model and RPC (GetMetrics, "
-        "Prometheus, heartbeats): about 0.5 µs a call, 1.3 % of a tiny model's Predict (docs/"
+        "Prometheus, heartbeats): about 0.1 µs a call, 0.3 % of a tiny model's Predict (docs/"
         "BENCHMARKS.md); false: only the state (models, memory, capture, CPU) is reported.")
     edge_agent_metrics_listen: str = _setting(
         "", "Serve Prometheus metrics over HTTP on HOST:PORT (127.0.0.1:9464; [::1]:9464) or "
