@@ -118,7 +118,7 @@ class LoadedModel:
         self.url = url
         self.footprint = footprint  # bytes reserved against the memory budget
         self.delegate = delegate    # what runs it (delegates.Delegation.name)
-        # edge_agent.metrics.ModelMetrics, updated under _lock; None: metrics are off.
+        # edge_agent.metrics.ModelMetrics; None: metrics are off.
         self.metrics = metrics
         self._interpreter = interpreter
         self._lock = threading.Lock()
@@ -171,7 +171,7 @@ class LoadedModel:
                     output_bytes += view.nbytes
                     spec.fill_metadata(response.tensors.add(byte_data=view.tobytes()), view.shape)
                     del view  # the runtime refuses to invoke while views into its buffers live
-            if self.metrics is not None:  # under the lock: the counters need no lock of their own
+            if self.metrics is not None:  # one C call (edge_agent.metrics.ModelMetrics)
                 self.metrics.succeeded(started, invoke_ended - invoke_started, shared,
                                        input_bytes, output_bytes)
 

@@ -24,7 +24,7 @@ from edge_agent.errors import StatusCode
 LATENCY_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
                    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
-OK = int(StatusCode.OK)  # a plain int: the dict lookup then needs no enum machinery
+OK = int(StatusCode.OK)
 
 
 def fill_histogram(message: pb.Histogram, counts: list[int], total: float) -> None:
@@ -136,7 +136,7 @@ class AgentMetrics:
 
     def snapshot(self, models: Iterable, budget, capture, config) -> pb.GetMetricsResponse:
         """The GetMetrics answer. `models`: the loaded LoadedModels; `budget`: the
-        MemoryBudget; `capture`: the CaptureService (its counters() or None)."""
+        MemoryBudget; `capture`: the CaptureService (it fills in its own part)."""
         from edge_agent import __version__
 
         response = pb.GetMetricsResponse(
