@@ -10,6 +10,7 @@ from setuptools.command.build_py import build_py
 EXTENSIONS = [
     Extension("edge_agent._framing", ["cext/_framing.pyx"]),
     Extension("edge_agent._shm", ["cext/_shm.pyx"]),
+    Extension("edge_agent._metrics", ["cext/_metrics.pyx"]),
 ]
 
 here = os.path.dirname(os.path.abspath(__file__))
@@ -64,7 +65,13 @@ setup(
         "requests-aws4auth>=1.2",
         # The gRPC front's HTTP/2 (pure Python, sans-IO; docs/PROTOCOL.md says why not grpcio).
         "h2>=4.1",
+        # Prometheus exposition (edge_agent_metrics_listen, _textfile): small, pure Python;
+        # imported only when one of them is set.
+        "prometheus-client>=0.17",
     ],
+    extras_require={
+        "mqtt": ["paho-mqtt>=2.0"],  # the MQTT heartbeat (edge_agent_mqtt_url)
+    },
     entry_points={"console_scripts": ["edge-agent = edge_agent.cli:main"]},
     cmdclass={"build_py": build_py_with_board_profiles},
 )

@@ -225,3 +225,131 @@ class GetCaptureDataStatusResponse(_message.Message):
     status: CaptureDataStatus
     reason: str
     def __init__(self, status: _Optional[_Union[CaptureDataStatus, str]] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class GetMetricsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class Histogram(_message.Message):
+    __slots__ = ("bucket_upper_bounds", "bucket_counts", "sum_seconds", "count")
+    BUCKET_UPPER_BOUNDS_FIELD_NUMBER: _ClassVar[int]
+    BUCKET_COUNTS_FIELD_NUMBER: _ClassVar[int]
+    SUM_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    bucket_upper_bounds: _containers.RepeatedScalarFieldContainer[float]
+    bucket_counts: _containers.RepeatedScalarFieldContainer[int]
+    sum_seconds: float
+    count: int
+    def __init__(self, bucket_upper_bounds: _Optional[_Iterable[float]] = ..., bucket_counts: _Optional[_Iterable[int]] = ..., sum_seconds: _Optional[float] = ..., count: _Optional[int] = ...) -> None: ...
+
+class CodeCount(_message.Message):
+    __slots__ = ("code", "count")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    code: str
+    count: int
+    def __init__(self, code: _Optional[str] = ..., count: _Optional[int] = ...) -> None: ...
+
+class ModelMetrics(_message.Message):
+    __slots__ = ("name", "package_name", "package_version", "delegate", "memory_reserved_bytes", "load_seconds", "loaded_at_unix_seconds", "predictions", "predict_seconds", "invoke_seconds", "input_bytes", "output_bytes", "shared_memory_inputs", "inline_inputs")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PACKAGE_NAME_FIELD_NUMBER: _ClassVar[int]
+    PACKAGE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    DELEGATE_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_RESERVED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    LOAD_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    LOADED_AT_UNIX_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    PREDICTIONS_FIELD_NUMBER: _ClassVar[int]
+    PREDICT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    INVOKE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    INPUT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SHARED_MEMORY_INPUTS_FIELD_NUMBER: _ClassVar[int]
+    INLINE_INPUTS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    package_name: str
+    package_version: str
+    delegate: str
+    memory_reserved_bytes: int
+    load_seconds: float
+    loaded_at_unix_seconds: float
+    predictions: _containers.RepeatedCompositeFieldContainer[CodeCount]
+    predict_seconds: Histogram
+    invoke_seconds: Histogram
+    input_bytes: int
+    output_bytes: int
+    shared_memory_inputs: int
+    inline_inputs: int
+    def __init__(self, name: _Optional[str] = ..., package_name: _Optional[str] = ..., package_version: _Optional[str] = ..., delegate: _Optional[str] = ..., memory_reserved_bytes: _Optional[int] = ..., load_seconds: _Optional[float] = ..., loaded_at_unix_seconds: _Optional[float] = ..., predictions: _Optional[_Iterable[_Union[CodeCount, _Mapping]]] = ..., predict_seconds: _Optional[_Union[Histogram, _Mapping]] = ..., invoke_seconds: _Optional[_Union[Histogram, _Mapping]] = ..., input_bytes: _Optional[int] = ..., output_bytes: _Optional[int] = ..., shared_memory_inputs: _Optional[int] = ..., inline_inputs: _Optional[int] = ...) -> None: ...
+
+class CallCount(_message.Message):
+    __slots__ = ("front", "rpc", "code", "count")
+    FRONT_FIELD_NUMBER: _ClassVar[int]
+    RPC_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    front: str
+    rpc: str
+    code: str
+    count: int
+    def __init__(self, front: _Optional[str] = ..., rpc: _Optional[str] = ..., code: _Optional[str] = ..., count: _Optional[int] = ...) -> None: ...
+
+class ConnectionCount(_message.Message):
+    __slots__ = ("front", "open")
+    FRONT_FIELD_NUMBER: _ClassVar[int]
+    OPEN_FIELD_NUMBER: _ClassVar[int]
+    front: str
+    open: int
+    def __init__(self, front: _Optional[str] = ..., open: _Optional[int] = ...) -> None: ...
+
+class CaptureMetrics(_message.Message):
+    __slots__ = ("accepted", "delivered", "failed", "backlog", "journal_bytes", "journal_limit_bytes", "last_error", "last_error_unix_seconds")
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    DELIVERED_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
+    BACKLOG_FIELD_NUMBER: _ClassVar[int]
+    JOURNAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    JOURNAL_LIMIT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_UNIX_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    accepted: int
+    delivered: int
+    failed: int
+    backlog: int
+    journal_bytes: int
+    journal_limit_bytes: int
+    last_error: str
+    last_error_unix_seconds: float
+    def __init__(self, accepted: _Optional[int] = ..., delivered: _Optional[int] = ..., failed: _Optional[int] = ..., backlog: _Optional[int] = ..., journal_bytes: _Optional[int] = ..., journal_limit_bytes: _Optional[int] = ..., last_error: _Optional[str] = ..., last_error_unix_seconds: _Optional[float] = ...) -> None: ...
+
+class GetMetricsResponse(_message.Message):
+    __slots__ = ("agent_version", "device_name", "fleet_name", "start_time_unix_seconds", "uptime_seconds", "counters_kept", "models", "calls", "connections", "capture", "memory_budget_bytes", "memory_budget_used_bytes", "resident_memory_bytes", "cpu_seconds")
+    AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_NAME_FIELD_NUMBER: _ClassVar[int]
+    FLEET_NAME_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_UNIX_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    UPTIME_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    COUNTERS_KEPT_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    CALLS_FIELD_NUMBER: _ClassVar[int]
+    CONNECTIONS_FIELD_NUMBER: _ClassVar[int]
+    CAPTURE_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BUDGET_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BUDGET_USED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    RESIDENT_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CPU_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    agent_version: str
+    device_name: str
+    fleet_name: str
+    start_time_unix_seconds: float
+    uptime_seconds: float
+    counters_kept: bool
+    models: _containers.RepeatedCompositeFieldContainer[ModelMetrics]
+    calls: _containers.RepeatedCompositeFieldContainer[CallCount]
+    connections: _containers.RepeatedCompositeFieldContainer[ConnectionCount]
+    capture: CaptureMetrics
+    memory_budget_bytes: int
+    memory_budget_used_bytes: int
+    resident_memory_bytes: int
+    cpu_seconds: float
+    def __init__(self, agent_version: _Optional[str] = ..., device_name: _Optional[str] = ..., fleet_name: _Optional[str] = ..., start_time_unix_seconds: _Optional[float] = ..., uptime_seconds: _Optional[float] = ..., counters_kept: _Optional[bool] = ..., models: _Optional[_Iterable[_Union[ModelMetrics, _Mapping]]] = ..., calls: _Optional[_Iterable[_Union[CallCount, _Mapping]]] = ..., connections: _Optional[_Iterable[_Union[ConnectionCount, _Mapping]]] = ..., capture: _Optional[_Union[CaptureMetrics, _Mapping]] = ..., memory_budget_bytes: _Optional[int] = ..., memory_budget_used_bytes: _Optional[int] = ..., resident_memory_bytes: _Optional[int] = ..., cpu_seconds: _Optional[float] = ...) -> None: ...

@@ -51,6 +51,9 @@ RPCS: tuple[Rpc, ...] = (
         "capture_data"),
     Rpc(Method.GET_CAPTURE_DATA_STATUS, "GetCaptureDataStatus", pb.GetCaptureDataStatusRequest,
         pb.GetCaptureDataStatusResponse, "get_capture_data_status"),
+    # Extensions of service Agent (method numbers from 100).
+    Rpc(Method.GET_METRICS, "GetMetrics", pb.GetMetricsRequest, pb.GetMetricsResponse,
+        "get_metrics"),
 )
 BY_METHOD: dict[int, Rpc] = {rpc.method: rpc for rpc in RPCS}
 BY_GRPC_PATH: dict[str, Rpc] = {rpc.grpc_path: rpc for rpc in RPCS}
@@ -62,18 +65,36 @@ class Outcome(NamedTuple):
     reply: bytes | str  # the serialized response when OK, else the error message
 
 
-class Api:
-    """The RPCs bound to one AgentService: handlers looked up once, not per call."""
+def _not_counted(rpc: str, code: int) -> None:
+    pass
 
-    def __init__(self, service: "AgentService"):
+
+class Api:
+    """The RPCs bound to one AgentService for one front: handlers looked up once, not per
+    call; every call's outcome counted by `count(rpc name, code)` (the front's counter of
+    edge_agent.metrics), here, where every outcome passes."""
+
+    def __init__(self, service: "AgentService",
+                 count: Callable[[str, int], None] = _not_counted):
         self._handlers: dict[int, Callable] = {
             rpc.method: getattr(service, rpc.handler) for rpc in RPCS}
+        self._count = count
+
+    def unknown(self, method: object) -> Outcome:
+        """The reply to a method this agent does not serve, counted as rpc "unknown"."""
+        self._count("unknown", StatusCode.UNIMPLEMENTED)
+        return unknown_method(method)
 
     def invoke(self, rpc: Rpc, body: bytes, caller: "Caller") -> Outcome:
-        """Decode, serve, encode; never raises for a bad request or a failed call.
+        """Decode, serve, encode, count; never raises for a bad request or a failed call.
 
         A failed call is logged here, so it is logged the same way whichever front it came
         through."""
+        outcome = self._serve(rpc, body, caller)
+        self._count(rpc.name, outcome.code)
+        return outcome
+
+    def _serve(self, rpc: Rpc, body: bytes, caller: "Caller") -> Outcome:
         try:
             request = rpc.request_type.FromString(body)
         except DecodeError:

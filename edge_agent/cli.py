@@ -112,6 +112,14 @@ def _run_agent(config_path: str | None, overrides: dict) -> int:
             server.serve_forever()  # returns at once: closes and removes the framed socket
             service.close()
             return 1
+    observers = _start_observers(service, config)
+    if observers is None:
+        if grpc_server is not None:
+            grpc_server.stop(grace=0)
+        server.shutdown()
+        server.serve_forever()  # returns at once: closes and removes the framed socket
+        service.close()
+        return 2
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, lambda *_: server.shutdown())
     log.info("edge-agent %s: %s", __version__, "embedded default configuration"
@@ -125,6 +133,8 @@ def _run_agent(config_path: str | None, overrides: dict) -> int:
     notifier.stopping()
     if grpc_server is not None:
         grpc_server.stop(grace=2)
+    for observer in observers:
+        observer.stop()  # the heartbeat says offline; the textfile gets the final counts
     service.close()
     log.info("stopped")
     return 0
@@ -149,6 +159,31 @@ def cmd_boards(args: argparse.Namespace) -> int:
     if detected:
         print(f"* detected from {boards.DEVICE_TREE_MODEL}")
     return 0
+
+
+def _start_observers(service, config) -> list | None:
+    """The Prometheus exposition and the MQTT heartbeat the configuration asks for, started
+    (each imports its library only then); None when one cannot start (it says why)."""
+    from edge_agent.config import ConfigError
+
+    started: list = []
+    try:
+        if config.edge_agent_metrics_listen or config.edge_agent_metrics_textfile:
+            from edge_agent import exposition
+            started.append(exposition.start(service.get_metrics, config))
+        if config.edge_agent_mqtt_url:
+            try:
+                from edge_agent import heartbeat
+            except ImportError:
+                raise ConfigError("edge_agent_mqtt_url is set but paho-mqtt is not installed "
+                                  "(pip install edge-agent[mqtt])") from None
+            started.append(heartbeat.start(service.get_metrics, config))
+    except ConfigError as e:
+        print(f"edge-agent: configuration error: {e}", file=sys.stderr)
+        for observer in started:
+            observer.stop()
+        return None
+    return started
 
 
 # --- client ---------------------------------------------------------------------------------
@@ -200,6 +235,13 @@ def cmd_client(args: argparse.Namespace) -> int:
         elif args.action == "status":
             status = agent.capture_data_status(args.capture_id)
             print(status.status + (f": {status.reason}" if status.reason else ""))
+        elif args.action == "metrics":
+            from edge_agent import metrics
+            snapshot = agent.get_metrics()
+            if args.json:
+                print(json.dumps(metrics.document(snapshot), indent=2))
+            else:
+                print(metrics.table(snapshot), end="")
     return 0
 
 
@@ -310,6 +352,10 @@ def build_parser() -> argparse.ArgumentParser:
                          help="inference time, seconds since the epoch (default: now)")
     status = actions.add_parser("status", help="status of a capture, and why if it failed")
     status.add_argument("capture_id")
+    metrics = actions.add_parser("metrics", help="what the agent counted: per model and RPC, "
+                                 "capture, memory, CPU (docs/METRICS.md)")
+    metrics.add_argument("--json", action="store_true", help="print the JSON document the "
+                         "MQTT heartbeat carries")
     predict = actions.add_parser("predict", help="run a prediction on .npy inputs")
     predict.add_argument("name")
     predict.add_argument("inputs", nargs="*", metavar="[NAME=]FILE.npy")

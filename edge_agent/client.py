@@ -217,6 +217,11 @@ class AgentClient:
                           pb.GetCaptureDataStatusRequest(capture_id=capture_id))
         return CaptureStatus(pb.CaptureDataStatus.Name(reply.status), reply.reason)
 
+    def get_metrics(self) -> pb.GetMetricsResponse:
+        """What the agent counted and holds (an extension; docs/METRICS.md);
+        edge_agent.metrics.document() turns it into plain JSON types."""
+        return self.call(Method.GET_METRICS, pb.GetMetricsRequest(), pb.GetMetricsResponse)
+
     # --- the wire ---------------------------------------------------------------------------
 
     def call(self, method: Method, request, response_type: type | None = None,

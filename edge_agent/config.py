@@ -166,6 +166,30 @@ class AgentConfig:
     edge_agent_iot_thing_name: str = _setting(
         "", "IoT thing name sent to the credentials provider (default: the device name).")
 
+    # --- Metrics and heartbeat (docs/METRICS.md) -------------------------------------------
+    edge_agent_metrics: bool = _setting(
+        True, "Count predictions, latencies and calls per model and RPC (GetMetrics, "
+        "Prometheus, heartbeats): about 0.1 µs a call, 0.3 % of a tiny model's Predict (docs/"
+        "BENCHMARKS.md); false: only the state (models, memory, capture, CPU) is reported.")
+    edge_agent_metrics_listen: str = _setting(
+        "", "Serve Prometheus metrics over HTTP on HOST:PORT (127.0.0.1:9464; [::1]:9464) or "
+        "on a UNIX socket at an absolute path; empty: off.")
+    edge_agent_metrics_textfile: str = _setting(
+        "", "Write Prometheus metrics to this file (node_exporter's textfile collector: a "
+        "name ending in .prom), replaced atomically every period; empty: off.")
+    edge_agent_metrics_textfile_period_seconds: float = _setting(
+        15.0, "How often the metrics textfile is rewritten.", kind=float, minimum=0.1)
+    edge_agent_mqtt_url: str = _setting(
+        "", "Publish heartbeats to this MQTT broker: mqtt://HOST[:1883] or mqtts://HOST[:8883] "
+        "(TLS with the device certificate and key of sagemaker_edge_provider_aws_cert_file and "
+        "_cert_pk_file, the broker checked against _ca_cert_file: AWS IoT Core works as is); "
+        "empty: off. Needs paho-mqtt (pip install edge-agent[mqtt]).")
+    edge_agent_heartbeat_period_seconds: float = _setting(
+        60.0, "How often a heartbeat is published.", kind=float, minimum=0.1)
+    edge_agent_heartbeat_topic: str = _setting(
+        "", "MQTT topic of the heartbeats and of the offline last will (default: "
+        "edge-agent/<fleet>/<device>/heartbeat).")
+
     # --- Boards and delegates --------------------------------------------------------------
     edge_agent_board: str = _setting(
         "auto", "Board profile (firmware_configs/, `edge-agent boards` lists them) applied "

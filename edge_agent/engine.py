@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -117,12 +118,14 @@ _DIRECT_COPY_BYTES = 16 * 1024
 
 class LoadedModel:
     def __init__(self, name: str, url: str, interpreter, footprint: int, delegate: str = "",
-                 owner: int = -1):
+                 owner: int = -1, metrics=None):
         self.name = name
         self.url = url
         self.owner = owner          # uid of the caller that loaded it (edge_agent_model_access)
         self.footprint = footprint  # bytes reserved against the memory budget
         self.delegate = delegate    # what runs it (delegates.Delegation.name)
+        # edge_agent.metrics.ModelMetrics; None: metrics are off.
+        self.metrics = metrics
         self._interpreter = interpreter
         self._lock = threading.Lock()
         self.inputs = [_spec(d, "input", i) for i, d in enumerate(interpreter.get_input_details())]
@@ -130,6 +133,8 @@ class LoadedModel:
         self._inputs_by_name = {spec.name_bytes: spec for spec in self.inputs}
         # The input shapes the interpreter has allocated now; read and changed under _lock.
         self._allocated = [spec.shape for spec in self.inputs]
+        if metrics is not None:
+            metrics.inputs_per_call = len(self.inputs)
 
     def describe(self) -> pb.Model:
         return pb.Model(
@@ -141,30 +146,47 @@ class LoadedModel:
     # --- predict ----------------------------------------------------------------------------
 
     def predict(self, tensors: Sequence[pb.Tensor], response: pb.PredictResponse,
-                reader=None, writer=None) -> None:
+                reader=None, writer=None, started: float = 0.0) -> None:
         """Fill response with the outputs for the request's input tensors.
 
         INVALID_ARGUMENT when the inputs do not fit the model. `reader` turns a shared-memory
         handle into a buffer; without one, such tensors are refused. `writer(position, name,
         array)`, when given, puts each output into shared memory and returns its handle.
+        `started`: time.perf_counter() when the request arrived, for the metrics.
         """
-        arrays = self._bind_inputs(tensors, reader)
+        arrays, shared = self._bind_inputs(tensors, reader)
         interpreter = self._interpreter
         with self._lock:
             self._fit_shapes(arrays)
+            input_bytes = 0
             for spec, array in zip(self.inputs, arrays):
+                input_bytes += array.nbytes
                 if array.flags.writeable or array.nbytes < _DIRECT_COPY_BYTES:
                     interpreter.set_tensor(spec.index, array)
                 else:
                     self._copy_input(spec, array)
+            invoke_started = time.perf_counter()
             interpreter.invoke()
+            invoke_ended = time.perf_counter()
             if writer is not None:
-                self._write_outputs(response, writer)
-                return
-            for spec in self.outputs:
-                view = interpreter.tensor(spec.index)()
-                spec.fill_metadata(response.tensors.add(byte_data=view.tobytes()), view.shape)
-                del view  # the runtime refuses to invoke while views into its buffers live
+                output_bytes = self._write_outputs(response, writer)
+            else:
+                output_bytes = 0
+                for spec in self.outputs:
+                    view = interpreter.tensor(spec.index)()
+                    output_bytes += view.nbytes
+                    spec.fill_metadata(response.tensors.add(byte_data=view.tobytes()), view.shape)
+                    del view  # the runtime refuses to invoke while views into its buffers live
+            if self.metrics is not None:  # one C call (edge_agent.metrics.ModelMetrics)
+                self.metrics.succeeded(started, invoke_ended - invoke_started, shared,
+                                       input_bytes, output_bytes)
+
+    def count_failure(self, code: int, after_success: bool = False) -> None:
+        """Count a prediction that answered `code` (metrics.ModelMetrics.failed). Takes the
+        lock: failures are off the hot path, and the counters are guarded by it."""
+        if self.metrics is not None:
+            with self._lock:
+                self.metrics.failed(code, after_success)
 
     def _copy_input(self, spec: TensorSpec, array: np.ndarray) -> None:
         """One copy straight into the input buffer: set_tensor would first copy a read-only
@@ -175,17 +197,20 @@ class LoadedModel:
         finally:
             del target  # the runtime refuses to invoke while views into its buffers live
 
-    def _write_outputs(self, response: pb.PredictResponse, writer) -> None:
+    def _write_outputs(self, response: pb.PredictResponse, writer) -> int:
         """Outputs through `writer` (one copy, into the caller's segment); the caller holds
-        the lock. The reply carries metadata and handles, no bytes."""
+        the lock. The reply carries metadata and handles, no bytes. Returns the bytes written."""
+        written = 0
         for spec in self.outputs:
             view = self._interpreter.tensor(spec.index)()
             try:
                 tensor = response.tensors.add()
                 tensor.shared_memory_handle.CopyFrom(writer(spec.position, spec.name, view))
                 spec.fill_metadata(tensor, view.shape)
+                written += view.nbytes
             finally:
                 del view  # also when the writer refuses: the next invoke needs no live views
+        return written
 
     def _fit_shapes(self, arrays: Sequence[np.ndarray]) -> None:
         """Resize dynamic inputs to this call's shapes; the caller holds the lock."""
@@ -205,8 +230,9 @@ class LoadedModel:
                     f"model '{self.name}': the runtime ran out of memory for these shapes; "
                     "send smaller ones") from None
 
-    def _bind_inputs(self, tensors: Sequence[pb.Tensor], reader) -> list[np.ndarray]:
-        """The request's tensors as arrays in the model's input order, each checked."""
+    def _bind_inputs(self, tensors: Sequence[pb.Tensor], reader) -> tuple[list[np.ndarray], int]:
+        """The request's tensors as arrays in the model's input order, each checked, and how
+        many of them came through shared memory."""
         inputs = self.inputs
         if len(tensors) != len(inputs):
             names = ", ".join(s.name for s in inputs)
@@ -223,9 +249,12 @@ class LoadedModel:
                 "name every input tensor or none: inputs are matched by name when named, "
                 "else by position")
         arrays: list = [None] * len(inputs)
+        shared = 0
         for tensor, spec in zip(tensors, specs):
-            arrays[spec.position] = self._to_array(tensor, spec, reader)
-        return arrays
+            which = tensor.WhichOneof("data")
+            shared += which == "shared_memory_handle"
+            arrays[spec.position] = self._to_array(tensor, spec, reader, which)
+        return arrays, shared
 
     def _specs_by_name(self, names: Sequence[bytes]) -> list[TensorSpec]:
         specs = []
@@ -241,9 +270,9 @@ class LoadedModel:
             raise invalid_argument("an input tensor name is given more than once")
         return specs
 
-    def _to_array(self, tensor: pb.Tensor, spec: TensorSpec, reader) -> np.ndarray:
+    def _to_array(self, tensor: pb.Tensor, spec: TensorSpec, reader, which: str | None) -> np.ndarray:
+        """`which`: the tensor's data field (WhichOneof("data")), read once by the caller."""
         shape, nbytes = self._requested_shape(tensor, spec)
-        which = tensor.WhichOneof("data")
         if which == "byte_data":
             data = tensor.byte_data
         elif which == "shared_memory_handle":

@@ -31,7 +31,7 @@ from h2.errors import ErrorCodes
 from h2.settings import SettingCodes
 from hyperframe.frame import GoAwayFrame
 
-from edge_agent.api import BY_GRPC_PATH, Api, Outcome, unknown_method
+from edge_agent.api import BY_GRPC_PATH, Api, Outcome
 from edge_agent.config import AgentConfig
 from edge_agent.errors import StatusCode
 from edge_agent.service import AgentService, Caller
@@ -93,13 +93,14 @@ class GrpcServer:
     """Serves gRPC on path until stop(); start() binds and accepts in a thread of its own."""
 
     def __init__(self, service: AgentService, config: AgentConfig, path: str | None = None):
-        self.api = Api(service)
+        self.api = Api(service, service.metrics.call_counter("grpc"))
         self.config = config
         self.path = path or config.edge_agent_grpc_socket_path
         self.workers = ThreadPoolExecutor(config.edge_agent_grpc_max_workers,
                                           thread_name_prefix="edge-agent-grpc")
         self._stopping = threading.Event()
         self._connections: set[GrpcConnection] = set()
+        service.metrics.watch_connections("grpc", self._connections.__len__)
         self._refusing = 0  # connections over the limit being told so
         self._lock = threading.Lock()
         self._listener: socket.socket | None = None
@@ -338,7 +339,7 @@ class GrpcConnection:
                 f"application/grpc, got {headers.get(b':method', b'?').decode('latin-1')} "
                 f"{content_type.decode('latin-1') or 'without a content-type'}"))
         elif call.rpc is None:
-            self._answer_now(call, unknown_method(path))
+            self._answer_now(call, self.server.api.unknown(path))
 
     def _on_data(self, call: _Call, data: bytes) -> None:
         call.data += data

@@ -50,6 +50,7 @@ class Method(enum.IntEnum):
     DESCRIBE_MODEL = 5
     CAPTURE_DATA = 6
     GET_CAPTURE_DATA_STATUS = 7
+    GET_METRICS = 100  # an extension: numbered from 100, as its messages' fields are
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,7 @@ import socket
 import threading
 import time
 
-from edge_agent.api import BY_METHOD, Api, unknown_method
+from edge_agent.api import BY_METHOD, Api
 from edge_agent.config import AgentConfig
 from edge_agent.errors import StatusCode
 from edge_agent.protocol import HEADER, FrameDecoder, FramingError, Kind, encode_error, encode_reply
@@ -37,7 +37,7 @@ __all__ = ["ServerError", "SocketServer", "Connection", "peer_credentials"]
 class SocketServer:
     def __init__(self, service: AgentService, config: AgentConfig):
         self.service = service
-        self.api = Api(service)
+        self.api = Api(service, service.metrics.call_counter("framed"))
         self.config = config
         self.path = config.edge_agent_socket_path
         self._listener: socket.socket | None = None
@@ -45,6 +45,7 @@ class SocketServer:
         self._connections: set[socket.socket] = set()
         self._lock = threading.Lock()
         self.pending = PendingBudget(config.pending_budget_bytes)
+        service.metrics.watch_connections("framed", self._connections.__len__)
 
     def bind(self) -> None:
         self._listener = bind_socket(self.path, self.config)
@@ -106,7 +107,7 @@ class SocketServer:
     def dispatch(self, method: int, request_id: int, body: bytes, caller: Caller) -> bytes:
         """One request frame's body in, one reply frame out; never raises for a bad request."""
         rpc = BY_METHOD.get(method)
-        code, reply = unknown_method(method) if rpc is None else self.api.invoke(rpc, body, caller)
+        code, reply = self.api.unknown(method) if rpc is None else self.api.invoke(rpc, body, caller)
         if code != StatusCode.OK:
             return encode_error(code, request_id, reply, method)
         return encode_reply(method, request_id, reply)

@@ -12,6 +12,7 @@ import os
 import re
 import stat
 import threading
+import time
 from dataclasses import dataclass
 
 from edge_agent import agent_pb2 as pb
@@ -22,6 +23,7 @@ from edge_agent.engine import LoadedModel, create_interpreter
 from edge_agent.errors import (AgentError, StatusCode, failed_precondition, invalid_argument,
                                not_found)
 from edge_agent.memory import MemoryBudget
+from edge_agent.metrics import AgentMetrics, ModelMetrics
 from edge_agent.modelfile import looks_like_tflite, not_regular, read_at_most
 from edge_agent.prover import Prover, holds_edgetpu
 from edge_agent.shm import SharedMemory
@@ -121,6 +123,7 @@ class AgentService:
         self._models: dict[str, LoadedModel] = {}
         self._loading: set[str] = set()  # names reserved by loads in progress
         self._lock = threading.Lock()
+        self.metrics = AgentMetrics(config.edge_agent_metrics)
         self.shm = SharedMemory.from_config(config)  # attachments shared by all calls
         # A package built for the Edge TPU is accepted only where this agent runs one.
         accelerators.use_delegate_config(config.edge_agent_delegate,
@@ -160,7 +163,9 @@ class AgentService:
 
     def _load(self, name: str, url: str, source: ModelSource, caller: Caller) -> LoadedModel:
         what = f"model '{name}'"
-        content = self._read_model(source, what, caller)
+        started = time.monotonic()
+        package: dict = {}  # the package's name and version, when it comes from one
+        content = self._read_model(source, what, caller, package)
         self.budget.reserve(len(content), what)
         reserved = len(content)
         try:
@@ -177,8 +182,10 @@ class AgentService:
                           for d in interpreter.get_tensor_details())
             self.budget.reserve(max(0, tensors - measured), what)
             reserved += max(0, tensors - measured)
+            metrics = ModelMetrics(time.monotonic() - started, **package) \
+                if self.config.edge_agent_metrics else None
             return LoadedModel(name, url, interpreter, footprint=reserved,
-                               delegate=delegation.name, owner=caller.uid)
+                               delegate=delegation.name, owner=caller.uid, metrics=metrics)
         except UnicodeDecodeError:  # the runtime decodes tensor names as UTF-8
             self.budget.release(reserved)
             raise failed_precondition(
@@ -202,16 +209,17 @@ class AgentService:
                  what, proof.seconds, proof.peak_bytes / 2**20)
         return max(0, proof.peak_bytes - len(content))
 
-    def _read_model(self, source: ModelSource, what: str, caller: Caller) -> bytes:
+    def _read_model(self, source: ModelSource, what: str, caller: Caller,
+                    package: dict) -> bytes:
         path = source.path
         try:
             st = os.fstat(source.fd)
             if stat.S_ISDIR(st.st_mode):
-                return self._read_package(source, what, caller)
+                return self._read_package(source, what, caller, package)
             if not stat.S_ISREG(st.st_mode):
                 raise failed_precondition(not_regular(path, st.st_mode))
             if not looks_like_tflite(os.pread(source.fd, 8, 0)):
-                return self._read_package(source, what, caller)
+                return self._read_package(source, what, caller, package)
             if not self.config.edge_agent_allow_unsigned_models:
                 raise failed_precondition(
                     f"'{path}' is an unsigned .tflite file, and unsigned .tflite models are "
@@ -227,7 +235,8 @@ class AgentService:
             raise failed_precondition(f"'{path}' is not a TensorFlow Lite model")
         return content
 
-    def _read_package(self, source: ModelSource, what: str, caller: Caller) -> bytes:
+    def _read_package(self, source: ModelSource, what: str, caller: Caller,
+                      found: dict) -> bytes:
         """The model bytes of a signed package, verified: the same bytes that were hashed;
         every file in it readable by the caller."""
         from edge_agent.archive import Limits
@@ -244,6 +253,7 @@ class AgentService:
         manifest = package.manifest
         log.info("%s: package %s %s for %s, signed by key %s", what, manifest.name,
                  manifest.version, manifest.target, package.key_id)
+        found.update(package_name=manifest.name, package_version=manifest.version)
         return package.model
 
     def unload_model(self, request: pb.UnLoadModelRequest, caller: Caller = IN_PROCESS) -> pb.UnLoadModelResponse:
@@ -275,12 +285,23 @@ class AgentService:
     # --- data plane ---------------------------------------------------------------------------
 
     def predict(self, request: pb.PredictRequest, caller: Caller = IN_PROCESS) -> pb.PredictResponse:
+        started = time.perf_counter()
         response = pb.PredictResponse()
         model = self._model(request.name)
-        with self.shm.call(caller) as shm:
-            writer = (shm.output_writer(request.output_handles, model.outputs)
-                      if request.output_handles else None)
-            model.predict(request.tensors, response, reader=shm.read, writer=writer)
+        predicted = False  # counted OK by the model; the shared memory may yet prove truncated
+        try:
+            with self.shm.call(caller) as shm:
+                writer = (shm.output_writer(request.output_handles, model.outputs)
+                          if request.output_handles else None)
+                model.predict(request.tensors, response, reader=shm.read, writer=writer,
+                              started=started)
+                predicted = True
+        except AgentError as e:
+            model.count_failure(e.code, predicted)
+            raise
+        except Exception:
+            model.count_failure(StatusCode.INTERNAL, predicted)
+            raise
         return response
 
     def capture_data(self, request: pb.CaptureDataRequest,
@@ -299,6 +320,12 @@ class AgentService:
     def get_capture_data_status(self, request: pb.GetCaptureDataStatusRequest,
                                 caller: Caller = IN_PROCESS) -> pb.GetCaptureDataStatusResponse:
         return self.capture.status(request.capture_id)
+
+    def get_metrics(self, request: pb.GetMetricsRequest | None = None,
+                    caller: Caller = IN_PROCESS) -> pb.GetMetricsResponse:
+        with self._lock:
+            models = sorted(self._models.values(), key=lambda m: m.name)
+        return self.metrics.snapshot(models, self.budget, self.capture, self.config)
 
     # --- helpers ----------------------------------------------------------------------------
 

@@ -907,6 +907,366 @@ void   aws__sage_maker__edge__get_capture_data_status_response__free_unpacked
   assert(message->base.descriptor == &aws__sage_maker__edge__get_capture_data_status_response__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
+void   aws__sage_maker__edge__get_metrics_request__init
+                     (AWS__SageMaker__Edge__GetMetricsRequest         *message)
+{
+  static const AWS__SageMaker__Edge__GetMetricsRequest init_value = AWS__SAGE_MAKER__EDGE__GET_METRICS_REQUEST__INIT;
+  *message = init_value;
+}
+size_t aws__sage_maker__edge__get_metrics_request__get_packed_size
+                     (const AWS__SageMaker__Edge__GetMetricsRequest *message)
+{
+  assert(message->base.descriptor == &aws__sage_maker__edge__get_metrics_request__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t aws__sage_maker__edge__get_metrics_request__pack
+                     (const AWS__SageMaker__Edge__GetMetricsRequest *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &aws__sage_maker__edge__get_metrics_request__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t aws__sage_maker__edge__get_metrics_request__pack_to_buffer
+                     (const AWS__SageMaker__Edge__GetMetricsRequest *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &aws__sage_maker__edge__get_metrics_request__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+AWS__SageMaker__Edge__GetMetricsRequest *
+       aws__sage_maker__edge__get_metrics_request__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (AWS__SageMaker__Edge__GetMetricsRequest *)
+     protobuf_c_message_unpack (&aws__sage_maker__edge__get_metrics_request__descriptor,
+                                allocator, len, data);
+}
+void   aws__sage_maker__edge__get_metrics_request__free_unpacked
+                     (AWS__SageMaker__Edge__GetMetricsRequest *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &aws__sage_maker__edge__get_metrics_request__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   aws__sage_maker__edge__histogram__init
+                     (AWS__SageMaker__Edge__Histogram         *message)
+{
+  static const AWS__SageMaker__Edge__Histogram init_value = AWS__SAGE_MAKER__EDGE__HISTOGRAM__INIT;
+  *message = init_value;
+}
+size_t aws__sage_maker__edge__histogram__get_packed_size
+                     (const AWS__SageMaker__Edge__Histogram *message)
+{
+  assert(message->base.descriptor == &aws__sage_maker__edge__histogram__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t aws__sage_maker__edge__histogram__pack
+                     (const AWS__SageMaker__Edge__Histogram *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &aws__sage_maker__edge__histogram__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t aws__sage_maker__edge__histogram__pack_to_buffer
+                     (const AWS__SageMaker__Edge__Histogram *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &aws__sage_maker__edge__histogram__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+AWS__SageMaker__Edge__Histogram *
+       aws__sage_maker__edge__histogram__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (AWS__SageMaker__Edge__Histogram *)
+     protobuf_c_message_unpack (&aws__sage_maker__edge__histogram__descriptor,
+                                allocator, len, data);
+}
+void   aws__sage_maker__edge__histogram__free_unpacked
+                     (AWS__SageMaker__Edge__Histogram *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &aws__sage_maker__edge__histogram__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   aws__sage_maker__edge__code_count__init
+                     (AWS__SageMaker__Edge__CodeCount         *message)
+{
+  static const AWS__SageMaker__Edge__CodeCount init_value = AWS__SAGE_MAKER__EDGE__CODE_COUNT__INIT;
+  *message = init_value;
+}
+size_t aws__sage_maker__edge__code_count__get_packed_size
+                     (const AWS__SageMaker__Edge__CodeCount *message)
+{
+  assert(message->base.descriptor == &aws__sage_maker__edge__code_count__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t aws__sage_maker__edge__code_count__pack
+                     (const AWS__SageMaker__Edge__CodeCount *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &aws__sage_maker__edge__code_count__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t aws__sage_maker__edge__code_count__pack_to_buffer
+                     (const AWS__SageMaker__Edge__CodeCount *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &aws__sage_maker__edge__code_count__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+AWS__SageMaker__Edge__CodeCount *
+       aws__sage_maker__edge__code_count__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (AWS__SageMaker__Edge__CodeCount *)
+     protobuf_c_message_unpack (&aws__sage_maker__edge__code_count__descriptor,
+                                allocator, len, data);
+}
+void   aws__sage_maker__edge__code_count__free_unpacked
+                     (AWS__SageMaker__Edge__CodeCount *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &aws__sage_maker__edge__code_count__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   aws__sage_maker__edge__model_metrics__init
+                     (AWS__SageMaker__Edge__ModelMetrics         *message)
+{
+  static const AWS__SageMaker__Edge__ModelMetrics init_value = AWS__SAGE_MAKER__EDGE__MODEL_METRICS__INIT;
+  *message = init_value;
+}
+size_t aws__sage_maker__edge__model_metrics__get_packed_size
+                     (const AWS__SageMaker__Edge__ModelMetrics *message)
+{
+  assert(message->base.descriptor == &aws__sage_maker__edge__model_metrics__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t aws__sage_maker__edge__model_metrics__pack
+                     (const AWS__SageMaker__Edge__ModelMetrics *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &aws__sage_maker__edge__model_metrics__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t aws__sage_maker__edge__model_metrics__pack_to_buffer
+                     (const AWS__SageMaker__Edge__ModelMetrics *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &aws__sage_maker__edge__model_metrics__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+AWS__SageMaker__Edge__ModelMetrics *
+       aws__sage_maker__edge__model_metrics__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (AWS__SageMaker__Edge__ModelMetrics *)
+     protobuf_c_message_unpack (&aws__sage_maker__edge__model_metrics__descriptor,
+                                allocator, len, data);
+}
+void   aws__sage_maker__edge__model_metrics__free_unpacked
+                     (AWS__SageMaker__Edge__ModelMetrics *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &aws__sage_maker__edge__model_metrics__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   aws__sage_maker__edge__call_count__init
+                     (AWS__SageMaker__Edge__CallCount         *message)
+{
+  static const AWS__SageMaker__Edge__CallCount init_value = AWS__SAGE_MAKER__EDGE__CALL_COUNT__INIT;
+  *message = init_value;
+}
+size_t aws__sage_maker__edge__call_count__get_packed_size
+                     (const AWS__SageMaker__Edge__CallCount *message)
+{
+  assert(message->base.descriptor == &aws__sage_maker__edge__call_count__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t aws__sage_maker__edge__call_count__pack
+                     (const AWS__SageMaker__Edge__CallCount *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &aws__sage_maker__edge__call_count__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t aws__sage_maker__edge__call_count__pack_to_buffer
+                     (const AWS__SageMaker__Edge__CallCount *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &aws__sage_maker__edge__call_count__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+AWS__SageMaker__Edge__CallCount *
+       aws__sage_maker__edge__call_count__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (AWS__SageMaker__Edge__CallCount *)
+     protobuf_c_message_unpack (&aws__sage_maker__edge__call_count__descriptor,
+                                allocator, len, data);
+}
+void   aws__sage_maker__edge__call_count__free_unpacked
+                     (AWS__SageMaker__Edge__CallCount *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &aws__sage_maker__edge__call_count__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   aws__sage_maker__edge__connection_count__init
+                     (AWS__SageMaker__Edge__ConnectionCount         *message)
+{
+  static const AWS__SageMaker__Edge__ConnectionCount init_value = AWS__SAGE_MAKER__EDGE__CONNECTION_COUNT__INIT;
+  *message = init_value;
+}
+size_t aws__sage_maker__edge__connection_count__get_packed_size
+                     (const AWS__SageMaker__Edge__ConnectionCount *message)
+{
+  assert(message->base.descriptor == &aws__sage_maker__edge__connection_count__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t aws__sage_maker__edge__connection_count__pack
+                     (const AWS__SageMaker__Edge__ConnectionCount *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &aws__sage_maker__edge__connection_count__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t aws__sage_maker__edge__connection_count__pack_to_buffer
+                     (const AWS__SageMaker__Edge__ConnectionCount *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &aws__sage_maker__edge__connection_count__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+AWS__SageMaker__Edge__ConnectionCount *
+       aws__sage_maker__edge__connection_count__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (AWS__SageMaker__Edge__ConnectionCount *)
+     protobuf_c_message_unpack (&aws__sage_maker__edge__connection_count__descriptor,
+                                allocator, len, data);
+}
+void   aws__sage_maker__edge__connection_count__free_unpacked
+                     (AWS__SageMaker__Edge__ConnectionCount *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &aws__sage_maker__edge__connection_count__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   aws__sage_maker__edge__capture_metrics__init
+                     (AWS__SageMaker__Edge__CaptureMetrics         *message)
+{
+  static const AWS__SageMaker__Edge__CaptureMetrics init_value = AWS__SAGE_MAKER__EDGE__CAPTURE_METRICS__INIT;
+  *message = init_value;
+}
+size_t aws__sage_maker__edge__capture_metrics__get_packed_size
+                     (const AWS__SageMaker__Edge__CaptureMetrics *message)
+{
+  assert(message->base.descriptor == &aws__sage_maker__edge__capture_metrics__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t aws__sage_maker__edge__capture_metrics__pack
+                     (const AWS__SageMaker__Edge__CaptureMetrics *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &aws__sage_maker__edge__capture_metrics__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t aws__sage_maker__edge__capture_metrics__pack_to_buffer
+                     (const AWS__SageMaker__Edge__CaptureMetrics *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &aws__sage_maker__edge__capture_metrics__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+AWS__SageMaker__Edge__CaptureMetrics *
+       aws__sage_maker__edge__capture_metrics__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (AWS__SageMaker__Edge__CaptureMetrics *)
+     protobuf_c_message_unpack (&aws__sage_maker__edge__capture_metrics__descriptor,
+                                allocator, len, data);
+}
+void   aws__sage_maker__edge__capture_metrics__free_unpacked
+                     (AWS__SageMaker__Edge__CaptureMetrics *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &aws__sage_maker__edge__capture_metrics__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   aws__sage_maker__edge__get_metrics_response__init
+                     (AWS__SageMaker__Edge__GetMetricsResponse         *message)
+{
+  static const AWS__SageMaker__Edge__GetMetricsResponse init_value = AWS__SAGE_MAKER__EDGE__GET_METRICS_RESPONSE__INIT;
+  *message = init_value;
+}
+size_t aws__sage_maker__edge__get_metrics_response__get_packed_size
+                     (const AWS__SageMaker__Edge__GetMetricsResponse *message)
+{
+  assert(message->base.descriptor == &aws__sage_maker__edge__get_metrics_response__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t aws__sage_maker__edge__get_metrics_response__pack
+                     (const AWS__SageMaker__Edge__GetMetricsResponse *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &aws__sage_maker__edge__get_metrics_response__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t aws__sage_maker__edge__get_metrics_response__pack_to_buffer
+                     (const AWS__SageMaker__Edge__GetMetricsResponse *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &aws__sage_maker__edge__get_metrics_response__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+AWS__SageMaker__Edge__GetMetricsResponse *
+       aws__sage_maker__edge__get_metrics_response__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (AWS__SageMaker__Edge__GetMetricsResponse *)
+     protobuf_c_message_unpack (&aws__sage_maker__edge__get_metrics_response__descriptor,
+                                allocator, len, data);
+}
+void   aws__sage_maker__edge__get_metrics_response__free_unpacked
+                     (AWS__SageMaker__Edge__GetMetricsResponse *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &aws__sage_maker__edge__get_metrics_response__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
 static const ProtobufCFieldDescriptor aws__sage_maker__edge__tensor_metadata__field_descriptors[3] =
 {
   {
@@ -1950,6 +2310,823 @@ const ProtobufCMessageDescriptor aws__sage_maker__edge__get_capture_data_status_
   (ProtobufCMessageInit) aws__sage_maker__edge__get_capture_data_status_response__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
+#define aws__sage_maker__edge__get_metrics_request__field_descriptors NULL
+#define aws__sage_maker__edge__get_metrics_request__field_indices_by_name NULL
+#define aws__sage_maker__edge__get_metrics_request__number_ranges NULL
+const ProtobufCMessageDescriptor aws__sage_maker__edge__get_metrics_request__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "AWS.SageMaker.Edge.GetMetricsRequest",
+  "GetMetricsRequest",
+  "AWS__SageMaker__Edge__GetMetricsRequest",
+  "AWS.SageMaker.Edge",
+  sizeof(AWS__SageMaker__Edge__GetMetricsRequest),
+  0,
+  aws__sage_maker__edge__get_metrics_request__field_descriptors,
+  aws__sage_maker__edge__get_metrics_request__field_indices_by_name,
+  0,  aws__sage_maker__edge__get_metrics_request__number_ranges,
+  (ProtobufCMessageInit) aws__sage_maker__edge__get_metrics_request__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor aws__sage_maker__edge__histogram__field_descriptors[4] =
+{
+  {
+    "bucket_upper_bounds",
+    100,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_DOUBLE,
+    offsetof(AWS__SageMaker__Edge__Histogram, n_bucket_upper_bounds),
+    offsetof(AWS__SageMaker__Edge__Histogram, bucket_upper_bounds),
+    NULL,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_PACKED,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "bucket_counts",
+    101,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_UINT64,
+    offsetof(AWS__SageMaker__Edge__Histogram, n_bucket_counts),
+    offsetof(AWS__SageMaker__Edge__Histogram, bucket_counts),
+    NULL,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_PACKED,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "sum_seconds",
+    102,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_DOUBLE,
+    0,   /* quantifier_offset */
+    offsetof(AWS__SageMaker__Edge__Histogram, sum_seconds),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "count",
+    103,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(AWS__SageMaker__Edge__Histogram, count),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned aws__sage_maker__edge__histogram__field_indices_by_name[] = {
+  1,   /* field[1] = bucket_counts */
+  0,   /* field[0] = bucket_upper_bounds */
+  3,   /* field[3] = count */
+  2,   /* field[2] = sum_seconds */
+};
+static const ProtobufCIntRange aws__sage_maker__edge__histogram__number_ranges[1 + 1] =
+{
+  { 100, 0 },
+  { 0, 4 }
+};
+const ProtobufCMessageDescriptor aws__sage_maker__edge__histogram__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "AWS.SageMaker.Edge.Histogram",
+  "Histogram",
+  "AWS__SageMaker__Edge__Histogram",
+  "AWS.SageMaker.Edge",
+  sizeof(AWS__SageMaker__Edge__Histogram),
+  4,
+  aws__sage_maker__edge__histogram__field_descriptors,
+  aws__sage_maker__edge__histogram__field_indices_by_name,
+  1,  aws__sage_maker__edge__histogram__number_ranges,
+  (ProtobufCMessageInit) aws__sage_maker__edge__histogram__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor aws__sage_maker__edge__code_count__field_descriptors[2] =
+{
+  {
+    "code",
+    100,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(AWS__SageMaker__Edge__CodeCount, code),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "count",
+    101,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(AWS__SageMaker__Edge__CodeCount, count),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned aws__sage_maker__edge__code_count__field_indices_by_name[] = {
+  0,   /* field[0] = code */
+  1,   /* field[1] = count */
+};
+static const ProtobufCIntRange aws__sage_maker__edge__code_count__number_ranges[1 + 1] =
+{
+  { 100, 0 },
+  { 0, 2 }
+};
+const ProtobufCMessageDescriptor aws__sage_maker__edge__code_count__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "AWS.SageMaker.Edge.CodeCount",
+  "CodeCount",
+  "AWS__SageMaker__Edge__CodeCount",
+  "AWS.SageMaker.Edge",
+  sizeof(AWS__SageMaker__Edge__CodeCount),
+  2,
+  aws__sage_maker__edge__code_count__field_descriptors,
+  aws__sage_maker__edge__code_count__field_indices_by_name,
+  1,  aws__sage_maker__edge__code_count__number_ranges,
+  (ProtobufCMessageInit) aws__sage_maker__edge__code_count__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor aws__sage_maker__edge__model_metrics__field_descriptors[14] =
+{
+  {
+    "name",
+    100,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(AWS__SageMaker__Edge__ModelMetrics, name),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "package_name",
+    101,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(AWS__SageMaker__Edge__ModelMetrics, package_name),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "package_version",
+    102,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(AWS__SageMaker__Edge__ModelMetrics, package_version),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "delegate",
+    103,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(AWS__SageMaker__Edge__ModelMetrics, delegate),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "memory_reserved_bytes",
+    104,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(AWS__SageMaker__Edge__ModelMetrics, memory_reserved_bytes),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "load_seconds",
+    105,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_DOUBLE,
+    0,   /* quantifier_offset */
+    offsetof(AWS__SageMaker__Edge__ModelMetrics, load_seconds),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "loaded_at_unix_seconds",
+    106,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_DOUBLE,
+    0,   /* quantifier_offset */
+    offsetof(AWS__SageMaker__Edge__ModelMetrics, loaded_at_unix_seconds),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "predictions",
+    107,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(AWS__SageMaker__Edge__ModelMetrics, n_predictions),
+    offsetof(AWS__SageMaker__Edge__ModelMetrics, predictions),
+    &aws__sage_maker__edge__code_count__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "predict_seconds",
+    108,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    0,   /* quantifier_offset */
+    offsetof(AWS__SageMaker__Edge__ModelMetrics, predict_seconds),
+    &aws__sage_maker__edge__histogram__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "invoke_seconds",
+    109,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    0,   /* quantifier_offset */
+    offsetof(AWS__SageMaker__Edge__ModelMetrics, invoke_seconds),
+    &aws__sage_maker__edge__histogram__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "input_bytes",
+    110,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(AWS__SageMaker__Edge__ModelMetrics, input_bytes),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "output_bytes",
+    111,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(AWS__SageMaker__Edge__ModelMetrics, output_bytes),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "shared_memory_inputs",
+    112,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(AWS__SageMaker__Edge__ModelMetrics, shared_memory_inputs),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "inline_inputs",
+    113,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(AWS__SageMaker__Edge__ModelMetrics, inline_inputs),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned aws__sage_maker__edge__model_metrics__field_indices_by_name[] = {
+  3,   /* field[3] = delegate */
+  13,   /* field[13] = inline_inputs */
+  10,   /* field[10] = input_bytes */
+  9,   /* field[9] = invoke_seconds */
+  5,   /* field[5] = load_seconds */
+  6,   /* field[6] = loaded_at_unix_seconds */
+  4,   /* field[4] = memory_reserved_bytes */
+  0,   /* field[0] = name */
+  11,   /* field[11] = output_bytes */
+  1,   /* field[1] = package_name */
+  2,   /* field[2] = package_version */
+  8,   /* field[8] = predict_seconds */
+  7,   /* field[7] = predictions */
+  12,   /* field[12] = shared_memory_inputs */
+};
+static const ProtobufCIntRange aws__sage_maker__edge__model_metrics__number_ranges[1 + 1] =
+{
+  { 100, 0 },
+  { 0, 14 }
+};
+const ProtobufCMessageDescriptor aws__sage_maker__edge__model_metrics__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "AWS.SageMaker.Edge.ModelMetrics",
+  "ModelMetrics",
+  "AWS__SageMaker__Edge__ModelMetrics",
+  "AWS.SageMaker.Edge",
+  sizeof(AWS__SageMaker__Edge__ModelMetrics),
+  14,
+  aws__sage_maker__edge__model_metrics__field_descriptors,
+  aws__sage_maker__edge__model_metrics__field_indices_by_name,
+  1,  aws__sage_maker__edge__model_metrics__number_ranges,
+  (ProtobufCMessageInit) aws__sage_maker__edge__model_metrics__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor aws__sage_maker__edge__call_count__field_descriptors[4] =
+{
+  {
+    "front",
+    100,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(AWS__SageMaker__Edge__CallCount, front),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "rpc",
+    101,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(AWS__SageMaker__Edge__CallCount, rpc),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "code",
+    102,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(AWS__SageMaker__Edge__CallCount, code),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "count",
+    103,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(AWS__SageMaker__Edge__CallCount, count),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned aws__sage_maker__edge__call_count__field_indices_by_name[] = {
+  2,   /* field[2] = code */
+  3,   /* field[3] = count */
+  0,   /* field[0] = front */
+  1,   /* field[1] = rpc */
+};
+static const ProtobufCIntRange aws__sage_maker__edge__call_count__number_ranges[1 + 1] =
+{
+  { 100, 0 },
+  { 0, 4 }
+};
+const ProtobufCMessageDescriptor aws__sage_maker__edge__call_count__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "AWS.SageMaker.Edge.CallCount",
+  "CallCount",
+  "AWS__SageMaker__Edge__CallCount",
+  "AWS.SageMaker.Edge",
+  sizeof(AWS__SageMaker__Edge__CallCount),
+  4,
+  aws__sage_maker__edge__call_count__field_descriptors,
+  aws__sage_maker__edge__call_count__field_indices_by_name,
+  1,  aws__sage_maker__edge__call_count__number_ranges,
+  (ProtobufCMessageInit) aws__sage_maker__edge__call_count__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor aws__sage_maker__edge__connection_count__field_descriptors[2] =
+{
+  {
+    "front",
+    100,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(AWS__SageMaker__Edge__ConnectionCount, front),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "open",
+    101,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(AWS__SageMaker__Edge__ConnectionCount, open),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned aws__sage_maker__edge__connection_count__field_indices_by_name[] = {
+  0,   /* field[0] = front */
+  1,   /* field[1] = open */
+};
+static const ProtobufCIntRange aws__sage_maker__edge__connection_count__number_ranges[1 + 1] =
+{
+  { 100, 0 },
+  { 0, 2 }
+};
+const ProtobufCMessageDescriptor aws__sage_maker__edge__connection_count__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "AWS.SageMaker.Edge.ConnectionCount",
+  "ConnectionCount",
+  "AWS__SageMaker__Edge__ConnectionCount",
+  "AWS.SageMaker.Edge",
+  sizeof(AWS__SageMaker__Edge__ConnectionCount),
+  2,
+  aws__sage_maker__edge__connection_count__field_descriptors,
+  aws__sage_maker__edge__connection_count__field_indices_by_name,
+  1,  aws__sage_maker__edge__connection_count__number_ranges,
+  (ProtobufCMessageInit) aws__sage_maker__edge__connection_count__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor aws__sage_maker__edge__capture_metrics__field_descriptors[8] =
+{
+  {
+    "accepted",
+    100,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(AWS__SageMaker__Edge__CaptureMetrics, accepted),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "delivered",
+    101,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(AWS__SageMaker__Edge__CaptureMetrics, delivered),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "failed",
+    102,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(AWS__SageMaker__Edge__CaptureMetrics, failed),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "backlog",
+    103,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(AWS__SageMaker__Edge__CaptureMetrics, backlog),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "journal_bytes",
+    104,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(AWS__SageMaker__Edge__CaptureMetrics, journal_bytes),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "journal_limit_bytes",
+    105,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(AWS__SageMaker__Edge__CaptureMetrics, journal_limit_bytes),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "last_error",
+    106,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(AWS__SageMaker__Edge__CaptureMetrics, last_error),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "last_error_unix_seconds",
+    107,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_DOUBLE,
+    0,   /* quantifier_offset */
+    offsetof(AWS__SageMaker__Edge__CaptureMetrics, last_error_unix_seconds),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned aws__sage_maker__edge__capture_metrics__field_indices_by_name[] = {
+  0,   /* field[0] = accepted */
+  3,   /* field[3] = backlog */
+  1,   /* field[1] = delivered */
+  2,   /* field[2] = failed */
+  4,   /* field[4] = journal_bytes */
+  5,   /* field[5] = journal_limit_bytes */
+  6,   /* field[6] = last_error */
+  7,   /* field[7] = last_error_unix_seconds */
+};
+static const ProtobufCIntRange aws__sage_maker__edge__capture_metrics__number_ranges[1 + 1] =
+{
+  { 100, 0 },
+  { 0, 8 }
+};
+const ProtobufCMessageDescriptor aws__sage_maker__edge__capture_metrics__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "AWS.SageMaker.Edge.CaptureMetrics",
+  "CaptureMetrics",
+  "AWS__SageMaker__Edge__CaptureMetrics",
+  "AWS.SageMaker.Edge",
+  sizeof(AWS__SageMaker__Edge__CaptureMetrics),
+  8,
+  aws__sage_maker__edge__capture_metrics__field_descriptors,
+  aws__sage_maker__edge__capture_metrics__field_indices_by_name,
+  1,  aws__sage_maker__edge__capture_metrics__number_ranges,
+  (ProtobufCMessageInit) aws__sage_maker__edge__capture_metrics__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor aws__sage_maker__edge__get_metrics_response__field_descriptors[14] =
+{
+  {
+    "agent_version",
+    100,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(AWS__SageMaker__Edge__GetMetricsResponse, agent_version),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "device_name",
+    101,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(AWS__SageMaker__Edge__GetMetricsResponse, device_name),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "fleet_name",
+    102,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(AWS__SageMaker__Edge__GetMetricsResponse, fleet_name),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "start_time_unix_seconds",
+    103,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_DOUBLE,
+    0,   /* quantifier_offset */
+    offsetof(AWS__SageMaker__Edge__GetMetricsResponse, start_time_unix_seconds),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "uptime_seconds",
+    104,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_DOUBLE,
+    0,   /* quantifier_offset */
+    offsetof(AWS__SageMaker__Edge__GetMetricsResponse, uptime_seconds),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "counters_kept",
+    105,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BOOL,
+    0,   /* quantifier_offset */
+    offsetof(AWS__SageMaker__Edge__GetMetricsResponse, counters_kept),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "models",
+    106,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(AWS__SageMaker__Edge__GetMetricsResponse, n_models),
+    offsetof(AWS__SageMaker__Edge__GetMetricsResponse, models),
+    &aws__sage_maker__edge__model_metrics__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "calls",
+    107,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(AWS__SageMaker__Edge__GetMetricsResponse, n_calls),
+    offsetof(AWS__SageMaker__Edge__GetMetricsResponse, calls),
+    &aws__sage_maker__edge__call_count__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "connections",
+    108,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(AWS__SageMaker__Edge__GetMetricsResponse, n_connections),
+    offsetof(AWS__SageMaker__Edge__GetMetricsResponse, connections),
+    &aws__sage_maker__edge__connection_count__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "capture",
+    109,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    0,   /* quantifier_offset */
+    offsetof(AWS__SageMaker__Edge__GetMetricsResponse, capture),
+    &aws__sage_maker__edge__capture_metrics__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "memory_budget_bytes",
+    110,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(AWS__SageMaker__Edge__GetMetricsResponse, memory_budget_bytes),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "memory_budget_used_bytes",
+    111,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(AWS__SageMaker__Edge__GetMetricsResponse, memory_budget_used_bytes),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "resident_memory_bytes",
+    112,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(AWS__SageMaker__Edge__GetMetricsResponse, resident_memory_bytes),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "cpu_seconds",
+    113,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_DOUBLE,
+    0,   /* quantifier_offset */
+    offsetof(AWS__SageMaker__Edge__GetMetricsResponse, cpu_seconds),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned aws__sage_maker__edge__get_metrics_response__field_indices_by_name[] = {
+  0,   /* field[0] = agent_version */
+  7,   /* field[7] = calls */
+  9,   /* field[9] = capture */
+  8,   /* field[8] = connections */
+  5,   /* field[5] = counters_kept */
+  13,   /* field[13] = cpu_seconds */
+  1,   /* field[1] = device_name */
+  2,   /* field[2] = fleet_name */
+  10,   /* field[10] = memory_budget_bytes */
+  11,   /* field[11] = memory_budget_used_bytes */
+  6,   /* field[6] = models */
+  12,   /* field[12] = resident_memory_bytes */
+  3,   /* field[3] = start_time_unix_seconds */
+  4,   /* field[4] = uptime_seconds */
+};
+static const ProtobufCIntRange aws__sage_maker__edge__get_metrics_response__number_ranges[1 + 1] =
+{
+  { 100, 0 },
+  { 0, 14 }
+};
+const ProtobufCMessageDescriptor aws__sage_maker__edge__get_metrics_response__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "AWS.SageMaker.Edge.GetMetricsResponse",
+  "GetMetricsResponse",
+  "AWS__SageMaker__Edge__GetMetricsResponse",
+  "AWS.SageMaker.Edge",
+  sizeof(AWS__SageMaker__Edge__GetMetricsResponse),
+  14,
+  aws__sage_maker__edge__get_metrics_response__field_descriptors,
+  aws__sage_maker__edge__get_metrics_response__field_indices_by_name,
+  1,  aws__sage_maker__edge__get_metrics_response__number_ranges,
+  (ProtobufCMessageInit) aws__sage_maker__edge__get_metrics_response__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
 static const ProtobufCEnumValue aws__sage_maker__edge__data_type__enum_values_by_number[14] =
 {
   { "UINT8", "AWS__SAGE_MAKER__EDGE__DATA_TYPE__UINT8", 0 },
@@ -2066,7 +3243,7 @@ const ProtobufCEnumDescriptor aws__sage_maker__edge__capture_data_status__descri
   aws__sage_maker__edge__capture_data_status__value_ranges,
   NULL,NULL,NULL,NULL   /* reserved[1234] */
 };
-static const ProtobufCMethodDescriptor aws__sage_maker__edge__agent__method_descriptors[7] =
+static const ProtobufCMethodDescriptor aws__sage_maker__edge__agent__method_descriptors[8] =
 {
   { "Predict", &aws__sage_maker__edge__predict_request__descriptor, &aws__sage_maker__edge__predict_response__descriptor },
   { "LoadModel", &aws__sage_maker__edge__load_model_request__descriptor, &aws__sage_maker__edge__load_model_response__descriptor },
@@ -2075,11 +3252,13 @@ static const ProtobufCMethodDescriptor aws__sage_maker__edge__agent__method_desc
   { "DescribeModel", &aws__sage_maker__edge__describe_model_request__descriptor, &aws__sage_maker__edge__describe_model_response__descriptor },
   { "CaptureData", &aws__sage_maker__edge__capture_data_request__descriptor, &aws__sage_maker__edge__capture_data_response__descriptor },
   { "GetCaptureDataStatus", &aws__sage_maker__edge__get_capture_data_status_request__descriptor, &aws__sage_maker__edge__get_capture_data_status_response__descriptor },
+  { "GetMetrics", &aws__sage_maker__edge__get_metrics_request__descriptor, &aws__sage_maker__edge__get_metrics_response__descriptor },
 };
 const unsigned aws__sage_maker__edge__agent__method_indices_by_name[] = {
   5,        /* CaptureData */
   4,        /* DescribeModel */
   6,        /* GetCaptureDataStatus */
+  7,        /* GetMetrics */
   3,        /* ListModels */
   1,        /* LoadModel */
   0,        /* Predict */
@@ -2092,7 +3271,7 @@ const ProtobufCServiceDescriptor aws__sage_maker__edge__agent__descriptor =
   "Agent",
   "AWS__SageMaker__Edge__Agent",
   "AWS.SageMaker.Edge",
-  7,
+  8,
   aws__sage_maker__edge__agent__method_descriptors,
   aws__sage_maker__edge__agent__method_indices_by_name
 };
@@ -2151,6 +3330,14 @@ void aws__sage_maker__edge__agent__get_capture_data_status(ProtobufCService *ser
 {
   assert(service->descriptor == &aws__sage_maker__edge__agent__descriptor);
   service->invoke(service, 6, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+}
+void aws__sage_maker__edge__agent__get_metrics(ProtobufCService *service,
+                                               const AWS__SageMaker__Edge__GetMetricsRequest *input,
+                                               AWS__SageMaker__Edge__GetMetricsResponse_Closure closure,
+                                               void *closure_data)
+{
+  assert(service->descriptor == &aws__sage_maker__edge__agent__descriptor);
+  service->invoke(service, 7, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
 }
 void aws__sage_maker__edge__agent__init (AWS__SageMaker__Edge__Agent_Service *service,
                                          AWS__SageMaker__Edge__Agent_ServiceDestroy destroy)

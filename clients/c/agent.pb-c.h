@@ -35,6 +35,14 @@ typedef struct AWS__SageMaker__Edge__CaptureDataRequest AWS__SageMaker__Edge__Ca
 typedef struct AWS__SageMaker__Edge__CaptureDataResponse AWS__SageMaker__Edge__CaptureDataResponse;
 typedef struct AWS__SageMaker__Edge__GetCaptureDataStatusRequest AWS__SageMaker__Edge__GetCaptureDataStatusRequest;
 typedef struct AWS__SageMaker__Edge__GetCaptureDataStatusResponse AWS__SageMaker__Edge__GetCaptureDataStatusResponse;
+typedef struct AWS__SageMaker__Edge__GetMetricsRequest AWS__SageMaker__Edge__GetMetricsRequest;
+typedef struct AWS__SageMaker__Edge__Histogram AWS__SageMaker__Edge__Histogram;
+typedef struct AWS__SageMaker__Edge__CodeCount AWS__SageMaker__Edge__CodeCount;
+typedef struct AWS__SageMaker__Edge__ModelMetrics AWS__SageMaker__Edge__ModelMetrics;
+typedef struct AWS__SageMaker__Edge__CallCount AWS__SageMaker__Edge__CallCount;
+typedef struct AWS__SageMaker__Edge__ConnectionCount AWS__SageMaker__Edge__ConnectionCount;
+typedef struct AWS__SageMaker__Edge__CaptureMetrics AWS__SageMaker__Edge__CaptureMetrics;
+typedef struct AWS__SageMaker__Edge__GetMetricsResponse AWS__SageMaker__Edge__GetMetricsResponse;
 
 
 /* --- enums --- */
@@ -382,6 +390,170 @@ struct  AWS__SageMaker__Edge__GetCaptureDataStatusResponse
 #define AWS__SAGE_MAKER__EDGE__GET_CAPTURE_DATA_STATUS_RESPONSE__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&aws__sage_maker__edge__get_capture_data_status_response__descriptor) \
     , AWS__SAGE_MAKER__EDGE__CAPTURE_DATA_STATUS__FAILURE, (char *)protobuf_c_empty_string }
+
+
+struct  AWS__SageMaker__Edge__GetMetricsRequest
+{
+  ProtobufCMessage base;
+};
+#define AWS__SAGE_MAKER__EDGE__GET_METRICS_REQUEST__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&aws__sage_maker__edge__get_metrics_request__descriptor) \
+     }
+
+
+/*
+ * A latency histogram with fixed buckets: bucket_counts[i] observations were at most
+ * bucket_upper_bounds[i] seconds and more than the bound before it; the last count (one more
+ * than the bounds) holds those above every bound. Not cumulative.
+ */
+struct  AWS__SageMaker__Edge__Histogram
+{
+  ProtobufCMessage base;
+  size_t n_bucket_upper_bounds;
+  double *bucket_upper_bounds;
+  size_t n_bucket_counts;
+  uint64_t *bucket_counts;
+  double sum_seconds;
+  uint64_t count;
+};
+#define AWS__SAGE_MAKER__EDGE__HISTOGRAM__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&aws__sage_maker__edge__histogram__descriptor) \
+    , 0,NULL, 0,NULL, 0, 0 }
+
+
+/*
+ * Calls or predictions that ended with one status code (its name: OK, NOT_FOUND, ...).
+ */
+struct  AWS__SageMaker__Edge__CodeCount
+{
+  ProtobufCMessage base;
+  char *code;
+  uint64_t count;
+};
+#define AWS__SAGE_MAKER__EDGE__CODE_COUNT__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&aws__sage_maker__edge__code_count__descriptor) \
+    , (char *)protobuf_c_empty_string, 0 }
+
+
+struct  AWS__SageMaker__Edge__ModelMetrics
+{
+  ProtobufCMessage base;
+  char *name;
+  /*
+   * The signed package it came from; empty for a bare .tflite file.
+   */
+  char *package_name;
+  char *package_version;
+  char *delegate;
+  /*
+   * Bytes reserved against edge_agent_memory_budget_mb: the model and its tensors.
+   */
+  uint64_t memory_reserved_bytes;
+  double load_seconds;
+  double loaded_at_unix_seconds;
+  /*
+   * The counters below are kept only while edge_agent_metrics is true.
+   */
+  size_t n_predictions;
+  AWS__SageMaker__Edge__CodeCount **predictions;
+  /*
+   * From the decoded request to the outputs in the reply, inside the agent.
+   */
+  AWS__SageMaker__Edge__Histogram *predict_seconds;
+  /*
+   * The runtime's invoke alone.
+   */
+  AWS__SageMaker__Edge__Histogram *invoke_seconds;
+  uint64_t input_bytes;
+  uint64_t output_bytes;
+  uint64_t shared_memory_inputs;
+  uint64_t inline_inputs;
+};
+#define AWS__SAGE_MAKER__EDGE__MODEL_METRICS__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&aws__sage_maker__edge__model_metrics__descriptor) \
+    , (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0, 0, 0, 0,NULL, NULL, NULL, 0, 0, 0, 0 }
+
+
+/*
+ * Calls on one front (framed, grpc) to one RPC that ended with one status code.
+ */
+struct  AWS__SageMaker__Edge__CallCount
+{
+  ProtobufCMessage base;
+  char *front;
+  char *rpc;
+  char *code;
+  uint64_t count;
+};
+#define AWS__SAGE_MAKER__EDGE__CALL_COUNT__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&aws__sage_maker__edge__call_count__descriptor) \
+    , (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0 }
+
+
+struct  AWS__SageMaker__Edge__ConnectionCount
+{
+  ProtobufCMessage base;
+  char *front;
+  uint64_t open;
+};
+#define AWS__SAGE_MAKER__EDGE__CONNECTION_COUNT__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&aws__sage_maker__edge__connection_count__descriptor) \
+    , (char *)protobuf_c_empty_string, 0 }
+
+
+struct  AWS__SageMaker__Edge__CaptureMetrics
+{
+  ProtobufCMessage base;
+  /*
+   * Captures acknowledged, delivered (SUCCESS) and failed for good (FAILURE) since start.
+   */
+  uint64_t accepted;
+  uint64_t delivered;
+  uint64_t failed;
+  /*
+   * Acknowledged and not yet delivered or failed.
+   */
+  uint64_t backlog;
+  uint64_t journal_bytes;
+  uint64_t journal_limit_bytes;
+  /*
+   * The last delivery or journal error, and when (0: none since start).
+   */
+  char *last_error;
+  double last_error_unix_seconds;
+};
+#define AWS__SAGE_MAKER__EDGE__CAPTURE_METRICS__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&aws__sage_maker__edge__capture_metrics__descriptor) \
+    , 0, 0, 0, 0, 0, 0, (char *)protobuf_c_empty_string, 0 }
+
+
+struct  AWS__SageMaker__Edge__GetMetricsResponse
+{
+  ProtobufCMessage base;
+  char *agent_version;
+  char *device_name;
+  char *fleet_name;
+  double start_time_unix_seconds;
+  double uptime_seconds;
+  /*
+   * False when edge_agent_metrics is off: no per-call counters were kept.
+   */
+  protobuf_c_boolean counters_kept;
+  size_t n_models;
+  AWS__SageMaker__Edge__ModelMetrics **models;
+  size_t n_calls;
+  AWS__SageMaker__Edge__CallCount **calls;
+  size_t n_connections;
+  AWS__SageMaker__Edge__ConnectionCount **connections;
+  AWS__SageMaker__Edge__CaptureMetrics *capture;
+  uint64_t memory_budget_bytes;
+  uint64_t memory_budget_used_bytes;
+  uint64_t resident_memory_bytes;
+  double cpu_seconds;
+};
+#define AWS__SAGE_MAKER__EDGE__GET_METRICS_RESPONSE__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&aws__sage_maker__edge__get_metrics_response__descriptor) \
+    , (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0, 0, 0, 0,NULL, 0,NULL, 0,NULL, NULL, 0, 0, 0, 0 }
 
 
 /* AWS__SageMaker__Edge__TensorMetadata methods */
@@ -764,6 +936,158 @@ AWS__SageMaker__Edge__GetCaptureDataStatusResponse *
 void   aws__sage_maker__edge__get_capture_data_status_response__free_unpacked
                      (AWS__SageMaker__Edge__GetCaptureDataStatusResponse *message,
                       ProtobufCAllocator *allocator);
+/* AWS__SageMaker__Edge__GetMetricsRequest methods */
+void   aws__sage_maker__edge__get_metrics_request__init
+                     (AWS__SageMaker__Edge__GetMetricsRequest         *message);
+size_t aws__sage_maker__edge__get_metrics_request__get_packed_size
+                     (const AWS__SageMaker__Edge__GetMetricsRequest   *message);
+size_t aws__sage_maker__edge__get_metrics_request__pack
+                     (const AWS__SageMaker__Edge__GetMetricsRequest   *message,
+                      uint8_t             *out);
+size_t aws__sage_maker__edge__get_metrics_request__pack_to_buffer
+                     (const AWS__SageMaker__Edge__GetMetricsRequest   *message,
+                      ProtobufCBuffer     *buffer);
+AWS__SageMaker__Edge__GetMetricsRequest *
+       aws__sage_maker__edge__get_metrics_request__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   aws__sage_maker__edge__get_metrics_request__free_unpacked
+                     (AWS__SageMaker__Edge__GetMetricsRequest *message,
+                      ProtobufCAllocator *allocator);
+/* AWS__SageMaker__Edge__Histogram methods */
+void   aws__sage_maker__edge__histogram__init
+                     (AWS__SageMaker__Edge__Histogram         *message);
+size_t aws__sage_maker__edge__histogram__get_packed_size
+                     (const AWS__SageMaker__Edge__Histogram   *message);
+size_t aws__sage_maker__edge__histogram__pack
+                     (const AWS__SageMaker__Edge__Histogram   *message,
+                      uint8_t             *out);
+size_t aws__sage_maker__edge__histogram__pack_to_buffer
+                     (const AWS__SageMaker__Edge__Histogram   *message,
+                      ProtobufCBuffer     *buffer);
+AWS__SageMaker__Edge__Histogram *
+       aws__sage_maker__edge__histogram__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   aws__sage_maker__edge__histogram__free_unpacked
+                     (AWS__SageMaker__Edge__Histogram *message,
+                      ProtobufCAllocator *allocator);
+/* AWS__SageMaker__Edge__CodeCount methods */
+void   aws__sage_maker__edge__code_count__init
+                     (AWS__SageMaker__Edge__CodeCount         *message);
+size_t aws__sage_maker__edge__code_count__get_packed_size
+                     (const AWS__SageMaker__Edge__CodeCount   *message);
+size_t aws__sage_maker__edge__code_count__pack
+                     (const AWS__SageMaker__Edge__CodeCount   *message,
+                      uint8_t             *out);
+size_t aws__sage_maker__edge__code_count__pack_to_buffer
+                     (const AWS__SageMaker__Edge__CodeCount   *message,
+                      ProtobufCBuffer     *buffer);
+AWS__SageMaker__Edge__CodeCount *
+       aws__sage_maker__edge__code_count__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   aws__sage_maker__edge__code_count__free_unpacked
+                     (AWS__SageMaker__Edge__CodeCount *message,
+                      ProtobufCAllocator *allocator);
+/* AWS__SageMaker__Edge__ModelMetrics methods */
+void   aws__sage_maker__edge__model_metrics__init
+                     (AWS__SageMaker__Edge__ModelMetrics         *message);
+size_t aws__sage_maker__edge__model_metrics__get_packed_size
+                     (const AWS__SageMaker__Edge__ModelMetrics   *message);
+size_t aws__sage_maker__edge__model_metrics__pack
+                     (const AWS__SageMaker__Edge__ModelMetrics   *message,
+                      uint8_t             *out);
+size_t aws__sage_maker__edge__model_metrics__pack_to_buffer
+                     (const AWS__SageMaker__Edge__ModelMetrics   *message,
+                      ProtobufCBuffer     *buffer);
+AWS__SageMaker__Edge__ModelMetrics *
+       aws__sage_maker__edge__model_metrics__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   aws__sage_maker__edge__model_metrics__free_unpacked
+                     (AWS__SageMaker__Edge__ModelMetrics *message,
+                      ProtobufCAllocator *allocator);
+/* AWS__SageMaker__Edge__CallCount methods */
+void   aws__sage_maker__edge__call_count__init
+                     (AWS__SageMaker__Edge__CallCount         *message);
+size_t aws__sage_maker__edge__call_count__get_packed_size
+                     (const AWS__SageMaker__Edge__CallCount   *message);
+size_t aws__sage_maker__edge__call_count__pack
+                     (const AWS__SageMaker__Edge__CallCount   *message,
+                      uint8_t             *out);
+size_t aws__sage_maker__edge__call_count__pack_to_buffer
+                     (const AWS__SageMaker__Edge__CallCount   *message,
+                      ProtobufCBuffer     *buffer);
+AWS__SageMaker__Edge__CallCount *
+       aws__sage_maker__edge__call_count__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   aws__sage_maker__edge__call_count__free_unpacked
+                     (AWS__SageMaker__Edge__CallCount *message,
+                      ProtobufCAllocator *allocator);
+/* AWS__SageMaker__Edge__ConnectionCount methods */
+void   aws__sage_maker__edge__connection_count__init
+                     (AWS__SageMaker__Edge__ConnectionCount         *message);
+size_t aws__sage_maker__edge__connection_count__get_packed_size
+                     (const AWS__SageMaker__Edge__ConnectionCount   *message);
+size_t aws__sage_maker__edge__connection_count__pack
+                     (const AWS__SageMaker__Edge__ConnectionCount   *message,
+                      uint8_t             *out);
+size_t aws__sage_maker__edge__connection_count__pack_to_buffer
+                     (const AWS__SageMaker__Edge__ConnectionCount   *message,
+                      ProtobufCBuffer     *buffer);
+AWS__SageMaker__Edge__ConnectionCount *
+       aws__sage_maker__edge__connection_count__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   aws__sage_maker__edge__connection_count__free_unpacked
+                     (AWS__SageMaker__Edge__ConnectionCount *message,
+                      ProtobufCAllocator *allocator);
+/* AWS__SageMaker__Edge__CaptureMetrics methods */
+void   aws__sage_maker__edge__capture_metrics__init
+                     (AWS__SageMaker__Edge__CaptureMetrics         *message);
+size_t aws__sage_maker__edge__capture_metrics__get_packed_size
+                     (const AWS__SageMaker__Edge__CaptureMetrics   *message);
+size_t aws__sage_maker__edge__capture_metrics__pack
+                     (const AWS__SageMaker__Edge__CaptureMetrics   *message,
+                      uint8_t             *out);
+size_t aws__sage_maker__edge__capture_metrics__pack_to_buffer
+                     (const AWS__SageMaker__Edge__CaptureMetrics   *message,
+                      ProtobufCBuffer     *buffer);
+AWS__SageMaker__Edge__CaptureMetrics *
+       aws__sage_maker__edge__capture_metrics__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   aws__sage_maker__edge__capture_metrics__free_unpacked
+                     (AWS__SageMaker__Edge__CaptureMetrics *message,
+                      ProtobufCAllocator *allocator);
+/* AWS__SageMaker__Edge__GetMetricsResponse methods */
+void   aws__sage_maker__edge__get_metrics_response__init
+                     (AWS__SageMaker__Edge__GetMetricsResponse         *message);
+size_t aws__sage_maker__edge__get_metrics_response__get_packed_size
+                     (const AWS__SageMaker__Edge__GetMetricsResponse   *message);
+size_t aws__sage_maker__edge__get_metrics_response__pack
+                     (const AWS__SageMaker__Edge__GetMetricsResponse   *message,
+                      uint8_t             *out);
+size_t aws__sage_maker__edge__get_metrics_response__pack_to_buffer
+                     (const AWS__SageMaker__Edge__GetMetricsResponse   *message,
+                      ProtobufCBuffer     *buffer);
+AWS__SageMaker__Edge__GetMetricsResponse *
+       aws__sage_maker__edge__get_metrics_response__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   aws__sage_maker__edge__get_metrics_response__free_unpacked
+                     (AWS__SageMaker__Edge__GetMetricsResponse *message,
+                      ProtobufCAllocator *allocator);
 /* --- per-message closures --- */
 
 typedef void (*AWS__SageMaker__Edge__TensorMetadata_Closure)
@@ -826,6 +1150,30 @@ typedef void (*AWS__SageMaker__Edge__GetCaptureDataStatusRequest_Closure)
 typedef void (*AWS__SageMaker__Edge__GetCaptureDataStatusResponse_Closure)
                  (const AWS__SageMaker__Edge__GetCaptureDataStatusResponse *message,
                   void *closure_data);
+typedef void (*AWS__SageMaker__Edge__GetMetricsRequest_Closure)
+                 (const AWS__SageMaker__Edge__GetMetricsRequest *message,
+                  void *closure_data);
+typedef void (*AWS__SageMaker__Edge__Histogram_Closure)
+                 (const AWS__SageMaker__Edge__Histogram *message,
+                  void *closure_data);
+typedef void (*AWS__SageMaker__Edge__CodeCount_Closure)
+                 (const AWS__SageMaker__Edge__CodeCount *message,
+                  void *closure_data);
+typedef void (*AWS__SageMaker__Edge__ModelMetrics_Closure)
+                 (const AWS__SageMaker__Edge__ModelMetrics *message,
+                  void *closure_data);
+typedef void (*AWS__SageMaker__Edge__CallCount_Closure)
+                 (const AWS__SageMaker__Edge__CallCount *message,
+                  void *closure_data);
+typedef void (*AWS__SageMaker__Edge__ConnectionCount_Closure)
+                 (const AWS__SageMaker__Edge__ConnectionCount *message,
+                  void *closure_data);
+typedef void (*AWS__SageMaker__Edge__CaptureMetrics_Closure)
+                 (const AWS__SageMaker__Edge__CaptureMetrics *message,
+                  void *closure_data);
+typedef void (*AWS__SageMaker__Edge__GetMetricsResponse_Closure)
+                 (const AWS__SageMaker__Edge__GetMetricsResponse *message,
+                  void *closure_data);
 
 /* --- services --- */
 
@@ -861,6 +1209,10 @@ struct AWS__SageMaker__Edge__Agent_Service
                                   const AWS__SageMaker__Edge__GetCaptureDataStatusRequest *input,
                                   AWS__SageMaker__Edge__GetCaptureDataStatusResponse_Closure closure,
                                   void *closure_data);
+  void (*get_metrics)(AWS__SageMaker__Edge__Agent_Service *service,
+                      const AWS__SageMaker__Edge__GetMetricsRequest *input,
+                      AWS__SageMaker__Edge__GetMetricsResponse_Closure closure,
+                      void *closure_data);
 };
 typedef void (*AWS__SageMaker__Edge__Agent_ServiceDestroy)(AWS__SageMaker__Edge__Agent_Service *);
 void aws__sage_maker__edge__agent__init (AWS__SageMaker__Edge__Agent_Service *service,
@@ -875,7 +1227,8 @@ void aws__sage_maker__edge__agent__init (AWS__SageMaker__Edge__Agent_Service *se
       function_prefix__ ## list_models,\
       function_prefix__ ## describe_model,\
       function_prefix__ ## capture_data,\
-      function_prefix__ ## get_capture_data_status  }
+      function_prefix__ ## get_capture_data_status,\
+      function_prefix__ ## get_metrics  }
 void aws__sage_maker__edge__agent__predict(ProtobufCService *service,
                                            const AWS__SageMaker__Edge__PredictRequest *input,
                                            AWS__SageMaker__Edge__PredictResponse_Closure closure,
@@ -904,6 +1257,10 @@ void aws__sage_maker__edge__agent__get_capture_data_status(ProtobufCService *ser
                                                            const AWS__SageMaker__Edge__GetCaptureDataStatusRequest *input,
                                                            AWS__SageMaker__Edge__GetCaptureDataStatusResponse_Closure closure,
                                                            void *closure_data);
+void aws__sage_maker__edge__agent__get_metrics(ProtobufCService *service,
+                                               const AWS__SageMaker__Edge__GetMetricsRequest *input,
+                                               AWS__SageMaker__Edge__GetMetricsResponse_Closure closure,
+                                               void *closure_data);
 
 /* --- descriptors --- */
 
@@ -930,6 +1287,14 @@ extern const ProtobufCMessageDescriptor aws__sage_maker__edge__capture_data_requ
 extern const ProtobufCMessageDescriptor aws__sage_maker__edge__capture_data_response__descriptor;
 extern const ProtobufCMessageDescriptor aws__sage_maker__edge__get_capture_data_status_request__descriptor;
 extern const ProtobufCMessageDescriptor aws__sage_maker__edge__get_capture_data_status_response__descriptor;
+extern const ProtobufCMessageDescriptor aws__sage_maker__edge__get_metrics_request__descriptor;
+extern const ProtobufCMessageDescriptor aws__sage_maker__edge__histogram__descriptor;
+extern const ProtobufCMessageDescriptor aws__sage_maker__edge__code_count__descriptor;
+extern const ProtobufCMessageDescriptor aws__sage_maker__edge__model_metrics__descriptor;
+extern const ProtobufCMessageDescriptor aws__sage_maker__edge__call_count__descriptor;
+extern const ProtobufCMessageDescriptor aws__sage_maker__edge__connection_count__descriptor;
+extern const ProtobufCMessageDescriptor aws__sage_maker__edge__capture_metrics__descriptor;
+extern const ProtobufCMessageDescriptor aws__sage_maker__edge__get_metrics_response__descriptor;
 extern const ProtobufCServiceDescriptor aws__sage_maker__edge__agent__descriptor;
 
 PROTOBUF_C__END_DECLS

@@ -60,8 +60,9 @@ class BatchSettings(NamedTuple):
 
 class Batcher:
     def __init__(self, journal: Journal, statuses: StatusLog, destination: Callable[[], object],
-                 settings: BatchSettings, on_finished: Callable[[int], None]):
-        """`destination()` returns the Destination (built on first use, in this thread)."""
+                 settings: BatchSettings, on_finished: Callable[[int, int], None]):
+        """`destination()` returns the Destination (built on first use, in this thread);
+        `on_finished(count, status)`: a batch of `count` captures ended in `status`."""
         self.journal = journal
         self.statuses = statuses
         self._destination_factory = destination
@@ -73,6 +74,9 @@ class Batcher:
         self._cond = threading.Condition()
         self._stopping = False
         self._deadline = float("inf")
+        # (time.time(), reason) of the last failed write or journal step, for the metrics;
+        # replaced whole, so a reader on another thread sees one or the other.
+        self.last_error: tuple[float, str] | None = None
         self._thread = threading.Thread(target=self._run, name="edge-agent-capture", daemon=True)
 
     # --- called from other threads ----------------------------------------------------------
@@ -126,6 +130,7 @@ class Batcher:
             except Exception as e:  # a fault of ours
                 what, reason, trace = "capture delivery failed unexpectedly", str(e), True
             self._put_back(work if batch is None else batch)
+            self.last_error = (time.time(), f"{what}: {reason}")
             if self._stopping:
                 log.info("%s (%s); it stays in the journal for the next start", what, reason)
                 return
@@ -195,6 +200,7 @@ class Batcher:
                                     self.settings.fleet_name, self.settings.embed_limit)
                 self._destination.write_batch(folder, files)
             except DeliveryError as e:
+                self.last_error = (time.time(), f"capture batch {sealed.batch_id}: {e.reason}")
                 if not e.transient:
                     refusals += 1
                     if refusals >= self.settings.max_attempts:
@@ -222,4 +228,4 @@ class Batcher:
         self.journal.append(entries.DONE, entries.encode_reference(batch.record.segment,
                                                                    batch.record.offset), pin=False)
         self.journal.unpin([loc.segment for loc in batch.locations] + [batch.record.segment])
-        self.on_finished(len(batch.sealed.keys))
+        self.on_finished(len(batch.sealed.keys), outcome.status)

@@ -80,6 +80,9 @@ class CaptureService:
         self._lock = threading.Lock()
         self._pending = 0  # acknowledged, not yet delivered or failed
         self._reserved_bytes = 0  # admitted, being journaled
+        # Since start, for the metrics: acknowledged, and finished by outcome.
+        self._accepted = 0
+        self._finished = {pb.SUCCESS: 0, pb.FAILURE: 0}
         self._started = False
         self._closed = False
         self.journal: Journal | None = None
@@ -175,9 +178,23 @@ class CaptureService:
         with self._lock:
             return self._pending
 
-    def _delivered(self, count: int) -> None:
+    def _delivered(self, count: int, status: int = pb.SUCCESS) -> None:
         with self._lock:
             self._pending -= count
+            self._finished[status] += count
+
+    def fill_metrics(self, message: pb.CaptureMetrics) -> None:
+        """The capture counters and state of the GetMetrics answer."""
+        with self._lock:
+            message.accepted = self._accepted
+            message.delivered = self._finished[pb.SUCCESS]
+            message.failed = self._finished[pb.FAILURE]
+            message.backlog = self._pending
+        message.journal_limit_bytes = self.max_spool
+        if self.journal is not None:
+            message.journal_bytes = self.journal.total_bytes
+        if self.batcher is not None and self.batcher.last_error is not None:
+            message.last_error_unix_seconds, message.last_error = self.batcher.last_error
 
     # --- the RPCs ---------------------------------------------------------------------------
 
@@ -245,6 +262,7 @@ class CaptureService:
     def _uncount(self) -> None:
         with self._lock:
             self._pending -= 1
+            self._accepted -= 1
 
     def _abort(self, key: bytes, location: Location) -> None:
         """The ACCEPT at `location` was written but not flushed: the client is told INTERNAL,
@@ -272,6 +290,7 @@ class CaptureService:
                     f"{self.max_spool / MIB:.0f} MiB (edge_agent_capture_max_spool_mb) hold "
                     "captures not yet delivered; retry later")
             self._pending += 1
+            self._accepted += 1
             self._reserved_bytes += size
 
     def status(self, capture_id: str) -> pb.GetCaptureDataStatusResponse:
