@@ -226,12 +226,12 @@ def parse_listen(listen: str) -> tuple[str, int] | str:
 
 
 def _bind(listen: str, handler: type, config: AgentConfig) -> socketserver.BaseServer:
-    from edge_agent.server import ServerError, _claim_socket_path, restrict_socket_file
+    from edge_agent.unix_socket import ServerError, claim_socket_path, restrict_socket_file
 
     where = parse_listen(listen)
     if isinstance(where, str):
         try:
-            _claim_socket_path(where)
+            claim_socket_path(where)
         except ServerError as e:
             raise ConfigError(f"edge_agent_metrics_listen: {e}") from None
         server = _UnixServer(where, handler, bind_and_activate=False)

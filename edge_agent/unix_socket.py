@@ -69,7 +69,7 @@ def timeval(seconds: float) -> bytes:
     return _TIMEVAL.pack(whole, int((seconds - whole) * 1e6))
 
 
-def _claim_socket_path(path: str) -> None:
+def claim_socket_path(path: str) -> None:
     """Remove a stale socket file at path; refuse if an agent answers there or it is no socket."""
     try:
         st = os.lstat(path)
@@ -111,7 +111,7 @@ def bind_socket(path: str, config: AgentConfig) -> socket.socket:
     """A listening socket at path, with the configured mode and group."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    _claim_socket_path(path)
+    claim_socket_path(path)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     # bind() creates the file; the umask makes it born with the configured mode, no window.
     old_umask = os.umask(0o777 & ~config.socket_mode)

@@ -31,7 +31,8 @@ with atheris.instrument_imports(include=["edge_agent"]):
     from edge_agent import agent_pb2 as pb
     from edge_agent.errors import StatusCode
     from edge_agent.protocol import FrameDecoder, FramingError, Kind
-    from edge_agent.server import RPC_BY_METHOD, SocketServer
+    from edge_agent.api import BY_METHOD
+    from edge_agent.server import SocketServer
     from edge_agent.service import AgentService, Caller
 
 NOBODY = 65534
@@ -83,7 +84,7 @@ class Harness:
             return
         assert code not in NEVER, f"{code.name}: {message}"
         if code == StatusCode.OK:
-            response_type = getattr(pb, RPC_BY_METHOD[request.method].name + "Response")
+            response_type = BY_METHOD[request.method].response_type
             response_type.FromString(frame.body)
         else:
             frame.body.decode("utf-8")  # error messages are text

@@ -422,7 +422,7 @@ def test_another_user_cannot_read_a_unix_metrics_socket(start_agent, tmp_path):
 
 def test_get_metrics_over_grpc_counts_the_grpc_front(start_agent, tmp_path, model_files):
     grpc = pytest.importorskip("grpc")
-    from edge_agent.grpc_front import SERVICE
+    from edge_agent.api import GRPC_SERVICE as SERVICE
 
     path = tmp_path / "grpc.sock"
     agent = start_agent(edge_agent_grpc_socket_path=str(path))
