@@ -467,10 +467,14 @@ def test_garbage_to_the_prometheus_listener_gets_an_error_and_scrapes_go_on(star
                     b"POST /metrics HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello"):
         with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
             s.sendall(garbage)
-            s.shutdown(socket.SHUT_WR)
             answer = b""
-            while chunk := s.recv(65536):
-                answer += chunk
+            try:
+                # The listener may have answered and closed already (a line too long).
+                s.shutdown(socket.SHUT_WR)
+                while chunk := s.recv(65536):
+                    answer += chunk
+            except OSError:  # ENOTCONN, or a reset for the bytes it never read
+                pass
         # An error page (400, 414, 501: with or without a status line), never metrics.
         assert b" 200 " not in answer[:16] and b"edge_agent" not in answer, answer[:200]
         assert answer == b"" or b"Error code" in answer, answer[:200]
