@@ -13,6 +13,7 @@ from __future__ import annotations
 import fcntl
 import os
 import re
+import tempfile
 
 from edge_agent.errors import AgentError, StatusCode, invalid_argument
 
@@ -39,8 +40,16 @@ def passed_fd(caller, index: int, what: str) -> int:
 
 
 def check_access(fd: int, writable: bool, what: str) -> None:
-    """PERMISSION_DENIED unless the descriptor was opened for what the call does with it."""
-    mode = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE
+    """PERMISSION_DENIED unless the descriptor was opened for what the call does with it.
+
+    An O_PATH descriptor proves nothing (it is had without any right to the file's content,
+    and would have the agent reopen the file with its own rights): refused."""
+    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    if flags & getattr(os, "O_PATH", 0):
+        raise AgentError(StatusCode.PERMISSION_DENIED,
+                         f"{what}: the descriptor was opened with O_PATH, which grants no "
+                         "access to the content; open the file for reading")
+    mode = flags & os.O_ACCMODE
     if writable and mode != os.O_RDWR:
         opened = "read-only" if mode == os.O_RDONLY else "write-only"
         raise AgentError(StatusCode.PERMISSION_DENIED,
@@ -49,3 +58,39 @@ def check_access(fd: int, writable: bool, what: str) -> None:
     if not writable and mode == os.O_WRONLY:
         raise AgentError(StatusCode.PERMISSION_DENIED,
                          f"{what}: the descriptor was opened write-only; open it for reading")
+
+
+def is_shared_memory(fd: int) -> bool:
+    """Whether a passed descriptor is memory (a memfd, or an object in /dev/shm), which a
+    page fault cannot make wait: a file on a network or FUSE file system could, while the
+    model's lock is held, so such files are not taken as segments."""
+    try:
+        fcntl.fcntl(fd, fcntl.F_GET_SEALS)  # only memfds answer
+        return True
+    except OSError:
+        pass
+    try:
+        return os.fstat(fd).st_dev == os.stat("/dev/shm").st_dev
+    except OSError:
+        return False
+
+
+def copy_to_private_file(fd: int, size: int, directory: str) -> str:
+    """A copy of the first `size` bytes of the passed file, in a new 0600 file in `directory`
+    (the caller removes it): code that takes paths then reads the copy with the agent's own
+    rights, never the client's file reopened (which the agent's user may not open)."""
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    copy_fd, path = tempfile.mkstemp(prefix="passed-", suffix=".tar.gz", dir=directory)
+    try:
+        with os.fdopen(copy_fd, "wb") as out:
+            offset = 0
+            while offset < size:
+                chunk = os.pread(fd, min(size - offset, 1 << 20), offset)
+                if not chunk:
+                    break  # shortened meanwhile: verification refuses what is left
+                out.write(chunk)
+                offset += len(chunk)
+    except BaseException:
+        os.unlink(path)
+        raise
+    return path

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from edge_agent import agent_pb2 as pb
 from edge_agent import accelerators, caller_paths, delegates
 from edge_agent.config import AgentConfig
-from edge_agent.descriptors import check_access, fd_url_index, passed_fd
+from edge_agent.descriptors import (check_access, copy_to_private_file, fd_url_index,
+                                    passed_fd)
 from edge_agent.engine import LoadedModel, create_interpreter
 from edge_agent.errors import (AgentError, StatusCode, failed_precondition, invalid_argument,
                                not_found)
@@ -81,6 +82,7 @@ class ModelSource:
     """An opened model file or package directory, and the path that names it in replies."""
     fd: int
     path: str  # as the caller gave it
+    passed: bool = False  # a descriptor the client passed (url fd:N), not a path opened here
 
     @property
     def proc_path(self) -> str:
@@ -102,7 +104,11 @@ def open_model(url: str, caller: Caller) -> ModelSource:
         what = f"url {url!r}"
         fd = passed_fd(caller, index, what)
         check_access(fd, False, what)
-        return ModelSource(os.dup(fd), url)  # read with pread: the client's offset stays
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            # Its files would be opened by name, with the agent's rights, not the caller's.
+            raise failed_precondition(f"{what}: a package directory cannot be passed as a "
+                                      "descriptor; pass its .tar.gz, or give its path")
+        return ModelSource(os.dup(fd), url, passed=True)  # read with pread: offset untouched
     path = model_path(url)
     try:
         fd = caller_paths.open_as(caller, path)
@@ -243,13 +249,28 @@ class AgentService:
         from edge_agent.packages import open_package  # PyNaCl: only once a package comes
 
         config = self.config
-        package = open_package(
-            source.proc_path, config.sagemaker_edge_core_root_certs_path,
-            os.path.join(config.edge_agent_state_dir, "packages"),
-            Limits(config.edge_agent_max_package_bytes, config.edge_agent_max_package_files),
-            check_size=lambda size: self.budget.check(size, what), label=source.path,
-            may_read=None if caller_paths.trusted(caller)
-            else lambda st: caller_paths.may_read(caller, st))
+        path, copy = source.proc_path, None
+        if source.passed:
+            # Reopening /proc/self/fd/N would check the agent's own rights to the client's
+            # file: the archive is read through the descriptor into a private copy instead.
+            size = os.fstat(source.fd).st_size
+            if size > config.edge_agent_max_package_bytes:
+                raise failed_precondition(
+                    f"{what}: the package passed as {source.path} is {size} bytes, more than "
+                    f"edge_agent_max_package_bytes ({config.edge_agent_max_package_bytes})")
+            path = copy = copy_to_private_file(
+                source.fd, size, os.path.join(config.edge_agent_state_dir, "passed"))
+        try:
+            package = open_package(
+                path, config.sagemaker_edge_core_root_certs_path,
+                os.path.join(config.edge_agent_state_dir, "packages"),
+                Limits(config.edge_agent_max_package_bytes, config.edge_agent_max_package_files),
+                check_size=lambda size: self.budget.check(size, what), label=source.path,
+                may_read=None if caller_paths.trusted(caller) or source.passed
+                else lambda st: caller_paths.may_read(caller, st))
+        finally:
+            if copy is not None:
+                os.unlink(copy)
         manifest = package.manifest
         log.info("%s: package %s %s for %s, signed by key %s", what, manifest.name,
                  manifest.version, manifest.target, package.key_id)

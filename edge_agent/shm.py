@@ -44,7 +44,7 @@ import numpy as np
 from edge_agent import _shm
 from edge_agent import agent_pb2 as pb
 from edge_agent import permissions
-from edge_agent.descriptors import check_access, passed_fd
+from edge_agent.descriptors import check_access, is_shared_memory, passed_fd
 from edge_agent.errors import AgentError, StatusCode, invalid_argument
 
 log = logging.getLogger(__name__)
@@ -258,6 +258,11 @@ class SharedMemory:
         """attach() of a descriptor the client passed: mapped for this call only."""
         fd = passed_fd(caller, ref.fd_index, what)
         check_access(fd, writable, what)
+        if not is_shared_memory(fd):
+            raise invalid_argument(
+                f"{what}: {ref} is not a shared-memory segment: pass a memfd or a POSIX "
+                "shared-memory object (/dev/shm), not a pipe, socket, device or a file of "
+                "another file system")
         try:
             mapping, st = _shm.fd_attach(fd, writable, str(ref))
         except OSError as e:

@@ -42,7 +42,7 @@ def start_agent_as_nobody(model_files):
     """start(capabilities) → the socket path of an agent running as nobody."""
     started = []
 
-    def start(capabilities: tuple[int, ...]) -> str:
+    def start(capabilities: tuple[int, ...], **settings) -> str:
         directory = Path(tempfile.mkdtemp(prefix="edge-agent-user-"))
         directory.chmod(0o755)
         os.chown(directory, NOBODY, NOBODY)
@@ -51,7 +51,8 @@ def start_agent_as_nobody(model_files):
         config.write_text(json.dumps({
             "edge_agent_socket_path": socket_path, "edge_agent_socket_mode": "0666",
             "edge_agent_state_dir": str(directory / "state"),
-            "edge_agent_allow_unsigned_models": True, "edge_agent_num_threads": 1}))
+            "edge_agent_allow_unsigned_models": True, "edge_agent_num_threads": 1,
+            **settings}))
         shutil.copy(model_files["add"], directory / "add.tflite")
         (directory / "add.tflite").chmod(0o644)
         log = directory / "agent.log"
@@ -122,3 +123,29 @@ def test_without_it_the_agent_says_permission_denied_and_how_to_fix_it(start_age
             assert [m.name for m in client.list_models()] == ["add"]
     finally:
         segment.free()
+
+
+def test_a_package_passed_as_a_descriptor_needs_no_right_of_the_agents_user(
+        start_agent_as_nobody, tmp_path):
+    """The client's package is 0600 in a 0700 directory: the agent's user could not open it,
+    and needs not: it reads the archive through the descriptor the client passed."""
+    from package_cases import Signer
+
+    keys = Path(tempfile.mkdtemp(prefix="edge-agent-keys-"))
+    keys.chmod(0o755)
+    try:
+        signer = Signer(keys / "signer")
+        socket_path = start_agent_as_nobody((), sagemaker_edge_core_root_certs_path=str(
+            signer.trust), edge_agent_allow_unsigned_models=False)
+        private = tmp_path / "private"
+        private.mkdir(mode=0o700)
+        package = signer.package(private / "demo.tar.gz")
+        package.chmod(0o600)
+        with AgentClient(socket_path) as client, open(package, "rb") as f:
+            info = client.load_model_from_file("demo", f)
+            assert info.url == "fd:0"
+            with pytest.raises(AgentError) as refused:  # by path: not the agent's to read
+                client.load_model("by-path", str(package))
+            assert refused.value.code == StatusCode.FAILED_PRECONDITION, refused.value.message
+    finally:
+        shutil.rmtree(keys, ignore_errors=True)

@@ -517,3 +517,44 @@ def test_no_descriptor_is_left_open(fd_agent, model_files):
                     c.load_model_from_file("leak-check", f)
                     c.unload_model("leak-check")
         assert _open_fds(pid) == before
+
+
+# --- what a descriptor does not prove --------------------------------------------------------
+
+def test_an_o_path_descriptor_proves_no_access(client, model_files, tmp_path):
+    """O_PATH is had without any right to the content: never taken as proof, for a model file
+    or a directory."""
+    for target in (model_files["add"], tmp_path):
+        fd = os.open(target, os.O_PATH)
+        try:
+            _expect(StatusCode.PERMISSION_DENIED, "O_PATH", client.load_model_from_file,
+                    "by-path-only", fd)
+        finally:
+            os.close(fd)
+
+
+def test_a_directory_cannot_be_passed_as_a_package(client, tmp_path):
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        _expect(StatusCode.FAILED_PRECONDITION, "cannot be passed as a descriptor",
+                client.load_model_from_file, "a-directory", fd)
+    finally:
+        os.close(fd)
+
+
+def test_a_file_that_is_not_shared_memory_is_no_segment(client, tmp_path):
+    """A file of another file system (a network or FUSE mount could make a page fault wait
+    while the model's lock is held) is refused; memfds and /dev/shm objects are taken."""
+    plain = tmp_path / "tensor.bin"
+    plain.write_bytes(np.ones((1, 4), np.float32).tobytes())
+    fd = os.open(plain, os.O_RDONLY)
+    try:
+        request = pb.PredictRequest(name="add")
+        tensor = request.tensors.add()
+        tensor.shared_memory_handle.fd_index = 0
+        tensor.shared_memory_handle.size = 16
+        request.tensors.add().byte_data = np.ones((1, 4), np.float32).tobytes()
+        _expect(StatusCode.INVALID_ARGUMENT, "is not a shared-memory segment", client.call,
+                Method.PREDICT, request, fds=(fd,))
+    finally:
+        os.close(fd)

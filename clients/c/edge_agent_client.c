@@ -330,8 +330,13 @@ static int reserve(ea_client *c, size_t needed)
     if (needed <= c->capacity)
         return 0;
     size_t capacity = c->capacity ? c->capacity : INITIAL_BUFFER_BYTES;
-    while (capacity < needed)
+    while (capacity < needed) {
+        if (capacity > SIZE_MAX / 2) {  /* doubling would wrap (a 32-bit board) */
+            capacity = needed;
+            break;
+        }
         capacity *= 2;
+    }
     uint8_t *bigger = realloc(c->buffer, capacity);
     if (bigger == NULL)
         return -1;
@@ -413,7 +418,8 @@ static int read_reply(ea_client *c, uint32_t request_id, int64_t deadline, frame
             return kill_stream(c, err, EA_INTERNAL, message);
         }
         uint32_t length = get32(h + 12);
-        if (length > MAX_REPLY_BYTES) {
+        /* Header and body must fit a size_t on a 32-bit board too. */
+        if (length > MAX_REPLY_BYTES || (size_t)length > SIZE_MAX - HEADER_BYTES) {
             char message[160];
             snprintf(message, sizeof message,
                      "the agent announced a reply of %u bytes, over the client's limit of %u",
