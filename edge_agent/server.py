@@ -181,9 +181,13 @@ class Connection:
         spin = self.server.config.edge_agent_busy_poll_us / 1e6
         try:
             while True:
-                needed = decoder.needed_bytes
-                if needed > RECV_BYTES:  # receive() sets a buffer aside for the large body
-                    hold(decoder.pending_bytes + min(needed, WAITALL_BYTES))
+                # A large body is received into a buffer set aside for it, held against the
+                # budget; it grows with what arrived (at most doubling it), so a header alone
+                # cannot make the agent set aside more than the fixed buffer.
+                needed = min(decoder.needed_bytes, WAITALL_BYTES,
+                             max(RECV_BYTES, decoder.pending_bytes))
+                if needed > RECV_BYTES:
+                    hold(decoder.pending_bytes + needed)
                 try:
                     data, fds, truncated = receive_with_fds(conn, buffer, needed, spin)
                 except BlockingIOError:  # SO_RCVTIMEO

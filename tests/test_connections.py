@@ -183,9 +183,10 @@ def test_half_frames_of_many_clients_stay_within_the_total_budget(start_agent):
     assert_serving(agent)
 
 
-def test_a_header_alone_cannot_make_every_connection_set_aside_a_buffer(start_agent):
-    """The buffer set aside for a large body (4 MiB) counts as soon as a header announces the
-    body: with room for two such, one of three clients that send only a header is refused."""
+def test_a_header_alone_sets_no_large_buffer_aside(start_agent):
+    """The buffer for a large body grows with what arrived (at most doubling it), so clients
+    that send only a header hold next to nothing of the budget: with room for two 4 MiB
+    buffers, three such clients are all kept, and each frame then completes."""
     agent = start_agent(edge_agent_max_frame_bytes=8 * MIB,
                         edge_agent_max_pending_bytes=9 * MIB,
                         edge_agent_frame_timeout_seconds=300.0)
@@ -195,18 +196,12 @@ def test_a_header_alone_cannot_make_every_connection_set_aside_a_buffer(start_ag
         sock = raw_connection(agent)
         sock.settimeout(120)
         sock.sendall(frames[request_id][:16])
+        wait_taken(sock)
         holders[sock] = request_id
-    readable, _, _ = select.select(list(holders), [], [], 120)
-    assert len(readable) == 1  # the refused one; the others hold their share in silence
-    [refused] = read_replies(readable[0])
-    assert refused.status == StatusCode.RESOURCE_EXHAUSTED
-    assert closed_by_peer(readable[0])
-    del holders[readable[0]]
-    (keep, request_id), (drop, _) = holders.items()
-    _end_and_wait_released(drop)
-    keep.sendall(frames[request_id][16:])
-    [reply] = read_replies(keep)
-    assert reply.status == StatusCode.OK and reply.request_id == request_id
+    for sock, request_id in holders.items():
+        sock.sendall(frames[request_id][16:])
+        [reply] = read_replies(sock)
+        assert reply.status == StatusCode.OK and reply.request_id == request_id
     assert_serving(agent)
 
 

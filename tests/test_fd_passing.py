@@ -469,22 +469,22 @@ def test_descriptors_in_the_middle_of_a_frame_close_the_connection(fd_agent):
 
 
 def test_descriptors_of_a_frame_refused_by_the_pending_budget_are_closed(start_agent):
-    """The budget holds one large body's receive buffer: a second client's large frame is
-    refused, and the descriptor sent with its header is closed with it."""
+    """The budget holds one large body, 7 MiB of it arrived: a second client's frame is
+    refused with its first bytes, and the descriptor sent with its header is closed with it."""
     agent = start_agent(edge_agent_max_frame_bytes=8 * 1024 * 1024,
                         edge_agent_max_pending_bytes=8 * 1024 * 1024 + 16,
                         edge_agent_frame_timeout_seconds=300.0)
     before = _open_fds(agent.process.pid)
     header = HEADER.pack(b"EA", 1, Kind.REQUEST, Method.LIST_MODELS, 0, 1, 8 * 1024 * 1024)
     holder, refused = raw_connection(agent), raw_connection(agent)
-    holder.sendall(header)
+    holder.sendall(header + bytes(7 * 1024 * 1024))
     wait_taken(holder)
     with MemfdSegment.create(64) as segment:
-        _send_with_fds(refused, header, [segment.fd])
+        _send_with_fds(refused, header + bytes(64 * 1024), [segment.fd])
     readable, _, _ = select.select([holder, refused], [], [], 120)
-    assert len(readable) == 1  # which one depends on which thread held first
-    assert [f.status for f in read_replies(readable[0])] == [StatusCode.RESOURCE_EXHAUSTED]
-    assert closed_by_peer(readable[0])
+    assert readable == [refused]
+    assert [f.status for f in read_replies(refused)] == [StatusCode.RESOURCE_EXHAUSTED]
+    assert closed_by_peer(refused)
     holder.close()
     refused.close()
     holder = raw_connection(agent)
