@@ -31,8 +31,23 @@ SKIPS = {
 }
 
 # Tests that meet a bug of the emulator for one machine only, with the evidence.
+# qemu-user 7.2 receives SCM_RIGHTS into a host buffer larger than the target's, converts only
+# what fits and neither sets MSG_CTRUNC nor closes the rest (cross/fd-truncation-probe.py: 20
+# descriptors sent, 16 received, MSG_CTRUNC clear, 20 new descriptors open; natively: MSG_CTRUNC
+# set, 16 open): the agent cannot see that more than its limit came.
+_FD_TRUNCATION = {
+    nodeid: "qemu-user loses MSG_CTRUNC and leaks the descriptors beyond the receive buffer "
+            "(cross/fd-truncation-probe.py)"
+    for nodeid in (
+        "tests/test_fd_passing.py::test_too_many_descriptors_are_all_closed_and_refused",
+        "tests/test_connection_fds.py::"
+        "test_every_received_descriptor_is_closed_and_every_reply_is_well_formed",
+    )
+}
+
 SKIPS_ON = {
-    "armv7l": {
+    "aarch64": _FD_TRUNCATION,
+    "armv7l": {**_FD_TRUNCATION, **{
         nodeid: "qemu-arm 7.2 reports a wrong si_addr for SIGBUS (the end of the mapping, not "
                 "the faulting page; aarch64 and x86_64 report it right), so the shared-memory "
                 "SIGBUS guard cannot recognise its mapping (and the run hangs); shown by "
@@ -41,7 +56,7 @@ SKIPS_ON = {
             "tests/test_shm_module.py::test_posix_mapping_survives_truncation_under_it",
             "tests/test_shm_module.py::test_a_call_reports_a_segment_truncated_under_it",
         )
-    },
+    }},
 }
 
 # Python packages and programs with no build for a machine on PyPI or in Debian. There, a test

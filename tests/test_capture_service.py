@@ -580,7 +580,8 @@ def test_shutdown_gives_up_a_hung_write_after_the_flush_time(make_service, tmp_p
     assert not hung
     monkeypatch.undo()
 
-    again = make_service()  # the batch stayed in the journal
-    assert again.capture.pending == 1
+    # The batch stayed in the journal: the next service delivers it (and may have done so
+    # already by now, so its pending count proves nothing either way).
+    again = make_service()
     wait_status(again, request.capture_id)
     assert delivered_ids(disk_manifests(tmp_path / "out")) == [request.capture_id]
