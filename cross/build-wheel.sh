@@ -119,7 +119,8 @@ main() {
     [ $# -eq 1 ] || [ -n "$check_only" ] \
         || die "usage: $0 aarch64|armv7|x86_64   or   $0 --check ARCH WHEEL"
     set_arch "$1"
-    ensure_host_packages "$CROSS_PKG" mmdebstrap
+    # shellcheck disable=SC2086
+    ensure_host_packages $CROSS_PKGS $MMDEBSTRAP_PKGS
     PY="$(host_python)"
     make_sysroot
     EXT_SUFFIX="$(target_config_var EXT_SUFFIX)"

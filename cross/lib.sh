@@ -16,18 +16,26 @@ TARGET_PYTHON=3.11
 log() { printf '[cross] %s\n' "$*" >&2; }
 die() { printf '[cross] error: %s\n' "$*" >&2; exit 1; }
 
-# set_arch ARCH: the names one target architecture goes by in each tool.
+# mmdebstrap and what it needs to make a root file system of a foreign architecture (it checks
+# with arch-test that the host can run the target's programs), installed together everywhere.
+MMDEBSTRAP_PKGS="mmdebstrap arch-test"
+
+# set_arch ARCH: the names one target architecture goes by in each tool. CROSS_PKGS: the cross
+# compiler AND its C library, named explicitly: with --no-install-recommends the compiler
+# comes without libc6-dev-*-cross and stops at <bits/libc-header-start.h>.
 set_arch() {
     ARCH="$1"
     DEBIAN_PYTHON_PACKAGES=
     case "$ARCH" in
         aarch64)
-            DEB_ARCH=arm64; TRIPLET=aarch64-linux-gnu; CROSS_PKG=gcc-aarch64-linux-gnu
+            DEB_ARCH=arm64; TRIPLET=aarch64-linux-gnu
+            CROSS_PKGS="gcc-aarch64-linux-gnu libc6-dev-arm64-cross"
             WHEEL_PLAT=linux_aarch64; PIP_MACHINE=aarch64; ELF_MACHINE=AArch64; ELF_CLASS=ELF64
             QEMU_BINFMT=qemu-aarch64 ;;
         armv7)
             # Debian armhf = ARMv7-A, hard float: Raspberry Pi 2/3/4/5 with a 32-bit OS.
-            DEB_ARCH=armhf; TRIPLET=arm-linux-gnueabihf; CROSS_PKG=gcc-arm-linux-gnueabihf
+            DEB_ARCH=armhf; TRIPLET=arm-linux-gnueabihf
+            CROSS_PKGS="gcc-arm-linux-gnueabihf libc6-dev-armhf-cross"
             WHEEL_PLAT=linux_armv7l; PIP_MACHINE=armv7l; ELF_MACHINE=ARM; ELF_CLASS=ELF32
             QEMU_BINFMT=qemu-arm
             # PyPI has no armv7 wheels of numpy and pynacl (nor of cffi, which pynacl needs):
@@ -36,7 +44,7 @@ set_arch() {
         x86_64)
             # The host itself, built the same way (Debian's headers, same flags): the baseline
             # the footprint figures compare against. No QEMU run for it: that is `make test`.
-            DEB_ARCH=amd64; TRIPLET=x86_64-linux-gnu; CROSS_PKG=gcc
+            DEB_ARCH=amd64; TRIPLET=x86_64-linux-gnu; CROSS_PKGS="gcc libc6-dev"
             WHEEL_PLAT=linux_x86_64; PIP_MACHINE=x86_64; ELF_MACHINE="Advanced Micro Devices X86-64"
             ELF_CLASS=ELF64; QEMU_BINFMT= ;;
         *) die "unknown architecture '$ARCH' (expected aarch64, armv7 or x86_64)" ;;

@@ -148,7 +148,8 @@ copy_tests() {
 main() {
     local pytest_args=("$@")
     [ ${#pytest_args[@]} -gt 0 ] || pytest_args=(tests)
-    ensure_host_packages "$CROSS_PKG" qemu-user-static binfmt-support mmdebstrap
+    # shellcheck disable=SC2086
+    ensure_host_packages $CROSS_PKGS $MMDEBSTRAP_PKGS qemu-user-static binfmt-support
     ensure_binfmt
     PY="$(host_python)"
     started=$SECONDS
