@@ -19,7 +19,6 @@ import os
 import platform
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from importlib import metadata
@@ -30,6 +29,7 @@ from packaging.requirements import Requirement
 from edge_agent import model_builder, runtime
 from edge_agent.client import AgentClient
 from edge_agent.errors import AgentError
+from edge_agent.launch import agent_command
 
 
 def dependency_closure(name: str) -> list[metadata.Distribution]:
@@ -102,7 +102,7 @@ def agent_rss(workdir: Path) -> dict[str, int | None]:
         "edge_agent_socket_path": socket_path, "edge_agent_state_dir": str(workdir / "state"),
         "edge_agent_allow_unsigned_models": True, "edge_agent_num_threads": 1}))
     model = model_builder.add_model().write(workdir / "add.tflite")
-    agent = subprocess.Popen([sys.executable, "-m", "edge_agent", "serve", "--config", str(config)],
+    agent = subprocess.Popen(agent_command("serve", "--config", str(config)),
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_serving(socket_path, agent)
