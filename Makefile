@@ -1,7 +1,14 @@
 # `make demo` and `make test` work on a fresh Debian machine with Python 3.11: they create
 # .venv, install what requirements-dev.txt lists and build the Cython modules.
 PYTHON ?= python3
+# Another interpreter given on the command line gets a venv of its own, named by its version
+# (`make test PYTHON=python3.13` uses .venv-3.13), so one checkout tests several side by side
+# and never runs one Python's tests in another's venv.
+ifeq ($(origin PYTHON),file)
 VENV ?= .venv
+else
+VENV ?= .venv-$(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+endif
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
@@ -39,7 +46,7 @@ proto: $(STAMP)
 	$(PY) -m grpc_tools.protoc -Iproto --python_out=edge_agent --pyi_out=edge_agent proto/agent.proto
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info edge_agent/*.so cext/*.c .pytest_cache .hypothesis
+	rm -rf $(VENV) .venv-* build dist *.egg-info edge_agent/*.so cext/*.c .pytest_cache .hypothesis
 
 # Regenerate the key table of docs/CONFIGURATION.md from edge_agent/config.py.
 docs: $(STAMP)

@@ -42,7 +42,6 @@ setup(
     classifiers=[
         "Development Status :: 4 - Beta",
         "Intended Audience :: Developers",
-        "License :: OSI Approved :: Apache Software License",
         "Operating System :: POSIX :: Linux",
         "Programming Language :: Cython",
         "Programming Language :: Python :: 3",
@@ -81,6 +80,9 @@ setup(
     ],
     extras_require={
         "grpc": ["grpcio>=1.60"],
+        # The TensorFlow Lite runtime by name (docs/INSTALL.md: which one, and the figures).
+        "litert": ["ai-edge-litert>=2.3"],
+        "tflite-runtime": ["tflite-runtime==2.14.*; python_version < '3.12'"],
     },
     entry_points={"console_scripts": ["edge-agent = edge_agent.cli:main"]},
     cmdclass={"build_py": build_py_with_board_profiles},
