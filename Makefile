@@ -15,13 +15,14 @@ PYTEST_ARGS ?=
 
 .PHONY: all setup system-deps demo test bench proto docs clean
 .PHONY: cross-wheels cross-wheel-aarch64 cross-wheel-armv7 qemu-test-aarch64 qemu-test-armv7 \
-	qemu-test-aarch64-full qemu-test-armv7-full
+	qemu-test-aarch64-full qemu-test-armv7-full qemu-test-aarch64-trixie test-trixie clean-room
 
 all: setup
 
 setup: $(STAMP)
 
 $(STAMP): setup.py pyproject.toml requirements-dev.txt $(wildcard cext/*.pyx)
+	install/system-deps.sh install/build-packages.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements-dev.txt
@@ -69,3 +70,18 @@ qemu-test-aarch64 qemu-test-armv7: $(STAMP)
 
 qemu-test-aarch64-full qemu-test-armv7-full: $(STAMP)
 	$(CROSS_ENV) cross/qemu-test.sh $(patsubst qemu-test-%-full,%,$@) tests
+
+# Debian 13 (trixie: Python 3.13, LiteRT, NumPy 2). The emulated arm64 board builds the wheel
+# itself (cross/qemu-test.sh says why); QEMU_CI_TESTS_TRIXIE is what CI runs there.
+QEMU_CI_TESTS_TRIXIE ?= tests
+qemu-test-aarch64-trixie:
+	EDGE_AGENT_DEBIAN_SUITE=trixie cross/qemu-test.sh aarch64 $(QEMU_CI_TESTS_TRIXIE)
+
+# --- Clean machines: a fresh clone in a minimal Debian amd64 root file system (cross/clean-room.sh) ---
+# test-trixie: `make test` natively on Debian 13's own Python 3.13.
+# clean-room: the README's two commands and a cross-built wheel on Debian 12, nothing preinstalled.
+test-trixie:
+	cross/clean-room.sh trixie test
+
+clean-room:
+	cross/clean-room.sh bookworm demo test cross-wheel-aarch64

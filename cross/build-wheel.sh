@@ -17,7 +17,7 @@ source "$(dirname "$0")/lib.sh"
 # make_sysroot: the target's Python headers and sysconfig data, unpacked with mmdebstrap's
 # "extract" variant (downloads and unpacks the packages; runs nothing of the target's).
 make_sysroot() {
-    SYSROOT="$CACHE_DIR/sysroot-$DEB_ARCH"
+    SYSROOT="$CACHE_DIR/sysroot-$DEBIAN_SUITE-$DEB_ARCH"
     local stamp="$SYSROOT/.edge-agent-sysroot" want="$DEBIAN_SUITE libpython$TARGET_PYTHON-dev"
     if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
         return 0
