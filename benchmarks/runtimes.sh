@@ -48,7 +48,7 @@ done
 for run in $(seq "$runs"); do
     for runtime in tflite-runtime litert; do
         printf '{"runtime": "%s", "run": %d, "bench": ' "$runtime" "$run"
-        "$work/$runtime/bin/edge-agent" bench --json | tr -d '\n'
+        "$work/$runtime/bin/edge-agent" bench --json 2>/dev/null | tr -d '\n'
         echo '}'
     done
 done
