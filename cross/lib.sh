@@ -75,12 +75,17 @@ TARGET_TESTS=/opt/edge-agent-tests
 # read-only at /mnt/wheelhouse. Mounts and processes vanish with the namespaces, even if the
 # script is killed, so nothing leaks into the host. The namespace's PID 1 is the bash below, not
 # COMMAND: programs (and tests) may rightly assume they are not init. The network is the host's.
-# EDGE_AGENT_UNDER_QEMU=1 is set inside when the target is emulated.
+# EDGE_AGENT_UNDER_QEMU=1 is set inside when the target is emulated. A host whose pip needs
+# PIP_CERT (a network behind a TLS-inspecting proxy) gives the same certificates to pip inside.
 in_target() {
     [ -x "$ROOTFS/bin/sh" ] || die "no root file system at $ROOTFS: run cross/qemu-test.sh $ARCH first"
     mkdir -p "$WHEELHOUSE"
-    local emulated=()
-    [ -z "$QEMU_BINFMT" ] || emulated=(EDGE_AGENT_UNDER_QEMU=1)
+    local env=()
+    [ -z "$QEMU_BINFMT" ] || env+=(EDGE_AGENT_UNDER_QEMU=1)
+    if [ -n "${PIP_CERT:-}" ] && [ -f "$PIP_CERT" ]; then
+        cp "$PIP_CERT" "$ROOTFS/etc/edge-agent-pip-cert.pem"
+        env+=(PIP_CERT=/etc/edge-agent-pip-cert.pem)
+    fi
     # unshare --fork ignores SIGTERM/SIGINT while it waits; SIGKILL makes it kill its child (the
     # namespace's PID 1, and so everything inside). Hence: in the background, killed on signal.
     unshare --mount --pid --ipc --fork --kill-child -- bash -euc '
@@ -93,7 +98,7 @@ in_target() {
         mount --bind -o ro "$wheelhouse" "$root/mnt/wheelhouse"
         chroot "$root" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root \
             LANG=C.UTF-8 TMPDIR=/tmp "$@"
-    ' in_target "$ROOTFS" "$WHEELHOUSE" "${emulated[@]}" "$@" &
+    ' in_target "$ROOTFS" "$WHEELHOUSE" "${env[@]}" "$@" &
     local pid=$! status=0
     trap 'kill -KILL '"$pid"' 2>/dev/null; exit 130' INT TERM HUP
     wait "$pid" || status=$?
