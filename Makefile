@@ -15,7 +15,8 @@ PYTEST_ARGS ?=
 
 .PHONY: all setup system-deps demo test bench proto docs clean
 .PHONY: cross-wheels cross-wheel-aarch64 cross-wheel-armv7 qemu-test-aarch64 qemu-test-armv7 \
-	qemu-test-aarch64-full qemu-test-armv7-full qemu-test-aarch64-trixie test-trixie clean-room
+	qemu-test-aarch64-full qemu-test-armv7-full qemu-test-aarch64-trixie \
+	qemu-test-aarch64-trixie-full test-trixie clean-room
 
 all: setup
 
@@ -76,6 +77,9 @@ qemu-test-aarch64-full qemu-test-armv7-full: $(STAMP)
 QEMU_CI_TESTS_TRIXIE ?= tests
 qemu-test-aarch64-trixie:
 	EDGE_AGENT_DEBIAN_SUITE=trixie cross/qemu-test.sh aarch64 $(QEMU_CI_TESTS_TRIXIE)
+
+qemu-test-aarch64-trixie-full:
+	EDGE_AGENT_DEBIAN_SUITE=trixie cross/qemu-test.sh aarch64 tests
 
 # --- Clean machines: a fresh clone in a minimal Debian amd64 root file system (cross/clean-room.sh) ---
 # test-trixie: `make test` natively on Debian 13's own Python 3.13.
