@@ -73,8 +73,13 @@ qemu-test-aarch64-full qemu-test-armv7-full: $(STAMP)
 	$(CROSS_ENV) cross/qemu-test.sh $(patsubst qemu-test-%-full,%,$@) tests
 
 # Debian 13 (trixie: Python 3.13, LiteRT, NumPy 2). The emulated arm64 board builds the wheel
-# itself (cross/qemu-test.sh says why); QEMU_CI_TESTS_TRIXIE is what CI runs there.
-QEMU_CI_TESTS_TRIXIE ?= tests
+# itself (cross/qemu-test.sh says why); QEMU_CI_TESTS_TRIXIE is what CI runs there: the board's
+# own build of the compiled modules, NumPy 2, signing and the journal, no inference: LiteRT
+# 2.3's XNNPACK delegate crashes (SIGSEGV in allocate_tensors) under the host's qemu-user 7.2
+# whatever CPU it emulates, while LiteRT without it runs (docs/CROSS.md). Inference on Python
+# 3.13 + LiteRT is the native `make test-trixie`'s.
+QEMU_CI_TESTS_TRIXIE ?= tests/test_protocol.py tests/test_shm_module.py tests/test_packages.py \
+	tests/test_capture_journal.py tests/test_config.py
 qemu-test-aarch64-trixie:
 	EDGE_AGENT_DEBIAN_SUITE=trixie cross/qemu-test.sh aarch64 $(QEMU_CI_TESTS_TRIXIE)
 
