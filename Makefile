@@ -55,9 +55,10 @@ docs: $(STAMP)
 	$(PY) -m edge_agent.docs_tables
 
 # --- Boards: cross-built wheels and the suite on an emulated board (cross/, docs/CROSS.md) ---
-# The scripts apt-get install the cross compilers, qemu-user-static and mmdebstrap if missing.
+# The scripts apt-get install the cross compilers (with their C libraries), qemu-user-static
+# and mmdebstrap (with arch-test) if missing.
 CROSS_ENV := CROSS_PYTHON=$(abspath $(PY))
-# What CI runs under QEMU: the whole suite, which fits the 40-minute budget (measured in
+# What CI runs under QEMU: the whole suite, within .ci/run's 60-minute budget (measured in
 # docs/CROSS.md); narrow it here if it ever stops fitting. The -full targets always run all.
 QEMU_CI_TESTS ?= tests
 
