@@ -40,7 +40,22 @@ setup(
     long_description=open(os.path.join(here, "README.md")).read(),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
-    python_requires=">=3.9",
+    classifiers=[
+        "Development Status :: 4 - Beta",
+        "Intended Audience :: Developers",
+        "Operating System :: POSIX :: Linux",
+        "Programming Language :: Cython",
+        "Programming Language :: Python :: 3",
+        "Programming Language :: Python :: 3 :: Only",
+        "Programming Language :: Python :: 3.10",
+        "Programming Language :: Python :: 3.11",
+        "Programming Language :: Python :: 3.12",
+        "Programming Language :: Python :: 3.13",
+        "Programming Language :: Python :: Implementation :: CPython",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+        "Typing :: Typed",
+    ],
+    python_requires=">=3.10",  # dataclass(slots=True)
     packages=find_packages(include=["edge_agent", "edge_agent.*"]),
     package_data={"edge_agent": ["VERSION", "*.pyi", "py.typed"]},
     ext_modules=cythonize(
@@ -71,6 +86,9 @@ setup(
     ],
     extras_require={
         "mqtt": ["paho-mqtt>=2.0"],  # the MQTT heartbeat (edge_agent_mqtt_url)
+        # The TensorFlow Lite runtime by name (docs/INSTALL.md: which one, and the figures).
+        "litert": ["ai-edge-litert>=2.3"],
+        "tflite-runtime": ["tflite-runtime==2.14.*; python_version < '3.12'"],
     },
     entry_points={"console_scripts": ["edge-agent = edge_agent.cli:main"]},
     cmdclass={"build_py": build_py_with_board_profiles},

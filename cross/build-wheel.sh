@@ -17,7 +17,7 @@ source "$(dirname "$0")/lib.sh"
 # make_sysroot: the target's Python headers and sysconfig data, unpacked with mmdebstrap's
 # "extract" variant (downloads and unpacks the packages; runs nothing of the target's).
 make_sysroot() {
-    SYSROOT="$CACHE_DIR/sysroot-$DEB_ARCH"
+    SYSROOT="$CACHE_DIR/sysroot-$DEBIAN_SUITE-$DEB_ARCH"
     local stamp="$SYSROOT/.edge-agent-sysroot" want="$DEBIAN_SUITE libpython$TARGET_PYTHON-dev"
     if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
         return 0
@@ -119,7 +119,8 @@ main() {
     [ $# -eq 1 ] || [ -n "$check_only" ] \
         || die "usage: $0 aarch64|armv7|x86_64   or   $0 --check ARCH WHEEL"
     set_arch "$1"
-    ensure_host_packages "$CROSS_PKG" mmdebstrap
+    # shellcheck disable=SC2086
+    ensure_host_packages $CROSS_PKGS $MMDEBSTRAP_PKGS
     PY="$(host_python)"
     make_sysroot
     EXT_SUFFIX="$(target_config_var EXT_SUFFIX)"

@@ -9,25 +9,44 @@ REPO_DIR="$(dirname "$CROSS_DIR")"
 # Sysroots, root file systems and downloaded wheels are big and slow to make: kept outside the
 # checkout so every clone on the machine shares them. `rm -rf` it to start from nothing.
 CACHE_DIR="${EDGE_AGENT_CROSS_CACHE:-$HOME/.cache/edge-agent-cross}"
-# The boards run Debian bookworm / Raspberry Pi OS bookworm, whose Python is 3.11.
-DEBIAN_SUITE=bookworm
-TARGET_PYTHON=3.11
 
 log() { printf '[cross] %s\n' "$*" >&2; }
 die() { printf '[cross] error: %s\n' "$*" >&2; exit 1; }
 
-# set_arch ARCH: the names one target architecture goes by in each tool.
+# set_suite SUITE: the Debian release the target runs, and what comes with it. Boards run
+# Debian / Raspberry Pi OS bookworm (Python 3.11, glibc 2.36, tflite-runtime) or trixie
+# (Python 3.13, glibc 2.41, LiteRT: tflite-runtime has no wheel for 3.12 and later).
+set_suite() {
+    DEBIAN_SUITE="$1"
+    case "$DEBIAN_SUITE" in
+        bookworm) TARGET_PYTHON=3.11; TARGET_GLIBC_MINOR=36 ;;
+        trixie) TARGET_PYTHON=3.13; TARGET_GLIBC_MINOR=41 ;;
+        *) die "unknown Debian suite '$DEBIAN_SUITE' (expected bookworm or trixie)" ;;
+    esac
+}
+# EDGE_AGENT_DEBIAN_SUITE chooses it for every script (the Makefile's *-trixie targets set it).
+set_suite "${EDGE_AGENT_DEBIAN_SUITE:-bookworm}"
+
+# mmdebstrap and what it needs to make a root file system of a foreign architecture (it checks
+# with arch-test that the host can run the target's programs), installed together everywhere.
+MMDEBSTRAP_PKGS="mmdebstrap arch-test"
+
+# set_arch ARCH: the names one target architecture goes by in each tool. CROSS_PKGS: the cross
+# compiler AND its C library, named explicitly: with --no-install-recommends the compiler
+# comes without libc6-dev-*-cross and stops at <bits/libc-header-start.h>.
 set_arch() {
     ARCH="$1"
     DEBIAN_PYTHON_PACKAGES=
     case "$ARCH" in
         aarch64)
-            DEB_ARCH=arm64; TRIPLET=aarch64-linux-gnu; CROSS_PKG=gcc-aarch64-linux-gnu
+            DEB_ARCH=arm64; TRIPLET=aarch64-linux-gnu
+            CROSS_PKGS="gcc-aarch64-linux-gnu libc6-dev-arm64-cross"
             WHEEL_PLAT=linux_aarch64; PIP_MACHINE=aarch64; ELF_MACHINE=AArch64; ELF_CLASS=ELF64
             QEMU_BINFMT=qemu-aarch64 ;;
         armv7)
             # Debian armhf = ARMv7-A, hard float: Raspberry Pi 2/3/4/5 with a 32-bit OS.
-            DEB_ARCH=armhf; TRIPLET=arm-linux-gnueabihf; CROSS_PKG=gcc-arm-linux-gnueabihf
+            DEB_ARCH=armhf; TRIPLET=arm-linux-gnueabihf
+            CROSS_PKGS="gcc-arm-linux-gnueabihf libc6-dev-armhf-cross"
             WHEEL_PLAT=linux_armv7l; PIP_MACHINE=armv7l; ELF_MACHINE=ARM; ELF_CLASS=ELF32
             QEMU_BINFMT=qemu-arm
             # PyPI has no armv7 wheels of numpy and pynacl (nor of cffi, which pynacl needs):
@@ -36,29 +55,37 @@ set_arch() {
         x86_64)
             # The host itself, built the same way (Debian's headers, same flags): the baseline
             # the footprint figures compare against. No QEMU run for it: that is `make test`.
-            DEB_ARCH=amd64; TRIPLET=x86_64-linux-gnu; CROSS_PKG=gcc
+            DEB_ARCH=amd64; TRIPLET=x86_64-linux-gnu; CROSS_PKGS="gcc libc6-dev"
             WHEEL_PLAT=linux_x86_64; PIP_MACHINE=x86_64; ELF_MACHINE="Advanced Micro Devices X86-64"
             ELF_CLASS=ELF64; QEMU_BINFMT= ;;
         *) die "unknown architecture '$ARCH' (expected aarch64, armv7 or x86_64)" ;;
     esac
     CROSS_CC="$TRIPLET-gcc"
-    ROOTFS="$CACHE_DIR/rootfs-$DEB_ARCH"
-    WHEELHOUSE="$CACHE_DIR/wheelhouse-$ARCH"
+    ROOTFS="$CACHE_DIR/rootfs-$DEBIAN_SUITE-$DEB_ARCH"
+    WHEELHOUSE="$CACHE_DIR/wheelhouse-$DEBIAN_SUITE-$ARCH"
 }
 
 # Inside the root file system: the venv the wheel is installed into, and the copied tests.
 TARGET_VENV=/opt/edge-agent-venv
 TARGET_TESTS=/opt/edge-agent-tests
 
-# in_target COMMAND...: COMMAND inside the target's root file system (cross/qemu-test.sh makes
-# it), chrooted in new mount, PID and IPC namespaces: its own /proc, /dev/shm, /tmp and System V
+# in_target COMMAND...: COMMAND inside the target's root file system $ROOTFS (cross/qemu-test.sh
+# and cross/clean-room.sh make them), chrooted in new mount, PID and IPC namespaces: its own /proc, /dev/shm, /tmp and System V
 # IPC, /sys read-only (TFLite's XNNPACK reads the CPU list there, as on a board), the wheelhouse
 # read-only at /mnt/wheelhouse. Mounts and processes vanish with the namespaces, even if the
 # script is killed, so nothing leaks into the host. The namespace's PID 1 is the bash below, not
-# COMMAND: programs (and tests) may rightly assume they are not init.
+# COMMAND: programs (and tests) may rightly assume they are not init. The network is the host's.
+# EDGE_AGENT_UNDER_QEMU=1 is set inside when the target is emulated. A host whose pip needs
+# PIP_CERT (a network behind a TLS-inspecting proxy) gives the same certificates to pip inside.
 in_target() {
     [ -x "$ROOTFS/bin/sh" ] || die "no root file system at $ROOTFS: run cross/qemu-test.sh $ARCH first"
     mkdir -p "$WHEELHOUSE"
+    local env=()
+    [ -z "$QEMU_BINFMT" ] || env+=(EDGE_AGENT_UNDER_QEMU=1)
+    if [ -n "${PIP_CERT:-}" ] && [ -f "$PIP_CERT" ]; then
+        cp "$PIP_CERT" "$ROOTFS/etc/edge-agent-pip-cert.pem"
+        env+=(PIP_CERT=/etc/edge-agent-pip-cert.pem)
+    fi
     # unshare --fork ignores SIGTERM/SIGINT while it waits; SIGKILL makes it kill its child (the
     # namespace's PID 1, and so everything inside). Hence: in the background, killed on signal.
     unshare --mount --pid --ipc --fork --kill-child -- bash -euc '
@@ -70,13 +97,32 @@ in_target() {
         mkdir -p "$root/mnt/wheelhouse"
         mount --bind -o ro "$wheelhouse" "$root/mnt/wheelhouse"
         chroot "$root" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root \
-            LANG=C.UTF-8 TMPDIR=/tmp EDGE_AGENT_UNDER_QEMU=1 "$@"
-    ' in_target "$ROOTFS" "$WHEELHOUSE" "$@" &
+            LANG=C.UTF-8 TMPDIR=/tmp "$@"
+    ' in_target "$ROOTFS" "$WHEELHOUSE" "${env[@]}" "$@" &
     local pid=$! status=0
     trap 'kill -KILL '"$pid"' 2>/dev/null; exit 130' INT TERM HUP
     wait "$pid" || status=$?
     trap - INT TERM HUP
     return "$status"
+}
+
+# make_rootfs DIR PACKAGES: a minimal Debian ($DEBIAN_SUITE, $DEB_ARCH) with the
+# comma-separated PACKAGES, rebuilt only when the suite or the package list changes. Built beside
+# the final place and moved, so an interrupted build is never mistaken for a finished one.
+make_rootfs() {
+    local dir="$1" packages="$2"
+    local stamp="$dir/.edge-agent-rootfs" want="$DEBIAN_SUITE $packages"
+    if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+        return 0
+    fi
+    log "making the $DEBIAN_SUITE $DEB_ARCH root file system in $dir (first run only)"
+    rm -rf "$dir" "$dir.tmp"
+    mkdir -p "$CACHE_DIR"
+    mmdebstrap --quiet --variant=minbase --arch="$DEB_ARCH" --include="$packages" \
+        --aptopt='APT::Install-Recommends "false"' \
+        "$DEBIAN_SUITE" "$dir.tmp" "$(debian_mirror)" >&2
+    mv "$dir.tmp" "$dir"
+    echo "$want" > "$stamp"
 }
 
 # ensure_host_packages PKG...: apt-get install what is missing, nothing if all are there.

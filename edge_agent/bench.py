@@ -21,6 +21,7 @@ from typing import Callable
 import numpy as np
 
 from edge_agent import model_builder
+from edge_agent.launch import agent_command
 
 MODELS: dict[str, Callable[[], model_builder.BuiltModel]] = {
     "tiny": model_builder.tiny_model,
@@ -144,9 +145,9 @@ def grpc_round_trip(workdir: str, num_threads: int, model_path: str, request,
 def start_agent(workdir: str, num_threads: int, *extra: str) -> tuple[subprocess.Popen, str]:
     path = os.path.join(workdir, "agent.sock")
     agent = subprocess.Popen(
-        [sys.executable, "-m", "edge_agent", "serve", "--socket", path,
-         "--set", "edge_agent_allow_unsigned_models=true",
-         "--set", f"edge_agent_num_threads={num_threads}", *extra],
+        agent_command("serve", "--socket", path,
+                      "--set", "edge_agent_allow_unsigned_models=true",
+                      "--set", f"edge_agent_num_threads={num_threads}", *extra),
         stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 30
     while not os.path.exists(path):

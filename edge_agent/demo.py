@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 
@@ -16,6 +15,7 @@ import numpy as np
 from edge_agent import model_builder
 from edge_agent.client import AgentClient
 from edge_agent.errors import AgentError
+from edge_agent.launch import agent_command
 
 
 def _say(text: str) -> None:
@@ -79,10 +79,11 @@ def run(args) -> int:
         built = model_builder.demo_model()
         model_path, trust = _signed_demo_package(workdir, built)
         # The embedded default, but with a private socket and state, trusting the demo key.
-        command = [sys.executable, "-m", "edge_agent", "serve", "--socket", socket_path,
-                   "--set", f"sagemaker_edge_core_root_certs_path={trust}",
-                   "--set", f"edge_agent_state_dir={os.path.join(workdir, 'state')}"]
-        _say("starting: edge-agent serve " + " ".join(command[4:]))
+        arguments = ["serve", "--socket", socket_path,
+                     "--set", f"sagemaker_edge_core_root_certs_path={trust}",
+                     "--set", f"edge_agent_state_dir={os.path.join(workdir, 'state')}"]
+        command = agent_command(*arguments)
+        _say("starting: edge-agent " + " ".join(arguments))
         agent = subprocess.Popen(command)
         try:
             _wait_until_serving(agent, socket_path)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import http.server
 import json
+import socket
 import ssl
 import threading
 
@@ -25,17 +26,33 @@ ALIAS = "edge-capture"
 
 
 def _certificate(directory, name, issuer=None, server=False):
-    """(cert path, key path) of a new EC certificate, self-signed or signed by issuer."""
+    """(cert path, key path) of a new EC certificate, self-signed or signed by issuer, with the
+    extensions a current OpenSSL insists on under VERIFY_X509_STRICT (the default from Python
+    3.13): key identifiers (the Authority's on every certificate, the Subject's too), basic
+    constraints and key usage, as a real CA issues them."""
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     now = datetime.datetime.now(datetime.timezone.utc)
     signer_cert, signer_key = issuer or (None, key)
+    is_ca = issuer is None
     builder = (x509.CertificateBuilder().subject_name(subject)
                .issuer_name(signer_cert.subject if signer_cert else subject)
                .public_key(key.public_key()).serial_number(x509.random_serial_number())
                .not_valid_before(now - datetime.timedelta(minutes=5))
                .not_valid_after(now + datetime.timedelta(days=1))
-               .add_extension(x509.BasicConstraints(ca=issuer is None, path_length=None), critical=True))
+               .add_extension(x509.BasicConstraints(ca=is_ca, path_length=None), critical=True)
+               .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
+                              critical=False)
+               .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                   signer_key.public_key()), critical=False)
+               .add_extension(x509.KeyUsage(
+                   digital_signature=not is_ca, content_commitment=False, key_encipherment=False,
+                   data_encipherment=False, key_agreement=False, key_cert_sign=is_ca,
+                   crl_sign=is_ca, encipher_only=False, decipher_only=False), critical=True))
+    if not is_ca:
+        usage = x509.oid.ExtendedKeyUsageOID.SERVER_AUTH if server else \
+            x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH
+        builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
     if server:
         builder = builder.add_extension(x509.SubjectAlternativeName(
             [x509.IPAddress(__import__("ipaddress").ip_address("127.0.0.1"))]), critical=False)
@@ -87,6 +104,9 @@ class IotServer:
         context.load_cert_chain(self.server_cert, self.server_key)
         context.load_verify_locations(self.ca_path)
         context.verify_mode = ssl.CERT_REQUIRED
+        # Strict on every Python (3.13's default for clients): the device certificates the
+        # tests hand the agent are ones a current OpenSSL accepts.
+        context.verify_flags |= ssl.VERIFY_X509_STRICT
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
         self.url = f"https://127.0.0.1:{self.httpd.server_address[1]}/role-aliases/{ALIAS}/credentials"
@@ -136,6 +156,20 @@ def test_a_certificate_the_endpoint_refuses_is_a_lasting_failure(iot):
     assert not info.value.transient
     assert "IoT credentials provider" in info.value.reason and "cert" in info.value.reason
     assert iot.requests == []
+
+
+def test_the_test_pki_passes_strict_verification_both_ways(iot):
+    """The certificates are what a current OpenSSL accepts (Python 3.13 verifies strictly by
+    default), checked on every Python: a strict client talks to the strict server."""
+    context = ssl.create_default_context(cafile=str(iot.ca_path))
+    context.verify_flags |= ssl.VERIFY_X509_STRICT
+    context.load_cert_chain(iot.device_cert, iot.device_key)
+    host, port = iot.httpd.server_address[:2]
+    with socket.create_connection((host, port)) as raw, \
+            context.wrap_socket(raw, server_hostname=host) as tls:
+        tls.sendall(b"GET /elsewhere HTTP/1.0\r\nx-amzn-iot-thingname: t\r\n\r\n")
+        assert tls.recv(100).startswith(b"HTTP/1.0 404")
+    assert iot.requests == [("/elsewhere", "t", "device")]
 
 
 def test_url_from_host_and_role_alias():

@@ -1,13 +1,14 @@
-"""Every model from edge_agent.model_builder runs in tflite-runtime and matches its reference."""
+"""Every model from edge_agent.model_builder runs in the TFLite runtime the agent uses
+(tflite-runtime or LiteRT, edge_agent.runtime decides) and matches its reference."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import tflite
-from tflite_runtime.interpreter import Interpreter
 
 from edge_agent import model_builder as mb
 from edge_agent.model_builder import BuiltModel, TensorSpec
+from edge_agent.runtime import interpreter_module
 
 # Float outputs may differ from the float64-accumulated references by rounding only.
 _RTOL = 1e-5
@@ -32,13 +33,18 @@ _RUNNABLE_MODELS = {
 }
 
 
-def _interpreter(model: BuiltModel) -> Interpreter:
-    interpreter = Interpreter(model_content=model.content)
+def _new_interpreter(**source):
+    """An interpreter of the runtime the agent would use, not one named here."""
+    return interpreter_module().Interpreter(**source)
+
+
+def _interpreter(model: BuiltModel):
+    interpreter = _new_interpreter(model_content=model.content)
     interpreter.allocate_tensors()
     return interpreter
 
 
-def _run(interpreter: Interpreter, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def _run(interpreter, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     for detail in interpreter.get_input_details():
         interpreter.set_tensor(detail["index"], inputs[detail["name"]])
     interpreter.invoke()
@@ -97,7 +103,7 @@ def test_flatbuffer_layout(model: BuiltModel) -> None:
 def test_dynamic_batch_resizes() -> None:
     model = mb.dynamic_batch_model()
     assert model.inputs[0].shape == (-1, 4)
-    interpreter = Interpreter(model_content=model.content)
+    interpreter = _new_interpreter(model_content=model.content)
     interpreter.resize_tensor_input(interpreter.get_input_details()[0]["index"], [3, 4], strict=True)
     interpreter.allocate_tensors()
     inputs = model.sample_inputs(batch=3)
@@ -109,7 +115,7 @@ def test_dynamic_batch_resizes() -> None:
 
 def test_custom_op_fails_to_load() -> None:
     model = mb.custom_op_model("SomeMissingOp")
-    interpreter = Interpreter(model_content=model.content)
+    interpreter = _new_interpreter(model_content=model.content)
     with pytest.raises(RuntimeError, match="Encountered unresolved custom op: SomeMissingOp"):
         interpreter.allocate_tensors()
 
@@ -152,4 +158,4 @@ def test_write_and_sample_inputs(tmp_path) -> None:
     assert path.read_bytes() == model.content
     first, again = model.sample_inputs(seed=5), model.sample_inputs(seed=5)
     assert all(np.array_equal(first[name], again[name]) for name in first)
-    assert Interpreter(model_path=str(path)).get_input_details()[0]["name"] == "a"
+    assert _new_interpreter(model_path=str(path)).get_input_details()[0]["name"] == "a"
