@@ -159,7 +159,7 @@ build_on_target() {
     wheel="$(cd "$ROOTFS$dist" && echo edge_agent-*.whl)"
     [ -f "$ROOTFS$dist/$wheel" ] || die "the board's pip built no wheel in $dist"
     log "built $wheel on the board"
-    in_target "$VENV/bin/python" -m pip install --quiet "$dist/$wheel[grpc]"
+    in_target "$VENV/bin/python" -m pip install --quiet "$dist/$wheel[mqtt]"
     in_target "$VENV/bin/python" -m pip install --quiet --no-deps --force-reinstall "$dist/$wheel"
     rm -rf "${ROOTFS:?}$src"  # only the installed wheel is under test
 }
