@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from edge_agent import agent_pb2 as pb
-from edge_agent import config as config_module
+from edge_agent import boards
 from edge_agent.config import ConfigError
 from edge_agent.errors import AgentError, StatusCode
 from edge_agent.service import AgentService
@@ -37,7 +37,7 @@ def make_service(tmp_path):
             "edge_agent_capture_flush_seconds": 0.5,
         }
         settings.update(overrides)
-        service = AgentService(config_module.load(None, settings))
+        service = AgentService(boards.load(None, settings))
         services.append(service)
         return service
 
