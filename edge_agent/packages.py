@@ -40,9 +40,9 @@ from edge_agent.accelerators import (ACCELERATOR_PROBES, DelegateSettings, accel
 from edge_agent.archive import Limits, Progress, is_gzip, safe_parts, unpacked
 from edge_agent.errors import AgentError, failed_precondition, invalid_argument
 from edge_agent.modelfile import is_bare_model, looks_like_tflite, open_regular  # noqa: F401
-from edge_agent.machine import ARCHITECTURES, machine_architecture, normalise_architecture
 from edge_agent.keys import (ROOT_CERTS_KEY, describe_trust, generate_key, key_id, load_trust,
                              public_key_text, read_private_key)
+from edge_agent.machine import ARCHITECTURES, machine_architecture, normalise_architecture
 
 FORMAT = "edge-agent-package/1"
 FRAMEWORK = "tflite"
