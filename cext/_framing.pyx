@@ -4,33 +4,21 @@
 One job: take stream bytes in arbitrary pieces and hand back whole frames, checking each
 header (magic, version, body length against the limit) before any body byte is buffered
 beyond it. It does no I/O and knows nothing of methods or protobuf; edge_agent.protocol is
-the Python API over it and documents the header layout.
+the Python API over it and documents the header layout. edge_agent/_framing_py.py is its
+pure-Python twin, line for line: a change here is made there too (tests/test_protocol.py
+checks that both split any stream alike).
 """
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.stdint cimport uint8_t, uint16_t, uint32_t
+
+# One definition of the error and the status numbers, shared with the twin and the fronts.
+from edge_agent.errors import FramingError, StatusCode
 
 cdef enum:
     HEADER_SIZE = 16
     MAGIC0 = 0x45  # 'E'
     MAGIC1 = 0x41  # 'A'
     VERSION = 1
-    # Status codes for framing faults (gRPC numbering, as in edge_agent.errors).
-    INVALID_ARGUMENT = 3
-    RESOURCE_EXHAUSTED = 8
-
-
-class FramingError(Exception):
-    """The stream cannot be split any further: the connection must be closed after replying.
-
-    `code` is the status to reply with, `request_id` the id the bad frame carried (0 when the
-    header itself is unreadable).
-    """
-
-    def __init__(self, int code, str message, unsigned int request_id=0):
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.request_id = request_id
 
 
 cdef inline uint16_t _u16(const uint8_t* p) nogil:
@@ -94,7 +82,8 @@ cdef class FrameSplitter:
         cdef uint8_t kind
         cdef uint16_t method, status
         if self._failed:
-            raise FramingError(INVALID_ARGUMENT, "the stream is out of step after an earlier error")
+            raise FramingError(StatusCode.INVALID_ARGUMENT,
+                               "the stream is out of step after an earlier error")
         if avail < HEADER_SIZE:
             return None
         p = <const uint8_t*>(<char*>self._buf) + self._start
@@ -102,12 +91,12 @@ cdef class FrameSplitter:
         if p[0] != MAGIC0 or p[1] != MAGIC1:
             self._failed = True
             raise FramingError(
-                INVALID_ARGUMENT,
+                StatusCode.INVALID_ARGUMENT,
                 "not an edge-agent frame: expected magic 'EA', got %s" % bytes(p[0:2]).hex())
         if p[2] != VERSION:
             self._failed = True
             raise FramingError(
-                INVALID_ARGUMENT,
+                StatusCode.INVALID_ARGUMENT,
                 "unsupported protocol version %d (this agent speaks %d)" % (p[2], VERSION),
                 request_id)
         kind = p[3]
@@ -117,7 +106,7 @@ cdef class FrameSplitter:
         if body_len > self.max_body:
             self._failed = True
             raise FramingError(
-                RESOURCE_EXHAUSTED,
+                StatusCode.RESOURCE_EXHAUSTED,
                 "frame body of %d bytes exceeds the limit of %d bytes" % (body_len, self.max_body),
                 request_id)
         if avail < HEADER_SIZE + <Py_ssize_t>body_len:

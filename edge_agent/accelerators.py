@@ -1,61 +1,44 @@
-"""Which accelerators this machine has, and which architecture it is, in the names packages use.
+"""Which accelerators this machine has, in the names packages use.
 
 A package's manifest names the architecture and accelerator its model was built for; the
 agent refuses it where they do not match this machine (SPEC §5, §8). The names here are the
-only ones a manifest may carry. Delegate configuration (board profiles, external delegates)
-extends ACCELERATOR_PROBES: one entry per accelerator, a function saying whether it works here.
+only accelerators a manifest may carry (the architectures are edge_agent.machine's). Delegate
+configuration (board profiles, external delegates) extends ACCELERATOR_PROBES: one entry per
+accelerator, a function saying whether it works here for an agent with the given delegate
+settings. The settings are an argument, never stored here: two agents in one process (or two
+tests) may run with different delegates.
 """
 from __future__ import annotations
 
 import logging
-import platform
-from typing import Callable
+from typing import Callable, Mapping, NamedTuple, Optional
+
+from edge_agent.delegates import DelegateError, open_library
+from edge_agent.machine import EDGETPU_LIBRARY
 
 log = logging.getLogger(__name__)
 
-# What `uname -m`, Debian and Docker call the same architecture, folded to one name. armv8l is
-# a 32-bit ARM user space on a 64-bit core: it runs armv7l code, so it is armv7l here.
-_ARCHITECTURE_ALIASES = {
-    "aarch64": "aarch64", "arm64": "aarch64",
-    "armv7l": "armv7l", "armv7": "armv7l", "armhf": "armv7l", "armv8l": "armv7l",
-    "x86_64": "x86_64", "amd64": "x86_64",
-}
-ARCHITECTURES = ("aarch64", "armv7l", "x86_64")
 
-EDGETPU_LIBRARY = "libedgetpu.so.1"
+class DelegateSettings(NamedTuple):
+    """An agent's edge_agent_delegate and edge_agent_delegate_options."""
+    delegate: str
+    options: Mapping[str, str]
 
 
-def normalise_architecture(name: str) -> str | None:
-    """The canonical name of an architecture (aarch64, armv7l, x86_64), None if unknown."""
-    return _ARCHITECTURE_ALIASES.get(name.strip().lower())
+# None: no agent's settings (the CLI's `verify`); the probe then asks the hardware with the
+# library's default device.
+Settings = Optional[DelegateSettings]
 
 
-def machine_architecture() -> str:
-    """This machine's architecture, canonical where known, else as the kernel names it."""
-    machine = platform.machine()
-    return normalise_architecture(machine) or machine.lower()
-
-
-# The agent's delegate configuration (edge_agent_delegate and its options), set by the
-# service: the Edge TPU is usable by this agent only when it is configured to run models on
-# it, and the probe opens the same device (usb, pci:0...) the loads will. None: not set (the
-# CLI's `verify`), the probe then asks the hardware with the library's default device.
-_delegate_config: tuple[str, dict[str, str]] | None = None
-
-
-def use_delegate_config(delegate: str, options: dict[str, str]) -> None:
-    global _delegate_config
-    _delegate_config = (delegate, dict(options))
-
-
-def _edgetpu_available() -> bool:
-    delegate, options = _delegate_config or ("edgetpu", {})
+def _edgetpu_available(settings: Settings) -> bool:
+    # The Edge TPU is usable by an agent only when it is configured to run models on it, and
+    # the probe opens the same device (usb, pci:0...) the loads will.
+    delegate, options = settings or ("edgetpu", {})
     if delegate != "edgetpu":
         return False
     # Loading the library is not enough: creating the delegate also needs an Edge TPU attached.
-    from edge_agent.delegates import DelegateError, open_library
     try:
-        open_library(EDGETPU_LIBRARY, options)
+        open_library(EDGETPU_LIBRARY, dict(options))
     except DelegateError as e:
         log.info("no usable Edge TPU: %s", e)
         return False
@@ -64,17 +47,17 @@ def _edgetpu_available() -> bool:
 
 # Accelerator name -> whether it is usable on this machine now. Probed on each question, not
 # cached: a Coral USB accelerator can be plugged in while the agent runs.
-ACCELERATOR_PROBES: dict[str, Callable[[], bool]] = {
-    "cpu": lambda: True,
+ACCELERATOR_PROBES: dict[str, Callable[[Settings], bool]] = {
+    "cpu": lambda settings: True,
     "edgetpu": _edgetpu_available,
 }
 
 
-def accelerator_available(name: str) -> bool:
+def accelerator_available(name: str, settings: Settings = None) -> bool:
     probe = ACCELERATOR_PROBES.get(name)
-    return probe is not None and probe()
+    return probe is not None and probe(settings)
 
 
-def available_accelerators() -> list[str]:
+def available_accelerators(settings: Settings = None) -> list[str]:
     """The accelerators usable here, `cpu` always among them."""
-    return [name for name, probe in ACCELERATOR_PROBES.items() if probe()]
+    return [name for name, probe in ACCELERATOR_PROBES.items() if probe(settings)]

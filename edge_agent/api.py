@@ -4,23 +4,55 @@ status code and a message.
 Both fronts (the framed socket, edge_agent.server; gRPC, edge_agent.grpc_front) and the
 client (edge_agent.client) are built from RPCS: a new RPC is one row here and one method
 of AgentService. A leaf module: it knows the protobuf types and the errors, not the service
-(bound by Api) nor any transport.
+(bound by Api) nor any transport. Who calls (Caller) and the model-name check live here too:
+the service and the capture package both need them, and neither may import the other's
+module for them.
 """
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Callable, NamedTuple
+import os
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, NamedTuple
 
 from google.protobuf.message import DecodeError
 
 from edge_agent import agent_pb2 as pb
-from edge_agent.errors import AgentError, StatusCode
+from edge_agent.errors import AgentError, StatusCode, invalid_argument
 from edge_agent.protocol import Method
 
-if TYPE_CHECKING:
-    from edge_agent.service import AgentService, Caller
-
 log = logging.getLogger(__name__)
+
+MODEL_NAME = re.compile(r"[a-zA-Z0-9](-*[a-zA-Z0-9])*")
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is calling, as the transport knows it (SO_PEERCRED on the UNIX socket).
+
+    `groups`: the supplementary groups, read once when the connection was accepted
+    (SO_PEERGROUPS); empty for a caller whose groups are unknown, who then gets only `gid`.
+    `fds`: the file descriptors the client passed with this call (SCM_RIGHTS on the framed
+    socket), in the order sent; requests name them by index (SharedMemoryHandle.fd_index,
+    LoadModel url `fd:N`). The transport closes them when the call returns.
+    """
+    pid: int
+    uid: int
+    gid: int
+    groups: frozenset[int] = frozenset()
+    fds: tuple[int, ...] = ()
+
+
+IN_PROCESS = Caller(os.getpid(), os.getuid(), os.getgid(), frozenset(os.getgroups()))
+
+
+def check_model_name(name: str) -> None:
+    if not MODEL_NAME.fullmatch(name):
+        raise invalid_argument(
+            f"model name {name!r} is not valid: use letters, digits and single or repeated "
+            "dashes between them (^[a-zA-Z0-9](-*[a-zA-Z0-9])*$)")
+
 
 # The gRPC service name of agent.proto (package AWS.SageMaker.Edge, service Agent).
 GRPC_SERVICE = "AWS.SageMaker.Edge.Agent"
@@ -74,7 +106,7 @@ class Api:
     call; every call's outcome counted by `count(rpc name, code)` (the front's counter of
     edge_agent.metrics), here, where every outcome passes."""
 
-    def __init__(self, service: "AgentService",
+    def __init__(self, service: Any,
                  count: Callable[[str, int], None] = _not_counted):
         self._handlers: dict[int, Callable] = {
             rpc.method: getattr(service, rpc.handler) for rpc in RPCS}
@@ -85,7 +117,7 @@ class Api:
         self._count("unknown", StatusCode.UNIMPLEMENTED)
         return unknown_method(method)
 
-    def invoke(self, rpc: Rpc, body: bytes, caller: "Caller") -> Outcome:
+    def invoke(self, rpc: Rpc, body: bytes, caller: Caller) -> Outcome:
         """Decode, serve, encode, count; never raises for a bad request or a failed call.
 
         A failed call is logged here, so it is logged the same way whichever front it came
@@ -94,7 +126,7 @@ class Api:
         self._count(rpc.name, outcome.code)
         return outcome
 
-    def _serve(self, rpc: Rpc, body: bytes, caller: "Caller") -> Outcome:
+    def _serve(self, rpc: Rpc, body: bytes, caller: Caller) -> Outcome:
         try:
             request = rpc.request_type.FromString(body)
         except DecodeError:

@@ -3,8 +3,9 @@
 A profile is a JSON object of ordinary configuration keys (threads, memory budget, delegate
 and its options, paths, limits) plus the board's own keys (edge_agent_board_name,
 edge_agent_board_architecture, edge_agent_board_models). It sits between the embedded default
-and the configuration file: default < profile < file < --set. `config.load` applies it; this
-module finds, validates and detects profiles.
+and the configuration file: default < profile < file < --set. This module finds, validates
+and detects profiles, and `load` layers them: it is the agent's configuration loader, built
+on edge_agent.config (the keys, their coercion and checks), which knows nothing of boards.
 """
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from edge_agent import config as config_module
-from edge_agent.accelerators import machine_architecture
 from edge_agent.config import AgentConfig, ConfigError
+from edge_agent.machine import machine_architecture
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +135,21 @@ def select(board: Any, device_tree_model: str | None) -> BoardProfile | None:
     if board == "auto":
         return detect(device_tree_model) if device_tree_model else None
     return load_profile(board)
+
+
+def load(path: str | None = None, overrides: Mapping[str, Any] | None = None, *,
+         device_tree_model: str | None = None) -> AgentConfig:
+    """The embedded default, then the board profile, the JSON file at `path` and `overrides`,
+    each on top of the one before. The profile is the one edge_agent_board names; with
+    `device_tree_model` (a /proc/device-tree/model path), "auto" detects it from that file."""
+    values: dict[str, Any] = (config_module.read_json_object(path) if path is not None
+                              else {})
+    values.update(overrides or {})
+    board = values.get("edge_agent_board", config_module.FIELDS["edge_agent_board"].default)
+    profile = select(board, device_tree_model)
+    if profile is None:
+        return config_module.from_mapping(values)
+    return config_module.from_mapping({**profile.values, **values, "edge_agent_board": profile.name})
 
 
 def log_board(config: AgentConfig) -> None:

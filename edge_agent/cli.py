@@ -73,13 +73,13 @@ def _run_agent(config_path: str | None, overrides: dict) -> int:
     gracefully: calls in progress answered, captures flushed, socket files removed."""
     from edge_agent import boards, systemd
     from edge_agent import config as config_module
+    from edge_agent.capture.service import CaptureService
     from edge_agent.server import ServerError, SocketServer
     from edge_agent.service import AgentService
 
     _configure_logging(False)
     try:
-        config = config_module.load(config_path, overrides,
-                                    device_tree_model=boards.DEVICE_TREE_MODEL)
+        config = boards.load(config_path, overrides, device_tree_model=boards.DEVICE_TREE_MODEL)
     except config_module.ConfigError as e:
         print(f"edge-agent: configuration error: {e}", file=sys.stderr)
         return 2
@@ -91,7 +91,8 @@ def _run_agent(config_path: str | None, overrides: dict) -> int:
               f"{grpc_path}; give edge_agent_socket_path another path", file=sys.stderr)
         return 2
     try:
-        service = AgentService(config)  # checks settings only a service can (capture's Cloud)
+        # Checks settings only a service can (capture's Cloud).
+        service = AgentService(config, make_capture=CaptureService)
     except config_module.ConfigError as e:
         print(f"edge-agent: configuration error: {e}", file=sys.stderr)
         return 2

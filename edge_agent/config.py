@@ -13,7 +13,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-from edge_agent.accelerators import ARCHITECTURES
+from edge_agent.machine import ARCHITECTURES
+
 log = logging.getLogger(__name__)
 
 DELEGATES = ("xnnpack", "none", "edgetpu", "external")
@@ -396,21 +397,6 @@ def read_json_object(path: str, what: str = "configuration file") -> dict[str, A
     if not isinstance(values, dict):
         raise ConfigError(f"{what} {path} must hold a JSON object")
     return values
-
-
-def load(path: str | None = None, overrides: Mapping[str, Any] | None = None, *,
-         device_tree_model: str | None = None) -> AgentConfig:
-    """The embedded default, then the board profile, the JSON file at `path` and `overrides`,
-    each on top of the one before. The profile is the one edge_agent_board names; with
-    `device_tree_model` (a /proc/device-tree/model path), "auto" detects it from that file."""
-    values: dict[str, Any] = read_json_object(path) if path is not None else {}
-    values.update(overrides or {})
-    from edge_agent import boards  # imported here: boards reads its profiles through this module
-    board = values.get("edge_agent_board", FIELDS["edge_agent_board"].default)
-    profile = boards.select(board, device_tree_model)
-    if profile is None:
-        return from_mapping(values)
-    return from_mapping({**profile.values, **values, "edge_agent_board": profile.name})
 
 
 def describe_keys() -> list[tuple[str, str, Any]]:

@@ -22,9 +22,9 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from edge_agent.accelerators import EDGETPU_LIBRARY
 from edge_agent.config import AgentConfig
 from edge_agent.errors import AgentError, failed_precondition
+from edge_agent.machine import EDGETPU_LIBRARY
 from edge_agent.runtime import interpreter_module
 
 log = logging.getLogger(__name__)

@@ -45,6 +45,21 @@ class AgentError(Exception):
         self.message = message
 
 
+class FramingError(Exception):
+    """The stream cannot be split any further: the connection must be closed after replying.
+
+    `code` is the status to reply with, `request_id` the id the bad frame carried (0 when the
+    header itself is unreadable). Raised by both frame splitters (the compiled
+    edge_agent._framing and its pure-Python twin edge_agent._framing_py) and by the fronts.
+    """
+
+    def __init__(self, code: int, message: str, request_id: int = 0):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+
+
 def invalid_argument(message: str) -> AgentError:
     return AgentError(StatusCode.INVALID_ARGUMENT, message)
 

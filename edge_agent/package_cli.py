@@ -81,10 +81,11 @@ def cmd_package(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from edge_agent.accelerators import available_accelerators, machine_architecture
+    from edge_agent.accelerators import available_accelerators
     from edge_agent.archive import Limits
     from edge_agent.config import AgentConfig
     from edge_agent.errors import AgentError
+    from edge_agent.machine import machine_architecture
     from edge_agent.packages import check_target, open_package
 
     defaults = AgentConfig()

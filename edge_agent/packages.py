@@ -35,14 +35,14 @@ from typing import Callable, Iterable, Mapping
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
-from edge_agent.accelerators import (ACCELERATOR_PROBES, ARCHITECTURES, accelerator_available,
-                                     available_accelerators, machine_architecture,
-                                     normalise_architecture)
+from edge_agent.accelerators import (ACCELERATOR_PROBES, DelegateSettings, accelerator_available,
+                                     available_accelerators)
 from edge_agent.archive import Limits, Progress, is_gzip, safe_parts, unpacked
 from edge_agent.errors import AgentError, failed_precondition, invalid_argument
 from edge_agent.modelfile import is_bare_model, looks_like_tflite, open_regular  # noqa: F401
 from edge_agent.keys import (ROOT_CERTS_KEY, describe_trust, generate_key, key_id, load_trust,
                              public_key_text, read_private_key)
+from edge_agent.machine import ARCHITECTURES, machine_architecture, normalise_architecture
 
 FORMAT = "edge-agent-package/1"
 FRAMEWORK = "tflite"
@@ -389,15 +389,16 @@ class VerifiedPackage:
     model: bytes = field(repr=False)  # the model file's bytes: exactly the bytes hashed
 
 
-def check_target(manifest: Manifest, label: str) -> None:
-    """FAILED_PRECONDITION unless this machine is what the package is built for."""
+def check_target(manifest: Manifest, label: str, delegate: DelegateSettings | None = None) -> None:
+    """FAILED_PRECONDITION unless this machine is what the package is built for, for an agent
+    with the `delegate` settings (None: whatever the hardware offers)."""
     wanted, here = manifest.target, machine_architecture()
     architecture = normalise_architecture(wanted.architecture)
     if architecture != here:
         problem = f"this machine is {here}"
-    elif not accelerator_available(wanted.accelerator):
+    elif not accelerator_available(wanted.accelerator, delegate):
         problem = (f"this machine ({here}) has no usable {wanted.accelerator!r} accelerator "
-                   f"(available: {', '.join(available_accelerators())})")
+                   f"(available: {', '.join(available_accelerators(delegate))})")
     else:
         return
     raise failed_precondition(
@@ -510,8 +511,8 @@ def _check_file(directory: str, name: str, entry: FileEntry, refuse, *, keep: bo
 
 def verify_directory(directory: str, keys: Mapping[str, VerifyKey], *, label: str | None = None,
                      target_check: bool = True, check_size: Callable[[int], None] | None = None,
-                     progress: Progress | None = None,
-                     may_read: MayRead | None = None) -> VerifiedPackage:
+                     progress: Progress | None = None, may_read: MayRead | None = None,
+                     delegate: DelegateSettings | None = None) -> VerifiedPackage:
     """Verify an unpacked package against trusted `keys` (key id -> key).
 
     Order: signature over the manifest bytes, then the manifest, the target, the file set,
@@ -519,7 +520,8 @@ def verify_directory(directory: str, keys: Mapping[str, VerifyKey], *, label: st
     (`label`, default the directory) and the reason. `check_size(n)` is called with the
     model's size before it is read into memory (the agent checks its memory budget there).
     `may_read(stat)`, when given, must allow every file and directory read: the agent
-    reads a package for a caller only as far as that caller could read it.
+    reads a package for a caller only as far as that caller could read it. `delegate`: the
+    agent's delegate settings, for the target check.
     """
     label = label or directory
 
@@ -542,7 +544,7 @@ def verify_directory(directory: str, keys: Mapping[str, VerifyKey], *, label: st
     except ManifestError as e:
         raise refuse(str(e)) from None
     if target_check:
-        check_target(manifest, label)
+        check_target(manifest, label, delegate)
     _check_file_set(directory, manifest, refuse, may_read)
     model = None
     for name in sorted(manifest.files):
@@ -559,11 +561,13 @@ def verify_directory(directory: str, keys: Mapping[str, VerifyKey], *, label: st
 def open_package(path: str, trust_path: str, work_dir: str, limits: Limits, *,
                  target_check: bool = True, check_size: Callable[[int], None] | None = None,
                  progress: Progress | None = None, label: str | None = None,
-                 may_read: MayRead | None = None) -> VerifiedPackage:
+                 may_read: MayRead | None = None,
+                 delegate: DelegateSettings | None = None) -> VerifiedPackage:
     """Verify the package at `path` (a directory or a .tar.gz) against the keys in
     `trust_path`; archives are unpacked under `work_dir` and removed afterwards. `label`
     names it in messages (default: `path`); `may_read` as verify_directory has it (the
-    archive itself the caller has opened: what it unpacks to, it may read)."""
+    archive itself the caller has opened: what it unpacks to, it may read); `delegate` as
+    check_target has it."""
     label = label or path
     directory = os.path.isdir(path)
     try:
@@ -580,7 +584,7 @@ def open_package(path: str, trust_path: str, work_dir: str, limits: Limits, *,
             "packages are signed with")
     keys = load_trust(trust_path)
     options = dict(label=label, target_check=target_check, check_size=check_size,
-                   progress=progress)
+                   progress=progress, delegate=delegate)
     if directory:
         return verify_directory(path, keys, may_read=may_read, **options)
     with unpacked(path, work_dir, limits, label=label, progress=progress) as root:

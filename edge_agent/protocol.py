@@ -18,12 +18,23 @@ full description; nothing here touches a socket, so it is tested and fuzzed on p
 from __future__ import annotations
 
 import enum
+import os
 import struct
 from dataclasses import dataclass
 from typing import Iterator
 
-from edge_agent._framing import FrameSplitter, FramingError
-from edge_agent.errors import StatusCode
+from edge_agent.errors import FramingError, StatusCode
+
+# The splitter: the compiled one, else its pure-Python twin (msgpack's seam). The twin is the
+# same code in Python (edge_agent/_framing_py.py), for a checkout without a build and as the
+# reference the tests hold the compiled one to; EDGE_AGENT_PUREPYTHON=1 forces it.
+if os.environ.get("EDGE_AGENT_PUREPYTHON", "") not in ("", "0"):
+    from edge_agent._framing_py import FrameSplitter
+else:
+    try:
+        from edge_agent._framing import FrameSplitter
+    except ImportError:
+        from edge_agent._framing_py import FrameSplitter
 
 __all__ = [
     "HEADER", "VERSION", "Kind", "Method", "Frame", "FrameDecoder", "FramingError",
@@ -70,8 +81,9 @@ class FrameDecoder:
     that are never interpreted.
     """
 
-    def __init__(self, max_body_bytes: int):
-        self._splitter = FrameSplitter(max_body_bytes)
+    def __init__(self, max_body_bytes: int, splitter: type = FrameSplitter):
+        # `splitter`: the tests pass each implementation in turn.
+        self._splitter = splitter(max_body_bytes)
 
     def feed(self, data: bytes) -> None:
         self._splitter.feed(data)

@@ -14,9 +14,14 @@ import stat
 import threading
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 from edge_agent import agent_pb2 as pb
-from edge_agent import accelerators, caller_paths, delegates
+from edge_agent import caller_paths, delegates
+from edge_agent.accelerators import DelegateSettings
+from edge_agent.api import IN_PROCESS, Caller, check_model_name  # noqa: F401 (re-exported)
+from edge_agent.capture.service import CaptureService
+from edge_agent.capture.validate import uses_shared_memory
 from edge_agent.config import AgentConfig
 from edge_agent.descriptors import (check_access, copy_to_private_file, fd_url_index,
                                     passed_fd)
@@ -30,36 +35,6 @@ from edge_agent.prover import Prover, holds_edgetpu
 from edge_agent.shm import SharedMemory
 
 log = logging.getLogger(__name__)
-
-MODEL_NAME = re.compile(r"[a-zA-Z0-9](-*[a-zA-Z0-9])*")
-
-
-@dataclass(frozen=True)
-class Caller:
-    """Who is calling, as the transport knows it (SO_PEERCRED on the UNIX socket).
-
-    `groups`: the supplementary groups, read once when the connection was accepted
-    (SO_PEERGROUPS); empty for a caller whose groups are unknown, who then gets only `gid`.
-    `fds`: the file descriptors the client passed with this call (SCM_RIGHTS on the framed
-    socket), in the order sent; requests name them by index (SharedMemoryHandle.fd_index,
-    LoadModel url `fd:N`). The transport closes them when the call returns.
-    """
-    pid: int
-    uid: int
-    gid: int
-    groups: frozenset[int] = frozenset()
-    fds: tuple[int, ...] = ()
-
-
-IN_PROCESS = Caller(os.getpid(), os.getuid(), os.getgid(), frozenset(os.getgroups()))
-
-
-def check_model_name(name: str) -> None:
-    if not MODEL_NAME.fullmatch(name):
-        raise invalid_argument(
-            f"model name {name!r} is not valid: use letters, digits and single or repeated "
-            "dashes between them (^[a-zA-Z0-9](-*[a-zA-Z0-9])*$)")
-
 
 def model_path(url: str) -> str:
     """The local path a LoadModel url names: a plain path or a file:// url."""
@@ -119,8 +94,13 @@ def open_model(url: str, caller: Caller) -> ModelSource:
     return ModelSource(fd, path)
 
 
+# Makes the capture service of an agent from its configuration: the composition (the serve
+# path, edge_agent.cli) passes it in; CaptureService itself is the default for in-process use.
+CaptureFactory = Callable[[AgentConfig], CaptureService]
+
+
 class AgentService:
-    def __init__(self, config: AgentConfig):
+    def __init__(self, config: AgentConfig, make_capture: CaptureFactory = CaptureService):
         # First, while this process may still have a single thread: the helper that proves
         # models is forked now or never (prover.py).
         self.prover = Prover()
@@ -131,13 +111,10 @@ class AgentService:
         self._lock = threading.Lock()
         self.metrics = AgentMetrics(config.edge_agent_metrics)
         self.shm = SharedMemory.from_config(config)  # attachments shared by all calls
-        # A package built for the Edge TPU is accepted only where this agent runs one.
-        accelerators.use_delegate_config(config.edge_agent_delegate,
-                                         config.edge_agent_delegate_options)
-        # Imported here: edge_agent.capture uses this module's check_model_name.
-        from edge_agent.capture.service import CaptureService
         try:
-            self.capture = CaptureService(config)  # opens nothing until used or left a journal
+            # A factory, not a made service: it is called only now, after the prover's fork,
+            # because a capture service left a journal starts its delivery threads at once.
+            self.capture = make_capture(config)  # opens nothing until used or left a journal
         except BaseException:
             self.prover.close()  # a service that never was leaves no helper behind
             raise
@@ -267,7 +244,10 @@ class AgentService:
                 Limits(config.edge_agent_max_package_bytes, config.edge_agent_max_package_files),
                 check_size=lambda size: self.budget.check(size, what), label=source.path,
                 may_read=None if caller_paths.trusted(caller) or source.passed
-                else lambda st: caller_paths.may_read(caller, st))
+                else lambda st: caller_paths.may_read(caller, st),
+                # A package built for the Edge TPU is accepted only where this agent runs one.
+                delegate=DelegateSettings(config.edge_agent_delegate,
+                                          config.edge_agent_delegate_options))
         finally:
             if copy is not None:
                 os.unlink(copy)
@@ -329,8 +309,6 @@ class AgentService:
                      caller: Caller = IN_PROCESS) -> pb.CaptureDataResponse:
         """Returns once the capture is journaled; delivery happens in the background. The
         model need not be loaded (as in the original: captures may come from elsewhere)."""
-        from edge_agent.capture.validate import uses_shared_memory
-
         if uses_shared_memory(request):
             with self.shm.call(caller) as shm:  # copied out before the call returns
                 self.capture.capture(request, shm)  # reads, then checks for truncation

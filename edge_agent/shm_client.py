@@ -18,9 +18,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge_agent import _shm
 from edge_agent import agent_pb2 as pb
 from edge_agent.tensors import data_type_of, dtype_of
+
+
+def _segments():
+    """The compiled module that makes and maps segments, imported when a segment is first
+    made: the client, which only names segments (ShmTensor) unless asked to make one, then
+    imports without a compiled build."""
+    from edge_agent import _shm
+    return _shm
 
 
 @dataclass(frozen=True)
@@ -151,7 +158,7 @@ class SysVSegment(_Segment):
     """A SysV segment: create(), write() arrays, send the ShmTensors, free() when done."""
 
     def __init__(self, shmid: int):
-        mapping, _ = _shm.sysv_attach(shmid, writable=True)
+        mapping, _ = _segments().sysv_attach(shmid, writable=True)
         super().__init__(mapping)
         self.shmid = shmid
 
@@ -159,11 +166,11 @@ class SysVSegment(_Segment):
     def create(cls, nbytes: int, mode: int = 0o600) -> "SysVSegment":
         """A new private segment of at least one byte, readable by the agent when it runs
         as this user (or root); give the group or others read bits otherwise."""
-        shmid = _shm.sysv_create(max(1, nbytes), mode)
+        shmid = _segments().sysv_create(max(1, nbytes), mode)
         try:
             return cls(shmid)
         except OSError:
-            _shm.sysv_remove(shmid)
+            _segments().sysv_remove(shmid)
             raise
 
     def _tensor(self, offset, size, dtype, shape) -> ShmTensor:
@@ -174,7 +181,7 @@ class SysVSegment(_Segment):
         if self._mapping.closed:
             return
         try:
-            _shm.sysv_remove(self.shmid)
+            _segments().sysv_remove(self.shmid)
         except OSError:
             pass  # already removed by someone else: detaching is all that is left
         self._mapping.close()
@@ -184,7 +191,7 @@ class PosixSegment(_Segment):
     """A POSIX segment (shm_open name): create(), write() arrays, send, free() (unlink)."""
 
     def __init__(self, name: str):
-        mapping, _ = _shm.posix_attach(name, writable=True)
+        mapping, _ = _segments().posix_attach(name, writable=True)
         super().__init__(mapping)
         self.name = name
 
@@ -192,11 +199,11 @@ class PosixSegment(_Segment):
     def create(cls, nbytes: int, name: str | None = None, mode: int = 0o600) -> "PosixSegment":
         """A new object of `nbytes` (a unique name when none is given)."""
         name = name or f"/edge-agent-{os.getpid()}-{os.urandom(6).hex()}"
-        _shm.posix_create(name, max(1, nbytes), mode)
+        _segments().posix_create(name, max(1, nbytes), mode)
         try:
             return cls(name)
         except OSError:
-            _shm.posix_unlink(name)
+            _segments().posix_unlink(name)
             raise
 
     def _tensor(self, offset, size, dtype, shape) -> ShmTensor:
@@ -207,7 +214,7 @@ class PosixSegment(_Segment):
         if self._mapping.closed:
             return
         try:
-            _shm.posix_unlink(self.name)
+            _segments().posix_unlink(self.name)
         except FileNotFoundError:
             pass
         self._mapping.close()
@@ -218,7 +225,7 @@ class MemfdSegment(_Segment):
     it; the agent reaches it only through the descriptor the client passes with each call."""
 
     def __init__(self, fd: int):
-        mapping, _ = _shm.fd_attach(fd, writable=True, name="memfd")
+        mapping, _ = _segments().fd_attach(fd, writable=True, name="memfd")
         super().__init__(mapping)
         self.fd = fd
 

@@ -87,9 +87,9 @@ fi
 step "board profile"
 BOARD_GIVEN="$BOARD"
 if [ -z "$BOARD" ]; then
-    BOARD="$("$PREFIX/bin/python" -c 'from edge_agent import boards, accelerators
+    BOARD="$("$PREFIX/bin/python" -c 'from edge_agent import boards, machine
 p = boards.detect()
-generic = "generic-" + accelerators.machine_architecture()
+generic = "generic-" + machine.machine_architecture()
 print(p.name if p else (generic if generic in boards.names() else ""))')"
     if [ -z "$BOARD" ]; then
         echo "install: no board profile matches $(tr -d '\0' </proc/device-tree/model 2>/dev/null || uname -m);" \
@@ -124,7 +124,7 @@ fi
 # It may hold S3 credentials: readable by the agent's group, not by everyone.
 chown root:edge-agent "$ETC/agent.json"
 chmod 0640 "$ETC/agent.json"
-"$PREFIX/bin/python" -c 'import sys; from edge_agent import config; config.load(sys.argv[1])' "$ETC/agent.json"
+"$PREFIX/bin/python" -c 'import sys; from edge_agent import boards; boards.load(sys.argv[1])' "$ETC/agent.json"
 
 step "systemd unit"
 sed "s#/opt/edge-agent/#$PREFIX/#g" "$HERE/edge-agent.service" >/etc/systemd/system/edge-agent.service

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_agent import boards, config, model_builder
-from edge_agent.accelerators import ARCHITECTURES
+from edge_agent import boards, model_builder
+from edge_agent.machine import ARCHITECTURES
 from edge_agent.config import DELEGATES, ConfigError
 from edge_agent.errors import AgentError, StatusCode
 
@@ -38,7 +38,7 @@ def test_the_boards_the_issue_names_have_profiles():
 @pytest.mark.parametrize("name", PROFILES)
 def test_every_profile_loads_and_is_sane(name):
     profile = boards.load_profile(name)
-    cfg = config.load(overrides={"edge_agent_board": name})  # the real loader, as serve uses it
+    cfg = boards.load(overrides={"edge_agent_board": name})  # the real loader, as serve uses it
     assert cfg.edge_agent_board == name
     assert cfg.edge_agent_board_architecture in ARCHITECTURES
     assert cfg.edge_agent_delegate in DELEGATES
@@ -76,16 +76,16 @@ def test_the_board_is_detected_from_the_device_tree(tmp_path, model, expected):
     device_tree.write_bytes(model.encode() + b"\0")  # the kernel ends it with a NUL
     detected = boards.detect(str(device_tree))
     assert (detected.name if detected else None) == expected
-    cfg = config.load(device_tree_model=str(device_tree))
+    cfg = boards.load(device_tree_model=str(device_tree))
     assert cfg.edge_agent_board == (expected or "auto")
     # Named explicitly, "none" means no profile, whatever the board.
-    assert config.load(None, {"edge_agent_board": "none"},
+    assert boards.load(None, {"edge_agent_board": "none"},
                        device_tree_model=str(device_tree)).edge_agent_board_name == ""
 
 
 def test_without_a_device_tree_nothing_is_detected(tmp_path):
     assert boards.detect(str(tmp_path / "absent")) is None
-    assert config.load(device_tree_model=str(tmp_path / "absent")).edge_agent_board == "auto"
+    assert boards.load(device_tree_model=str(tmp_path / "absent")).edge_agent_board == "auto"
 
 
 def test_profile_then_file_then_overrides(tmp_path):
@@ -93,20 +93,20 @@ def test_profile_then_file_then_overrides(tmp_path):
     path.write_text(json.dumps({"edge_agent_board": "raspberry-pi-zero-2w",
                                 "edge_agent_num_threads": 1,
                                 "edge_agent_socket_path": str(tmp_path / "a.sock")}))
-    cfg = config.load(str(path), {"edge_agent_max_connections": 3})
+    cfg = boards.load(str(path), {"edge_agent_max_connections": 3})
     assert cfg.edge_agent_memory_budget_mb == 128          # from the profile
     assert cfg.edge_agent_num_threads == 1                 # the file beats the profile
     assert cfg.edge_agent_socket_path == str(tmp_path / "a.sock")
     assert cfg.edge_agent_max_connections == 3             # --set beats them all
     # --board (an override) beats the file's board.
-    cfg = config.load(str(path), {"edge_agent_board": "raspberry-pi-5"})
+    cfg = boards.load(str(path), {"edge_agent_board": "raspberry-pi-5"})
     assert cfg.edge_agent_board == "raspberry-pi-5" and cfg.edge_agent_memory_budget_mb == 1024
 
 
 @pytest.mark.parametrize("board", ["no-such-board", "../../etc/passwd", "Raspberry Pi 4"])
 def test_an_unknown_board_names_the_key(board):
     with pytest.raises(ConfigError, match=r"^edge_agent_board: no board profile named") as info:
-        config.load(overrides={"edge_agent_board": board})
+        boards.load(overrides={"edge_agent_board": board})
     assert repr(board) in str(info.value) and "raspberry-pi-4b" in str(info.value)
 
 

@@ -110,12 +110,12 @@ def test_crash_after_writing_before_recording_rewrites_the_same_batch(tmp_path):
                 "sagemaker_edge_core_capture_data_batch_size": 3}
     script = textwrap.dedent(f"""
         import os, uuid, numpy as np
-        from edge_agent import agent_pb2 as pb, config
+        from edge_agent import agent_pb2 as pb, boards
         from edge_agent.capture.status import StatusLog
         from edge_agent.service import AgentService
         from edge_agent.tensors import add_array
         StatusLog.finish = lambda *a: os._exit(9)  # dies right after the batch is written
-        service = AgentService(config.load(None, {settings!r}))
+        service = AgentService(boards.load(None, {settings!r}))
         for i in range(3):
             r = pb.CaptureDataRequest(model_name="m", capture_id=str(uuid.uuid4()))
             add_array(r.input_tensors, "x", np.zeros(4, np.uint8))
@@ -129,9 +129,9 @@ def test_crash_after_writing_before_recording_rewrites_the_same_batch(tmp_path):
     [first_folder] = disk_manifests(tmp_path / "out")
 
     from edge_agent import agent_pb2 as pb
-    from edge_agent import config
+    from edge_agent import boards
     from edge_agent.service import AgentService
-    service = AgentService(config.load(None, settings))
+    service = AgentService(boards.load(None, settings))
     try:
         for cid in acknowledged:
             wait_for(lambda: service.get_capture_data_status(

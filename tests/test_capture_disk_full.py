@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from edge_agent import config as config_module
+from edge_agent import boards
 from edge_agent.errors import AgentError, StatusCode
 from edge_agent.service import AgentService
 
@@ -46,7 +46,7 @@ def small_disk(tmp_path):
 
 def test_a_full_journal_disk_is_resource_exhausted_and_loses_nothing(small_disk, tmp_path):
     state, resize = small_disk
-    service = AgentService(config_module.load(None, {
+    service = AgentService(boards.load(None, {
         "edge_agent_state_dir": str(state),
         "sagemaker_edge_core_capture_data_disk_path": str(tmp_path / "out"),
         "sagemaker_edge_core_capture_data_buffer_size": 1000,  # the disk is the bound here

@@ -150,7 +150,7 @@ def test_disk_destination_flushes_every_directory_it_creates(tmp_path, synced_di
 
 def test_first_capture_flushes_the_new_state_directories(tmp_path, synced_directories):
     from edge_agent.capture.service import CaptureService
-    from edge_agent.config import load
+    from edge_agent.boards import load
 
     from capture_helpers import capture_request
 

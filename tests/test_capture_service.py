@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from edge_agent import agent_pb2 as pb
-from edge_agent import config as config_module
+from edge_agent import boards
+from edge_agent.capture.service import CaptureService
 from edge_agent.config import ConfigError
 from edge_agent.errors import AgentError, StatusCode
 from edge_agent.service import AgentService
@@ -37,7 +38,7 @@ def make_service(tmp_path):
             "edge_agent_capture_flush_seconds": 0.5,
         }
         settings.update(overrides)
-        service = AgentService(config_module.load(None, settings))
+        service = AgentService(boards.load(None, settings))
         services.append(service)
         return service
 
@@ -585,3 +586,38 @@ def test_shutdown_gives_up_a_hung_write_after_the_flush_time(make_service, tmp_p
     again = make_service()
     wait_status(again, request.capture_id)
     assert delivered_ids(disk_manifests(tmp_path / "out")) == [request.capture_id]
+
+
+def test_the_agent_captures_through_the_capture_service_its_composer_gives(tmp_path):
+    """AgentService builds no capture service of its own when given a factory (the serve path
+    passes CaptureService): the one made from its configuration serves CaptureData and
+    GetCaptureDataStatus."""
+    config = boards.load(None, {
+        "edge_agent_state_dir": str(tmp_path / "state"),
+        "sagemaker_edge_core_capture_data_disk_path": str(tmp_path / "out"),
+        "sagemaker_edge_core_capture_data_push_period_seconds": 0.05})
+    made = []
+
+    def make_capture(given):
+        made.append(CaptureService(given))
+        return made[-1]
+
+    service = AgentService(config, make_capture=make_capture)
+    try:
+        assert made == [service.capture] and made[0].config is config
+        request = capture_request()
+        service.capture_data(request)
+        wait_status(service, request.capture_id)
+        assert delivered_ids(disk_manifests(tmp_path / "out")) == [request.capture_id]
+    finally:
+        service.close()
+
+
+def test_a_capture_factory_that_refuses_the_configuration_stops_the_agent(tmp_path):
+    config = boards.load(None, {"edge_agent_state_dir": str(tmp_path / "state")})
+
+    def refuse(given):
+        raise ConfigError("sagemaker_edge_core_capture_data_destination: refused here")
+
+    with pytest.raises(ConfigError, match="refused here"):
+        AgentService(config, make_capture=refuse)

@@ -8,12 +8,12 @@ import sys
 
 import pytest
 
-from edge_agent import config
+from edge_agent import boards, config
 from edge_agent.config import ConfigError
 
 
 def test_embedded_default_needs_no_file():
-    cfg = config.load()
+    cfg = boards.load()
     assert cfg.edge_agent_socket_path == "/tmp/edge-agent.sock"
     assert cfg.edge_agent_allow_unsigned_models is False
     assert cfg.edge_agent_memory_budget_mb >= 16
@@ -32,7 +32,7 @@ def test_an_edge_manager_file_is_read(tmp_path):
         "edge_agent_memory_budget_mb": 128,
         "edge_agent_max_frame_bytes": 2048,
     }))
-    cfg = config.load(str(path))
+    cfg = boards.load(str(path))
     assert cfg.sagemaker_edge_core_device_name == "camera-7"
     assert cfg.sagemaker_edge_core_capture_data_batch_size == 25
     assert cfg.sagemaker_edge_log_verbose is True
@@ -43,7 +43,7 @@ def test_an_edge_manager_file_is_read(tmp_path):
 def test_overrides_win_over_the_file(tmp_path):
     path = tmp_path / "agent.json"
     path.write_text(json.dumps({"edge_agent_num_threads": 2}))
-    assert config.load(str(path), {"edge_agent_num_threads": 3}).edge_agent_num_threads == 3
+    assert boards.load(str(path), {"edge_agent_num_threads": 3}).edge_agent_num_threads == 3
 
 
 def test_unknown_keys_are_warned_about(caplog):
@@ -73,14 +73,14 @@ def test_wrong_values_name_the_key(key, value, message):
 
 def test_unreadable_or_broken_files(tmp_path):
     with pytest.raises(ConfigError, match="cannot read"):
-        config.load(str(tmp_path / "missing.json"))
+        boards.load(str(tmp_path / "missing.json"))
     broken = tmp_path / "broken.json"
     broken.write_text("{not json")
     with pytest.raises(ConfigError, match="not valid JSON"):
-        config.load(str(broken))
+        boards.load(str(broken))
     broken.write_text("[1, 2]")
     with pytest.raises(ConfigError, match="JSON object"):
-        config.load(str(broken))
+        boards.load(str(broken))
 
 
 def test_serve_stops_on_a_wrong_value_naming_the_key(tmp_path):

@@ -201,13 +201,14 @@ def test_the_edge_tpu_gets_its_device_option(tmp_path, model_files, edgetpu_mode
 
 def test_the_accelerator_probe_follows_the_delegate_config(recording_delegate, record, monkeypatch):
     monkeypatch.setattr(accelerators, "EDGETPU_LIBRARY", recording_delegate)
-    monkeypatch.setattr(accelerators, "_delegate_config", None)
-    accelerators.use_delegate_config("edgetpu", {"device": "pci:0", "record_to": str(record)})
-    assert accelerators.accelerator_available("edgetpu")
+    edgetpu = accelerators.DelegateSettings("edgetpu", {"device": "pci:0", "record_to": str(record)})
+    assert accelerators.accelerator_available("edgetpu", edgetpu)
     assert recorded(record)[0] == f"create device=pci:0 record_to={record}"
     # An agent running its models on the CPU has no usable Edge TPU, whatever is plugged in.
-    accelerators.use_delegate_config("xnnpack", {})
-    assert not accelerators.accelerator_available("edgetpu")
+    assert not accelerators.accelerator_available("edgetpu", accelerators.DelegateSettings("xnnpack", {}))
+    # The settings are the caller's, not the process's: asking with one agent's settings
+    # leaves none behind for the next question.
+    assert accelerators.accelerator_available("edgetpu", edgetpu)
 
 
 def test_edgetpu_models_are_recognised_by_their_op():

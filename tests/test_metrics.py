@@ -348,7 +348,10 @@ def test_capture_counters_and_last_error(tmp_path):
         service.close()
     failing = AgentService(config.replace(
         sagemaker_edge_core_capture_data_disk_path=str(blocked / "out"),
-        edge_agent_state_dir=str(tmp_path / "state2")))
+        edge_agent_state_dir=str(tmp_path / "state2"),
+        # Never "failed for good" while the test looks: with 5 tries 0-50 ms apart, the batch
+        # could leave the backlog before the first look on a busy machine.
+        edge_agent_capture_max_attempts=1_000_000))
     try:
         failing.capture_data(capture_request())
         c = wait_for(lambda: (m := failing.get_metrics().capture).last_error and m,

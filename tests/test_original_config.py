@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from edge_agent import boards
 from edge_agent import config as config_module
 from edge_agent.capture.cloud import credentials_provider
 from edge_agent.client import AgentClient
@@ -23,7 +24,7 @@ def _sample(**changes) -> dict:
 
 
 def test_the_sample_loads_as_written_and_names_the_fleets_role_alias(tmp_path):
-    config = config_module.load(str(SAMPLE), {"edge_agent_state_dir": str(tmp_path)})
+    config = boards.load(str(SAMPLE), {"edge_agent_state_dir": str(tmp_path)})
     service = AgentService(config)  # the capture destination's checks run here
     try:
         credentials = credentials_provider(config, environ={})

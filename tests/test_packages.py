@@ -16,6 +16,7 @@ import package_cases as cases
 from fifo_helpers import fifo, returns
 
 from edge_agent import accelerators, archive, keys, model_builder, modelfile, packages
+from edge_agent import machine as machine_module
 from edge_agent.archive import Limits
 from edge_agent.errors import AgentError, StatusCode
 
@@ -187,8 +188,8 @@ def test_unknown_targets_are_invalid(text):
                                                 ("armv7l", "armv7l"), ("armv8l", "armv7l"),
                                                 ("x86_64", "x86_64"), ("AMD64", "x86_64")])
 def test_the_machine_architecture_is_normalised(monkeypatch, machine, canonical):
-    monkeypatch.setattr(accelerators.platform, "machine", lambda: machine)
-    assert accelerators.machine_architecture() == canonical
+    monkeypatch.setattr(machine_module.platform, "machine", lambda: machine)
+    assert machine_module.machine_architecture() == canonical
 
 
 def _manifest(target: packages.Target) -> packages.Manifest:
@@ -197,7 +198,7 @@ def _manifest(target: packages.Target) -> packages.Manifest:
 
 
 def test_a_manifest_for_another_architecture_is_refused_naming_both(monkeypatch):
-    monkeypatch.setattr(accelerators.platform, "machine", lambda: "arm64")
+    monkeypatch.setattr(machine_module.platform, "machine", lambda: "arm64")
     packages.check_target(_manifest(packages.Target("aarch64")), "p")  # alias of this machine
     with refused() as e:
         packages.check_target(_manifest(packages.Target("x86_64")), "p")
@@ -205,13 +206,13 @@ def test_a_manifest_for_another_architecture_is_refused_naming_both(monkeypatch)
 
 
 def test_an_edgetpu_target_needs_the_edgetpu_delegate(monkeypatch):
-    target = packages.Target(accelerators.machine_architecture(), "edgetpu")
+    target = packages.Target(machine_module.machine_architecture(), "edgetpu")
     assert "edgetpu" not in accelerators.available_accelerators()  # no Coral on the test machine
     with refused() as e:
         packages.check_target(_manifest(target), "p")
     assert "edgetpu" in e.value.message and "available: cpu" in e.value.message
     # The check asks the accelerator probe, so a machine with an Edge TPU accepts it.
-    monkeypatch.setitem(accelerators.ACCELERATOR_PROBES, "edgetpu", lambda: True)
+    monkeypatch.setitem(accelerators.ACCELERATOR_PROBES, "edgetpu", lambda settings: True)
     packages.check_target(_manifest(target), "p")
 
 

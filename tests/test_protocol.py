@@ -1,23 +1,39 @@
-"""The sans-IO framing: no sockets, just bytes in and frames out."""
+"""The sans-IO framing: no sockets, just bytes in and frames out.
+
+Every splitting test runs on both splitters, the compiled one and its pure-Python twin
+(edge_agent._framing_py), and a property holds them to splitting any stream alike.
+"""
 from __future__ import annotations
 
+import os
 import struct
+import subprocess
+import sys
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import edge_agent._framing
-from edge_agent import protocol
+import edge_agent._framing_py
+from edge_agent import errors, protocol
 from edge_agent.errors import StatusCode
 from edge_agent.protocol import (HEADER, FrameDecoder, FramingError, Kind, Method, encode_error,
                                  encode_reply, encode_request)
 
 LIMIT = 1 << 20
+SPLITTERS = {"compiled": edge_agent._framing.FrameSplitter,
+             "python": edge_agent._framing_py.FrameSplitter}
 
 
-def decode_all(chunks, limit=LIMIT):
-    decoder = FrameDecoder(limit)
+@pytest.fixture(params=sorted(SPLITTERS), scope="module")
+def splitter(request):
+    """Each splitter in turn (module scope: a class, shared safely by Hypothesis examples)."""
+    return SPLITTERS[request.param]
+
+
+def decode_all(chunks, splitter, limit=LIMIT):
+    decoder = FrameDecoder(limit, splitter)
     frames = []
     for chunk in chunks:
         decoder.feed(chunk)
@@ -44,10 +60,10 @@ def test_header_layout_is_as_documented():
     assert frame[16:] == b"body" and HEADER.size == 16
 
 
-def test_round_trip_of_each_kind():
+def test_round_trip_of_each_kind(splitter):
     stream = (encode_request(Method.PREDICT, 1, b"abc") + encode_reply(Method.PREDICT, 2, b"")
               + encode_error(StatusCode.NOT_FOUND, 3, "no model", Method.DESCRIBE_MODEL))
-    frames, decoder = decode_all([stream])
+    frames, decoder = decode_all([stream], splitter)
     assert [(f.kind, f.method, f.status, f.request_id, f.body) for f in frames] == [
         (Kind.REQUEST, Method.PREDICT, 0, 1, b"abc"),
         (Kind.REPLY, Method.PREDICT, 0, 2, b""),
@@ -64,19 +80,19 @@ frame_specs = st.lists(
 
 @settings(max_examples=300, deadline=None)
 @given(specs=frame_specs, data=st.data())
-def test_any_split_of_a_stream_yields_the_same_frames(specs, data):
+def test_any_split_of_a_stream_yields_the_same_frames(splitter, specs, data):
     stream = b"".join(encode_request(m, rid, body) for m, rid, body in specs)
     cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=20)))
     chunks = [stream[a:b] for a, b in zip([0] + cuts, cuts + [len(stream)])]
-    frames, decoder = decode_all(chunks)
+    frames, decoder = decode_all(chunks, splitter)
     assert [(f.method, f.request_id, f.body) for f in frames] == specs
     assert decoder.pending_bytes == 0
 
 
 @settings(max_examples=200, deadline=None)
 @given(garbage=st.binary(min_size=1, max_size=200))
-def test_garbage_never_crashes_and_is_refused_or_waited_for(garbage):
-    decoder = FrameDecoder(LIMIT)
+def test_garbage_never_crashes_and_is_refused_or_waited_for(splitter, garbage):
+    decoder = FrameDecoder(LIMIT, splitter)
     decoder.feed(garbage)
     try:
         frames = list(decoder.frames())
@@ -87,40 +103,40 @@ def test_garbage_never_crashes_and_is_refused_or_waited_for(garbage):
     assert sum(len(f.body) + HEADER.size for f in frames) + decoder.pending_bytes == len(garbage)
 
 
-def test_bad_magic_is_refused():
-    decoder = FrameDecoder(LIMIT)
+def test_bad_magic_is_refused(splitter):
+    decoder = FrameDecoder(LIMIT, splitter)
     decoder.feed(b"GET / HTTP/1.1\r\n\r\n")
     with pytest.raises(FramingError, match="not an edge-agent frame") as info:
         list(decoder.frames())
     assert info.value.code == StatusCode.INVALID_ARGUMENT and info.value.request_id == 0
 
 
-def test_unknown_version_is_refused_with_the_request_id():
+def test_unknown_version_is_refused_with_the_request_id(splitter):
     frame = bytearray(encode_request(Method.PREDICT, 77, b""))
     frame[2] = 9
-    decoder = FrameDecoder(LIMIT)
+    decoder = FrameDecoder(LIMIT, splitter)
     decoder.feed(bytes(frame))
     with pytest.raises(FramingError, match="version 9") as info:
         list(decoder.frames())
     assert info.value.request_id == 77
 
 
-def test_oversize_length_is_refused_from_the_header_alone():
+def test_oversize_length_is_refused_from_the_header_alone(splitter):
     header = HEADER.pack(b"EA", 1, Kind.REQUEST, Method.PREDICT, 0, 5, 2**32 - 1)
-    decoder = FrameDecoder(LIMIT)
+    decoder = FrameDecoder(LIMIT, splitter)
     decoder.feed(header)  # no body byte sent: the limit is checked before buffering any
     with pytest.raises(FramingError, match="exceeds the limit") as info:
         list(decoder.frames())
     assert info.value.code == StatusCode.RESOURCE_EXHAUSTED and info.value.request_id == 5
 
 
-def test_a_body_at_the_limit_is_accepted():
-    frames, _ = decode_all([encode_request(Method.PREDICT, 1, b"x" * 1000)], limit=1000)
+def test_a_body_at_the_limit_is_accepted(splitter):
+    frames, _ = decode_all([encode_request(Method.PREDICT, 1, b"x" * 1000)], splitter, limit=1000)
     assert frames[0].body == b"x" * 1000
 
 
-def test_a_failed_stream_stays_failed():
-    decoder = FrameDecoder(LIMIT)
+def test_a_failed_stream_stays_failed(splitter):
+    decoder = FrameDecoder(LIMIT, splitter)
     decoder.feed(b"XX" + b"\0" * 14)
     with pytest.raises(FramingError):
         list(decoder.frames())
@@ -129,17 +145,17 @@ def test_a_failed_stream_stays_failed():
         list(decoder.frames())
 
 
-def test_a_frame_cut_short_is_reported_at_end_of_stream():
+def test_a_frame_cut_short_is_reported_at_end_of_stream(splitter):
     frame = encode_request(Method.PREDICT, 1, b"0123456789")
-    frames, decoder = decode_all([frame[:20]])
+    frames, decoder = decode_all([frame[:20]], splitter)
     assert frames == [] and decoder.pending_bytes == 20
     with pytest.raises(FramingError, match="middle of a frame"):
         decoder.end_of_stream()
 
 
-def test_consumed_bytes_are_released_during_a_long_burst():
+def test_consumed_bytes_are_released_during_a_long_burst(splitter):
     # A partial frame is always pending, so the buffer never empties by itself.
-    decoder = FrameDecoder(LIMIT)
+    decoder = FrameDecoder(LIMIT, splitter)
     frame = encode_request(Method.PREDICT, 1, b"y" * 1000)
     decoder.feed(frame[:500])
     for _ in range(2000):
@@ -147,3 +163,117 @@ def test_consumed_bytes_are_released_during_a_long_burst():
         assert len(list(decoder.frames())) == 1
         assert decoder.buffered_bytes < 3 * 65536
     assert decoder.pending_bytes == 500
+
+
+# --- the two splitters are one ----------------------------------------------------------------
+
+def _run(splitter_type, max_body: int, chunks: list[bytes]) -> list:
+    """Everything a splitter says about a stream fed in `chunks`: after each chunk its counters
+    and the frames it hands back, ended by the error that stops it (code, message, id)."""
+    splitter = splitter_type(max_body)
+    said = []
+    for chunk in chunks:
+        splitter.feed(chunk)
+        said.append(("counts", splitter.pending, splitter.needed, splitter.buffered))
+        try:
+            while (frame := splitter.next()) is not None:
+                said.append(("frame", *frame))
+            said.append(("then", splitter.pending, splitter.needed, splitter.buffered))
+        except errors.FramingError as e:
+            said.append(("error", int(e.code), e.message, e.request_id, str(e)))
+            try:  # and it stays failed, alike
+                splitter.next()
+            except errors.FramingError as again:
+                said.append(("again", int(again.code), again.message, again.request_id))
+            return said
+    return said
+
+
+def _pieces(draw) -> bytes:
+    """A stream of valid frames (some large enough for the buffer's compaction), headers with
+    a bad magic, version or length, and raw bytes, in any order."""
+    frame = st.builds(encode_request, st.integers(0, 0xFFFF), st.integers(0, 2**32 - 1),
+                      st.one_of(st.binary(max_size=64),
+                                # past 64 KiB consumed, the buffer drops what was read
+                                st.integers(65000, 70000).map(bytes)))
+    reply = st.builds(encode_error, st.integers(0, 0xFFFF), st.integers(0, 2**32 - 1),
+                      st.text(max_size=20), st.integers(0, 0xFFFF))
+    header = st.builds(lambda magic, version, kind, length, rid: HEADER.pack(
+        magic, version, kind, 1, 0, rid, length),
+        st.sampled_from([b"EA", b"EA", b"XX", b"E\0"]), st.sampled_from([1, 1, 0, 2, 255]),
+        st.integers(0, 255), st.sampled_from([0, 3, 100, 2**20, 2**32 - 1]),
+        st.integers(0, 2**32 - 1))
+    parts = draw(st.lists(st.one_of(frame, reply, header, st.binary(max_size=40)), max_size=8))
+    return b"".join(parts)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_the_two_splitters_split_any_stream_identically(data):
+    stream = _pieces(data.draw)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=12)))
+    chunks = [stream[a:b] for a, b in zip([0] + cuts, cuts + [len(stream)])]
+    max_body = data.draw(st.sampled_from([0, 10, 1000, 70000, LIMIT, 2**32 - 1, 2**64 - 1]))
+    compiled = _run(SPLITTERS["compiled"], max_body, chunks)
+    assert _run(SPLITTERS["python"], max_body, chunks) == compiled
+
+
+def test_the_two_splitters_refuse_the_same_limits():
+    for bad in (-1, 2**64, "10"):
+        raised = []
+        for splitter_type in SPLITTERS.values():
+            with pytest.raises((OverflowError, TypeError)) as info:
+                splitter_type(bad)
+            raised.append(info.type)
+        assert raised[0] is raised[1], bad
+    assert SPLITTERS["python"](2**64 - 1).max_body == SPLITTERS["compiled"](2**64 - 1).max_body
+
+
+def test_both_splitters_raise_the_one_framing_error_of_errors_py():
+    assert protocol.FramingError is errors.FramingError
+    for splitter_type in SPLITTERS.values():
+        splitter = splitter_type(LIMIT)
+        splitter.feed(b"XY" + bytes(14))
+        with pytest.raises(errors.FramingError) as info:
+            splitter.next()
+        assert info.value.code == StatusCode.INVALID_ARGUMENT
+        assert str(info.value) == info.value.message == \
+            "not an edge-agent frame: expected magic 'EA', got 5859"
+
+
+def _python(code: str, **env) -> subprocess.CompletedProcess:
+    # Run from the directory the package under test was imported from (site-packages under
+    # QEMU), so the child imports that same package.
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=os.path.dirname(os.path.dirname(edge_agent._framing_py.__file__)),
+                          env={**os.environ, **env}, timeout=120)
+
+
+def test_edge_agent_purepython_forces_the_twin():
+    code = "from edge_agent import protocol; print(protocol.FrameSplitter.__module__)"
+    assert _python(code, EDGE_AGENT_PUREPYTHON="1").stdout.split() == ["edge_agent._framing_py"]
+    assert _python(code, EDGE_AGENT_PUREPYTHON="0").stdout.split() == ["edge_agent._framing"]
+
+
+def test_the_client_imports_and_frames_without_a_compiled_build():
+    # None in sys.modules makes an import fail with ImportError, as a missing build does.
+    code = """if True:
+        import sys
+        for name in ("_framing", "_shm", "_metrics"):
+            sys.modules["edge_agent." + name] = None
+        from edge_agent import protocol
+        from edge_agent.client import AgentClient
+        from edge_agent.protocol import FrameDecoder, Method, encode_request
+        decoder = FrameDecoder(100)
+        decoder.feed(encode_request(Method.LIST_MODELS, 7, b"hi"))
+        print(protocol.FrameSplitter.__module__, list(decoder.frames())[0].request_id)
+        try:
+            from edge_agent.shm_client import SysVSegment
+            SysVSegment.create(10)
+        except ImportError as e:
+            print("segments need the build:", e.name)
+    """
+    run = _python(code)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines() == ["edge_agent._framing_py 7",
+                                       "segments need the build: edge_agent._shm"]

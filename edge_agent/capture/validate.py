@@ -12,8 +12,8 @@ import uuid
 from typing import Callable, Optional
 
 from edge_agent import agent_pb2 as pb
+from edge_agent.api import check_model_name
 from edge_agent.errors import AgentError, StatusCode, invalid_argument
-from edge_agent.service import check_model_name
 from edge_agent.tensors import byte_length, data_type_name, dtype_of, format_shape
 
 # Clocks of the application and the agent read the same system clock on a board, but a
