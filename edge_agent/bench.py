@@ -18,7 +18,6 @@ import tempfile
 import time
 from typing import Callable
 
-import numpy as np
 
 from edge_agent import model_builder
 from edge_agent.launch import agent_command
