@@ -26,6 +26,40 @@ class _CapData(ctypes.Structure):
                 ("inheritable", ctypes.c_uint32)]
 
 
+def reachable_by_others(*paths: str) -> str | None:
+    """None if a user in no group of the owners can read every path (its directories searched
+    on the way); else the first path that user cannot reach. The tests that run this Python,
+    the installed packages or the checkout as another user need it (a checkout under /root
+    is not)."""
+    for path in paths:
+        current = os.path.realpath(path)
+        chain = [current]
+        while current != os.path.dirname(current):
+            current = os.path.dirname(current)
+            chain.append(current)
+        for i, step in enumerate(chain):
+            mode = os.stat(step).st_mode
+            need = 0o005 if i or os.path.isdir(step) else 0o004  # x to pass, r to read
+            if mode & need != need:
+                return step
+    return None
+
+
+def project_unreachable_reason() -> str | None:
+    """Why a forked child that became another user cannot go on importing the agent's lazy
+    modules (None if it can): the edge_agent package and the installed dependencies must be
+    readable by others (a checkout or a venv under /root is not)."""
+    import edge_agent
+    import google.protobuf
+    import numpy
+
+    blocked = reachable_by_others(*(os.path.dirname(m.__file__)
+                                    for m in (edge_agent, google.protobuf, numpy)))
+    if blocked is None:
+        return None
+    return f"another user cannot reach {blocked}, so it cannot run the agent from here"
+
+
 def become(uid: int, gid: int, groups: tuple[int, ...] = (), capabilities: tuple[int, ...] = ()):
     """Switch this (forked) process to uid/gid with exactly `capabilities` effective."""
     libc = ctypes.CDLL(None, use_errno=True)

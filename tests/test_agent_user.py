@@ -34,7 +34,11 @@ def _preload_agent() -> None:
         importlib.import_module(name)
     runtime.interpreter_module()
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch users")
+from privileges import project_unreachable_reason
+
+pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch users"),
+              pytest.mark.skipif(project_unreachable_reason() is not None,
+                                 reason=str(project_unreachable_reason()))]
 
 
 @pytest.fixture

@@ -49,7 +49,8 @@ def other_users():
     that user may execute)."""
     if os.geteuid() != 0 or shutil.which("setpriv") is None:
         pytest.skip("needs root and setpriv (util-linux) to run processes as other users")
-    probe = subprocess.run([*setpriv(AGENT_UID, "ipc_owner"), sys.executable, "-c", "pass"],
+    probe = subprocess.run([*setpriv(AGENT_UID, "ipc_owner"), sys.executable, "-c",
+                            "import edge_agent.service, google.protobuf, grpc"],
                            capture_output=True, text=True)
     if probe.returncode != 0:
         pytest.skip(f"this Python cannot run as another user here: {probe.stderr.strip()}")
