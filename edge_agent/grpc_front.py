@@ -54,6 +54,7 @@ MAX_HEADER_LIST = 16 * 1024
 # by at most MAX_REFUSING threads at once; beyond, it is closed unanswered.
 REFUSAL_SECONDS = 2.0
 MAX_REFUSING = 4
+MAX_MESSAGE_BYTES = 1024  # of an error message, in grpc-message
 _TIMEOUT = re.compile(rb"(\d{1,8})([HMSmun])")
 _TIMEOUT_UNIT = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"n": 1e-9}
 _RESPONSE_HEADERS = [(b":status", b"200"), (b"content-type", b"application/grpc"),
@@ -62,9 +63,15 @@ _RESPONSE_HEADERS = [(b":status", b"200"), (b"content-type", b"application/grpc"
 
 def percent_encode(message: str) -> bytes:
     """grpc-message as the gRPC spec has it: UTF-8, every byte outside printable ASCII and
-    '%' itself as %XX. Surrounding blanks go (a header value cannot carry them)."""
+    '%' itself as %XX. Surrounding blanks go (a header value cannot carry them). Only the
+    first MAX_MESSAGE_BYTES of UTF-8 are sent, then "...": the header stays well under the
+    8 KiB of metadata gRPC clients accept (an encoded byte takes up to 3), and HPACK's cost,
+    which grows with the square of a header's length, stays small."""
+    raw = message.strip().encode("utf-8", "replace")
+    if len(raw) > MAX_MESSAGE_BYTES:  # cut at a character's boundary, not inside one
+        raw = raw[:MAX_MESSAGE_BYTES].decode("utf-8", "ignore").encode("utf-8") + b"..."
     return "".join(chr(b) if 0x20 <= b <= 0x7E and b != 0x25 else f"%{b:02X}"
-                   for b in message.strip().encode("utf-8", "replace")).encode("ascii")
+                   for b in raw).encode("ascii")
 
 
 def parse_timeout(value: bytes) -> float | None:

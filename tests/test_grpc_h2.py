@@ -248,6 +248,14 @@ def test_grpc_message_is_percent_encoded():
     assert percent_encode("a\r\nb") == b"a%0D%0Ab"
 
 
+def test_grpc_message_is_cut_at_a_character_boundary():
+    assert percent_encode("x" * 1024) == b"x" * 1024  # the limit itself is kept whole
+    assert percent_encode("x" * 5000) == b"x" * 1024 + b"..."
+    # 1023 bytes of "x", then a 2-byte character that would straddle the limit: left out.
+    assert percent_encode("x" * 1023 + "\u00e9" * 10) == b"x" * 1023 + b"..."
+    assert percent_encode("\u00e9" * 20000) == b"%C3%A9" * 512 + b"..."
+
+
 @pytest.mark.parametrize("value, seconds", [
     (b"5S", 5.0), (b"100m", 0.1), (b"2M", 120.0), (b"1H", 3600.0), (b"250u", 250e-6),
     (b"7n", 7e-9), (b"", None), (b"5", None), (b"123456789S", None), (b"-1S", None)])
