@@ -192,9 +192,9 @@ class GrpcServer:
             log.exception("a gRPC connection (pid %d) failed with an internal error",
                           connection.caller.pid)
         finally:
-            connection.close()
-            with self._lock:
+            with self._lock:  # first: a client that saw the close may connect again at once
                 self._connections.discard(connection)
+            connection.close()
 
 
 def _refuse(sock: socket.socket, reason: str) -> None:
@@ -240,7 +240,10 @@ class GrpcConnection:
         self.max_message = server.config.edge_agent_max_frame_bytes
         self.send_timeout = server.config.edge_agent_send_timeout_seconds
         self.request_timeout = server.config.edge_agent_frame_timeout_seconds
-        self._receive_timeout_armed = False
+        self.idle_timeout = server.config.edge_agent_idle_timeout_seconds
+        self._receive_timeout = 0.0  # what SO_RCVTIMEO is set to now (0: wait for ever)
+        # When the connection last had a call open or received bytes: the idle clock's start.
+        self._active_at = time.monotonic()
         # What we send is ours and well-formed: h2 need not check it again on every call.
         self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(
             client_side=False, header_encoding=None, validate_outbound_headers=False,
@@ -271,13 +274,18 @@ class GrpcConnection:
             self.h2.max_inbound_frame_size = MAX_FRAME
             self.h2.increment_flow_control_window(CONNECTION_WINDOW)
             self._flush()
+        self._arm_receive_timeout(self.idle_timeout)  # even the preface may never come
         buffer = bytearray(RECV_BYTES)
         while True:
             try:
                 n = self.sock.recv_into(buffer)
-            except BlockingIOError:  # SO_RCVTIMEO: nothing came while a request was incomplete
+            except BlockingIOError:  # SO_RCVTIMEO: nothing came for as long as it allows
                 n = None
+            if n is None and self._waited_idle():
+                return
             if n is None or self._request_stalled():
+                if n is None and not self._incomplete():
+                    continue  # a call ran meanwhile: the idle clock starts again from its end
                 log.info("closing a gRPC connection (pid %d): a request was not completed within "
                          "%g s (edge_agent_frame_timeout_seconds)", self.caller.pid,
                          self.request_timeout)
@@ -296,17 +304,50 @@ class GrpcConnection:
                     self._on_event(event)
                 self._flush()
                 self._cond.notify_all()  # a WINDOW_UPDATE may free a waiting reply
-                self._arm_receive_timeout(any(not c.answered for c in self._calls.values()))
+                self._active_at = time.monotonic()
+                self._arm_receive_timeout(
+                    self.request_timeout if self._incomplete() else self.idle_timeout)
             if any(isinstance(e, h2.events.ConnectionTerminated) for e in events):
                 return
 
-    def _arm_receive_timeout(self, incomplete: bool) -> None:
-        """As on the framed socket: the kernel bounds the wait for the rest of a request
-        (SO_RCVTIMEO), armed only while one is incomplete, so an idle connection costs nothing."""
-        if incomplete != self._receive_timeout_armed:
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
-                                 timeval(self.request_timeout if incomplete else 0))
-            self._receive_timeout_armed = incomplete
+    def _arm_receive_timeout(self, seconds: float) -> None:
+        """As on the framed socket, the kernel bounds the wait (SO_RCVTIMEO): for the rest of
+        a request while one is incomplete, else for the next one (the idle timeout; 0: for
+        ever). The option is set only when the bound changes, never per read."""
+        if seconds != self._receive_timeout:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval(seconds))
+            self._receive_timeout = seconds
+
+    def _incomplete(self) -> bool:
+        with self._cond:
+            return any(not c.answered for c in self._calls.values())
+
+    def _waited_idle(self) -> bool:
+        """After SO_RCVTIMEO fired with no request incomplete: True (and a GOAWAY sent) if no
+        call has been open for edge_agent_idle_timeout_seconds; else the wait is re-armed for
+        what is left. A call that outlasts the timeout is never cut: the clock starts when
+        the connection's last call ends (workers answer while this thread waits in recv)."""
+        with self._cond:
+            if not self.idle_timeout or any(not c.answered for c in self._calls.values()):
+                return False
+            now = time.monotonic()
+            if self._calls or self._running:
+                self._active_at = now
+            left = self._active_at + self.idle_timeout - now
+            if left > 0:
+                self._arm_receive_timeout(max(left, 0.001))
+                return False
+            log.info("closing a gRPC connection (pid %d) idle for %g s "
+                     "(edge_agent_idle_timeout_seconds)", self.caller.pid, self.idle_timeout)
+            # NO_ERROR: nothing was lost; a gRPC client reconnects for its next call.
+            self.h2.close_connection(ErrorCodes.NO_ERROR, additional_data=(
+                f"connection closed after {self.idle_timeout:g} s without a request "
+                "(edge_agent_idle_timeout_seconds); connect again").encode())
+            try:
+                self._flush()
+            except OSError:
+                pass
+            return True
 
     def _request_stalled(self) -> bool:
         """A request trickling in for longer than the frame timeout (bytes keep coming, so
@@ -408,6 +449,7 @@ class GrpcConnection:
         finally:
             with self._cond:
                 self._running -= 1
+                self._active_at = time.monotonic()  # the idle clock starts again from here
                 self._cond.notify_all()
 
     def _send_reply(self, call: _Call, outcome: Outcome) -> None:

@@ -214,6 +214,59 @@ def test_a_request_left_incomplete_closes_its_connection(start_agent, tmp_path):
     assert "a request was not completed within 0.2 s" in agent.log()
 
 
+def _read_until_closed(sock: socket.socket) -> bytes:
+    """All the agent sends until it closes the connection (30 s at most per read)."""
+    received = b""
+    while chunk := sock.recv(65536):
+        received += chunk
+    return received
+
+
+def test_an_idle_connection_is_closed_and_frees_its_place(start_agent, tmp_path):
+    """As on the framed socket, a connection with no call open for
+    edge_agent_idle_timeout_seconds gets a GOAWAY and is closed: one that never even sent the
+    preface, and one that made a call and went quiet. Its place (edge_agent_max_connections)
+    goes to the next client."""
+    from hyperframe.frame import Frame, GoAwayFrame
+
+    path = str(tmp_path / "grpc.sock")
+    agent = start_agent(edge_agent_grpc_socket_path=path, edge_agent_idle_timeout_seconds=0.2,
+                        edge_agent_max_connections=1)
+    def last_frame(received: bytes):
+        while received:
+            frame, length = Frame.parse_frame_header(received[:9])
+            frame.parse_body(memoryview(received[9:9 + length]))
+            received = received[9 + length:]
+        return frame
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as silent:
+        silent.settimeout(30)
+        silent.connect(path)
+        goaway = last_frame(_read_until_closed(silent))
+    assert isinstance(goaway, GoAwayFrame) and goaway.error_code == 0
+    assert b"without a request (edge_agent_idle_timeout_seconds)" in goaway.additional_data
+
+    quiet = RawClient(path)  # the place is free again
+    try:
+        stream = quiet.call(headers(), message(b""))
+        # Read to the end before h2 sees any of it: the client writes nothing more, so it
+        # cannot trip over the closed connection.
+        events = quiet.h2.receive_data(_read_until_closed(quiet.sock))
+    finally:
+        quiet.close()
+    trailers = [dict(e.headers) for e in events if isinstance(e, h2.events.TrailersReceived)]
+    assert trailers == [{b"grpc-status": b"0"}]  # its call was served, then it went quiet
+    goaway = events[-1]
+    assert isinstance(goaway, h2.events.ConnectionTerminated)
+    assert (goaway.error_code, goaway.last_stream_id) == (0, stream)
+    assert "idle for 0.2 s (edge_agent_idle_timeout_seconds)" in agent.log()
+    again = RawClient(path)
+    try:
+        assert again.status(again.call(headers(), message(b""))) == (0, "")
+    finally:
+        again.close()
+
+
 def test_a_client_that_does_not_take_its_reply_is_disconnected(start_agent, tmp_path):
     """It reads, but never opens its flow-control window: the 256 KiB reply cannot be sent,
     and after edge_agent_send_timeout_seconds the connection goes, as on the framed socket."""
@@ -322,6 +375,54 @@ def test_stopping_sends_goaway_and_answers_the_call_in_progress(tmp_path, model_
             stopper.join()
         else:
             server.stop(grace=0)
+        service.close()
+
+
+def test_a_call_longer_than_the_idle_timeout_is_not_cut(tmp_path, model_files,
+                                                       recording_delegate):
+    """The idle clock runs only while no call is open: a call held in the runtime (the test
+    delegate's barrier) for many idle timeouts is answered, and the connection serves on."""
+    import time
+
+    from capture_helpers import wait_for
+
+    from edge_agent import config, grpc_front, model_builder
+    from edge_agent.service import AgentService
+    from edge_agent.tensors import add_array
+
+    record = tmp_path / "record.txt"
+    settings = config.from_mapping({
+        "edge_agent_socket_path": str(tmp_path / "unused.sock"),
+        "edge_agent_grpc_socket_path": str(tmp_path / "grpc.sock"),
+        "edge_agent_state_dir": str(tmp_path / "state"),
+        "edge_agent_idle_timeout_seconds": 0.05,
+        "edge_agent_allow_unsigned_models": True, "edge_agent_num_threads": 1,
+        "edge_agent_delegate": "external", "edge_agent_delegate_library": recording_delegate,
+        "edge_agent_delegate_options": {"rendezvous": 2, "rendezvous_seconds": 60,
+                                        "record_to": str(record)}})
+    service = AgentService(settings)
+    for name in ("held", "partner"):
+        service.load_model(pb.LoadModelRequest(name=name, url=str(model_files["add"])))
+    server = grpc_front.start(service, settings)
+    inputs = model_builder.add_model().sample_inputs(seed=5)
+    requests = {}
+    for name in ("held", "partner"):
+        requests[name] = pb.PredictRequest(name=name)
+        for tensor, array in inputs.items():
+            add_array(requests[name].tensors, tensor, array)
+    client = RawClient(settings.edge_agent_grpc_socket_path)
+    try:
+        stream = client.call(headers(path=f"/{GRPC_SERVICE}/Predict".encode()),
+                             message(requests["held"].SerializeToString()))
+        wait_for(lambda: "arrive" in record.read_text(), what="the call inside the runtime")
+        time.sleep(0.5)  # ten idle timeouts pass while the call is held (no bound asserted)
+        service.predict(requests["partner"])  # meets the held call at the barrier
+        assert client.status(stream) == (0, "")
+        assert client.goaway is None
+        assert client.status(client.call(headers(), message(b""))) == (0, "")
+    finally:
+        client.close()
+        server.stop(grace=0)
         service.close()
 
 
