@@ -34,6 +34,7 @@ from hyperframe.frame import GoAwayFrame
 from edge_agent.api import BY_GRPC_PATH, Api, Outcome
 from edge_agent.config import AgentConfig
 from edge_agent.errors import StatusCode
+from edge_agent.pending import PendingBudget
 from edge_agent.service import AgentService, Caller
 from edge_agent.unix_socket import (accept_until, bind_socket, peer_credentials,
                                     remove_socket_file, timeval)
@@ -45,7 +46,8 @@ RECV_BYTES = 256 * 1024
 MESSAGE_PREFIX = struct.Struct(">BI")
 # Receive windows: large enough that a message of some MiB streams in without waiting a
 # round trip per 64 KiB (the HTTP/2 default); what is buffered stays bounded by
-# edge_agent_max_frame_bytes per call and the calls a connection may have open.
+# edge_agent_max_frame_bytes per call and, for all clients of both fronts together, by
+# edge_agent_max_pending_bytes (edge_agent.pending).
 STREAM_WINDOW = 4 * 1024 * 1024
 CONNECTION_WINDOW = 16 * 1024 * 1024
 MAX_FRAME = 1024 * 1024  # fewer, larger DATA frames: less Python per byte
@@ -83,7 +85,7 @@ def parse_timeout(value: bytes) -> float | None:
 class _Call:
     """One stream: its request message as it arrives, until answered."""
     __slots__ = ("stream_id", "rpc", "deadline", "data", "length", "answered", "remote_closed",
-                 "started")
+                 "started", "held")
 
     def __init__(self, stream_id: int, rpc, deadline: float | None):
         self.started = time.monotonic()  # a request still incomplete after the frame timeout goes
@@ -94,14 +96,18 @@ class _Call:
         self.length: int | None = None  # the message length, once its prefix arrived
         self.answered = False  # a reply is on its way or sent: the rest of the stream is ignored
         self.remote_closed = False
+        self.held = 0  # bytes held against the agent's PendingBudget: until a worker takes it
 
 
 class GrpcServer:
     """Serves gRPC on path until stop(); start() binds and accepts in a thread of its own."""
 
-    def __init__(self, service: AgentService, config: AgentConfig, path: str | None = None):
+    def __init__(self, service: AgentService, config: AgentConfig, path: str | None = None,
+                 pending: PendingBudget | None = None):
         self.api = Api(service, service.metrics.call_counter("grpc"))
         self.config = config
+        # Shared with the framed socket when the agent runs both (cli); else this front's own.
+        self.pending = pending or PendingBudget(config.pending_budget_bytes)
         self.path = path or config.edge_agent_grpc_socket_path
         self.workers = ThreadPoolExecutor(config.edge_agent_grpc_max_workers,
                                           thread_name_prefix="edge-agent-grpc")
@@ -238,6 +244,8 @@ class GrpcConnection:
         self.sock = sock
         self.caller: Caller = peer_credentials(sock)
         self.max_message = server.config.edge_agent_max_frame_bytes
+        self.max_streams = server.config.edge_agent_grpc_max_workers
+        self.pending = server.pending
         self.send_timeout = server.config.edge_agent_send_timeout_seconds
         self.request_timeout = server.config.edge_agent_frame_timeout_seconds
         self.idle_timeout = server.config.edge_agent_idle_timeout_seconds
@@ -258,12 +266,11 @@ class GrpcConnection:
     # --- the reader thread ----------------------------------------------------------------
 
     def run(self) -> None:
-        max_streams = self.server.config.edge_agent_grpc_max_workers
         with self._cond:
             self.h2.initiate_connection()
             # Take effect when the client acknowledges them, as HTTP/2 has it.
             self.h2.update_settings({
-                SettingCodes.MAX_CONCURRENT_STREAMS: max_streams,
+                SettingCodes.MAX_CONCURRENT_STREAMS: self.max_streams,
                 SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
                 SettingCodes.MAX_FRAME_SIZE: MAX_FRAME,
                 SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST,
@@ -360,8 +367,9 @@ class GrpcConnection:
         if isinstance(event, h2.events.RequestReceived):
             self._on_request(event.stream_id, dict(event.headers))
         elif isinstance(event, h2.events.DataReceived):
-            # Acknowledged at once, whether kept or ignored: what is kept is bounded by
-            # the message limit, and an ignored stream must not stall the connection.
+            # Acknowledged at once, whether kept or ignored: what is kept is charged to the
+            # pending budget (a call past it is refused and its bytes dropped), and an
+            # ignored stream must not stall the connection.
             self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
             call = self._calls.get(event.stream_id)
             if call is not None and not call.answered:
@@ -369,10 +377,17 @@ class GrpcConnection:
         elif isinstance(event, h2.events.StreamEnded):  # also after the DATA that ended it
             self._on_end(event.stream_id)
         elif isinstance(event, h2.events.StreamReset):
-            self._calls.pop(event.stream_id, None)  # a worker's reply to it is dropped
+            call = self._calls.pop(event.stream_id, None)  # a worker's reply to it is dropped
+            if call is not None:
+                self._release(call)
 
     def _on_request(self, stream_id: int, headers: dict) -> None:
-        if self._draining:
+        # h2 enforces SETTINGS_MAX_CONCURRENT_STREAMS only once the client acknowledged it
+        # (then by closing the connection); until then the streams beyond it are refused
+        # here, so a connection never has more calls open than there are workers. Counted
+        # in our calls, not h2's open streams: h2 has already opened every stream of the
+        # chunk it was given when we see the first one.
+        if self._draining or len(self._calls) >= self.max_streams:
             self.h2.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
             return
         path = headers.get(b":path", b"").decode("utf-8", "replace")
@@ -390,6 +405,11 @@ class GrpcConnection:
             self._answer_now(call, self.server.api.unknown(path))
 
     def _on_data(self, call: _Call, data: bytes) -> None:
+        # Charged as it is buffered, as the framed socket charges its incomplete frames.
+        if not self.pending.change(call.held, call.held + len(data)):
+            self._answer_now(call, Outcome(StatusCode.RESOURCE_EXHAUSTED, self.pending.refusal()))
+            return
+        call.held += len(data)
         call.data += data
         if call.length is None and len(call.data) >= MESSAGE_PREFIX.size:
             compressed, call.length = MESSAGE_PREFIX.unpack_from(call.data)
@@ -421,21 +441,33 @@ class GrpcConnection:
         call.data = bytearray()
         self._running += 1
         try:
+            # Still charged while it waits for a worker: the queue is bounded by the budget.
             self.server.workers.submit(self._serve_call, call, body)
         except RuntimeError:  # the pool is shut down: the agent is stopping
             self._running -= 1
+            self._release(call)
             self._send_reply(call, Outcome(StatusCode.UNAVAILABLE, "the agent is stopping"))
 
     def _answer_now(self, call: _Call, outcome: Outcome) -> None:
         """Answer on the reader thread (the request is refused before it runs)."""
         call.answered = True
         call.data = bytearray()
+        self._release(call)
         self._send_reply(call, outcome)
+
+    def _release(self, call: _Call) -> None:
+        """Give back what the call holds of the pending budget (once: it then holds 0)."""
+        self.pending.change(call.held, 0)
+        call.held = 0
 
     # --- workers --------------------------------------------------------------------------
 
     def _serve_call(self, call: _Call, body: bytes) -> None:
         try:
+            with self._cond:
+                self._release(call)  # handed over: the body is the call's now
+                if self._closed or self._calls.get(call.stream_id) is not call:
+                    return  # reset, or its connection closed, while it waited: nobody to answer
             if call.deadline is not None and time.monotonic() > call.deadline:
                 outcome = Outcome(StatusCode.DEADLINE_EXCEEDED,
                                   "the call's deadline passed before it could start")
@@ -541,6 +573,8 @@ class GrpcConnection:
             if self._closed:
                 return
             self._closed = True
+            for call in self._calls.values():
+                self._release(call)
             self._cond.notify_all()
         self._shutdown_socket()
         self.sock.close()
@@ -556,7 +590,9 @@ def _not_one_message(call: _Call) -> Outcome:
                    "gRPC message")
 
 
-def start(service: AgentService, config: AgentConfig, path: str | None = None) -> GrpcServer:
+def start(service: AgentService, config: AgentConfig, path: str | None = None,
+          pending: PendingBudget | None = None) -> GrpcServer:
     """A started GrpcServer on path (default: edge_agent_grpc_socket_path); stop it with
-    .stop(grace). The socket file gets the same mode and group as the framed socket."""
-    return GrpcServer(service, config, path).start()
+    .stop(grace). The socket file gets the same mode and group as the framed socket; the
+    bytes of requests it receives count against `pending` (default: a budget of its own)."""
+    return GrpcServer(service, config, path, pending).start()

@@ -79,9 +79,17 @@ class RawClient:
                                                   event.stream_id)
             elif isinstance(event, (h2.events.StreamEnded, h2.events.StreamReset)):
                 entry["done"] = True
+                if isinstance(event, h2.events.StreamReset):
+                    entry["reset"] = event.error_code
             elif isinstance(event, h2.events.ConnectionTerminated):
                 self.goaway = event
         self.flush()
+
+    def settled(self) -> None:
+        """Wait for the agent's settings and connection window (then large messages fit)."""
+        while (self.h2.remote_settings.initial_window_size < 1 << 20
+               or self.h2.outbound_flow_control_window < 1 << 20):
+            self.receive()
 
     def status(self, stream_id: int) -> tuple[int, str]:
         reply = self.reply(stream_id)
@@ -265,6 +273,104 @@ def test_an_idle_connection_is_closed_and_frees_its_place(start_agent, tmp_path)
         assert again.status(again.call(headers(), message(b""))) == (0, "")
     finally:
         again.close()
+
+
+def test_streams_beyond_the_workers_are_refused_before_the_settings_are_acked(start_agent,
+                                                                             tmp_path):
+    """SETTINGS_MAX_CONCURRENT_STREAMS is edge_agent_grpc_max_workers; a client that opens
+    more streams before it acknowledged the setting (h2 enforces it only after) has the
+    extra ones refused (REFUSED_STREAM, safe to retry), and its other calls are served."""
+    from h2.errors import ErrorCodes
+
+    path = str(tmp_path / "grpc.sock")
+    start_agent(edge_agent_grpc_socket_path=path, edge_agent_grpc_max_workers=2)
+    client = RawClient(path)  # nothing received yet: the agent's settings are not acked
+    try:
+        body = message(b"")
+        streams = []
+        for _ in range(3):  # in one write: the agent may get all three in one chunk
+            streams.append(client.h2.get_next_available_stream_id())
+            client.h2.send_headers(streams[-1], headers())
+            client.h2.send_data(streams[-1], body[:2])
+        client.flush()
+        *open_calls, extra = streams
+        assert client.reply(extra).get("reset") == ErrorCodes.REFUSED_STREAM
+        for stream in open_calls:
+            client.h2.send_data(stream, body[2:], end_stream=True)
+        client.flush()
+        assert [client.status(stream) for stream in open_calls] == [(0, "")] * 2
+        assert client.status(client.call(headers(), body)) == (0, "")  # a place is free again
+    finally:
+        client.close()
+
+
+def _list_models_body(size: int) -> bytes:
+    """A ListModelsRequest of exactly `size` bytes (one unknown bytes field, 15), answered OK."""
+    length = size - 4  # the tag's byte and a 3-byte varint length
+    assert 1 << 14 <= length < 1 << 21
+    return bytes([0x7A, length & 0x7F | 0x80, length >> 7 & 0x7F | 0x80, length >> 14]) + \
+        bytes(length)
+
+
+def test_incomplete_requests_of_both_fronts_share_one_budget(start_agent, tmp_path):
+    """edge_agent_max_pending_bytes bounds what incomplete gRPC requests hold, together with
+    the framed socket's incomplete frames: past it, the gRPC call is answered
+    RESOURCE_EXHAUSTED with the framed socket's words, and a framed client is refused too.
+    The bytes are given back when a request is handed to a worker, reset, or its connection
+    ends; then the same requests fit again."""
+    from test_connections import _list_models_frame, wait_taken
+    from test_transport import closed_by_peer, raw_connection, read_replies
+
+    path = str(tmp_path / "grpc.sock")
+    agent = start_agent(edge_agent_grpc_socket_path=path, edge_agent_max_frame_bytes=65536,
+                        edge_agent_max_pending_bytes=200_000,
+                        edge_agent_frame_timeout_seconds=300.0)
+    refusal = ("incomplete frames of all clients would hold more than 200000 bytes "
+               "(edge_agent_max_pending_bytes); send the frame again later")
+    body = message(_list_models_body(65000))
+    head, rest = body[:60005], body[60005:]
+    client = RawClient(path)
+    try:
+        client.settled()
+        first, second, third = (client.call(headers(), head, end=False) for _ in range(3))
+        over = client.call(headers(), head, end=False)  # 4 x 60005 bytes: past 200000
+        assert client.status(over) == (8, refusal)
+        assert client.reply(over).get("reset") == 0  # the rest of it is not wanted
+
+        framed = raw_connection(agent)  # the same budget: 180015 + 30016 bytes do not fit
+        framed.sendall(_list_models_frame(1, 60000)[:30016])
+        [refused] = read_replies(framed)
+        assert (refused.status, refused.body.decode()) == (8, refusal)
+        assert closed_by_peer(framed)
+        framed.close()
+
+        client.h2.send_data(first, rest, end_stream=True)  # handed to a worker: given back
+        client.flush()
+        assert client.status(first) == (0, "")
+        again = client.call(headers(), body)
+        assert client.status(again) == (0, "")
+        client.h2.reset_stream(second)  # given back as the stream goes
+        client.flush()
+        client.sock.shutdown(socket.SHUT_WR)  # the third's share goes with the connection
+        _read_until_closed(client.sock)
+    finally:
+        client.close()
+    # Nothing is held any more: three framed clients may each hold all but a byte of the
+    # largest frame at once (196653 bytes; a leak of 3348 would refuse one), then finish.
+    frames = {request_id: _list_models_frame(request_id, 65536) for request_id in (2, 3, 4)}
+    holders = {request_id: raw_connection(agent) for request_id in frames}
+    try:
+        for request_id, sock in holders.items():
+            sock.sendall(frames[request_id][:-1])
+            wait_taken(sock)
+        for request_id, sock in holders.items():
+            sock.sendall(frames[request_id][-1:])
+            [reply] = read_replies(sock)
+            assert (reply.status, reply.request_id) == (0, request_id), reply.body
+    finally:
+        for sock in holders.values():
+            sock.close()
+    assert agent.alive()
 
 
 def test_a_client_that_does_not_take_its_reply_is_disconnected(start_agent, tmp_path):
