@@ -7,10 +7,12 @@ credentials once per connection and hands the same Caller to the service, so sha
 permissions are checked exactly as on the framed socket. One reader thread per connection
 feeds bytes to h2; each complete request runs on a worker pool shared by all connections
 (edge_agent_grpc_max_workers calls at once), so several calls on one HTTP/2 connection, and
-calls on different models, run in parallel. Writes to a connection take its lock; a worker
-whose reply is held back by HTTP/2 flow control waits on that lock's condition, which the
-reader signals when the peer opens its window. docs/PROTOCOL.md says why h2 and not grpcio
-or grpclib.
+calls on different models, run in parallel. Writes to a connection take its lock; what of
+a reply HTTP/2 flow control holds back waits in the connection's backlog, and the reader
+thread sends it as the peer opens its window: a worker never waits for a client. A watch
+thread, only while a backlog waits, closes a connection whose client does not take its
+replies for edge_agent_send_timeout_seconds. docs/PROTOCOL.md says why h2 and not grpcio or
+grpclib.
 """
 from __future__ import annotations
 
@@ -85,7 +87,7 @@ def parse_timeout(value: bytes) -> float | None:
 class _Call:
     """One stream: its request message as it arrives, until answered."""
     __slots__ = ("stream_id", "rpc", "deadline", "data", "length", "answered", "remote_closed",
-                 "started", "held")
+                 "started", "held", "reply")
 
     def __init__(self, stream_id: int, rpc, deadline: float | None):
         self.started = time.monotonic()  # a request still incomplete after the frame timeout goes
@@ -97,6 +99,7 @@ class _Call:
         self.answered = False  # a reply is on its way or sent: the rest of the stream is ignored
         self.remote_closed = False
         self.held = 0  # bytes held against the agent's PendingBudget: until a worker takes it
+        self.reply = memoryview(b"")  # what flow control has not let out yet of the reply
 
 
 class GrpcServer:
@@ -258,6 +261,9 @@ class GrpcConnection:
             normalize_outbound_headers=False))
         self._cond = threading.Condition()  # guards h2 and writes to sock
         self._calls: dict[int, _Call] = {}
+        self._backlog: dict[int, _Call] = {}  # calls whose reply waits for the peer's window
+        self._sent_at = 0.0  # when a reply in the backlog last made progress
+        self._watching = False  # a thread watches the backlog for a client that stopped reading
         self._running = 0  # calls handed to a worker, not yet answered
         self._draining = False
         self._closed = False
@@ -309,8 +315,9 @@ class GrpcConnection:
                     return
                 for event in events:
                     self._on_event(event)
+                self._send_backlog()  # a WINDOW_UPDATE may have made room
                 self._flush()
-                self._cond.notify_all()  # a WINDOW_UPDATE may free a waiting reply
+                self._cond.notify_all()  # the backlog's watch re-checks its clock
                 self._active_at = time.monotonic()
                 self._arm_receive_timeout(
                     self.request_timeout if self._incomplete() else self.idle_timeout)
@@ -378,6 +385,7 @@ class GrpcConnection:
             self._on_end(event.stream_id)
         elif isinstance(event, h2.events.StreamReset):
             call = self._calls.pop(event.stream_id, None)  # a worker's reply to it is dropped
+            self._backlog.pop(event.stream_id, None)
             if call is not None:
                 self._release(call)
 
@@ -485,51 +493,91 @@ class GrpcConnection:
                 self._cond.notify_all()
 
     def _send_reply(self, call: _Call, outcome: Outcome) -> None:
-        """Headers, the message and trailers, or trailers only for a failure. Holds the
-        condition's lock; waits on it while flow control holds the message back."""
+        """Headers, the message and trailers, or trailers only for a failure, as far as flow
+        control lets them go now; holds the condition's lock and never waits for the client:
+        what is held back goes to the backlog, which the reader thread sends later."""
         if self._calls.get(call.stream_id) is not call or self._closed:
             return  # reset by the client, or the connection is gone
-        stream_id = call.stream_id
         try:
             if outcome.code != StatusCode.OK:
-                self.h2.send_headers(stream_id, _RESPONSE_HEADERS + [
+                self.h2.send_headers(call.stream_id, _RESPONSE_HEADERS + [
                     (b"grpc-status", b"%d" % outcome.code),
                     (b"grpc-message", percent_encode(outcome.reply))], end_stream=True)
+                self._end_reply(call)
             else:
-                self.h2.send_headers(stream_id, _RESPONSE_HEADERS)
-                self._send_message(call, outcome.reply)
-                self.h2.send_headers(stream_id, [(b"grpc-status", b"0")], end_stream=True)
-            if not call.remote_closed:
-                # Answered before the request ended (refused early): the rest is not wanted.
-                self.h2.reset_stream(stream_id, ErrorCodes.NO_ERROR)
-        except (h2.exceptions.StreamClosedError, _Abandoned):
-            pass  # the client reset the stream or left: nobody is waiting for this reply
+                self.h2.send_headers(call.stream_id, _RESPONSE_HEADERS)
+                call.reply = memoryview(MESSAGE_PREFIX.pack(0, len(outcome.reply)) + outcome.reply)
+                self._send_more(call)
+        except h2.exceptions.StreamClosedError:
+            self._drop(call)  # the client reset the stream: nobody waits for this reply
         finally:
-            self._calls.pop(stream_id, None)
             self._flush()
 
-    def _send_message(self, call: _Call, message: bytes) -> None:
-        data = memoryview(MESSAGE_PREFIX.pack(0, len(message)) + message)
-        deadline = None
+    def _send_more(self, call: _Call) -> None:
+        """As much of the call's reply as the windows allow, then its trailers once all of it
+        is out; until then the call waits in the backlog."""
+        data = call.reply
         while data:
             room = min(self.h2.local_flow_control_window(call.stream_id),
                        self.h2.max_outbound_frame_size, len(data))
-            if room > 0:
-                self.h2.send_data(call.stream_id, data[:room].tobytes())
-                data = data[room:]
-                deadline = None
+            if room <= 0:
+                break
+            self.h2.send_data(call.stream_id, data[:room].tobytes())
+            data = data[room:]
+            self._sent_at = time.monotonic()
+        call.reply = data
+        if data:
+            if call.stream_id not in self._backlog:
+                self._backlog[call.stream_id] = call
+                self._watch_backlog()
+            return
+        self._backlog.pop(call.stream_id, None)
+        self.h2.send_headers(call.stream_id, [(b"grpc-status", b"0")], end_stream=True)
+        self._end_reply(call)
+
+    def _end_reply(self, call: _Call) -> None:
+        if not call.remote_closed:
+            # Answered before the request ended (refused early): the rest is not wanted.
+            self.h2.reset_stream(call.stream_id, ErrorCodes.NO_ERROR)
+        self._calls.pop(call.stream_id, None)
+
+    def _drop(self, call: _Call) -> None:
+        self._backlog.pop(call.stream_id, None)
+        self._calls.pop(call.stream_id, None)
+
+    def _send_backlog(self) -> None:
+        """On the reader thread, with the lock: send on the replies that wait for a window."""
+        for call in list(self._backlog.values()):
+            if self._calls.get(call.stream_id) is not call:
+                self._backlog.pop(call.stream_id, None)  # reset meanwhile
                 continue
-            self._flush()
-            now = time.monotonic()
-            deadline = deadline or now + self.send_timeout
-            if now >= deadline:
-                log.info("closing a gRPC connection (pid %d): the client has not read its reply "
-                         "for %g s", self.caller.pid, self.send_timeout)
-                self._shutdown_socket()
-                raise _Abandoned()
-            self._cond.wait(deadline - now)
-            if self._closed or self._calls.get(call.stream_id) is not call:
-                raise _Abandoned()
+            try:
+                self._send_more(call)
+            except h2.exceptions.StreamClosedError:
+                self._drop(call)
+
+    def _watch_backlog(self) -> None:
+        """Start the watch if none runs (with the lock held)."""
+        if not self._watching:
+            self._watching = True
+            self._sent_at = time.monotonic()
+            threading.Thread(target=self._watch, daemon=True,
+                             name="edge-agent-grpc-send").start()
+
+    def _watch(self) -> None:
+        """While replies wait for the client's window: close the connection once none made
+        progress for edge_agent_send_timeout_seconds (the reader then ends it, as for a
+        client that stops reading on the framed socket)."""
+        with self._cond:
+            while self._backlog and not self._closed:
+                left = self._sent_at + self.send_timeout - time.monotonic()
+                if left <= 0:
+                    log.info("closing a gRPC connection (pid %d): the client has not read its "
+                             "reply for %g s", self.caller.pid, self.send_timeout)
+                    self._shutdown_socket()  # wakes the reader, which closes the connection
+                    break
+                self._cond.wait(left)
+            self._watching = False
 
     # --- both -----------------------------------------------------------------------------
 
@@ -556,7 +604,7 @@ class GrpcConnection:
 
     def wait_idle(self, deadline: float) -> None:
         with self._cond:
-            while self._running and not self._closed:
+            while (self._running or self._backlog) and not self._closed:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return
@@ -578,10 +626,6 @@ class GrpcConnection:
             self._cond.notify_all()
         self._shutdown_socket()
         self.sock.close()
-
-
-class _Abandoned(Exception):
-    """A reply nobody will read: its stream or connection went away while it waited."""
 
 
 def _not_one_message(call: _Call) -> Outcome:

@@ -401,6 +401,40 @@ def test_a_client_that_does_not_take_its_reply_is_disconnected(start_agent, tmp_
         assert [m.name for m in framed.list_models()] == ["wide"]  # still serving
 
 
+def test_a_client_that_does_not_open_its_window_holds_no_worker(start_agent, tmp_path):
+    """With one worker: a client's reply held back by its closed window waits on its own
+    connection, and another client's call is answered meanwhile (the worker is not waiting
+    for the window; edge_agent_send_timeout_seconds is far away)."""
+    from edge_agent import model_builder
+    from edge_agent.tensors import add_array
+
+    path = str(tmp_path / "grpc.sock")
+    agent = start_agent(edge_agent_grpc_socket_path=path, edge_agent_grpc_max_workers=1,
+                        edge_agent_send_timeout_seconds=600)
+    built = model_builder.add_model((1, 1 << 16))
+    with agent.client() as framed:
+        framed.load_model("wide", str(built.write(tmp_path / "wide.tflite")))
+    request = pb.PredictRequest(name="wide")
+    for name, array in built.sample_inputs().items():
+        add_array(request.tensors, name, array)
+    greedy = RawClient(path)
+    try:
+        greedy.settled()  # room for the 512 KiB request
+        greedy.call(headers(path=f"/{GRPC_SERVICE}/Predict".encode()),
+                    message(request.SerializeToString()))
+        received = 0
+        while received < 65535:  # the reply fills the client's default window: it waits
+            received += len(greedy.sock.recv(65536))  # read, acknowledge nothing
+        other = RawClient(path)
+        try:
+            assert other.status(other.call(headers(), message(b""))) == (0, "")
+        finally:
+            other.close()
+    finally:
+        greedy.close()
+    assert agent.alive()
+
+
 def test_grpc_message_is_percent_encoded():
     assert percent_encode("no model named 'x' (100%)") == b"no model named 'x' (100%25)"
     assert percent_encode("caf\u00e9\n") == b"caf%C3%A9"  # UTF-8; blanks at the ends go
