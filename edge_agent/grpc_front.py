@@ -508,7 +508,7 @@ class GrpcConnection:
                 self.h2.send_headers(call.stream_id, _RESPONSE_HEADERS)
                 call.reply = memoryview(MESSAGE_PREFIX.pack(0, len(outcome.reply)) + outcome.reply)
                 self._send_more(call)
-        except h2.exceptions.StreamClosedError:
+        except h2.exceptions.ProtocolError:  # StreamClosedError, or a stream h2 closed itself
             self._drop(call)  # the client reset the stream: nobody waits for this reply
         finally:
             self._flush()
@@ -553,7 +553,7 @@ class GrpcConnection:
                 continue
             try:
                 self._send_more(call)
-            except h2.exceptions.StreamClosedError:
+            except h2.exceptions.ProtocolError:
                 self._drop(call)
 
     def _watch_backlog(self) -> None:

@@ -566,6 +566,70 @@ def test_a_call_longer_than_the_idle_timeout_is_not_cut(tmp_path, model_files,
         service.close()
 
 
+def test_a_queued_call_of_a_closed_connection_is_not_run(tmp_path, model_files,
+                                                        recording_delegate):
+    """One worker, held in the runtime (the test delegate's barrier): a call queued behind it
+    whose client has gone is skipped, not run, when the worker is free; calls queued after
+    it are served (the call counters show which ran)."""
+    from capture_helpers import wait_for
+
+    from edge_agent import config, grpc_front, model_builder
+    from edge_agent.service import AgentService
+    from edge_agent.tensors import add_array
+
+    record = tmp_path / "record.txt"
+    settings = config.from_mapping({
+        "edge_agent_socket_path": str(tmp_path / "unused.sock"),
+        "edge_agent_grpc_socket_path": str(tmp_path / "grpc.sock"),
+        "edge_agent_state_dir": str(tmp_path / "state"),
+        "edge_agent_grpc_max_workers": 1,
+        "edge_agent_allow_unsigned_models": True, "edge_agent_num_threads": 1,
+        "edge_agent_delegate": "external", "edge_agent_delegate_library": recording_delegate,
+        "edge_agent_delegate_options": {"rendezvous": 2, "rendezvous_seconds": 60,
+                                        "record_to": str(record)}})
+    service = AgentService(settings)
+    for name in ("held", "partner"):
+        service.load_model(pb.LoadModelRequest(name=name, url=str(model_files["add"])))
+    server = grpc_front.start(service, settings)
+    inputs = model_builder.add_model().sample_inputs(seed=5)
+    requests = {}
+    for name in ("held", "partner"):
+        requests[name] = pb.PredictRequest(name=name)
+        for tensor, array in inputs.items():
+            add_array(requests[name].tensors, tensor, array)
+
+    def grpc_calls(rpc: str) -> int:
+        return sum(c.count for c in service.get_metrics().calls
+                   if (c.front, c.rpc) == ("grpc", rpc))
+
+    def grpc_connections() -> int:
+        return sum(c.open for c in service.get_metrics().connections if c.front == "grpc")
+
+    holder = RawClient(settings.edge_agent_grpc_socket_path)
+    try:
+        held = holder.call(headers(path=f"/{GRPC_SERVICE}/Predict".encode()),
+                           message(requests["held"].SerializeToString()))
+        wait_for(lambda: "arrive" in record.read_text(), what="the call inside the runtime")
+        gone = RawClient(settings.edge_agent_grpc_socket_path)
+        gone.call(headers(), message(b""))  # queued: read before the end of its stream
+        gone.sock.shutdown(socket.SHUT_WR)  # (a close with unread data would be a reset)
+        wait_for(lambda: grpc_connections() == 1, what="the closed connection to go")
+        gone.close()
+        late = RawClient(settings.edge_agent_grpc_socket_path)
+        try:
+            stream = late.call(headers(), message(b""))  # queued behind the one of `gone`
+            service.predict(requests["partner"])  # meets the held call: the worker is free
+            assert holder.status(held) == (0, "")
+            assert late.status(stream) == (0, "")
+        finally:
+            late.close()
+        assert grpc_calls("ListModels") == 1  # the late one's; the gone one's never ran
+    finally:
+        holder.close()
+        server.stop(grace=0)
+        service.close()
+
+
 def _frames_after_goaway(client: RawClient, stream_id: int) -> tuple[dict, bytes]:
     """The headers, trailers and data of one stream, read frame by frame: h2's client side
     takes nothing after a GOAWAY, though HTTP/2 lets the streams it spared finish."""
