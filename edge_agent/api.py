@@ -19,7 +19,7 @@ from typing import Any, Callable, NamedTuple
 from google.protobuf.message import DecodeError
 
 from edge_agent import agent_pb2 as pb
-from edge_agent.errors import AgentError, StatusCode, invalid_argument
+from edge_agent.errors import AgentError, StatusCode, invalid_argument, shown
 from edge_agent.protocol import Method
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ IN_PROCESS = Caller(os.getpid(), os.getuid(), os.getgid(), frozenset(os.getgroup
 def check_model_name(name: str) -> None:
     if not MODEL_NAME.fullmatch(name):
         raise invalid_argument(
-            f"model name {name!r} is not valid: use letters, digits and single or repeated "
+            f"model name {shown(name)!r} is not valid: use letters, digits and single or repeated "
             "dashes between them (^[a-zA-Z0-9](-*[a-zA-Z0-9])*$)")
 
 

@@ -74,6 +74,7 @@ def _run_agent(config_path: str | None, overrides: dict) -> int:
     from edge_agent import boards, systemd
     from edge_agent import config as config_module
     from edge_agent.capture.service import CaptureService
+    from edge_agent.pending import PendingBudget
     from edge_agent.server import ServerError, SocketServer
     from edge_agent.service import AgentService
 
@@ -96,7 +97,8 @@ def _run_agent(config_path: str | None, overrides: dict) -> int:
     except config_module.ConfigError as e:
         print(f"edge-agent: configuration error: {e}", file=sys.stderr)
         return 2
-    server = SocketServer(service, config)
+    pending = PendingBudget(config.pending_budget_bytes)  # one budget for both fronts
+    server = SocketServer(service, config, pending)
     try:
         server.bind()
     except ServerError as e:
@@ -106,7 +108,7 @@ def _run_agent(config_path: str | None, overrides: dict) -> int:
     if grpc_path:
         from edge_agent import grpc_front
         try:
-            grpc_server = grpc_front.start(service, config)
+            grpc_server = grpc_front.start(service, config, pending=pending)
         except (ServerError, OSError) as e:
             print(f"edge-agent: edge_agent_grpc_socket_path: {e}", file=sys.stderr)
             server.shutdown()

@@ -92,8 +92,9 @@ class AgentConfig:
         "request id 0), so idle clients cannot hold every place for ever; 0: never.",
         kind=float, minimum=0.0)
     edge_agent_max_pending_bytes: int = _setting(
-        0, "Bytes that incomplete frames of all clients together may hold; the client whose "
-        "frame would pass it gets RESOURCE_EXHAUSTED and is disconnected. 0: twice "
+        0, "Bytes that incomplete requests of all clients of both fronts together may hold; "
+        "a framed client whose frame would pass it gets RESOURCE_EXHAUSTED and is "
+        "disconnected, a gRPC call gets RESOURCE_EXHAUSTED. 0: twice "
         "edge_agent_max_frame_bytes.", minimum=0)
     edge_agent_send_timeout_seconds: float = _setting(
         30.0, "A client that does not read its reply for this long is disconnected.",

@@ -36,6 +36,17 @@ class StatusCode(enum.IntEnum):
             return cls.UNKNOWN
 
 
+# Client input quoted in an error message is cut to this many characters: a name or url
+# echoed whole would make every error as long as the input (and a gRPC header of it, too
+# large for clients to accept).
+SHOWN_INPUT_CHARS = 128
+
+
+def shown(text: str, limit: int = SHOWN_INPUT_CHARS) -> str:
+    """`text` as an error message quotes it: at most `limit` characters, then "..."."""
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 class AgentError(Exception):
     """A failed call: `code` says what kind of failure, `message` what to do about it."""
 

@@ -7,10 +7,12 @@ credentials once per connection and hands the same Caller to the service, so sha
 permissions are checked exactly as on the framed socket. One reader thread per connection
 feeds bytes to h2; each complete request runs on a worker pool shared by all connections
 (edge_agent_grpc_max_workers calls at once), so several calls on one HTTP/2 connection, and
-calls on different models, run in parallel. Writes to a connection take its lock; a worker
-whose reply is held back by HTTP/2 flow control waits on that lock's condition, which the
-reader signals when the peer opens its window. docs/PROTOCOL.md says why h2 and not grpcio
-or grpclib.
+calls on different models, run in parallel. Writes to a connection take its lock; what of
+a reply HTTP/2 flow control holds back waits in the connection's backlog, and the reader
+thread sends it as the peer opens its window: a worker never waits for a client. A watch
+thread, only while a backlog waits, closes a connection whose client does not take its
+replies for edge_agent_send_timeout_seconds. docs/PROTOCOL.md says why h2 and not grpcio or
+grpclib.
 """
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ from hyperframe.frame import GoAwayFrame
 from edge_agent.api import BY_GRPC_PATH, Api, Outcome
 from edge_agent.config import AgentConfig
 from edge_agent.errors import StatusCode
+from edge_agent.pending import PendingBudget
 from edge_agent.service import AgentService, Caller
 from edge_agent.unix_socket import (accept_until, bind_socket, peer_credentials,
                                     remove_socket_file, timeval)
@@ -45,7 +48,8 @@ RECV_BYTES = 256 * 1024
 MESSAGE_PREFIX = struct.Struct(">BI")
 # Receive windows: large enough that a message of some MiB streams in without waiting a
 # round trip per 64 KiB (the HTTP/2 default); what is buffered stays bounded by
-# edge_agent_max_frame_bytes per call and the calls a connection may have open.
+# edge_agent_max_frame_bytes per call and, for all clients of both fronts together, by
+# edge_agent_max_pending_bytes (edge_agent.pending).
 STREAM_WINDOW = 4 * 1024 * 1024
 CONNECTION_WINDOW = 16 * 1024 * 1024
 MAX_FRAME = 1024 * 1024  # fewer, larger DATA frames: less Python per byte
@@ -54,6 +58,7 @@ MAX_HEADER_LIST = 16 * 1024
 # by at most MAX_REFUSING threads at once; beyond, it is closed unanswered.
 REFUSAL_SECONDS = 2.0
 MAX_REFUSING = 4
+MAX_MESSAGE_BYTES = 1024  # of an error message, in grpc-message
 _TIMEOUT = re.compile(rb"(\d{1,8})([HMSmun])")
 _TIMEOUT_UNIT = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"n": 1e-9}
 _RESPONSE_HEADERS = [(b":status", b"200"), (b"content-type", b"application/grpc"),
@@ -62,9 +67,15 @@ _RESPONSE_HEADERS = [(b":status", b"200"), (b"content-type", b"application/grpc"
 
 def percent_encode(message: str) -> bytes:
     """grpc-message as the gRPC spec has it: UTF-8, every byte outside printable ASCII and
-    '%' itself as %XX. Surrounding blanks go (a header value cannot carry them)."""
+    '%' itself as %XX. Surrounding blanks go (a header value cannot carry them). Only the
+    first MAX_MESSAGE_BYTES of UTF-8 are sent, then "...": the header stays well under the
+    8 KiB of metadata gRPC clients accept (an encoded byte takes up to 3), and HPACK's cost,
+    which grows with the square of a header's length, stays small."""
+    raw = message.strip().encode("utf-8", "replace")
+    if len(raw) > MAX_MESSAGE_BYTES:  # cut at a character's boundary, not inside one
+        raw = raw[:MAX_MESSAGE_BYTES].decode("utf-8", "ignore").encode("utf-8") + b"..."
     return "".join(chr(b) if 0x20 <= b <= 0x7E and b != 0x25 else f"%{b:02X}"
-                   for b in message.strip().encode("utf-8", "replace")).encode("ascii")
+                   for b in raw).encode("ascii")
 
 
 def parse_timeout(value: bytes) -> float | None:
@@ -76,7 +87,7 @@ def parse_timeout(value: bytes) -> float | None:
 class _Call:
     """One stream: its request message as it arrives, until answered."""
     __slots__ = ("stream_id", "rpc", "deadline", "data", "length", "answered", "remote_closed",
-                 "started")
+                 "started", "held", "reply")
 
     def __init__(self, stream_id: int, rpc, deadline: float | None):
         self.started = time.monotonic()  # a request still incomplete after the frame timeout goes
@@ -87,14 +98,19 @@ class _Call:
         self.length: int | None = None  # the message length, once its prefix arrived
         self.answered = False  # a reply is on its way or sent: the rest of the stream is ignored
         self.remote_closed = False
+        self.held = 0  # bytes held against the agent's PendingBudget: until a worker takes it
+        self.reply = memoryview(b"")  # what flow control has not let out yet of the reply
 
 
 class GrpcServer:
     """Serves gRPC on path until stop(); start() binds and accepts in a thread of its own."""
 
-    def __init__(self, service: AgentService, config: AgentConfig, path: str | None = None):
+    def __init__(self, service: AgentService, config: AgentConfig, path: str | None = None,
+                 pending: PendingBudget | None = None):
         self.api = Api(service, service.metrics.call_counter("grpc"))
         self.config = config
+        # Shared with the framed socket when the agent runs both (cli); else this front's own.
+        self.pending = pending or PendingBudget(config.pending_budget_bytes)
         self.path = path or config.edge_agent_grpc_socket_path
         self.workers = ThreadPoolExecutor(config.edge_agent_grpc_max_workers,
                                           thread_name_prefix="edge-agent-grpc")
@@ -185,9 +201,9 @@ class GrpcServer:
             log.exception("a gRPC connection (pid %d) failed with an internal error",
                           connection.caller.pid)
         finally:
-            connection.close()
-            with self._lock:
+            with self._lock:  # first: a client that saw the close may connect again at once
                 self._connections.discard(connection)
+            connection.close()
 
 
 def _refuse(sock: socket.socket, reason: str) -> None:
@@ -231,15 +247,23 @@ class GrpcConnection:
         self.sock = sock
         self.caller: Caller = peer_credentials(sock)
         self.max_message = server.config.edge_agent_max_frame_bytes
+        self.max_streams = server.config.edge_agent_grpc_max_workers
+        self.pending = server.pending
         self.send_timeout = server.config.edge_agent_send_timeout_seconds
         self.request_timeout = server.config.edge_agent_frame_timeout_seconds
-        self._receive_timeout_armed = False
+        self.idle_timeout = server.config.edge_agent_idle_timeout_seconds
+        self._receive_timeout = 0.0  # what SO_RCVTIMEO is set to now (0: wait for ever)
+        # When the connection last had a call open or received bytes: the idle clock's start.
+        self._active_at = time.monotonic()
         # What we send is ours and well-formed: h2 need not check it again on every call.
         self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(
             client_side=False, header_encoding=None, validate_outbound_headers=False,
             normalize_outbound_headers=False))
         self._cond = threading.Condition()  # guards h2 and writes to sock
         self._calls: dict[int, _Call] = {}
+        self._backlog: dict[int, _Call] = {}  # calls whose reply waits for the peer's window
+        self._sent_at = 0.0  # when a reply in the backlog last made progress
+        self._watching = False  # a thread watches the backlog for a client that stopped reading
         self._running = 0  # calls handed to a worker, not yet answered
         self._draining = False
         self._closed = False
@@ -248,12 +272,11 @@ class GrpcConnection:
     # --- the reader thread ----------------------------------------------------------------
 
     def run(self) -> None:
-        max_streams = self.server.config.edge_agent_grpc_max_workers
         with self._cond:
             self.h2.initiate_connection()
             # Take effect when the client acknowledges them, as HTTP/2 has it.
             self.h2.update_settings({
-                SettingCodes.MAX_CONCURRENT_STREAMS: max_streams,
+                SettingCodes.MAX_CONCURRENT_STREAMS: self.max_streams,
                 SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
                 SettingCodes.MAX_FRAME_SIZE: MAX_FRAME,
                 SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST,
@@ -264,13 +287,18 @@ class GrpcConnection:
             self.h2.max_inbound_frame_size = MAX_FRAME
             self.h2.increment_flow_control_window(CONNECTION_WINDOW)
             self._flush()
+        self._arm_receive_timeout(self.idle_timeout)  # even the preface may never come
         buffer = bytearray(RECV_BYTES)
         while True:
             try:
                 n = self.sock.recv_into(buffer)
-            except BlockingIOError:  # SO_RCVTIMEO: nothing came while a request was incomplete
+            except BlockingIOError:  # SO_RCVTIMEO: nothing came for as long as it allows
                 n = None
+            if n is None and self._waited_idle():
+                return
             if n is None or self._request_stalled():
+                if n is None and not self._incomplete():
+                    continue  # a call ran meanwhile: the idle clock starts again from its end
                 log.info("closing a gRPC connection (pid %d): a request was not completed within "
                          "%g s (edge_agent_frame_timeout_seconds)", self.caller.pid,
                          self.request_timeout)
@@ -287,19 +315,53 @@ class GrpcConnection:
                     return
                 for event in events:
                     self._on_event(event)
+                self._send_backlog()  # a WINDOW_UPDATE may have made room
                 self._flush()
-                self._cond.notify_all()  # a WINDOW_UPDATE may free a waiting reply
-                self._arm_receive_timeout(any(not c.answered for c in self._calls.values()))
+                self._cond.notify_all()  # the backlog's watch re-checks its clock
+                self._active_at = time.monotonic()
+                self._arm_receive_timeout(
+                    self.request_timeout if self._incomplete() else self.idle_timeout)
             if any(isinstance(e, h2.events.ConnectionTerminated) for e in events):
                 return
 
-    def _arm_receive_timeout(self, incomplete: bool) -> None:
-        """As on the framed socket: the kernel bounds the wait for the rest of a request
-        (SO_RCVTIMEO), armed only while one is incomplete, so an idle connection costs nothing."""
-        if incomplete != self._receive_timeout_armed:
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
-                                 timeval(self.request_timeout if incomplete else 0))
-            self._receive_timeout_armed = incomplete
+    def _arm_receive_timeout(self, seconds: float) -> None:
+        """As on the framed socket, the kernel bounds the wait (SO_RCVTIMEO): for the rest of
+        a request while one is incomplete, else for the next one (the idle timeout; 0: for
+        ever). The option is set only when the bound changes, never per read."""
+        if seconds != self._receive_timeout:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval(seconds))
+            self._receive_timeout = seconds
+
+    def _incomplete(self) -> bool:
+        with self._cond:
+            return any(not c.answered for c in self._calls.values())
+
+    def _waited_idle(self) -> bool:
+        """After SO_RCVTIMEO fired with no request incomplete: True (and a GOAWAY sent) if no
+        call has been open for edge_agent_idle_timeout_seconds; else the wait is re-armed for
+        what is left. A call that outlasts the timeout is never cut: the clock starts when
+        the connection's last call ends (workers answer while this thread waits in recv)."""
+        with self._cond:
+            if not self.idle_timeout or any(not c.answered for c in self._calls.values()):
+                return False
+            now = time.monotonic()
+            if self._calls or self._running:
+                self._active_at = now
+            left = self._active_at + self.idle_timeout - now
+            if left > 0:
+                self._arm_receive_timeout(max(left, 0.001))
+                return False
+            log.info("closing a gRPC connection (pid %d) idle for %g s "
+                     "(edge_agent_idle_timeout_seconds)", self.caller.pid, self.idle_timeout)
+            # NO_ERROR: nothing was lost; a gRPC client reconnects for its next call.
+            self.h2.close_connection(ErrorCodes.NO_ERROR, additional_data=(
+                f"connection closed after {self.idle_timeout:g} s without a request "
+                "(edge_agent_idle_timeout_seconds); connect again").encode())
+            try:
+                self._flush()
+            except OSError:
+                pass
+            return True
 
     def _request_stalled(self) -> bool:
         """A request trickling in for longer than the frame timeout (bytes keep coming, so
@@ -312,8 +374,9 @@ class GrpcConnection:
         if isinstance(event, h2.events.RequestReceived):
             self._on_request(event.stream_id, dict(event.headers))
         elif isinstance(event, h2.events.DataReceived):
-            # Acknowledged at once, whether kept or ignored: what is kept is bounded by
-            # the message limit, and an ignored stream must not stall the connection.
+            # Acknowledged at once, whether kept or ignored: what is kept is charged to the
+            # pending budget (a call past it is refused and its bytes dropped), and an
+            # ignored stream must not stall the connection.
             self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
             call = self._calls.get(event.stream_id)
             if call is not None and not call.answered:
@@ -321,10 +384,18 @@ class GrpcConnection:
         elif isinstance(event, h2.events.StreamEnded):  # also after the DATA that ended it
             self._on_end(event.stream_id)
         elif isinstance(event, h2.events.StreamReset):
-            self._calls.pop(event.stream_id, None)  # a worker's reply to it is dropped
+            call = self._calls.pop(event.stream_id, None)  # a worker's reply to it is dropped
+            self._backlog.pop(event.stream_id, None)
+            if call is not None:
+                self._release(call)
 
     def _on_request(self, stream_id: int, headers: dict) -> None:
-        if self._draining:
+        # h2 enforces SETTINGS_MAX_CONCURRENT_STREAMS only once the client acknowledged it
+        # (then by closing the connection); until then the streams beyond it are refused
+        # here, so a connection never has more calls open than there are workers. Counted
+        # in our calls, not h2's open streams: h2 has already opened every stream of the
+        # chunk it was given when we see the first one.
+        if self._draining or len(self._calls) >= self.max_streams:
             self.h2.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
             return
         path = headers.get(b":path", b"").decode("utf-8", "replace")
@@ -342,6 +413,11 @@ class GrpcConnection:
             self._answer_now(call, self.server.api.unknown(path))
 
     def _on_data(self, call: _Call, data: bytes) -> None:
+        # Charged as it is buffered, as the framed socket charges its incomplete frames.
+        if not self.pending.change(call.held, call.held + len(data)):
+            self._answer_now(call, Outcome(StatusCode.RESOURCE_EXHAUSTED, self.pending.refusal()))
+            return
+        call.held += len(data)
         call.data += data
         if call.length is None and len(call.data) >= MESSAGE_PREFIX.size:
             compressed, call.length = MESSAGE_PREFIX.unpack_from(call.data)
@@ -373,21 +449,33 @@ class GrpcConnection:
         call.data = bytearray()
         self._running += 1
         try:
+            # Still charged while it waits for a worker: the queue is bounded by the budget.
             self.server.workers.submit(self._serve_call, call, body)
         except RuntimeError:  # the pool is shut down: the agent is stopping
             self._running -= 1
+            self._release(call)
             self._send_reply(call, Outcome(StatusCode.UNAVAILABLE, "the agent is stopping"))
 
     def _answer_now(self, call: _Call, outcome: Outcome) -> None:
         """Answer on the reader thread (the request is refused before it runs)."""
         call.answered = True
         call.data = bytearray()
+        self._release(call)
         self._send_reply(call, outcome)
+
+    def _release(self, call: _Call) -> None:
+        """Give back what the call holds of the pending budget (once: it then holds 0)."""
+        self.pending.change(call.held, 0)
+        call.held = 0
 
     # --- workers --------------------------------------------------------------------------
 
     def _serve_call(self, call: _Call, body: bytes) -> None:
         try:
+            with self._cond:
+                self._release(call)  # handed over: the body is the call's now
+                if self._closed or self._calls.get(call.stream_id) is not call:
+                    return  # reset, or its connection closed, while it waited: nobody to answer
             if call.deadline is not None and time.monotonic() > call.deadline:
                 outcome = Outcome(StatusCode.DEADLINE_EXCEEDED,
                                   "the call's deadline passed before it could start")
@@ -401,54 +489,95 @@ class GrpcConnection:
         finally:
             with self._cond:
                 self._running -= 1
+                self._active_at = time.monotonic()  # the idle clock starts again from here
                 self._cond.notify_all()
 
     def _send_reply(self, call: _Call, outcome: Outcome) -> None:
-        """Headers, the message and trailers, or trailers only for a failure. Holds the
-        condition's lock; waits on it while flow control holds the message back."""
+        """Headers, the message and trailers, or trailers only for a failure, as far as flow
+        control lets them go now; holds the condition's lock and never waits for the client:
+        what is held back goes to the backlog, which the reader thread sends later."""
         if self._calls.get(call.stream_id) is not call or self._closed:
             return  # reset by the client, or the connection is gone
-        stream_id = call.stream_id
         try:
             if outcome.code != StatusCode.OK:
-                self.h2.send_headers(stream_id, _RESPONSE_HEADERS + [
+                self.h2.send_headers(call.stream_id, _RESPONSE_HEADERS + [
                     (b"grpc-status", b"%d" % outcome.code),
                     (b"grpc-message", percent_encode(outcome.reply))], end_stream=True)
+                self._end_reply(call)
             else:
-                self.h2.send_headers(stream_id, _RESPONSE_HEADERS)
-                self._send_message(call, outcome.reply)
-                self.h2.send_headers(stream_id, [(b"grpc-status", b"0")], end_stream=True)
-            if not call.remote_closed:
-                # Answered before the request ended (refused early): the rest is not wanted.
-                self.h2.reset_stream(stream_id, ErrorCodes.NO_ERROR)
-        except (h2.exceptions.StreamClosedError, _Abandoned):
-            pass  # the client reset the stream or left: nobody is waiting for this reply
+                self.h2.send_headers(call.stream_id, _RESPONSE_HEADERS)
+                call.reply = memoryview(MESSAGE_PREFIX.pack(0, len(outcome.reply)) + outcome.reply)
+                self._send_more(call)
+        except h2.exceptions.ProtocolError:  # StreamClosedError, or a stream h2 closed itself
+            self._drop(call)  # the client reset the stream: nobody waits for this reply
         finally:
-            self._calls.pop(stream_id, None)
             self._flush()
 
-    def _send_message(self, call: _Call, message: bytes) -> None:
-        data = memoryview(MESSAGE_PREFIX.pack(0, len(message)) + message)
-        deadline = None
+    def _send_more(self, call: _Call) -> None:
+        """As much of the call's reply as the windows allow, then its trailers once all of it
+        is out; until then the call waits in the backlog."""
+        data = call.reply
         while data:
             room = min(self.h2.local_flow_control_window(call.stream_id),
                        self.h2.max_outbound_frame_size, len(data))
-            if room > 0:
-                self.h2.send_data(call.stream_id, data[:room].tobytes())
-                data = data[room:]
-                deadline = None
+            if room <= 0:
+                break
+            self.h2.send_data(call.stream_id, data[:room].tobytes())
+            data = data[room:]
+            self._sent_at = time.monotonic()
+        call.reply = data
+        if data:
+            if call.stream_id not in self._backlog:
+                self._backlog[call.stream_id] = call
+                self._watch_backlog()
+            return
+        self._backlog.pop(call.stream_id, None)
+        self.h2.send_headers(call.stream_id, [(b"grpc-status", b"0")], end_stream=True)
+        self._end_reply(call)
+
+    def _end_reply(self, call: _Call) -> None:
+        if not call.remote_closed:
+            # Answered before the request ended (refused early): the rest is not wanted.
+            self.h2.reset_stream(call.stream_id, ErrorCodes.NO_ERROR)
+        self._calls.pop(call.stream_id, None)
+
+    def _drop(self, call: _Call) -> None:
+        self._backlog.pop(call.stream_id, None)
+        self._calls.pop(call.stream_id, None)
+
+    def _send_backlog(self) -> None:
+        """On the reader thread, with the lock: send on the replies that wait for a window."""
+        for call in list(self._backlog.values()):
+            if self._calls.get(call.stream_id) is not call:
+                self._backlog.pop(call.stream_id, None)  # reset meanwhile
                 continue
-            self._flush()
-            now = time.monotonic()
-            deadline = deadline or now + self.send_timeout
-            if now >= deadline:
-                log.info("closing a gRPC connection (pid %d): the client has not read its reply "
-                         "for %g s", self.caller.pid, self.send_timeout)
-                self._shutdown_socket()
-                raise _Abandoned()
-            self._cond.wait(deadline - now)
-            if self._closed or self._calls.get(call.stream_id) is not call:
-                raise _Abandoned()
+            try:
+                self._send_more(call)
+            except h2.exceptions.ProtocolError:
+                self._drop(call)
+
+    def _watch_backlog(self) -> None:
+        """Start the watch if none runs (with the lock held)."""
+        if not self._watching:
+            self._watching = True
+            self._sent_at = time.monotonic()
+            threading.Thread(target=self._watch, daemon=True,
+                             name="edge-agent-grpc-send").start()
+
+    def _watch(self) -> None:
+        """While replies wait for the client's window: close the connection once none made
+        progress for edge_agent_send_timeout_seconds (the reader then ends it, as for a
+        client that stops reading on the framed socket)."""
+        with self._cond:
+            while self._backlog and not self._closed:
+                left = self._sent_at + self.send_timeout - time.monotonic()
+                if left <= 0:
+                    log.info("closing a gRPC connection (pid %d): the client has not read its "
+                             "reply for %g s", self.caller.pid, self.send_timeout)
+                    self._shutdown_socket()  # wakes the reader, which closes the connection
+                    break
+                self._cond.wait(left)
+            self._watching = False
 
     # --- both -----------------------------------------------------------------------------
 
@@ -475,7 +604,7 @@ class GrpcConnection:
 
     def wait_idle(self, deadline: float) -> None:
         with self._cond:
-            while self._running and not self._closed:
+            while (self._running or self._backlog) and not self._closed:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return
@@ -492,13 +621,11 @@ class GrpcConnection:
             if self._closed:
                 return
             self._closed = True
+            for call in self._calls.values():
+                self._release(call)
             self._cond.notify_all()
         self._shutdown_socket()
         self.sock.close()
-
-
-class _Abandoned(Exception):
-    """A reply nobody will read: its stream or connection went away while it waited."""
 
 
 def _not_one_message(call: _Call) -> Outcome:
@@ -507,7 +634,9 @@ def _not_one_message(call: _Call) -> Outcome:
                    "gRPC message")
 
 
-def start(service: AgentService, config: AgentConfig, path: str | None = None) -> GrpcServer:
+def start(service: AgentService, config: AgentConfig, path: str | None = None,
+          pending: PendingBudget | None = None) -> GrpcServer:
     """A started GrpcServer on path (default: edge_agent_grpc_socket_path); stop it with
-    .stop(grace). The socket file gets the same mode and group as the framed socket."""
-    return GrpcServer(service, config, path).start()
+    .stop(grace). The socket file gets the same mode and group as the framed socket; the
+    bytes of requests it receives count against `pending` (default: a budget of its own)."""
+    return GrpcServer(service, config, path, pending).start()

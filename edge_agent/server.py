@@ -19,6 +19,7 @@ import time
 from edge_agent.api import BY_METHOD, Api
 from edge_agent.config import AgentConfig
 from edge_agent.errors import StatusCode
+from edge_agent.pending import PendingBudget
 from edge_agent.protocol import HEADER, FrameDecoder, FramingError, Kind, encode_error, encode_reply
 from edge_agent.service import AgentService, Caller
 from edge_agent.sockets import MAX_FDS, WAITALL_BYTES, close_fds, receive_with_fds
@@ -35,7 +36,8 @@ __all__ = ["ServerError", "SocketServer", "Connection", "peer_credentials"]
 
 
 class SocketServer:
-    def __init__(self, service: AgentService, config: AgentConfig):
+    def __init__(self, service: AgentService, config: AgentConfig,
+                 pending: PendingBudget | None = None):
         self.service = service
         self.api = Api(service, service.metrics.call_counter("framed"))
         self.config = config
@@ -44,7 +46,8 @@ class SocketServer:
         self._stopping = threading.Event()
         self._connections: set[socket.socket] = set()
         self._lock = threading.Lock()
-        self.pending = PendingBudget(config.pending_budget_bytes)
+        # Shared with the gRPC front when the agent runs both (cli); else this front's own.
+        self.pending = pending or PendingBudget(config.pending_budget_bytes)
         service.metrics.watch_connections("framed", self._connections.__len__)
 
     def bind(self) -> None:
@@ -111,26 +114,6 @@ class SocketServer:
         if code != StatusCode.OK:
             return encode_error(code, request_id, reply, method)
         return encode_reply(method, request_id, reply)
-
-
-class PendingBudget:
-    """Bytes that incomplete frames hold across all connections (edge_agent_max_pending_bytes).
-
-    Each connection says what it holds now; one that would take the total past the limit is
-    refused, so many clients each sending part of a large frame cannot exhaust the board."""
-
-    def __init__(self, limit: int):
-        self.limit = limit
-        self.used = 0
-        self._lock = threading.Lock()
-
-    def change(self, held: int, wanted: int) -> bool:
-        """Move one connection's share from `held` to `wanted` bytes; False if it cannot grow."""
-        with self._lock:
-            if wanted > held and self.used + wanted - held > self.limit:
-                return False
-            self.used += wanted - held
-            return True
 
 
 # Stands for the descriptors of a frame that came with more than MAX_FDS: already closed,
@@ -234,11 +217,7 @@ class Connection:
         """Hold `nbytes` against the pending budget (growing or shrinking this share)."""
         if nbytes != self.held:
             if not self.pending.change(self.held, nbytes):
-                raise FramingError(
-                    StatusCode.RESOURCE_EXHAUSTED,
-                    f"incomplete frames of all clients would hold more than "
-                    f"{self.pending.limit} bytes (edge_agent_max_pending_bytes); send the "
-                    "frame again later")
+                raise FramingError(StatusCode.RESOURCE_EXHAUSTED, self.pending.refusal())
             self.held = nbytes
 
     def _header_fault(self, data) -> FramingError | None:

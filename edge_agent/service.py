@@ -27,7 +27,7 @@ from edge_agent.descriptors import (check_access, copy_to_private_file, fd_url_i
                                     passed_fd)
 from edge_agent.engine import LoadedModel, create_interpreter
 from edge_agent.errors import (AgentError, StatusCode, failed_precondition, invalid_argument,
-                               not_found)
+                               not_found, shown)
 from edge_agent.memory import MemoryBudget
 from edge_agent.metrics import AgentMetrics, ModelMetrics
 from edge_agent.modelfile import looks_like_tflite, not_regular, read_at_most
@@ -45,10 +45,10 @@ def model_path(url: str) -> str:
     if url.startswith("file://"):
         path = url[len("file://"):]
         if not path.startswith("/"):
-            raise invalid_argument(f"url {url!r}: a file:// url needs an absolute path (file:///...)")
+            raise invalid_argument(f"url {shown(url)!r}: a file:// url needs an absolute path (file:///...)")
         return path
     if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", url):
-        raise invalid_argument(f"url {url!r}: only local paths and file:// urls are supported")
+        raise invalid_argument(f"url {shown(url)!r}: only local paths and file:// urls are supported")
     return url
 
 
@@ -76,7 +76,7 @@ def open_model(url: str, caller: Caller) -> ModelSource:
     exactly as a missing path; a url that names no local path, INVALID_ARGUMENT."""
     index = fd_url_index(url)
     if index is not None:  # `fd:N`: holding the descriptor is the caller's proof of access
-        what = f"url {url!r}"
+        what = f"url {shown(url)!r}"
         fd = passed_fd(caller, index, what)
         check_access(fd, False, what)
         if stat.S_ISDIR(os.fstat(fd).st_mode):
@@ -88,9 +88,9 @@ def open_model(url: str, caller: Caller) -> ModelSource:
     try:
         fd = caller_paths.open_as(caller, path)
     except FileNotFoundError:
-        raise not_found(f"no model at '{path}'") from None
+        raise not_found(f"no model at '{shown(path)}'") from None
     except OSError as e:
-        raise failed_precondition(f"cannot read '{path}': {e.strerror}") from None
+        raise failed_precondition(f"cannot read '{shown(path)}': {e.strerror}") from None
     return ModelSource(fd, path)
 
 
@@ -129,7 +129,7 @@ class AgentService:
             with self._lock:
                 if name in self._models or name in self._loading:
                     raise AgentError(StatusCode.ALREADY_EXISTS,
-                                     f"a model named '{name}' is loaded; unload it first")
+                                     f"a model named '{shown(name)}' is loaded; unload it first")
                 self._loading.add(name)
             try:
                 model = self._load(name, request.url, source, caller)
@@ -145,7 +145,7 @@ class AgentService:
         return pb.LoadModelResponse(model=self._describe(model, caller))
 
     def _load(self, name: str, url: str, source: ModelSource, caller: Caller) -> LoadedModel:
-        what = f"model '{name}'"
+        what = f"model '{shown(name)}'"
         started = time.monotonic()
         package: dict = {}  # the package's name and version, when it comes from one
         content = self._read_model(source, what, caller, package)
@@ -205,7 +205,7 @@ class AgentService:
                 return self._read_package(source, what, caller, package)
             if not self.config.edge_agent_allow_unsigned_models:
                 raise failed_precondition(
-                    f"'{path}' is an unsigned .tflite file, and unsigned .tflite models are "
+                    f"'{shown(path)}' is an unsigned .tflite file, and unsigned .tflite models are "
                     "not allowed: load a signed package, or set "
                     "edge_agent_allow_unsigned_models to true")
             # Refuse an oversized file before reading it into memory.
@@ -213,9 +213,9 @@ class AgentService:
             # Read once: the child and the agent's runtime both get exactly these bytes.
             content = read_at_most(source.fd, st.st_size)
         except OSError as e:
-            raise failed_precondition(f"cannot read '{path}': {e.strerror}") from None
+            raise failed_precondition(f"cannot read '{shown(path)}': {e.strerror}") from None
         if not looks_like_tflite(content):
-            raise failed_precondition(f"'{path}' is not a TensorFlow Lite model")
+            raise failed_precondition(f"'{shown(path)}' is not a TensorFlow Lite model")
         return content
 
     def _read_package(self, source: ModelSource, what: str, caller: Caller,
@@ -349,7 +349,7 @@ class AgentService:
     def _no_model(self, name: str) -> AgentError:
         with self._lock:
             loaded = ", ".join(sorted(self._models)) or "none"
-        return not_found(f"no model named '{name}' is loaded (loaded: {loaded})")
+        return not_found(f"no model named '{shown(name)}' is loaded (loaded: {loaded})")
 
     def close(self) -> None:
         self.capture.close()  # delivers what it can within edge_agent_capture_flush_seconds

@@ -140,6 +140,47 @@ def test_failures_read_the_same_on_both_fronts(grpc_agent, model_files):
     assert cases[3][0][0] == "INVALID_ARGUMENT" and "malformed LoadModel request" in cases[3][0][1]
 
 
+def test_long_client_input_is_quoted_short_on_both_fronts(grpc_agent, model_files):
+    """A 20000-character name or url is echoed as its first 128 characters and "...": the
+    same code and message on both fronts, where an uncapped echo made the gRPC header too
+    large for grpcio (RESOURCE_EXHAUSTED on the client's side) and cost the agent seconds of
+    HPACK encoding."""
+    agent, stub = grpc_agent
+    long_name = "\u00e9" * 20000
+    shown = "\u00e9" * 128 + "..."
+    with agent.client() as client:
+        cases = [
+            (_grpc_error(stub.DescribeModel, pb.DescribeModelRequest(name=long_name)),
+             _framed_error(client.describe_model, long_name)),
+            (_grpc_error(stub.LoadModel, pb.LoadModelRequest(name=long_name, url="/x")),
+             _framed_error(client.load_model, long_name, "/x")),
+            (_grpc_error(stub.LoadModel, pb.LoadModelRequest(name="m", url="s3://" + long_name)),
+             _framed_error(client.load_model, "m", "s3://" + long_name)),
+            (_grpc_error(stub.UnLoadModel, pb.UnLoadModelRequest(name="a" * 20000)),
+             _framed_error(client.unload_model, "a" * 20000)),
+        ]
+    for over_grpc, over_framed in cases:
+        assert over_grpc == over_framed
+    for over_grpc, _ in cases[:2]:
+        assert over_grpc[0] == "INVALID_ARGUMENT"
+        assert over_grpc[1].startswith(f"model name '{shown}' is not valid")
+    assert cases[2][0] == ("INVALID_ARGUMENT", f"url 's3://{shown[:123]}...': only local paths "
+                           "and file:// urls are supported")
+    assert cases[3][0] == ("NOT_FOUND", f"no model named '{'a' * 128}...' is loaded "
+                           "(loaded: none)")
+
+
+def test_a_long_error_message_is_cut_in_grpc_message(grpc_agent):
+    """What the service does not cap (here the unknown method's path, up to the header list
+    limit) goes out as its first KiB and "...": a header grpcio accepts."""
+    agent, stub = grpc_agent
+    path = "/x/" + "%" * 5000  # 15000 bytes once percent-encoded, uncut
+    code, details = _grpc_error(_raw(stub.channel, path), b"")
+    assert code == "UNIMPLEMENTED"
+    assert details == f"unknown method {path}"[:1024] + "..."
+    assert len(stub.ListModels(pb.ListModelsRequest()).models) == 0  # still serving
+
+
 def test_an_unknown_method_is_unimplemented(grpc_agent):
     agent, stub = grpc_agent
     for path in (f"/{SERVICE}/Retrain", "/some.Other/Predict"):

@@ -79,9 +79,17 @@ class RawClient:
                                                   event.stream_id)
             elif isinstance(event, (h2.events.StreamEnded, h2.events.StreamReset)):
                 entry["done"] = True
+                if isinstance(event, h2.events.StreamReset):
+                    entry["reset"] = event.error_code
             elif isinstance(event, h2.events.ConnectionTerminated):
                 self.goaway = event
         self.flush()
+
+    def settled(self) -> None:
+        """Wait for the agent's settings and connection window (then large messages fit)."""
+        while (self.h2.remote_settings.initial_window_size < 1 << 20
+               or self.h2.outbound_flow_control_window < 1 << 20):
+            self.receive()
 
     def status(self, stream_id: int) -> tuple[int, str]:
         reply = self.reply(stream_id)
@@ -214,6 +222,157 @@ def test_a_request_left_incomplete_closes_its_connection(start_agent, tmp_path):
     assert "a request was not completed within 0.2 s" in agent.log()
 
 
+def _read_until_closed(sock: socket.socket) -> bytes:
+    """All the agent sends until it closes the connection (30 s at most per read)."""
+    received = b""
+    while chunk := sock.recv(65536):
+        received += chunk
+    return received
+
+
+def test_an_idle_connection_is_closed_and_frees_its_place(start_agent, tmp_path):
+    """As on the framed socket, a connection with no call open for
+    edge_agent_idle_timeout_seconds gets a GOAWAY and is closed: one that never even sent the
+    preface, and one that made a call and went quiet. Its place (edge_agent_max_connections)
+    goes to the next client."""
+    from hyperframe.frame import Frame, GoAwayFrame
+
+    path = str(tmp_path / "grpc.sock")
+    agent = start_agent(edge_agent_grpc_socket_path=path, edge_agent_idle_timeout_seconds=0.2,
+                        edge_agent_max_connections=1)
+    def last_frame(received: bytes):
+        while received:
+            frame, length = Frame.parse_frame_header(received[:9])
+            frame.parse_body(memoryview(received[9:9 + length]))
+            received = received[9 + length:]
+        return frame
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as silent:
+        silent.settimeout(30)
+        silent.connect(path)
+        goaway = last_frame(_read_until_closed(silent))
+    assert isinstance(goaway, GoAwayFrame) and goaway.error_code == 0
+    assert b"without a request (edge_agent_idle_timeout_seconds)" in goaway.additional_data
+
+    quiet = RawClient(path)  # the place is free again
+    try:
+        stream = quiet.call(headers(), message(b""))
+        # Read to the end before h2 sees any of it: the client writes nothing more, so it
+        # cannot trip over the closed connection.
+        events = quiet.h2.receive_data(_read_until_closed(quiet.sock))
+    finally:
+        quiet.close()
+    trailers = [dict(e.headers) for e in events if isinstance(e, h2.events.TrailersReceived)]
+    assert trailers == [{b"grpc-status": b"0"}]  # its call was served, then it went quiet
+    goaway = events[-1]
+    assert isinstance(goaway, h2.events.ConnectionTerminated)
+    assert (goaway.error_code, goaway.last_stream_id) == (0, stream)
+    assert "idle for 0.2 s (edge_agent_idle_timeout_seconds)" in agent.log()
+    again = RawClient(path)
+    try:
+        assert again.status(again.call(headers(), message(b""))) == (0, "")
+    finally:
+        again.close()
+
+
+def test_streams_beyond_the_workers_are_refused_before_the_settings_are_acked(start_agent,
+                                                                             tmp_path):
+    """SETTINGS_MAX_CONCURRENT_STREAMS is edge_agent_grpc_max_workers; a client that opens
+    more streams before it acknowledged the setting (h2 enforces it only after) has the
+    extra ones refused (REFUSED_STREAM, safe to retry), and its other calls are served."""
+    from h2.errors import ErrorCodes
+
+    path = str(tmp_path / "grpc.sock")
+    start_agent(edge_agent_grpc_socket_path=path, edge_agent_grpc_max_workers=2)
+    client = RawClient(path)  # nothing received yet: the agent's settings are not acked
+    try:
+        body = message(b"")
+        streams = []
+        for _ in range(3):  # in one write: the agent may get all three in one chunk
+            streams.append(client.h2.get_next_available_stream_id())
+            client.h2.send_headers(streams[-1], headers())
+            client.h2.send_data(streams[-1], body[:2])
+        client.flush()
+        *open_calls, extra = streams
+        assert client.reply(extra).get("reset") == ErrorCodes.REFUSED_STREAM
+        for stream in open_calls:
+            client.h2.send_data(stream, body[2:], end_stream=True)
+        client.flush()
+        assert [client.status(stream) for stream in open_calls] == [(0, "")] * 2
+        assert client.status(client.call(headers(), body)) == (0, "")  # a place is free again
+    finally:
+        client.close()
+
+
+def _list_models_body(size: int) -> bytes:
+    """A ListModelsRequest of exactly `size` bytes (one unknown bytes field, 15), answered OK."""
+    length = size - 4  # the tag's byte and a 3-byte varint length
+    assert 1 << 14 <= length < 1 << 21
+    return bytes([0x7A, length & 0x7F | 0x80, length >> 7 & 0x7F | 0x80, length >> 14]) + \
+        bytes(length)
+
+
+def test_incomplete_requests_of_both_fronts_share_one_budget(start_agent, tmp_path):
+    """edge_agent_max_pending_bytes bounds what incomplete gRPC requests hold, together with
+    the framed socket's incomplete frames: past it, the gRPC call is answered
+    RESOURCE_EXHAUSTED with the framed socket's words, and a framed client is refused too.
+    The bytes are given back when a request is handed to a worker, reset, or its connection
+    ends; then the same requests fit again."""
+    from test_connections import _list_models_frame, wait_taken
+    from test_transport import closed_by_peer, raw_connection, read_replies
+
+    path = str(tmp_path / "grpc.sock")
+    agent = start_agent(edge_agent_grpc_socket_path=path, edge_agent_max_frame_bytes=65536,
+                        edge_agent_max_pending_bytes=200_000,
+                        edge_agent_frame_timeout_seconds=300.0)
+    refusal = ("incomplete frames of all clients would hold more than 200000 bytes "
+               "(edge_agent_max_pending_bytes); send the frame again later")
+    body = message(_list_models_body(65000))
+    head, rest = body[:60005], body[60005:]
+    client = RawClient(path)
+    try:
+        client.settled()
+        first, second, third = (client.call(headers(), head, end=False) for _ in range(3))
+        over = client.call(headers(), head, end=False)  # 4 x 60005 bytes: past 200000
+        assert client.status(over) == (8, refusal)
+        assert client.reply(over).get("reset") == 0  # the rest of it is not wanted
+
+        framed = raw_connection(agent)  # the same budget: 180015 + 30016 bytes do not fit
+        framed.sendall(_list_models_frame(1, 60000)[:30016])
+        [refused] = read_replies(framed)
+        assert (refused.status, refused.body.decode()) == (8, refusal)
+        assert closed_by_peer(framed)
+        framed.close()
+
+        client.h2.send_data(first, rest, end_stream=True)  # handed to a worker: given back
+        client.flush()
+        assert client.status(first) == (0, "")
+        again = client.call(headers(), body)
+        assert client.status(again) == (0, "")
+        client.h2.reset_stream(second)  # given back as the stream goes
+        client.flush()
+        client.sock.shutdown(socket.SHUT_WR)  # the third's share goes with the connection
+        _read_until_closed(client.sock)
+    finally:
+        client.close()
+    # Nothing is held any more: three framed clients may each hold all but a byte of the
+    # largest frame at once (196653 bytes; a leak of 3348 would refuse one), then finish.
+    frames = {request_id: _list_models_frame(request_id, 65536) for request_id in (2, 3, 4)}
+    holders = {request_id: raw_connection(agent) for request_id in frames}
+    try:
+        for request_id, sock in holders.items():
+            sock.sendall(frames[request_id][:-1])
+            wait_taken(sock)
+        for request_id, sock in holders.items():
+            sock.sendall(frames[request_id][-1:])
+            [reply] = read_replies(sock)
+            assert (reply.status, reply.request_id) == (0, request_id), reply.body
+    finally:
+        for sock in holders.values():
+            sock.close()
+    assert agent.alive()
+
+
 def test_a_client_that_does_not_take_its_reply_is_disconnected(start_agent, tmp_path):
     """It reads, but never opens its flow-control window: the 256 KiB reply cannot be sent,
     and after edge_agent_send_timeout_seconds the connection goes, as on the framed socket."""
@@ -242,10 +401,52 @@ def test_a_client_that_does_not_take_its_reply_is_disconnected(start_agent, tmp_
         assert [m.name for m in framed.list_models()] == ["wide"]  # still serving
 
 
+def test_a_client_that_does_not_open_its_window_holds_no_worker(start_agent, tmp_path):
+    """With one worker: a client's reply held back by its closed window waits on its own
+    connection, and another client's call is answered meanwhile (the worker is not waiting
+    for the window; edge_agent_send_timeout_seconds is far away)."""
+    from edge_agent import model_builder
+    from edge_agent.tensors import add_array
+
+    path = str(tmp_path / "grpc.sock")
+    agent = start_agent(edge_agent_grpc_socket_path=path, edge_agent_grpc_max_workers=1,
+                        edge_agent_send_timeout_seconds=600)
+    built = model_builder.add_model((1, 1 << 16))
+    with agent.client() as framed:
+        framed.load_model("wide", str(built.write(tmp_path / "wide.tflite")))
+    request = pb.PredictRequest(name="wide")
+    for name, array in built.sample_inputs().items():
+        add_array(request.tensors, name, array)
+    greedy = RawClient(path)
+    try:
+        greedy.settled()  # room for the 512 KiB request
+        greedy.call(headers(path=f"/{GRPC_SERVICE}/Predict".encode()),
+                    message(request.SerializeToString()))
+        received = 0
+        while received < 65535:  # the reply fills the client's default window: it waits
+            received += len(greedy.sock.recv(65536))  # read, acknowledge nothing
+        other = RawClient(path)
+        try:
+            assert other.status(other.call(headers(), message(b""))) == (0, "")
+        finally:
+            other.close()
+    finally:
+        greedy.close()
+    assert agent.alive()
+
+
 def test_grpc_message_is_percent_encoded():
     assert percent_encode("no model named 'x' (100%)") == b"no model named 'x' (100%25)"
     assert percent_encode("caf\u00e9\n") == b"caf%C3%A9"  # UTF-8; blanks at the ends go
     assert percent_encode("a\r\nb") == b"a%0D%0Ab"
+
+
+def test_grpc_message_is_cut_at_a_character_boundary():
+    assert percent_encode("x" * 1024) == b"x" * 1024  # the limit itself is kept whole
+    assert percent_encode("x" * 5000) == b"x" * 1024 + b"..."
+    # 1023 bytes of "x", then a 2-byte character that would straddle the limit: left out.
+    assert percent_encode("x" * 1023 + "\u00e9" * 10) == b"x" * 1023 + b"..."
+    assert percent_encode("\u00e9" * 20000) == b"%C3%A9" * 512 + b"..."
 
 
 @pytest.mark.parametrize("value, seconds", [
@@ -314,6 +515,118 @@ def test_stopping_sends_goaway_and_answers_the_call_in_progress(tmp_path, model_
             stopper.join()
         else:
             server.stop(grace=0)
+        service.close()
+
+
+def test_a_call_longer_than_the_idle_timeout_is_not_cut(tmp_path, model_files,
+                                                       recording_delegate):
+    """The idle clock runs only while no call is open: a call held in the runtime (the test
+    delegate's barrier) for many idle timeouts is answered, and the connection serves on."""
+    import time
+
+    from capture_helpers import wait_for
+
+    from edge_agent import config, grpc_front, model_builder
+    from edge_agent.service import AgentService
+    from edge_agent.tensors import add_array
+
+    record = tmp_path / "record.txt"
+    settings = config.from_mapping({
+        "edge_agent_socket_path": str(tmp_path / "unused.sock"),
+        "edge_agent_grpc_socket_path": str(tmp_path / "grpc.sock"),
+        "edge_agent_state_dir": str(tmp_path / "state"),
+        "edge_agent_idle_timeout_seconds": 0.05,
+        "edge_agent_allow_unsigned_models": True, "edge_agent_num_threads": 1,
+        "edge_agent_delegate": "external", "edge_agent_delegate_library": recording_delegate,
+        "edge_agent_delegate_options": {"rendezvous": 2, "rendezvous_seconds": 60,
+                                        "record_to": str(record)}})
+    service = AgentService(settings)
+    for name in ("held", "partner"):
+        service.load_model(pb.LoadModelRequest(name=name, url=str(model_files["add"])))
+    server = grpc_front.start(service, settings)
+    inputs = model_builder.add_model().sample_inputs(seed=5)
+    requests = {}
+    for name in ("held", "partner"):
+        requests[name] = pb.PredictRequest(name=name)
+        for tensor, array in inputs.items():
+            add_array(requests[name].tensors, tensor, array)
+    client = RawClient(settings.edge_agent_grpc_socket_path)
+    try:
+        stream = client.call(headers(path=f"/{GRPC_SERVICE}/Predict".encode()),
+                             message(requests["held"].SerializeToString()))
+        wait_for(lambda: "arrive" in record.read_text(), what="the call inside the runtime")
+        time.sleep(0.5)  # ten idle timeouts pass while the call is held (no bound asserted)
+        service.predict(requests["partner"])  # meets the held call at the barrier
+        assert client.status(stream) == (0, "")
+        assert client.goaway is None
+        assert client.status(client.call(headers(), message(b""))) == (0, "")
+    finally:
+        client.close()
+        server.stop(grace=0)
+        service.close()
+
+
+def test_a_queued_call_of_a_closed_connection_is_not_run(tmp_path, model_files,
+                                                        recording_delegate):
+    """One worker, held in the runtime (the test delegate's barrier): a call queued behind it
+    whose client has gone is skipped, not run, when the worker is free; calls queued after
+    it are served (the call counters show which ran)."""
+    from capture_helpers import wait_for
+
+    from edge_agent import config, grpc_front, model_builder
+    from edge_agent.service import AgentService
+    from edge_agent.tensors import add_array
+
+    record = tmp_path / "record.txt"
+    settings = config.from_mapping({
+        "edge_agent_socket_path": str(tmp_path / "unused.sock"),
+        "edge_agent_grpc_socket_path": str(tmp_path / "grpc.sock"),
+        "edge_agent_state_dir": str(tmp_path / "state"),
+        "edge_agent_grpc_max_workers": 1,
+        "edge_agent_allow_unsigned_models": True, "edge_agent_num_threads": 1,
+        "edge_agent_delegate": "external", "edge_agent_delegate_library": recording_delegate,
+        "edge_agent_delegate_options": {"rendezvous": 2, "rendezvous_seconds": 60,
+                                        "record_to": str(record)}})
+    service = AgentService(settings)
+    for name in ("held", "partner"):
+        service.load_model(pb.LoadModelRequest(name=name, url=str(model_files["add"])))
+    server = grpc_front.start(service, settings)
+    inputs = model_builder.add_model().sample_inputs(seed=5)
+    requests = {}
+    for name in ("held", "partner"):
+        requests[name] = pb.PredictRequest(name=name)
+        for tensor, array in inputs.items():
+            add_array(requests[name].tensors, tensor, array)
+
+    def grpc_calls(rpc: str) -> int:
+        return sum(c.count for c in service.get_metrics().calls
+                   if (c.front, c.rpc) == ("grpc", rpc))
+
+    def grpc_connections() -> int:
+        return sum(c.open for c in service.get_metrics().connections if c.front == "grpc")
+
+    holder = RawClient(settings.edge_agent_grpc_socket_path)
+    try:
+        held = holder.call(headers(path=f"/{GRPC_SERVICE}/Predict".encode()),
+                           message(requests["held"].SerializeToString()))
+        wait_for(lambda: "arrive" in record.read_text(), what="the call inside the runtime")
+        gone = RawClient(settings.edge_agent_grpc_socket_path)
+        gone.call(headers(), message(b""))  # queued: read before the end of its stream
+        gone.sock.shutdown(socket.SHUT_WR)  # (a close with unread data would be a reset)
+        wait_for(lambda: grpc_connections() == 1, what="the closed connection to go")
+        gone.close()
+        late = RawClient(settings.edge_agent_grpc_socket_path)
+        try:
+            stream = late.call(headers(), message(b""))  # queued behind the one of `gone`
+            service.predict(requests["partner"])  # meets the held call: the worker is free
+            assert holder.status(held) == (0, "")
+            assert late.status(stream) == (0, "")
+        finally:
+            late.close()
+        assert grpc_calls("ListModels") == 1  # the late one's; the gone one's never ran
+    finally:
+        holder.close()
+        server.stop(grace=0)
         service.close()
 
 

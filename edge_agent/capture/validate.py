@@ -13,7 +13,7 @@ from typing import Callable, Optional
 
 from edge_agent import agent_pb2 as pb
 from edge_agent.api import check_model_name
-from edge_agent.errors import AgentError, StatusCode, invalid_argument
+from edge_agent.errors import AgentError, StatusCode, invalid_argument, shown
 from edge_agent.tensors import byte_length, data_type_name, dtype_of, format_shape
 
 # Clocks of the application and the agent read the same system clock on a board, but a
@@ -47,9 +47,8 @@ def stored_capture_id(capture_id: str) -> str:
     """The capture_id as manifests and logs show it: a UUID in its canonical form, any other
     id as given."""
     if not CAPTURE_ID.fullmatch(capture_id):
-        shown = capture_id if len(capture_id) <= 140 else capture_id[:128] + "..."
         raise invalid_argument(
-            f"capture_id {shown!r} is not valid: use 1 to 128 letters, digits or . _ : - "
+            f"capture_id {shown(capture_id)!r} is not valid: use 1 to 128 letters, digits or . _ : - "
             "(a UUID, or an id like capture1700000000)")
     try:
         return str(uuid.UUID(capture_id))
