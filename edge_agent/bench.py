@@ -172,7 +172,7 @@ def run_bench(iterations: int, num_threads: int = 1) -> dict:
 
     results: dict = {"iterations": iterations, "num_threads": num_threads, "models": {}}
     with tempfile.TemporaryDirectory(prefix="edge-agent-bench-") as workdir:
-        # Readable by all: gRPC callers are anonymous, and load only what everyone may read.
+        # Readable by all: the benchmark's clients may run as another user than the agent.
         os.chmod(workdir, 0o755)
         agent, path = start_agent(workdir, num_threads)
         try:
