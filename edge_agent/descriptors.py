@@ -61,11 +61,11 @@ def check_access(fd: int, writable: bool, what: str) -> None:
 
 
 def is_shared_memory(fd: int) -> bool:
-    """Whether a passed descriptor is memory (a memfd, or an object in /dev/shm), which a
-    page fault cannot make wait: a file on a network or FUSE file system could, while the
-    model's lock is held, so such files are not taken as segments."""
+    """Whether a passed descriptor is memory (a memfd, or a file of a tmpfs such as /dev/shm),
+    which a page fault cannot make wait: a file on a network or FUSE file system could, while
+    the model's lock is held, so such files are not taken as segments."""
     try:
-        fcntl.fcntl(fd, fcntl.F_GET_SEALS)  # only memfds answer
+        fcntl.fcntl(fd, fcntl.F_GET_SEALS)  # only shared memory (memfd, tmpfs) answers
         return True
     except OSError:
         pass
