@@ -139,7 +139,20 @@ def test_corrupt_models_are_refused_and_the_agent_keeps_serving(start_agent, tmp
     crashed = []
     with agent.client() as client:
         for name, content in CORRUPT.items():
-            message = refused(client, write(tmp_path, name, content))
+            path = write(tmp_path, name, content)
+            if platform.machine() == FOUND_ON:
+                message = refused(client, path)
+            else:  # the cases were found on FOUND_ON: here one may read as a model that runs
+                try:
+                    client.load_model("bad", str(path))
+                except AgentError as e:
+                    assert e.code == StatusCode.FAILED_PRECONDITION, e
+                    assert client.list_models() == []
+                    message = e.message
+                else:
+                    client.unload_model("bad")
+                    still_serving(client, good)
+                    continue
             # The runtime reads past the buffer or through garbage offsets: what lies there
             # decides whether it says no or crashes; either way the agent is unharmed.
             if ("the runtime crashed reading this model (SIGSEGV): the file is corrupt or was "
