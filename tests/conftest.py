@@ -1,6 +1,7 @@
 """Shared fixtures: a real agent process on a private socket, and the project's test models."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -142,10 +143,16 @@ def model_files(tmp_path_factory) -> dict[str, Path]:
     return {name: m.write(directory / f"{name}.tflite") for name, m in models.items()}
 
 
-@pytest.fixture
-def public_dir():
-    """A directory every user may search and read (tmp_path lies in a 0700 tree): for what
-    another user, or a caller the agent cannot identify (gRPC), must reach."""
-    with tempfile.TemporaryDirectory(prefix="edge-agent-test-") as directory:
+@contextlib.contextmanager
+def public_directory(prefix: str = "edge-agent-test-"):
+    """A directory every user may search and read (tmp_path lies in a 0700 tree), removed
+    afterwards: for what another user must reach."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as directory:
         os.chmod(directory, 0o755)
         yield Path(directory)
+
+
+@pytest.fixture
+def public_dir():
+    with public_directory() as directory:
+        yield directory

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import AgentProcess
+from conftest import AgentProcess, public_directory
 from test_connections import wait_taken
 from test_transport import closed_by_peer, raw_connection, read_replies
 
@@ -36,11 +36,9 @@ F32 = np.float32
 
 @pytest.fixture(scope="module")
 def public_dir():
-    """A directory another user can reach (pytest's tmp dirs are root-only)."""
-    directory = Path(tempfile.mkdtemp(prefix="edge-agent-fd-"))
-    directory.chmod(0o755)
-    yield directory
-    shutil.rmtree(directory, ignore_errors=True)
+    """One public directory for the module's agent and the tests that use it."""
+    with public_directory("edge-agent-fd-") as directory:
+        yield directory
 
 
 @pytest.fixture(scope="module")

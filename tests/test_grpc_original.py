@@ -14,13 +14,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import uuid
 from pathlib import Path
 
 import pytest
 from capture_helpers import delivered_ids, disk_manifests
-from conftest import AgentProcess
+from conftest import AgentProcess, public_directory
 
 from edge_agent.shm_client import SysVSegment
 
@@ -58,11 +57,9 @@ def other_users():
 
 @pytest.fixture(scope="module")
 def public_dir():
-    """A directory every user can reach (pytest's tmp dirs are root-only)."""
-    directory = Path(tempfile.mkdtemp(prefix="edge-agent-grpc-"))
-    directory.chmod(0o755)
-    yield directory
-    shutil.rmtree(directory, ignore_errors=True)
+    """One public directory for the module's agent and the tests that use it."""
+    with public_directory("edge-agent-grpc-") as directory:
+        yield directory
 
 
 @pytest.fixture(scope="module")

@@ -2,16 +2,13 @@
 from __future__ import annotations
 
 import os
-import shutil
 import stat
 import subprocess
 import sys
-import tempfile
-from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import AgentProcess
+from conftest import AgentProcess, public_directory
 from fifo_helpers import fifo, returns
 
 from edge_agent import _shm, model_builder
@@ -26,11 +23,9 @@ F32 = np.float32
 
 @pytest.fixture(scope="module")
 def public_dir():
-    """A directory another user can reach (pytest's tmp dirs are root-only)."""
-    directory = Path(tempfile.mkdtemp(prefix="edge-agent-shm-"))
-    directory.chmod(0o755)
-    yield directory
-    shutil.rmtree(directory, ignore_errors=True)
+    """One public directory for the module's agent and the tests that use it."""
+    with public_directory("edge-agent-shm-") as directory:
+        yield directory
 
 
 @pytest.fixture(scope="module")
