@@ -20,6 +20,7 @@ from prometheus_client.exposition import MetricsHandler, write_to_textfile
 
 from edge_agent import agent_pb2 as pb
 from edge_agent.config import AgentConfig, ConfigError
+from edge_agent.unix_socket import ServerError, bind_socket, remove_socket_file
 
 log = logging.getLogger(__name__)
 
@@ -226,26 +227,19 @@ def parse_listen(listen: str) -> tuple[str, int] | str:
 
 
 def _bind(listen: str, handler: type, config: AgentConfig) -> socketserver.BaseServer:
-    from edge_agent.unix_socket import ServerError, claim_socket_path, restrict_socket_file
-
     where = parse_listen(listen)
     if isinstance(where, str):
+        # The agent socket's own binding (mode from birth, group, a live agent's path refused),
+        # handed to socketserver in place of the socket it would make.
         try:
-            claim_socket_path(where)
+            listener = bind_socket(where, config)
         except ServerError as e:
             raise ConfigError(f"edge_agent_metrics_listen: {e}") from None
+        listener.settimeout(None)
         server = _UnixServer(where, handler, bind_and_activate=False)
-        # Born with the agent socket's mode (as server.bind_socket does), its group set next.
-        old_umask = os.umask(0o777 & ~config.socket_mode)
-        try:
-            server.server_bind()
-            server.server_activate()
-            restrict_socket_file(where, config)
-        except BaseException:
-            server.server_close()
-            raise
-        finally:
-            os.umask(old_umask)
+        server.socket.close()
+        server.socket = listener
+        server.server_address = where
         return server
     host, port = where
     server_class = _TcpServer6 if ":" in host else _TcpServer
@@ -264,6 +258,7 @@ class Exposition:
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
         self.address = None  # where the listener listens, once started
+        self._socket_inode = 0  # the socket file's inode, when it listens on a UNIX socket
 
     def start(self) -> "Exposition":
         """Bind the listener (ConfigError if it cannot) and start the threads."""
@@ -275,6 +270,8 @@ class Exposition:
                 raise ConfigError(f"edge_agent_metrics_listen: cannot listen on {listen}: "
                                   f"{e.strerror or e}") from None
             self.address = self._server.server_address
+            if isinstance(self.address, str):
+                self._socket_inode = os.stat(self.address).st_ino
             self._thread(self._server.serve_forever, "edge-agent-metrics-http")
             log.info("Prometheus metrics on %s", self.address if isinstance(self.address, str)
                      else "%s:%d" % self.address[:2])
@@ -311,10 +308,8 @@ class Exposition:
             self._server.shutdown()
             self._server.server_close()
             if isinstance(self.address, str):
-                try:
-                    os.unlink(self.address)
-                except FileNotFoundError:
-                    pass
+                # Only our own file: another agent may have taken the path since.
+                remove_socket_file(self.address, self._socket_inode)
         for thread in self._threads:
             thread.join(5)
         if self.textfile:

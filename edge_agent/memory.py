@@ -1,6 +1,7 @@
 """The memory budget that loaded models share, and what the board really has free."""
 from __future__ import annotations
 
+import os
 import threading
 
 from edge_agent.errors import resource_exhausted
@@ -18,6 +19,15 @@ def available_bytes() -> int | None:
     except OSError:
         pass
     return None
+
+
+def resident_bytes() -> int:
+    """This process's resident set (the second figure of /proc/self/statm), 0 where unknown."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 class MemoryBudget:

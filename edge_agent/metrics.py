@@ -19,11 +19,11 @@ from typing import Callable, Iterable
 from edge_agent import agent_pb2 as pb
 from edge_agent._metrics import CallCounts, PredictCounters
 from edge_agent.errors import StatusCode
+from edge_agent.memory import resident_bytes
 
 # Upper bounds in seconds: a tiny model's ~50 µs call up to a large model on a slow board.
 LATENCY_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
                    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-_PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 OK = int(StatusCode.OK)
 
 
@@ -93,14 +93,6 @@ def _ignore(*_) -> None:
     pass
 
 
-def _resident_bytes() -> int:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * _PAGE_BYTES
-    except (OSError, ValueError, IndexError):
-        return 0
-
-
 def _cpu_seconds() -> float:
     times = os.times()
     return times.user + times.system
@@ -144,7 +136,7 @@ class AgentMetrics:
             fleet_name=config.sagemaker_edge_core_device_fleet_name,
             start_time_unix_seconds=self.started_at, uptime_seconds=self.uptime,
             counters_kept=self.enabled, memory_budget_bytes=budget.total,
-            memory_budget_used_bytes=budget.used, resident_memory_bytes=_resident_bytes(),
+            memory_budget_used_bytes=budget.used, resident_memory_bytes=resident_bytes(),
             cpu_seconds=_cpu_seconds())
         for model in models:
             message = response.models.add(name=model.name, delegate=model.delegate,

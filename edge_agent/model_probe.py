@@ -19,14 +19,7 @@ import resource
 import sys
 
 from edge_agent.errors import AgentError, StatusCode
-
-
-def _rss_bytes() -> int:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:
-        return 0
+from edge_agent.memory import resident_bytes
 
 
 def _status_bytes(key: str) -> int | None:
@@ -130,7 +123,7 @@ def check(fd: int, request: dict, report: int) -> None:
     if data is not None:  # else no baseline to add the allowance to: no memory limit
         limit = data + int(request["limit"])
         resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
-    baseline, written = _rss_bytes(), _private_dirty_bytes()
+    baseline, written = resident_bytes(), _private_dirty_bytes()
     with os.fdopen(fd, "rb") as f:
         f.seek(0)  # the offset is shared with whoever wrote it, who left it at the end
         content = f.read()

@@ -271,6 +271,16 @@ def test_unknown_capture_is_not_found(make_service):
     expect(StatusCode.NOT_FOUND, status_of, service, str(uuid.uuid4()))
 
 
+def test_calls_after_close_are_unavailable_not_internal(make_service):
+    service = make_service()
+    accepted = capture_request()
+    service.capture_data(accepted)
+    service.close()
+    error = expect(StatusCode.UNAVAILABLE, service.capture_data, capture_request())
+    assert "shutting down" in error.message
+    expect(StatusCode.UNAVAILABLE, status_of, service, accepted.capture_id)
+
+
 def test_shared_memory_tensor_is_copied_at_call_time(make_service, tmp_path):
     from edge_agent.shm_client import SysVSegment, add_shm_tensor
 
