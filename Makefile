@@ -70,7 +70,7 @@ clean:
 
 # Regenerate the key table of docs/CONFIGURATION.md from edge_agent/config.py.
 docs: $(STAMP)
-	$(PY) -m edge_agent.docs_tables
+	$(PY) -m edge_agent.tools.docs_tables
 
 # --- Boards: cross-built wheels and the suite on an emulated board (cross/, docs/CROSS.md) ---
 # The scripts apt-get install the cross compilers (with their C libraries), qemu-user-static

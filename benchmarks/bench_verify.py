@@ -23,7 +23,8 @@ import sys
 import tempfile
 import time
 
-from edge_agent import model_builder, packages
+from edge_agent import packages
+from edge_agent.tools import model_builder
 from edge_agent.archive import Limits
 from edge_agent.packages import ensure_demo_keys
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent import model_builder
+from edge_agent.tools import model_builder
 from edge_agent.client import AgentClient
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from capture_helpers import disk_manifests, lines, payload, wait_for
 
-from edge_agent import model_builder
+from edge_agent.tools import model_builder
 from edge_agent.errors import AgentError
 from edge_agent.protocol import HEADER, Kind
 from edge_agent.shm_client import SysVSegment

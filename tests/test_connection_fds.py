@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edge_agent import agent_pb2 as pb
-from edge_agent import model_builder
+from edge_agent.tools import model_builder
 from edge_agent.config import from_mapping
 from edge_agent.errors import StatusCode
 from edge_agent.protocol import HEADER, FrameDecoder, Kind, Method, encode_request

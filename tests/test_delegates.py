@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_agent import accelerators, agent_pb2 as pb, config, delegates, model_builder
+from edge_agent import accelerators, agent_pb2 as pb, config, delegates
+from edge_agent.tools import model_builder
 from edge_agent.errors import AgentError, StatusCode
 from edge_agent.service import AgentService
 from edge_agent.tensors import add_array

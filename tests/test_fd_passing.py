@@ -22,7 +22,7 @@ from test_connections import wait_taken
 from test_transport import closed_by_peer, raw_connection, read_replies
 
 from edge_agent import agent_pb2 as pb
-from edge_agent import model_builder
+from edge_agent.tools import model_builder
 from edge_agent.client import AgentClient
 from edge_agent.errors import AgentError, StatusCode
 from edge_agent.protocol import HEADER, Kind, Method, encode_request

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import package_cases as cases
-from edge_agent import model_builder
+from edge_agent.tools import model_builder
 from edge_agent.client import AgentClient
 from edge_agent.errors import AgentError, StatusCode
 from privileges import NOBODY, fork_as

@@ -19,7 +19,7 @@ import time
 from typing import Callable
 
 
-from edge_agent import model_builder
+from edge_agent.tools import model_builder
 from edge_agent.launch import agent_command
 
 MODELS: dict[str, Callable[[], model_builder.BuiltModel]] = {
