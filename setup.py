@@ -6,10 +6,14 @@ from setuptools import Extension, find_packages, setup
 from setuptools.command.build_py import build_py
 
 # Each module in cext/ becomes edge_agent.<module>; they need only libc and Python headers,
-# so cross/ can compile them with a cross compiler.
+# so cross/ can compile them with a cross compiler. C declarations live in cext/includes/*.pxd
+# (cimported as includes.<name>, found through cythonize's include_path) and C helpers in
+# cext/includes/*.h (found by the C compiler through include_dirs); docs/DEVELOPMENT.md.
+INCLUDES = "cext/includes"
 EXTENSIONS = [
     Extension("edge_agent._framing", ["cext/_framing.pyx"]),
-    Extension("edge_agent._shm", ["cext/_shm.pyx"]),
+    Extension("edge_agent._shm", ["cext/_shm.pyx"], include_dirs=[INCLUDES],
+              depends=[f"{INCLUDES}/sigbus_guard.h", f"{INCLUDES}/shm_compat.h"]),
     Extension("edge_agent._metrics", ["cext/_metrics.pyx"]),
 ]
 
@@ -61,6 +65,7 @@ setup(
     ext_modules=cythonize(
         EXTENSIONS,
         compiler_directives={"language_level": "3"},
+        include_path=["cext"],
         quiet=True,
     ),
     install_requires=[
