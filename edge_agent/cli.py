@@ -350,7 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "ENCODING: CSV, JSON, NONE (default) or BASE64 (repeatable)")
     capture.add_argument("--aux-output", action="append", default=[],
                          metavar="NAME=FILE[:ENCODING]", help="auxiliary output data (repeatable)")
-    capture.add_argument("--capture-id", help="1 to 128 characters of [A-Za-z0-9._:-], e.g. a UUID (default: a new random UUID)")
+    capture.add_argument("--capture-id", help="1 to 128 characters of [A-Za-z0-9._:-], e.g. a "
+                         "UUID (default: a new random UUID)")
     capture.add_argument("--timestamp", type=float,
                          help="inference time, seconds since the epoch (default: now)")
     status = actions.add_parser("status", help="status of a capture, and why if it failed")

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # What a fresh clone does not have: build products, compiled modules, local environments.
 BUILD_PRODUCTS = shutil.ignore_patterns(
     ".git", ".venv*", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache",
-    ".hypothesis", "*.so", "_framing.c", "_shm.c", "demo-run")
+    ".hypothesis", "*.so", "_framing.c", "_shm.c", "demo-run", ".mypy_cache", ".ruff_cache")
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +85,8 @@ def test_the_wheel_ships_its_type_information(installed):
     assert Path(package).is_relative_to(installed.parent)
     assert Path(package, "py.typed").is_file()  # PEP 561: type checkers read the annotations
     assert Path(package, "agent_pb2.pyi").is_file()
+    for compiled in ("_shm", "_metrics"):  # stubs of the compiled modules (`make lint` checks them)
+        assert Path(package, f"{compiled}.pyi").is_file()
 
 
 @pytest.mark.slow

@@ -192,7 +192,7 @@ def test_a_client_that_disconnects_mid_call(agent, model_files):
     for _ in range(5):
         sock = raw_connection(agent)
         request = pb.PredictRequest(name="slow")
-        t = request.tensors.add(byte_data=inputs["x"].tobytes())
+        request.tensors.add(byte_data=inputs["x"].tobytes())
         sock.sendall(encode_request(Method.PREDICT, 1, request.SerializeToString()))
         sock.close()  # gone before the reply is written
     with agent.client() as client:

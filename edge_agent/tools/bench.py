@@ -90,6 +90,7 @@ def bare_round_trip(workdir: str, request_bytes: int, reply_bytes: int, iteratio
     server = subprocess.Popen([sys.executable, "-c", _ECHO_SERVER, path, str(reply_bytes),
                                str(request_bytes)], stdout=subprocess.PIPE, text=True)
     try:
+        assert server.stdout is not None  # stdout=PIPE
         server.stdout.readline()
         client = socket.socket(socket.AF_UNIX)
         client.connect(path)
