@@ -25,10 +25,10 @@ from pathlib import Path
 from edge_agent import agent_pb2 as pb
 from edge_agent import config as config_module
 from edge_agent import delegates
-from edge_agent.tools import model_builder
 from edge_agent.engine import create_interpreter
 from edge_agent.prover import Prover
 from edge_agent.service import AgentService
+from edge_agent.tools import model_builder
 
 
 def median_seconds(action, runs: int) -> float:

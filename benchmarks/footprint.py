@@ -34,10 +34,10 @@ from pathlib import Path
 from packaging.requirements import Requirement
 
 from edge_agent import runtime
-from edge_agent.tools import model_builder
 from edge_agent.client import AgentClient
 from edge_agent.errors import AgentError
 from edge_agent.launch import agent_command
+from edge_agent.tools import model_builder
 
 
 LOADS = 5

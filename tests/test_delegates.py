@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from edge_agent import accelerators, agent_pb2 as pb, config, delegates
-from edge_agent.tools import model_builder
 from edge_agent.errors import AgentError, StatusCode
 from edge_agent.service import AgentService
 from edge_agent.tensors import add_array
+from edge_agent.tools import model_builder
 
 NO_SUCH_LIBRARY = "/nonexistent/libno-such-delegate.so"
 

@@ -376,8 +376,8 @@ def test_incomplete_requests_of_both_fronts_share_one_budget(start_agent, tmp_pa
 def test_a_client_that_does_not_take_its_reply_is_disconnected(start_agent, tmp_path):
     """It reads, but never opens its flow-control window: the 256 KiB reply cannot be sent,
     and after edge_agent_send_timeout_seconds the connection goes, as on the framed socket."""
-    from edge_agent.tools import model_builder
     from edge_agent.tensors import add_array
+    from edge_agent.tools import model_builder
 
     path = str(tmp_path / "grpc.sock")
     agent = start_agent(edge_agent_grpc_socket_path=path, edge_agent_send_timeout_seconds=0.2)

@@ -14,9 +14,9 @@ from capture_helpers import wait_for
 from concurrency import run_concurrently
 
 from edge_agent import agent_pb2 as pb
-from edge_agent.tools import model_builder
 from edge_agent.errors import AgentError, StatusCode
 from edge_agent.protocol import HEADER, FrameDecoder, Kind, Method, encode_request
+from edge_agent.tools import model_builder
 
 
 def raw_connection(agent) -> socket.socket:

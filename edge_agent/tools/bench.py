@@ -19,8 +19,8 @@ import time
 from typing import Callable
 
 
-from edge_agent.tools import model_builder
 from edge_agent.launch import agent_command
+from edge_agent.tools import model_builder
 
 MODELS: dict[str, Callable[[], model_builder.BuiltModel]] = {
     "tiny": model_builder.tiny_model,
