@@ -75,7 +75,8 @@ setup(
         "protobuf>=7.35.1",  # the generated agent_pb2.py checks for this runtime
         "tflite-runtime==2.14.*; python_version < '3.12' and platform_machine != 'armv7l'",
         "ai-edge-litert; python_version >= '3.12'",
-        # The demo and bench build their models with the TFLite schema's flatbuffers code.
+        # The TFLite schema's generated code: the demo and bench build their models with it,
+        # and the agent reads an Edge TPU model's operators with it (docs/DEVELOPMENT.md).
         "tflite>=2.18",
         "flatbuffers>=24.3.25",
         "pynacl>=1.5",  # Ed25519 signatures of model packages
