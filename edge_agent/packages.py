@@ -553,7 +553,7 @@ def verify_directory(directory: str, keys: Mapping[str, VerifyKey], *, label: st
                            may_read=may_read)
         if data is not None:
             model = data
-    if not looks_like_tflite(model):
+    if model is None or not looks_like_tflite(model):
         raise refuse(f"'{manifest.model}' is not a TensorFlow Lite model")
     return VerifiedPackage(manifest, ident, model)
 
