@@ -11,7 +11,7 @@ import os
 import socket
 import socketserver
 import threading
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
@@ -168,7 +168,8 @@ def registry(snapshot: Snapshot) -> CollectorRegistry:
 # --- the HTTP listener --------------------------------------------------------------------
 
 def _handler(registry_: CollectorRegistry) -> type:
-    class Handler(MetricsHandler.factory(registry_)):
+    # factory() makes the handler class at run time, so mypy cannot know the base.
+    class Handler(MetricsHandler.factory(registry_)):  # type: ignore[misc]
         timeout = REQUEST_TIMEOUT_SECONDS
 
         def address_string(self) -> str:  # a UNIX peer has no address
@@ -263,7 +264,8 @@ class Exposition:
         self._server: socketserver.BaseServer | None = None
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
-        self.address = None  # where the listener listens, once started
+        # where the listener listens, once started: socketserver's (host, port[, ...]) or path
+        self.address: Any = None
 
     def start(self) -> "Exposition":
         """Bind the listener (ConfigError if it cannot) and start the threads."""
