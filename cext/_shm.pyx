@@ -18,11 +18,12 @@ Memory safety rules kept here:
   beyond its new end raises SIGBUS. A SIGBUS handler (as Wayland compositors do for client
   pools) replaces such a mapping with anonymous zero pages and flags it (Mapping.faulted), so
   the copy in flight completes and the caller reports the segment as invalid, instead of the
-  agent dying. SysV segments cannot shrink, so they need no such guard.
+  agent dying. SysV segments cannot shrink, so they need no such guard. The guard is C (it
+  runs inside the signal handler, where Python cannot): cext/includes/sigbus_guard.h; the
+  libc declarations are in cext/includes/system.pxd.
 """
 from cpython.buffer cimport PyBUF_FORMAT, PyBUF_ND, PyBUF_WRITABLE
 from libc.errno cimport errno
-from libc.stdint cimport uint64_t, uintptr_t
 from includes.sigbus_guard cimport (EA_GUARD_SLOTS, ea_guard_add, ea_guard_faulted,
                                      ea_guard_install, ea_guard_remove)
 from includes.system cimport (EA_IPC_SEQ, IPC_CREAT, IPC_EXCL, IPC_PRIVATE, IPC_RMID, IPC_STAT,
