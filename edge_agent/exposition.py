@@ -256,6 +256,8 @@ def _bind(listen: str, handler: type, config: AgentConfig) -> socketserver.BaseS
 class Exposition:
     """The HTTP listener and the textfile writer, each when configured."""
 
+    address: Any  # socketserver's server_address: (host, port[, ...]) or a socket path
+
     def __init__(self, snapshot: Snapshot, config: AgentConfig):
         self.config = config
         self.registry = registry(snapshot)
@@ -264,8 +266,7 @@ class Exposition:
         self._server: socketserver.BaseServer | None = None
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
-        # where the listener listens, once started: socketserver's (host, port[, ...]) or path
-        self.address: Any = None
+        self.address = None  # where the listener listens, once started
 
     def start(self) -> "Exposition":
         """Bind the listener (ConfigError if it cannot) and start the threads."""
