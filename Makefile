@@ -13,7 +13,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: all setup system-deps demo test bench proto docs clean c-client c-bench fuzz
+.PHONY: all setup system-deps demo lint test bench proto docs clean c-client c-bench fuzz
 .PHONY: cross-wheels cross-wheel-aarch64 cross-wheel-armv7 qemu-test-aarch64 qemu-test-armv7 \
 	qemu-test-aarch64-full qemu-test-armv7-full qemu-test-aarch64-trixie \
 	qemu-test-aarch64-trixie-full test-trixie clean-room
@@ -22,7 +22,7 @@ all: setup
 
 setup: $(STAMP)
 
-$(STAMP): setup.py pyproject.toml requirements-dev.txt $(wildcard cext/*.pyx)
+$(STAMP): setup.py pyproject.toml requirements-dev.txt $(wildcard cext/*.pyx cext/includes/*)
 	install/system-deps.sh install/build-packages.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
@@ -37,7 +37,15 @@ demo: $(STAMP)
 system-deps:
 	install/system-deps.sh install/test-packages.txt
 
-test: $(STAMP) system-deps
+# ruff over the repository, mypy over the package, stubtest of the compiled modules' .pyi
+# against the built modules (pyproject.toml has the rules and why; docs/DEVELOPMENT.md).
+lint: $(STAMP)
+	$(PY) -m ruff check --quiet .
+	$(PY) -m mypy
+	$(PY) -m mypy.stubtest --ignore-unused-allowlist --allowlist cext/stubtest-allowlist.txt \
+		edge_agent._framing edge_agent._shm edge_agent._metrics
+
+test: $(STAMP) system-deps lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)
@@ -66,11 +74,12 @@ c-bench: $(STAMP)
 	$(PY) benchmarks/bench_c_client.py clients/c/build/c_predict_bench
 
 clean:
-	rm -rf $(VENV) .venv-* build dist *.egg-info edge_agent/*.so cext/*.c .pytest_cache .hypothesis clients/c/build
+	rm -rf $(VENV) .venv-* build dist *.egg-info edge_agent/*.so cext/*.c .pytest_cache .hypothesis clients/c/build \
+		.mypy_cache .ruff_cache
 
 # Regenerate the key table of docs/CONFIGURATION.md from edge_agent/config.py.
 docs: $(STAMP)
-	$(PY) -m edge_agent.docs_tables
+	$(PY) -m edge_agent.tools.docs_tables
 
 # --- Boards: cross-built wheels and the suite on an emulated board (cross/, docs/CROSS.md) ---
 # The scripts apt-get install the cross compilers (with their C libraries), qemu-user-static

@@ -6,10 +6,14 @@ from setuptools import Extension, find_packages, setup
 from setuptools.command.build_py import build_py
 
 # Each module in cext/ becomes edge_agent.<module>; they need only libc and Python headers,
-# so cross/ can compile them with a cross compiler.
+# so cross/ can compile them with a cross compiler. C declarations live in cext/includes/*.pxd
+# (cimported as includes.<name>, found through cythonize's include_path) and C helpers in
+# cext/includes/*.h (found by the C compiler through include_dirs); docs/DEVELOPMENT.md.
+INCLUDES = "cext/includes"
 EXTENSIONS = [
     Extension("edge_agent._framing", ["cext/_framing.pyx"]),
-    Extension("edge_agent._shm", ["cext/_shm.pyx"]),
+    Extension("edge_agent._shm", ["cext/_shm.pyx"], include_dirs=[INCLUDES],
+              depends=[f"{INCLUDES}/sigbus_guard.h", f"{INCLUDES}/shm_compat.h"]),
     Extension("edge_agent._metrics", ["cext/_metrics.pyx"]),
 ]
 
@@ -61,6 +65,7 @@ setup(
     ext_modules=cythonize(
         EXTENSIONS,
         compiler_directives={"language_level": "3"},
+        include_path=["cext"],
         quiet=True,
     ),
     install_requires=[
@@ -70,7 +75,8 @@ setup(
         "protobuf>=7.35.1",  # the generated agent_pb2.py checks for this runtime
         "tflite-runtime==2.14.*; python_version < '3.12' and platform_machine != 'armv7l'",
         "ai-edge-litert; python_version >= '3.12'",
-        # The demo and bench build their models with the TFLite schema's flatbuffers code.
+        # The TFLite schema's generated code: the demo and bench build their models with it,
+        # and the agent reads an Edge TPU model's operators with it (docs/DEVELOPMENT.md).
         "tflite>=2.18",
         "flatbuffers>=24.3.25",
         "pynacl>=1.5",  # Ed25519 signatures of model packages

@@ -15,8 +15,8 @@ import os
 import subprocess
 import tempfile
 
-from edge_agent import model_builder
-from edge_agent.bench import start_agent, time_calls
+from edge_agent.tools import model_builder
+from edge_agent.tools.bench import start_agent, time_calls
 from edge_agent.client import AgentClient
 
 

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from edge_agent.bench import time_calls  # noqa: E402
+from edge_agent.tools.bench import time_calls  # noqa: E402
 from edge_agent.client import AgentClient  # noqa: E402
 
 TENSOR = np.zeros(1024, np.float32)  # 4 KB

@@ -24,8 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from edge_agent import model_builder  # noqa: E402
-from edge_agent.bench import rss_mb, time_calls  # noqa: E402
+from edge_agent.tools import model_builder  # noqa: E402
+from edge_agent.tools.bench import rss_mb, time_calls  # noqa: E402
 
 
 def serve_grpcio(workdir: str, socket_path: str) -> None:

@@ -29,8 +29,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from edge_agent import model_builder
-from edge_agent.bench import start_agent
+from edge_agent.tools import model_builder
+from edge_agent.tools.bench import start_agent
 from edge_agent.client import AgentClient
 from edge_agent.errors import AgentError
 

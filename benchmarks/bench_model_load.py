@@ -11,7 +11,7 @@ times, with the files in the page cache:
     invoked once, the report);
   - fresh: Prover.prove in a fresh `python -m edge_agent.model_probe` process (where there is
     no helper: its imports, then the same);
-  - in-process: delegates.create_interpreter alone, what loading cost before the check.
+  - in-process: delegates.interpreter_with_delegate alone, what loading cost before the check.
 Prints the medians and the memory the child measured.
 """
 from __future__ import annotations
@@ -24,10 +24,11 @@ from pathlib import Path
 
 from edge_agent import agent_pb2 as pb
 from edge_agent import config as config_module
-from edge_agent import delegates, model_builder
+from edge_agent import delegates
 from edge_agent.engine import create_interpreter
 from edge_agent.prover import Prover
 from edge_agent.service import AgentService
+from edge_agent.tools import model_builder
 
 
 def median_seconds(action, runs: int) -> float:
@@ -67,7 +68,7 @@ def main() -> int:
         fresh_s = median_seconds(lambda: fresh.prove(content, config, name, 1 << 30),
                                  args.runs)
         direct_s = median_seconds(
-            lambda: delegates.create_interpreter(content, config, name, create_interpreter),
+            lambda: delegates.interpreter_with_delegate(content, config, name, create_interpreter),
             args.runs)
         measured = helper.prove(content, config, name, 1 << 30).peak_bytes
         print(f"{name:>6} {len(content) / 1e6:>7.2f}MB {load_s * 1e3:>7.1f}ms "

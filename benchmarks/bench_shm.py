@@ -24,8 +24,8 @@ import tempfile
 
 import numpy as np
 
-from edge_agent import model_builder
-from edge_agent.bench import start_agent, time_calls
+from edge_agent.tools import model_builder
+from edge_agent.tools.bench import start_agent, time_calls
 from edge_agent.client import AgentClient
 from edge_agent.shm_client import SysVSegment
 

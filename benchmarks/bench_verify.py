@@ -23,9 +23,10 @@ import sys
 import tempfile
 import time
 
-from edge_agent import model_builder, packages
+from edge_agent import packages
 from edge_agent.archive import Limits
 from edge_agent.packages import ensure_demo_keys
+from edge_agent.tools import model_builder
 
 LIMITS = Limits(max_bytes=2**31, max_files=64)
 

@@ -33,10 +33,11 @@ from pathlib import Path
 
 from packaging.requirements import Requirement
 
-from edge_agent import model_builder, runtime
+from edge_agent import runtime
 from edge_agent.client import AgentClient
 from edge_agent.errors import AgentError
 from edge_agent.launch import agent_command
+from edge_agent.tools import model_builder
 
 
 LOADS = 5

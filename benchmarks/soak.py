@@ -27,8 +27,8 @@ import time
 
 import numpy as np
 
-from edge_agent import model_builder
-from edge_agent.bench import rss_mb, start_agent
+from edge_agent.tools import model_builder
+from edge_agent.tools.bench import rss_mb, start_agent
 from edge_agent.client import AgentClient
 from edge_agent.shm_client import MemfdSegment, PosixSegment, SysVSegment
 

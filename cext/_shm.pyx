@@ -18,156 +18,23 @@ Memory safety rules kept here:
   beyond its new end raises SIGBUS. A SIGBUS handler (as Wayland compositors do for client
   pools) replaces such a mapping with anonymous zero pages and flags it (Mapping.faulted), so
   the copy in flight completes and the caller reports the segment as invalid, instead of the
-  agent dying. SysV segments cannot shrink, so they need no such guard.
+  agent dying. SysV segments cannot shrink, so they need no such guard. The guard is C (it
+  runs inside the signal handler, where Python cannot): cext/includes/sigbus_guard.h; the
+  libc declarations are in cext/includes/system.pxd.
 """
 from cpython.buffer cimport PyBUF_FORMAT, PyBUF_ND, PyBUF_WRITABLE
 from libc.errno cimport errno
-from libc.stdint cimport uint64_t, uintptr_t
-from posix.types cimport off_t, mode_t, uid_t, gid_t, pid_t, time_t
+from includes.sigbus_guard cimport (EA_GUARD_SLOTS, ea_guard_add, ea_guard_faulted,
+                                     ea_guard_install, ea_guard_remove)
+from includes.system cimport (EA_IPC_SEQ, IPC_CREAT, IPC_EXCL, IPC_PRIVATE, IPC_RMID, IPC_STAT,
+                              MAP_FAILED, MAP_SHARED, O_CLOEXEC, O_CREAT, O_EXCL, O_NOFOLLOW,
+                              O_NONBLOCK, O_RDONLY, O_RDWR, PROT_READ, PROT_WRITE, S_ISREG,
+                              SHM_DEST, SHM_RDONLY, close, fchmod, fstat, ftruncate, mmap,
+                              munmap, shm_open, shm_unlink, shmat, shmctl, shmdt, shmget,
+                              shmid_ds, stat)
 
 import errno as errno_module
 import os
-
-cdef extern from "<sys/types.h>":
-    ctypedef int key_t
-
-cdef extern from "<sys/stat.h>":
-    cdef struct stat:
-        unsigned long st_dev
-        unsigned long st_ino
-        mode_t st_mode
-        uid_t st_uid
-        gid_t st_gid
-        off_t st_size
-    int fstat(int fd, stat* buf) nogil
-    bint S_ISREG(mode_t mode)
-
-cdef extern from "<sys/mman.h>":
-    void* mmap(void* addr, size_t length, int prot, int flags, int fd, off_t offset) nogil
-    int munmap(void* addr, size_t length) nogil
-    int shm_open(const char* name, int oflag, mode_t mode) nogil
-    int shm_unlink(const char* name) nogil
-    void* MAP_FAILED
-    int PROT_READ, PROT_WRITE, MAP_SHARED
-
-cdef extern from "<fcntl.h>":
-    int O_RDONLY, O_RDWR, O_CREAT, O_EXCL, O_NONBLOCK, O_NOFOLLOW, O_CLOEXEC
-
-cdef extern from "<unistd.h>":
-    int close(int fd) nogil
-    int ftruncate(int fd, off_t length) nogil
-    int fchmod(int fd, mode_t mode) nogil
-
-cdef extern from "<sys/shm.h>":
-    cdef struct ipc_perm:
-        key_t __key
-        uid_t uid
-        gid_t gid
-        uid_t cuid
-        gid_t cgid
-        unsigned short mode
-    cdef struct shmid_ds:
-        ipc_perm shm_perm
-        size_t shm_segsz
-        time_t shm_atime
-        time_t shm_dtime
-        time_t shm_ctime
-        pid_t shm_cpid
-        pid_t shm_lpid
-        unsigned long shm_nattch
-    void* shmat(int shmid, const void* shmaddr, int shmflg) nogil
-    int shmdt(const void* shmaddr) nogil
-    int shmctl(int shmid, int cmd, shmid_ds* buf) nogil
-    int shmget(key_t key, size_t size, int shmflg) nogil
-    int IPC_STAT, IPC_RMID, IPC_PRIVATE, IPC_CREAT, IPC_EXCL, SHM_RDONLY
-
-# The SIGBUS guard, in C: it must run inside a signal handler, where Python cannot.
-cdef extern from *:
-    """
-    #include <signal.h>
-    #include <string.h>
-    #include <sys/mman.h>
-    #include <sys/shm.h>
-    #ifndef SHM_DEST
-    #define SHM_DEST 01000  /* Linux: the segment is marked for removal */
-    #endif
-    #define EA_GUARD_SLOTS 1024
-
-    /* Registered POSIX mappings. Slots are written with the GIL held; the handler only
-       reads them, and a mapping in use by a copy is never unregistered during it. */
-    typedef struct { volatile uintptr_t start; volatile size_t length; volatile int faulted; } ea_guard_slot;
-    static ea_guard_slot ea_guard[EA_GUARD_SLOTS];
-    static struct sigaction ea_previous_sigbus;
-    static int ea_guard_installed = 0;
-
-    static void ea_sigbus(int signum, siginfo_t *info, void *context) {
-        uintptr_t addr = (uintptr_t)info->si_addr;
-        for (int i = 0; i < EA_GUARD_SLOTS; i++) {
-            uintptr_t start = ea_guard[i].start;
-            size_t length = ea_guard[i].length;
-            if (start && addr >= start && addr - start < length) {
-                /* Zero pages in place of the truncated object: the faulting access is
-                   retried and succeeds; the owner of the mapping sees `faulted`. */
-                mmap((void *)start, length, PROT_READ | PROT_WRITE,
-                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
-                ea_guard[i].faulted = 1;
-                return;
-            }
-        }
-        /* Not ours: hand over to whoever had SIGBUS before (faulthandler, the default). */
-        if (ea_previous_sigbus.sa_flags & SA_SIGINFO) {
-            if (ea_previous_sigbus.sa_sigaction) { ea_previous_sigbus.sa_sigaction(signum, info, context); return; }
-        } else if (ea_previous_sigbus.sa_handler != SIG_DFL && ea_previous_sigbus.sa_handler != SIG_IGN) {
-            ea_previous_sigbus.sa_handler(signum); return;
-        }
-        sigaction(SIGBUS, &ea_previous_sigbus, NULL);  /* the retried access dies as it should */
-    }
-
-    static int ea_guard_install(void) {
-        if (ea_guard_installed) return 0;
-        struct sigaction action;
-        memset(&action, 0, sizeof action);
-        action.sa_sigaction = ea_sigbus;
-        action.sa_flags = SA_SIGINFO;
-        sigemptyset(&action.sa_mask);
-        if (sigaction(SIGBUS, &action, &ea_previous_sigbus) != 0) return -1;
-        ea_guard_installed = 1;
-        return 0;
-    }
-
-    static int ea_guard_add(void *start, size_t length) {
-        for (int i = 0; i < EA_GUARD_SLOTS; i++) {
-            if (!ea_guard[i].start) {
-                ea_guard[i].faulted = 0;
-                ea_guard[i].length = length;
-                __atomic_store_n(&ea_guard[i].start, (uintptr_t)start, __ATOMIC_RELEASE);
-                return i;
-            }
-        }
-        return -1;
-    }
-
-    static void ea_guard_remove(int slot) {
-        __atomic_store_n(&ea_guard[slot].start, (uintptr_t)0, __ATOMIC_RELEASE);
-        ea_guard[slot].length = 0;
-    }
-
-    static int ea_guard_faulted(int slot) { return ea_guard[slot].faulted; }
-
-    /* ipc_perm's sequence number is a glibc field name; other libcs call it otherwise. */
-    #ifdef __GLIBC__
-    #define EA_IPC_SEQ(perm) ((perm).__seq)
-    #else
-    #define EA_IPC_SEQ(perm) 0
-    #endif
-    """
-    int SHM_DEST
-    int EA_GUARD_SLOTS
-    int ea_guard_install()
-    int ea_guard_add(void* start, size_t length)
-    void ea_guard_remove(int slot)
-    int ea_guard_faulted(int slot)
-    unsigned int EA_IPC_SEQ(ipc_perm perm)
 
 
 cdef inline _os_error(what):

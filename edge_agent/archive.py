@@ -27,7 +27,7 @@ import tempfile
 import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import BinaryIO, Callable, Iterator
+from typing import IO, Callable, Iterator, Protocol
 
 from edge_agent.errors import AgentError, failed_precondition
 from edge_agent.modelfile import open_regular
@@ -78,10 +78,14 @@ def is_gzip(path: str) -> bool:
         return f.read(2) == GZIP_MAGIC
 
 
+class _Readable(Protocol):
+    def read(self, size: int = ..., /) -> bytes: ...
+
+
 class _BoundedReader:
     """A read-only stream that fails once more than `limit` bytes came out of it."""
 
-    def __init__(self, raw: BinaryIO, limit: int, refuse: Callable[[str], AgentError]):
+    def __init__(self, raw: _Readable, limit: int, refuse: Callable[[str], AgentError]):
         self._raw = raw
         self._left = limit
         self._refuse = refuse
@@ -161,9 +165,12 @@ class _Unpacker:
         if self.file_bytes > self.limits.max_bytes:
             raise self.refuse(f"its files hold more than {self.limits.max_bytes} bytes "
                               "(edge_agent_max_package_bytes)")
-        self._write(tar.extractfile(member), parts, member.size, member.name)
+        source = tar.extractfile(member)
+        if source is None:  # only for what is not a regular file, refused above
+            raise self.refuse(f"'{member.name}' has no contents to read")
+        self._write(source, parts, member.size, member.name)
 
-    def _write(self, source: BinaryIO, parts: tuple[str, ...], size: int, name: str) -> None:
+    def _write(self, source: IO[bytes], parts: tuple[str, ...], size: int, name: str) -> None:
         if len(parts) > 1:
             os.makedirs(os.path.join(self.root, *parts[:-1]), mode=0o700, exist_ok=True)
         try:
@@ -218,7 +225,10 @@ def _extract(archive_path: str, root: str, limits: Limits, label: str,
         with open_regular(archive_path, name=label, refuse=refuse) as raw, \
                 gzip.GzipFile(fileobj=raw, mode="rb") as gz:
             bounded = _BoundedReader(gz, stream_limit, refuse)
-            with tarfile.open(fileobj=bounded, mode="r|", tarinfo=_BoundedTarInfo) as tar:
+            # Stream mode ("r|") only reads; typeshed's fileobj protocol also asks for write
+            # and seek, which a bounded reader must not have.
+            with tarfile.open(fileobj=bounded, mode="r|",  # type: ignore[call-overload]
+                              tarinfo=_BoundedTarInfo) as tar:
                 for member in tar:
                     unpacker.member(tar, member)
     except AgentError:

@@ -350,7 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "ENCODING: CSV, JSON, NONE (default) or BASE64 (repeatable)")
     capture.add_argument("--aux-output", action="append", default=[],
                          metavar="NAME=FILE[:ENCODING]", help="auxiliary output data (repeatable)")
-    capture.add_argument("--capture-id", help="1 to 128 characters of [A-Za-z0-9._:-], e.g. a UUID (default: a new random UUID)")
+    capture.add_argument("--capture-id", help="1 to 128 characters of [A-Za-z0-9._:-], e.g. a "
+                         "UUID (default: a new random UUID)")
     capture.add_argument("--timestamp", type=float,
                          help="inference time, seconds since the epoch (default: now)")
     status = actions.add_parser("status", help="status of a capture, and why if it failed")
@@ -372,7 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="start an agent, load a demo model, predict, stop")
     demo.add_argument("--workdir", help="directory for the demo's files (default: a temporary one)")
-    demo.set_defaults(func=lambda a: __import__("edge_agent.demo", fromlist=["run"]).run(a))
+    demo.set_defaults(func=lambda a: __import__("edge_agent.tools.demo", fromlist=["run"]).run(a))
 
     # --- model packages: keygen, package, verify ---
     from edge_agent import package_cli
@@ -381,7 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="measure Predict round trips against in-process invoke")
     bench.add_argument("--iterations", type=int, default=2000)
     bench.add_argument("--json", action="store_true", help="print the results as JSON")
-    bench.set_defaults(func=lambda a: __import__("edge_agent.bench", fromlist=["run"]).run(a))
+    bench.set_defaults(func=lambda a: __import__("edge_agent.tools.bench", fromlist=["run"]).run(a))
     return parser
 
 

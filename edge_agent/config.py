@@ -406,7 +406,9 @@ def describe_keys() -> list[tuple[str, str, Any]]:
         if f.default is not dataclasses.MISSING:
             return f.default
         # An empty list or object is made fresh per config, not computed.
-        return f.default_factory() if _field_type(f) in (tuple, dict) else None
+        if f.default_factory is not dataclasses.MISSING and _field_type(f) in (tuple, dict):
+            return f.default_factory()
+        return None
     return [(name, f.metadata["doc"], default(f)) for name, f in FIELDS.items()]
 
 

@@ -127,9 +127,10 @@ def _refuse_edgetpu_model(config: AgentConfig, what: str, delegation: Delegation
         f"is loaded: {why}")
 
 
-def create_interpreter(content: bytes, config: AgentConfig, what: str,
-                       make: Callable[..., Any]) -> tuple[Any, Delegation]:
-    """An interpreter for the model with the configured delegate, and what runs it.
+def interpreter_with_delegate(content: bytes, config: AgentConfig, what: str,
+                              make: Callable[..., Any]) -> tuple[Any, Delegation]:
+    """An interpreter for the model with the configured delegate (or the CPU, as
+    edge_agent_delegate_fallback says), and what runs it.
 
     `make(content, num_threads, delegates, op_resolver_type)` is engine.create_interpreter.
     An Edge TPU model is refused before any interpreter is made, so the message says so
@@ -143,13 +144,17 @@ def create_interpreter(content: bytes, config: AgentConfig, what: str,
     try:
         return make(content, threads, delegation.delegates, delegation.op_resolver_type), delegation
     except AgentError as e:
-        # The runtime undoes a delegate whose Prepare fails and says so ("Restored original
-        # execution plan after delegate application failure"); other refusals (a missing
-        # op) would fail on the CPU too and are reported as they are.
-        if not delegation.delegates or "delegate" not in e.message.lower():
+        if not delegation.delegates:
             raise
         if delegation.edgetpu and needs_edgetpu(content):
             raise  # no CPU can run it: the runtime's reason is the one to give
+        # Whose fault is it? The runtime raises the same ValueError whether the model or the
+        # delegate's Prepare failed, and only its wording tells them apart; the model on the
+        # CPU alone tells for sure. If the CPU refuses it too, the model is at fault and the
+        # refusal stands; otherwise the delegate cannot run this model.
+        try:
+            on_cpu = make(content, threads, (), None)
+        except AgentError:
+            raise e from None
         problem = f"cannot be applied to this model ({e.message})"
-    delegation = _fall_back(config, what, delegation.name, problem)
-    return make(content, threads, (), None), delegation
+    return on_cpu, _fall_back(config, what, delegation.name, problem)

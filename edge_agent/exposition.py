@@ -11,7 +11,7 @@ import os
 import socket
 import socketserver
 import threading
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
@@ -169,7 +169,8 @@ def registry(snapshot: Snapshot) -> CollectorRegistry:
 # --- the HTTP listener --------------------------------------------------------------------
 
 def _handler(registry_: CollectorRegistry) -> type:
-    class Handler(MetricsHandler.factory(registry_)):
+    # factory() makes the handler class at run time, so mypy cannot know the base.
+    class Handler(MetricsHandler.factory(registry_)):  # type: ignore[misc]
         timeout = REQUEST_TIMEOUT_SECONDS
 
         def address_string(self) -> str:  # a UNIX peer has no address
@@ -248,6 +249,8 @@ def _bind(listen: str, handler: type, config: AgentConfig) -> socketserver.BaseS
 
 class Exposition:
     """The HTTP listener and the textfile writer, each when configured."""
+
+    address: Any  # socketserver's server_address: (host, port[, ...]) or a socket path
 
     def __init__(self, snapshot: Snapshot, config: AgentConfig):
         self.config = config

@@ -25,6 +25,7 @@ import binascii
 import hashlib
 import os
 import stat
+from collections.abc import Mapping
 
 from nacl.signing import SigningKey, VerifyKey
 
@@ -247,6 +248,6 @@ def load_trust(path: str) -> dict[str, VerifyKey]:
     return keys
 
 
-def describe_trust(keys: dict[str, VerifyKey]) -> str:
+def describe_trust(keys: Mapping[str, VerifyKey]) -> str:
     return ", ".join(sorted(keys))
 

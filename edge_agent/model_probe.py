@@ -75,8 +75,8 @@ def _check(content: bytes, settings: dict) -> dict:
 
     config = from_mapping(settings)
     try:
-        interpreter, _ = delegates.create_interpreter(content, config, "the model",
-                                                      create_interpreter)
+        interpreter, _ = delegates.interpreter_with_delegate(content, config, "the model",
+                                                             create_interpreter)
         _exercise(interpreter)
     except AgentError as e:
         if e.code == StatusCode.RESOURCE_EXHAUSTED:

@@ -30,7 +30,7 @@ import shutil
 import tarfile
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
@@ -339,7 +339,7 @@ class _ProgressReader(io.BytesIO):
         super().__init__(data)
         self._progress, self._what, self._size = progress, what, len(data)
 
-    def read(self, size: int = -1) -> bytes:
+    def read(self, size: int | None = -1) -> bytes:
         chunk = super().read(size)
         if self._progress:
             self._progress(self._what, self.tell(), self._size)
@@ -553,7 +553,7 @@ def verify_directory(directory: str, keys: Mapping[str, VerifyKey], *, label: st
                            may_read=may_read)
         if data is not None:
             model = data
-    if not looks_like_tflite(model):
+    if model is None or not looks_like_tflite(model):
         raise refuse(f"'{manifest.model}' is not a TensorFlow Lite model")
     return VerifiedPackage(manifest, ident, model)
 
@@ -583,7 +583,7 @@ def open_package(path: str, trust_path: str, work_dir: str, limits: Limits, *,
             f"are configured: set {ROOT_CERTS_KEY} to the folder of public keys (*.pub) that "
             "packages are signed with")
     keys = load_trust(trust_path)
-    options = dict(label=label, target_check=target_check, check_size=check_size,
+    options: dict[str, Any] = dict(label=label, target_check=target_check, check_size=check_size,
                    progress=progress, delegate=delegate)
     if directory:
         return verify_directory(path, keys, may_read=may_read, **options)

@@ -157,7 +157,7 @@ class AgentService:
             measured = self._prove(content, what)
             self.budget.reserve(measured, what)
             reserved += measured
-            interpreter, delegation = delegates.create_interpreter(
+            interpreter, delegation = delegates.interpreter_with_delegate(
                 content, self.config, what, create_interpreter)
             # The arena and the runtime's packed copies of weights come on top of the file:
             # an estimate from the tensors, for when the child measured less or nothing.

@@ -29,7 +29,7 @@ def agent_config():
 
 def write_models() -> None:
     """The models the seed frames load and predict with, at their fixed paths."""
-    from edge_agent import model_builder
+    from edge_agent.tools import model_builder
 
     WORK.mkdir(parents=True, exist_ok=True)
     MODEL_PATH.parent.mkdir(parents=True, exist_ok=True)

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent import model_builder
 from edge_agent.client import AgentClient
+from edge_agent.tools import model_builder
 
 ROOT = Path(__file__).resolve().parent.parent
 pytest_plugins = ["s3server"]

@@ -14,8 +14,9 @@ from typing import Callable
 
 from nacl.signing import SigningKey
 
-from edge_agent import model_builder, packages
+from edge_agent import packages
 from edge_agent.keys import generate_key, read_private_key
+from edge_agent.tools import model_builder
 
 MARKER = "ESCAPED"  # the name every hostile archive tries to write outside its directory
 LABELS = b"cat\ndog\nbird\n"

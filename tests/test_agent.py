@@ -7,9 +7,9 @@ from concurrency import run_concurrently
 from fifo_helpers import fifo, returns
 
 from edge_agent import agent_pb2 as pb
-from edge_agent import model_builder
 from edge_agent.errors import AgentError, StatusCode
 from edge_agent.protocol import Method
+from edge_agent.tools import model_builder
 
 
 def expect_error(code: StatusCode, call, *args, match: str | None = None) -> AgentError:

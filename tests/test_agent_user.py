@@ -21,7 +21,7 @@ from edge_agent.client import AgentClient
 from edge_agent.errors import AgentError, StatusCode
 from edge_agent.shm_client import SysVSegment
 
-from privileges import CAP_IPC_OWNER, NOBODY, fork_as
+from privileges import CAP_IPC_OWNER, NOBODY, fork_as, project_unreachable_reason
 
 # What the agent imports, lazily or not, on the paths these tests take.
 AGENT_MODULES = ("grp", "pwd", "edge_agent.server", "edge_agent.service", "edge_agent.engine",
@@ -34,7 +34,6 @@ def _preload_agent() -> None:
         importlib.import_module(name)
     runtime.interpreter_module()
 
-from privileges import project_unreachable_reason
 
 pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch users"),
               pytest.mark.skipif(project_unreachable_reason() is not None,

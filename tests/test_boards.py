@@ -11,10 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_agent import boards, model_builder
+from edge_agent import boards
 from edge_agent.machine import ARCHITECTURES
 from edge_agent.config import DELEGATES, ConfigError
 from edge_agent.errors import AgentError, StatusCode
+from edge_agent.tools import model_builder
 
 from conftest import ROOT, AgentProcess
 

@@ -6,7 +6,7 @@ import sys
 
 import numpy as np
 
-from edge_agent import model_builder
+from edge_agent.tools import model_builder
 
 
 def edge_agent(*args: str, check: bool = True) -> subprocess.CompletedProcess:

@@ -95,7 +95,7 @@ def test_serve_stops_on_a_wrong_value_naming_the_key(tmp_path):
 
 
 def test_the_documented_key_table_is_current():
-    from edge_agent import docs_tables
+    from edge_agent.tools import docs_tables
     text = docs_tables.CONFIGURATION.read_text()
     assert docs_tables.render(text) == text, "docs/CONFIGURATION.md is stale: run `make docs`"
     for key, _, _ in config.describe_keys():

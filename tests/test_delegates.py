@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_agent import accelerators, agent_pb2 as pb, config, delegates, model_builder
+from edge_agent import accelerators, agent_pb2 as pb, config, delegates
 from edge_agent.errors import AgentError, StatusCode
 from edge_agent.service import AgentService
 from edge_agent.tensors import add_array
+from edge_agent.tools import model_builder
 
 NO_SUCH_LIBRARY = "/nonexistent/libno-such-delegate.so"
 
@@ -147,12 +148,20 @@ def test_a_delegate_that_fails_to_apply(tmp_path, model_files, recording_delegat
     assert "prepare" in recorded(record)  # it was really asked
 
 
-def test_a_missing_op_is_not_blamed_on_the_delegate(tmp_path, model_files, recording_delegate):
+@pytest.mark.parametrize("fallback", ["fail", "cpu"])
+@pytest.mark.parametrize("prepare", ["succeeds", "fails"])
+def test_a_missing_op_is_not_blamed_on_the_delegate(tmp_path, model_files, recording_delegate,
+                                                    record, fallback, prepare):
+    # Whether the delegate takes the graph or not, the CPU cannot run this model either: the
+    # refusal is the model's, whatever the fallback says.
+    options = {"record_to": str(record), **({"fail_prepare": "1"} if prepare == "fails" else {})}
     service = service_with(tmp_path, edge_agent_delegate="external",
                            edge_agent_delegate_library=recording_delegate,
-                           edge_agent_delegate_fallback="cpu")
+                           edge_agent_delegate_options=options,
+                           edge_agent_delegate_fallback=fallback)
     error = refused(service, model_files["custom"])
     assert "custom op 'EdgeAgentMissingOp'" in error.message
+    assert "delegate" not in error.message
 
 
 # --- the Edge TPU -----------------------------------------------------------------------------

@@ -22,13 +22,13 @@ from test_connections import wait_taken
 from test_transport import closed_by_peer, raw_connection, read_replies
 
 from edge_agent import agent_pb2 as pb
-from edge_agent import model_builder
 from edge_agent.client import AgentClient
 from edge_agent.errors import AgentError, StatusCode
 from edge_agent.protocol import HEADER, Kind, Method, encode_request
 from edge_agent.service import AgentService, Caller
 from edge_agent.shm_client import MemfdSegment, PosixSegment, ShmTensor
 from edge_agent.sockets import MAX_FDS
+from edge_agent.tools import model_builder
 
 NOBODY = 65534
 F32 = np.float32

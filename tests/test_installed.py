@@ -7,7 +7,9 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import tarfile
 import venv
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -18,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # What a fresh clone does not have: build products, compiled modules, local environments.
 BUILD_PRODUCTS = shutil.ignore_patterns(
     ".git", ".venv*", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache",
-    ".hypothesis", "*.so", "_framing.c", "_shm.c", "demo-run")
+    ".hypothesis", "*.so", "_framing.c", "_shm.c", "demo-run", ".mypy_cache", ".ruff_cache")
 
 
 @pytest.fixture(scope="module")
@@ -83,3 +85,34 @@ def test_the_wheel_ships_its_type_information(installed):
     assert Path(package).is_relative_to(installed.parent)
     assert Path(package, "py.typed").is_file()  # PEP 561: type checkers read the annotations
     assert Path(package, "agent_pb2.pyi").is_file()
+    for compiled in ("_framing", "_shm", "_metrics"):  # stubs of the compiled modules (`make lint` checks them)
+        assert Path(package, f"{compiled}.pyi").is_file()
+
+
+@pytest.mark.slow
+def test_the_sdist_builds_the_same_wheel(checkout, tmp_path):
+    """An sdist carries what setup.py compiles from (the Cython sources, their .pxd
+    declarations and C headers in cext/includes/, the board profiles), and pip builds the
+    wheel from it alone."""
+    if not (checkout / "setup.py").exists():
+        pytest.skip("no source tree here (only the installed wheel is under test)")
+    subprocess.run([sys.executable, "setup.py", "-q", "sdist", "-d", str(tmp_path / "sdist")],
+                   cwd=checkout, check=True, capture_output=True, timeout=600)
+    (sdist,) = (tmp_path / "sdist").glob("edge_agent-*.tar.gz")
+    # The "data" filter where this Python has it (3.11.4+), which later ones expect to be named.
+    safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+    with tarfile.open(sdist) as archive:
+        archive.extractall(tmp_path / "unpacked", **safe)
+    (source,) = (tmp_path / "unpacked").iterdir()
+    for name in ("cext/_shm.pyx", "cext/includes/system.pxd", "cext/includes/sigbus_guard.h",
+                 "firmware_configs/raspberry-pi-4b.json", "edge_agent/py.typed"):
+        assert (source / name).is_file(), f"the sdist lacks {name}"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
+                    "--no-build-isolation", "--wheel-dir", str(tmp_path / "dist"), "."],
+                   cwd=source, check=True, capture_output=True, timeout=600)
+    (wheel,) = (tmp_path / "dist").glob("edge_agent-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    for module in ("_framing", "_shm", "_metrics"):
+        assert [n for n in names if n.startswith(f"edge_agent/{module}.") and n.endswith(".so")]
+    assert "edge_agent/tools/model_builder.py" in names
+    assert "edge_agent/firmware_configs/raspberry-pi-4b.json" in names

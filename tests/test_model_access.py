@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 import package_cases as cases
-from edge_agent import model_builder
 from edge_agent.client import AgentClient
 from edge_agent.errors import AgentError, StatusCode
+from edge_agent.tools import model_builder
 from privileges import NOBODY, fork_as
 
 def _call_all(socket_path: str, calls) -> list:

@@ -1,4 +1,4 @@
-"""Every model from edge_agent.model_builder runs in the TFLite runtime the agent uses
+"""Every model from edge_agent.tools.model_builder runs in the TFLite runtime the agent uses
 (tflite-runtime or LiteRT, edge_agent.runtime decides) and matches its reference."""
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import tflite
 
-from edge_agent import model_builder as mb
-from edge_agent.model_builder import BuiltModel, TensorSpec
 from edge_agent.runtime import interpreter_module
+from edge_agent.tools import model_builder as mb
+from edge_agent.tools.model_builder import BuiltModel, BuiltTensor
 
 # Float outputs may differ from the float64-accumulated references by rounding only.
 _RTOL = 1e-5
@@ -63,7 +63,7 @@ def _assert_matches(actual: dict[str, np.ndarray], expected: dict[str, np.ndarra
             np.testing.assert_allclose(got, want, rtol=_RTOL, atol=_ATOL, err_msg=name)
 
 
-def _assert_details_match(details: list[dict], specs: tuple[TensorSpec, ...]) -> None:
+def _assert_details_match(details: list[dict], specs: tuple[BuiltTensor, ...]) -> None:
     assert [d["name"] for d in details] == [s.name for s in specs]
     for detail, spec in zip(details, specs):
         assert np.dtype(detail["dtype"]) == spec.dtype, spec.name

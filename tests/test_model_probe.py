@@ -25,9 +25,10 @@ import pytest
 import package_cases as cases
 from edge_agent import agent_pb2 as pb
 from edge_agent import config as config_module
-from edge_agent import model_builder, model_probe, prover, runtime
+from edge_agent import model_probe, prover, runtime
 from edge_agent.errors import AgentError, StatusCode
 from edge_agent.service import AgentService
+from edge_agent.tools import model_builder
 
 GOOD = model_builder.add_model().content
 # Offsets whose flipped byte (xor 0xff) makes the runtime dereference garbage (SIGSEGV),

@@ -11,8 +11,9 @@ import pytest
 
 import package_cases as cases
 from fifo_helpers import fifo, returns
-from edge_agent import model_builder, packages
+from edge_agent import packages
 from edge_agent.errors import AgentError, StatusCode
+from edge_agent.tools import model_builder
 
 
 @pytest.fixture

@@ -15,10 +15,11 @@ import pytest
 import package_cases as cases
 from fifo_helpers import fifo, returns
 
-from edge_agent import accelerators, archive, keys, model_builder, modelfile, packages
+from edge_agent import accelerators, archive, keys, modelfile, packages
 from edge_agent import machine as machine_module
 from edge_agent.archive import Limits
 from edge_agent.errors import AgentError, StatusCode
+from edge_agent.tools import model_builder
 
 LIMITS = Limits(max_bytes=cases.BOMB_LIMIT, max_files=64)
 

@@ -11,10 +11,11 @@ import pytest
 from conftest import AgentProcess, public_directory
 from fifo_helpers import fifo, returns
 
-from edge_agent import _shm, model_builder
+from edge_agent import _shm
 from edge_agent.client import AgentClient
 from edge_agent.errors import AgentError, StatusCode
 from edge_agent.shm_client import PosixSegment, ShmTensor, SysVSegment
+from edge_agent.tools import model_builder
 
 NOBODY = 65534
 GROUP = 4242  # a group nobody is not in

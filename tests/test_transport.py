@@ -14,9 +14,9 @@ from capture_helpers import wait_for
 from concurrency import run_concurrently
 
 from edge_agent import agent_pb2 as pb
-from edge_agent import model_builder
 from edge_agent.errors import AgentError, StatusCode
 from edge_agent.protocol import HEADER, FrameDecoder, Kind, Method, encode_request
+from edge_agent.tools import model_builder
 
 
 def raw_connection(agent) -> socket.socket:
@@ -192,7 +192,7 @@ def test_a_client_that_disconnects_mid_call(agent, model_files):
     for _ in range(5):
         sock = raw_connection(agent)
         request = pb.PredictRequest(name="slow")
-        t = request.tensors.add(byte_data=inputs["x"].tobytes())
+        request.tensors.add(byte_data=inputs["x"].tobytes())
         sock.sendall(encode_request(Method.PREDICT, 1, request.SerializeToString()))
         sock.close()  # gone before the reply is written
     with agent.client() as client:

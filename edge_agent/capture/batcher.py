@@ -25,7 +25,7 @@ from typing import Callable, NamedTuple
 
 from edge_agent import agent_pb2 as pb
 from edge_agent.capture import entries
-from edge_agent.capture.destinations import DeliveryError
+from edge_agent.capture.destinations import DeliveryError, Destination
 from edge_agent.capture.journal import Journal, Location
 from edge_agent.capture.manifest import batch_folder, build_batch
 from edge_agent.capture.status import Outcome, StatusLog
@@ -59,14 +59,14 @@ class BatchSettings(NamedTuple):
 
 
 class Batcher:
-    def __init__(self, journal: Journal, statuses: StatusLog, destination: Callable[[], object],
+    def __init__(self, journal: Journal, statuses: StatusLog, destination: Callable[[], Destination],
                  settings: BatchSettings, on_finished: Callable[[int, int], None]):
         """`destination()` returns the Destination (built on first use, in this thread);
         `on_finished(count, status)`: a batch of `count` captures ended in `status`."""
         self.journal = journal
         self.statuses = statuses
         self._destination_factory = destination
-        self._destination = None
+        self._destination: Destination | None = None
         self.settings = settings
         self.on_finished = on_finished
         self._waiting: collections.deque[Waiting] = collections.deque()
@@ -118,8 +118,7 @@ class Batcher:
                 return
             batch = work if isinstance(work, Batch) else None
             try:
-                if batch is None:
-                    batch = self._seal(work)
+                batch = work if isinstance(work, Batch) else self._seal(work)
                 self._deliver(batch)
                 failures = 0
                 continue

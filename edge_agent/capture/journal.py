@@ -57,7 +57,7 @@ class _Flush:
     """The appends one fdatasync covers (group commit): its outcome, shared by all of them."""
     __slots__ = ("done", "error")
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.done = False
         self.error: OSError | None = None
 
@@ -82,7 +82,7 @@ class Journal:
         """Replay: every good record as (segment, record), oldest first; then open for appends."""
         make_directories(self.directory, self.fsync)
         segments = sorted(int(m.group(1)) for m in map(SEGMENT.fullmatch, os.listdir(self.directory)) if m)
-        replayed = []
+        replayed: list[tuple[int, records.Record]] = []
         for segment in segments:
             path = self._path(segment)
             with open(path, "rb") as f:

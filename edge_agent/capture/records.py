@@ -37,7 +37,7 @@ def encode(record_type: int, payload: bytes) -> bytes:
 
 def read_records(f: BinaryIO) -> tuple[list[Record], int, str | None]:
     """(the good records, the offset where they end, why reading stopped early or None)."""
-    records = []
+    records: list[Record] = []
     offset = 0
     while True:
         header = f.read(HEADER.size)

@@ -17,10 +17,13 @@ import collections
 import logging
 import os
 import threading
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from edge_agent.capture.destinations import DeliveryError
 from edge_agent.capture.manifest import MANIFEST
+
+if TYPE_CHECKING:  # the S3 client is imported only when an upload is configured
+    from edge_agent.capture.s3 import S3Client
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +40,11 @@ def pending_batches(root: str) -> list[str]:
 
 
 class PeriodicUploader:
-    def __init__(self, root: str, period: float, client_factory: Callable[[], object]):
+    def __init__(self, root: str, period: float, client_factory: Callable[[], S3Client]):
         self.root = root
         self.period = period
         self._client_factory = client_factory
-        self._client = None
+        self._client: S3Client | None = None
         self._lock = threading.Lock()
         self._queue: collections.deque[str] = collections.deque()  # folders, oldest first
         self._queued: set[str] = set()
@@ -81,6 +84,7 @@ class PeriodicUploader:
         failed folder and those after it queued."""
         if self._client is None:
             self._client = self._client_factory()
+        client = self._client
         if not self._scanned:
             for folder in pending_batches(self.root):
                 self.enqueue(folder)
@@ -91,14 +95,14 @@ class PeriodicUploader:
                 if not self._queue:
                     break
                 folder = self._queue[0]
-            self._upload(folder)
+            self._upload(client, folder)
             with self._lock:
                 self._queue.popleft()
                 self._queued.discard(folder)
             uploaded += 1
         return uploaded
 
-    def _upload(self, folder: str) -> None:
+    def _upload(self, client: S3Client, folder: str) -> None:
         directory = os.path.join(self.root, folder)
         names = sorted(n for n in os.listdir(directory)  # a batch folder is flat
                        if not n.endswith(".tmp") and n not in (MANIFEST, UPLOADED))
@@ -106,7 +110,7 @@ class PeriodicUploader:
             with open(os.path.join(directory, name), "rb") as f:
                 data = f.read()
             key = "/".join(p for p in (folder.replace(os.sep, "/"), name) if p != ".")
-            self._client.put_object(key, data)
+            client.put_object(key, data)
         with open(os.path.join(directory, UPLOADED), "wb"):
             pass
         log.debug("uploaded capture batch %s", folder)

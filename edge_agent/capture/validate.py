@@ -21,7 +21,7 @@ from edge_agent.tensors import byte_length, data_type_name, dtype_of, format_sha
 CLOCK_SKEW_SECONDS = 1.0
 
 # reader(handle, nbytes, what) → bytes-like, as for Predict; None: no shared-memory support.
-Reader = Optional[Callable[[pb.SharedMemoryHandle, int, str], object]]
+Reader = Optional[Callable[[pb.SharedMemoryHandle, int, str], "bytes | memoryview"]]
 
 
 # The ids the original agent's clients send (`capture1700000000`, UUIDs, ...): safe as object

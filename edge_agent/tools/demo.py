@@ -12,10 +12,10 @@ import time
 
 import numpy as np
 
-from edge_agent import model_builder
 from edge_agent.client import AgentClient
 from edge_agent.errors import AgentError
 from edge_agent.launch import agent_command
+from edge_agent.tools import model_builder
 
 
 def _say(text: str) -> None:

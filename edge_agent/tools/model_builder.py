@@ -30,7 +30,7 @@ from tflite.TensorType import TensorType
 __all__ = [
     "IDENTITY_DTYPES",
     "BuiltModel",
-    "TensorSpec",
+    "BuiltTensor",
     "add_model",
     "custom_op_model",
     "demo_model",
@@ -81,8 +81,9 @@ IDENTITY_DTYPES: tuple[np.dtype, ...] = tuple(
 
 
 @dataclass(frozen=True)
-class TensorSpec:
-    """Name, dtype and shape of a model input or output.
+class BuiltTensor:
+    """Name, dtype and shape of a built model's input or output (what the builder wrote;
+    engine.TensorSpec is what the agent reads back from a loaded interpreter).
 
     ``shape`` is the shape signature: ``-1`` marks a dimension the interpreter
     lets callers resize.  ``quantization`` is set on quantized tensors only,
@@ -118,8 +119,8 @@ class BuiltModel:
 
     name: str
     content: bytes
-    inputs: tuple[TensorSpec, ...]
-    outputs: tuple[TensorSpec, ...]
+    inputs: tuple[BuiltTensor, ...]
+    outputs: tuple[BuiltTensor, ...]
     reference: Reference = field(repr=False, compare=False)
 
     def write(self, path: str | os.PathLike[str]) -> pathlib.Path:
@@ -204,7 +205,7 @@ _BUILTIN_OPTIONS: dict[int, _Options] = {
 
 @dataclass(frozen=True)
 class _Tensor:
-    spec: TensorSpec
+    spec: BuiltTensor
     data: np.ndarray | None  # contents of a constant tensor, else None
 
 
@@ -233,7 +234,7 @@ class _Graph:
         self, name: str, dtype: DTypeLike, shape: Sequence[int], quantization: Quantization | None = None
     ) -> int:
         """Add an intermediate (activation) tensor and return its index."""
-        return self._add(_Tensor(TensorSpec(name, np.dtype(dtype), tuple(shape), quantization), None))
+        return self._add(_Tensor(BuiltTensor(name, np.dtype(dtype), tuple(shape), quantization), None))
 
     def input(
         self, name: str, dtype: DTypeLike, shape: Sequence[int], quantization: Quantization | None = None
@@ -254,7 +255,7 @@ class _Graph:
     def constant(self, name: str, data: np.ndarray) -> int:
         """Add a constant tensor holding ``data`` and return its index."""
         data = np.ascontiguousarray(data)
-        return self._add(_Tensor(TensorSpec(name, data.dtype, data.shape), data))
+        return self._add(_Tensor(BuiltTensor(name, data.dtype, data.shape), data))
 
     def op(
         self, code: int, inputs: Sequence[int], outputs: Sequence[int], custom_code: str | None = None
@@ -349,7 +350,7 @@ def _write_buffer(builder: flatbuffers.Builder, data: np.ndarray | None) -> int:
     return tflite.BufferEnd(builder)
 
 
-def _write_tensor(builder: flatbuffers.Builder, spec: TensorSpec, buffer_index: int) -> int:
+def _write_tensor(builder: flatbuffers.Builder, spec: BuiltTensor, buffer_index: int) -> int:
     name = builder.CreateString(spec.name)
     shape = _int32_vector(builder, spec.concrete_shape(batch=1))
     # A signature is only needed (so only written) when a dimension is dynamic.

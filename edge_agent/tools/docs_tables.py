@@ -6,7 +6,7 @@ from pathlib import Path
 
 from edge_agent.config import markdown_table
 
-DOCS = Path(__file__).resolve().parent.parent / "docs"
+DOCS = Path(__file__).resolve().parents[2] / "docs"
 CONFIGURATION = DOCS / "CONFIGURATION.md"
 _KEYS = re.compile(r"(<!-- keys:begin -->\n).*?(<!-- keys:end -->)", re.S)
 

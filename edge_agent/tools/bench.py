@@ -19,8 +19,8 @@ import time
 from typing import Callable
 
 
-from edge_agent import model_builder
 from edge_agent.launch import agent_command
+from edge_agent.tools import model_builder
 
 MODELS: dict[str, Callable[[], model_builder.BuiltModel]] = {
     "tiny": model_builder.tiny_model,
@@ -90,6 +90,7 @@ def bare_round_trip(workdir: str, request_bytes: int, reply_bytes: int, iteratio
     server = subprocess.Popen([sys.executable, "-c", _ECHO_SERVER, path, str(reply_bytes),
                                str(request_bytes)], stdout=subprocess.PIPE, text=True)
     try:
+        assert server.stdout is not None  # stdout=PIPE
         server.stdout.readline()
         client = socket.socket(socket.AF_UNIX)
         client.connect(path)

@@ -1,0 +1,1 @@
+# Makes includes/ a package for cimport (includes.system, includes.sigbus_guard).
