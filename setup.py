@@ -11,6 +11,7 @@ EXTENSIONS = [
     Extension("edge_agent._framing", ["cext/_framing.pyx"]),
     Extension("edge_agent._shm", ["cext/_shm.pyx"]),
     Extension("edge_agent._metrics", ["cext/_metrics.pyx"]),
+    Extension("edge_agent._predict", ["cext/_predict.pyx"]),
 ]
 
 here = os.path.dirname(os.path.abspath(__file__))

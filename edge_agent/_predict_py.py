@@ -198,6 +198,14 @@ def _put_bytes(out: bytearray, key: int, data) -> None:
     out += data
 
 
+def _raw_bytes(data) -> memoryview:
+    """A C-contiguous buffer's bytes (the compiled codec's PyBUF_SIMPLE)."""
+    view = memoryview(data)
+    if not view.c_contiguous:
+        raise BufferError("the buffer is not C-contiguous")
+    return view.cast("B") if view.nbytes else memoryview(b"")
+
+
 def _handle_bytes(handle: Handle) -> bytearray:
     out = bytearray()
     for key, value in ((1 << 3, handle.size), (2 << 3, handle.offset),
@@ -230,7 +238,7 @@ def _tensor_bytes(name: bytes, data_type: int, shape, data) -> bytearray:
     if isinstance(data, Handle):
         _put_bytes(out, 5 << 3 | 2, _handle_bytes(data))
     else:
-        _put_bytes(out, 4 << 3 | 2, memoryview(data).cast("B"))
+        _put_bytes(out, 4 << 3 | 2, _raw_bytes(data))
     return out
 
 
