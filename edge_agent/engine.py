@@ -42,10 +42,13 @@ class TensorSpec:
     # changes after load, so calls may read it without the model's lock.
     shape_list: list[int] = field(init=False)
     nbytes: int = field(init=False)
+    role: str = "input"  # "input" or "output", as error messages name it
+    what: str = field(init=False)  # e.g. "input 'x'", the subject of its error messages
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "shape_list", list(self.shape))
         object.__setattr__(self, "nbytes", byte_length(self.dtype, self.shape))
+        object.__setattr__(self, "what", f"{self.role} '{self.name}'")
 
     @property
     def dynamic(self) -> bool:
@@ -69,7 +72,7 @@ def _spec(detail: dict, role: str, position: int) -> TensorSpec:
     shape = tuple(int(d) for d in detail["shape"])
     signature = tuple(int(d) for d in detail.get("shape_signature", shape)) or shape
     return TensorSpec(detail["name"], detail["name"].encode(), position, detail["index"], dtype,
-                      data_type, signature, shape)
+                      data_type, signature, shape, role=role)
 
 
 def _missing_op_message(error: Exception) -> str | None:
@@ -261,9 +264,8 @@ class LoadedModel:
 
     def _to_array(self, tensor: WireTensor, spec: TensorSpec, reader) -> np.ndarray:
         shape, nbytes = self._requested_shape(tensor, spec)
-        what = f"input '{spec.name}'"
-        data = tensor_data(tensor, nbytes, spec.name, what, reader)
-        return checked_array(data, what, spec.data_type, spec.dtype, shape, nbytes)
+        data = tensor_data(tensor, nbytes, spec.name, spec.what, reader)
+        return checked_array(data, spec.what, spec.data_type, spec.dtype, shape, nbytes)
 
     def _requested_shape(self, tensor: WireTensor, spec: TensorSpec) -> tuple[tuple[int, ...], int]:
         """This call's shape and byte length: the request's, checked against the signature.
