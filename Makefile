@@ -22,7 +22,7 @@ all: setup
 
 setup: $(STAMP)
 
-$(STAMP): setup.py pyproject.toml requirements-dev.txt $(wildcard cext/*.pyx)
+$(STAMP): setup.py pyproject.toml requirements-dev.txt $(wildcard cext/*.pyx) $(wildcard cext/*.pxd)
 	install/system-deps.sh install/build-packages.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip

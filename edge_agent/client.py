@@ -218,7 +218,7 @@ class AgentClient:
         ShmTensor per model output to have the agent write it there; the result then maps
         each output name to a ShmTensor saying where it is, its dtype and its shape.
         `pass_fd`: pass POSIX segments as descriptors rather than by name (memfd segments
-        always are)."""
+        always are). The arrays are read-only views of the reply's bytes (_PredictReply)."""
         fds: list[int] = []
         tensors = _wire_inputs(inputs, fds, pass_fd)
         handles = [t.wire_handle(fd_index(fds, t, pass_fd)) for t in outputs or ()]

@@ -433,3 +433,39 @@ def test_shared_memory_inputs_and_outputs_answer_as_protobuf_does(fronts, codec)
         beyond = pb.SharedMemoryHandle(segment_id=segment.shmid, offset=4090)
         assert "beyond the end" in both(fronts, request(
             "add", tensor(name=b"a", shape=[1, 4], handle=beyond), inputs[1])).reply
+
+
+# --- the client's predict on each codec, against a real agent ---------------------------------
+
+def test_the_client_predicts_on_each_codec(agent, model_files, codec, monkeypatch):
+    from edge_agent import client as client_module
+    from edge_agent.errors import AgentError
+    from edge_agent.shm_client import MemfdSegment, SysVSegment
+
+    monkeypatch.setattr(client_module, "predict_codec", codec)
+    built = model_builder.add_model()
+    inputs = built.sample_inputs(seed=4)
+    expected = built.reference(inputs)["sum"]
+    with agent.client() as client:
+        client.load_model("add", str(model_files["add"]))
+        for given in (inputs, dict(reversed(list(inputs.items()))), [inputs["a"], inputs["b"]]):
+            outputs = client.predict("add", given)
+            assert list(outputs) == ["sum"]
+            np.testing.assert_allclose(outputs["sum"], expected, rtol=1e-6)
+            assert not outputs["sum"].flags.writeable  # a view of the reply's own bytes
+        strided = np.zeros((1, 8), np.float32)[:, ::2]  # not contiguous: sent in C order
+        np.testing.assert_array_equal(client.predict("add", [strided, inputs["b"]])["sum"],
+                                      inputs["b"])
+        with pytest.raises(TypeError, match="has no wire DataType"):
+            client.predict("add", [np.array(["x"]), inputs["b"]])
+        with pytest.raises(AgentError, match=r"takes 2 input\(s\) \(a, b\), got 1"):
+            client.predict("add", [inputs["a"]])
+        with SysVSegment.create(4096) as segment:  # outputs into the caller's memory
+            written = client.predict("add", inputs, outputs=[segment.slot(np.float32, (1, 4))])
+            assert written["sum"].segment_id == segment.shmid
+            np.testing.assert_allclose(segment.read(written["sum"]), expected, rtol=1e-6)
+        with MemfdSegment.create(4096) as memfd:  # by descriptor: named as it was sent
+            written = client.predict("add", {"a": memfd.write(inputs["a"]), "b": inputs["b"]},
+                                     outputs=[memfd.slot(np.float32, (1, 4), offset=64)])
+            assert (written["sum"].fd, written["sum"].offset) == (memfd.fd, 64)
+            np.testing.assert_allclose(memfd.read(written["sum"]), expected, rtol=1e-6)
