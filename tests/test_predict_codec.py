@@ -434,6 +434,11 @@ def test_shared_memory_inputs_and_outputs_answer_as_protobuf_does(fronts, codec)
         assert outcome == (StatusCode.INVALID_ARGUMENT,
                            "input 'a': the shared-memory handle says 8 bytes but the tensor's "
                            "metadata makes 16 bytes (size 0 means exactly that)")
+        # Another user, who may not read the 0600 segment: refused, on both paths alike.
+        stranger = api.Caller(os.getpid(), 65534, 65534)
+        outcome = both(fronts, request("add", *inputs), stranger)
+        assert outcome.code == StatusCode.PERMISSION_DENIED
+        assert outcome.reply.startswith("input 'a': uid 65534 (gid 65534) may not read")
         beyond = pb.SharedMemoryHandle(segment_id=segment.shmid, offset=4090)
         assert "beyond the end" in both(fronts, request(
             "add", tensor(name=b"a", shape=[1, 4], handle=beyond), inputs[1])).reply
