@@ -22,7 +22,7 @@ all: setup
 
 setup: $(STAMP)
 
-$(STAMP): setup.py pyproject.toml requirements-dev.txt $(wildcard cext/*.pyx cext/includes/*)
+$(STAMP): setup.py pyproject.toml requirements-dev.txt $(wildcard cext/*.pyx cext/*.pxd cext/includes/*)
 	install/system-deps.sh install/build-packages.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
@@ -43,7 +43,7 @@ lint: $(STAMP)
 	$(PY) -m ruff check --quiet .
 	$(PY) -m mypy
 	$(PY) -m mypy.stubtest --ignore-unused-allowlist --allowlist cext/stubtest-allowlist.txt \
-		edge_agent._framing edge_agent._shm edge_agent._metrics
+		edge_agent._framing edge_agent._shm edge_agent._metrics edge_agent._predict
 
 test: $(STAMP) system-deps lint
 	$(PY) -m pytest $(PYTEST_ARGS)

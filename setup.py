@@ -15,6 +15,7 @@ EXTENSIONS = [
     Extension("edge_agent._shm", ["cext/_shm.pyx"], include_dirs=[INCLUDES],
               depends=[f"{INCLUDES}/sigbus_guard.h", f"{INCLUDES}/shm_compat.h"]),
     Extension("edge_agent._metrics", ["cext/_metrics.pyx"]),
+    Extension("edge_agent._predict", ["cext/_predict.pyx"]),
 ]
 
 here = os.path.dirname(os.path.abspath(__file__))

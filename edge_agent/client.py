@@ -23,12 +23,14 @@ from typing import Mapping, NamedTuple, Sequence, Union
 import numpy as np
 
 from edge_agent import agent_pb2 as pb
+from edge_agent import predict_codec
 from edge_agent.errors import AgentError, StatusCode
 from edge_agent.api import BY_METHOD
 from edge_agent.protocol import FrameDecoder, Method, encode_request
 from edge_agent.shm_client import ShmTensor, add_shm_tensor, fd_index
 from edge_agent.sockets import receive, send_with_fds
-from edge_agent.tensors import add_array, dtype_of, tensor_to_array
+from edge_agent.tensors import (SHARED_MEMORY, Handle, WireTensor, add_array, data_type_of, dtype_of,
+                               reply_array, wire_tensor)
 
 DEFAULT_SOCKET = "/tmp/edge-agent.sock"
 # Replies are bounded by what the agent sends; this only stops a corrupt length from
@@ -87,17 +89,66 @@ def _add_auxiliary(items, values: Mapping[str, AuxData]) -> None:
                   byte_data=data.encode() if isinstance(data, str) else bytes(data))
 
 
-def _written(sent: ShmTensor, tensor: pb.Tensor) -> tuple[str, ShmTensor]:
+def _written(sent: ShmTensor, tensor: WireTensor) -> tuple[str, ShmTensor]:
     """(name, ShmTensor) of an output the agent wrote where `sent` said; a descriptor's
     index means nothing outside the call, so the segment is named as it was sent."""
     name, written = ShmTensor.from_reply(tensor)
-    if tensor.shared_memory_handle.HasField("fd_index"):
+    if tensor.kind == SHARED_MEMORY and tensor.data.fd_index is not None:
         written = dataclasses.replace(written, segment_id=sent.segment_id,
                                       posix_name=sent.posix_name, fd=sent.fd)
     return name, written
 
 
 Inputs = Union[Sequence[Union[np.ndarray, ShmTensor]], Mapping[str, Union[np.ndarray, ShmTensor]]]
+
+
+def _wire_inputs(values: Inputs, fds: list, pass_fd: bool) -> list[tuple]:
+    """(name, DataType, shape, data) of each input for the Predict codec: data the array
+    itself (its bytes are copied once, into the request) or a ShmTensor's Handle."""
+    items = values.items() if isinstance(values, Mapping) else (("", v) for v in values)
+    wire = []
+    for name, value in items:
+        data: Handle | np.ndarray
+        if isinstance(value, ShmTensor):
+            data, dtype, shape = value.wire_handle(fd_index(fds, value, pass_fd)), \
+                value.dtype, value.shape
+        else:
+            data = np.asarray(value)
+            if not data.flags.c_contiguous:
+                data = data.copy(order="C")
+            dtype, shape = data.dtype, data.shape
+        data_type = data_type_of(dtype)
+        if data_type is None:
+            raise TypeError(f"tensor {name!r}: dtype {dtype} has no wire DataType")
+        wire.append((name.encode(), data_type, shape, data))
+    return wire
+
+
+class _Encoded(NamedTuple):
+    """A request the codec serialized, for call(), which serializes what it is given."""
+    body: bytes
+
+    def SerializeToString(self) -> bytes:
+        return self.body
+
+
+class _PredictReply:
+    """What call() decodes a Predict reply with: the codec, else (for anything it leaves to
+    upb) protobuf; → [WireTensor].
+
+    The arrays predict() returns are read-only views of the reply's bytes, not copies: safe,
+    because that body is an immutable bytes object of this call's own (one not given as
+    bytes, a view of a buffer the connection reuses, is copied first). An array kept keeps
+    the whole reply's bytes alive."""
+
+    @staticmethod
+    def FromString(body) -> list:
+        if not isinstance(body, bytes):
+            body = bytes(body)
+        tensors = predict_codec.decode_response(body)
+        if tensors is None:
+            tensors = [wire_tensor(t) for t in pb.PredictResponse.FromString(body).tensors]
+        return tensors
 
 
 class AgentClient:
@@ -168,16 +219,15 @@ class AgentClient:
         ShmTensor per model output to have the agent write it there; the result then maps
         each output name to a ShmTensor saying where it is, its dtype and its shape.
         `pass_fd`: pass POSIX segments as descriptors rather than by name (memfd segments
-        always are)."""
-        request = pb.PredictRequest(name=name)
+        always are). The arrays are read-only views of the reply's bytes (_PredictReply)."""
         fds: list[int] = []
-        _add_tensors(request.tensors, inputs, fds, pass_fd)
+        tensors = _wire_inputs(inputs, fds, pass_fd)
+        handles = [t.wire_handle(fd_index(fds, t, pass_fd)) for t in outputs or ()]
+        request = _Encoded(predict_codec.encode_request(name, tensors, handles))
+        reply = self.call(Method.PREDICT, request, _PredictReply, fds=fds)
         if outputs:
-            request.output_handles.extend(t.handle(fd_index(fds, t, pass_fd)) for t in outputs)
-        reply = self.call(Method.PREDICT, request, fds=fds)
-        if outputs:
-            return OrderedDict(_written(sent, t) for sent, t in zip(outputs, reply.tensors))
-        return OrderedDict(tensor_to_array(t) for t in reply.tensors)
+            return OrderedDict(_written(sent, t) for sent, t in zip(outputs, reply))
+        return OrderedDict(reply_array(t) for t in reply)
 
     def capture_data(self, model_name: str, inputs: Inputs, outputs: Inputs,
                      aux_inputs: Mapping[str, AuxData] | None = None,

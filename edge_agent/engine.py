@@ -9,7 +9,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -17,7 +17,9 @@ from edge_agent import agent_pb2 as pb
 from edge_agent.errors import (AgentError, StatusCode, failed_precondition, invalid_argument,
                                resource_exhausted)
 from edge_agent.runtime import interpreter_module
-from edge_agent.tensors import byte_length, data_type_name, data_type_of, format_shape
+from edge_agent.tensors import (SHARED_MEMORY, WireTensor, byte_length, checked_array,
+                               data_type_name, data_type_of, describe, format_shape,
+                               tensor_data)
 
 # What the runtime says when a model needs an op it does not have.
 _MISSING_OP = re.compile(
@@ -40,10 +42,13 @@ class TensorSpec:
     # changes after load, so calls may read it without the model's lock.
     shape_list: list[int] = field(init=False)
     nbytes: int = field(init=False)
+    role: str = "input"  # "input" or "output", as error messages name it
+    what: str = field(init=False)  # e.g. "input 'x'", the subject of its error messages
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "shape_list", list(self.shape))
         object.__setattr__(self, "nbytes", byte_length(self.dtype, self.shape))
+        object.__setattr__(self, "what", f"{self.role} '{self.name}'")
 
     @property
     def dynamic(self) -> bool:
@@ -51,15 +56,7 @@ class TensorSpec:
 
     def describe(self, shape: Sequence[int] | None = None) -> str:
         shape = self.shape if shape is None else shape
-        return (f"{data_type_name(self.data_type)} {format_shape(shape)} "
-                f"({byte_length(self.dtype, shape)} bytes)")
-
-    def fill_metadata(self, tensor: pb.Tensor, shape: Sequence[int]) -> None:
-        """Set a reply tensor's metadata in place (cheaper than building and copying one)."""
-        md = tensor.tensor_metadata
-        md.name = self.name_bytes
-        md.data_type = self.data_type
-        md.shape.extend(shape)
+        return describe(self.data_type, shape, byte_length(self.dtype, shape))
 
     def metadata(self, shape: Sequence[int] | None = None) -> pb.TensorMetadata:
         return pb.TensorMetadata(name=self.name_bytes, data_type=self.data_type,
@@ -75,7 +72,7 @@ def _spec(detail: dict, role: str, position: int) -> TensorSpec:
     shape = tuple(int(d) for d in detail["shape"])
     signature = tuple(int(d) for d in detail.get("shape_signature", shape)) or shape
     return TensorSpec(detail["name"], detail["name"].encode(), position, detail["index"], dtype,
-                      data_type, signature, shape)
+                      data_type, signature, shape, role=role)
 
 
 def _missing_op_message(error: Exception) -> str | None:
@@ -145,16 +142,20 @@ class LoadedModel:
 
     # --- predict ----------------------------------------------------------------------------
 
-    def predict(self, tensors: Sequence[pb.Tensor], response: pb.PredictResponse,
-                reader=None, writer=None, started: float = 0.0) -> None:
-        """Fill response with the outputs for the request's input tensors.
+    def predict(self, tensors: Sequence[WireTensor], encode: Callable[[list], Any],
+                reader=None, writer=None, started: float = 0.0) -> Any:
+        """encode(outputs) for the request's input tensors, called under the model's lock.
 
-        INVALID_ARGUMENT when the inputs do not fit the model. `reader` turns a shared-memory
-        handle into a buffer; without one, such tensors are refused. `writer(position, name,
-        array)`, when given, puts each output into shared memory and returns its handle.
-        `started`: time.perf_counter() when the request arrived, for the metrics.
+        `outputs`: one (name bytes, wire DataType, shape, data) per model output, in order,
+        where data is a view of the runtime's output buffer (valid only during encode: the
+        encoder copies it once, into the reply) or, with a writer, the Handle it returned.
+        INVALID_ARGUMENT when the inputs do not fit the model. `reader(handle, nbytes, name)`
+        turns a shared-memory handle into a buffer; without one, such tensors are refused.
+        `writer(position, name, array)`, when given, puts each output into shared memory and
+        returns its Handle. `started`: time.perf_counter() when the request arrived, for the
+        metrics.
         """
-        arrays, shared = self._bind_inputs(tensors, reader)
+        arrays, shared = self._bind_inputs(tensors, reader or _no_shared_memory)
         interpreter = self._interpreter
         with self._lock:
             self._fit_shapes(arrays)
@@ -168,18 +169,25 @@ class LoadedModel:
             invoke_started = time.perf_counter()
             interpreter.invoke()
             invoke_ended = time.perf_counter()
-            if writer is not None:
-                output_bytes = self._write_outputs(response, writer)
-            else:
+            outputs: list = []
+            view = None
+            try:
                 output_bytes = 0
                 for spec in self.outputs:
                     view = interpreter.tensor(spec.index)()
                     output_bytes += view.nbytes
-                    spec.fill_metadata(response.tensors.add(byte_data=view.tobytes()), view.shape)
-                    del view  # the runtime refuses to invoke while views into its buffers live
+                    data = view if writer is None else writer(spec.position, spec.name, view)
+                    outputs.append((spec.name_bytes, spec.data_type, view.shape, data))
+                result = encode(outputs)
+            finally:
+                # Also when the writer or the encoder refuses: the runtime refuses to invoke
+                # while views into its buffers live.
+                outputs.clear()
+                del view
             if self.metrics is not None:  # one C call (edge_agent.metrics.ModelMetrics)
                 self.metrics.succeeded(started, invoke_ended - invoke_started, shared,
                                        input_bytes, output_bytes)
+            return result
 
     def count_failure(self, code: int, after_success: bool = False) -> None:
         """Count a prediction that answered `code` (metrics.ModelMetrics.failed). Takes the
@@ -196,21 +204,6 @@ class LoadedModel:
             np.copyto(target, array, casting="no")
         finally:
             del target  # the runtime refuses to invoke while views into its buffers live
-
-    def _write_outputs(self, response: pb.PredictResponse, writer) -> int:
-        """Outputs through `writer` (one copy, into the caller's segment); the caller holds
-        the lock. The reply carries metadata and handles, no bytes. Returns the bytes written."""
-        written = 0
-        for spec in self.outputs:
-            view = self._interpreter.tensor(spec.index)()
-            try:
-                tensor = response.tensors.add()
-                tensor.shared_memory_handle.CopyFrom(writer(spec.position, spec.name, view))
-                spec.fill_metadata(tensor, view.shape)
-                written += view.nbytes
-            finally:
-                del view  # also when the writer refuses: the next invoke needs no live views
-        return written
 
     def _fit_shapes(self, arrays: Sequence[np.ndarray]) -> None:
         """Resize dynamic inputs to this call's shapes; the caller holds the lock."""
@@ -230,7 +223,7 @@ class LoadedModel:
                     f"model '{self.name}': the runtime ran out of memory for these shapes; "
                     "send smaller ones") from None
 
-    def _bind_inputs(self, tensors: Sequence[pb.Tensor], reader) -> tuple[list[np.ndarray], int]:
+    def _bind_inputs(self, tensors: Sequence[WireTensor], reader) -> tuple[list[np.ndarray], int]:
         """The request's tensors as arrays in the model's input order, each checked, and how
         many of them came through shared memory."""
         inputs = self.inputs
@@ -238,8 +231,8 @@ class LoadedModel:
             names = ", ".join(s.name for s in inputs)
             raise invalid_argument(
                 f"model '{self.name}' takes {len(inputs)} input(s) ({names}), got {len(tensors)}")
-        # An unset tensor_metadata reads as the empty default, so this needs no HasField.
-        names = [t.tensor_metadata.name for t in tensors]
+        # An unset tensor_metadata reads as the empty default name.
+        names = [t.name for t in tensors]
         if all(names):
             specs = self._specs_by_name(names)
         elif not any(names):
@@ -251,9 +244,8 @@ class LoadedModel:
         arrays: list = [None] * len(inputs)
         shared = 0
         for tensor, spec in zip(tensors, specs):
-            which = tensor.WhichOneof("data")
-            shared += which == "shared_memory_handle"
-            arrays[spec.position] = self._to_array(tensor, spec, reader, which)
+            shared += tensor.kind == SHARED_MEMORY
+            arrays[spec.position] = self._to_array(tensor, spec, reader)
         return arrays, shared
 
     def _specs_by_name(self, names: Sequence[bytes]) -> list[TensorSpec]:
@@ -270,38 +262,24 @@ class LoadedModel:
             raise invalid_argument("an input tensor name is given more than once")
         return specs
 
-    def _to_array(self, tensor: pb.Tensor, spec: TensorSpec, reader, which: str | None) -> np.ndarray:
-        """`which`: the tensor's data field (WhichOneof("data")), read once by the caller."""
+    def _to_array(self, tensor: WireTensor, spec: TensorSpec, reader) -> np.ndarray:
         shape, nbytes = self._requested_shape(tensor, spec)
-        if which == "byte_data":
-            data = tensor.byte_data
-        elif which == "shared_memory_handle":
-            if reader is None:
-                raise AgentError(StatusCode.UNIMPLEMENTED,
-                                 "shared-memory tensors are not supported by this agent")
-            data = reader(tensor.shared_memory_handle, nbytes, spec.name)
-        else:
-            raise invalid_argument(f"input '{spec.name}' carries no data (neither byte_data "
-                                   "nor shared_memory_handle is set)")
-        if len(data) != nbytes:
-            raise invalid_argument(
-                f"input '{spec.name}': expected {spec.describe(shape)}, got {len(data)} bytes")
-        return np.frombuffer(data, dtype=spec.dtype).reshape(shape)
+        data = tensor_data(tensor, nbytes, spec.name, spec.what, reader)
+        return checked_array(data, spec.what, spec.data_type, spec.dtype, shape, nbytes)
 
-    def _requested_shape(self, tensor: pb.Tensor, spec: TensorSpec) -> tuple[tuple[int, ...], int]:
+    def _requested_shape(self, tensor: WireTensor, spec: TensorSpec) -> tuple[tuple[int, ...], int]:
         """This call's shape and byte length: the request's, checked against the signature.
 
         Without metadata, or with metadata that gives no shape, the model's own shape is meant
         (the original API made the metadata optional in a PredictRequest).
         """
-        if not tensor.HasField("tensor_metadata"):
+        if not tensor.has_metadata:
             return spec.shape, spec.nbytes
-        md = tensor.tensor_metadata
-        if md.data_type != spec.data_type:
+        if tensor.data_type != spec.data_type:
             raise invalid_argument(
                 f"input '{spec.name}': expected {spec.describe()}, got "
-                f"{data_type_name(md.data_type)}")
-        requested = md.shape
+                f"{data_type_name(tensor.data_type)}")
+        requested = tensor.shape
         if not requested or requested == spec.shape_list:
             return spec.shape, spec.nbytes
         shape = tuple(requested)
@@ -312,3 +290,9 @@ class LoadedModel:
                 f"input '{spec.name}': expected shape {format_shape(spec.signature)}"
                 f"{' (-1: any size)' if spec.dynamic else ''}, got {format_shape(shape)}")
         return shape, byte_length(spec.dtype, shape)
+
+
+def _no_shared_memory(handle, nbytes: int, name: str):
+    """The reader of an engine called without one."""
+    raise AgentError(StatusCode.UNIMPLEMENTED,
+                     "shared-memory tensors are not supported by this agent")

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from edge_agent import agent_pb2 as pb
-from edge_agent import caller_paths, delegates
+from edge_agent import caller_paths, delegates, predict_codec
 from edge_agent.accelerators import DelegateSettings
 from edge_agent.api import IN_PROCESS, Caller, check_model_name  # noqa: F401 (re-exported)
 from edge_agent.capture.service import CaptureService
@@ -33,8 +33,18 @@ from edge_agent.metrics import AgentMetrics, ModelMetrics
 from edge_agent.modelfile import looks_like_tflite, not_regular, read_at_most
 from edge_agent.prover import Prover, holds_edgetpu
 from edge_agent.shm import SharedMemory
+from edge_agent.tensors import SHARED_MEMORY, add_tensor, handle_of, wire_tensor
 
 log = logging.getLogger(__name__)
+
+
+def _pb_response(outputs: list) -> pb.PredictResponse:
+    """The PredictResponse of the engine's outputs, built with protobuf (the reference)."""
+    response = pb.PredictResponse()
+    for name, data_type, shape, data in outputs:
+        add_tensor(response.tensors, name, data_type, shape, data)
+    return response
+
 
 def model_path(url: str) -> str:
     """The local path a LoadModel url names: a plain path or a file:// url."""
@@ -286,24 +296,46 @@ class AgentService:
     # --- data plane ---------------------------------------------------------------------------
 
     def predict(self, request: pb.PredictRequest, caller: Caller = IN_PROCESS) -> pb.PredictResponse:
+        """Predict from a decoded request: the reference the compiled path (predict_wire) is
+        held to, and the path for requests it leaves to protobuf."""
+        return self._predict(request.name, [wire_tensor(t) for t in request.tensors],
+                             [handle_of(h) for h in request.output_handles], caller,
+                             _pb_response)
+
+    def predict_wire(self, body, caller: Caller = IN_PROCESS) -> bytes | None:
+        """Predict from the serialized PredictRequest (bytes or a memoryview of the frame) to
+        the serialized PredictResponse, without protobuf objects (edge_agent.predict_codec);
+        None for a request the codec leaves to protobuf (unknown fields, merged messages,
+        malformed bytes): the caller then decodes it and calls predict()."""
+        decoded = predict_codec.decode_request(body)
+        if decoded is None:
+            return None
+        name, tensors, output_handles = decoded
+        return self._predict(name, tensors, output_handles, caller,
+                             predict_codec.encode_response)
+
+    def _predict(self, name: str, tensors: list, output_handles: list, caller: Caller,
+                 encode: Callable[[list], object]):
         started = time.perf_counter()
-        response = pb.PredictResponse()
-        model = self._model(request.name)
+        model = self._model(name)
         predicted = False  # counted OK by the model; the shared memory may yet prove truncated
         try:
-            with self.shm.call(caller) as shm:
-                writer = (shm.output_writer(request.output_handles, model.outputs)
-                          if request.output_handles else None)
-                model.predict(request.tensors, response, reader=shm.read, writer=writer,
-                              started=started)
-                predicted = True
+            if output_handles or any(t.kind == SHARED_MEMORY for t in tensors):
+                with self.shm.call(caller) as shm:
+                    writer = (shm.output_writer(output_handles, model.outputs)
+                              if output_handles else None)
+                    result = model.predict(tensors, encode, reader=shm.read, writer=writer,
+                                           started=started)
+                    predicted = True
+            else:  # no shared-memory call context where no handle is present
+                result = model.predict(tensors, encode, started=started)
         except AgentError as e:
             model.count_failure(e.code, predicted)
             raise
         except Exception:
             model.count_failure(StatusCode.INTERNAL, predicted)
             raise
-        return response
+        return result
 
     def capture_data(self, request: pb.CaptureDataRequest,
                      caller: Caller = IN_PROCESS) -> pb.CaptureDataResponse:
@@ -329,9 +361,9 @@ class AgentService:
     # --- helpers ----------------------------------------------------------------------------
 
     def _model(self, name: str) -> LoadedModel:
-        check_model_name(name)
         model = self._models.get(name)  # a dict read is atomic; no lock on the hot path
         if model is None:
+            check_model_name(name)  # only on a miss: a loaded model's name was checked
             raise self._no_model(name)
         return model
 

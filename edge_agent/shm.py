@@ -46,6 +46,7 @@ from edge_agent import agent_pb2 as pb
 from edge_agent import permissions
 from edge_agent.descriptors import check_access, is_shared_memory, passed_fd
 from edge_agent.errors import AgentError, StatusCode, invalid_argument
+from edge_agent.tensors import Handle, handle_of
 
 log = logging.getLogger(__name__)
 
@@ -84,9 +85,9 @@ class SegmentRef(NamedTuple):
         return f"SysV segment {self.shmid}"
 
 
-def segment_ref(handle: pb.SharedMemoryHandle, what: str) -> SegmentRef:
+def segment_ref(handle: Handle, what: str) -> SegmentRef:
     """The segment a handle names; INVALID_ARGUMENT for an id or name that cannot be one."""
-    if handle.HasField("fd_index"):
+    if handle.fd_index is not None:
         return SegmentRef(None, None, handle.fd_index)
     if handle.posix_name:
         name = handle.posix_name[1:] if handle.posix_name.startswith("/") else handle.posix_name
@@ -419,8 +420,10 @@ class ShmCall:
         """The segments used so far that were truncated under the call (read as zeros)."""
         return [entry.ref for entry in self._used if entry.mapping.faulted]
 
-    def read(self, handle: pb.SharedMemoryHandle, nbytes: int, tensor_name: str):
-        """The input's bytes in place: a read-only view of the segment (bounds-checked)."""
+    def read(self, handle: Handle | pb.SharedMemoryHandle, nbytes: int, tensor_name: str):
+        """The input's bytes in place: a read-only view of the segment, exactly nbytes long
+        (the one size and bounds check of a shared-memory tensor, for Predict and capture)."""
+        handle = handle_of(handle)
         what = f"input '{tensor_name}'"
         size = handle.size or nbytes
         if size != nbytes:
@@ -432,8 +435,8 @@ class ShmCall:
         self._used.append(entry)
         return view
 
-    def output_writer(self, handles: Sequence[pb.SharedMemoryHandle], outputs: Sequence):
-        """A writer(position, name, array) → handle for the engine, one handle per output in
+    def output_writer(self, handles: Sequence[Handle | pb.SharedMemoryHandle], outputs: Sequence):
+        """A writer(position, name, array) → Handle for the engine, one handle per output in
         the model's order, every segment attached and permission-checked before invoke."""
         if len(handles) != len(outputs):
             names = ", ".join(spec.name for spec in outputs)
@@ -442,6 +445,7 @@ class ShmCall:
                 f"got {len(handles)} handle(s); give one per output, in order, or none")
         targets = []
         for handle, spec in zip(handles, outputs):
+            handle = handle_of(handle)
             what = f"output '{spec.name}'"
             # Room: `size` bytes, or (size 0) whatever the segment has after the offset.
             entry, room = self.shm.attach(segment_ref(handle, what), self.caller, WRITE, what,
@@ -449,7 +453,7 @@ class ShmCall:
             self._used.append(entry)
             targets.append((handle, entry.ref, room))
 
-        def write(position: int, name: str, array: np.ndarray) -> pb.SharedMemoryHandle:
+        def write(position: int, name: str, array: np.ndarray) -> Handle:
             handle, ref, room = targets[position]
             nbytes = array.nbytes
             if nbytes > len(room):
@@ -458,14 +462,11 @@ class ShmCall:
                     f"but the handle leaves room for {len(room)} bytes of {ref} at offset "
                     f"{handle.offset}")
             np.copyto(np.frombuffer(room[:nbytes], dtype=array.dtype).reshape(array.shape), array)
-            reply = pb.SharedMemoryHandle(size=nbytes, offset=handle.offset)
             if ref.fd_index is not None:
-                reply.fd_index = ref.fd_index
-            elif ref.posix_name is not None:
-                reply.posix_name = handle.posix_name
-            else:
-                reply.segment_id = ref.shmid
-            return reply
+                return Handle(nbytes, handle.offset, fd_index=ref.fd_index)
+            if ref.posix_name is not None:
+                return Handle(nbytes, handle.offset, posix_name=handle.posix_name)
+            return Handle(nbytes, handle.offset, segment_id=ref.shmid)
         return write
 
 

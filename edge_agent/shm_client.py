@@ -19,7 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from edge_agent import agent_pb2 as pb
-from edge_agent.tensors import data_type_of, dtype_of
+from edge_agent.tensors import (SHARED_MEMORY, Handle, WireTensor, data_type_of, dtype_of,
+                               pb_handle)
 
 
 def _segments():
@@ -60,23 +61,26 @@ class ShmTensor:
     def nbytes(self) -> int:
         return self.dtype.itemsize * math.prod(self.shape)
 
-    def handle(self, fd_index: int | None = None) -> pb.SharedMemoryHandle:
+    def wire_handle(self, fd_index: int | None = None) -> Handle:
         """The handle naming it by id or name, or, given fd_index, as the fd_index-th
         descriptor passed with the request."""
         if fd_index is not None:
-            return pb.SharedMemoryHandle(size=self.size, offset=self.offset, fd_index=fd_index)
-        return pb.SharedMemoryHandle(size=self.size, offset=self.offset,
-                                     segment_id=self.segment_id, posix_name=self.posix_name)
+            return Handle(self.size, self.offset, fd_index=fd_index)
+        return Handle(self.size, self.offset, self.segment_id, self.posix_name)
+
+    def handle(self, fd_index: int | None = None) -> pb.SharedMemoryHandle:
+        """wire_handle() as a protobuf message."""
+        return pb_handle(self.wire_handle(fd_index))
 
     @classmethod
-    def from_reply(cls, tensor: pb.Tensor) -> tuple[str, "ShmTensor"]:
+    def from_reply(cls, tensor: WireTensor) -> tuple[str, "ShmTensor"]:
         """(name, ShmTensor) of a reply tensor the agent wrote into shared memory."""
-        md, handle = tensor.tensor_metadata, tensor.shared_memory_handle
-        dtype = dtype_of(md.data_type)
+        handle = tensor.data if tensor.kind == SHARED_MEMORY else Handle()
+        dtype = dtype_of(tensor.data_type)
         if dtype is None:
-            raise ValueError(f"tensor {md.name!r}: unknown data type {md.data_type}")
-        return md.name.decode("utf-8", "replace"), cls(
-            handle.segment_id, handle.offset, handle.size, dtype, tuple(md.shape),
+            raise ValueError(f"tensor {tensor.name!r}: unknown data type {tensor.data_type}")
+        return tensor.name.decode("utf-8", "replace"), cls(
+            handle.segment_id, handle.offset, handle.size, dtype, tuple(tensor.shape),
             handle.posix_name)
 
 

@@ -85,7 +85,7 @@ def test_the_wheel_ships_its_type_information(installed):
     assert Path(package).is_relative_to(installed.parent)
     assert Path(package, "py.typed").is_file()  # PEP 561: type checkers read the annotations
     assert Path(package, "agent_pb2.pyi").is_file()
-    for compiled in ("_framing", "_shm", "_metrics"):  # stubs of the compiled modules (`make lint` checks them)
+    for compiled in ("_framing", "_shm", "_metrics", "_predict"):  # stubs of the compiled modules (`make lint` checks them)
         assert Path(package, f"{compiled}.pyi").is_file()
 
 

@@ -14,7 +14,8 @@ from typing import Callable, Optional
 from edge_agent import agent_pb2 as pb
 from edge_agent.api import check_model_name
 from edge_agent.errors import AgentError, StatusCode, invalid_argument, shown
-from edge_agent.tensors import byte_length, data_type_name, dtype_of, format_shape
+from edge_agent.tensors import (byte_length, checked_array, data_type_name, dtype_of,
+                               format_shape, tensor_data, wire_tensor)
 
 # Clocks of the application and the agent read the same system clock on a board, but a
 # timestamp taken just before a clock step (NTP) must not be refused: 1 s of slack.
@@ -79,44 +80,31 @@ def uses_shared_memory(request: pb.CaptureDataRequest) -> bool:
                              request.outputs) for item in items)
 
 
-def _shared(handle: pb.SharedMemoryHandle, nbytes: int, name: str, what: str,
-            reader: Reader) -> bytes:
+def _shared(handle, nbytes: int, name: str, what: str, reader: Reader):
     if reader is None:
         raise invalid_argument(f"{what}: shared-memory tensors in CaptureData need the "
                                "shared-memory reader; send byte_data")
-    return bytes(reader(handle, nbytes, name))  # a copy: the client may reuse the segment
+    return reader(handle, nbytes, name)
 
 
 def _copy_tensor(tensor: pb.Tensor, out: pb.Tensor, what: str, reader: Reader) -> None:
     if not tensor.HasField("tensor_metadata"):
         raise invalid_argument(f"{what}: tensor_metadata is missing (name, data type and shape)")
-    md = tensor.tensor_metadata
-    name = md.name.decode("utf-8", "replace")
+    wire = wire_tensor(tensor)
+    name = wire.name.decode("utf-8", "replace")
     what = f"{what} '{name}'"
-    dtype = dtype_of(md.data_type)
+    dtype = dtype_of(wire.data_type)
     if dtype is None:
-        raise invalid_argument(f"{what}: unknown data type {data_type_name(md.data_type)}")
-    if any(d < 0 for d in md.shape):
-        raise invalid_argument(f"{what}: shape {format_shape(md.shape)} has a negative dimension; "
-                               "captured tensors need their real shape")
-    nbytes = byte_length(dtype, md.shape)
-    kind = tensor.WhichOneof("data")
-    if kind is None:
-        raise invalid_argument(f"{what}: no data (byte_data or shared_memory_handle)")
-    if kind == "byte_data":
-        data = tensor.byte_data
-    else:
-        handle = tensor.shared_memory_handle
-        if handle.size not in (0, nbytes):
-            raise invalid_argument(f"{what}: the shared-memory handle says {handle.size} bytes "
-                                   f"but {data_type_name(md.data_type)} {format_shape(md.shape)} "
-                                   f"is {nbytes} bytes")
-        data = _shared(handle, nbytes, name, what, reader)
-    if len(data) != nbytes:
-        raise invalid_argument(f"{what}: expected {data_type_name(md.data_type)} "
-                               f"{format_shape(md.shape)} ({nbytes} bytes), got {len(data)} bytes")
-    out.tensor_metadata.CopyFrom(md)
-    out.byte_data = data
+        raise invalid_argument(f"{what}: unknown data type {data_type_name(wire.data_type)}")
+    if any(d < 0 for d in wire.shape):
+        raise invalid_argument(f"{what}: shape {format_shape(wire.shape)} has a negative "
+                               "dimension; captured tensors need their real shape")
+    nbytes = byte_length(dtype, wire.shape)
+    data = tensor_data(wire, nbytes, name, what,
+                       lambda handle, n, name: _shared(handle, n, name, what, reader))
+    checked_array(data, what, wire.data_type, dtype, wire.shape, nbytes)
+    out.tensor_metadata.CopyFrom(tensor.tensor_metadata)
+    out.byte_data = bytes(data)  # of shared memory, a copy: the client may reuse the segment
 
 
 def _copy_auxiliary(item: pb.AuxilaryData, out: pb.AuxilaryData, what: str, reader: Reader) -> None:
@@ -131,8 +119,8 @@ def _copy_auxiliary(item: pb.AuxilaryData, out: pb.AuxilaryData, what: str, read
         if item.shared_memory_handle.size == 0:
             raise invalid_argument(f"{what}: a shared-memory handle for auxiliary data needs "
                                    "its size")
-        data = _shared(item.shared_memory_handle, item.shared_memory_handle.size, item.name, what,
-                       reader)
+        data = bytes(_shared(item.shared_memory_handle, item.shared_memory_handle.size,
+                             item.name, what, reader))  # a copy: the segment is the client's
     else:
         data = item.byte_data
     if not data:

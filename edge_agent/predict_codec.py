@@ -1,0 +1,23 @@
+"""The Predict codec in use: the compiled one (cext/_predict.pyx), else its pure-Python twin.
+
+The same seam as the frame splitter's (edge_agent.protocol): the twin is the reference the
+tests hold the compiled one to, and what a checkout without a build runs;
+EDGE_AGENT_PUREPYTHON=1 forces it. Both read and write PredictRequest and PredictResponse
+straight from and into wire bytes; edge_agent/_predict_py.py says what they leave to upb.
+"""
+from __future__ import annotations
+
+import os
+
+if os.environ.get("EDGE_AGENT_PUREPYTHON", "") not in ("", "0"):
+    from edge_agent._predict_py import (decode_request, decode_response, encode_request,
+                                        encode_response)
+else:
+    try:
+        from edge_agent._predict import (decode_request, decode_response, encode_request,
+                                         encode_response)
+    except ImportError:
+        from edge_agent._predict_py import (decode_request, decode_response, encode_request,
+                                            encode_response)
+
+__all__ = ["decode_request", "decode_response", "encode_request", "encode_response"]
