@@ -79,7 +79,7 @@ class App:
         self.server = SocketServer(self.service, config, pending)
         try:
             self.server.bind()
-        except ServerError as e:
+        except (ServerError, OSError) as e:  # OSError: its directory cannot be made
             self.service.close()
             raise StartError(str(e), 1) from None
         if grpc_path:
