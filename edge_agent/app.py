@@ -53,6 +53,11 @@ class App:
     def socket_path(self) -> str:
         return self.config.edge_agent_socket_path
 
+    @property
+    def serving(self) -> bool:
+        """Started, and the framed front still accepting."""
+        return self._serving is not None and self._serving.is_alive()
+
     def start(self) -> "App":
         """Bind every front and serve in threads; raises StartError (having undone what it
         started) when a part cannot start."""

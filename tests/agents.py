@@ -170,7 +170,7 @@ class AgentInThread:
     def alive(self) -> bool:
         """Still serving: the framed front's accept loop runs (an agent in a thread cannot
         die as a process can; what would kill a process fails the test through the log)."""
-        return self.app is not None and self.app._serving is not None and self.app._serving.is_alive()
+        return self.app is not None and self.app.serving
 
     def rss_kb(self) -> int:
         """The resident memory of the process the agent runs in (this one)."""
