@@ -106,8 +106,8 @@ qemu-test-aarch64-full qemu-test-armv7-full: $(STAMP)
 # 2.3's XNNPACK delegate crashes (SIGSEGV in allocate_tensors) under the host's qemu-user 7.2
 # whatever CPU it emulates, while LiteRT without it runs (docs/CROSS.md). Inference on Python
 # 3.13 + LiteRT is the native `make test-trixie`'s.
-QEMU_CI_TESTS_TRIXIE ?= tests/test_protocol.py tests/test_shm_module.py tests/test_packages.py \
-	tests/test_capture_journal.py tests/test_config.py
+QEMU_CI_TESTS_TRIXIE ?= tests/unit/test_protocol.py tests/unit/test_shm.py tests/unit/test_packages.py \
+	tests/unit/test_capture_journal.py tests/unit/test_config.py
 qemu-test-aarch64-trixie:
 	EDGE_AGENT_DEBIAN_SUITE=trixie cross/qemu-test.sh aarch64 $(QEMU_CI_TESTS_TRIXIE)
 

@@ -22,16 +22,16 @@ import pytest
 
 # Tests that cannot pass on the emulated board for a reason that is not a bug of the agent.
 SKIPS = {
-    "tests/test_boards.py::test_the_profiles_ship_inside_the_wheel":
+    "tests/e2e/test_boards.py::test_the_profiles_ship_inside_the_wheel":
         "runs setup.py from the source tree; the QEMU run carries only the installed wheel "
         "(whose firmware_configs/ the profile tests load)",
-    **{f"tests/test_installed.py::{name}":
+    **{f"tests/e2e/test_installed.py::{name}":
         "builds a wheel from a copy of the source tree, which the QEMU run does not carry (it "
         "tests the wheel installed there, from its own directory)"
        for name in ("test_demo_runs_from_the_repository_root",
                     "test_cli_runs_from_the_repository_root",
                     "test_the_wheel_ships_its_type_information")},
-    "tests/test_config.py::test_the_documented_key_table_is_current":
+    "tests/unit/test_config.py::test_the_documented_key_table_is_current":
         "compares docs/CONFIGURATION.md, looked up beside the edge_agent package, with the code; "
         "an installed wheel has no docs/ beside it (the native run checks it)",
 }
@@ -45,8 +45,8 @@ _FD_TRUNCATION = {
     nodeid: "qemu-user loses MSG_CTRUNC and leaks the descriptors beyond the receive buffer "
             "(cross/fd-truncation-probe.py)"
     for nodeid in (
-        "tests/test_fd_passing.py::test_too_many_descriptors_are_all_closed_and_refused",
-        "tests/test_connection_fds.py::"
+        "tests/e2e/test_fd_passing.py::test_too_many_descriptors_are_all_closed_and_refused",
+        "tests/unit/test_server.py::"
         "test_every_received_descriptor_is_closed_and_every_reply_is_well_formed",
     )
 }
@@ -59,8 +59,8 @@ SKIPS_ON = {
                 "SIGBUS guard cannot recognise its mapping (and the run hangs); shown by "
                 "cross/sigbus-probe.c"
         for nodeid in (
-            "tests/test_shm_module.py::test_posix_mapping_survives_truncation_under_it",
-            "tests/test_shm_module.py::test_a_call_reports_a_segment_truncated_under_it",
+            "tests/unit/test_shm.py::test_posix_mapping_survives_truncation_under_it",
+            "tests/unit/test_shm.py::test_a_call_reports_a_segment_truncated_under_it",
         )
     }},
 }

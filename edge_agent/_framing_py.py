@@ -1,7 +1,7 @@
 """The pure-Python twin of the compiled frame splitter (cext/_framing.pyx).
 
 Same behaviour, same messages, same status codes: it is the reference the compiled splitter is
-tested against (tests/test_protocol.py splits any byte stream with both and compares), and
+tested against (tests/unit/test_protocol.py splits any byte stream with both and compares), and
 what edge_agent.protocol uses where the compiled module is missing (a source checkout without
 a build) or EDGE_AGENT_PUREPYTHON=1 asks for it. The compiled one is several times faster and
 is what the agent runs. A change to one is made to the other.

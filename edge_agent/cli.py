@@ -10,14 +10,11 @@ import argparse
 import json
 import logging
 import os
-import signal
 import sys
 from typing import Sequence
 
 from edge_agent import __version__
 from edge_agent.errors import AgentError
-
-log = logging.getLogger("edge_agent")
 
 
 def _parse_set(items: Sequence[str]) -> dict:
@@ -71,12 +68,9 @@ def cmd_original(argv: Sequence[str]) -> int:
 def _run_agent(config_path: str | None, overrides: dict) -> int:
     """Serve until SIGTERM, SIGINT or SIGHUP (the original unit's KillSignal), then stop
     gracefully: calls in progress answered, captures flushed, socket files removed."""
-    from edge_agent import boards, systemd
+    from edge_agent import boards
     from edge_agent import config as config_module
-    from edge_agent.capture.service import CaptureService
-    from edge_agent.pending import PendingBudget
-    from edge_agent.server import ServerError, SocketServer
-    from edge_agent.service import AgentService
+    from edge_agent.app import App, StartError
 
     _configure_logging(False)
     try:
@@ -86,60 +80,13 @@ def _run_agent(config_path: str | None, overrides: dict) -> int:
         return 2
     if config.sagemaker_edge_log_verbose:
         logging.getLogger().setLevel(logging.DEBUG)
-    grpc_path = config.edge_agent_grpc_socket_path
-    if grpc_path and os.path.abspath(grpc_path) == os.path.abspath(config.edge_agent_socket_path):
-        print(f"edge-agent: configuration error: the gRPC socket and the framed socket are both "
-              f"{grpc_path}; give edge_agent_socket_path another path", file=sys.stderr)
-        return 2
+    source = ("embedded default configuration" if config_path is None
+              else f"configuration {config_path}")
     try:
-        # Checks settings only a service can (capture's Cloud).
-        service = AgentService(config, make_capture=CaptureService)
-    except config_module.ConfigError as e:
-        print(f"edge-agent: configuration error: {e}", file=sys.stderr)
-        return 2
-    pending = PendingBudget(config.pending_budget_bytes)  # one budget for both fronts
-    server = SocketServer(service, config, pending)
-    try:
-        server.bind()
-    except ServerError as e:
+        App(config, config_source=source).run()
+    except StartError as e:
         print(f"edge-agent: {e}", file=sys.stderr)
-        return 1
-    grpc_server = None
-    if grpc_path:
-        from edge_agent import grpc_front
-        try:
-            grpc_server = grpc_front.start(service, config, pending=pending)
-        except (ServerError, OSError) as e:
-            print(f"edge-agent: edge_agent_grpc_socket_path: {e}", file=sys.stderr)
-            server.shutdown()
-            server.serve_forever()  # returns at once: closes and removes the framed socket
-            service.close()
-            return 1
-    observers = _start_observers(service, config)
-    if observers is None:
-        if grpc_server is not None:
-            grpc_server.stop(grace=0)
-        server.shutdown()
-        server.serve_forever()  # returns at once: closes and removes the framed socket
-        service.close()
-        return 2
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(signum, lambda *_: server.shutdown())
-    log.info("edge-agent %s: %s", __version__, "embedded default configuration"
-             if config_path is None else f"configuration {config_path}")
-    boards.log_board(config)
-    for note in config_module.compatibility_notes(config):
-        log.info("%s", note)
-    notifier = systemd.Notifier()  # READY=1 and the watchdog, when systemd runs the agent
-    notifier.ready(config.edge_agent_socket_path)
-    server.serve_forever()
-    notifier.stopping()
-    if grpc_server is not None:
-        grpc_server.stop(grace=2)
-    for observer in observers:
-        observer.stop()  # the heartbeat says offline; the textfile gets the final counts
-    service.close()
-    log.info("stopped")
+        return e.status
     return 0
 
 
@@ -162,31 +109,6 @@ def cmd_boards(args: argparse.Namespace) -> int:
     if detected:
         print(f"* detected from {boards.DEVICE_TREE_MODEL}")
     return 0
-
-
-def _start_observers(service, config) -> list | None:
-    """The Prometheus exposition and the MQTT heartbeat the configuration asks for, started
-    (each imports its library only then); None when one cannot start (it says why)."""
-    from edge_agent.config import ConfigError
-
-    started: list = []
-    try:
-        if config.edge_agent_metrics_listen or config.edge_agent_metrics_textfile:
-            from edge_agent import exposition
-            started.append(exposition.start(service.get_metrics, config))
-        if config.edge_agent_mqtt_url:
-            try:
-                from edge_agent import heartbeat
-            except ImportError:
-                raise ConfigError("edge_agent_mqtt_url is set but paho-mqtt is not installed "
-                                  "(pip install edge-agent[mqtt])") from None
-            started.append(heartbeat.start(service.get_metrics, config))
-    except ConfigError as e:
-        print(f"edge-agent: configuration error: {e}", file=sys.stderr)
-        for observer in started:
-            observer.stop()
-        return None
-    return started
 
 
 # --- client ---------------------------------------------------------------------------------

@@ -104,8 +104,8 @@ def open_model(url: str, caller: Caller) -> ModelSource:
     return ModelSource(fd, path)
 
 
-# Makes the capture service of an agent from its configuration: the composition (the serve
-# path, edge_agent.cli) passes it in; CaptureService itself is the default for in-process use.
+# Makes the capture service of an agent from its configuration: the composition (the composition
+# root, edge_agent.app) passes it in; CaptureService itself is the default for in-process use.
 CaptureFactory = Callable[[AgentConfig], CaptureService]
 
 

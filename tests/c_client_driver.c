@@ -1,5 +1,5 @@
 /*
- * The test driver of the C client library (tests/test_c_client.py builds and runs it).
+ * The test driver of the C client library (tests/integration/test_c_client.py builds and runs it).
  *
  * It reads one command a line on stdin, makes the library call, and writes one JSON object a
  * line on stdout: {"code": N, "status": "NAME", "message": "...", ...what the call returned}.

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-FUZZ = Path(__file__).resolve().parent.parent / "fuzz"
+FUZZ = Path(__file__).resolve().parent.parent.parent / "fuzz"
 
 pytest.importorskip("atheris", reason="atheris is not installed (it has wheels for x86_64 "
                     "Linux only; requirements-dev.txt installs it there)")

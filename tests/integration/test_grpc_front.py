@@ -1,5 +1,5 @@
 """The gRPC front: an application written for the original agent's gRPC API, unchanged; the
-same answers as the framed socket; HTTP/2 as grpcio's client uses it (tests/test_grpc_original.py
+same answers as the framed socket; HTTP/2 as grpcio's client uses it (tests/e2e/test_grpc_original.py
 has the clients generated from the original agent.proto)."""
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from capture_helpers import wait_for
 from concurrency import run_concurrently
-from test_agent import _RawBody
+from wire import _RawBody
 
 from edge_agent import agent_pb2 as pb
 from edge_agent.api import GRPC_SERVICE as SERVICE
@@ -276,7 +276,7 @@ def test_predictions_on_two_models_run_in_parallel_through_grpc(start_agent, tmp
             return run
 
         run_concurrently(predict("left", 1), predict("right", 2))
-    # tests/test_delegates.py shows the control: an invoke alone at the barrier fails.
+    # tests/e2e/test_delegates.py shows the control: an invoke alone at the barrier fails.
 
 
 def test_a_client_that_goes_away_mid_call_harms_nobody(grpc_agent, tmp_path):

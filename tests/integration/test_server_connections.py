@@ -2,47 +2,19 @@
 what a request frame must carry, a frame cut short; each answered as docs/PROTOCOL.md says."""
 from __future__ import annotations
 
-import fcntl
 import select
 import socket
-import struct
-import termios
 import time
 
 import pytest
-from test_transport import assert_serving, closed_by_peer, raw_connection, read_replies
+from wire import (_list_models_frame, assert_serving, closed_by_peer, raw_connection,
+                  read_replies, wait_taken)
 
-from edge_agent import agent_pb2 as pb
 from edge_agent.config import ConfigError, from_mapping
 from edge_agent.errors import AgentError, StatusCode
 from edge_agent.protocol import HEADER, Kind, Method, encode_request
 
 MIB = 1024 * 1024
-
-
-def _unread_by_agent(sock: socket.socket) -> int:
-    """Bytes this end sent that the agent has not taken off its socket yet (SIOCOUTQ)."""
-    return struct.unpack("i", fcntl.ioctl(sock, termios.TIOCOUTQ, b"\0" * 4))[0]
-
-
-def wait_taken(sock: socket.socket, timeout: float = 60.0) -> None:
-    """Wait until the agent has read everything sent on `sock` (it then holds the bytes)."""
-    deadline = time.monotonic() + timeout
-    while _unread_by_agent(sock):
-        assert time.monotonic() < deadline, "the agent never read what was sent"
-        time.sleep(0.01)
-
-
-def _list_models_frame(request_id: int, body_bytes: int) -> bytes:
-    """A ListModels request of `body_bytes` whose body is one unknown bytes field (field 15):
-    a valid ListModelsRequest of any size, which the agent answers OK."""
-    for width in range(1, 6):  # the length's varint width, which depends on the length
-        length = body_bytes - 1 - width
-        if len(_varint(length)) == width:
-            payload = b"\x7a" + _varint(length) + bytes(length)
-            pb.ListModelsRequest.FromString(payload)
-            return encode_request(Method.LIST_MODELS, request_id, payload)
-    raise ValueError(body_bytes)
 
 
 def _end_and_wait_released(sock: socket.socket) -> None:
@@ -52,15 +24,6 @@ def _end_and_wait_released(sock: socket.socket) -> None:
     read_replies(sock)
     assert closed_by_peer(sock)
     sock.close()
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
 
 
 # --- idle connections ---------------------------------------------------------------------------

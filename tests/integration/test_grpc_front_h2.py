@@ -102,12 +102,12 @@ class RawClient:
 
 @pytest.fixture(scope="module")
 def grpc_path(tmp_path_factory):
-    from conftest import AgentProcess
+    from agents import AgentInThread
 
     workdir = tmp_path_factory.mktemp("h2-agent")
     path = str(workdir / "grpc.sock")
-    agent = AgentProcess(workdir, {"edge_agent_grpc_socket_path": path,
-                                   "edge_agent_max_frame_bytes": 65536}).start()
+    agent = AgentInThread(workdir, {"edge_agent_grpc_socket_path": path,
+                                    "edge_agent_max_frame_bytes": 65536}).start()
     yield path
     assert agent.alive(), agent.log()
     agent.stop()
@@ -318,8 +318,8 @@ def test_incomplete_requests_of_both_fronts_share_one_budget(start_agent, tmp_pa
     RESOURCE_EXHAUSTED with the framed socket's words, and a framed client is refused too.
     The bytes are given back when a request is handed to a worker, reset, or its connection
     ends; then the same requests fit again."""
-    from test_connections import _list_models_frame, wait_taken
-    from test_transport import closed_by_peer, raw_connection, read_replies
+    from wire import _list_models_frame, wait_taken
+    from wire import closed_by_peer, raw_connection, read_replies
 
     path = str(tmp_path / "grpc.sock")
     agent = start_agent(edge_agent_grpc_socket_path=path, edge_agent_max_frame_bytes=65536,

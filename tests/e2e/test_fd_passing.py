@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import AgentProcess, public_directory
-from test_connections import wait_taken
-from test_transport import closed_by_peer, raw_connection, read_replies
+from agents import AgentProcess, public_directory
+from wire import wait_taken
+from wire import closed_by_peer, raw_connection, read_replies
 
 from edge_agent import agent_pb2 as pb
 from edge_agent.client import AgentClient
@@ -253,7 +253,7 @@ def test_a_client_in_c_passes_a_memfd(fd_agent, tmp_path):
     if shutil.which("cc") is None:
         pytest.skip("no C compiler (cc) here")
     program = tmp_path / "fd_client"
-    source = Path(__file__).resolve().parent / "fd_client" / "fd_client.c"
+    source = Path(__file__).resolve().parent.parent / "fd_client" / "fd_client.c"
     subprocess.run(["cc", "-O2", "-Wall", "-Werror", "-o", str(program), str(source)],
                    check=True, timeout=120)
     request = pb.PredictRequest(name="add")

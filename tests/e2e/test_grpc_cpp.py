@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from test_grpc_original import SUM, start_original_agent
 
-ORIGINAL = Path(__file__).resolve().parent / "original"
+ORIGINAL = Path(__file__).resolve().parent.parent / "original"
 TOOLS = ("g++", "pkg-config", "protoc", "grpc_cpp_plugin")
 
 

@@ -19,13 +19,13 @@ from pathlib import Path
 
 import pytest
 from capture_helpers import delivered_ids, disk_manifests
-from conftest import AgentProcess, public_directory
+from agents import AgentProcess, public_directory
 
 from edge_agent.shm_client import SysVSegment
 
 pytest.importorskip("grpc_tools.protoc", reason="grpcio-tools generates the original client's stubs")
 
-ORIGINAL = Path(__file__).resolve().parent / "original"
+ORIGINAL = Path(__file__).resolve().parent.parent / "original"
 NOBODY = 65534
 AGENT_UID = 4243  # a user of the agent's own, as an install makes one (no passwd entry needed)
 SUM = {"sum": [11.0, 22.0, 33.0, 44.0]}  # a + b of the client's inputs

@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import AgentProcess, public_directory
+from agents import AgentProcess, public_directory
 from fifo_helpers import fifo, returns
 
 from edge_agent import _shm

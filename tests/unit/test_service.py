@@ -1,41 +1,21 @@
-"""End to end over the real socket against a real agent process: every call and status code."""
+"""AgentService called in process, through the one RPC table (tests/unit/conftest.py): model
+management and the engine's rules for inputs (by name or position, data types, dynamic shapes
+resized per call) and their refusals, each with its status code. The same calls over a socket
+are the integration tests' (tests/integration/test_app.py)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from concurrency import run_concurrently
+from calls import assert_outputs_match, expect_error, raw_predict
 from fifo_helpers import fifo, returns
 
 from edge_agent import agent_pb2 as pb
-from edge_agent.errors import AgentError, StatusCode
-from edge_agent.protocol import Method
+from edge_agent.errors import StatusCode
 from edge_agent.tools import model_builder
 
 
-def expect_error(code: StatusCode, call, *args, match: str | None = None) -> AgentError:
-    with pytest.raises(AgentError) as info:
-        call(*args)
-    assert info.value.code == code, info.value
-    if match:
-        assert match in info.value.message, info.value.message
-    return info.value
-
-
-def assert_outputs_match(built, inputs, outputs):
-    expected = built.reference(inputs)
-    assert list(outputs) == [spec.name for spec in built.outputs]
-    for name, array in expected.items():
-        if np.issubdtype(array.dtype, np.floating):
-            np.testing.assert_allclose(outputs[name], array, rtol=1e-5, atol=1e-6)
-        else:
-            np.testing.assert_array_equal(outputs[name], array)
-        assert outputs[name].dtype == array.dtype
-
-
-# --- model management -----------------------------------------------------------------------
-
-def test_load_list_describe_unload(agent, model_files):
-    with agent.client() as client:
+def test_load_list_describe_unload(in_process, model_files):
+    with in_process.client() as client:
         loaded = client.load_model("add", str(model_files["add"]))
         assert loaded.name == "add" and loaded.url == str(model_files["add"])
         assert [(t.name, t.dtype, t.shape) for t in loaded.inputs] == [
@@ -50,15 +30,15 @@ def test_load_list_describe_unload(agent, model_files):
         client.load_model("add", str(model_files["add"]))
 
 
-def test_dynamic_dimensions_are_described_as_minus_one(agent, model_files):
-    with agent.client() as client:
+def test_dynamic_dimensions_are_described_as_minus_one(in_process, model_files):
+    with in_process.client() as client:
         model = client.load_model("dyn", str(model_files["dynamic"]))
     assert model.inputs[0].shape == (-1, 4)
 
 
 @pytest.mark.parametrize("name", ["", "-a", "a-", "a_b", "a b", "ä", "a.b", "a/b"])
-def test_invalid_model_names_are_refused_by_every_call(agent, model_files, name):
-    with agent.client() as client:
+def test_invalid_model_names_are_refused_by_every_call(in_process, model_files, name):
+    with in_process.client() as client:
         expect_error(StatusCode.INVALID_ARGUMENT, client.load_model, name, str(model_files["add"]),
                      match="is not valid")
         for call in (client.unload_model, client.describe_model):
@@ -66,16 +46,16 @@ def test_invalid_model_names_are_refused_by_every_call(agent, model_files, name)
         expect_error(StatusCode.INVALID_ARGUMENT, client.predict, name, [])
 
 
-def test_valid_names_with_dashes(agent, model_files):
-    with agent.client() as client:
+def test_valid_names_with_dashes(in_process, model_files):
+    with in_process.client() as client:
         for name in ("a", "A1", "a-b", "a--b", "model-v2-final"):
             client.load_model(name, str(model_files["add"]))
 
 
-def test_load_status_codes(agent, model_files, tmp_path):
+def test_load_status_codes(in_process, model_files, tmp_path):
     garbage = tmp_path / "garbage.tflite"
     garbage.write_bytes(b"\0" * 64)
-    with agent.client() as client:
+    with in_process.client() as client:
         expect_error(StatusCode.NOT_FOUND, client.load_model, "m", str(tmp_path / "missing.tflite"),
                      match="no model at")
         expect_error(StatusCode.NOT_FOUND, client.load_model, "m", f"file://{tmp_path}/missing")
@@ -92,10 +72,10 @@ def test_load_status_codes(agent, model_files, tmp_path):
         assert [m.name for m in client.list_models()] == ["m"]
 
 
-def test_loading_a_fifo_is_refused_and_frees_the_name(agent, model_files, tmp_path):
+def test_loading_a_fifo_is_refused_and_frees_the_name(in_process, model_files, tmp_path):
     # Opening a FIFO waits for a writer: read as a model it would hang the load for ever and
     # keep the name reserved ("is loaded") for every later load.
-    with agent.client() as client, fifo(tmp_path / "model.tflite") as path:
+    with in_process.client() as client, fifo(tmp_path / "model.tflite") as path:
         expect_error(StatusCode.FAILED_PRECONDITION, returns,
                      lambda: client.load_model("m", str(path)),
                      match=f"'{path}' is not a regular file (it is a FIFO)")
@@ -103,24 +83,15 @@ def test_loading_a_fifo_is_refused_and_frees_the_name(agent, model_files, tmp_pa
         assert [m.name for m in client.list_models()] == ["m"]
 
 
-def test_a_model_missing_an_op_is_refused_naming_it(agent, model_files):
-    with agent.client() as client:
-        expect_error(StatusCode.FAILED_PRECONDITION, client.load_model, "c",
-                     str(model_files["custom"]), match="EdgeAgentMissingOp")
-        assert client.list_models() == []
-        client.load_model("c", str(model_files["add"]))  # the name was not left reserved
-    assert agent.alive()
-
-
-def test_unsigned_models_are_refused_unless_allowed(start_agent, model_files):
-    agent = start_agent(edge_agent_allow_unsigned_models=False)
+def test_unsigned_models_are_refused_unless_allowed(start_in_process, model_files):
+    agent = start_in_process(edge_agent_allow_unsigned_models=False)
     with agent.client() as client:
         expect_error(StatusCode.FAILED_PRECONDITION, client.load_model, "m",
                      str(model_files["add"]), match="edge_agent_allow_unsigned_models")
 
 
-def test_memory_budget(start_agent, model_files):
-    agent = start_agent(edge_agent_memory_budget_mb=40)
+def test_memory_budget(start_in_process, model_files):
+    agent = start_in_process(edge_agent_memory_budget_mb=40)
     with agent.client() as client:
         # slow_model holds 32 MiB of weights, which the runtime packs a second time.
         expect_error(StatusCode.RESOURCE_EXHAUSTED, client.load_model, "big",
@@ -133,31 +104,29 @@ def test_memory_budget(start_agent, model_files):
         expect_error(StatusCode.RESOURCE_EXHAUSTED, client.load_model, "big", str(model_files["slow"]))
 
 
-def test_a_file_larger_than_the_budget_is_refused_before_reading(start_agent, tmp_path):
+def test_a_file_larger_than_the_budget_is_refused_before_reading(start_in_process, tmp_path):
     big = tmp_path / "big.tflite"
     with open(big, "wb") as f:
         f.write(b"\x1c\0\0\0TFL3")  # a .tflite file's identifier, then sparse zeros
         f.truncate(64 * 1024 * 1024)
-    agent = start_agent(edge_agent_memory_budget_mb=16)
+    agent = start_in_process(edge_agent_memory_budget_mb=16)
     with agent.client() as client:
         expect_error(StatusCode.RESOURCE_EXHAUSTED, client.load_model, "big", str(big),
                      match="64.0 MiB")
 
 
-def test_unload_and_describe_unknown_models(agent, model_files):
-    with agent.client() as client:
+def test_unload_and_describe_unknown_models(in_process, model_files):
+    with in_process.client() as client:
         client.load_model("add", str(model_files["add"]))
         expect_error(StatusCode.NOT_FOUND, client.unload_model, "nope", match="loaded: add")
         expect_error(StatusCode.NOT_FOUND, client.describe_model, "nope")
         expect_error(StatusCode.NOT_FOUND, client.predict, "nope", [])
 
 
-# --- predict --------------------------------------------------------------------------------
-
-def test_predict_by_name_and_by_position(agent, model_files):
+def test_predict_by_name_and_by_position(in_process, model_files):
     built = model_builder.add_model()
     inputs = built.sample_inputs(seed=3)
-    with agent.client() as client:
+    with in_process.client() as client:
         client.load_model("add", str(model_files["add"]))
         assert_outputs_match(built, inputs, client.predict("add", inputs))
         reversed_names = dict(reversed(list(inputs.items())))
@@ -166,14 +135,14 @@ def test_predict_by_name_and_by_position(agent, model_files):
 
 
 @pytest.mark.parametrize("key", ["fc", "quant-uint8", "quant-int8", "multi", "demo"])
-def test_predict_matches_numpy(agent, model_files, key):
+def test_predict_matches_numpy(in_process, model_files, key):
     builders = {"fc": model_builder.fully_connected_model,
                 "quant-uint8": lambda: model_builder.quantized_add_model("uint8"),
                 "quant-int8": lambda: model_builder.quantized_add_model("int8"),
                 "multi": model_builder.multi_output_model,
                 "demo": model_builder.demo_model}
     built = builders[key]()
-    with agent.client() as client:
+    with in_process.client() as client:
         client.load_model(key, str(model_files[key]))
         for seed in range(3):
             inputs = built.sample_inputs(seed=seed)
@@ -182,18 +151,18 @@ def test_predict_matches_numpy(agent, model_files, key):
 
 @pytest.mark.parametrize("dtype", [d for d in model_builder.IDENTITY_DTYPES],
                          ids=lambda d: np.dtype(d).name)
-def test_every_data_type_round_trips(agent, tmp_path, dtype):
+def test_every_data_type_round_trips(in_process, tmp_path, dtype):
     built = model_builder.reshape_model(dtype)
-    with agent.client() as client:
+    with in_process.client() as client:
         model = client.load_model("r", str(built.write(tmp_path / "r.tflite")))
         assert model.inputs[0].dtype == np.dtype(dtype)
         inputs = built.sample_inputs(seed=1)
         assert_outputs_match(built, inputs, client.predict("r", inputs))
 
 
-def test_dynamic_batch_is_resized(agent, model_files):
+def test_dynamic_batch_is_resized(in_process, model_files):
     built = model_builder.dynamic_batch_model()
-    with agent.client() as client:
+    with in_process.client() as client:
         client.load_model("dyn", str(model_files["dynamic"]))
         for batch in (1, 5, 2, 5):
             inputs = built.sample_inputs(seed=batch, batch=batch)
@@ -204,15 +173,10 @@ def test_dynamic_batch_is_resized(agent, model_files):
                      [np.zeros((2, 5), np.float32)], match="expected shape [-1,4]")
 
 
-def raw_predict(client, name, tensors):
-    request = pb.PredictRequest(name=name, tensors=tensors)
-    return client.call(Method.PREDICT, request, pb.PredictResponse)
-
-
-def test_tensors_without_metadata_are_taken_by_position(agent, model_files):
+def test_tensors_without_metadata_are_taken_by_position(in_process, model_files):
     built = model_builder.add_model()
     inputs = built.sample_inputs()
-    with agent.client() as client:
+    with in_process.client() as client:
         client.load_model("add", str(model_files["add"]))
         reply = raw_predict(client, "add", [pb.Tensor(byte_data=inputs["a"].tobytes()),
                                             pb.Tensor(byte_data=inputs["b"].tobytes())])
@@ -222,9 +186,9 @@ def test_tensors_without_metadata_are_taken_by_position(agent, model_files):
         assert (md.name, md.data_type, list(md.shape)) == (b"sum", pb.FLOAT32, [1, 4])
 
 
-def test_predict_invalid_arguments(agent, model_files):
+def test_predict_invalid_arguments(in_process, model_files):
     f32 = np.zeros((1, 4), np.float32)
-    with agent.client() as client:
+    with in_process.client() as client:
         client.load_model("add", str(model_files["add"]))
         expect_error(StatusCode.INVALID_ARGUMENT, client.predict, "add", [f32],
                      match="takes 2 input(s) (a, b), got 1")
@@ -258,48 +222,3 @@ def test_predict_invalid_arguments(agent, model_files):
                      match="DataType(99)")
         # After all that, the model still answers.
         assert client.predict("add", [f32, f32])["sum"].shape == (1, 4)
-
-
-def test_unknown_rpc_and_malformed_body_keep_the_connection(agent):
-    with agent.client() as client:
-        expect_error(StatusCode.UNIMPLEMENTED, client.call, 99, pb.ListModelsRequest(),
-                     pb.ListModelsResponse)
-        with pytest.raises(AgentError) as info:
-            client.call(Method.LOAD_MODEL, _RawBody(b"\xff\xff\xff"), pb.LoadModelResponse)
-        assert info.value.code == StatusCode.INVALID_ARGUMENT
-        assert "malformed LoadModel request" in info.value.message
-        assert client.list_models() == []
-
-
-class _RawBody:
-    """Stands in for a request message with bytes that are not one."""
-
-    def __init__(self, body: bytes):
-        self.body = body
-
-    def SerializeToString(self) -> bytes:
-        return self.body
-
-
-def test_clients_resizing_one_dynamic_model_concurrently(agent, model_files):
-    """Each call gets its own shape, whatever other clients resize the model to meanwhile;
-    a tensor without metadata means the shape the model was loaded with."""
-    built = model_builder.dynamic_batch_model()
-    with agent.client() as client:
-        client.load_model("dyn", str(model_files["dynamic"]))
-
-    def resize_loop(batches):
-        with agent.client() as client:
-            for i in range(60):
-                batch = batches[i % len(batches)]
-                inputs = built.sample_inputs(seed=i, batch=batch)
-                assert_outputs_match(built, inputs, client.predict("dyn", inputs))
-
-    def bare_loop():
-        with agent.client() as client:
-            for i in range(60):
-                x = built.sample_inputs(seed=i)["x"]  # batch 1: the load-time shape
-                reply = raw_predict(client, "dyn", [pb.Tensor(byte_data=x.tobytes())])
-                assert list(reply.tensors[0].tensor_metadata.shape) == [1, 4]
-
-    run_concurrently(lambda: resize_loop([3, 7]), lambda: resize_loop([5, 2, 9]), bare_loop)

@@ -17,7 +17,7 @@ import pytest
 
 from edge_agent import systemd
 
-from conftest import ROOT, AgentProcess
+from agents import ROOT, AgentProcess
 
 UNIT = ROOT / "install" / "edge-agent.service"
 INSTALL_SCRIPT = ROOT / "install" / "install-raspberry-pi-os.sh"

@@ -14,9 +14,9 @@ from edge_agent.capture.cloud import credentials_provider
 from edge_agent.client import AgentClient
 from edge_agent.service import AgentService
 
-from conftest import AgentProcess
+from agents import AgentProcess
 
-SAMPLE = Path(__file__).parent / "original" / "sagemaker_edge_config.json"
+SAMPLE = Path(__file__).parent.parent / "original" / "sagemaker_edge_config.json"
 
 
 def _sample(**changes) -> dict:

@@ -29,7 +29,7 @@ from edge_agent.shm_client import SysVSegment
 from edge_agent.tensors import data_type_of, dtype_of
 from edge_agent.tools import model_builder
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 C_DIR = ROOT / "clients" / "c"
 NOBODY = 65534
 VALGRIND = shutil.which("valgrind")

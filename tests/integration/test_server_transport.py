@@ -12,43 +12,12 @@ import numpy as np
 import pytest
 from capture_helpers import wait_for
 from concurrency import run_concurrently
+from wire import assert_serving, closed_by_peer, raw_connection, read_replies
 
 from edge_agent import agent_pb2 as pb
 from edge_agent.errors import AgentError, StatusCode
 from edge_agent.protocol import HEADER, FrameDecoder, Kind, Method, encode_request
 from edge_agent.tools import model_builder
-
-
-def raw_connection(agent) -> socket.socket:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(10)
-    sock.connect(agent.socket_path)
-    return sock
-
-
-def read_replies(sock: socket.socket, count: int = 1):
-    """Read `count` reply frames, or all there are until the agent closes."""
-    decoder, frames = FrameDecoder(1 << 30), []
-    while len(frames) < count:
-        data = sock.recv(65536)
-        if not data:
-            break
-        decoder.feed(data)
-        frames.extend(decoder.frames())
-    return frames
-
-
-def closed_by_peer(sock: socket.socket) -> bool:
-    try:
-        return sock.recv(1) == b""
-    except ConnectionResetError:
-        return True
-
-
-def assert_serving(agent):
-    assert agent.alive(), agent.log()
-    with agent.client() as client:
-        assert isinstance(client.list_models(), list)
 
 
 def test_garbage_bytes_get_an_error_and_a_close(agent):
@@ -232,7 +201,7 @@ def test_two_models_are_inside_the_runtime_at_once(start_agent, model_files, tmp
                                                    recording_delegate):
     """Predictions on two models run in parallel, proven by construction whatever the
     machine's load: the test delegate runs each model's ADD only once two invokes are inside
-    it together (a barrier), and fails one left alone there (tests/test_delegates.py shows
+    it together (a barrier), and fails one left alone there (tests/e2e/test_delegates.py shows
     that control)."""
     record_path = tmp_path / "delegate-record.txt"
     agent = start_agent(edge_agent_delegate="external",

@@ -11,7 +11,7 @@ from google.protobuf import descriptor_pb2
 
 from edge_agent import agent_pb2 as pb
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 
 # (message, field, number, type) exactly as the original agent.proto has them.
 T = descriptor_pb2.FieldDescriptorProto

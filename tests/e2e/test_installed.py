@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 
 
 # What a fresh clone does not have: build products, compiled modules, local environments.
@@ -85,7 +85,8 @@ def test_the_wheel_ships_its_type_information(installed):
     assert Path(package).is_relative_to(installed.parent)
     assert Path(package, "py.typed").is_file()  # PEP 561: type checkers read the annotations
     assert Path(package, "agent_pb2.pyi").is_file()
-    for compiled in ("_framing", "_shm", "_metrics", "_predict"):  # stubs of the compiled modules (`make lint` checks them)
+    # Stubs of the compiled modules (`make lint` checks them).
+    for compiled in ("_framing", "_shm", "_metrics", "_predict"):
         assert Path(package, f"{compiled}.pyi").is_file()
 
 

@@ -17,7 +17,7 @@ from edge_agent.config import DELEGATES, ConfigError
 from edge_agent.errors import AgentError, StatusCode
 from edge_agent.tools import model_builder
 
-from conftest import ROOT, AgentProcess
+from agents import ROOT, AgentProcess
 
 PROFILES = sorted(p.stem for p in (ROOT / "firmware_configs").glob("*.json"))
 REQUIRED_BOARDS = {"raspberry-pi-3b", "raspberry-pi-4b", "raspberry-pi-5", "raspberry-pi-zero-2w",
