@@ -13,10 +13,16 @@ import logging
 import os
 import signal
 import threading
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from edge_agent import __version__
 from edge_agent.config import AgentConfig
+
+if TYPE_CHECKING:  # imported in start(): `edge-agent client ...` needs none of them
+    from edge_agent.grpc_front import GrpcServer
+    from edge_agent.server import SocketServer
+    from edge_agent.service import AgentService
+    from edge_agent.systemd import Notifier
 
 log = logging.getLogger("edge_agent")
 
@@ -42,11 +48,12 @@ class App:
         self.config = config
         self._make_capture = make_capture  # None: the real CaptureService
         self._config_source = config_source  # for the start-up log line
-        self.service = None
-        self.server = None
-        self.grpc_server = None
+        # Made by start(); the methods that use them run only after it succeeded.
+        self.service: AgentService = None  # type: ignore[assignment]
+        self.server: SocketServer = None  # type: ignore[assignment]
+        self.grpc_server: GrpcServer | None = None
         self.observers: list = []
-        self._notifier = None
+        self._notifier: Notifier = None  # type: ignore[assignment]
         self._serving: threading.Thread | None = None
 
     @property
@@ -125,8 +132,9 @@ class App:
     def wait(self) -> None:
         """Until the framed front has stopped accepting (request_stop)."""
         # A join with a timeout, in a loop: the main thread stays responsive to signals.
-        while self._serving.is_alive():
-            self._serving.join(0.5)
+        serving = self._serving
+        while serving is not None and serving.is_alive():
+            serving.join(0.5)
 
     def stop(self) -> None:
         """Stop in the order that loses nothing: the framed socket stops accepting and is
