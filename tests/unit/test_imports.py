@@ -9,13 +9,9 @@ installed wheel under QEMU.
 from __future__ import annotations
 
 import ast
-import sys
 from pathlib import Path
 
-import numpy as np
-
 import edge_agent
-from conftest import AgentProcess
 
 
 def module_files(root: Path, package: str) -> dict[str, Path]:
@@ -182,44 +178,6 @@ def test_a_longer_cycle_is_named_module_by_module(tmp_path):
     # Without the back edge there is none.
     _write(tmp_path / "pkg", {"c.py": "import json\n"})
     assert find_cycles(import_graph(tmp_path / "pkg", "pkg")) == []
-
-
-# What only the development tools need: the agent's serve path must never load them (they
-# are for the demo, bench, tests and docs; docs/DEVELOPMENT.md, "Tools").
-TOOL_MODULES = ("edge_agent.tools", "tflite", "flatbuffers")
-
-
-class _ImportTracingAgent(AgentProcess):
-    """The agent with -X importtime, which writes every module it imports to stderr (the
-    agent's log) at the moment it is imported, lazy imports inside functions included."""
-
-    def command(self) -> list[str]:
-        return [sys.executable, "-X", "importtime", *super().command()[1:]]
-
-
-def _imported_modules(log: str) -> set[str]:
-    # "import time: self [us] | cumulative | imported package", the name indented by depth.
-    return {line.rsplit("|", 1)[1].strip() for line in log.splitlines()
-            if line.startswith("import time:") and line.count("|") == 2}
-
-
-def test_serving_a_model_imports_no_development_tool(tmp_path, model_files):
-    agent = _ImportTracingAgent(tmp_path, {
-        "edge_agent_grpc_socket_path": str(tmp_path / "grpc.sock")}).start()
-    try:
-        with agent.client() as client:
-            client.load_model("add", str(model_files["add"]))
-            x = np.ones((1, 4), np.float32)
-            outputs = client.predict("add", {"a": x, "b": x})
-            client.unload_model("add")
-    finally:
-        assert agent.stop() == 0, agent.log()
-    np.testing.assert_array_equal(outputs["sum"], x + x)
-    imported = _imported_modules(agent.log())
-    assert "edge_agent.service" in imported and "edge_agent.server" in imported, agent.log()
-    loaded_tools = sorted(m for m in imported if m.split(".")[0] in TOOL_MODULES
-                          or m.startswith("edge_agent.tools"))
-    assert not loaded_tools, f"the serve path imported development tools: {loaded_tools}"
 
 
 def test_no_runtime_module_imports_the_tools_package():
