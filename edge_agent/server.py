@@ -17,7 +17,7 @@ import socket
 import threading
 import time
 
-from edge_agent.api import BY_METHOD, Api
+from edge_agent.api import BY_METHOD, Api, Outcome
 from edge_agent.config import AgentConfig
 from edge_agent.errors import StatusCode
 from edge_agent.pending import PendingBudget
@@ -111,12 +111,16 @@ class SocketServer:
                 self._connections.discard(conn)
             conn.close()
 
+    def serve(self, method: int, body, caller: Caller) -> Outcome:
+        """One request's body in, its outcome out; never raises for a bad request."""
+        rpc = BY_METHOD.get(method)
+        return self.api.unknown(method) if rpc is None else self.api.invoke(rpc, body, caller)
+
     def dispatch(self, method: int, request_id: int, body: bytes, caller: Caller) -> bytes:
         """One request frame's body in, one reply frame out; never raises for a bad request.
         In-process callers (the fuzz harness, benchmarks) use it; Connection answers through
         its ServerConnection's encoders."""
-        rpc = BY_METHOD.get(method)
-        code, reply = self.api.unknown(method) if rpc is None else self.api.invoke(rpc, body, caller)
+        code, reply = self.serve(method, body, caller)
         if code != StatusCode.OK:
             return encode_error(code, request_id, reply, method)
         return encode_reply(method, request_id, reply)
@@ -197,16 +201,12 @@ class Connection:
     def _answer(self, request: Request) -> bytes:
         """The reply frame to one request; its descriptors are closed once it is ready."""
         fds = request.fds
-        rpc = BY_METHOD.get(request.method)
-        api = self.server.api
         if not fds:
-            code, reply = (api.unknown(request.method) if rpc is None
-                           else api.invoke(rpc, request.body, self.caller))
+            code, reply = self.server.serve(request.method, request.body, self.caller)
         else:
             try:
-                code, reply = (api.unknown(request.method) if rpc is None else
-                               api.invoke(rpc, request.body,
-                                          dataclasses.replace(self.caller, fds=fds)))
+                code, reply = self.server.serve(request.method, request.body,
+                                                dataclasses.replace(self.caller, fds=fds))
             finally:
                 close_fds(fds)
         return self.protocol.send_reply(request.request_id, request.method, code, reply)
