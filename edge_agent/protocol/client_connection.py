@@ -21,6 +21,7 @@ from edge_agent.sockets import WAITALL_BYTES
 # allocating without limit (and a buffer grows with what arrived, never by a length alone).
 MAX_REPLY_BYTES = 2**31
 RECV_BYTES = 256 * 1024
+_REPLY = int(Kind.REPLY)  # a plain int: compared once a reply, faster than the enum
 
 
 class ClientConnection:
@@ -89,11 +90,7 @@ class ClientConnection:
                 return self._fail(f"the agent's reply stream is broken: {e.message}")
             if parts is None:
                 if not self._eof:
-                    base = self._receive_bytes
-                    needed = min(splitter.needed, WAITALL_BYTES, max(base, splitter.pending))
-                    self._offer, self.receive_whole = (
-                        (needed, True) if needed > base else (max(needed, base - splitter.pending),
-                                                              False))
+                    self._plan_receive(splitter.pending)
                     return NEED_DATA
                 if splitter.pending:
                     return self._fail(f"the agent closed the connection in the middle of a "
@@ -102,9 +99,9 @@ class ClientConnection:
                 self._closed = True
                 break
             kind, method, status, request_id, body = parts
-            if kind != Kind.REPLY:
+            if kind != _REPLY:
                 return self._fail(f"the agent sent a frame of kind {kind}, not a reply")
-            if request_id == 0 and status != StatusCode.OK:
+            if request_id == 0 and status:  # an error about the connection
                 self._closed = True  # the agent closes the connection after this
                 return Reply(0, method, status, body)
             if request_id in self._abandoned:
@@ -115,11 +112,23 @@ class ClientConnection:
                 return self._fail(f"the agent replied to request {request_id}, which is not "
                                   "awaiting a reply")
             # An error about the frame itself (an oversized body, say) names no method.
-            if method != expected and not (method == 0 and status != StatusCode.OK):
+            if method != expected and not (method == 0 and status):
                 return self._fail(f"the agent's reply to request {request_id} is for method "
                                   f"{method}, the request was for method {expected}")
             return Reply(request_id, method, status, body)
         return CLOSED
+
+    def _plan_receive(self, pending: int) -> None:
+        """What get_buffer() offers next: as ServerConnection's, without a budget."""
+        base = self._receive_bytes
+        if not pending:  # between replies, the common case
+            self._offer, self.receive_whole = base, False
+            return
+        needed = min(self._splitter.needed, WAITALL_BYTES, max(base, pending))
+        if needed > base:
+            self._offer, self.receive_whole = needed, True
+        else:
+            self._offer, self.receive_whole = max(needed, base - pending), False
 
     def _fail(self, message: str, code: int = StatusCode.INTERNAL) -> ProtocolError:
         self._closed = True
