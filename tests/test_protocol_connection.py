@@ -640,3 +640,20 @@ def test_any_split_of_the_replies_gives_the_same_replies(data):
     assert whole == list(zip(ids, bodies))
     for splitter in SPLITTERS.values():
         assert run(splitter, _cut(data, stream)) == (ids, whole)
+
+
+def test_the_buffer_grows_and_shrinks_even_while_a_body_view_is_alive(splitter):
+    """A view handed out pins the buffer's memory: the splitter then moves to a new buffer
+    rather than fail (the view's bytes are no longer the splitter's to keep)."""
+    frames = splitter(LIMIT, 64)
+    second = encode_request(Method.PREDICT, 2, b"b" * 100)
+    frames.feed(encode_request(Method.PREDICT, 1, b"a" * 10) + second[:30])
+    kept = frames.next_view()[4]
+    frames.feed(second[30:])  # more than 64 bytes pending: grows
+    assert frames.buffered >= len(second)
+    body = frames.next_view()[4]
+    assert body == b"b" * 100
+    view = frames.get_buffer(10)  # nothing pending: back to 64 bytes, beside the live views
+    assert frames.buffered == 64 and len(view) == 10
+    frames.buffer_updated(0)
+    assert kept.nbytes == 10 and body == b"b" * 100  # the old buffer lives on with them
