@@ -4,7 +4,9 @@
         agent.load_model("demo", "/models/demo.tflite")
         outputs = agent.predict("demo", [np.zeros((1, 8), np.float32)])
 
-Every failed call raises edge_agent.errors.AgentError with the agent's status code.
+Every failed call raises edge_agent.errors.AgentError with the agent's status code; a reply
+this client cannot read (a stream that breaks the protocol) raises INTERNAL and ends the
+connection, and one the agent never finished sending UNAVAILABLE.
 """
 from __future__ import annotations
 
