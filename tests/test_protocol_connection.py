@@ -328,6 +328,30 @@ def test_a_large_body_grows_the_buffer_with_what_arrived(splitter):
     assert len(conn.get_buffer()) == 4096 and not conn.receive_whole
 
 
+@pytest.mark.parametrize("first", [1, 1000, 3000, 4095, 4096])
+def test_a_large_body_takes_the_same_steps_however_its_first_bytes_came(splitter, first):
+    """The space set aside grows to the next power-of-two multiple of the fixed buffer, so
+    what a large frame holds against the budget does not depend on how the kernel cut it."""
+    budget = PendingBudget(1 << 30)
+    conn = server(splitter, budget, receive_bytes=4096)
+    frame = encode_request(Method.PREDICT, 1, bytes(100000))
+    deliver(conn, frame[:first])
+    offset, reached = first, []
+    while (event := conn.next_event()) is NEED_DATA:
+        view = conn.get_buffer()
+        if conn.receive_whole:
+            reached.append((offset + len(view), budget.used))
+            n = len(view)
+        else:
+            n = min(len(view), 1000)  # ordinary receives bring what happened to arrive
+        view[:n] = frame[offset:offset + n]
+        offset += n
+        conn.buffer_updated(n, 0.0)
+    # Up to twice the fixed buffer, ordinary receives; then set aside, from the same points.
+    assert reached == [(16384, 16384), (32768, 32768), (65536, 65536), (len(frame), len(frame))]
+    assert isinstance(event, Request)
+
+
 def test_the_budget_refuses_what_all_connections_together_would_exceed(splitter):
     budget = PendingBudget(1000)
     first, second = server(splitter, budget), server(splitter, budget)

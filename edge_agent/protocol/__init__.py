@@ -7,7 +7,8 @@
 - server_connection.py: ServerConnection, the agent's side of one connection (request
   kinds, descriptors, end of stream, the partial-frame deadline, idle timeout and pending
   budget);
-- client_connection.py: ClientConnection, a client's side (request ids, reply matching).
+- client_connection.py: ClientConnection, a client's side (request ids, reply matching);
+- receiving.py: how much either side receives next, and sets aside for a large body.
 
 Nothing here touches a socket or reads a clock: the loops in edge_agent.server and
 edge_agent.client move bytes and descriptors and pass the time in. docs/PROTOCOL.md is the

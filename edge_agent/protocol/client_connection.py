@@ -15,7 +15,7 @@ from edge_agent.errors import StatusCode
 from edge_agent.protocol.events import CLOSED, NEED_DATA, ProtocolError, Reply
 from edge_agent.protocol.frames import (MAX_REQUEST_ID, FrameSplitter, FramingError, Kind,
                                         encode_request)
-from edge_agent.sockets import WAITALL_BYTES
+from edge_agent.protocol.receiving import next_receive
 
 # Replies are bounded by what the agent sends; this only stops a corrupt length from
 # allocating without limit (and a buffer grows with what arrived, never by a length alone).
@@ -120,15 +120,8 @@ class ClientConnection:
 
     def _plan_receive(self, pending: int) -> None:
         """What get_buffer() offers next: as ServerConnection's, without a budget."""
-        base = self._receive_bytes
-        if not pending:  # between replies, the common case
-            self._offer, self.receive_whole = base, False
-            return
-        needed = min(self._splitter.needed, WAITALL_BYTES, max(base, pending))
-        if needed > base:
-            self._offer, self.receive_whole = needed, True
-        else:
-            self._offer, self.receive_whole = max(needed, base - pending), False
+        self._offer, self.receive_whole = next_receive(self._splitter.needed, pending,
+                                                       self._receive_bytes)
 
     def _fail(self, message: str, code: int = StatusCode.INTERNAL) -> ProtocolError:
         self._closed = True

@@ -26,7 +26,8 @@ from edge_agent.errors import StatusCode
 from edge_agent.protocol.events import CLOSED, NEED_DATA, ProtocolError, Request
 from edge_agent.protocol.frames import (HEADER, FrameSplitter, FramingError, Kind,
                                         encode_error, encode_reply)
-from edge_agent.sockets import MAX_FDS, WAITALL_BYTES, close_fds
+from edge_agent.protocol.receiving import next_receive
+from edge_agent.sockets import MAX_FDS, close_fds
 
 # The receive buffer every connection has for its life (a larger frame grows it for as long
 # as it is incomplete).
@@ -157,21 +158,13 @@ class ServerConnection:
         return self._need_data(pending)
 
     def _need_data(self, pending: int):
-        # A large body is received into space set aside for it, held against the budget; it
-        # grows with what arrived (at most doubling it), so a header alone cannot make the
-        # agent set aside more than the fixed buffer.
-        base = self._receive_bytes
-        if not pending:  # between requests, the common case: the fixed buffer
-            self._offer, self.receive_whole = base, False
-            return NEED_DATA
-        needed = min(self._splitter.needed, WAITALL_BYTES, max(base, pending))
-        if needed > base:
-            if not self._hold(pending + needed):
-                return self._fail(self._closing(StatusCode.RESOURCE_EXHAUSTED,
-                                                self._budget.refusal()))
-            self._offer, self.receive_whole = needed, True
-        else:
-            self._offer, self.receive_whole = max(needed, base - pending), False
+        # The space set aside for a large body is held against the budget before any of it
+        # arrives (receiving.next_receive says how much).
+        self._offer, self.receive_whole = next_receive(self._splitter.needed, pending,
+                                                       self._receive_bytes)
+        if self.receive_whole and not self._hold(pending + self._offer):
+            return self._fail(self._closing(StatusCode.RESOURCE_EXHAUSTED,
+                                            self._budget.refusal()))
         return NEED_DATA
 
     def _event(self, parts, fds):
