@@ -16,7 +16,7 @@ import time
 
 from edge_agent.protocol import Method, encode_request
 from edge_agent.server import PendingBudget
-from edge_agent.sockets import receive, receive_with_fds
+from edge_agent.sockets import receive_into, receive_into_with_fds
 
 BATCH = 1000
 
@@ -40,16 +40,16 @@ def main() -> None:
     calls = parser.parse_args().calls
     a, b = socket.socketpair()
     frame = encode_request(Method.LIST_MODELS, 1, b"")
-    buffer = bytearray(256 * 1024)
+    buffer = memoryview(bytearray(256 * 1024))
     send = a.send
 
     def old():
         send(frame)
-        receive(b, buffer, 16, 0.0)
+        receive_into(b, buffer, False, 0.0)
 
     def new():
         send(frame)
-        receive_with_fds(b, buffer, 16, 0.0)
+        receive_into_with_fds(b, buffer, False, 0.0)
 
     budget = PendingBudget(1 << 27)
 

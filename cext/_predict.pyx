@@ -3,7 +3,7 @@
 written straight into wire bytes, without protobuf objects.
 
 The twin of edge_agent/_predict_py.py, which says what is read here and what is left to upb
-(decode_* return None): a change here is made there too. tests/test_predict_codec.py holds
+(decode_* return None): a change here is made there too. tests/integration/test_predict_codec.py holds
 both to upb. Decoded byte_data are memoryviews of the body (no copy); encoded byte_data are
 copied once, from the caller's buffer (the runtime's output tensor) into the reply.
 """

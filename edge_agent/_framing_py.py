@@ -23,21 +23,35 @@ def _u32(buf: bytearray, offset: int) -> int:
 
 
 class FrameSplitter:
-    """feed() bytes, then call next() until it returns None.
+    """feed() bytes (or receive straight into get_buffer(n), then buffer_updated(n)), then
+    call next() or next_view() until it returns None.
 
-    next() returns (kind, method, status, request_id, body) for each whole frame, in order.
+    next() returns (kind, method, status, request_id, body) for each whole frame, in order;
+    next_view() the same with the body a memoryview of the buffer, valid until the next
+    get_buffer() or feed() (which may move or overwrite the bytes under it).
+
+    The buffer is one bytearray for the splitter's life, `capacity` bytes to begin with: it
+    grows (in place where no view of it is alive) only for a frame larger than that, and
+    shrinks back once nothing is pending.
     """
 
-    __slots__ = ("_buf", "_start", "_max_body", "_failed")
+    __slots__ = ("_buf", "_start", "_end", "_base", "_offered", "_view", "_max_body",
+                 "_failed")
 
-    def __init__(self, max_body: int):
+    def __init__(self, max_body: int, capacity: int = 0):
         max_body = operator.index(max_body)  # what the compiled one's C integer takes, and refuses
         if max_body < 0:
             raise OverflowError("can't convert negative int to unsigned")
         if max_body > _MAX_BODY:
             raise OverflowError("int too big to convert")
-        self._buf = bytearray()
-        self._start = 0
+        capacity = operator.index(capacity)
+        if capacity < 0:
+            raise ValueError("capacity must not be negative")
+        self._buf = bytearray(capacity)
+        self._base = capacity
+        self._start = self._end = 0
+        self._offered = 0
+        self._view: memoryview | None = None
         self._max_body = max_body
         self._failed = False
 
@@ -45,23 +59,74 @@ class FrameSplitter:
     def max_body(self) -> int:
         return self._max_body
 
+    def get_buffer(self, size: int) -> memoryview:
+        """A writable view of `size` free bytes after those buffered: receive into it, then
+        say how many arrived with buffer_updated(). Moves the pending bytes to the front (so
+        earlier views from next_view() are no longer valid) and grows the buffer if needed."""
+        size = operator.index(size)
+        if size < 0:
+            raise ValueError("size must not be negative")
+        self._release()
+        buf, pending = self._buf, self._end - self._start
+        target = max(self._base, size)
+        if not pending:
+            self._start = self._end = 0
+            if len(buf) > target or len(buf) < size:  # back to the base size, or grown
+                self._resize(target)
+        elif len(buf) - self._end < size:
+            if self._start:  # make room by moving the pending bytes to the front
+                buf[:pending] = buf[self._start:self._end]
+                self._start, self._end = 0, pending
+            if len(buf) - pending < size:
+                self._resize(pending + size)
+        self._offered = size
+        view = memoryview(self._buf)[self._end:self._end + size]
+        self._view = view
+        return view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        """`nbytes` of the view get_buffer() gave were filled."""
+        nbytes = operator.index(nbytes)
+        if not 0 <= nbytes <= self._offered:
+            raise ValueError(f"{nbytes} bytes received into a buffer of {self._offered}")
+        self._end += nbytes
+        self._offered = 0
+        self._release()
+
     def feed(self, data) -> None:
-        if self._start and self._start == len(self._buf):
-            # Everything buffered was consumed: start afresh instead of growing.
-            del self._buf[:]
-            self._start = 0
-        self._buf += data
+        with memoryview(data) as source:
+            n = source.nbytes
+            self.get_buffer(n)[:] = source.cast("B")
+        self.buffer_updated(n)
+
+    def _release(self) -> None:
+        # The view handed out is released, so the buffer can be resized in place.
+        if self._view is not None:
+            self._view.release()
+            self._view = None
+
+    def _resize(self, capacity: int) -> None:
+        try:  # in place: realloc, no second copy of the pending bytes in memory
+            if capacity < len(self._buf):
+                del self._buf[capacity:]
+            else:
+                self._buf += bytes(capacity - len(self._buf))
+        except BufferError:  # a body view is still alive: leave it its bytes
+            buf = bytearray(capacity)
+            pending = self._end - self._start
+            buf[:pending] = self._buf[self._start:self._end]
+            self._buf, self._start, self._end = buf, 0, pending
 
     @property
     def pending(self) -> int:
         """Bytes received that do not yet make a whole frame."""
-        return len(self._buf) - self._start
+        return self._end - self._start
 
     @property
     def needed(self) -> int:
         """Bytes still to come before the frame in progress is whole (a header's worth when
         none is in progress): lets a caller read a large body in one receive."""
-        avail = len(self._buf) - self._start
+        avail = self._end - self._start
         if avail < HEADER_SIZE:
             return HEADER_SIZE - avail
         body_len = _u32(self._buf, self._start + 12)
@@ -73,11 +138,17 @@ class FrameSplitter:
         return len(self._buf)
 
     def next(self):
+        return self._take(False)
+
+    def next_view(self):
+        return self._take(True)
+
+    def _take(self, view: bool):
         if self._failed:
             raise FramingError(StatusCode.INVALID_ARGUMENT,
                                "the stream is out of step after an earlier error")
         buf, start = self._buf, self._start
-        avail = len(buf) - start
+        avail = self._end - start
         if avail < HEADER_SIZE:
             return None
         request_id = _u32(buf, start + 8)
@@ -107,10 +178,11 @@ class FrameSplitter:
                 request_id)
         if avail < HEADER_SIZE + body_len:
             return None
-        body = bytes(buf[start + HEADER_SIZE:start + HEADER_SIZE + body_len])
-        self._start = start = start + HEADER_SIZE + body_len
-        if start > 65536 and start * 2 > len(buf):
-            # Drop consumed bytes once they dominate, so a long pipelined burst stays bounded.
-            del buf[:start]
-            self._start = 0
+        begin = start + HEADER_SIZE
+        body: memoryview | bytes
+        if view:
+            body = memoryview(buf)[begin:begin + body_len]
+        else:
+            body = bytes(buf[begin:begin + body_len])
+        self._start = begin + body_len
         return (kind, method, status, request_id, body)

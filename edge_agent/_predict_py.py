@@ -6,7 +6,7 @@ writes them straight into the reply, without protobuf objects. Anything it does 
 way upb would (unknown fields, a message field given twice, which upb merges; a oneof set
 twice; groups, fixed-width fields; a value out of its field's range; bytes that are not a
 message) makes decode_* return None: the caller then hands the body to upb, the reference, so
-the agent's answer is the same either way. tests/test_predict_codec.py holds both codecs to
+the agent's answer is the same either way. tests/integration/test_predict_codec.py holds both codecs to
 upb with property tests. A change here is made in cext/_predict.pyx too.
 
 Decoded tensors are edge_agent.tensors.WireTensor tuples; byte_data is a memoryview of the

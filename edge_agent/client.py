@@ -4,13 +4,14 @@
         agent.load_model("demo", "/models/demo.tflite")
         outputs = agent.predict("demo", [np.zeros((1, 8), np.float32)])
 
-Every failed call raises edge_agent.errors.AgentError with the agent's status code.
+Every failed call raises edge_agent.errors.AgentError with the agent's status code; a reply
+this client cannot read (a stream that breaks the protocol) raises INTERNAL and ends the
+connection, and one the agent never finished sending UNAVAILABLE.
 """
 from __future__ import annotations
 
 import dataclasses
 import datetime
-import itertools
 import math
 import socket
 import threading
@@ -26,17 +27,13 @@ from edge_agent import agent_pb2 as pb
 from edge_agent import predict_codec
 from edge_agent.errors import AgentError, StatusCode
 from edge_agent.api import BY_METHOD
-from edge_agent.protocol import FrameDecoder, Method, encode_request
+from edge_agent.protocol import ClientConnection, Method, NeedData, ProtocolError, Reply
 from edge_agent.shm_client import ShmTensor, add_shm_tensor, fd_index
-from edge_agent.sockets import receive, send_with_fds
+from edge_agent.sockets import receive_into, send_with_fds
 from edge_agent.tensors import (SHARED_MEMORY, Handle, WireTensor, add_array, data_type_of, dtype_of,
                                reply_array, wire_tensor)
 
 DEFAULT_SOCKET = "/tmp/edge-agent.sock"
-# Replies are bounded by what the agent sends; this only stops a corrupt length from
-# allocating without limit.
-MAX_REPLY_BYTES = 2**31
-RECV_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -162,9 +159,8 @@ class AgentClient:
         self._spin = busy_poll_us / 1e6
         self._timeout = timeout
         self._sock = self._connect()
-        self._decoder = FrameDecoder(MAX_REPLY_BYTES)
-        self._buffer = bytearray(RECV_BYTES)  # reused: recv(n) would allocate n bytes a call
-        self._ids = itertools.count(1)
+        # Request ids, reply matching and the reused receive buffer (edge_agent.protocol).
+        self._conn = ClientConnection()
         self._lock = threading.Lock()
 
     def _connect(self) -> socket.socket:
@@ -279,29 +275,32 @@ class AgentClient:
         """Send one request, wait for its reply: a `response_type` message (default: the
         method's response type in edge_agent.api's table); AgentError for a non-OK status.
         `fds`: descriptors passed with the request (SCM_RIGHTS), named in it by index."""
+        body = request.SerializeToString()
         with self._lock:
-            request_id = next(self._ids) & 0xFFFFFFFF
-            data = encode_request(method, request_id, request.SerializeToString())
-            frame = self._exchange(data, fds, request_id)
-            if frame.request_id == 0 and frame.status == StatusCode.UNAVAILABLE:
+            reply = self._exchange(method, body, fds)
+            if reply.request_id == 0 and reply.code == StatusCode.UNAVAILABLE:
                 # The agent had closed this connection for being idle before it read the
                 # request (docs/PROTOCOL.md): nothing ran, so it is sent again, once, on a
                 # new connection.
                 self._sock.close()
                 self._sock = self._connect()
-                self._decoder = FrameDecoder(MAX_REPLY_BYTES)
-                frame = self._exchange(data, fds, request_id)
-        if frame.status != StatusCode.OK:
-            raise AgentError(StatusCode.from_wire(frame.status),
-                             frame.body.decode("utf-8", "replace"))
-        return (response_type or BY_METHOD[method].response_type).FromString(frame.body)
+                self._conn = ClientConnection()
+                reply = self._exchange(method, body, fds)
+            # The reply's body is a view of the connection's buffer: decoded before another
+            # call may receive into it.
+            if reply.code != StatusCode.OK:
+                raise AgentError(StatusCode.from_wire(reply.code),
+                                 str(reply.body, "utf-8", "replace"))
+            return (response_type or BY_METHOD[method].response_type).FromString(reply.body)
 
-    def _exchange(self, data: bytes, fds: Sequence[int], request_id: int):
+    def _exchange(self, method: int, body: bytes, fds: Sequence[int]) -> Reply:
+        request_id, data = self._conn.send_request(method, body)
         try:
             send_with_fds(self._sock, data, fds)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the agent closed on us: its reason, if it gave one, is still to be read
         except socket.timeout:
+            self._conn.abandon(request_id)
             raise self._timed_out() from None
         return self._read_reply(request_id)
 
@@ -309,20 +308,29 @@ class AgentClient:
         return AgentError(StatusCode.DEADLINE_EXCEEDED,
                           f"no reply from the agent within {self._sock.gettimeout():g} s")
 
-    def _read_reply(self, request_id: int):
+    def _read_reply(self, request_id: int) -> Reply:
+        """The reply to `request_id`, or the agent's error about the whole connection (request
+        id 0). Replies to calls given up on are dropped by the ClientConnection."""
+        conn, sock = self._conn, self._sock
         while True:
-            for frame in self._decoder.frames():
-                if frame.request_id == request_id:
-                    return frame
-                if frame.request_id == 0 and frame.status != StatusCode.OK:
-                    return frame  # a connection-level error: the agent is closing on us
-            try:
-                data = receive(self._sock, self._buffer, self._decoder.needed_bytes, self._spin)
-            except socket.timeout:
-                raise self._timed_out() from None
-            except ConnectionResetError:
-                data = b""
-            if not data:
+            event = conn.next_event()
+            kind = event.__class__
+            if kind is Reply:
+                return event
+            if kind is NeedData:
+                try:
+                    n = receive_into(sock, conn.get_buffer(), conn.receive_whole, self._spin)
+                except socket.timeout:
+                    conn.abandon(request_id)
+                    raise self._timed_out() from None
+                except ConnectionResetError:
+                    n = 0
+                if n:
+                    conn.buffer_updated(n)
+                else:
+                    conn.receive_eof()
+            elif kind is ProtocolError:
+                raise AgentError(StatusCode.from_wire(event.code), event.message)
+            else:  # Closed
                 raise AgentError(StatusCode.UNAVAILABLE,
                                  "the agent closed the connection before replying")
-            self._decoder.feed(data)

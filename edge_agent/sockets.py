@@ -7,6 +7,8 @@ import socket
 import time
 
 _DONTWAIT = socket.MSG_DONTWAIT
+# The most one receive of a large body asks for (a buffer set aside for it grows by at most
+# this much at a time).
 WAITALL_BYTES = 4 * 1024 * 1024
 # Descriptors a client may pass with one frame (SCM_RIGHTS). The ancillary buffer holds this
 # many; the kernel closes any beyond it and flags the receive MSG_CTRUNC.
@@ -20,18 +22,17 @@ _NO_FDS: tuple[int, ...] = ()
 _CTRUNC = socket.MSG_CTRUNC
 
 
-def receive(sock: socket.socket, buffer: bytearray, needed: int, spin_seconds: float):
-    """The next bytes of a frame stream: a view of what arrived, empty at end of stream.
+def receive_into(sock: socket.socket, view: memoryview, wait_all: bool,
+                 spin_seconds: float) -> int:
+    """Receive the next bytes of a frame stream into `view` (a connection object's buffer):
+    how many arrived, 0 at end of stream.
 
-    When the frame in progress still needs more than `buffer` holds, it is read in
-    MSG_WAITALL receives of up to WAITALL_BYTES into a buffer of their own: one system call
-    instead of one per chunk the kernel happens to deliver. The cap bounds what a header
-    alone (a client that announces a large body and sends nothing) makes the agent allocate.
+    `wait_all`: the view is the rest of a large body; it is read in one MSG_WAITALL receive,
+    one system call instead of one per chunk the kernel happens to deliver.
     """
-    if needed > len(buffer):
-        rest = bytearray(min(needed, WAITALL_BYTES))
-        return memoryview(rest)[:sock.recv_into(rest, len(rest), socket.MSG_WAITALL)]
-    return memoryview(buffer)[:recv_into_polling(sock, buffer, spin_seconds)]
+    if wait_all:
+        return sock.recv_into(view, len(view), socket.MSG_WAITALL)
+    return recv_into_polling(sock, view, spin_seconds)
 
 
 def recv_into_polling(sock: socket.socket, buffer, spin_seconds: float) -> int:
@@ -52,8 +53,9 @@ def recv_into_polling(sock: socket.socket, buffer, spin_seconds: float) -> int:
     return sock.recv_into(buffer)
 
 
-def receive_with_fds(sock: socket.socket, buffer: bytearray, needed: int, spin_seconds: float):
-    """receive(), but with recvmsg: → (data, fds, truncated).
+def receive_into_with_fds(sock: socket.socket, view: memoryview, wait_all: bool,
+                          spin_seconds: float):
+    """receive_into(), but with recvmsg: → (nbytes, fds, truncated).
 
     `fds`: the descriptors that came with these bytes (usually none: an empty tuple), already
     close-on-exec and now the caller's to close. `truncated`: the client sent more than
@@ -62,20 +64,16 @@ def receive_with_fds(sock: socket.socket, buffer: bytearray, needed: int, spin_s
     in one receive, and delivers a call's descriptors with that call's first byte (the read
     stops after the message that carried them).
     """
-    if needed > len(buffer):
-        rest = bytearray(min(needed, WAITALL_BYTES))
+    if wait_all:
         n, ancillary, flags, _ = sock.recvmsg_into(
-            [rest], _ANCILLARY_BYTES, socket.MSG_WAITALL | _CLOEXEC)
-        data = memoryview(rest)[:n]
-    else:
-        if spin_seconds > 0:
-            n, ancillary, flags = _recvmsg_polling(sock, buffer, spin_seconds)
-        else:  # the common case, kept short: this runs once per request
-            n, ancillary, flags, _ = sock.recvmsg_into([buffer], _ANCILLARY_BYTES, _CLOEXEC)
-        data = memoryview(buffer)[:n]
+            [view], _ANCILLARY_BYTES, socket.MSG_WAITALL | _CLOEXEC)
+    elif spin_seconds > 0:
+        n, ancillary, flags = _recvmsg_polling(sock, view, spin_seconds)
+    else:  # the common case, kept short: this runs once per request
+        n, ancillary, flags, _ = sock.recvmsg_into([view], _ANCILLARY_BYTES, _CLOEXEC)
     if ancillary or flags & _CTRUNC:
-        return data, _descriptors(ancillary), bool(flags & _CTRUNC)
-    return data, _NO_FDS, False
+        return n, _descriptors(ancillary), bool(flags & _CTRUNC)
+    return n, _NO_FDS, False
 
 
 def _recvmsg_polling(sock: socket.socket, buffer, spin_seconds: float):

@@ -70,7 +70,9 @@ def agent_answers(socket_path: str, timeout: float) -> bool:
         with AgentClient(socket_path, timeout=timeout) as client:
             client.list_models()
     except AgentError as e:  # unreachable or silent: unhealthy; any answer: the loop works
-        return e.code not in (StatusCode.UNAVAILABLE, StatusCode.DEADLINE_EXCEEDED)
+        # INTERNAL is also what the client says of a reply it cannot read (a garbled stream).
+        return e.code not in (StatusCode.UNAVAILABLE, StatusCode.DEADLINE_EXCEEDED,
+                              StatusCode.INTERNAL)
     except Exception:  # timed out, or a garbled reply: not healthy, and the watchdog lives on
         return False
     return True

@@ -1,12 +1,13 @@
-"""Fuzz harness: any byte stream, fed to the frame decoder in pieces and dispatched against an
-agent core with a small loaded model, as the framed socket serves a connection.
+"""Fuzz harness: any byte stream, fed in pieces to the ServerConnection the socket loop drives
+and answered by an agent core with a small loaded model, as the framed socket serves a
+connection.
 
     make fuzz                     (long run; new inputs go to fuzz/out/frames)
     python fuzz/frames.py -runs=30000 OUT_DIR fuzz/corpus/frames
 
 What must hold for every input (an AssertionError is a finding):
-- the only exception that escapes decoding is FramingError, with a documented code
-  (INVALID_ARGUMENT or RESOURCE_EXHAUSTED): the connection would be closed after it;
+- no exception escapes the connection object; its protocol errors carry a documented code
+  (INVALID_ARGUMENT or RESOURCE_EXHAUSTED), and all but a refused request frame close it;
 - every request frame gets exactly one reply frame with its request id and method, whose
   status is a documented code and never INTERNAL (nor UNKNOWN), and whose body parses as the
   method's response when the status is OK.
@@ -14,8 +15,8 @@ Known defects still open (issue 10, item 3: INTERNAL for a url with a NUL byte a
 model bytes the runtime cannot describe) are counted and printed, not failed, unless
 EDGE_AGENT_FUZZ_STRICT=1: see fuzz/common.py KNOWN_INTERNAL, to be emptied when they are fixed.
 The caller is another user (nobody) who passed one memfd, so permission checks and fd_index
-handles are exercised; frames that the server refuses before dispatch (kind not request,
-status not 0) are skipped as it skips them.
+handles are exercised; frames that the connection refuses (kind not request, status not 0)
+never reach the service.
 """
 from __future__ import annotations
 
@@ -30,8 +31,10 @@ from common import MAX_FRAME_BYTES, agent_config, known_internal, write_models  
 with atheris.instrument_imports(include=["edge_agent"]):
     from edge_agent import agent_pb2 as pb
     from edge_agent.errors import StatusCode
-    from edge_agent.protocol import FrameDecoder, FramingError, Kind
     from edge_agent.api import BY_METHOD
+    from edge_agent.pending import PendingBudget
+    from edge_agent.protocol import (FrameDecoder, NeedData, ProtocolError, Request,
+                                     ServerConnection, Kind)
     from edge_agent.server import SocketServer
     from edge_agent.service import AgentService, Caller
 
@@ -54,19 +57,38 @@ class Harness:
 
     def run(self, data: bytes) -> None:
         step = data[0] + 1 if data else 1  # the input also decides how the stream is cut
-        stream = data[1:]
-        decoder = FrameDecoder(MAX_FRAME_BYTES)
+        stream = memoryview(data[1:])
+        # The connection object the socket loop drives, driven the same way (no socket):
+        # requests answered as SocketServer's Connection answers them.
+        conn = ServerConnection(MAX_FRAME_BYTES, PendingBudget(1 << 30), frame_timeout=60,
+                                idle_timeout=0)
+        offset = 0
         try:
-            for start in range(0, len(stream), step):
-                decoder.feed(stream[start:start + step])
-                for frame in decoder.frames():
-                    if frame.kind == Kind.REQUEST and not frame.status:
-                        self.check(frame, self.server.dispatch(
-                            frame.method, frame.request_id, frame.body, self.caller))
-            decoder.end_of_stream()
-        except FramingError as e:
-            assert e.code in FRAMING_CODES, (e.code, e.message)
+            while True:
+                event = conn.next_event()
+                if isinstance(event, Request):
+                    code, reply = self.server.serve(event.method, event.body, self.caller)
+                    self.check(event, conn.send_reply(event.request_id, event.method, code,
+                                                      reply))
+                elif isinstance(event, NeedData):
+                    if offset == len(stream):
+                        conn.receive_eof()
+                        continue
+                    view = conn.get_buffer()
+                    n = min(step, len(stream) - offset, len(view))
+                    view[:n] = stream[offset:offset + n]
+                    offset += n
+                    conn.buffer_updated(n, 0.0)
+                elif isinstance(event, ProtocolError):
+                    # A refused frame (a non-zero status) leaves the connection open; anything
+                    # else closes it, with a documented code.
+                    assert event.code in FRAMING_CODES, (event.code, event.message)
+                    if event.closing:
+                        break
+                else:
+                    break
         finally:
+            conn.close()
             self.unload_extra_models()
 
     @staticmethod

@@ -1,4 +1,4 @@
-"""The framed protocol, sans-IO: bytes in, frames out; frames in, bytes out.
+"""The frame codec: the header layout, method numbers, the splitter and the frame encoders.
 
 Every frame is a 16-byte little-endian header and a body:
 
@@ -14,6 +14,7 @@ Every frame is a 16-byte little-endian header and a body:
 A request body is the serialized protobuf request of its method. A reply body is the
 serialized response when status is 0, else a UTF-8 error message. docs/PROTOCOL.md is the
 full description; nothing here touches a socket, so it is tested and fuzzed on plain bytes.
+The connections (server_connection.py, client_connection.py) are built on this.
 """
 from __future__ import annotations
 

@@ -1,0 +1,30 @@
+"""The framed protocol, sans-IO: bytes in, events out; calls in, bytes out.
+
+- frames.py: the header layout, Method, the frame splitter (compiled or its pure-Python
+  twin) and the frame encoders;
+- events.py: what a connection hands its loop (Request, Reply, ProtocolError, NeedData,
+  Closed);
+- server_connection.py: ServerConnection, the agent's side of one connection (request
+  kinds, descriptors, end of stream, the partial-frame deadline, idle timeout and pending
+  budget);
+- client_connection.py: ClientConnection, a client's side (request ids, reply matching);
+- receiving.py: how much either side receives next, and sets aside for a large body.
+
+Nothing here touches a socket or reads a clock: the loops in edge_agent.server and
+edge_agent.client move bytes and descriptors and pass the time in. docs/PROTOCOL.md is the
+description of the wire.
+"""
+from edge_agent.protocol.client_connection import ClientConnection
+from edge_agent.protocol.events import (CLOSED, NEED_DATA, Closed, NeedData, ProtocolError,
+                                        Reply, Request)
+from edge_agent.protocol.frames import (HEADER, MAGIC, MAX_REQUEST_ID, VERSION, Frame,
+                                        FrameDecoder, FrameSplitter, FramingError, Kind, Method,
+                                        encode_error, encode_reply, encode_request)
+from edge_agent.protocol.server_connection import ServerConnection
+
+__all__ = [
+    "HEADER", "MAGIC", "MAX_REQUEST_ID", "VERSION", "Kind", "Method", "Frame", "FrameDecoder",
+    "FrameSplitter", "FramingError", "encode_request", "encode_reply", "encode_error",
+    "Request", "Reply", "ProtocolError", "NeedData", "NEED_DATA", "Closed", "CLOSED",
+    "ServerConnection", "ClientConnection",
+]
