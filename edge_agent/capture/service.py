@@ -96,8 +96,8 @@ class CaptureService:
 
     def _ensure_started(self) -> None:
         # After close the journal and the status log are closed: say so, not what a closed
-        # file raises. (The agent closes this service after its fronts stopped taking calls,
-        # so no call races with close there; the check is for in-process users.)
+        # file raises. (The agent closes this service once its fronts stopped taking calls
+        # and the calls in progress were answered, or their grace ran out.)
         if self._closed:
             raise AgentError(StatusCode.UNAVAILABLE, "the agent is shutting down")
         if not self._started:
