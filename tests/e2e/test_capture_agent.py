@@ -105,22 +105,30 @@ def test_kill_9_mid_batch_loses_and_duplicates_nothing(start_agent, tmp_path, s3
 def test_crash_after_writing_before_recording_rewrites_the_same_batch(tmp_path):
     """The agent dies between writing a batch and recording its outcome: the next start writes
     the same batch again, under the same keys, so each capture is still there exactly once."""
+    # The batch is sealed when its third capture arrives, never by age (a long push period):
+    # one batch, however slow the machine.
     settings = {"edge_agent_state_dir": str(tmp_path / "state"),
                 "sagemaker_edge_core_capture_data_disk_path": str(tmp_path / "out"),
-                "sagemaker_edge_core_capture_data_batch_size": 3}
+                "sagemaker_edge_core_capture_data_batch_size": 3,
+                "sagemaker_edge_core_capture_data_push_period_seconds": 3600}
+    # The delivery thread dies right after the batch is written, but only once all three
+    # replies are out: dying as soon as it may would lose the third reply while its capture,
+    # journaled, is still delivered (rightly, but not what this test counts).
     script = textwrap.dedent(f"""
-        import os, uuid, numpy as np
+        import os, threading, uuid, numpy as np
         from edge_agent import agent_pb2 as pb, boards
         from edge_agent.capture.status import StatusLog
         from edge_agent.service import AgentService
         from edge_agent.tensors import add_array
-        StatusLog.finish = lambda *a: os._exit(9)  # dies right after the batch is written
+        replied = threading.Event()
+        StatusLog.finish = lambda *a: (replied.wait(), os._exit(9))
         service = AgentService(boards.load(None, {settings!r}))
         for i in range(3):
             r = pb.CaptureDataRequest(model_name="m", capture_id=str(uuid.uuid4()))
             add_array(r.input_tensors, "x", np.zeros(4, np.uint8))
             service.capture_data(r)
             print(r.capture_id, flush=True)
+        replied.set()
         import time; time.sleep(30)
     """)
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
