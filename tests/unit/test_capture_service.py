@@ -310,6 +310,31 @@ def test_shared_memory_tensor_out_of_bounds_is_invalid_argument(make_service):
         expect(StatusCode.INVALID_ARGUMENT, service.capture_data, request)
 
 
+def test_a_shared_memory_size_mismatch_names_the_tensor_as_capture_does(make_service):
+    from edge_agent.shm_client import SysVSegment, ShmTensor, add_shm_tensor
+
+    service = make_service()
+    request = capture_request()
+    del request.output_tensors[:]
+    with SysVSegment.create(64) as segment:
+        add_shm_tensor(request.output_tensors, "y", ShmTensor(segment.shmid, 0, 8, np.uint8, (4,)))
+        error = expect(StatusCode.INVALID_ARGUMENT, service.capture_data, request)
+    assert error.message.startswith("output tensor 0 'y': the shared-memory handle says 8 bytes")
+
+
+@pytest.mark.parametrize("shape", [[0] + [1] * 40, [0, 2**31 - 1, 2**31 - 1, 2**31 - 1]],
+                         ids=["41 dimensions", "empty but huge"])
+def test_empty_tensors_of_shapes_numpy_cannot_make_are_captured_as_bytes(make_service, shape):
+    """Stored as bytes, never made an array: a shape NumPy refuses is no reason to refuse
+    (and never INTERNAL)."""
+    service = make_service()
+    request = capture_request()
+    request.input_tensors.add(byte_data=b"").tensor_metadata.CopyFrom(
+        pb.TensorMetadata(name=b"z", data_type=pb.FLOAT32, shape=shape))
+    service.capture_data(request)
+    wait_status(service, request.capture_id)
+
+
 # --- bounds -------------------------------------------------------------------------------------
 
 def test_buffer_full_is_resource_exhausted_and_nothing_is_lost(make_service):
