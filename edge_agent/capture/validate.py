@@ -119,7 +119,7 @@ def _copy_auxiliary(item: pb.AuxilaryData, out: pb.AuxilaryData, what: str, read
             raise invalid_argument(f"{what}: a shared-memory handle for auxiliary data needs "
                                    "its size")
         data = bytes(_shared(item.shared_memory_handle, item.shared_memory_handle.size,
-                             item.name, what, reader))  # a copy: the segment is the client's
+                             what, reader))  # a copy: the segment is the client's
     else:
         data = item.byte_data
     if not data:

@@ -299,6 +299,29 @@ def test_shared_memory_tensor_is_copied_at_call_time(make_service, tmp_path):
         original.tobytes()
 
 
+def test_auxiliary_data_in_shared_memory_is_copied_at_call_time(make_service, tmp_path):
+    from edge_agent.shm_client import ShmTensor, SysVSegment
+
+    service = make_service()
+    request = capture_request()
+    text = b'{"camera": "front", "exposure_ms": 8}'
+    with SysVSegment.create(64) as segment:
+        written = segment.write(np.frombuffer(text, np.uint8))
+        request.inputs.add(name="meta", encoding=pb.JSON, shared_memory_handle=written.handle())
+        service.capture_data(request)
+        segment.write(np.zeros(64, np.uint8))  # the client reuses its segment at once
+        refused = capture_request()
+        refused.outputs.add(name="late", encoding=pb.JSON, shared_memory_handle=ShmTensor(
+            segment.shmid, 60, 8, np.uint8, (8,)).handle())  # 4 bytes past the end
+        error = expect(StatusCode.INVALID_ARGUMENT, service.capture_data, refused)
+        assert error.message.startswith("auxiliary output 0 'late'")
+    wait_status(service, request.capture_id)
+    folder, _ = next(iter(disk_manifests(tmp_path / "out").items()))
+    [line] = lines(disk_manifests(tmp_path / "out"))
+    [entry] = line["aux_inputs"]
+    assert payload(entry, lambda name: (tmp_path / "out" / folder / name).read_bytes()) == text
+
+
 def test_shared_memory_tensor_out_of_bounds_is_invalid_argument(make_service):
     from edge_agent.shm_client import SysVSegment, ShmTensor, add_shm_tensor
 
