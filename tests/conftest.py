@@ -13,7 +13,7 @@ from agents import ROOT, AgentProcess, public_directory
 
 from edge_agent.tools import model_builder
 
-pytest_plugins = ["s3server"]
+pytest_plugins = ["s3server", "mqtt_broker"]
 
 
 @pytest.fixture
