@@ -25,7 +25,6 @@ from edge_agent import agent_pb2 as pb
 from edge_agent.client import AgentClient
 from edge_agent.errors import AgentError, StatusCode
 from edge_agent.protocol import HEADER, Kind, Method, encode_request
-from edge_agent.service import AgentService, Caller
 from edge_agent.shm_client import MemfdSegment, PosixSegment, ShmTensor
 from edge_agent.sockets import MAX_FDS
 from edge_agent.tools import model_builder
@@ -219,27 +218,6 @@ def test_an_index_beyond_the_passed_descriptors(client):
         request.tensors[0].shared_memory_handle.fd_index = 1
         _expect(StatusCode.INVALID_ARGUMENT, "only 1 came with the request", client.call,
                 Method.PREDICT, request, pb.PredictResponse, fds=[segment.fd])
-
-
-def test_without_a_socket_there_are_no_descriptors(tmp_path, model_files):
-    """The gRPC front and in-process callers pass none: fd_index is refused, not guessed."""
-    from edge_agent.config import from_mapping
-    service = AgentService(from_mapping({"edge_agent_allow_unsigned_models": True,
-                                         "edge_agent_state_dir": str(tmp_path)}))
-    try:
-        service.load_model(pb.LoadModelRequest(name="add", url=str(model_files["add"])))
-        request = pb.PredictRequest(name="add")
-        request.tensors.add().shared_memory_handle.fd_index = 0
-        request.tensors.add().byte_data = bytes(16)
-        caller = Caller(os.getpid(), os.getuid(), os.getgid())
-        with pytest.raises(AgentError) as info:
-            service.predict(request, caller)
-        assert info.value.code == StatusCode.INVALID_ARGUMENT
-        with pytest.raises(AgentError) as info:
-            service.load_model(pb.LoadModelRequest(name="x", url="fd:0"), caller)
-        assert info.value.code == StatusCode.INVALID_ARGUMENT
-    finally:
-        service.close()
 
 
 def test_cli_predict_through_passed_segments(fd_agent, tmp_path):
