@@ -1,19 +1,20 @@
-"""Loading (loading.py) in process: the bytes proven in the child are the bytes the agent's
-runtime loads, whatever happens to the file meanwhile; the memory budget reserves what the
-child measured, and gives it back at unload."""
+"""Loading (loading.py) in process: which urls name a local path; the bytes proven in the
+child are the bytes the agent's runtime loads, whatever happens to the file meanwhile; the
+memory budget reserves what the child measured, and gives it back at unload."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from edge_agent import agent_pb2 as pb
 from edge_agent import config as config_module
+from edge_agent.errors import AgentError, StatusCode
+from edge_agent.loading import model_path
 from edge_agent.service import AgentService
 from edge_agent.tools import model_builder
 
 from corrupt_models import (CRASHING_FLIPS, FOUND_WITH_THIS_RUNTIME, GOOD,
                             flipped, write)
-
-pytestmark = FOUND_WITH_THIS_RUNTIME
 
 
 def in_process_service(tmp_path) -> AgentService:
@@ -22,6 +23,7 @@ def in_process_service(tmp_path) -> AgentService:
         "edge_agent_allow_unsigned_models": True, "edge_agent_num_threads": 1}))
 
 
+@FOUND_WITH_THIS_RUNTIME
 def test_the_bytes_proven_are_the_bytes_loaded(tmp_path, monkeypatch):
     """The file is rewritten to a crashing version after it was read and proven, before the
     agent's runtime loads: the agent loads what it proved, never the file anew."""
@@ -53,6 +55,7 @@ def test_the_bytes_proven_are_the_bytes_loaded(tmp_path, monkeypatch):
         service.close()
 
 
+@FOUND_WITH_THIS_RUNTIME
 def test_the_budget_reserves_what_the_child_measured(tmp_path, monkeypatch, model_files):
     service = in_process_service(tmp_path)
     real_prove = service.prover.prove
@@ -74,3 +77,27 @@ def test_the_budget_reserves_what_the_child_measured(tmp_path, monkeypatch, mode
         assert service.budget.used == 0
     finally:
         service.close()
+
+
+@pytest.mark.parametrize("url, path", [
+    ("/models/a.tflite", "/models/a.tflite"),
+    ("relative/a.tflite", "relative/a.tflite"),  # opened relative to the agent's directory
+    ("file:///models/a.tflite", "/models/a.tflite"),
+    ("file:///", "/"),
+])
+def test_a_url_names_a_local_path(url, path):
+    assert model_path(url) == path
+
+
+@pytest.mark.parametrize("url, message", [
+    ("", "url is empty"),
+    ("/models/a\0.tflite", "NUL byte"),
+    ("file://models/a.tflite", "a file:// url needs an absolute path"),
+    ("s3://bucket/a.tflite", "only local paths and file:// urls are supported"),
+    ("https://example.com/a.tflite", "only local paths and file:// urls are supported"),
+])
+def test_a_url_that_names_no_local_path_is_invalid(url, message):
+    with pytest.raises(AgentError) as info:
+        model_path(url)
+    assert info.value.code == StatusCode.INVALID_ARGUMENT
+    assert message in info.value.message
