@@ -90,7 +90,6 @@ def open_model(url: str, caller: Caller) -> ModelSource:
     return ModelSource(fd, path)
 
 
-
 class ModelLoader:
     """Loads models for one agent: its configuration, its memory budget and its prover
     (shared with the service, which releases a model's footprint at unload)."""
