@@ -105,6 +105,27 @@ def close_fds(fds) -> None:
             pass
 
 
+# Below this many body bytes, joining header and body costs less than sendmsg's gather list.
+_GATHER_BYTES = 4096
+
+
+def send_parts(sock: socket.socket, header: bytes, body) -> None:
+    """sendall(header + body) without the join for a large body: one sendmsg of both (the
+    body is not copied behind the header), continued after a partial send (SO_SNDTIMEO, a
+    signal)."""
+    size = len(body)
+    if size < _GATHER_BYTES:
+        sock.sendall(header + body)
+        return
+    sent = sock.sendmsg([header, body])
+    if sent < len(header):
+        sock.sendall(memoryview(header)[sent:])
+        sent = len(header)
+    sent -= len(header)
+    if sent < size:
+        sock.sendall(memoryview(body)[sent:])
+
+
 def send_with_fds(sock: socket.socket, data: bytes, fds) -> None:
     """sendall(data), the descriptors going with its first byte (one sendmsg), so the agent
     takes them as belonging to the frame `data` begins with."""
