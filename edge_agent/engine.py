@@ -191,8 +191,12 @@ class LoadedModel:
                 for spec in self.outputs:
                     view = interpreter.tensor(spec.index)()
                     output_bytes += view.nbytes
-                    data = view if writer is None else writer(spec.position, spec.name, view)
-                    outputs.append((spec.name_bytes, spec.data_type, view.shape, data))
+                    # No local name for the view beyond `view`: every reference to it must be
+                    # gone before the lock is released (the next call on another thread
+                    # invokes, which the runtime refuses while a view lives).
+                    outputs.append((spec.name_bytes, spec.data_type, view.shape,
+                                    view if writer is None
+                                    else writer(spec.position, spec.name, view)))
                 result = encode(outputs)
             finally:
                 # Also when the writer or the encoder refuses: the runtime refuses to invoke
