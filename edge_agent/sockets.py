@@ -19,7 +19,9 @@ _ANCILLARY_BYTES = socket.CMSG_SPACE(MAX_FDS * _FD_SIZE)
 # starts must never inherit a client's file.
 _CLOEXEC = socket.MSG_CMSG_CLOEXEC
 _NO_FDS: tuple[int, ...] = ()
-_CTRUNC = socket.MSG_CTRUNC
+# A plain int: `flags & MSG_CTRUNC` on the enum member runs enum's Python __and__, once a
+# request.
+_CTRUNC = int(socket.MSG_CTRUNC)
 
 
 def receive_into(sock: socket.socket, view: memoryview, wait_all: bool,
