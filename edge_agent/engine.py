@@ -181,9 +181,13 @@ class LoadedModel:
                     set_tensor(index, array)
                 else:
                     self._copy_input(index, array)
-            invoke_started = time.perf_counter()
-            interpreter.invoke()
-            invoke_ended = time.perf_counter()
+            metrics = self.metrics
+            if metrics is None:
+                interpreter.invoke()
+            else:
+                invoke_started = time.perf_counter()
+                interpreter.invoke()
+                invoke_ended = time.perf_counter()
             outputs: list = []
             view = None
             try:
@@ -203,8 +207,8 @@ class LoadedModel:
                 # while views into its buffers live.
                 outputs.clear()
                 del view
-            if self.metrics is not None:  # one C call (edge_agent.metrics.ModelMetrics)
-                self.metrics.succeeded(started, invoke_ended - invoke_started, shared,
+            if metrics is not None:  # one C call (edge_agent.metrics.ModelMetrics)
+                metrics.succeeded(started, invoke_ended - invoke_started, shared,
                                        input_bytes, output_bytes)
             return result
 
