@@ -276,8 +276,8 @@ def plain_inputs(tensors: list, positions: dict, specs: tuple) -> list | None:
     messages are the only ones: this only recognises what they would accept unchanged).
 
     `positions`: input name bytes -> place among the inputs; `specs`: per input, (wire
-    DataType, shape as a list, byte length, dtype, shape as a tuple). The arrays are read-only
-    views of the byte_data (no copy)."""
+    DataType, shape as a list, byte length, dtype, shape as a tuple). The arrays are views of
+    the byte_data (no copy), read-only where the byte_data are."""
     count = len(specs)
     named = -1  # unknown yet; then 1 (all named) or 0 (none named)
     if len(tensors) != count:
