@@ -1,6 +1,7 @@
 # cython: language_level=3, boundscheck=False, wraparound=False
 """The Predict codec, compiled: PredictRequest and PredictResponse read straight from and
-written straight into wire bytes, without protobuf objects.
+written straight into wire bytes, without protobuf objects; and plain_inputs, the engine's
+match of decoded inputs to a model's in the common case.
 
 The twin of edge_agent/_predict_py.py, which says what is read here and what is left to upb
 (decode_* return None): a change here is made there too. tests/integration/test_predict_codec.py holds
@@ -15,6 +16,8 @@ from libc.stdint cimport uint8_t, uint64_t
 from libc.string cimport memcpy, memset
 
 from protowire cimport Field, as_int32, next_field, read_varint, varint_size, write_varint
+
+from numpy import ndarray
 
 from edge_agent.tensors import Handle, WireTensor
 
@@ -355,3 +358,57 @@ def encode_request(str name, tensors, output_handles=()):
     """The PredictRequest of a model name, (name bytes, DataType, shape, data) per input
     tensor as for encode_response, and output Handles."""
     return _encode(name.encode(), tensors, output_handles, 2 << 3 | 2)
+
+
+# --- matching inputs -------------------------------------------------------------------------------
+
+def plain_inputs(tensors, dict positions, tuple specs):
+    """The request's inputs as arrays in the model's input order, when every one is plain:
+    inline byte_data of exactly the model's shape and type, named all or none, each name once;
+    else None, and the engine's general path binds, resizes or refuses them (its checks and
+    messages are the only ones: this only recognises what they would accept unchanged).
+
+    `positions`: input name bytes -> place among the inputs; `specs`: per input, (wire
+    DataType, shape as a list, byte length, dtype, shape as a tuple). The arrays are views of
+    the byte_data (no copy), read-only where the byte_data are."""
+    cdef Py_ssize_t count = len(specs), i, position
+    cdef int named = -1  # unknown yet; then 1 (all named) or 0 (none named)
+    cdef tuple tensor, spec
+    if len(tensors) != count:
+        return None
+    arrays = [None] * count
+    for i in range(count):
+        item = tensors[i]
+        if not isinstance(item, tuple):  # a WireTensor is one
+            return None
+        tensor = <tuple>item
+        if tensor[4] != BYTE_DATA:
+            return None
+        name = tensor[0]
+        if name:
+            if named == 0:
+                return None
+            named = 1
+            found = positions.get(name)
+            if found is None:
+                return None
+            position = found
+        else:
+            if named == 1:
+                return None
+            named = 0
+            position = i
+        if arrays[position] is not None:  # a name given twice
+            return None
+        spec = <tuple>specs[position]
+        if tensor[1]:  # has_metadata: its type must be the model's, its shape none or the model's
+            if tensor[2] != spec[0]:
+                return None
+            shape = tensor[3]
+            if shape and shape != spec[1]:
+                return None
+        data = tensor[5]
+        if len(data) != spec[2]:
+            return None
+        arrays[position] = ndarray(spec[4], spec[3], data)
+    return arrays

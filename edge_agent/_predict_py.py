@@ -1,4 +1,5 @@
-"""The Predict codec in pure Python: the twin of cext/_predict.pyx, line for line.
+"""The Predict codec in pure Python: the twin of cext/_predict.pyx, line for line (with
+plain_inputs, the engine's match of decoded inputs to a model's in the common case).
 
 PredictRequest and PredictResponse are small, fixed messages: their protocol buffer encoding
 is a few varints and length-delimited fields. This reads them straight from the frame body and
@@ -13,6 +14,8 @@ Decoded tensors are edge_agent.tensors.WireTensor tuples; byte_data is a memoryv
 body (no copy): it is valid as long as the body is.
 """
 from __future__ import annotations
+
+from numpy import ndarray
 
 from edge_agent.tensors import BYTE_DATA, NO_DATA, SHARED_MEMORY, Handle, WireTensor
 
@@ -271,3 +274,54 @@ def encode_request(name: str, tensors, output_handles=()) -> bytes:
     for handle in output_handles:
         _put_bytes(out, 100 << 3 | 2, _handle_bytes(handle))
     return bytes(out)
+
+
+# --- matching inputs -------------------------------------------------------------------------------
+
+def plain_inputs(tensors: list, positions: dict, specs: tuple) -> list | None:
+    """The request's inputs as arrays in the model's input order, when every one is plain:
+    inline byte_data of exactly the model's shape and type, named all or none, each name once;
+    else None, and the engine's general path binds, resizes or refuses them (its checks and
+    messages are the only ones: this only recognises what they would accept unchanged).
+
+    `positions`: input name bytes -> place among the inputs; `specs`: per input, (wire
+    DataType, shape as a list, byte length, dtype, shape as a tuple). The arrays are views of
+    the byte_data (no copy), read-only where the byte_data are."""
+    count = len(specs)
+    named = -1  # unknown yet; then 1 (all named) or 0 (none named)
+    if len(tensors) != count:
+        return None
+    arrays: list = [None] * count
+    for i in range(count):
+        tensor = tensors[i]
+        if not isinstance(tensor, tuple):  # a WireTensor is one
+            return None
+        if tensor[4] != BYTE_DATA:
+            return None
+        name = tensor[0]
+        if name:
+            if named == 0:
+                return None
+            named = 1
+            position = positions.get(name)
+            if position is None:
+                return None
+        else:
+            if named == 1:
+                return None
+            named = 0
+            position = i
+        if arrays[position] is not None:  # a name given twice
+            return None
+        spec = specs[position]
+        if tensor[1]:  # has_metadata: its type must be the model's, its shape none or the model's
+            if tensor[2] != spec[0]:
+                return None
+            shape = tensor[3]
+            if shape and shape != spec[1]:
+                return None
+        data = tensor[5]
+        if len(data) != spec[2]:
+            return None
+        arrays[position] = ndarray(spec[4], spec[3], data)
+    return arrays

@@ -14,6 +14,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from edge_agent import agent_pb2 as pb
+from edge_agent import predict_codec
 from edge_agent.errors import (AgentError, StatusCode, failed_precondition, invalid_argument,
                                resource_exhausted)
 from edge_agent.runtime import interpreter_module
@@ -130,6 +131,13 @@ class LoadedModel:
         self._inputs_by_name = {spec.name_bytes: spec for spec in self.inputs}
         # The input shapes the interpreter has allocated now; read and changed under _lock.
         self._allocated = [spec.shape for spec in self.inputs]
+        self._load_shapes = list(self._allocated)
+        self._resized = False  # _allocated differs from the shapes at load; under _lock
+        # What predict_codec.plain_inputs matches a request against, derived once.
+        self._positions = {spec.name_bytes: spec.position for spec in self.inputs}
+        self._plain = tuple((spec.data_type, spec.shape_list, spec.nbytes, spec.dtype, spec.shape)
+                            for spec in self.inputs)
+        self._input_indices = tuple(spec.index for spec in self.inputs)
         if metrics is not None:
             metrics.inputs_per_call = len(self.inputs)
 
@@ -155,20 +163,31 @@ class LoadedModel:
         returns its Handle. `started`: time.perf_counter() when the request arrived, for the
         metrics.
         """
-        arrays, shared = self._bind_inputs(tensors, reader or _no_shared_memory)
+        arrays = predict_codec.plain_inputs(tensors, self._positions, self._plain)
+        general = arrays is None
+        if general:  # anything but plain inline inputs of the model's shapes: checked here
+            arrays, shared = self._bind_inputs(tensors, reader or _no_shared_memory)
+        else:
+            shared = 0
         interpreter = self._interpreter
         with self._lock:
-            self._fit_shapes(arrays)
+            if general or self._resized:
+                self._fit_shapes(arrays)
             input_bytes = 0
-            for spec, array in zip(self.inputs, arrays):
+            set_tensor = interpreter.set_tensor
+            for index, array in zip(self._input_indices, arrays):
                 input_bytes += array.nbytes
                 if array.flags.writeable or array.nbytes < _DIRECT_COPY_BYTES:
-                    interpreter.set_tensor(spec.index, array)
+                    set_tensor(index, array)
                 else:
-                    self._copy_input(spec, array)
-            invoke_started = time.perf_counter()
-            interpreter.invoke()
-            invoke_ended = time.perf_counter()
+                    self._copy_input(index, array)
+            metrics = self.metrics
+            if metrics is None:
+                interpreter.invoke()
+            else:
+                invoke_started = time.perf_counter()
+                interpreter.invoke()
+                invoke_ended = time.perf_counter()
             outputs: list = []
             view = None
             try:
@@ -176,16 +195,20 @@ class LoadedModel:
                 for spec in self.outputs:
                     view = interpreter.tensor(spec.index)()
                     output_bytes += view.nbytes
-                    data = view if writer is None else writer(spec.position, spec.name, view)
-                    outputs.append((spec.name_bytes, spec.data_type, view.shape, data))
+                    # No local name for the view beyond `view`: every reference to it must be
+                    # gone before the lock is released (the next call on another thread
+                    # invokes, which the runtime refuses while a view lives).
+                    outputs.append((spec.name_bytes, spec.data_type, view.shape,
+                                    view if writer is None
+                                    else writer(spec.position, spec.name, view)))
                 result = encode(outputs)
             finally:
                 # Also when the writer or the encoder refuses: the runtime refuses to invoke
                 # while views into its buffers live.
                 outputs.clear()
                 del view
-            if self.metrics is not None:  # one C call (edge_agent.metrics.ModelMetrics)
-                self.metrics.succeeded(started, invoke_ended - invoke_started, shared,
+            if metrics is not None:  # one C call (edge_agent.metrics.ModelMetrics)
+                metrics.succeeded(started, invoke_ended - invoke_started, shared,
                                        input_bytes, output_bytes)
             return result
 
@@ -196,10 +219,10 @@ class LoadedModel:
             with self._lock:
                 self.metrics.failed(code, after_success)
 
-    def _copy_input(self, spec: TensorSpec, array: np.ndarray) -> None:
+    def _copy_input(self, index: int, array: np.ndarray) -> None:
         """One copy straight into the input buffer: set_tensor would first copy a read-only
         array (bytes off the wire, a view of shared memory) into a fresh writable one."""
-        target = self._interpreter.tensor(spec.index)()
+        target = self._interpreter.tensor(index)()
         try:
             np.copyto(target, array, casting="no")
         finally:
@@ -214,6 +237,7 @@ class LoadedModel:
                 self._allocated[position] = array.shape
                 resized = True
         if resized:
+            self._resized = self._allocated != self._load_shapes
             try:
                 self._interpreter.allocate_tensors()
             except RuntimeError as e:

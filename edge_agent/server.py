@@ -24,7 +24,7 @@ from edge_agent.pending import PendingBudget
 from edge_agent.protocol import (NeedData, ProtocolError, Request, ServerConnection, encode_error,
                                  encode_reply)
 from edge_agent.service import AgentService, Caller
-from edge_agent.sockets import close_fds, receive_into_with_fds
+from edge_agent.sockets import close_fds, receive_into_with_fds, send_parts
 from edge_agent.unix_socket import (ServerError, accept_until, bind_socket, peer_credentials,
                                     remove_socket_file)
 from edge_agent.unix_socket import send_quietly as _send_quietly
@@ -180,7 +180,7 @@ class Connection:
                 event = protocol.next_event(clock())
                 kind = event.__class__
                 if kind is Request:
-                    conn.sendall(answer(event))
+                    send_parts(conn, *answer(event))
                 elif kind is NeedData:
                     if protocol.receive_timeout != self._timeout:
                         self._timeout = protocol.receive_timeout
@@ -215,8 +215,9 @@ class Connection:
         finally:
             protocol.close()
 
-    def _answer(self, request: Request) -> bytes:
-        """The reply frame to one request; its descriptors are closed once it is ready."""
+    def _answer(self, request: Request) -> tuple[bytes, bytes]:
+        """The reply frame to one request, as (header, body); its descriptors are closed once
+        it is ready."""
         fds = request.fds
         if not fds:
             code, reply = self.server.serve(request.method, request.body, self.caller)
@@ -226,4 +227,4 @@ class Connection:
                                                 dataclasses.replace(self.caller, fds=fds))
             finally:
                 close_fds(fds)
-        return self.protocol.send_reply(request.request_id, request.method, code, reply)
+        return self.protocol.reply_parts(request.request_id, request.method, code, reply)

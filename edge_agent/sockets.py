@@ -19,7 +19,9 @@ _ANCILLARY_BYTES = socket.CMSG_SPACE(MAX_FDS * _FD_SIZE)
 # starts must never inherit a client's file.
 _CLOEXEC = socket.MSG_CMSG_CLOEXEC
 _NO_FDS: tuple[int, ...] = ()
-_CTRUNC = socket.MSG_CTRUNC
+# A plain int: `flags & MSG_CTRUNC` on the enum member runs enum's Python __and__, once a
+# request.
+_CTRUNC = int(socket.MSG_CTRUNC)
 
 
 def receive_into(sock: socket.socket, view: memoryview, wait_all: bool,
@@ -103,6 +105,27 @@ def close_fds(fds) -> None:
             os.close(fd)
         except OSError:
             pass
+
+
+# Below this many body bytes, joining header and body costs less than sendmsg's gather list.
+_GATHER_BYTES = 4096
+
+
+def send_parts(sock: socket.socket, header: bytes, body) -> None:
+    """sendall(header + body) without the join for a large body: one sendmsg of both (the
+    body is not copied behind the header), continued after a partial send (SO_SNDTIMEO, a
+    signal)."""
+    size = len(body)
+    if size < _GATHER_BYTES:
+        sock.sendall(header + body)
+        return
+    sent = sock.sendmsg([header, body])
+    if sent < len(header):
+        sock.sendall(memoryview(header)[sent:])
+        sent = len(header)
+    sent -= len(header)
+    if sent < size:
+        sock.sendall(memoryview(body)[sent:])
 
 
 def send_with_fds(sock: socket.socket, data: bytes, fds) -> None:

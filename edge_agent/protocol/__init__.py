@@ -19,12 +19,13 @@ from edge_agent.protocol.events import (CLOSED, NEED_DATA, Closed, NeedData, Pro
                                         Reply, Request)
 from edge_agent.protocol.frames import (HEADER, MAGIC, MAX_REQUEST_ID, VERSION, Frame,
                                         FrameDecoder, FrameSplitter, FramingError, Kind, Method,
-                                        encode_error, encode_reply, encode_request)
+                                        encode_error, encode_reply, encode_request,
+                                        reply_parts)
 from edge_agent.protocol.server_connection import ServerConnection
 
 __all__ = [
     "HEADER", "MAGIC", "MAX_REQUEST_ID", "VERSION", "Kind", "Method", "Frame", "FrameDecoder",
     "FrameSplitter", "FramingError", "encode_request", "encode_reply", "encode_error",
-    "Request", "Reply", "ProtocolError", "NeedData", "NEED_DATA", "Closed", "CLOSED",
+    "reply_parts", "Request", "Reply", "ProtocolError", "NeedData", "NEED_DATA", "Closed", "CLOSED",
     "ServerConnection", "ClientConnection",
 ]

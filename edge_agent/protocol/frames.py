@@ -39,7 +39,7 @@ else:
 
 __all__ = [
     "HEADER", "VERSION", "Kind", "Method", "Frame", "FrameDecoder", "FramingError",
-    "encode_request", "encode_reply", "encode_error",
+    "encode_request", "encode_reply", "encode_error", "reply_parts",
 ]
 
 HEADER = struct.Struct("<2sBBHHII")
@@ -125,6 +125,12 @@ class FrameDecoder:
 
 def _encode(kind: Kind, method: int, status: int, request_id: int, body: bytes) -> bytes:
     return HEADER.pack(MAGIC, VERSION, kind, method, status, request_id, len(body)) + body
+
+
+def reply_parts(method: int, request_id: int, status: int, body) -> tuple[bytes, bytes]:
+    """A reply frame as (header, body), for a sender that writes both without joining them
+    (the body may be large: a copy saved). `body`: bytes, the response or error message."""
+    return HEADER.pack(MAGIC, VERSION, Kind.REPLY, method, status, request_id, len(body)), body
 
 
 def encode_request(method: int, request_id: int, body: bytes) -> bytes:

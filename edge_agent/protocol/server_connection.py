@@ -4,7 +4,8 @@ The loop that owns the socket (edge_agent.server.Connection) does only this:
 
     while True:
         event = conn.next_event(now)
-        Request        → answer it, send conn.send_reply(...), close event.fds
+        Request        → answer it, send conn.reply_parts(...) (header and body, in one
+                         sendmsg), close event.fds
         ProtocolError  → send conn.send_error(event); stop if event.closing
         NeedData       → receive into conn.get_buffer(), then conn.buffer_updated(n, now, fds)
                          (conn.receive_eof() at end of stream, conn.receive_timed_out() when
@@ -25,7 +26,7 @@ from collections import deque
 from edge_agent.errors import StatusCode
 from edge_agent.protocol.events import CLOSED, NEED_DATA, ProtocolError, Request
 from edge_agent.protocol.frames import (HEADER, FrameSplitter, FramingError, Kind,
-                                        encode_error, encode_reply)
+                                        encode_error, reply_parts)
 from edge_agent.protocol.receiving import next_receive
 from edge_agent.sockets import MAX_FDS, close_fds
 
@@ -203,15 +204,23 @@ class ServerConnection:
     # --- bytes out --------------------------------------------------------------------------
 
     def send_reply(self, request_id: int, method: int, code: int, body_or_message) -> bytes:
-        """The reply frame to the Request last handed out: the serialized response when
-        `code` is OK, else the error message."""
+        """The reply frame to the Request last handed out, as one bytes object: the
+        serialized response when `code` is OK, else the error message."""
+        header, body = self.reply_parts(request_id, method, code, body_or_message)
+        return header + body
+
+    def reply_parts(self, request_id: int, method: int, code: int,
+                    body_or_message) -> tuple[bytes, bytes]:
+        """send_reply() as (header, body), not joined: the loop sends both in one sendmsg,
+        so a large response is not copied once more behind its header."""
         if request_id != self._awaiting:
             raise RuntimeError(f"reply to request {request_id}, but {self._awaiting} is the "
                                "one being answered")
         self._awaiting = None
         if code == 0:  # OK
-            return encode_reply(method, request_id, body_or_message)
-        return encode_error(code, request_id, body_or_message, method)
+            return reply_parts(method, request_id, 0, body_or_message)
+        return reply_parts(method, request_id, code,
+                           body_or_message.encode("utf-8", "replace"))
 
     @staticmethod
     def send_error(event: ProtocolError) -> bytes:

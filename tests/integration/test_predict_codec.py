@@ -15,13 +15,14 @@ import os
 import numpy as np
 import pytest
 from google.protobuf.message import DecodeError
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import edge_agent._predict_py
 from edge_agent import agent_pb2 as pb
 from edge_agent import api, config, predict_codec
 from edge_agent.tools import model_builder
+from edge_agent import engine as engine_module
 from edge_agent import service as service_module
 from edge_agent.errors import StatusCode
 from edge_agent.protocol import Method
@@ -300,6 +301,7 @@ def agent_service(tmp_path_factory, model_files):
 def fronts(agent_service, codec, monkeypatch):
     """(Api on the codec under test, Api on protobuf only)."""
     monkeypatch.setattr(service_module, "predict_codec", codec)
+    monkeypatch.setattr(engine_module, "predict_codec", codec)  # its plain_inputs
     return api.Api(agent_service), api.Api(ProtobufOnly(agent_service))
 
 
@@ -336,7 +338,7 @@ def outputs_of(reply):
             for t in pb.PredictResponse.FromString(reply).tensors}
 
 
-def test_good_requests_answer_as_protobuf_does(fronts, codec):
+def test_good_requests_answer_as_protobuf_does(fronts, codec, agent_service):
     built = model_builder.add_model()
     inputs = built.sample_inputs(seed=3)
     a, b = inputs["a"], inputs["b"]
@@ -344,7 +346,11 @@ def test_good_requests_answer_as_protobuf_does(fronts, codec):
                  request("add", tensor(b, b"b"), tensor(a, b"a")),  # by name, any order
                  request("add", tensor(a, b""), tensor(b, b"")),    # by position
                  request("add", tensor(a), tensor(b))):             # without metadata
-        assert codec.decode_request(body) is not None  # the compiled path, not the fallback
+        decoded = codec.decode_request(body)
+        assert decoded is not None  # the compiled path, not the fallback
+        model = agent_service._models["add"]
+        # ... and the engine's plain match, not its general path
+        assert codec.plain_inputs(decoded[1], model._positions, model._plain) is not None
         code, reply = both(fronts, body)
         assert code == StatusCode.OK
         np.testing.assert_allclose(outputs_of(reply)[b"sum"], built.reference(inputs)["sum"].ravel())
@@ -363,6 +369,81 @@ def test_good_requests_answer_as_protobuf_does(fronts, codec):
     quant = model_builder.quantized_add_model("uint8").sample_inputs(seed=2)
     assert both(fronts, request("quant-uint8", *(tensor(v, k.encode(), pb.UINT8)
                                                  for k, v in quant.items())))[0] == StatusCode.OK
+
+
+# --- the engine's plain match (plain_inputs) against its general path ----------------------------
+
+def _wire_tensors(model_inputs):
+    """WireTensors near a model's inputs: mostly one per input in any order, each right or
+    wrong in its name, type, shape, kind or length; sometimes too few or too many."""
+    def one(spec):
+        name = st.sampled_from([spec.name_bytes, spec.name_bytes, b"", b"nope"]
+                               + [s.name_bytes for s in model_inputs])
+        shape = st.one_of(st.just(list(spec.shape)), st.just([]),
+                          st.lists(st.integers(-1, 6), max_size=3))
+        length = st.sampled_from([spec.nbytes] * 4 + [0, spec.nbytes - 1, spec.nbytes + 4])
+        return st.builds(
+            lambda name, has, data_type, shape, kind, n: wire_tensor_of(
+                name if has else b"", has, data_type if has else 0, shape if has else [], kind,
+                n),
+            name, st.booleans(), st.sampled_from([spec.data_type] * 4 + [pb.FLOAT32, pb.UINT8, 0]),
+            shape, st.sampled_from([BYTE_DATA] * 6 + [0, 2]), length)
+    per_input = st.permutations(model_inputs).flatmap(
+        lambda specs: st.tuples(*(one(s) for s in specs))).map(list)
+    return st.one_of(per_input, per_input, st.lists(st.one_of(*(one(s) for s in model_inputs)),
+                                                    max_size=len(model_inputs) + 1))
+
+
+def wire_tensor_of(name, has, data_type, shape, kind, n):
+    from edge_agent.tensors import WireTensor
+    data = memoryview(bytes(range(256)) * (n // 256 + 1))[:n] if kind == BYTE_DATA else \
+        (Handle(n) if kind == 2 else None)
+    return WireTensor(name, has, data_type, shape, kind, data)
+
+
+def _never_reads(handle, nbytes, name):
+    raise AssertionError("the plain match never takes shared memory")
+
+
+@pytest.mark.parametrize("name", ["add", "multi", "dynamic", "quant-uint8"])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_the_plain_match_takes_only_what_the_general_path_accepts_unchanged(
+        agent_service, codec, name, data):
+    """Whatever plain_inputs takes, the engine's general path (_bind_inputs) takes too, as the
+    same arrays of the model's load shapes; anything else is left to the general path."""
+    model = agent_service._models[name]
+    tensors = data.draw(_wire_tensors(model.inputs))
+    arrays = codec.plain_inputs(tensors, model._positions, model._plain)
+    event(f"plain: {arrays is not None}")
+    if arrays is None:
+        return
+    general, shared = model._bind_inputs(tensors, _never_reads)
+    assert shared == 0
+    assert [a.shape for a in arrays] == [s.shape for s in model.inputs]
+    for fast, reference in zip(arrays, general):
+        assert fast.dtype == reference.dtype and fast.shape == reference.shape
+        assert fast.tobytes() == reference.tobytes()
+        assert not fast.flags.writeable  # views of read-only byte_data, never copies
+
+
+def test_the_plain_match_is_the_same_on_both_codecs(agent_service):
+    """The compiled plain_inputs and its twin agree on requests both take and refuse."""
+    if compiled is None:
+        pytest.skip("edge_agent._predict is not built")
+    model = agent_service._models["multi"]
+    rng = np.random.default_rng(4)
+    for _ in range(200):
+        tensors = [wire_tensor_of(
+            rng.choice([s.name_bytes for s in model.inputs] + [b""]), bool(rng.integers(2)),
+            int(rng.choice([s.data_type for s in model.inputs] + [0])),
+            [] if rng.integers(2) else list(s.shape), BYTE_DATA, s.nbytes)
+            for s in rng.permutation(model.inputs)]
+        results = [c.plain_inputs(tensors, model._positions, model._plain)
+                   for c in (compiled, edge_agent._predict_py)]
+        assert (results[0] is None) == (results[1] is None)
+        if results[0] is not None:
+            assert [a.tobytes() for a in results[0]] == [a.tobytes() for a in results[1]]
 
 
 def test_a_large_inline_input_is_taken_from_the_frame(fronts, codec):

@@ -147,6 +147,26 @@ def test_a_failed_call_is_encoded_as_an_error_reply(splitter):
         (StatusCode.NOT_FOUND, Method.DESCRIBE_MODEL, b"no model named x")
 
 
+def test_reply_parts_are_the_reply_frame_not_joined(splitter):
+    """The loop sends header and body apart (one sendmsg): together they are send_reply's
+    frame, and the body is the response object itself, not a copy."""
+    conn = server(splitter)
+    body = b"r" * 10000
+    for request_id, code, reply in ((1, StatusCode.OK, body),
+                                    (2, StatusCode.NOT_FOUND, "no model named \u00e9")):
+        deliver(conn, encode_request(Method.PREDICT, request_id, b""))
+        conn.next_event()
+        header, sent = conn.reply_parts(request_id, Method.PREDICT, code, reply)
+        if code == StatusCode.OK:
+            assert sent is body
+        frame = decode_reply(header + sent)
+        assert (frame.kind, frame.method, frame.status, frame.request_id) == \
+            (Kind.REPLY, Method.PREDICT, code, request_id)
+        assert frame.body == (reply if code == StatusCode.OK else reply.encode())
+    with pytest.raises(RuntimeError):  # the same rule as send_reply: one reply per request
+        conn.reply_parts(2, Method.PREDICT, StatusCode.OK, b"")
+
+
 def test_a_reply_is_only_for_the_request_being_answered(splitter):
     conn = server(splitter)
     deliver(conn, encode_request(Method.LIST_MODELS, 3, b""))
