@@ -109,8 +109,8 @@ def create_interpreter(content: bytes, num_threads: int, delegates: Sequence = (
     return interpreter
 
 
-# Read-only inputs from this size up are copied into the interpreter's buffer directly; below
-# it, set_tensor's extra copy costs less than getting a view of that buffer.
+# Inputs set_tensor would copy twice (read-only or misaligned) are, from this size up, copied
+# into the interpreter's buffer directly; below it, the extra copy costs less than the view.
 _DIRECT_COPY_BYTES = 16 * 1024
 
 
@@ -177,7 +177,10 @@ class LoadedModel:
             set_tensor = interpreter.set_tensor
             for index, array in zip(self._input_indices, arrays):
                 input_bytes += array.nbytes
-                if array.flags.writeable or array.nbytes < _DIRECT_COPY_BYTES:
+                # set_tensor copies once more an array that is not a writable, aligned C
+                # array (NumPy's CARRAY): a read-only view, or inline bytes at an offset of
+                # the frame that is not a multiple of the element size.
+                if array.flags.carray or array.nbytes < _DIRECT_COPY_BYTES:
                     set_tensor(index, array)
                 else:
                     self._copy_input(index, array)
@@ -220,8 +223,8 @@ class LoadedModel:
                 self.metrics.failed(code, after_success)
 
     def _copy_input(self, index: int, array: np.ndarray) -> None:
-        """One copy straight into the input buffer: set_tensor would first copy a read-only
-        array (bytes off the wire, a view of shared memory) into a fresh writable one."""
+        """One copy straight into the input buffer: set_tensor would first copy a read-only or
+        misaligned array (a view of shared memory, bytes off the wire) into a fresh one."""
         target = self._interpreter.tensor(index)()
         try:
             np.copyto(target, array, casting="no")

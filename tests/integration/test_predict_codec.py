@@ -10,6 +10,8 @@ byte for byte is stronger than parsing alike). Then the agent's Predict through 
 """
 from __future__ import annotations
 
+import tracemalloc
+
 import os
 
 import numpy as np
@@ -447,9 +449,38 @@ def test_the_plain_match_is_the_same_on_both_codecs(agent_service):
 
 
 def test_a_large_inline_input_is_taken_from_the_frame(fronts, codec):
-    x = np.full((64, 4), 2, np.float32)  # beyond the size copied straight into the runtime
+    x = np.full((64, 4), 2, np.float32)
     body = memoryview(bytearray(request("dynamic", tensor(x, b"x"))))
     assert both(fronts, body)[0] == StatusCode.OK
+
+
+@pytest.mark.parametrize("model_name", ["s", "s1", "s-1", "s--1"])
+def test_a_large_inline_input_is_copied_once_wherever_it_sits_in_the_frame(
+        fronts, agent_service, tmp_path, model_name):
+    """From the frame into the runtime's buffer in one copy, whatever the offset of its bytes
+    in the frame (the model name's length moves it: aligned for float32 or not). A second
+    copy would be NumPy memory of the input's size, which tracemalloc counts (the runtime's
+    own buffer it does not)."""
+    built = model_builder.input_sink_model(256 * 1024)  # a 1 MiB float32 input
+    path = tmp_path / "sink.tflite"
+    built.write(path)
+    agent_service.load_model(pb.LoadModelRequest(name=model_name, url=str(path)))
+    try:
+        [spec] = built.inputs
+        x = np.full((1, 256 * 1024), 0.5, np.float32)
+        body = memoryview(bytearray(request(model_name, tensor(x, spec.name.encode()))))
+        fast = fronts[0]
+        assert fast.invoke(PREDICT, body, IN_PROCESS).code == StatusCode.OK  # warm
+        tracemalloc.start()
+        try:
+            outcome = fast.invoke(PREDICT, body, IN_PROCESS)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert outcome.code == StatusCode.OK, outcome
+        assert peak < x.nbytes // 4, f"{peak} bytes allocated for a {x.nbytes}-byte input"
+    finally:
+        agent_service.unload_model(pb.UnLoadModelRequest(name=model_name))
 
 
 def test_bad_requests_answer_as_protobuf_does(fronts):
