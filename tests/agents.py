@@ -39,6 +39,8 @@ class AgentProcess:
         settings = {
             "edge_agent_socket_path": self.socket_path,
             "edge_agent_state_dir": str(workdir / "state"),
+            # Captures of this agent only (the default, /tmp/edge-agent-captures, is shared).
+            "sagemaker_edge_core_capture_data_disk_path": str(workdir / "captures"),
             "edge_agent_allow_unsigned_models": True,
             "edge_agent_num_threads": 1,
         }
@@ -127,6 +129,8 @@ class AgentInThread:
         settings = {
             "edge_agent_socket_path": str(workdir / "agent.sock"),
             "edge_agent_state_dir": str(workdir / "state"),
+            # Captures of this agent only (the default, /tmp/edge-agent-captures, is shared).
+            "sagemaker_edge_core_capture_data_disk_path": str(workdir / "captures"),
             "edge_agent_allow_unsigned_models": True,
             "edge_agent_num_threads": 1,
         }
