@@ -29,7 +29,7 @@ import numpy as np
 from edge_agent import agent_pb2 as pb
 from edge_agent import api, config
 from edge_agent.tools import model_builder
-from edge_agent.bench import in_process, time_calls
+from edge_agent.tools.bench import in_process, time_calls
 from edge_agent.protocol import Method
 from edge_agent.service import IN_PROCESS, AgentService
 

@@ -293,9 +293,9 @@ class Run:
             request = os.path.getsize(self.frame_file(name, name))
             reply = reply_frame_bytes(self.models[name], self.inputs[name])
             floors[f"frame_bytes_{name}"] = [request, reply]
-            if self.c_bench:
+            if (program := self.c_bench) is not None:
                 floors[f"c_pingpong_{name}_us"] = median_of(self.rounds, lambda: run_c(
-                    self.c_bench, "pingpong", request, reply, iterations)["p50_us"])
+                    program, "pingpong", request, reply, iterations)["p50_us"])
 
     def floor(self, name: str) -> float | None:
         floors = self.results["floors"]

@@ -48,7 +48,7 @@ def serve_grpcio(workdir: str, socket_path: str) -> None:
 
 
 def measure_grpc(socket_path: str, model_path: str, request: Any,
-                 timer: Callable[[Callable[[], object]], dict]) -> dict:
+                 timer: Callable[[Callable[[], object]], Any]) -> Any:
     """Loads `model_path` under request.name through the gRPC server at `socket_path`, then
     returns timer(one Predict of `request`) with a grpcio client in this process."""
     import grpc
