@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/profile_predict.py client  [--calls N]   (cProfile, agent apart)
     .venv/bin/python benchmarks/profile_predict.py perf    [--calls N]   (perf, the agent process)
     .venv/bin/python benchmarks/profile_predict.py threads [--calls N]   (1 vs 4 C clients)
+    .venv/bin/python benchmarks/profile_predict.py memory                (idle RSS by mapping)
 
 - server: the server side of a Predict (Api.invoke on a received body, the call the connection
   thread makes) under cProfile, tiny model and a 1x224x224x3 float32 input; the functions by
@@ -19,6 +20,8 @@
   (/proc/PID/task/*/status) and how busy its two most busy threads were; the same again with
   the interpreter's switch interval (sys.setswitchinterval) at 0.1 ms and 50 ms, to show how
   much the interpreter lock's hand-offs decide.
+- memory: the idle agent's RSS (one small model loaded) by mapping, with the private part of
+  each: which libraries and how much heap the 42 MB target is spent on.
 """
 from __future__ import annotations
 
@@ -240,13 +243,44 @@ def profile_threads(calls: int) -> None:
                     os.unlink(path)
 
 
+def profile_memory(_: int) -> None:
+    """The idle agent's RSS by mapping (smaps), largest first, with its private part."""
+    from edge_agent.tools.bench import memory_kib
+
+    with tempfile.TemporaryDirectory() as workdir:
+        agent, path = start_agent(workdir, 1)
+        try:
+            tiny = model_builder.tiny_model()
+            load(path, str(tiny.write(os.path.join(workdir, "t.tflite"))), "tiny")
+            time.sleep(1.0)
+            totals = memory_kib(agent.pid)
+            by_file: dict[str, list[int]] = {}
+            current = "[anon]"
+            with open(f"/proc/{agent.pid}/smaps") as f:
+                for line in f:
+                    fields = line.split()
+                    if "-" in fields[0] and not fields[0].endswith(":"):  # a mapping's header
+                        current = Path(fields[5]).name if len(fields) > 5 else "[anon]"
+                    elif fields[0] in ("Rss:", "Private_Clean:", "Private_Dirty:"):
+                        sums = by_file.setdefault(current, [0, 0])
+                        sums[0 if fields[0] == "Rss:" else 1] += int(fields[1])
+        finally:
+            agent.terminate()
+            agent.wait(10)
+    print(f"--- idle agent, tiny model loaded: RSS {totals['VmRSS'] / 1024:.1f} MB, "
+          f"PSS {totals['PSS'] / 1024:.1f} MB, USS {totals['USS'] / 1024:.1f} MB")
+    print(f"{'RSS MB':>7s} {'private MB':>10s}  mapping")
+    for name, (rss, private) in sorted(by_file.items(), key=lambda item: -item[1][0])[:14]:
+        print(f"{rss / 1024:7.1f} {private / 1024:10.1f}  {name}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=("server", "client", "perf", "threads"))
+    parser.add_argument("what", choices=("server", "client", "perf", "threads", "memory"))
     parser.add_argument("--calls", type=int, default=20000)
     args = parser.parse_args()
     {"server": profile_server, "client": profile_client, "perf": profile_perf,
-     "threads": profile_threads}[args.what](args.calls)
+     "threads": profile_threads, "memory": profile_memory}[args.what](args.calls)
 
 
 if __name__ == "__main__":
