@@ -26,13 +26,13 @@ sys.path.insert(0, str(ROOT))
 from edge_agent.tools import model_builder  # noqa: E402
 from edge_agent.tools.bench import (request_frame, rss_mb, time_calls,  # noqa: E402
                                     wait_for_socket)
-from edge_agent.tools.grpcio_server import measure_grpc, serve_grpcio  # noqa: E402
+from edge_agent.tools.grpcio_server import grpc_predict, serve_grpcio  # noqa: E402
 
 
 def measure(socket_path: str, model_path: str, iterations: int) -> dict:
     request, _ = request_frame("tiny", model_builder.tiny_model().sample_inputs())
-    return measure_grpc(socket_path, model_path, request,
-                        lambda call: time_calls(call, iterations))
+    with grpc_predict(socket_path, model_path, request) as predict:
+        return time_calls(predict, iterations)
 
 
 def run(iterations: int) -> dict:

@@ -17,6 +17,7 @@ compiler or benchmarks/frame_bench.c, no grpcio) is skipped with the reason.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -27,7 +28,7 @@ import tempfile
 import time
 import tracemalloc
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from edge_agent.launch import agent_command
 from edge_agent.tools import model_builder
@@ -187,10 +188,6 @@ def run_c(program: str, *args: str | int) -> dict[str, float]:
         raise RuntimeError(f"frame_bench {args[0]} printed {out.stdout!r}") from None
 
 
-def median_of(rounds: int, measure: Callable[[], float]) -> float:
-    return statistics.median(measure() for _ in range(rounds))
-
-
 def figure(value: float, unit: str, floor: float | None = None, ratio: float | None = None,
            target: str | None = None) -> dict:
     """One printed row. `ratio` defaults to value / floor; `target` names a TARGETS entry."""
@@ -276,6 +273,9 @@ class Run:
                       for name, built in self.models.items()}
         self.inputs = {name: built.sample_inputs() for name, built in self.models.items()}
         self.frames: dict[str, str] = {}
+        self.frame_bytes: dict[str, tuple[int, int]] = {}
+        self.samples: dict[str, list[float]] = {}
+        self.idle: dict[str, int] = {}
 
     def frame_file(self, model: str, name: str) -> str:
         """A file with the pre-encoded Predict frame of `model`'s sample inputs under `name`."""
@@ -285,90 +285,111 @@ class Run:
             self.frames[name] = path
         return self.frames[name]
 
-    def floors(self) -> None:
-        floors = self.results["floors"]
-        for name in ("tiny", "image"):
-            iterations = self.iterations if name == "tiny" else max(1, self.iterations // 5)
-            floors[f"in_process_{name}_us"] = median_of(self.rounds, lambda: in_process(
-                self.models[name], self.inputs[name], 1, iterations)["p50_us"])
-            request = os.path.getsize(self.frame_file(name, name))
-            reply = reply_frame_bytes(self.models[name], self.inputs[name])
-            floors[f"frame_bytes_{name}"] = [request, reply]
-            if (program := self.c_bench) is not None:
-                floors[f"c_pingpong_{name}_us"] = median_of(self.rounds, lambda: run_c(
-                    program, "pingpong", request, reply, iterations)["p50_us"])
+    def sample(self, key: str, value: float) -> None:
+        self.samples.setdefault(key, []).append(value)
 
-    def floor(self, name: str) -> float | None:
-        floors = self.results["floors"]
-        if f"c_pingpong_{name}_us" not in floors:
-            return None
-        return floors[f"in_process_{name}_us"] + floors[f"c_pingpong_{name}_us"]
+    def calls(self, model: str) -> int:
+        """Calls a round for `model`: fewer where one call moves or computes more."""
+        return max(1, self.iterations // {"tiny": 1, "image": 5, "compute": 10}[model])
+
+    def floor_round(self) -> None:
+        for name in ("tiny", "image"):
+            self.sample(f"in_process_{name}_us", in_process(
+                self.models[name], self.inputs[name], 1, self.calls(name))["p50_us"])
+            if self.c_bench is not None:
+                request, reply = self.frame_bytes[name]
+                self.sample(f"c_pingpong_{name}_us", run_c(
+                    self.c_bench, "pingpong", request, reply, self.calls(name))["p50_us"])
 
     def replay(self, socket_path: str, iterations: int, *frames: str) -> dict[str, float]:
         assert self.c_bench is not None
         return run_c(self.c_bench, "replay", socket_path, iterations, *frames)
 
+    def agent_round(self, client, path: str) -> None:
+        inputs = self.inputs["tiny"]
+        self.sample("agent_client_tiny_us", time_calls(
+            lambda: client.predict("tiny", inputs), self.calls("tiny"))["p50_us"])
+        if self.c_bench is None:
+            return
+        for name in ("tiny", "image"):
+            self.sample(f"server_cost_{name}_us", self.replay(
+                path, self.calls(name), self.frame_file(name, name))["p50_us"])
+        for model, clients in (("tiny", 4), ("compute", 2)):
+            frames = [self.frame_file(model, model), self.frame_file(model, f"{model}-b")]
+            self.sample(f"requests_per_s_one_client_{model}", self.replay(
+                path, self.calls(model), frames[0])["requests_per_s"])
+            self.sample(f"requests_per_s_{clients}_clients_{model}", self.replay(
+                path, self.calls(model), *(frames * clients)[:clients])["requests_per_s"])
+
     def agent_figures(self) -> None:
+        """The rounds, each measuring every floor and every agent figure once: a figure and
+        its floor are measured in the same stretches of time, whatever the machine does."""
         from edge_agent.client import AgentClient
 
-        figures = self.results["figures"]
+        for name in ("tiny", "image"):
+            self.frame_bytes[name] = (os.path.getsize(self.frame_file(name, name)),
+                                      reply_frame_bytes(self.models[name], self.inputs[name]))
         agent, path = start_agent(self.workdir, 1)
+        grpcio = contextlib.ExitStack()
         try:
+            grpc_call = grpcio.enter_context(self.grpcio_server())
             with AgentClient(path) as client:
                 client.load_model("tiny", self.paths["tiny"])
                 time.sleep(1.0)  # start-up transients settle before the idle figures
-                idle = memory_kib(agent.pid)
-                figures["idle_rss_mb"] = figure(idle["VmRSS"] / 1024, "MB", target="idle_rss_mb")
-                figures["idle_pss_mb"] = figure(idle["PSS"] / 1024, "MB")
-                figures["idle_uss_mb"] = figure(idle["USS"] / 1024, "MB")
-                for name in ("tiny-b", "image", "compute-a", "compute-b"):
+                self.idle = memory_kib(agent.pid)
+                for name in ("tiny-b", "image", "compute", "compute-b"):
                     client.load_model(name, self.paths[name.split("-")[0]])
-                inputs = self.inputs["tiny"]
-                floor = self.floor("tiny")  # None without the C floor: then no verdict
-                figures["agent_client_tiny_us"] = figure(
-                    median_of(self.rounds, lambda: time_calls(
-                        lambda: client.predict("tiny", inputs), self.iterations)["p50_us"]),
-                    "us", floor, target="end_to_end_tiny" if floor else None)
-            if self.c_bench:
-                self.server_cost(path)
-                self.throughput(path)
+                for _ in range(self.rounds):
+                    self.floor_round()
+                    self.agent_round(client, path)
+                    if grpc_call is not None:
+                        self.sample("grpcio_tiny_us", time_calls(
+                            grpc_call, self.calls("tiny"))["p50_us"])
         finally:
+            grpcio.close()
             agent.terminate()
             agent.wait(10)
-
-    def server_cost(self, path: str) -> None:
-        figures = self.results["figures"]
+        median = {key: statistics.median(values) for key, values in self.samples.items()}
+        floors = self.results["floors"]
         for name in ("tiny", "image"):
-            iterations = self.iterations if name == "tiny" else max(1, self.iterations // 5)
-            frame = self.frame_file(name, name)
-            figures[f"server_cost_{name}_us"] = figure(
-                median_of(self.rounds, lambda: self.replay(path, iterations, frame)["p50_us"]),
-                "us", self.floor(name), target=f"server_cost_{name}")
-
-    def throughput(self, path: str) -> None:
+            floors[f"frame_bytes_{name}"] = list(self.frame_bytes[name])
+            for kind in ("in_process", "c_pingpong"):
+                if f"{kind}_{name}_us" in median:
+                    floors[f"{kind}_{name}_us"] = median[f"{kind}_{name}_us"]
         figures = self.results["figures"]
-        tiny = [self.frame_file("tiny", "tiny"), self.frame_file("tiny", "tiny-b")]
-        compute = [self.frame_file("compute", "compute-a"), self.frame_file("compute", "compute-b")]
-        for key, frames, clients, iterations in (
-                ("tiny", tiny, 4, self.iterations),
-                ("compute", compute, 2, max(1, self.iterations // 10))):
-            alone = median_of(self.rounds, lambda: self.replay(
-                path, iterations, frames[0])["requests_per_s"])
-            together = median_of(self.rounds, lambda: self.replay(
-                path, iterations, *(frames * clients)[:clients])["requests_per_s"])
-            figures[f"requests_per_s_one_client_{key}"] = figure(alone, "req/s")
-            target = "throughput_four_clients_tiny" if key == "tiny" else \
-                "throughput_two_clients_compute"
-            figures[f"requests_per_s_{clients}_clients_{key}"] = figure(
-                together, "req/s", alone, target=target)
+        if self.c_bench is not None:
+            for name in ("tiny", "image"):
+                figures[f"server_cost_{name}_us"] = figure(
+                    median[f"server_cost_{name}_us"], "us", self.floor(name),
+                    target=f"server_cost_{name}")
+        floor = self.floor("tiny")  # None without the C floor: then no verdict
+        figures["agent_client_tiny_us"] = figure(
+            median["agent_client_tiny_us"], "us", floor,
+            target="end_to_end_tiny" if floor else None)
+        if "grpcio_tiny_us" in median:
+            figures["grpcio_tiny_us"] = figure(
+                median["grpcio_tiny_us"], "us", median["agent_client_tiny_us"],
+                target="grpcio_over_agent_client")
+        if self.c_bench is not None:
+            for model, clients, target in (("tiny", 4, "throughput_four_clients_tiny"),
+                                           ("compute", 2, "throughput_two_clients_compute")):
+                alone = median[f"requests_per_s_one_client_{model}"]
+                figures[f"requests_per_s_one_client_{model}"] = figure(alone, "req/s")
+                figures[f"requests_per_s_{clients}_clients_{model}"] = figure(
+                    median[f"requests_per_s_{clients}_clients_{model}"], "req/s", alone,
+                    target=target)
 
-    def grpcio(self) -> None:
+    @contextlib.contextmanager
+    def grpcio_server(self) -> Iterator[Callable[[], Any] | None]:
+        """A Predict of the tiny model through a grpcio server over AgentService (a process of
+        its own, edge_agent.tools.grpcio_server); None, and the reason noted, without grpcio."""
         try:
             import grpc  # noqa: F401 (only whether it is there)
         except ImportError:
             self.results["skipped"]["grpcio"] = "grpcio is not installed"
+            yield None
             return
-        from edge_agent.tools.grpcio_server import measure_grpc
+        from edge_agent.tools.grpcio_server import grpc_predict
 
         directory = os.path.join(self.workdir, "grpcio")
         os.makedirs(directory)
@@ -379,17 +400,24 @@ class Run:
         try:
             wait_for_socket(socket_path, server)
             request, _ = request_frame("tiny", self.inputs["tiny"])
-            p50 = measure_grpc(socket_path, self.paths["tiny"], request, lambda call: median_of(
-                self.rounds, lambda: time_calls(call, self.iterations)["p50_us"]))
+            with grpc_predict(socket_path, self.paths["tiny"], request) as call:
+                yield call
         finally:
             server.kill()
             server.wait()
-        agent_client = self.results["figures"]["agent_client_tiny_us"]["value"]
-        self.results["figures"]["grpcio_tiny_us"] = figure(
-            p50, "us", agent_client, target="grpcio_over_agent_client")
+
+    def floor(self, name: str) -> float | None:
+        floors = self.results["floors"]
+        if f"c_pingpong_{name}_us" not in floors:
+            return None
+        return floors[f"in_process_{name}_us"] + floors[f"c_pingpong_{name}_us"]
 
     def memory(self) -> None:
-        self.results["figures"]["peak_16mib_x_frame"] = figure(
+        figures = self.results["figures"]
+        figures["idle_rss_mb"] = figure(self.idle["VmRSS"] / 1024, "MB", target="idle_rss_mb")
+        figures["idle_pss_mb"] = figure(self.idle["PSS"] / 1024, "MB")
+        figures["idle_uss_mb"] = figure(self.idle["USS"] / 1024, "MB")
+        figures["peak_16mib_x_frame"] = figure(
             inline_peak(self.workdir), "x", target="peak_16mib_x_frame")
 
 
@@ -405,9 +433,7 @@ def run_bench(iterations: int, rounds: int = 3, c_bench: str | None = None) -> d
         os.chmod(workdir, 0o755)
         run = Run(workdir, iterations, rounds, c_bench)
         run.results["runtime"] = runtime_name()
-        run.floors()
         run.agent_figures()
-        run.grpcio()
         run.memory()
     run.results["load_average_end"] = list(os.getloadavg())
     return run.results

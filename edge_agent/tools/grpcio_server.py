@@ -7,9 +7,10 @@ functions, so the agent never loads it.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 
 def serve_grpcio(workdir: str, socket_path: str) -> None:
@@ -47,10 +48,10 @@ def serve_grpcio(workdir: str, socket_path: str) -> None:
     server.wait_for_termination()
 
 
-def measure_grpc(socket_path: str, model_path: str, request: Any,
-                 timer: Callable[[Callable[[], object]], Any]) -> Any:
+@contextlib.contextmanager
+def grpc_predict(socket_path: str, model_path: str, request: Any) -> Iterator[Callable[[], Any]]:
     """Loads `model_path` under request.name through the gRPC server at `socket_path`, then
-    returns timer(one Predict of `request`) with a grpcio client in this process."""
+    gives a call that makes one Predict of `request` with a grpcio client in this process."""
     import grpc
 
     from edge_agent import agent_pb2 as pb
@@ -66,7 +67,7 @@ def measure_grpc(socket_path: str, model_path: str, request: Any,
         call("LoadModel", pb.LoadModelRequest, pb.LoadModelResponse)(
             pb.LoadModelRequest(name=request.name, url=model_path))
         predict = call("Predict", pb.PredictRequest, pb.PredictResponse)
-        return timer(lambda: predict(request))
+        yield lambda: predict(request)
 
 
 if __name__ == "__main__":
