@@ -8,7 +8,8 @@ Each figure is printed with the floor it is held to, the ratio and the target:
 - end to end: `AgentClient.predict` against the same floor, and the same Predict through a
   grpcio server over AgentService (edge_agent.tools.grpcio_server) measured in the same run;
 - throughput: requests/s of one C client against four on two tiny models, and of one client
-  against two on two compute-bound models;
+  against two on two compute-bound models; beside them the machine's own ceiling: two
+  processes invoking the compute model in-process against one;
 - memory: the agent's idle RSS and USS with one small model, and the peak memory of a Predict
   with a 16 MiB inline input as a multiple of its frame.
 Medians of --rounds rounds of p50s (or requests/s); the load average is printed, since on a
@@ -84,6 +85,43 @@ def in_process(model: model_builder.BuiltModel, inputs: dict, num_threads: int, 
         interpreter.invoke()
         return [interpreter.get_tensor(i) for i in outputs]
     return time_calls(call, iterations)
+
+
+def _invoke_worker(content: bytes, inputs: dict, calls: int, ready, spans) -> None:
+    from edge_agent.runtime import interpreter_module
+
+    interpreter = interpreter_module().Interpreter(model_content=content, num_threads=1)
+    interpreter.allocate_tensors()
+    feeds = [(d["index"], inputs[d["name"]]) for d in interpreter.get_input_details()]
+    for _ in range(2):
+        interpreter.invoke()
+    ready.wait()
+    start = time.perf_counter()
+    for _ in range(calls):
+        for index, array in feeds:
+            interpreter.set_tensor(index, array)
+        interpreter.invoke()
+    spans.put((start, time.perf_counter()))
+
+
+def parallel_invokes_per_s(model: model_builder.BuiltModel, inputs: dict, processes: int,
+                           calls: int) -> float:
+    """Invokes/s of `processes` processes (no interpreter lock between them), each invoking an
+    interpreter of its own `calls` times, started together: what the machine gives parallel
+    work at this moment, the ceiling of an agent's gain from several clients."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    ready, spans = context.Barrier(processes), context.Queue()
+    workers = [context.Process(target=_invoke_worker,
+                               args=(model.content, inputs, calls, ready, spans))
+               for _ in range(processes)]
+    for worker in workers:
+        worker.start()
+    got = [spans.get(timeout=600) for _ in workers]
+    for worker in workers:
+        worker.join()
+    return processes * calls / (max(end for _, end in got) - min(start for start, _ in got))
 
 
 def start_agent(workdir: str, num_threads: int, *extra: str) -> tuple[subprocess.Popen, str]:
@@ -293,6 +331,10 @@ class Run:
         return max(1, self.iterations // {"tiny": 1, "image": 5, "compute": 10}[model])
 
     def floor_round(self) -> None:
+        calls = self.calls("compute")
+        alone, together = (parallel_invokes_per_s(
+            self.models["compute"], self.inputs["compute"], n, calls) for n in (1, 2))
+        self.sample("parallel_ceiling_compute", together / alone)
         for name in ("tiny", "image"):
             self.sample(f"in_process_{name}_us", in_process(
                 self.models[name], self.inputs[name], 1, self.calls(name))["p50_us"])
@@ -351,6 +393,7 @@ class Run:
             agent.wait(10)
         median = {key: statistics.median(values) for key, values in self.samples.items()}
         floors = self.results["floors"]
+        floors["parallel_ceiling_compute"] = median["parallel_ceiling_compute"]
         for name in ("tiny", "image"):
             floors[f"frame_bytes_{name}"] = list(self.frame_bytes[name])
             for kind in ("in_process", "c_pingpong"):
@@ -465,7 +508,7 @@ def print_table(results: dict) -> None:
     print(f"load average {start[0]:.2f} at the start, {end[0]:.2f} at the end (1 min), "
           f"{os.cpu_count()} CPUs")
     floors = results["floors"]
-    cells = [f"{key} {value:.1f}" if isinstance(value, float) else f"{key} {value}"
+    cells = [f"{key} {value:.2f}" if isinstance(value, float) else f"{key} {value}"
              for key, value in floors.items()]
     print("floors: " + ", ".join(cells))
     print(f"{'figure':42s} {'value':>10s} {'unit':5s} {'floor':>10s} {'ratio':>6s} "
@@ -477,7 +520,8 @@ def print_table(results: dict) -> None:
         print(f"{LABELS.get(key, key):42s} {row['value']:10.1f} {row['unit']:5s} {floor:>10s} "
               f"{ratio:>6s} {row['target'] or '':>7s}  {met}")
     print("floor of server cost and end to end: in-process invoke + C ping-pong of the same "
-          "frame sizes; of a throughput: the one-client figure")
+          "frame sizes; of a throughput: the one-client figure; parallel_ceiling_compute: two "
+          "processes invoking the compute model in-process / one (what the machine allows now)")
     for section, reason in results["skipped"].items():
         print(f"skipped {section}: {reason}")
 

@@ -67,6 +67,7 @@ def test_every_figure_is_there_with_its_floor_and_target(capsys):
         request, reply = floors[f"frame_bytes_{name}"]
         assert request > 16 and reply > 16
         assert ("server_cost" in report["skipped"]) != is_number(floors.get(f"c_pingpong_{name}_us"))
+    assert is_number(floors["parallel_ceiling_compute"]) and floors["parallel_ceiling_compute"] > 0
     # The image frame carries the 602112-byte input each way.
     assert min(floors["frame_bytes_image"]) > 602112
     if "server_cost" not in report["skipped"]:
