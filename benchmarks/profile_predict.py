@@ -2,9 +2,10 @@
 
     .venv/bin/python benchmarks/profile_predict.py server  [--calls N]   (cProfile, in process)
     .venv/bin/python benchmarks/profile_predict.py client  [--calls N]   (cProfile, agent apart)
-    .venv/bin/python benchmarks/profile_predict.py perf    [--calls N]   (perf, the agent process)
+    .venv/bin/python benchmarks/profile_predict.py perf [--model image] [--calls N]   (perf, the agent)
     .venv/bin/python benchmarks/profile_predict.py threads [--calls N]   (1 vs 4 C clients)
     .venv/bin/python benchmarks/profile_predict.py memory                (idle RSS by mapping)
+    .venv/bin/python benchmarks/profile_predict.py malloc [--calls N]    (image, malloc thresholds)
 
 - server: the server side of a Predict (Api.invoke on a received body, the call the connection
   thread makes) under cProfile, tiny model and a 1x224x224x3 float32 input; the functions by
@@ -13,7 +14,7 @@
 - client: AgentClient.predict (tiny) under cProfile, the agent in another process: what the
   client's side adds, and how much of the call is waiting in recv.
 - perf: `perf record` of the agent process while the C client (benchmarks/frame_bench.c)
-  replays the tiny frame: the agent's CPU time by shared object (kernel, interpreter, the
+  replays the tiny (or image) frame: the agent's CPU time by shared object (kernel, interpreter, the
   compiled modules, the runtime) and its top symbols. Needs perf and the right to use it.
 - threads: the agent answering one C client, then four on two tiny models: requests/s, the
   agent's CPU seconds per request (/proc/PID/stat), its threads' context switches per request
@@ -22,10 +23,14 @@
   much the interpreter lock's hand-offs decide.
 - memory: the idle agent's RSS (one small model loaded) by mapping, with the private part of
   each: which libraries and how much heap the 42 MB target is spent on.
+- malloc: the image server cost with glibc's default malloc thresholds and with thresholds
+  that keep freed memory (GLIBC_TUNABLES), agents alternating: the share of page faults on
+  per-call buffers that perf shows, measured as time.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import io
 import json
@@ -118,16 +123,16 @@ def profile_client(calls: int) -> None:
             agent.wait(10)
 
 
-def replay_setup(workdir: str):
+def replay_setup(workdir: str, model: str = "tiny"):
     program, missing = frame_bench(workdir, None)
     if program is None:
         raise SystemExit(f"no frame_bench: {missing}")
-    tiny = model_builder.tiny_model()
-    model_path = str(tiny.write(os.path.join(workdir, "tiny.tflite")))
+    built = MODELS[model]()
+    model_path = str(built.write(os.path.join(workdir, f"{model}.tflite")))
     frames = []
-    for name in ("tiny", "tiny-b"):
+    for name in (model, f"{model}-b"):
         frames.append(os.path.join(workdir, f"{name}.frame"))
-        Path(frames[-1]).write_bytes(request_frame(name, tiny.sample_inputs())[1])
+        Path(frames[-1]).write_bytes(request_frame(name, built.sample_inputs())[1])
     return program, model_path, frames
 
 
@@ -139,15 +144,15 @@ def load(path: str, model_path: str, *names: str) -> None:
             client.load_model(name, model_path)
 
 
-def profile_perf(calls: int) -> None:
+def profile_perf(calls: int, model: str) -> None:
     if shutil.which("perf") is None:
         raise SystemExit("perf is not installed")
     with tempfile.TemporaryDirectory() as workdir:
-        program, model_path, frames = replay_setup(workdir)
+        program, model_path, frames = replay_setup(workdir, model)
         agent, path = start_agent(workdir, 1)
         try:
-            load(path, model_path, "tiny")
-            run_c(program, "replay", path, 2000, frames[0])  # warm
+            load(path, model_path, model)
+            run_c(program, "replay", path, 200, frames[0])  # warm
             data = os.path.join(workdir, "perf.data")
             record = subprocess.Popen(["perf", "record", "-q", "-F", "4999", "-g", "-o", data,
                                        "-p", str(agent.pid)], stderr=subprocess.DEVNULL)
@@ -158,7 +163,7 @@ def profile_perf(calls: int) -> None:
         finally:
             agent.terminate()
             agent.wait(10)
-        print(f"--- perf of the agent while one C client replays the tiny frame: "
+        print(f"--- perf of the agent while one C client replays the {model} frame: "
               f"{calls} calls, p50 {result['p50_us']:.1f} us")
         for sort in ("dso", "sym"):
             report = subprocess.run(
@@ -274,13 +279,61 @@ def profile_memory(_: int) -> None:
         print(f"{rss / 1024:7.1f} {private / 1024:10.1f}  {name}")
 
 
+# glibc keeps freed memory up to these sizes instead of handing it back to the kernel at once.
+KEEP_FREED_MEMORY = "glibc.malloc.trim_threshold=67108864:glibc.malloc.mmap_threshold=33554432"
+
+
+def profile_malloc(calls: int) -> None:
+    """The image server cost (one C client replaying the 1x224x224x3 frame) in agents started
+    alternately with glibc's default malloc thresholds and with KEEP_FREED_MEMORY: how much
+    of a large Predict is page faults on memory allocated afresh for each call."""
+    with tempfile.TemporaryDirectory() as workdir:
+        program, model_path, frames = replay_setup(workdir, "image")
+        results: dict[str, list[float]] = {"default": [], "tunables": []}
+        saved = os.environ.get("GLIBC_TUNABLES")
+        try:
+            for _ in range(3):
+                for label in results:
+                    if label == "tunables":
+                        os.environ["GLIBC_TUNABLES"] = KEEP_FREED_MEMORY
+                    else:
+                        os.environ.pop("GLIBC_TUNABLES", None)
+                    agent, path = start_agent(workdir, 1)  # inherits the environment
+                    try:
+                        load(path, model_path, "image")
+                        run_c(program, "replay", path, 100, frames[0])  # warm
+                        results[label].append(run_c(program, "replay", path, calls,
+                                                    frames[0])["p50_us"])
+                    finally:
+                        agent.terminate()
+                        agent.wait(10)
+                        with contextlib.suppress(FileNotFoundError):  # the agent removes it
+                            os.unlink(path)
+        finally:
+            os.environ.pop("GLIBC_TUNABLES", None)
+            if saved is not None:
+                os.environ["GLIBC_TUNABLES"] = saved
+    print(f"--- image server cost, p50 of {calls} calls, 3 agents each, load average "
+          f"{os.getloadavg()[0]:.2f}")
+    for label, p50s in results.items():
+        cells = " / ".join(f"{p50:.1f}" for p50 in p50s)
+        print(f"{label:9s} {cells} us (median {sorted(p50s)[1]:.1f})")
+    print(f"tunables: GLIBC_TUNABLES={KEEP_FREED_MEMORY}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=("server", "client", "perf", "threads", "memory"))
+    parser.add_argument("what", choices=("server", "client", "perf", "threads", "memory",
+                                         "malloc"))
     parser.add_argument("--calls", type=int, default=20000)
+    parser.add_argument("--model", choices=tuple(MODELS), default="tiny", help="for perf")
     args = parser.parse_args()
-    {"server": profile_server, "client": profile_client, "perf": profile_perf,
-     "threads": profile_threads, "memory": profile_memory}[args.what](args.calls)
+    if args.what == "perf":
+        profile_perf(args.calls, args.model)
+        return
+    {"server": profile_server, "client": profile_client,
+     "threads": profile_threads, "memory": profile_memory,
+     "malloc": profile_malloc}[args.what](args.calls)
 
 
 if __name__ == "__main__":
