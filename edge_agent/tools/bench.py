@@ -391,6 +391,7 @@ class Run:
             grpcio.close()
             agent.terminate()
             agent.wait(10)
+        self.results["round_samples"] = self.samples  # each round's figure, for the spread
         median = {key: statistics.median(values) for key, values in self.samples.items()}
         floors = self.results["floors"]
         floors["parallel_ceiling_compute"] = median["parallel_ceiling_compute"]

@@ -67,6 +67,8 @@ def test_every_figure_is_there_with_its_floor_and_target(capsys):
         request, reply = floors[f"frame_bytes_{name}"]
         assert request > 16 and reply > 16
         assert ("server_cost" in report["skipped"]) != is_number(floors.get(f"c_pingpong_{name}_us"))
+    for key, values in report["round_samples"].items():
+        assert len(values) == 1 and all(is_number(v) for v in values), key
     assert is_number(floors["parallel_ceiling_compute"]) and floors["parallel_ceiling_compute"] > 0
     # The image frame carries the 602112-byte input each way.
     assert min(floors["frame_bytes_image"]) > 602112
