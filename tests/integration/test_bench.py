@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
 
 import pytest
 
 from edge_agent.cli import main
-from edge_agent.tools import bench
+from edge_agent.tools import bench, model_builder
 
 ALWAYS = {"agent_client_tiny_us", "idle_rss_mb", "idle_pss_mb", "idle_uss_mb",
           "peak_16mib_x_frame"}
@@ -109,3 +110,41 @@ def test_a_ratio_is_held_to_its_target_in_the_right_direction():
     # A figure without a floor is held to the target by its value (megabytes, multiples).
     assert bench.figure(40.0, "MB", target="idle_rss_mb")["met"] is True
     assert bench.figure(50.0, "MB", target="idle_rss_mb")["met"] is False
+
+
+def built_frame_bench(tmp_path) -> str:
+    program, missing = bench.frame_bench(str(tmp_path), None)
+    if program is None:
+        pytest.skip(missing)
+    return program
+
+
+def test_frame_bench_stops_at_an_error_reply_with_the_agents_message(tmp_path):
+    """A replayed frame the agent refuses is no figure: frame_bench exits 1 with the status and
+    message, and the bench reports that rather than a time."""
+    program = built_frame_bench(tmp_path)
+    frame = tmp_path / "nope.frame"
+    frame.write_bytes(bench.request_frame("nope", model_builder.tiny_model().sample_inputs())[1])
+    agent, path = bench.start_agent(str(tmp_path), 1)
+    try:
+        with pytest.raises(RuntimeError, match=r"status 5: .*nope"):
+            bench.run_c(program, "replay", path, 5, str(frame))
+    finally:
+        agent.terminate()
+        agent.wait(10)
+
+
+def test_frame_bench_refuses_bad_arguments_and_a_missing_agent(tmp_path):
+    program = built_frame_bench(tmp_path)
+    for args in (["pingpong", "0", "10", "5"], ["replay", "x", "5"], ["nothing"]):
+        run = subprocess.run([program, *args], capture_output=True, text=True)
+        assert run.returncode == 2 and "usage:" in run.stderr, args
+    frame = tmp_path / "f.frame"
+    frame.write_bytes(b"EA")
+    with pytest.raises(RuntimeError, match="connect"):
+        bench.run_c(program, "replay", str(tmp_path / "no-agent.sock"), 5, str(frame))
+    with pytest.raises(RuntimeError, match="cannot read"):
+        bench.run_c(program, "replay", str(tmp_path / "no-agent.sock"), 5, str(tmp_path / "none"))
+    # The floor itself: the sizes it was given, each way, every round trip.
+    figures = bench.run_c(program, "pingpong", 100, 5000, 50)
+    assert figures["calls"] == 50 and 0 < figures["p50_us"] <= figures["p99_us"]
