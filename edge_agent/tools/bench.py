@@ -10,7 +10,7 @@ Each figure is printed with the floor it is held to, the ratio and the target:
 - throughput: requests/s of one C client against four on two tiny models, and of one client
   against two on two compute-bound models; beside them the machine's own ceiling: two
   processes invoking the compute model in-process against one;
-- memory: the agent's idle RSS and USS with one small model, and the peak memory of a Predict
+- memory: the agent's idle RSS, PSS and USS with one small model, and the peak memory of a Predict
   with a 16 MiB inline input as a multiple of its frame.
 Medians of --rounds rounds of p50s (or requests/s); the load average is printed, since on a
 shared machine it says how far to trust the rest. A section whose dependency is missing (no C
@@ -261,7 +261,7 @@ def inline_peak(workdir: str) -> float:
     from edge_agent import agent_pb2 as pb
     from edge_agent import api, config
     from edge_agent.errors import StatusCode
-    from edge_agent.protocol import Method
+    from edge_agent.protocol import HEADER, Method
     from edge_agent.service import IN_PROCESS, AgentService
 
     service = AgentService(config.from_mapping({
@@ -273,7 +273,7 @@ def inline_peak(workdir: str) -> float:
             os.path.join(workdir, "sink.tflite"))
         service.load_model(pb.LoadModelRequest(name="sink", url=str(path)))
         _, frame = request_frame("sink", {"x": np.ones((1, SINK_BYTES // 4), np.float32)})
-        body = frame[16:]
+        body = frame[HEADER.size:]
         del frame
         front = api.Api(service)
         outcome: list = []
