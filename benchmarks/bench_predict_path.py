@@ -1,7 +1,7 @@
 """The server side of one Predict, in process: Api.invoke on a pre-encoded body.
 
 No socket and no client: what the agent spends between a received frame body and the reply
-bytes, beside the runtime alone (set_tensor, invoke, get_tensor: edge_agent.bench.in_process).
+bytes, beside the runtime alone (set_tensor, invoke, get_tensor: edge_agent.tools.bench.in_process).
 Paths: "compiled" (Api.invoke as the agent runs it: the compiled Predict codec), "python"
 (its pure-Python twin), "protobuf" (upb decodes the request and encodes the reply, the path
 the codec falls back to). Then the peak memory of one call with a 16 MiB inline input

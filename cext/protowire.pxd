@@ -34,9 +34,19 @@ cdef inline int read_varint(const uint8_t** pos, const uint8_t* end, uint64_t* v
     return 0
 
 
+cdef inline int read_varint32(const uint8_t** pos, const uint8_t* end, uint64_t* value) noexcept nogil:
+    """A field key or a length: upb reads these in at most 5 bytes and refuses longer ones
+    (however small their value), so they are left to it."""
+    cdef const uint8_t* start = pos[0]
+    if read_varint(pos, end, value) < 0 or pos[0] - start > 5:
+        pos[0] = start
+        return -1
+    return 0
+
+
 cdef inline int next_field(const uint8_t** pos, const uint8_t* end, Field* field) noexcept nogil:
     cdef uint64_t key, length
-    if read_varint(pos, end, &key) < 0:
+    if read_varint32(pos, end, &key) < 0:
         return -1
     field.number = key >> 3
     field.wire = <int>(key & 7)
@@ -45,7 +55,8 @@ cdef inline int next_field(const uint8_t** pos, const uint8_t* end, Field* field
     if field.wire == 0:
         return read_varint(pos, end, &field.value)
     if field.wire == 2:
-        if read_varint(pos, end, &length) < 0 or length > <uint64_t>(end - pos[0]):
+        if read_varint32(pos, end, &length) < 0 or length >= 0x80000000ULL \
+                or length > <uint64_t>(end - pos[0]):
             return -1
         field.start = pos[0]
         field.stop = pos[0] + length

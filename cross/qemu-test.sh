@@ -29,7 +29,7 @@ shift
 [ -n "$QEMU_BINFMT" ] || die "$ARCH is the host: run its suite natively (make test)"
 VENV="$TARGET_VENV"
 TESTS="$TARGET_TESTS"
-# gcc: tests/e2e/test_delegates.py compiles its recording delegate with `cc` on the board.
+# gcc: tests/unit/test_delegates.py compiles its recording delegate with `cc` on the board.
 ROOTFS_PACKAGES="python3,python3-venv,gcc,libc6-dev"
 # trixie builds the wheel on the board: Python's headers too.
 [ "$DEBIAN_SUITE" = bookworm ] || ROOTFS_PACKAGES="$ROOTFS_PACKAGES,python3-dev"

@@ -22,7 +22,7 @@ import pytest
 
 # Tests that cannot pass on the emulated board for a reason that is not a bug of the agent.
 SKIPS = {
-    "tests/e2e/test_boards.py::test_the_profiles_ship_inside_the_wheel":
+    "tests/e2e/test_boards_agent.py::test_the_profiles_ship_inside_the_wheel":
         "runs setup.py from the source tree; the QEMU run carries only the installed wheel "
         "(whose firmware_configs/ the profile tests load)",
     **{f"tests/e2e/test_installed.py::{name}":

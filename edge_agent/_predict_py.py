@@ -38,6 +38,15 @@ def _varint(buf, pos: int, end: int) -> tuple[int, int]:
         shift += 7
 
 
+def _varint32(buf, pos: int, end: int) -> tuple[int, int]:
+    """A field key or a length: upb reads these in at most 5 bytes and refuses longer ones
+    (however small their value), so they are left to it."""
+    value, after = _varint(buf, pos, end)
+    if after - pos > 5:
+        raise _Unusual
+    return value, after
+
+
 def _int32(value: int) -> int:
     """An int32 field's value; one that is not a sign-extended int32 is left to upb."""
     if value < 0x80000000:
@@ -50,7 +59,7 @@ def _int32(value: int) -> int:
 def _fields(buf, pos: int, end: int):
     """(field number, wire type, value): the varint for type 0, (start, end) for type 2."""
     while pos < end:
-        key, pos = _varint(buf, pos, end)
+        key, pos = _varint32(buf, pos, end)
         number, wire = key >> 3, key & 7
         if number == 0 or key > 0xFFFFFFFF:
             raise _Unusual
@@ -58,8 +67,8 @@ def _fields(buf, pos: int, end: int):
             value, pos = _varint(buf, pos, end)
             yield number, 0, value
         elif wire == 2:
-            length, pos = _varint(buf, pos, end)
-            if length > end - pos:
+            length, pos = _varint32(buf, pos, end)
+            if length >= 0x80000000 or length > end - pos:
                 raise _Unusual
             yield number, 2, (pos, pos + length)
             pos += length

@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple
 
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 
 from edge_agent import agent_pb2 as pb
 from edge_agent.errors import AgentError, StatusCode, invalid_argument, shown
@@ -61,8 +61,8 @@ GRPC_SERVICE = "AWS.SageMaker.Edge.Agent"
 class Rpc(NamedTuple):
     method: Method  # its number on the framed socket
     name: str  # its name in agent.proto and on gRPC (/AWS.SageMaker.Edge.Agent/<name>)
-    request_type: type
-    response_type: type
+    request_type: type[Message]
+    response_type: type[Message]
     handler: str  # the AgentService method that serves it
 
     @property
@@ -125,16 +125,18 @@ class Api:
 
         A failed call is logged here, so it is logged the same way whichever front it came
         through."""
-        if rpc.method == Method.PREDICT and self._predict_wire is not None:
-            outcome = self._serve_wire(rpc, body, caller)
+        predict_wire = self._predict_wire
+        if rpc.method == Method.PREDICT and predict_wire is not None:
+            outcome = self._serve_wire(predict_wire, rpc, body, caller)
         else:
             outcome = self._serve(rpc, body, caller)
         self._count(rpc.name, outcome.code)
         return outcome
 
-    def _serve_wire(self, rpc: Rpc, body: bytes | memoryview, caller: Caller) -> Outcome:
+    def _serve_wire(self, predict_wire: Callable, rpc: Rpc, body: bytes | memoryview,
+                    caller: Caller) -> Outcome:
         try:
-            reply = self._predict_wire(body, caller)
+            reply = predict_wire(body, caller)
         except AgentError as e:
             log.debug("%s failed: %s", rpc.name, e)
             return Outcome(e.code, e.message)

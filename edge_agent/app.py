@@ -28,6 +28,9 @@ log = logging.getLogger("edge_agent")
 
 # The original unit's KillSignal is SIGHUP; SIGTERM is systemd's default, SIGINT a terminal's.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+# How long calls in progress on the framed socket get to be answered at stop (the gRPC
+# front's grace is the same).
+STOP_GRACE_SECONDS = 2.0
 
 
 class StartError(Exception):
@@ -48,6 +51,7 @@ class App:
         self.config = config
         self._make_capture = make_capture  # None: the real CaptureService
         self._config_source = config_source  # for the start-up log line
+        self.stop_grace_seconds = STOP_GRACE_SECONDS
         # Made by start(); the methods that use them run only after it succeeded.
         self.service: AgentService = None  # type: ignore[assignment]
         self.server: SocketServer = None  # type: ignore[assignment]
@@ -147,7 +151,10 @@ class App:
         self._serving = None
         self._notifier.stopping()
         if self.grpc_server is not None:
-            self.grpc_server.stop(grace=2)
+            self.grpc_server.stop(grace=self.stop_grace_seconds)
+        if not self.server.wait_for_connections(self.stop_grace_seconds):
+            log.warning("framed calls still running after %g s; stopping without them",
+                        self.stop_grace_seconds)
         for observer in self.observers:
             observer.stop()  # the heartbeat says offline; the textfile gets the final counts
         self.service.close()

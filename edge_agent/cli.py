@@ -11,7 +11,7 @@ import json
 import logging
 import os
 import sys
-from typing import Sequence
+from typing import Callable, Sequence
 
 from edge_agent import __version__
 from edge_agent.errors import AgentError
@@ -211,8 +211,9 @@ def _predict_through_shm(agent, name: str, inputs, kind: str, pass_fd: bool = Fa
     segment is passed as a descriptor: memfd always, POSIX with pass_fd) and freed."""
     from edge_agent.shm_client import MemfdSegment, PosixSegment, SysVSegment
 
-    create = {"sysv": SysVSegment.create, "posix": PosixSegment.create,
-              "memfd": MemfdSegment.create}[kind]
+    makers: dict[str, Callable[[int], SysVSegment | PosixSegment | MemfdSegment]] = {
+        "sysv": SysVSegment.create, "posix": PosixSegment.create, "memfd": MemfdSegment.create}
+    create = makers[kind]
     named = isinstance(inputs, dict)
     segments = []
     try:

@@ -19,7 +19,7 @@ import time
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Mapping, NamedTuple, Sequence, Union
+from typing import Any, Mapping, NamedTuple, Protocol, Sequence, Union, overload
 
 import numpy as np
 
@@ -129,6 +129,12 @@ class _Encoded(NamedTuple):
         return self.body
 
 
+class _Decoder(Protocol):
+    """What call() decodes a reply with: a protobuf message class, or _PredictReply."""
+
+    def FromString(self, body: bytes | memoryview, /) -> Any: ...
+
+
 class _PredictReply:
     """What call() decodes a Predict reply with: the codec, else (for anything it leaves to
     upb) protobuf; → [WireTensor].
@@ -208,8 +214,17 @@ class AgentClient:
         reply = self.call(Method.DESCRIBE_MODEL, pb.DescribeModelRequest(name=name))
         return ModelInfo.from_pb(reply.model)
 
+    @overload
+    def predict(self, name: str, inputs: Inputs, outputs: None = None,
+                pass_fd: bool = False) -> OrderedDict[str, np.ndarray]: ...
+
+    @overload
+    def predict(self, name: str, inputs: Inputs, outputs: Sequence[ShmTensor],
+                pass_fd: bool = False) -> OrderedDict[str, ShmTensor]: ...
+
     def predict(self, name: str, inputs: Inputs, outputs: Sequence[ShmTensor] | None = None,
-                pass_fd: bool = False) -> "OrderedDict[str, np.ndarray]":
+                pass_fd: bool = False
+                ) -> OrderedDict[str, np.ndarray] | OrderedDict[str, ShmTensor]:
         """Outputs by name, in the model's order. `inputs`: arrays (or ShmTensors, which
         name shared memory holding the input) by position, or by name. `outputs`: one
         ShmTensor per model output to have the agent write it there; the result then maps
@@ -270,7 +285,7 @@ class AgentClient:
 
     # --- the wire ---------------------------------------------------------------------------
 
-    def call(self, method: Method, request, response_type: type | None = None,
+    def call(self, method: Method, request, response_type: _Decoder | None = None,
              fds: Sequence[int] = ()):
         """Send one request, wait for its reply: a `response_type` message (default: the
         method's response type in edge_agent.api's table); AgentError for a non-OK status.

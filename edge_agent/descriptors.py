@@ -1,7 +1,7 @@
 """File descriptors a client passed with a call (SCM_RIGHTS on the framed socket).
 
 A request names them by index: the N-th descriptor that came with its frame (Caller.fds),
-in a SharedMemoryHandle's `fd_index` or a LoadModel url `fd:N` (service.open_model reads a
+in a SharedMemoryHandle's `fd_index` or a LoadModel url `fd:N` (loading.open_model reads a
 passed model as it reads one opened by path). Holding a descriptor is the
 client's proof of access, so the agent checks no owner or mode for what it reaches through
 one, only what the descriptor itself allows (opened read-only, read-write) and that it is a

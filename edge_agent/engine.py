@@ -149,7 +149,7 @@ class LoadedModel:
         `outputs`: one (name bytes, wire DataType, shape, data) per model output, in order,
         where data is a view of the runtime's output buffer (valid only during encode: the
         encoder copies it once, into the reply) or, with a writer, the Handle it returned.
-        INVALID_ARGUMENT when the inputs do not fit the model. `reader(handle, nbytes, name)`
+        INVALID_ARGUMENT when the inputs do not fit the model. `reader(handle, nbytes, what)`
         turns a shared-memory handle into a buffer; without one, such tensors are refused.
         `writer(position, name, array)`, when given, puts each output into shared memory and
         returns its Handle. `started`: time.perf_counter() when the request arrived, for the
@@ -264,7 +264,7 @@ class LoadedModel:
 
     def _to_array(self, tensor: WireTensor, spec: TensorSpec, reader) -> np.ndarray:
         shape, nbytes = self._requested_shape(tensor, spec)
-        data = tensor_data(tensor, nbytes, spec.name, spec.what, reader)
+        data = tensor_data(tensor, nbytes, spec.what, reader)
         return checked_array(data, spec.what, spec.data_type, spec.dtype, shape, nbytes)
 
     def _requested_shape(self, tensor: WireTensor, spec: TensorSpec) -> tuple[tuple[int, ...], int]:

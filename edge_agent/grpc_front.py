@@ -24,6 +24,7 @@ import struct
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import cast
 
 import h2.config
 import h2.connection
@@ -123,17 +124,17 @@ class GrpcServer:
         self._thread: threading.Thread | None = None
 
     def start(self) -> "GrpcServer":
-        self._listener = bind_socket(self.path, self.config)
+        self._listener = listener = bind_socket(self.path, self.config)
         self._inode = os.stat(self.path).st_ino
-        self._thread = threading.Thread(target=self._serve, name="edge-agent-grpc-accept",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._serve, args=(listener,),
+                                        name="edge-agent-grpc-accept", daemon=True)
         self._thread.start()
         log.info("gRPC front serving on unix://%s", self.path)
         return self
 
-    def _serve(self) -> None:
+    def _serve(self, listener: socket.socket) -> None:
         try:
-            accept_until(self._listener, self._stopping, self._start_connection)
+            accept_until(listener, self._stopping, self._start_connection)
         except OSError as e:
             log.error("the gRPC front stopped accepting: %s", e)
 
@@ -499,14 +500,17 @@ class GrpcConnection:
         if self._calls.get(call.stream_id) is not call or self._closed:
             return  # reset by the client, or the connection is gone
         try:
+            # An Outcome's reply is the error message when the call failed, else its bytes.
             if outcome.code != StatusCode.OK:
                 self.h2.send_headers(call.stream_id, _RESPONSE_HEADERS + [
                     (b"grpc-status", b"%d" % outcome.code),
-                    (b"grpc-message", percent_encode(outcome.reply))], end_stream=True)
+                    (b"grpc-message", percent_encode(cast(str, outcome.reply)))],
+                    end_stream=True)
                 self._end_reply(call)
             else:
+                reply = cast(bytes, outcome.reply)
                 self.h2.send_headers(call.stream_id, _RESPONSE_HEADERS)
-                call.reply = memoryview(MESSAGE_PREFIX.pack(0, len(outcome.reply)) + outcome.reply)
+                call.reply = memoryview(MESSAGE_PREFIX.pack(0, len(reply)) + reply)
                 self._send_more(call)
         except h2.exceptions.ProtocolError:  # StreamClosedError, or a stream h2 closed itself
             self._drop(call)  # the client reset the stream: nobody waits for this reply

@@ -182,6 +182,11 @@ class Heartbeat:
                 pass  # not sent: the broker then never saw a clean disconnect either
         self.client.disconnect()
         self.client.loop_stop()
+        # loop_start() made a socket pair that wakes paho's loop; paho closes it only when the
+        # client is freed, and the callbacks bound here put the client in a reference cycle
+        # (freed at some later garbage collection): an agent stopped in a process that goes on
+        # (App.stop in process) would keep two sockets open until then. Closed now.
+        self.client._reset_sockets(sockpair_only=True)
 
 
 def start(snapshot: Callable[[], pb.GetMetricsResponse], config: AgentConfig) -> Heartbeat | None:

@@ -45,6 +45,7 @@ class SocketServer:
         self._listener: socket.socket | None = None
         self._stopping = threading.Event()
         self._connections: set[socket.socket] = set()
+        self._threads: set[threading.Thread] = set()  # one per connection, until it ends
         self._lock = threading.Lock()
         # Shared with the gRPC front when the agent runs both (cli); else this front's own.
         self.pending = pending or PendingBudget(config.pending_budget_bytes)
@@ -72,13 +73,25 @@ class SocketServer:
         return self._stopping.is_set()
 
     def _wake_connections(self) -> None:
-        """Connection threads block in recv(); shutting their sockets down wakes them."""
+        """Connection threads block in recv(); shutting the receiving side of their sockets
+        down wakes them (end of stream), while a call in progress can still send its reply."""
         with self._lock:
             for conn in self._connections:
                 try:
-                    conn.shutdown(socket.SHUT_RDWR)
+                    conn.shutdown(socket.SHUT_RD)
                 except OSError:
                     pass
+
+    def wait_for_connections(self, timeout: float) -> bool:
+        """After serve_forever returned: wait up to `timeout` seconds for the calls in progress
+        to be answered and their threads to end (so the service is not closed under them).
+        False if some are still running then."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            threads = list(self._threads)
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        return not any(thread.is_alive() for thread in threads)
 
     def _close_listener(self) -> None:
         if self._listener is not None:
@@ -98,8 +111,11 @@ class SocketServer:
                 f"too many clients (edge_agent_max_connections is {limit}); try again later"))
             conn.close()
             return
-        threading.Thread(target=self._serve_connection, args=(conn,), daemon=True,
-                         name="edge-agent-conn").start()
+        thread = threading.Thread(target=self._serve_connection, args=(conn,), daemon=True,
+                                  name="edge-agent-conn")
+        with self._lock:
+            self._threads.add(thread)
+        thread.start()
 
     def _serve_connection(self, conn: socket.socket) -> None:
         try:
@@ -109,6 +125,7 @@ class SocketServer:
         finally:
             with self._lock:
                 self._connections.discard(conn)
+                self._threads.discard(threading.current_thread())
             conn.close()
 
     def serve(self, method: int, body, caller: Caller) -> Outcome:
@@ -160,7 +177,7 @@ class Connection:
         clock = time.monotonic
         try:
             while True:
-                event = protocol.next_event()
+                event = protocol.next_event(clock())
                 kind = event.__class__
                 if kind is Request:
                     conn.sendall(answer(event))

@@ -420,11 +420,11 @@ class ShmCall:
         """The segments used so far that were truncated under the call (read as zeros)."""
         return [entry.ref for entry in self._used if entry.mapping.faulted]
 
-    def read(self, handle: Handle | pb.SharedMemoryHandle, nbytes: int, tensor_name: str):
-        """The input's bytes in place: a read-only view of the segment, exactly nbytes long
-        (the one size and bounds check of a shared-memory tensor, for Predict and capture)."""
+    def read(self, handle: Handle | pb.SharedMemoryHandle, nbytes: int, what: str):
+        """The tensor's bytes in place: a read-only view of the segment, exactly nbytes long
+        (the one size and bounds check of a shared-memory tensor, for Predict and capture).
+        `what` names the tensor in messages ("input 'x'", "output tensor 0 'y'")."""
         handle = handle_of(handle)
-        what = f"input '{tensor_name}'"
         size = handle.size or nbytes
         if size != nbytes:
             raise invalid_argument(

@@ -153,28 +153,38 @@ def describe(data_type: int, shape: Sequence[int], nbytes: int) -> str:
     return f"{data_type_name(data_type)} {format_shape(shape)} ({nbytes} bytes)"
 
 
-def tensor_data(tensor: WireTensor, nbytes: int, name: str, what: str, reader):
-    """The bytes `tensor` carries: its byte_data, or `reader(handle, nbytes, name)` for a
+def tensor_data(tensor: WireTensor, nbytes: int, what: str, reader):
+    """The bytes `tensor` carries: its byte_data, or `reader(handle, nbytes, what)` for a
     shared-memory handle (the reader checks the handle's size against nbytes and its bounds
-    against the segment, once: shm.ShmCall.read). INVALID_ARGUMENT naming `what` when it
-    carries none."""
+    against the segment, once: shm.ShmCall.read). INVALID_ARGUMENT naming `what` (the
+    tensor as the caller's messages name it, e.g. "input 'x'") when it carries none."""
     kind = tensor.kind
     if kind == BYTE_DATA:
         return tensor.data
     if kind == SHARED_MEMORY:
-        return reader(tensor.data, nbytes, name)
+        return reader(tensor.data, nbytes, what)
     raise invalid_argument(f"{what} carries no data (neither byte_data nor "
                            "shared_memory_handle is set)")
 
 
-def checked_array(data, what: str, data_type: int, dtype: np.dtype, shape: Sequence[int],
-                  nbytes: int) -> np.ndarray:
-    """`data` as an array of `dtype` and `shape` (nbytes = byte_length(dtype, shape)), or
-    INVALID_ARGUMENT when its length is not that."""
+def check_length(data, what: str, data_type: int, shape: Sequence[int], nbytes: int) -> None:
+    """INVALID_ARGUMENT unless `data` is nbytes long (nbytes = byte_length(dtype, shape))."""
     if len(data) != nbytes:
         raise invalid_argument(
             f"{what}: expected {describe(data_type, shape, nbytes)}, got {len(data)} bytes")
-    return np.frombuffer(data, dtype=dtype).reshape(shape)
+
+
+def checked_array(data, what: str, data_type: int, dtype: np.dtype, shape: Sequence[int],
+                  nbytes: int) -> np.ndarray:
+    """`data` as an array of `dtype` and `shape`, or INVALID_ARGUMENT when its length is not
+    nbytes or NumPy cannot make that shape (more than 32 dimensions; a size that overflows,
+    as [0, 2**31-1, 2**31-1, 2**31-1] does though it holds no byte)."""
+    check_length(data, what, data_type, shape, nbytes)
+    try:
+        return np.frombuffer(data, dtype=dtype).reshape(shape)
+    except ValueError as e:
+        raise invalid_argument(f"{what}: shape {format_shape(shape)} cannot be an array: {e}") \
+            from None
 
 
 def reply_array(tensor: WireTensor) -> tuple[str, np.ndarray]:

@@ -62,3 +62,14 @@ def wait_for(predicate, timeout: float = 30.0, interval: float = 0.05, what: str
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(interval)
+
+
+# Delivery settings that make an agent's batches go out at once and retry soon.
+FAST = {"sagemaker_edge_core_capture_data_push_period_seconds": 0.1,
+        "edge_agent_capture_retry_max_seconds": 0.2}
+
+
+def wait_all(client, capture_ids, status="SUCCESS", timeout=60):
+    for cid in capture_ids:
+        wait_for(lambda cid=cid: client.get_capture_data_status(cid) == status, timeout=timeout,
+                 what=f"{cid} to be {status}")

@@ -4,6 +4,7 @@ tests/integration/conftest.py replaces `agent` and `start_agent` there by the ag
 thread; the classes and helpers live in tests/agents.py (importable by name)."""
 from __future__ import annotations
 
+import socket
 import subprocess
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from agents import ROOT, AgentProcess, public_directory
 
 from edge_agent.tools import model_builder
 
-pytest_plugins = ["s3server"]
+pytest_plugins = ["s3server", "mqtt_broker"]
 
 
 @pytest.fixture
@@ -70,3 +71,14 @@ def model_files(tmp_path_factory) -> dict[str, Path]:
 def public_dir():
     with public_directory() as directory:
         yield directory
+
+
+@pytest.fixture
+def notify_socket(tmp_path):
+    """A datagram socket where systemd would listen: (NOTIFY_SOCKET value, socket)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    path = tmp_path / "notify"
+    sock.bind(str(path))
+    sock.settimeout(30)  # a bound for a broken agent, not a timing assumption
+    yield str(path), sock
+    sock.close()

@@ -21,7 +21,8 @@ import os
 import threading
 import time
 import uuid
-from typing import Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol, cast
 
 from edge_agent import agent_pb2 as pb
 from edge_agent.capture import entries, replay
@@ -34,6 +35,9 @@ from edge_agent.capture.validate import capture_key, checked_capture
 from edge_agent.config import AgentConfig, ConfigError
 from edge_agent.errors import (AgentError, StatusCode, invalid_argument, not_found,
                                resource_exhausted)
+
+if TYPE_CHECKING:  # made only where periodic upload is configured (it needs boto3)
+    from edge_agent.capture.upload import PeriodicUploader
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +74,14 @@ def check_config(config: AgentConfig) -> None:
         check_cloud(config, "sagemaker_edge_core_capture_data_periodic_upload")
 
 
+@dataclass(frozen=True)
+class _Parts:
+    """What a started service runs, made together by _start (nothing before it)."""
+    journal: Journal
+    statuses: StatusLog
+    batcher: Batcher
+
+
 class CaptureService:
     def __init__(self, config: AgentConfig):
         check_config(config)
@@ -82,58 +94,71 @@ class CaptureService:
         self._reserved_bytes = 0  # admitted, being journaled
         # Since start, for the metrics: acknowledged, and finished by outcome.
         self._accepted = 0
-        self._finished = {pb.SUCCESS: 0, pb.FAILURE: 0}
-        self._started = False
+        self._finished: dict[int, int] = {pb.SUCCESS: 0, pb.FAILURE: 0}
+        self._parts: _Parts | None = None  # once started
+        # Periodic upload of what Disk capture wrote, where configured (made by _start).
+        self._uploader: PeriodicUploader | None = None
         self._closed = False
-        self.journal: Journal | None = None
-        self.statuses: StatusLog | None = None
-        self.batcher: Batcher | None = None
-        self.uploader = None
         if os.path.isdir(self.directory):
             self._start()  # a previous run's captures: deliver them now, not at the next call
 
+    @property
+    def _started(self) -> bool:
+        return self._parts is not None
+
+    @property
+    def journal(self) -> Journal | None:
+        return self._parts.journal if self._parts is not None else None
+
+    @property
+    def batcher(self) -> Batcher | None:
+        return self._parts.batcher if self._parts is not None else None
+
     # --- start ------------------------------------------------------------------------------
 
-    def _ensure_started(self) -> None:
+    def _ensure_started(self) -> _Parts:
         # After close the journal and the status log are closed: say so, not what a closed
-        # file raises. (The agent closes this service after its fronts stopped taking calls,
-        # so no call races with close there; the check is for in-process users.)
+        # file raises. (The agent closes this service once its fronts stopped taking calls
+        # and the calls in progress were answered, or their grace ran out.)
         if self._closed:
             raise AgentError(StatusCode.UNAVAILABLE, "the agent is shutting down")
-        if not self._started:
+        parts = self._parts
+        if parts is None:
             with self._lock:
                 if self._closed:
                     raise AgentError(StatusCode.UNAVAILABLE, "the agent is shutting down")
-                if not self._started:
-                    self._start()
+                parts = self._parts if self._parts is not None else self._start()
+        return parts
 
-    def _start(self) -> None:
+    def _start(self) -> _Parts:
         config = self.config
         fsync = config.edge_agent_capture_fsync
         make_directories(self.directory, fsync, mode=0o700)
         # Segments small enough that freed space comes back soon, few enough to stay cheap.
         segment_bytes = max(MIB, min(16 * MIB, self.max_spool // 8))
-        self.journal = Journal(os.path.join(self.directory, "journal"), segment_bytes, fsync)
-        self.statuses = StatusLog(os.path.join(self.directory, "status.log"),
-                                  config.edge_agent_capture_status_history, fsync)
-        self.statuses.open()
-        replayed = self.journal.open()
+        journal = Journal(os.path.join(self.directory, "journal"), segment_bytes, fsync)
+        statuses = StatusLog(os.path.join(self.directory, "status.log"),
+                             config.edge_agent_capture_status_history, fsync)
+        statuses.open()
+        replayed = journal.open()
         if config.sagemaker_edge_core_capture_data_destination == "Disk" and \
                 config.sagemaker_edge_core_capture_data_periodic_upload:
             from edge_agent.capture.cloud import s3_client
             from edge_agent.capture.upload import PeriodicUploader
             # Before the batcher starts: the Disk destination tells it what it writes.
-            self.uploader = PeriodicUploader(
+            self._uploader = PeriodicUploader(
                 config.sagemaker_edge_core_capture_data_disk_path,
                 config.sagemaker_edge_core_capture_data_periodic_upload_period_seconds,
                 lambda: s3_client(config))
-        self.batcher = Batcher(self.journal, self.statuses, self._make_destination,
-                               self._settings(), self._delivered)
-        self._resume(replayed)
-        self.batcher.start()
-        if self.uploader is not None:
-            self.uploader.start()
-        self._started = True
+        batcher = Batcher(journal, statuses, self._make_destination, self._settings(),
+                          self._delivered)
+        parts = _Parts(journal, statuses, batcher)
+        self._resume(parts, replayed)
+        batcher.start()
+        if self._uploader is not None:
+            self._uploader.start()
+        self._parts = parts
+        return parts
 
     def _settings(self) -> BatchSettings:
         c = self.config
@@ -155,24 +180,24 @@ class CaptureService:
             return S3Destination(s3_client(self.config))
         return DiskDestination(self.config.sagemaker_edge_core_capture_data_disk_path,
                                self.config.edge_agent_capture_fsync,
-                               on_written=self.uploader.enqueue if self.uploader else None)
+                               on_written=self._uploader.enqueue if self._uploader else None)
 
-    def _resume(self, replayed) -> None:
+    def _resume(self, parts: _Parts, replayed) -> None:
         """Rebuild what is pending from the journal alone (replay.py): unfinished batches as
         they were sealed, then the captures not yet in a batch, in the order they were
         accepted. (A capture whose outcome is recorded but whose DONE is not — a crash
         between the two — is written again under the same keys; its status stays.)"""
         found = replay.pending(replayed)
         for batch in found.batches:
-            self.journal.pin_replayed(batch.record.segment)
-            self.batcher.resume(batch)
+            parts.journal.pin_replayed(batch.record.segment)
+            parts.batcher.resume(batch)
         for key, location in found.accepted.items():
-            self.journal.pin_replayed(location.segment)
-            self.statuses.reserve(key)
+            parts.journal.pin_replayed(location.segment)
+            parts.statuses.reserve(key)
         for key in found.unbatched:
-            self.batcher.add(key, found.accepted[key])
+            parts.batcher.add(key, found.accepted[key])
         self._pending = len(found.accepted)
-        self.journal.compact_after_replay()
+        parts.journal.compact_after_replay()
         if found.accepted:
             log.info("capture journal: %d captures to deliver from a previous run",
                      len(found.accepted))
@@ -196,10 +221,11 @@ class CaptureService:
             message.failed = self._finished[pb.FAILURE]
             message.backlog = self._pending
         message.journal_limit_bytes = self.max_spool
-        if self.journal is not None:
-            message.journal_bytes = self.journal.total_bytes
-        if self.batcher is not None and self.batcher.last_error is not None:
-            message.last_error_unix_seconds, message.last_error = self.batcher.last_error
+        parts = self._parts
+        if parts is not None:
+            message.journal_bytes = parts.journal.total_bytes
+            if parts.batcher.last_error is not None:
+                message.last_error_unix_seconds, message.last_error = parts.batcher.last_error
 
     # --- the RPCs ---------------------------------------------------------------------------
 
@@ -208,23 +234,23 @@ class CaptureService:
         key, stored = checked_capture(request, shm.read if shm is not None else None)
         if shm is not None:
             self._check_not_truncated(shm)
-        self._ensure_started()
+        parts = self._ensure_started()
         payload = entries.encode_accept(key, stored)
-        known = self.statuses.reserve(key)
+        known = parts.statuses.reserve(key)
         if known is not None:
             raise AgentError(StatusCode.ALREADY_EXISTS,
                              f"capture_id {request.capture_id} was already used (status "
                              f"{pb.CaptureDataStatus.Name(known.status)}); use a new id per capture")
         accepted = False
         try:
-            location = self._journal(key, payload)
+            location = self._journal(parts.journal, key, payload)
             accepted = True
         except OSError as e:
             raise self._not_journaled(e) from None
         finally:
             if not accepted:  # refused (a bound, the disk): the id may be sent again
-                self.statuses.release(key)
-        self.batcher.add(key, location)
+                parts.statuses.release(key)
+        parts.batcher.add(key, location)
 
     def _not_journaled(self, error: OSError) -> AgentError:
         """The reply for a capture the disk refused: a full disk or quota is a full spool
@@ -247,15 +273,15 @@ class CaptureService:
                 f"{', '.join(map(str, truncated))} was truncated while the agent copied it; "
                 "the capture was not accepted (send it again)")
 
-    def _journal(self, key: bytes, payload: bytes) -> Location:
+    def _journal(self, journal: Journal, key: bytes, payload: bytes) -> Location:
         """Admit and append the ACCEPT record; AgentError (a bound) or OSError: not accepted,
         and not counted."""
-        self._admit(len(payload))
+        self._admit(journal, len(payload))
         try:
-            return self.journal.append(entries.ACCEPT, payload)
+            return journal.append(entries.ACCEPT, payload)
         except NotDurable as e:
             self._uncount()
-            self._abort(key, e.location)
+            self._abort(journal, key, e.location)
             raise
         except OSError:
             self._uncount()
@@ -269,11 +295,11 @@ class CaptureService:
             self._pending -= 1
             self._accepted -= 1
 
-    def _abort(self, key: bytes, location: Location) -> None:
+    def _abort(self, journal: Journal, key: bytes, location: Location) -> None:
         """The ACCEPT at `location` was written but not flushed: the client is told INTERNAL,
         so the record must not be delivered if it survives; say so in the journal."""
         try:
-            self.journal.append(entries.ABORT,
+            journal.append(entries.ABORT,
                                 entries.encode_reference(location.segment, location.offset),
                                 pin=False)
         except OSError as e:
@@ -281,14 +307,14 @@ class CaptureService:
                       "if the record survives, it is delivered at the next start",
                       uuid.UUID(bytes=key), e.strerror or e)
 
-    def _admit(self, size: int) -> None:
+    def _admit(self, journal: Journal, size: int) -> None:
         with self._lock:
             if self._pending >= self.buffer_size:
                 raise resource_exhausted(
                     f"the capture buffer is full: {self._pending} captures are waiting to be "
                     f"delivered (sagemaker_edge_core_capture_data_buffer_size is "
                     f"{self.buffer_size}); retry later")
-            spool = self.journal.total_bytes + self._reserved_bytes
+            spool = journal.total_bytes + self._reserved_bytes
             if spool + size > self.max_spool:
                 raise resource_exhausted(
                     f"the capture journal is full: {spool / MIB:.1f} MiB of "
@@ -302,31 +328,32 @@ class CaptureService:
         key = capture_key(capture_id)
         outcome = None
         if self._started or os.path.isdir(self.directory):
-            self._ensure_started()
-            outcome = self.statuses.get(key)
+            outcome = self._ensure_started().statuses.get(key)
         if outcome is None:
             raise not_found(f"no capture with capture_id {capture_id} is known (never captured, "
                             "or older than edge_agent_capture_status_history)")
-        return pb.GetCaptureDataStatusResponse(status=outcome.status, reason=outcome.reason)
+        # The status log keeps pb.CaptureDataStatus values as the ints they are on disk.
+        return pb.GetCaptureDataStatusResponse(status=cast(pb.CaptureDataStatus, outcome.status),
+                                               reason=outcome.reason)
 
     def close(self) -> None:
         """Deliver what can be delivered within edge_agent_capture_flush_seconds, then stop.
         A write still in flight then is abandoned: it stays in the journal for the next start."""
         with self._lock:
             self._closed = True
-            started = self._started
-        if not started:
+            parts = self._parts
+        if parts is None:
             return
         deadline = time.monotonic() + self.config.edge_agent_capture_flush_seconds
-        if self.uploader is not None:
-            self.uploader.stop(0.0)  # signal only: joined below, within the same budget
-        if not self.batcher.stop(self.config.edge_agent_capture_flush_seconds):
+        if self._uploader is not None:
+            self._uploader.stop(0.0)  # signal only: joined below, within the same budget
+        if not parts.batcher.stop(self.config.edge_agent_capture_flush_seconds):
             log.warning("capture: a batch was still being written after %.1f s "
                         "(edge_agent_capture_flush_seconds); it is written again at the next "
                         "start", self.config.edge_agent_capture_flush_seconds)
-        if self.uploader is not None:
-            self.uploader.stop(max(0.0, deadline - time.monotonic()))
+        if self._uploader is not None:
+            self._uploader.stop(max(0.0, deadline - time.monotonic()))
         try:
-            self.journal.close()
+            parts.journal.close()
         finally:
-            self.statuses.close()
+            parts.statuses.close()

@@ -14,7 +14,7 @@ from typing import Callable, Optional
 from edge_agent import agent_pb2 as pb
 from edge_agent.api import check_model_name
 from edge_agent.errors import AgentError, StatusCode, invalid_argument, shown
-from edge_agent.tensors import (byte_length, checked_array, data_type_name, dtype_of,
+from edge_agent.tensors import (byte_length, check_length, data_type_name, dtype_of,
                                format_shape, tensor_data, wire_tensor)
 
 # Clocks of the application and the agent read the same system clock on a board, but a
@@ -80,11 +80,11 @@ def uses_shared_memory(request: pb.CaptureDataRequest) -> bool:
                              request.outputs) for item in items)
 
 
-def _shared(handle, nbytes: int, name: str, what: str, reader: Reader):
+def _shared(handle, nbytes: int, what: str, reader: Reader):
     if reader is None:
         raise invalid_argument(f"{what}: shared-memory tensors in CaptureData need the "
                                "shared-memory reader; send byte_data")
-    return reader(handle, nbytes, name)
+    return reader(handle, nbytes, what)
 
 
 def _copy_tensor(tensor: pb.Tensor, out: pb.Tensor, what: str, reader: Reader) -> None:
@@ -100,9 +100,8 @@ def _copy_tensor(tensor: pb.Tensor, out: pb.Tensor, what: str, reader: Reader) -
         raise invalid_argument(f"{what}: shape {format_shape(wire.shape)} has a negative "
                                "dimension; captured tensors need their real shape")
     nbytes = byte_length(dtype, wire.shape)
-    data = tensor_data(wire, nbytes, name, what,
-                       lambda handle, n, name: _shared(handle, n, name, what, reader))
-    checked_array(data, what, wire.data_type, dtype, wire.shape, nbytes)
+    data = tensor_data(wire, nbytes, what, lambda handle, n, what: _shared(handle, n, what, reader))
+    check_length(data, what, wire.data_type, wire.shape, nbytes)  # stored as bytes: no array
     out.tensor_metadata.CopyFrom(tensor.tensor_metadata)
     out.byte_data = bytes(data)  # of shared memory, a copy: the client may reuse the segment
 
@@ -120,7 +119,7 @@ def _copy_auxiliary(item: pb.AuxilaryData, out: pb.AuxilaryData, what: str, read
             raise invalid_argument(f"{what}: a shared-memory handle for auxiliary data needs "
                                    "its size")
         data = bytes(_shared(item.shared_memory_handle, item.shared_memory_handle.size,
-                             item.name, what, reader))  # a copy: the segment is the client's
+                             what, reader))  # a copy: the segment is the client's
     else:
         data = item.byte_data
     if not data:

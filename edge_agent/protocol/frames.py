@@ -77,6 +77,10 @@ class Frame:
 class FrameDecoder:
     """Splits a byte stream into frames, however the stream was cut into pieces.
 
+    For code that reads a captured or scripted stream whole (the fuzz harness, the tests'
+    raw-socket helpers, a user's own tooling); the agent and the client use the connection
+    objects (ServerConnection, ClientConnection), which own ids, kinds and end of stream.
+
     A FramingError from frames() means the stream can no longer be trusted: reply with
     encode_error(err.code, err.request_id, ...) and close the connection. Bytes received after
     that are never interpreted.

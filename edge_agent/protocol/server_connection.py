@@ -3,7 +3,7 @@
 The loop that owns the socket (edge_agent.server.Connection) does only this:
 
     while True:
-        event = conn.next_event()
+        event = conn.next_event(now)
         Request        → answer it, send conn.send_reply(...), close event.fds
         ProtocolError  → send conn.send_error(event); stop if event.closing
         NeedData       → receive into conn.get_buffer(), then conn.buffer_updated(n, now, fds)
@@ -125,7 +125,13 @@ class ServerConnection:
 
     # --- events out -------------------------------------------------------------------------
 
-    def next_event(self):
+    def next_event(self, now: float | None = None):
+        """The next event. `now`: the loop's monotonic time, when it has been busy since the
+        last buffer_updated (answering a request): an incomplete frame that arrived behind
+        that request starts its clock now, not when its bytes came, so time the agent spent
+        answering is not the client's."""
+        if now is not None:
+            self._now = now
         if self._queue:
             return self._from_queue()
         if self._closed:

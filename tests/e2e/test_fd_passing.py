@@ -25,7 +25,6 @@ from edge_agent import agent_pb2 as pb
 from edge_agent.client import AgentClient
 from edge_agent.errors import AgentError, StatusCode
 from edge_agent.protocol import HEADER, Kind, Method, encode_request
-from edge_agent.service import AgentService, Caller
 from edge_agent.shm_client import MemfdSegment, PosixSegment, ShmTensor
 from edge_agent.sockets import MAX_FDS
 from edge_agent.tools import model_builder
@@ -45,7 +44,10 @@ def public_dir():
 def fd_agent(public_dir, model_files):
     workdir = public_dir / "agent"
     workdir.mkdir(mode=0o755)
-    agent = AgentProcess(workdir, {"edge_agent_socket_mode": "0666"}).start()
+    # Captures are delivered under the work directory, with the agent's other files.
+    agent = AgentProcess(workdir, {"edge_agent_socket_mode": "0666",
+                                   "sagemaker_edge_core_capture_data_disk_path":
+                                   str(workdir / "captures")}).start()
     with agent.client() as client:
         client.load_model("add", str(model_files["add"]))
         client.load_model("multi", str(model_files["multi"]))
@@ -65,16 +67,21 @@ def _inputs(seed=0):
     return rng.standard_normal((1, 4)).astype(F32), rng.standard_normal((1, 4)).astype(F32)
 
 
-def _open_fds(pid: int) -> int:
-    """Descriptors the agent holds other than sockets: connections come and go with their
-    clients' timing; what a client passes (memfds, files) must never stay."""
-    directory = f"/proc/{pid}/fd"
+def _open_fds(agent: AgentProcess) -> int:
+    """Descriptors the agent holds other than sockets and its own files: connections come and
+    go with their clients' timing, and the files under its work directory (its log; the
+    capture journal, status and batches, which the capture delivery thread opens and closes
+    on its own schedule after any CaptureData) are the agent's. What a client passes (memfds,
+    files elsewhere) must never stay."""
+    directory = f"/proc/{agent.process.pid}/fd"
+    own = os.path.realpath(agent.workdir) + os.sep
     count = 0
     for fd in os.listdir(directory):
         try:
-            count += not os.readlink(f"{directory}/{fd}").startswith("socket:")
+            target = os.readlink(f"{directory}/{fd}")
         except FileNotFoundError:
-            pass  # closed while listed
+            continue  # closed while listed
+        count += not (target.startswith("socket:") or target.startswith(own))
     return count
 
 
@@ -211,27 +218,6 @@ def test_an_index_beyond_the_passed_descriptors(client):
         request.tensors[0].shared_memory_handle.fd_index = 1
         _expect(StatusCode.INVALID_ARGUMENT, "only 1 came with the request", client.call,
                 Method.PREDICT, request, pb.PredictResponse, fds=[segment.fd])
-
-
-def test_without_a_socket_there_are_no_descriptors(tmp_path, model_files):
-    """The gRPC front and in-process callers pass none: fd_index is refused, not guessed."""
-    from edge_agent.config import from_mapping
-    service = AgentService(from_mapping({"edge_agent_allow_unsigned_models": True,
-                                         "edge_agent_state_dir": str(tmp_path)}))
-    try:
-        service.load_model(pb.LoadModelRequest(name="add", url=str(model_files["add"])))
-        request = pb.PredictRequest(name="add")
-        request.tensors.add().shared_memory_handle.fd_index = 0
-        request.tensors.add().byte_data = bytes(16)
-        caller = Caller(os.getpid(), os.getuid(), os.getgid())
-        with pytest.raises(AgentError) as info:
-            service.predict(request, caller)
-        assert info.value.code == StatusCode.INVALID_ARGUMENT
-        with pytest.raises(AgentError) as info:
-            service.load_model(pb.LoadModelRequest(name="x", url="fd:0"), caller)
-        assert info.value.code == StatusCode.INVALID_ARGUMENT
-    finally:
-        service.close()
 
 
 def test_cli_predict_through_passed_segments(fd_agent, tmp_path):
@@ -389,7 +375,7 @@ def test_another_user_loads_the_model_it_opened_itself(fd_agent, public_dir, mod
 # --- which frame descriptors belong to ---------------------------------------------------------
 
 def test_too_many_descriptors_are_all_closed_and_refused(fd_agent):
-    before = _open_fds(fd_agent.process.pid)
+    before = _open_fds(fd_agent)
     sock = raw_connection(fd_agent)
     fds = [os.memfd_create(f"m{i}", os.MFD_CLOEXEC) for i in range(MAX_FDS + 1)]
     try:
@@ -407,11 +393,11 @@ def test_too_many_descriptors_are_all_closed_and_refused(fd_agent):
         for fd in fds:
             os.close(fd)
         _hang_up(sock)
-    assert _open_fds(fd_agent.process.pid) == before
+    assert _open_fds(fd_agent) == before
 
 
 def test_descriptors_with_a_malformed_body_are_closed(fd_agent):
-    before = _open_fds(fd_agent.process.pid)
+    before = _open_fds(fd_agent)
     sock = raw_connection(fd_agent)
     with MemfdSegment.create(64) as segment:
         _send_with_fds(sock, encode_request(Method.PREDICT, 8, b"\xff\xff\xff"), [segment.fd])
@@ -425,7 +411,7 @@ def test_descriptors_with_a_malformed_body_are_closed(fd_agent):
         [reply] = read_replies(sock)
         assert reply.status == StatusCode.UNIMPLEMENTED
     _hang_up(sock)
-    assert _open_fds(fd_agent.process.pid) == before
+    assert _open_fds(fd_agent) == before
 
 
 def test_descriptors_go_with_the_frame_they_begin(fd_agent):
@@ -451,7 +437,7 @@ def test_descriptors_go_with_the_frame_they_begin(fd_agent):
 
 
 def test_descriptors_in_the_middle_of_a_frame_close_the_connection(fd_agent):
-    before = _open_fds(fd_agent.process.pid)
+    before = _open_fds(fd_agent)
     with MemfdSegment.create(4096) as segment:
         sock = raw_connection(fd_agent)
         frame = _fd_handle_predict(5, 0)
@@ -463,7 +449,7 @@ def test_descriptors_in_the_middle_of_a_frame_close_the_connection(fd_agent):
         assert b"arrived in the middle of a frame" in reply.body
         assert closed_by_peer(sock)
         sock.close()
-    assert _open_fds(fd_agent.process.pid) == before
+    assert _open_fds(fd_agent) == before
 
 
 def test_descriptors_of_a_frame_refused_by_the_pending_budget_are_closed(start_agent):
@@ -472,10 +458,14 @@ def test_descriptors_of_a_frame_refused_by_the_pending_budget_are_closed(start_a
     agent = start_agent(edge_agent_max_frame_bytes=8 * 1024 * 1024,
                         edge_agent_max_pending_bytes=8 * 1024 * 1024 + 16,
                         edge_agent_frame_timeout_seconds=300.0)
-    before = _open_fds(agent.process.pid)
+    before = _open_fds(agent)
     header = HEADER.pack(b"EA", 1, Kind.REQUEST, Method.LIST_MODELS, 0, 1, 8 * 1024 * 1024)
     holder, refused = raw_connection(agent), raw_connection(agent)
     holder.sendall(header + bytes(7 * 1024 * 1024))
+    # Once the socket is read dry the holder holds exactly 8 MiB (protocol/receiving.py): past
+    # 4 MiB pending, the space up to the 8 MiB step is set aside before the receive that reads
+    # the last bytes, and that receive (MSG_WAITALL) keeps waiting for the rest. So the second
+    # frame's first receive (its header and more: one sendmsg) passes the budget, whenever it comes.
     wait_taken(holder)
     with MemfdSegment.create(64) as segment:
         _send_with_fds(refused, header + bytes(64 * 1024), [segment.fd])
@@ -488,7 +478,7 @@ def test_descriptors_of_a_frame_refused_by_the_pending_budget_are_closed(start_a
     holder = raw_connection(agent)
     _hang_up(holder)  # the agent has taken and ended a later connection ...
     deadline = time.monotonic() + 30
-    while _open_fds(agent.process.pid) != before:  # ... and the descriptor goes with its thread
+    while _open_fds(agent) != before:  # ... and the descriptor goes with its thread
         assert time.monotonic() < deadline, "the passed descriptor stayed open"
         time.sleep(0.05)
 
@@ -496,10 +486,9 @@ def test_descriptors_of_a_frame_refused_by_the_pending_budget_are_closed(start_a
 def test_no_descriptor_is_left_open(fd_agent, model_files):
     """Many calls with descriptors, good and bad: the agent's open files come back to where
     they were, each closed when its call ended."""
-    pid = fd_agent.process.pid
     with fd_agent.client() as c:
         c.list_models()
-        before = _open_fds(pid)
+        before = _open_fds(fd_agent)
         a, b = _inputs()
         with MemfdSegment.create(4096) as segment:
             x = segment.write(a)
@@ -514,7 +503,7 @@ def test_no_descriptor_is_left_open(fd_agent, model_files):
                 for _ in range(10):
                     c.load_model_from_file("leak-check", f)
                     c.unload_model("leak-check")
-        assert _open_fds(pid) == before
+        assert _open_fds(fd_agent) == before
 
 
 # --- what a descriptor does not prove --------------------------------------------------------

@@ -187,7 +187,7 @@ def test_an_agent_with_only_cap_ipc_owner_serves_a_clients_0400_segment(
 
 @pytest.mark.parametrize("which", ["root", "capable"])
 def test_a_segment_the_client_could_not_read_is_refused(request, which, original_client,
-                                                        add_model):
+                                                        add_model, other_users):
     """The agent could attach it (root, or CAP_IPC_OWNER): the caller's rights decide."""
     agent = request.getfixturevalue(f"{which}_agent")
     with agent.client() as client:

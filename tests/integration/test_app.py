@@ -4,6 +4,7 @@ once). The rules of each call are tested in process: tests/unit/test_service.py.
 from __future__ import annotations
 
 import os
+import threading
 
 import pytest
 from concurrency import run_concurrently
@@ -124,3 +125,68 @@ def test_stop_removes_the_sockets_and_a_second_stop_does_nothing(start_agent, tm
     assert not os.path.exists(agent.socket_path) and not (tmp_path / "grpc.sock").exists()
     app.stop()
     assert not agent.alive()
+
+
+class _CaptureHeldOpen:
+    """A capture service whose CaptureData waits until the test lets it finish, recording
+    what happened in which order."""
+
+    def __init__(self, config):
+        self.entered, self.release = threading.Event(), threading.Event()
+        self.events: list[str] = []
+
+    def capture(self, request, shm=None) -> None:
+        self.entered.set()
+        assert self.release.wait(60), "the test never let the capture finish"
+        self.events.append("captured")
+
+    def status(self, capture_id):
+        raise AssertionError("not called")
+
+    def fill_metrics(self, message) -> None:
+        pass
+
+    def close(self) -> None:
+        self.events.append("closed")
+
+
+def test_stop_answers_the_call_in_progress_before_closing_the_service(tmp_path):
+    """At stop, a call already running on the framed socket is answered, and only then is
+    the service (its capture journal) closed. Proven by order, not by time: the call is held
+    until the socket file is gone, that is until stop() is under way."""
+    from edge_agent import boards
+    from edge_agent.app import App
+    from edge_agent.client import AgentClient
+    from capture_helpers import capture_request
+
+    held: list[_CaptureHeldOpen] = []
+
+    def make_capture(config):
+        held.append(_CaptureHeldOpen(config))
+        return held[0]
+
+    socket_path = str(tmp_path / "agent.sock")
+    config = boards.load(None, {"edge_agent_socket_path": socket_path,
+                                "edge_agent_state_dir": str(tmp_path / "state")})
+    app = App(config, make_capture=make_capture).start()
+    app.stop_grace_seconds = 60.0  # the call is released long before: no race with a timer
+    replies: list = []
+
+    def capture_call() -> None:
+        with AgentClient(socket_path) as client:
+            replies.append(client.call(Method.CAPTURE_DATA, capture_request(),
+                                       pb.CaptureDataResponse))
+
+    caller = threading.Thread(target=capture_call)
+    caller.start()
+    assert held and held[0].entered.wait(60)
+    stopper = threading.Thread(target=app.stop)
+    stopper.start()
+    while os.path.exists(socket_path) and stopper.is_alive():
+        stopper.join(0.01)  # stop() has begun once the socket file is gone
+    held[0].release.set()
+    stopper.join(60)
+    caller.join(60)
+    assert not stopper.is_alive() and not caller.is_alive()
+    assert held[0].events == ["captured", "closed"]
+    assert len(replies) == 1 and isinstance(replies[0], pb.CaptureDataResponse)

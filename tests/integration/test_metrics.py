@@ -21,6 +21,7 @@ import pytest
 from edge_agent import agent_pb2 as pb
 from edge_agent import config as config_module
 from edge_agent import metrics
+from edge_agent.app import StartError
 from edge_agent.errors import AgentError, StatusCode
 from edge_agent.protocol import encode_request
 from edge_agent.service import AgentService
@@ -265,22 +266,25 @@ def test_textfile_is_replaced_atomically_while_read(tmp_path, model_files):
         service.close()
 
 
-def test_bad_exposition_and_heartbeat_settings_stop_start_up(tmp_path):
-    for key, value, phrase in (
-            ("edge_agent_metrics_listen", "localhost", "expected HOST:PORT"),
-            ("edge_agent_metrics_listen", "127.0.0.1:99999", "expected HOST:PORT"),
-            ("edge_agent_mqtt_url", "http://broker", "expected mqtt://"),
-            ("edge_agent_mqtt_url", "mqtts://127.0.0.1:1", "sagemaker_edge_provider_aws"),
-            ("edge_agent_heartbeat_topic", "fleet/+/x", "wildcard")):
-        extra = ["--set", "sagemaker_edge_provider_aws_cert_file=/nonexistent.crt"] \
-            if value.startswith("mqtts") else []
-        if key == "edge_agent_heartbeat_topic":
-            extra = ["--set", "edge_agent_mqtt_url=mqtt://127.0.0.1:1"]
-        result = edge_agent("serve", "--socket", str(tmp_path / f"{uuid.uuid4().hex[:8]}.sock"),
-                            "--set", f"edge_agent_state_dir={tmp_path / 'state'}",
-                            "--set", f"{key}={value}", *extra)
-        assert result.returncode == 2, (key, value, result.stderr)
-        assert "configuration error" in result.stderr and phrase in result.stderr, result.stderr
+@pytest.mark.parametrize("key, value, extra, phrase", [
+    ("edge_agent_metrics_listen", "localhost", {}, "expected HOST:PORT"),
+    ("edge_agent_metrics_listen", "127.0.0.1:99999", {}, "expected HOST:PORT"),
+    ("edge_agent_mqtt_url", "http://broker", {}, "expected mqtt://"),
+    ("edge_agent_mqtt_url", "mqtts://127.0.0.1:1",
+     {"sagemaker_edge_provider_aws_cert_file": "/nonexistent.crt"}, "sagemaker_edge_provider_aws"),
+    ("edge_agent_heartbeat_topic", "fleet/+/x", {"edge_agent_mqtt_url": "mqtt://127.0.0.1:1"},
+     "wildcard")])
+def test_bad_exposition_and_heartbeat_settings_stop_start_up(start_agent, tmp_path, key, value,
+                                                             extra, phrase):
+    """Refused by App.start as a configuration error (status 2, what `serve` exits with), the
+    socket gone and nothing left running (start_agent's teardown checks)."""
+    socket_path = tmp_path / f"{uuid.uuid4().hex[:8]}.sock"
+    with pytest.raises(StartError) as info:
+        start_agent(edge_agent_socket_path=str(socket_path), **{key: value}, **extra)
+    assert info.value.status == 2, (key, value, str(info.value))
+    message = str(info.value)
+    assert "configuration error" in message and phrase in message, message
+    assert not socket_path.exists()
 
 
 # --- the counters themselves ------------------------------------------------------------

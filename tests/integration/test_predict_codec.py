@@ -171,6 +171,37 @@ def test_any_bytes_decode_as_upb_reads_them_or_are_left_to_upb(codec, request, e
     assert decoded in (None, expected)
 
 
+def overlong(value: int, size: int) -> bytes:
+    """`value` as a varint padded to `size` bytes (continuation bits on zero groups)."""
+    groups = [(value >> (7 * i)) & 0x7F for i in range(size)]
+    assert value >> (7 * size) == 0
+    return bytes(g | 0x80 for g in groups[:-1]) + bytes([groups[-1]])
+
+
+@pytest.mark.parametrize("size", range(1, 11))
+@pytest.mark.parametrize("which", ["key", "length"])
+def test_keys_and_lengths_written_long_decode_as_upb_reads_them(codec, which, size):
+    """upb reads a key or a length in at most 5 bytes and refuses a longer one whatever its
+    value: the codec reads what upb reads and leaves the rest to it, never accepting a body
+    upb refuses."""
+    tensor = pb.Tensor(byte_data=b"\0" * 16)
+    tensor.tensor_metadata.name, tensor.tensor_metadata.data_type = b"a", pb.FLOAT32
+    tensor.tensor_metadata.shape.extend([1, 4])
+    inner = tensor.SerializeToString()
+    if which == "key":
+        body = overlong(2 << 3 | 2, size) + varint(len(inner)) + inner
+    else:
+        body = varint(2 << 3 | 2) + overlong(len(inner), size) + inner
+    body = pb.PredictRequest(name="m").SerializeToString() + body
+    decoded = codec_decoded(codec, body)
+    try:
+        expected = upb_decoded(body)
+    except DecodeError:
+        assert size > 5 and decoded is None
+        return
+    assert decoded in (None, expected)
+
+
 @pytest.mark.parametrize("body", [
     # An unknown field: upb keeps it aside; the codec leaves the message to upb.
     pb.PredictRequest(name="m").SerializeToString() + b"\x18\x01",

@@ -108,7 +108,14 @@ def test_a_client_that_never_reads_its_replies_is_dropped(start_agent, model_fil
         pass
     with agent.client() as client:  # meanwhile everyone else is served
         assert [m.name for m in client.list_models()] == ["img"]
-    time.sleep(2.0)  # past the send timeout: the agent gives up on this client
+
+        def framed_connections() -> int:
+            return sum(c.open for c in client.get_metrics().connections if c.front == "framed")
+
+        # The agent gives up on the reader-less client after the send timeout: only this
+        # client's connection is left (waited for as a state, however long the machine takes).
+        wait_for(lambda: framed_connections() == 1, timeout=120,
+                 what="the agent to drop the client that never reads")
     # Draining now finds the end of the stream. Had the agent kept the connection, reading
     # would let it answer the rest of the requests and then wait: no end of stream.
     sock.settimeout(10)
@@ -201,7 +208,7 @@ def test_two_models_are_inside_the_runtime_at_once(start_agent, model_files, tmp
                                                    recording_delegate):
     """Predictions on two models run in parallel, proven by construction whatever the
     machine's load: the test delegate runs each model's ADD only once two invokes are inside
-    it together (a barrier), and fails one left alone there (tests/e2e/test_delegates.py shows
+    it together (a barrier), and fails one left alone there (tests/unit/test_delegates.py shows
     that control)."""
     record_path = tmp_path / "delegate-record.txt"
     agent = start_agent(edge_agent_delegate="external",

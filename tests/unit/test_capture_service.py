@@ -299,6 +299,29 @@ def test_shared_memory_tensor_is_copied_at_call_time(make_service, tmp_path):
         original.tobytes()
 
 
+def test_auxiliary_data_in_shared_memory_is_copied_at_call_time(make_service, tmp_path):
+    from edge_agent.shm_client import ShmTensor, SysVSegment
+
+    service = make_service()
+    request = capture_request()
+    text = b'{"camera": "front", "exposure_ms": 8}'
+    with SysVSegment.create(64) as segment:
+        written = segment.write(np.frombuffer(text, np.uint8))
+        request.inputs.add(name="meta", encoding=pb.JSON, shared_memory_handle=written.handle())
+        service.capture_data(request)
+        segment.write(np.zeros(64, np.uint8))  # the client reuses its segment at once
+        refused = capture_request()
+        refused.outputs.add(name="late", encoding=pb.JSON, shared_memory_handle=ShmTensor(
+            segment.shmid, 60, 8, np.uint8, (8,)).handle())  # 4 bytes past the end
+        error = expect(StatusCode.INVALID_ARGUMENT, service.capture_data, refused)
+        assert error.message.startswith("auxiliary output 0 'late'")
+    wait_status(service, request.capture_id)
+    folder, _ = next(iter(disk_manifests(tmp_path / "out").items()))
+    [line] = lines(disk_manifests(tmp_path / "out"))
+    [entry] = line["aux_inputs"]
+    assert payload(entry, lambda name: (tmp_path / "out" / folder / name).read_bytes()) == text
+
+
 def test_shared_memory_tensor_out_of_bounds_is_invalid_argument(make_service):
     from edge_agent.shm_client import SysVSegment, ShmTensor, add_shm_tensor
 
@@ -308,6 +331,31 @@ def test_shared_memory_tensor_out_of_bounds_is_invalid_argument(make_service):
         add_shm_tensor(request.input_tensors, "x",
                        ShmTensor(segment.shmid, 32, 64, np.uint8, (64,)))
         expect(StatusCode.INVALID_ARGUMENT, service.capture_data, request)
+
+
+def test_a_shared_memory_size_mismatch_names_the_tensor_as_capture_does(make_service):
+    from edge_agent.shm_client import SysVSegment, ShmTensor, add_shm_tensor
+
+    service = make_service()
+    request = capture_request()
+    del request.output_tensors[:]
+    with SysVSegment.create(64) as segment:
+        add_shm_tensor(request.output_tensors, "y", ShmTensor(segment.shmid, 0, 8, np.uint8, (4,)))
+        error = expect(StatusCode.INVALID_ARGUMENT, service.capture_data, request)
+    assert error.message.startswith("output tensor 0 'y': the shared-memory handle says 8 bytes")
+
+
+@pytest.mark.parametrize("shape", [[0] + [1] * 40, [0, 2**31 - 1, 2**31 - 1, 2**31 - 1]],
+                         ids=["41 dimensions", "empty but huge"])
+def test_empty_tensors_of_shapes_numpy_cannot_make_are_captured_as_bytes(make_service, shape):
+    """Stored as bytes, never made an array: a shape NumPy refuses is no reason to refuse
+    (and never INTERNAL)."""
+    service = make_service()
+    request = capture_request()
+    request.input_tensors.add(byte_data=b"").tensor_metadata.CopyFrom(
+        pb.TensorMetadata(name=b"z", data_type=pb.FLOAT32, shape=shape))
+    service.capture_data(request)
+    wait_status(service, request.capture_id)
 
 
 # --- bounds -------------------------------------------------------------------------------------
@@ -493,8 +541,10 @@ def test_a_seal_whose_flush_failed_is_superseded_on_replay(make_service, tmp_pat
     journal.append(entries.BATCH, entries.encode_batch(entries.SealedBatch(2, keys)))
     journal.close()
 
-    service = make_service()  # replays the journal (and may deliver at once)
-    service.close()  # flushes: writes what was replayed
+    service = make_service()  # replays the journal and delivers what it holds
+    for _, stored in captured:  # not service.close()'s flush: it gives up after a time
+        wait_status(service, stored.capture_id)
+    service.close()
     manifests = disk_manifests(tmp_path / "out")
     assert sorted(delivered_ids(manifests)) == sorted(stored.capture_id for _, stored in captured)
     assert len(manifests) == 1

@@ -283,6 +283,36 @@ def test_a_trickle_of_bytes_cannot_hold_a_frame_open(splitter):
         "error", StatusCode.DEADLINE_EXCEEDED, "frame not completed within 5 s", 0, 0, True)
 
 
+def test_a_frame_behind_a_request_starts_its_clock_when_the_agent_is_done_answering(splitter):
+    """A request and the start of the next frame arrive together; answering the first takes
+    longer than the frame timeout. That time was the agent's: the second frame's clock starts
+    when the loop asks for the next event, not when its first bytes came."""
+    conn = server(splitter)
+    first = encode_request(Method.LOAD_MODEL, 1, b"slow")
+    second = encode_request(Method.LIST_MODELS, 2, b"x" * 20)
+    deliver(conn, first + second[:6], now=0.0)
+    request = conn.next_event(0.0)
+    assert isinstance(request, Request) and request.request_id == 1
+    conn.send_reply(1, Method.LOAD_MODEL, StatusCode.OK, b"")
+    assert conn.next_event(15.0) is NEED_DATA  # answered 15 s later: no deadline passed yet
+    assert conn.receive_timeout == FRAME_TIMEOUT and conn.frame_in_progress
+    view = conn.get_buffer()
+    view[:1] = second[6:7]
+    conn.buffer_updated(1, 16.0)  # 16 s after its first bytes, 1 s after the answer
+    assert conn.next_event(16.0) is NEED_DATA
+    view = conn.get_buffer()
+    view[:len(second) - 7] = second[7:]
+    conn.buffer_updated(len(second) - 7, 17.0)
+    event = conn.next_event(17.0)
+    assert isinstance(event, Request) and event.request_id == 2
+    # Without a time from the loop, the frame is timed from its bytes' arrival, as before.
+    conn.send_reply(2, Method.LIST_MODELS, StatusCode.OK, b"")
+    deliver(conn, second[:6], now=20.0)
+    deliver(conn, second[6:7], now=26.0)
+    assert described(conn.next_event()) == (
+        "error", StatusCode.DEADLINE_EXCEEDED, "frame not completed within 5 s", 0, 0, True)
+
+
 # --- the server side: the pending budget ------------------------------------------------------
 
 def test_an_incomplete_frame_holds_the_budget_until_it_is_whole(splitter):

@@ -1,9 +1,9 @@
 """The original agent's configuration file, as its documentation's sample has it: every key of
-the sample, the IoT credentials endpoint given as a host, a Cloud capture destination."""
+the sample, the IoT credentials endpoint given as a host, a Cloud capture destination, loaded
+in process. (An agent process serving with the file: tests/e2e/test_original_config_agent.py.)"""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -11,10 +11,8 @@ import pytest
 from edge_agent import boards
 from edge_agent import config as config_module
 from edge_agent.capture.cloud import credentials_provider
-from edge_agent.client import AgentClient
 from edge_agent.service import AgentService
 
-from agents import AgentProcess
 
 SAMPLE = Path(__file__).parent.parent / "original" / "sagemaker_edge_config.json"
 
@@ -79,23 +77,3 @@ def test_keys_without_effect_are_explained():
     assert any(n.startswith("sagemaker_edge_telemetry_libsystemd_path") and "no effect" in n
                for n in notes)
     assert config_module.compatibility_notes(config_module.from_mapping({})) == []
-
-
-def test_an_agent_serves_with_the_sample_file(tmp_path):
-    """The file itself, unchanged, is the agent's configuration; only where to serve and keep
-    state come from the command line."""
-    config_file = tmp_path / "sagemaker_edge_config.json"
-    shutil.copy(SAMPLE, config_file)
-    agent = AgentProcess(tmp_path, config_file=config_file,
-                         args=("--socket", str(tmp_path / "agent.sock"),
-                               "--set", f"edge_agent_state_dir={tmp_path / 'state'}"))
-    agent.start()
-    try:
-        with AgentClient(agent.socket_path) as client:
-            assert client.list_models() == []
-    finally:
-        assert agent.stop() == 0
-    log = agent.log()
-    assert "configuration error" not in log
-    assert "sagemaker_edge_provider_provider_path (/agent_demo/lib/libprovider_aws.so) has no effect" in log
-    assert "sagemaker_edge_telemetry_libsystemd_path" in log

@@ -1,10 +1,10 @@
-"""Delegates: XNNPACK, plain CPU, the Edge TPU and external libraries, proven with a real
-delegate (tests/delegate/recording_delegate.c, compiled here) that records its options and
-claims no nodes, so the CPU kernels still compute the right answers."""
+"""Delegates: the Edge TPU and external libraries, loaded by an AgentService in process, proven
+with a real delegate (tests/delegate/recording_delegate.c, compiled here) that records its
+options and claims no nodes, so the CPU kernels still compute the right answers; fallback;
+the accelerator probe; the settings. (Through agent processes:
+tests/e2e/test_delegates_agent.py.)"""
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -55,37 +55,6 @@ def edgetpu_model(tmp_path_factory) -> Path:
 
 
 # --- a real external delegate, end to end -----------------------------------------------------
-
-def test_external_delegate_gets_its_options_and_the_model_runs(start_agent, model_files,
-                                                               recording_delegate, record):
-    agent = start_agent(edge_agent_delegate="external",
-                        edge_agent_delegate_library=recording_delegate,
-                        edge_agent_delegate_options={"record_to": str(record), "mode": "fast",
-                                                     "cache": 2})
-    built = model_builder.add_model()
-    with agent.client() as client:
-        info = client.load_model("add", str(model_files["add"]))
-        assert info.delegate == f"external:{recording_delegate}"
-        assert client.describe_model("add").delegate == f"external:{recording_delegate}"
-        inputs = built.sample_inputs()
-        outputs = client.predict("add", inputs)
-        np.testing.assert_array_equal(outputs["sum"], built.reference(inputs)["sum"])
-        # The runtime created it with the configured options (numbers as strings) and asked
-        # it to take nodes; it took none, so the CPU computed the sum above. The child that
-        # proved the model first (model_probe) ran it with the same delegate and options.
-        created = f"create record_to={record} mode=fast cache=2"
-        assert recorded(record) == [created, "prepare", "destroy", created, "prepare"]
-        client.unload_model("add")
-    assert recorded(record)[-1] == "destroy"  # freed with its interpreter
-    assert f"run by external:{recording_delegate}" in agent.log()
-
-
-def test_describe_on_the_command_line_says_what_runs_the_model(agent, model_files):
-    agent.client().load_model("add", str(model_files["add"]))
-    out = subprocess.run([sys.executable, "-m", "edge_agent", "client", "--socket",
-                          agent.socket_path, "describe", "add"],
-                         capture_output=True, text=True, check=True).stdout
-    assert "delegate: xnnpack" in out
 
 
 @pytest.mark.parametrize("fallback", ["fail", "cpu"])
@@ -228,19 +197,6 @@ def test_edgetpu_models_are_recognised_by_their_op():
 
 
 # --- the CPU ----------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("delegate, described, xnnpack", [("xnnpack", "xnnpack", True),
-                                                         ("none", "cpu", False)])
-def test_cpu_delegates(start_agent, model_files, delegate, described, xnnpack):
-    agent = start_agent(edge_agent_delegate=delegate, edge_agent_num_threads=2)
-    built = model_builder.fully_connected_model()
-    with agent.client() as client:
-        assert client.load_model("fc", str(model_files["fc"])).delegate == described
-        inputs = built.sample_inputs()
-        np.testing.assert_allclose(client.predict("fc", inputs)["y"], built.reference(inputs)["y"],
-                                   rtol=1e-5)
-    # The runtime says when it applies XNNPACK; "none" keeps to the builtin kernels.
-    assert ("XNNPACK delegate for CPU" in agent.log()) == xnnpack
 
 
 # --- configuration ------------------------------------------------------------------------------
