@@ -48,8 +48,16 @@ lint: $(STAMP)
 test: $(STAMP) system-deps lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-bench: $(STAMP)
-	$(VENV)/bin/edge-agent bench
+# The Predict path's figures beside their floors and the targets (docs/BENCHMARKS.md): the C
+# side (benchmarks/frame_bench.c: socket floor, pre-encoded frame replay) needs only cc and libc.
+CC ?= cc
+BENCH_ARGS ?=
+bench: $(STAMP) benchmarks/build/frame_bench
+	$(VENV)/bin/edge-agent bench --c-bench benchmarks/build/frame_bench $(BENCH_ARGS)
+
+benchmarks/build/frame_bench: benchmarks/frame_bench.c
+	mkdir -p $(@D)
+	$(CC) -std=c11 -O2 -Wall -Wextra -pthread -o $@ $<
 
 # Long fuzzing runs of the harnesses in fuzz/ (docs/DEVELOPMENT.md): new inputs and findings
 # go to fuzz/out/. `make test` runs both for a bounded number of inputs.

@@ -302,8 +302,11 @@ def build_parser() -> argparse.ArgumentParser:
     from edge_agent import package_cli
     package_cli.register(sub)
 
-    bench = sub.add_parser("bench", help="measure Predict round trips against in-process invoke")
+    bench = sub.add_parser("bench", help="the Predict path's figures beside their floors and targets")
     bench.add_argument("--iterations", type=int, default=2000)
+    bench.add_argument("--rounds", type=int, default=3, help="median of this many rounds")
+    bench.add_argument("--c-bench", help="the frame_bench program (default: the one `make bench` "
+                       "built, else built here with cc)")
     bench.add_argument("--json", action="store_true", help="print the results as JSON")
     bench.set_defaults(func=lambda a: __import__("edge_agent.tools.bench", fromlist=["run"]).run(a))
     return parser
