@@ -177,7 +177,7 @@ def check_length(data, what: str, data_type: int, shape: Sequence[int], nbytes: 
 def checked_array(data, what: str, data_type: int, dtype: np.dtype, shape: Sequence[int],
                   nbytes: int) -> np.ndarray:
     """`data` as an array of `dtype` and `shape`, or INVALID_ARGUMENT when its length is not
-    nbytes or NumPy cannot make that shape (more than 32 dimensions; a size that overflows,
+    nbytes or NumPy cannot make that shape (more dimensions than NumPy allows; a size that overflows,
     as [0, 2**31-1, 2**31-1, 2**31-1] does though it holds no byte)."""
     check_length(data, what, data_type, shape, nbytes)
     try:
