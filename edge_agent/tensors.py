@@ -177,8 +177,8 @@ def check_length(data, what: str, data_type: int, shape: Sequence[int], nbytes: 
 def checked_array(data, what: str, data_type: int, dtype: np.dtype, shape: Sequence[int],
                   nbytes: int) -> np.ndarray:
     """`data` as an array of `dtype` and `shape`, or INVALID_ARGUMENT when its length is not
-    nbytes or NumPy cannot make that shape (more dimensions than NumPy allows; a size that overflows,
-    as [0, 2**31-1, 2**31-1, 2**31-1] does though it holds no byte)."""
+    nbytes or NumPy cannot make that shape (more dimensions than NumPy allows; a size that
+    overflows, as [0, 2**31-1, 2**31-1, 2**31-1] does though it holds no byte)."""
     check_length(data, what, data_type, shape, nbytes)
     try:
         return np.frombuffer(data, dtype=dtype).reshape(shape)
