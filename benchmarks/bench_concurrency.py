@@ -1,14 +1,15 @@
 """Predict server cost and throughput with C clients replaying frames, beside their floors.
 
-Server cost: one c_replay_bench on the tiny model and on the 1x224x224x3 float32 image model,
-p50, against the floor (in-process invoke, edge_agent.tools.bench.in_process, plus a C
-round trip moving the same bytes between two C processes: c_replay_bench --floor) and
-their ratio (issue 13's target: within 1.3x).
+Server cost: one C client replaying a frame (benchmarks/frame_bench.c, `replay`) on the tiny
+model and on the 1x224x224x3 float32 image model, p50, against the floor (in-process invoke,
+edge_agent.tools.bench.in_process, plus a C round trip moving the same bytes between two C
+processes: `frame_bench pingpong`) and their ratio (issue 13's target: within 1.3x).
 
 Throughput: starts one agent (`edge-agent serve`, num_threads 1), loads two tiny models ([1,4] float32
-a + b) and two compute-bound ones (model_builder.slow_model), and runs c_replay_bench
-processes (benchmarks/c_replay_bench.c: one pre-encoded Predict frame replayed, one request
-in flight, no client library), all started together once connected and warmed up. Prints
+a + b) and two compute-bound ones (model_builder.slow_model), and runs frame_bench's
+replaying clients (one thread and connection per client, one pre-encoded Predict frame
+replayed, one request in flight, no client library), all started together once connected
+and warmed up. Prints
 requests/s for one client on one model and for N clients spread over two models, and their
 ratio; the single client's p50 is the server cost of `make c-bench`'s kind (C client
 replaying frames). With each figure, the agent's CPU time per request and the cores it kept
@@ -16,8 +17,8 @@ busy (/proc/PID/stat): where the agent stays near one core with several clients,
 (serialised by the interpreter lock) is the limit; where it does not, the cores are. Also the
 load average before the run, since the machine may be shared.
 
-    cc -O2 -o /tmp/c_replay_bench benchmarks/c_replay_bench.c
-    .venv/bin/python benchmarks/bench_concurrency.py /tmp/c_replay_bench [--iterations N]
+    make benchmarks/build/frame_bench
+    .venv/bin/python benchmarks/bench_concurrency.py benchmarks/build/frame_bench [--iterations N]
         [--clients N] [--repeat N] [--json]
 """
 from __future__ import annotations
@@ -29,6 +30,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 
 from edge_agent import agent_pb2 as pb
 from edge_agent.client import AgentClient
@@ -39,9 +41,9 @@ from edge_agent.tools.bench import in_process, start_agent
 
 
 def floor_p50_us(program: str, request_bytes: int, reply_bytes: int, iterations: int) -> float:
-    out = subprocess.run([program, "--floor", str(request_bytes), str(reply_bytes),
+    out = subprocess.run([program, "pingpong", str(request_bytes), str(reply_bytes),
                           str(iterations)], check=True, capture_output=True, text=True).stdout
-    return int(out.split()[0]) / 1e3
+    return json.loads(out)["p50_us"]
 
 
 def reply_frame_bytes(model: model_builder.BuiltModel, inputs: dict) -> int:
@@ -61,6 +63,10 @@ def frame_file(workdir: str, name: str, inputs: dict) -> str:
     return path
 
 
+# Round trips each frame_bench client makes before the timed ones (benchmarks/frame_bench.c).
+FRAME_BENCH_WARM_UP = 200
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far, all its threads."""
     with open(f"/proc/{pid}/stat") as f:
@@ -70,37 +76,27 @@ def cpu_seconds(pid: int) -> float:
 
 def run_clients(program: str, socket_path: str, frames: list[str], iterations: int,
                 agent_pid: int) -> dict:
-    """One c_replay_bench per frame, released together; requests/s over the slowest one's
-    time (all ran for the whole of it), the median of their p50s, and the agent's CPU."""
-    clients = [subprocess.Popen([program, socket_path, frame, str(iterations)],
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-               for frame in frames]
-    for client in clients:
-        if client.stdout.readline().strip() != "ready":
-            raise RuntimeError("a replaying client failed before it was ready")
-    cpu_before = cpu_seconds(agent_pid)
-    for client in clients:  # the go line: each client starts at once on reading it
-        client.stdin.write("go\n")
-        client.stdin.flush()
-    results = []
-    for client in clients:
-        out, _ = client.communicate(timeout=600)
-        if client.returncode != 0:
-            raise RuntimeError(f"a replaying client failed ({client.returncode})")
-        p50_ns, total_ns = (int(v) for v in out.split())
-        results.append((p50_ns, total_ns))
-    cpu = cpu_seconds(agent_pid) - cpu_before
-    slowest = max(total for _, total in results)
-    requests = len(frames) * iterations
-    return {"clients": len(frames), "requests_per_s": requests / (slowest / 1e9),
-            "p50_us": statistics.median(p50 for p50, _ in results) / 1e3,
+    """One replaying client per frame (frame_bench replay: a thread each, released together
+    by a barrier after their warm-up); requests/s from the barrier to the last one's end and
+    the p50 of all round trips, as frame_bench times them; the agent's CPU per request and
+    the cores it kept busy over the whole program, warm-up calls counted."""
+    cpu_before, started = cpu_seconds(agent_pid), time.monotonic()
+    done = subprocess.run([program, "replay", socket_path, str(iterations), *frames],
+                          capture_output=True, text=True, timeout=600)
+    wall, cpu = time.monotonic() - started, cpu_seconds(agent_pid) - cpu_before
+    if done.returncode != 0:
+        raise RuntimeError(f"the replaying clients failed: {done.stderr.strip()}")
+    figures = json.loads(done.stdout)
+    requests = figures["calls"] + FRAME_BENCH_WARM_UP * len(frames)
+    return {"clients": len(frames), "requests_per_s": figures["requests_per_s"],
+            "p50_us": figures["p50_us"],
             "agent_cpu_us_per_request": cpu / requests * 1e6,
-            "agent_cores": cpu / (slowest / 1e9)}
+            "agent_cores": cpu / wall}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("program", help="the built c_replay_bench")
+    parser.add_argument("program", help="the built frame_bench (make benchmarks/build/frame_bench)")
     parser.add_argument("--iterations", type=int, default=20000)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--repeat", type=int, default=3, help="runs per figure; the median")
