@@ -27,6 +27,22 @@ from edge_agent.client import AgentClient
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def agent_settings(workdir: Path, overrides: dict | None = None) -> dict:
+    """The configuration every test agent starts from (in a process, in a thread, in process):
+    its socket, state and captures in its own work directory, unsigned models allowed, one
+    thread per interpreter; `overrides` on top."""
+    settings = {
+        "edge_agent_socket_path": str(workdir / "agent.sock"),
+        "edge_agent_state_dir": str(workdir / "state"),
+        # Captures of this agent only (the default, /tmp/edge-agent-captures, is shared).
+        "sagemaker_edge_core_capture_data_disk_path": str(workdir / "captures"),
+        "edge_agent_allow_unsigned_models": True,
+        "edge_agent_num_threads": 1,
+    }
+    settings.update(overrides or {})
+    return settings
+
+
 class AgentProcess:
     """`edge-agent serve` in its own process, as a board runs it."""
 
@@ -36,15 +52,7 @@ class AgentProcess:
         self.args = args  # more `serve` arguments (--board NAME...)
         self.socket_path = str(workdir / "agent.sock")
         self.log_path = workdir / "agent.log"
-        settings = {
-            "edge_agent_socket_path": self.socket_path,
-            "edge_agent_state_dir": str(workdir / "state"),
-            # Captures of this agent only (the default, /tmp/edge-agent-captures, is shared).
-            "sagemaker_edge_core_capture_data_disk_path": str(workdir / "captures"),
-            "edge_agent_allow_unsigned_models": True,
-            "edge_agent_num_threads": 1,
-        }
-        settings.update(overrides or {})
+        settings = agent_settings(workdir, overrides)
         self.socket_path = settings["edge_agent_socket_path"]
         self.config_path = config_file or workdir / "agent.json"
         if config_file is None:
@@ -126,15 +134,7 @@ class AgentInThread:
     def __init__(self, workdir: Path, overrides: dict | None = None):
         self.workdir = workdir
         self.log_path = workdir / "agent.log"
-        settings = {
-            "edge_agent_socket_path": str(workdir / "agent.sock"),
-            "edge_agent_state_dir": str(workdir / "state"),
-            # Captures of this agent only (the default, /tmp/edge-agent-captures, is shared).
-            "sagemaker_edge_core_capture_data_disk_path": str(workdir / "captures"),
-            "edge_agent_allow_unsigned_models": True,
-            "edge_agent_num_threads": 1,
-        }
-        settings.update(overrides or {})
+        settings = agent_settings(workdir, overrides)
         self.socket_path = settings["edge_agent_socket_path"]
         self.config_path = workdir / "agent.json"
         self.config_path.write_text(json.dumps(settings))

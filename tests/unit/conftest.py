@@ -9,6 +9,7 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+from agents import agent_settings
 
 from edge_agent import config as config_module
 from edge_agent.api import BY_METHOD, IN_PROCESS, Api
@@ -42,15 +43,8 @@ class InProcessAgent:
     """An AgentService configured as tests/agents.py configures the served agent."""
 
     def __init__(self, workdir: Path, overrides: dict | None = None):
-        settings = {
-            "edge_agent_socket_path": str(workdir / "unused.sock"),
-            "edge_agent_state_dir": str(workdir / "state"),
-            # Captures of this agent only (the default, /tmp/edge-agent-captures, is shared).
-            "sagemaker_edge_core_capture_data_disk_path": str(workdir / "captures"),
-            "edge_agent_allow_unsigned_models": True,
-            "edge_agent_num_threads": 1,
-        }
-        settings.update(overrides or {})
+        settings = agent_settings(
+            workdir, {"edge_agent_socket_path": str(workdir / "unused.sock"), **(overrides or {})})
         self.service = AgentService(config_module.from_mapping(settings))
         self.api = Api(self.service)
 
