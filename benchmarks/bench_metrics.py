@@ -7,7 +7,7 @@
    median over rounds of each round's p50 ratio. `--control` runs the same with the metrics
    off in all four: what it shows is the noise floor (one agent process can be a few percent
    faster than another for where it runs).
-2. The agent-side cost alone: SocketServer.dispatch() of the same Predict frame in this
+2. The agent-side cost alone: SocketServer.serve() of the same Predict frame's body in this
    process, metrics on and off, alternating rounds: microseconds per call, and that as a
    percent of the round-trip p50 of part 1.
 
@@ -111,7 +111,7 @@ def round_trips(workdir: str, model_path: str, inputs: dict, rounds: int, calls:
 
 
 def dispatch_cost(workdir: str, model_path: str, inputs: dict, rounds: int, calls: int) -> dict:
-    """Median over rounds of the mean time of one SocketServer.dispatch() of a Predict frame."""
+    """Median over rounds of the mean time of one SocketServer.serve() of a Predict body."""
     from edge_agent import agent_pb2 as pb
     from edge_agent import config as config_module
     from edge_agent.protocol import Method
@@ -133,7 +133,7 @@ def dispatch_cost(workdir: str, model_path: str, inputs: dict, rounds: int, call
         service = AgentService(config)
         services.append(service)
         service.load_model(pb.LoadModelRequest(name="tiny", url=model_path))
-        dispatchers[name] = SocketServer(service, config).dispatch
+        dispatchers[name] = SocketServer(service, config).serve
     means: dict[str, list[float]] = {"on": [], "off": []}
     clock = time.perf_counter_ns
     try:
@@ -142,7 +142,7 @@ def dispatch_cost(workdir: str, model_path: str, inputs: dict, rounds: int, call
                 dispatch = dispatchers[name]
                 start = clock()
                 for _ in range(calls):
-                    dispatch(Method.PREDICT, 1, body, IN_PROCESS)
+                    dispatch(Method.PREDICT, body, IN_PROCESS)
                 means[name].append((clock() - start) / calls / 1e3)
     finally:
         for service in services:
@@ -187,7 +187,7 @@ def main() -> int:
           + ("; CONTROL: metrics off in all" if args.control else ""))
     for name in ("on", "off"):
         print(f"metrics {name:3s}  p50 {result[name]['p50_us']:7.1f}  p99 {result[name]['p99_us']:7.1f}"
-              f"  dispatch() in process {result['dispatch_us'][name]:6.2f}")
+              f"  serve() in process {result['dispatch_us'][name]:6.2f}")
     print(f"p50 difference (on vs off): {result['p50_difference_percent']:+.2f} % pooled, "
           f"{100 * (result['round_p50_ratio_median'] - 1):+.2f} % median of the rounds")
     print(f"agent-side cost of the metrics: {result['dispatch_difference_us']:+.2f} us a call, "

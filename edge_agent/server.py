@@ -21,8 +21,7 @@ from edge_agent.api import BY_METHOD, Api, Outcome
 from edge_agent.config import AgentConfig
 from edge_agent.errors import StatusCode
 from edge_agent.pending import PendingBudget
-from edge_agent.protocol import (NeedData, ProtocolError, Request, ServerConnection, encode_error,
-                                 encode_reply)
+from edge_agent.protocol import NeedData, ProtocolError, Request, ServerConnection, encode_error
 from edge_agent.service import AgentService, Caller
 from edge_agent.sockets import close_fds, receive_into_with_fds, send_parts
 from edge_agent.unix_socket import (ServerError, accept_until, bind_socket, peer_credentials,
@@ -132,15 +131,6 @@ class SocketServer:
         """One request's body in, its outcome out; never raises for a bad request."""
         rpc = BY_METHOD.get(method)
         return self.api.unknown(method) if rpc is None else self.api.invoke(rpc, body, caller)
-
-    def dispatch(self, method: int, request_id: int, body: bytes, caller: Caller) -> bytes:
-        """One request frame's body in, one reply frame out; never raises for a bad request.
-        In-process callers (the fuzz harness, benchmarks) use it; Connection answers through
-        its ServerConnection's encoders."""
-        code, reply = self.serve(method, body, caller)
-        if code != StatusCode.OK:
-            return encode_error(code, request_id, reply, method)
-        return encode_reply(method, request_id, reply)
 
 
 class Connection:
