@@ -28,10 +28,10 @@ from edge_agent import predict_codec
 from edge_agent.errors import AgentError, StatusCode
 from edge_agent.api import BY_METHOD
 from edge_agent.protocol import ClientConnection, Method, NeedData, ProtocolError, Reply
-from edge_agent.shm_client import ShmTensor, add_shm_tensor, fd_index
+from edge_agent.shm_client import ShmTensor, fd_index
 from edge_agent.sockets import receive_into, send_with_fds
-from edge_agent.tensors import (SHARED_MEMORY, Handle, WireTensor, add_array, data_type_of, dtype_of,
-                               reply_array, wire_tensor)
+from edge_agent.tensors import (SHARED_MEMORY, Handle, WireTensor, add_tensor, data_type_of,
+                               dtype_of, reply_array, wire_tensor)
 
 DEFAULT_SOCKET = "/tmp/edge-agent.sock"
 
@@ -66,17 +66,6 @@ AuxData = Union[bytes, str, tuple]  # data, or (data, encoding name)
 class CaptureStatus(NamedTuple):
     status: str  # IN_PROGRESS, SUCCESS or FAILURE
     reason: str  # why, for a FAILURE
-
-
-def _add_tensors(tensors, values: "Inputs", fds: list, pass_fd: bool) -> None:
-    """Append arrays or ShmTensors, given by position or by name, to a repeated Tensor; the
-    descriptors of segments passed as such go to `fds`."""
-    items = values.items() if isinstance(values, Mapping) else (("", v) for v in values)
-    for name, value in items:
-        if isinstance(value, ShmTensor):
-            add_shm_tensor(tensors, name, value, fd_index(fds, value, pass_fd))
-        else:
-            add_array(tensors, name, np.asarray(value))
 
 
 def _add_auxiliary(items, values: Mapping[str, AuxData]) -> None:
@@ -119,6 +108,13 @@ def _wire_inputs(values: Inputs, fds: list, pass_fd: bool) -> list[tuple]:
             raise TypeError(f"tensor {name!r}: dtype {dtype} has no wire DataType")
         wire.append((name.encode(), data_type, shape, data))
     return wire
+
+
+def _add_tensors(tensors, values: Inputs, fds: list, pass_fd: bool) -> None:
+    """Append arrays or ShmTensors, given by position or by name, to a repeated Tensor; the
+    descriptors of segments passed as such go to `fds`."""
+    for name, data_type, shape, data in _wire_inputs(values, fds, pass_fd):
+        add_tensor(tensors, name, data_type, shape, data)
 
 
 class _Encoded(NamedTuple):
