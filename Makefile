@@ -43,7 +43,8 @@ lint: $(STAMP)
 	$(PY) -m ruff check --quiet .
 	$(PY) -m mypy
 	$(PY) -m mypy.stubtest --ignore-unused-allowlist --allowlist cext/stubtest-allowlist.txt \
-		edge_agent._framing edge_agent._shm edge_agent._metrics edge_agent._predict
+		edge_agent._framing edge_agent._shm edge_agent._metrics edge_agent._predict \
+		edge_agent._flatverify
 
 test: $(STAMP) system-deps lint
 	$(PY) -m pytest $(PYTEST_ARGS)

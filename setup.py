@@ -16,6 +16,7 @@ EXTENSIONS = [
               depends=[f"{INCLUDES}/sigbus_guard.h", f"{INCLUDES}/shm_compat.h"]),
     Extension("edge_agent._metrics", ["cext/_metrics.pyx"]),
     Extension("edge_agent._predict", ["cext/_predict.pyx"]),
+    Extension("edge_agent._flatverify", ["cext/_flatverify.pyx"]),
 ]
 
 here = os.path.dirname(os.path.abspath(__file__))

@@ -16,7 +16,7 @@ import stat
 import time
 from dataclasses import dataclass
 
-from edge_agent import caller_paths, delegates
+from edge_agent import caller_paths, delegates, model_verifier
 from edge_agent.accelerators import DelegateSettings
 from edge_agent.api import Caller
 from edge_agent.config import AgentConfig
@@ -98,6 +98,7 @@ class ModelLoader:
         self.config = config
         self.budget = budget
         self.prover = prover
+        self.verifier = model_verifier.tflite_verifier()
 
     def load(self, name: str, url: str, source: ModelSource, caller: Caller) -> LoadedModel:
         """The model `source` holds, read, verified, proven in a child process and opened
@@ -106,6 +107,8 @@ class ModelLoader:
         started = time.monotonic()
         package: dict = {}  # the package's name and version, when it comes from one
         content = self._read_model(source, what, caller, package)
+        # No runtime, here or in the child, reads a flatbuffer whose offsets leave it.
+        model_verifier.check(self.verifier, content, what)
         self.budget.reserve(len(content), what)
         reserved = len(content)
         try:

@@ -1,0 +1,12 @@
+# Types of the compiled module edge_agent._flatverify (cext/_flatverify.pyx), for type
+# checkers; its pure-Python twin, edge_agent/_flatverify_py.py, has the same API (the
+# docstrings are there).
+from typing import Any, Iterable
+
+MAX_DEPTH: int
+MAX_TABLES: int
+
+class Verifier:
+    def __init__(self, tables: Iterable, unions: Iterable, root: int,
+                 max_tables: int = ...) -> None: ...
+    def verify(self, data: Any) -> None: ...
