@@ -1,0 +1,117 @@
+"""Cut and flipped models against a live agent whose heap makes over-reads fatal
+(PYTHONMALLOC=malloc with MALLOC_PERTURB_: memory past a buffer is freed or fresh and filled
+with garbage, not the same bytes in every process): before the flatbuffer verifier
+(edge_agent.model_verifier) the runtime followed a cut file's offsets past its copy of the
+bytes and some of these killed the agent after the check in a child had passed them. A bounded
+sample here; every cut and flip, and loads during rewrites, in `make fuzz-models`
+(fuzz/malformed_models.py)."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from agents import AgentProcess
+
+from edge_agent import model_verifier
+from edge_agent.errors import AgentError, StatusCode
+from edge_agent.tools import model_builder
+
+from corrupt_models import GOOD, write
+
+HARSH_HEAP = {"PYTHONMALLOC": "malloc", "MALLOC_PERTURB_": "165"}
+
+
+class HarshHeapAgent(AgentProcess):
+    def command(self) -> list[str]:
+        return ["env", *(f"{k}={v}" for k, v in HARSH_HEAP.items()), *super().command()]
+
+
+# The agent's load path (AgentService.load_model) in a process of its own with the harsh heap,
+# the check in a child reporting a pass: what happened in the agents that died, where the child
+# had read harmless memory past the same bytes. Exit 0: every case refused or loaded.
+LOAD_PATH = textwrap.dedent("""
+    import sys
+    from edge_agent import agent_pb2 as pb, config
+    from edge_agent.errors import AgentError, StatusCode
+    from edge_agent.prover import Proof
+    from edge_agent.service import AgentService
+    service = AgentService(config.from_mapping({
+        "edge_agent_state_dir": sys.argv[1], "edge_agent_allow_unsigned_models": True,
+        "edge_agent_num_threads": 1}))
+    service.prover.prove = lambda *args, **kwargs: Proof(peak_bytes=0)
+    for path in sys.argv[2:]:
+        print(path, flush=True)
+        try:
+            service.load_model(pb.LoadModelRequest(name="m", url=path))
+            service.unload_model(pb.UnloadModelRequest(name="m"))
+        except AgentError as e:
+            assert e.code == StatusCode.FAILED_PRECONDITION, e
+    service.close()
+""")
+
+
+def test_cut_models_never_reach_the_runtime_when_the_child_passed_them(tmp_path):
+    """Before the verifier, the runtime in this process died of SIGSEGV on most of these
+    cuts (reading past its copy of the bytes into garbage)."""
+    paths = [str(write(tmp_path, f"cut-{n}", GOOD[:n])) for n in range(8, len(GOOD), 7)]
+    run = subprocess.run([sys.executable, "-c", LOAD_PATH, str(tmp_path / "state"), *paths],
+                         env={**os.environ, **HARSH_HEAP}, capture_output=True, text=True,
+                         timeout=300)
+    last = run.stdout.split()[-1:] or ["(none)"]
+    assert run.returncode != -signal.SIGSEGV, f"the load path died of SIGSEGV at {last[0]}"
+    assert run.returncode == 0, run.stderr[-2000:]
+
+
+def sample() -> dict[str, bytes]:
+    """~30 cases: cuts across the file (299 first: the cut that killed agents) and flips of
+    the first 512 bytes, spread evenly."""
+    cases = {"cut-299": GOOD[:299]}
+    for n in range(9, len(GOOD), 23):
+        cases[f"cut-{n}"] = GOOD[:n]
+    for at in range(3, min(512, len(GOOD)), 29):
+        data = bytearray(GOOD)
+        data[at] ^= 0xFF
+        cases[f"flip-{at}"] = bytes(data)
+    return cases
+
+
+def test_cut_and_flipped_models_never_kill_the_agent(tmp_path):
+    (tmp_path / "agent").mkdir()
+    agent = HarshHeapAgent(tmp_path / "agent", {}).start()
+    verifier = model_verifier.tflite_verifier()
+    built = model_builder.add_model()
+    inputs = built.sample_inputs(seed=2)
+    try:
+        with agent.client() as client:
+            for name, content in sample().items():
+                path = write(tmp_path, name, content)
+                try:
+                    verifier.verify(content)
+                    well_formed = True
+                except ValueError:
+                    well_formed = False
+                try:
+                    client.load_model("m", str(path))
+                except AgentError as e:
+                    assert e.code == StatusCode.FAILED_PRECONDITION, (name, e)
+                    if not well_formed:
+                        assert "is not a well-formed TensorFlow Lite model" in e.message, e
+                else:
+                    assert well_formed, name
+                    client.unload_model("m")
+                assert agent.alive(), (name, agent.log()[-2000:])
+            client.load_model("good", str(write(tmp_path, "good", GOOD)))
+            np.testing.assert_array_equal(client.predict("good", inputs)["sum"],
+                                          built.reference(inputs)["sum"])
+    finally:
+        code = agent.stop()
+    assert code == 0, agent.log()[-2000:]
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__]))

@@ -1,0 +1,335 @@
+"""The flatbuffer verifier (edge_agent.model_verifier): every case on both twins, the compiled
+one (cext/_flatverify.pyx) and the pure-Python reference, with the same outcome and message;
+the schema table against the `tflite` package it is generated from; every truncation and
+every single-byte flip of the first 512 bytes of a small model, refused or accepted and then
+loaded and run in a child under a heap that makes over-reads fatal."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import flatbuffers
+import numpy as np
+import pytest
+import tflite
+
+import edge_agent._flatverify
+from edge_agent import _flatverify_py, model_verifier, tflite_schema
+from edge_agent.errors import AgentError, StatusCode
+from edge_agent.tools import model_builder, tflite_schema_table
+
+TWINS = {"compiled": edge_agent._flatverify.Verifier, "python": _flatverify_py.Verifier}
+SCHEMA = model_verifier.schema_arguments(tflite_schema.TABLES, tflite_schema.UNIONS)
+GOOD = model_builder.add_model().content
+# A heap where reading freed or uninitialized memory past a buffer meets garbage, not
+# leftovers of the same data: what made the agent's runtime crash on cut files.
+HARSH_HEAP = {"PYTHONMALLOC": "malloc", "MALLOC_PERTURB_": "165"}
+
+
+@pytest.fixture(params=sorted(TWINS))
+def verifier(request):
+    return TWINS[request.param](*SCHEMA)
+
+
+def outcome(verifier, data) -> str | None:
+    try:
+        verifier.verify(data)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+def flips(limit: int = 512) -> list[bytes]:
+    cases = []
+    for at in range(min(limit, len(GOOD))):
+        data = bytearray(GOOD)
+        data[at] ^= 0xFF
+        cases.append(bytes(data))
+    return cases
+
+
+def test_the_compiled_verifier_is_the_one_in_use():
+    assert edge_agent._flatverify.__file__.endswith(".so")
+    assert model_verifier.Verifier is edge_agent._flatverify.Verifier
+
+
+def test_the_schema_table_is_the_one_the_tflite_package_generates():
+    """A new `tflite` (a new schema.fbs) that changes a table, a field's slot or kind, or a
+    union's members fails here: regenerate with `python -m edge_agent.tools.tflite_schema_table`."""
+    assert tflite_schema_table.render() == tflite_schema_table.OUTPUT.read_text()
+
+
+def test_the_table_agrees_with_the_generated_accessors():
+    """Spot checks of the generator's reading, against the generated classes themselves:
+    each field's accessor reads the vtable slot of its field id, as the table says."""
+    import importlib
+    import inspect
+    for table, fields in tflite_schema.TABLES.items():
+        cls = getattr(importlib.import_module(f"tflite.{table}"), table)
+        for field_id, field in enumerate(fields):
+            if field is None:
+                continue
+            accessor = "".join(part.capitalize() for part in field[0].split("_"))
+            method = getattr(cls, accessor, None)
+            if method is None:  # a name the generator's snake_case did not invert exactly
+                method = next(m for name, m in vars(cls).items()
+                              if name.lower() == field[0].replace("_", ""))
+            assert f"self._tab.Offset({4 + 2 * field_id})" in inspect.getsource(method), \
+                (table, field)
+    assert tflite_schema.TABLES["Model"][4] == ("buffers", "tables", "Buffer")
+    assert tflite_schema.TABLES["Buffer"] == (("data", "scalars", 1), ("offset", "scalar", 8),
+                                              ("size", "scalar", 8))
+    assert tflite_schema.UNIONS["BuiltinOptions"][tflite.BuiltinOptions.AddOptions] == "AddOptions"
+
+
+@pytest.mark.parametrize("build", [model_builder.add_model, model_builder.fully_connected_model,
+                                   model_builder.quantized_add_model])
+def test_the_projects_models_are_accepted(verifier, build):
+    verifier.verify(build().content)
+    verifier.verify(memoryview(bytearray(build().content)))  # any buffer
+
+
+def test_every_truncation_is_refused(verifier):
+    for length in range(1, len(GOOD)):
+        message = outcome(verifier, GOOD[:length])
+        assert message is not None, length
+        assert message.startswith("Model"), message
+        assert f"({length} bytes)" in message or length < 8, message  # the end it crossed
+
+
+def test_both_twins_answer_every_cut_and_flip_alike():
+    compiled, python = (TWINS[name](*SCHEMA) for name in ("compiled", "python"))
+    cases = [GOOD[:n] for n in range(len(GOOD))] + flips()
+    for data in cases:
+        assert outcome(compiled, data) == outcome(python, data)
+
+
+def test_the_messages_name_what_is_out_of_bounds(verifier):
+    assert outcome(verifier, GOOD[:299]) == (
+        "Model.subgraphs[0].tensors[0]: the table at byte 312 lies past the end of the file "
+        "(299 bytes)")
+    assert outcome(verifier, GOOD[:5]) == (
+        "Model: the file is 5 bytes, shorter than a flatbuffer's header (8 bytes)")
+
+
+def test_accepted_flips_load_and_predict_in_a_child_under_a_harsh_heap(tmp_path):
+    """Each flip of the first 512 bytes the verifier accepts is handed to the runtime in a
+    child process whose heap makes over-reads fatal: none kills it; the runtime refuses some
+    (a flipped type or index), and those that load with the model's own inputs and outputs
+    answer a + b."""
+    python = TWINS["python"](*SCHEMA)
+    accepted = [data for data in flips() if outcome(python, data) is None]
+    assert accepted and len(accepted) < len(flips())
+    for i, data in enumerate(accepted):
+        (tmp_path / f"{i}.tflite").write_bytes(data)
+    script = textwrap.dedent("""
+        import os, sys, numpy as np
+        from edge_agent.engine import create_interpreter
+        a = np.arange(4, dtype=np.float32).reshape(1, 4); b = a * 3
+        for path in sys.argv[1:]:
+            data = open(path, "rb").read()
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    i = create_interpreter(data, 1)
+                    ins, outs = i.get_input_details(), i.get_output_details()
+                    if ([d["name"] for d in ins] == ["a", "b"] and len(outs) == 1
+                            and all(tuple(d["shape"]) == (1, 4) and d["dtype"] == np.float32
+                                    for d in ins + outs)):
+                        i.set_tensor(ins[0]["index"], a); i.set_tensor(ins[1]["index"], b)
+                        i.invoke()
+                        assert (i.get_tensor(outs[0]["index"]) == a + b).all(), path
+                        os._exit(10)
+                    os._exit(11)
+                except AssertionError:
+                    os._exit(12)
+                except Exception:
+                    os._exit(13)
+            _, status = os.waitpid(pid, 0)
+            print(path, status)
+    """)
+    run = subprocess.run([sys.executable, "-c", script,
+                          *(str(tmp_path / f"{i}.tflite") for i in range(len(accepted)))],
+                         env={**os.environ, **HARSH_HEAP}, capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    statuses = [int(line.split()[1]) for line in run.stdout.splitlines()]
+    assert len(statuses) == len(accepted)
+    assert all(os.WIFEXITED(s) for s in statuses), statuses  # no signal
+    codes = [os.WEXITSTATUS(s) for s in statuses]
+    assert 12 not in codes, codes  # a model that loads as add answers a + b
+    assert 10 in codes  # flips of data the runtime does not check (names, identifier)
+
+
+# --- hand-made buffers: the rules one by one ---------------------------------------------
+
+def _model(build_buffers=None, build_subgraph=None) -> bytes:
+    """A Model table with what the callbacks add (they get the builder)."""
+    b = flatbuffers.Builder(256)
+    buffers = build_buffers(b) if build_buffers else None
+    subgraph = build_subgraph(b) if build_subgraph else None
+    if subgraph is not None:
+        tflite.ModelStartSubgraphsVector(b, 1)
+        b.PrependUOffsetTRelative(subgraph)
+        subgraphs = b.EndVector()
+    tflite.ModelStart(b)
+    tflite.ModelAddVersion(b, 3)
+    if buffers is not None:
+        tflite.ModelAddBuffers(b, buffers)
+    if subgraph is not None:
+        tflite.ModelAddSubgraphs(b, subgraphs)
+    b.Finish(tflite.ModelEnd(b), file_identifier=b"TFL3")
+    return bytes(b.Output())
+
+
+def _external_buffer(offset: int, size: int):
+    def build(b):
+        tflite.BufferStart(b)
+        tflite.BufferAddOffset(b, offset)
+        tflite.BufferAddSize(b, size)
+        buffer = tflite.BufferEnd(b)
+        tflite.ModelStartBuffersVector(b, 1)
+        b.PrependUOffsetTRelative(buffer)
+        return b.EndVector()
+    return build
+
+
+def test_data_outside_the_flatbuffer_must_lie_inside_the_file(verifier):
+    head = _model(_external_buffer(1, 0))
+    verifier.verify(head)  # offset 1: the placeholder for "no data"
+    size = len(_model(_external_buffer(2, 64)))  # the same layout, whatever the values
+    # The data a large model keeps after its flatbuffer: the file must hold it.
+    inside = _model(_external_buffer(size, 64))
+    verifier.verify(inside + bytes(64))
+    assert outcome(verifier, inside + bytes(63)) == (
+        f"Model.buffers[0]: the data at file offset {size} (64 bytes) runs past the end of the "
+        f"file ({size + 63} bytes)")
+    huge = _model(_external_buffer(2**64 - 8, 16))
+    assert "the data at file offset 18446744073709551608 (16 bytes)" in outcome(verifier, huge)
+
+
+def _operator_with_options_type(options_type: int):
+    def build(b):
+        tflite.AddOptionsStart(b)
+        options = tflite.AddOptionsEnd(b)
+        tflite.OperatorStart(b)
+        tflite.OperatorAddBuiltinOptionsType(b, options_type)
+        tflite.OperatorAddBuiltinOptions(b, options)
+        operator = tflite.OperatorEnd(b)
+        tflite.SubGraphStartOperatorsVector(b, 1)
+        b.PrependUOffsetTRelative(operator)
+        operators = b.EndVector()
+        tflite.SubGraphStart(b)
+        tflite.SubGraphAddOperators(b, operators)
+        return tflite.SubGraphEnd(b)
+    return build
+
+
+def test_a_union_must_name_a_table_of_the_schema(verifier):
+    verifier.verify(_model(build_subgraph=_operator_with_options_type(
+        tflite.BuiltinOptions.AddOptions)))
+    assert outcome(verifier, _model(build_subgraph=_operator_with_options_type(250))) == (
+        "Model.subgraphs[0].operators[0].builtin_options: union type 250 is not a member of "
+        "BuiltinOptions in the schema this agent checks models against")
+
+
+def test_a_string_must_end_with_nul_inside_the_file(verifier):
+    b = flatbuffers.Builder(64)
+    description = b.CreateString("model")
+    tflite.ModelStart(b)
+    tflite.ModelAddDescription(b, description)
+    b.Finish(tflite.ModelEnd(b), file_identifier=b"TFL3")
+    data = bytearray(b.Output())
+    verifier.verify(bytes(data))
+    at = data.index(b"model")
+    data[at + 5] = ord("!")  # the NUL
+    message = outcome(verifier, bytes(data))
+    assert message.startswith("Model.description: the string at byte ")
+    assert message.endswith("(5 bytes) is not NUL-terminated")
+
+
+def test_a_misaligned_or_wild_vtable_is_refused(verifier):
+    data = bytearray(GOOD)
+    root = int.from_bytes(data[:4], "little")
+    data[root:root + 4] = (-(1 << 30)).to_bytes(4, "little", signed=True)
+    assert "has its vtable at byte" in outcome(verifier, bytes(data))
+    data = bytearray(GOOD)
+    data[:4] = (root + 2).to_bytes(4, "little")
+    assert outcome(verifier, bytes(data)) == f"Model: the Model table at byte {root + 2} is not aligned"
+
+
+NODE_SCHEMA = ([("Node", [("child", 3, 0), ("children", 6, 0)], None)], [], 0)
+
+
+def _chain(depth: int) -> bytes:
+    b = flatbuffers.Builder(64)
+    child = None
+    for _ in range(depth):
+        b.StartObject(2)
+        if child is not None:
+            b.PrependUOffsetTRelativeSlot(0, child, 0)
+        child = b.EndObject()
+    b.Finish(child)
+    return bytes(b.Output())
+
+
+@pytest.mark.parametrize("twin", sorted(TWINS))
+def test_nesting_is_bounded(twin):
+    verifier = TWINS[twin](*NODE_SCHEMA)
+    verifier.verify(_chain(_flatverify_py.MAX_DEPTH))
+    message = outcome(verifier, _chain(_flatverify_py.MAX_DEPTH + 1))
+    assert message == "Node" + ".child" * 64 + ": tables nest deeper than 64"
+    assert edge_agent._flatverify.MAX_DEPTH == _flatverify_py.MAX_DEPTH
+
+
+@pytest.mark.parametrize("twin", sorted(TWINS))
+def test_the_tables_visited_are_bounded(twin):
+    """One table referenced many times is visited each time: the count bounds the work a
+    small file can ask for."""
+    b = flatbuffers.Builder(64)
+    b.StartObject(2)
+    leaf = b.EndObject()
+    b.StartVector(4, 9, 4)
+    for _ in range(9):
+        b.PrependUOffsetTRelative(leaf)
+    children = b.EndVector()
+    b.StartObject(2)
+    b.PrependUOffsetTRelativeSlot(1, children, 0)
+    b.Finish(b.EndObject())
+    data = bytes(b.Output())
+    TWINS[twin](*NODE_SCHEMA, max_tables=10).verify(data)
+    assert outcome(TWINS[twin](*NODE_SCHEMA, max_tables=9), data) == (
+        "Node.children[8]: more than 9 tables")
+    assert edge_agent._flatverify.MAX_TABLES == _flatverify_py.MAX_TABLES == 1_000_000
+
+
+def test_a_malformed_model_is_failed_precondition_naming_the_fault():
+    with pytest.raises(AgentError) as info:
+        model_verifier.check(model_verifier.tflite_verifier(), GOOD[:299], "model 'm'")
+    assert info.value.code == StatusCode.FAILED_PRECONDITION
+    assert info.value.message == (
+        "model 'm' is not a well-formed TensorFlow Lite model (cut short, corrupt or changed "
+        "while it was read): Model.subgraphs[0].tensors[0]: the table at byte 312 lies past "
+        "the end of the file (299 bytes)")
+
+
+def test_a_bad_schema_is_refused():
+    for twin in TWINS.values():
+        with pytest.raises(ValueError):
+            twin([("T", [], None)], [], 1)
+    with pytest.raises(ValueError):
+        model_verifier.schema_arguments({"T": (("u", "union", "U"),)}, {"U": (None, "T")}, "T")
+
+
+def test_the_twin_is_what_purepython_selects():
+    code = "from edge_agent import model_verifier; print(model_verifier.Verifier.__module__)"
+    for value, module in (("1", "edge_agent._flatverify_py"), ("0", "edge_agent._flatverify")):
+        run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             env={**os.environ, "EDGE_AGENT_PUREPYTHON": value}, check=True)
+        assert run.stdout.split() == [module]
+
+
+def test_the_verifier_reads_numpy_owned_bytes_too(verifier):
+    verifier.verify(np.frombuffer(GOOD, dtype=np.uint8))
