@@ -13,7 +13,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: all setup system-deps demo lint test bench proto docs clean c-client c-bench fuzz
+.PHONY: all setup system-deps demo lint test bench proto docs clean c-client c-bench fuzz fuzz-models
 .PHONY: cross-wheels cross-wheel-aarch64 cross-wheel-armv7 qemu-test-aarch64 qemu-test-armv7 \
 	qemu-test-aarch64-full qemu-test-armv7-full qemu-test-aarch64-trixie \
 	qemu-test-aarch64-trixie-full test-trixie clean-room
@@ -63,10 +63,16 @@ benchmarks/build/frame_bench: benchmarks/frame_bench.c
 # Long fuzzing runs of the harnesses in fuzz/ (docs/DEVELOPMENT.md): new inputs and findings
 # go to fuzz/out/. `make test` runs both for a bounded number of inputs.
 FUZZ_ARGS ?= -max_total_time=600
-fuzz: $(STAMP)
+fuzz: $(STAMP) fuzz-models
 	mkdir -p fuzz/out/frames fuzz/out/models
 	$(PY) fuzz/frames.py $(FUZZ_ARGS) -artifact_prefix=fuzz/out/ fuzz/out/frames fuzz/corpus/frames
 	$(PY) fuzz/models.py $(FUZZ_ARGS) -artifact_prefix=fuzz/out/ fuzz/out/models fuzz/corpus/models
+
+# Every cut and every flip of the first 512 bytes of a small model against a live agent whose
+# heap makes over-reads fatal, and 500 loads while the file is rewritten (in place, by rename);
+# `make test` runs a bounded sample (tests/e2e/test_malformed_models.py).
+fuzz-models: $(STAMP)
+	EDGE_AGENT_FULL_SWEEP=1 $(PY) -m pytest -q -s tests/e2e/test_malformed_models.py
 
 # Regenerate the committed protobuf code after editing proto/agent.proto.
 proto: $(STAMP)

@@ -3,9 +3,12 @@
 # docstrings are there).
 from typing import Any, Iterable
 
+from typing_extensions import disjoint_base
+
 MAX_DEPTH: int
 MAX_TABLES: int
 
+@disjoint_base
 class Verifier:
     def __init__(self, tables: Iterable, unions: Iterable, root: int,
                  max_tables: int = ...) -> None: ...

@@ -70,7 +70,7 @@ def read_schema() -> tuple[dict, dict, str]:
     enums: dict[str, dict[str, int]] = {}
     for info in pkgutil.iter_modules(tflite.__path__):
         module = importlib.import_module(f"tflite.{info.name}")
-        source = Path(module.__file__).read_text()
+        source = Path(str(module.__file__)).read_text()
         tree = ast.parse(source)
         for node in tree.body:
             if not isinstance(node, ast.ClassDef) or node.name != info.name:
@@ -78,8 +78,9 @@ def read_schema() -> tuple[dict, dict, str]:
             methods = [m for m in node.body if isinstance(m, ast.FunctionDef)]
             if not any(m.name == "Init" for m in methods):  # an enum: NAME = value
                 enums[node.name] = {
-                    a.targets[0].id: a.value.value for a in node.body
-                    if isinstance(a, ast.Assign) and isinstance(a.targets[0], ast.Name)}
+                    a.targets[0].id: int(a.value.value) for a in node.body
+                    if isinstance(a, ast.Assign) and isinstance(a.targets[0], ast.Name)
+                    and isinstance(a.value, ast.Constant) and isinstance(a.value.value, int)}
                 continue
             fields: dict[int, tuple] = {}
             for method in methods:
