@@ -91,7 +91,8 @@ class App:
             self.service = AgentService(config, make_capture=self._make_capture)
         except config_module.ConfigError as e:
             raise StartError(f"configuration error: {e}", 2) from None
-        pending = PendingBudget(config.pending_budget_bytes)  # one budget for both fronts
+        pending = PendingBudget(  # one budget for both fronts
+            config.pending_budget_bytes, config.edge_agent_connection_reserve_bytes)
         self.server = SocketServer(self.service, config, pending)
         try:
             self.server.bind()

@@ -96,6 +96,10 @@ class AgentConfig:
         "a framed client whose frame would pass it gets RESOURCE_EXHAUSTED and is "
         "disconnected, a gRPC call gets RESOURCE_EXHAUSTED. 0: twice "
         "edge_agent_max_frame_bytes.", minimum=0)
+    edge_agent_connection_reserve_bytes: int = _setting(
+        1024 * 1024, "Bytes of incomplete requests each connection may hold of its own, beyond "
+        "edge_agent_max_pending_bytes, so that a small request is never refused for what other "
+        "clients hold (docs/PROTOCOL.md, \"Sharing between clients\").", minimum=0)
     edge_agent_send_timeout_seconds: float = _setting(
         30.0, "A client that does not read its reply for this long is disconnected.",
         kind=float, minimum=0.001)

@@ -37,7 +37,7 @@ from hyperframe.frame import GoAwayFrame
 from edge_agent.api import BY_GRPC_PATH, Api, Outcome
 from edge_agent.config import AgentConfig
 from edge_agent.errors import StatusCode
-from edge_agent.pending import PendingBudget
+from edge_agent.pending import PendingBudget, fair_share
 from edge_agent.service import AgentService, Caller
 from edge_agent.unix_socket import (accept_until, bind_socket, peer_credentials,
                                     remove_socket_file, timeval)
@@ -111,7 +111,8 @@ class GrpcServer:
         self.api = Api(service, service.metrics.call_counter("grpc"))
         self.config = config
         # Shared with the framed socket when the agent runs both (cli); else this front's own.
-        self.pending = pending or PendingBudget(config.pending_budget_bytes)
+        self.pending = pending or PendingBudget(
+            config.pending_budget_bytes, config.edge_agent_connection_reserve_bytes)
         self.path = path or config.edge_agent_grpc_socket_path
         self.workers = ThreadPoolExecutor(config.edge_agent_grpc_max_workers,
                                           thread_name_prefix="edge-agent-grpc")
@@ -168,12 +169,23 @@ class GrpcServer:
             log.debug("gRPC client connection ended at once: %s", e)
             sock.close()
             return
+        uid = connection.caller.uid
         with self._lock:
-            full = len(self._connections) >= limit
+            held: dict[int, int] = {}
+            for other in self._connections:
+                held[other.caller.uid] = held.get(other.caller.uid, 0) + 1
+            full = not fair_share(uid, 1, held, limit, len(held) + (uid not in held))
             if not full:
                 self._connections.add(connection)
         if full:
-            reason = f"too many clients (edge_agent_max_connections is {limit}); try again later"
+            connection.pending.close()
+            if len(self._connections) >= limit:
+                reason = (f"too many clients (edge_agent_max_connections is {limit}); "
+                          "try again later")
+            else:
+                reason = (f"this user's clients hold {held.get(uid, 0)} of the {limit} "
+                          "connections (edge_agent_max_connections), and the rest are kept "
+                          "for other users; try again later")
             with self._lock:
                 refusing = self._refusing < MAX_REFUSING
                 self._refusing += refusing
@@ -249,7 +261,9 @@ class GrpcConnection:
         self.caller: Caller = peer_credentials(sock)
         self.max_message = server.config.edge_agent_max_frame_bytes
         self.max_streams = server.config.edge_agent_grpc_max_workers
-        self.pending = server.pending
+        # This connection's share of the pending budget, for all its calls (its reserve, then
+        # the user's fair part of the rest: edge_agent.pending); closed with the connection.
+        self.pending = server.pending.holder(self.caller.uid)
         self.send_timeout = server.config.edge_agent_send_timeout_seconds
         self.request_timeout = server.config.edge_agent_frame_timeout_seconds
         self.idle_timeout = server.config.edge_agent_idle_timeout_seconds
@@ -627,6 +641,7 @@ class GrpcConnection:
             self._closed = True
             for call in self._calls.values():
                 self._release(call)
+            self.pending.close()
             self._cond.notify_all()
         self._shutdown_socket()
         self.sock.close()

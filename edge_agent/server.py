@@ -20,7 +20,7 @@ import time
 from edge_agent.api import BY_METHOD, Api, Outcome
 from edge_agent.config import AgentConfig
 from edge_agent.errors import StatusCode
-from edge_agent.pending import PendingBudget
+from edge_agent.pending import PendingBudget, fair_share
 from edge_agent.protocol import NeedData, ProtocolError, Request, ServerConnection, encode_error
 from edge_agent.service import AgentService, Caller
 from edge_agent.sockets import close_fds, receive_into_with_fds, send_parts
@@ -45,9 +45,12 @@ class SocketServer:
         self._stopping = threading.Event()
         self._connections: set[socket.socket] = set()
         self._threads: set[threading.Thread] = set()  # one per connection, until it ends
+        self._handlers: dict[socket.socket, Connection] = {}  # the connections, by socket
+        self._slots_by_user: dict[int, int] = {}  # uid -> its connections (the fair share)
         self._lock = threading.Lock()
         # Shared with the gRPC front when the agent runs both (cli); else this front's own.
-        self.pending = pending or PendingBudget(config.pending_budget_bytes)
+        self.pending = pending or PendingBudget(
+            config.pending_budget_bytes, config.edge_agent_connection_reserve_bytes)
         service.metrics.watch_connections("framed", self._connections.__len__)
 
     def bind(self) -> None:
@@ -100,30 +103,79 @@ class SocketServer:
 
     def _start_connection(self, conn: socket.socket) -> None:
         limit = self.config.edge_agent_max_connections
-        with self._lock:
-            full = len(self._connections) >= limit
-            if not full:
-                self._connections.add(conn)
-        if full:
-            _send_quietly(conn, encode_error(
-                StatusCode.RESOURCE_EXHAUSTED, 0,
-                f"too many clients (edge_agent_max_connections is {limit}); try again later"))
+        try:
+            caller = peer_credentials(conn)
+        except OSError as e:  # the client left before we could ask who it is
+            log.debug("client connection ended at once: %s", e)
             conn.close()
             return
-        thread = threading.Thread(target=self._serve_connection, args=(conn,), daemon=True,
-                                  name="edge-agent-conn")
+        uid = caller.uid
+        victim = None
+        with self._lock:
+            slots = self._slots_by_user
+            users = len(slots) + (uid not in slots)
+            admitted = fair_share(uid, 1, slots, limit, users)
+            if not admitted and slots.get(uid, 0) + 1 <= limit / users:
+                # Under its guarantee: an idle client of the user with the most slots makes
+                # room (told so), as it would have at its idle timeout.
+                victim = self._idle_client_to_evict(uid, users)
+                admitted = victim is not None
+            if admitted:
+                handler = Connection(self, conn, caller)
+                self._connections.add(conn)
+                self._handlers[conn] = handler
+                slots[uid] = slots.get(uid, 0) + 1
+        if victim is not None:
+            victim.evict(f"closed to make room for another user's client "
+                         f"(edge_agent_max_connections is {limit}, shared fairly by the "
+                         f"users connected); connect again")
+        if not admitted:
+            if len(self._connections) >= limit:
+                reason = f"too many clients (edge_agent_max_connections is {limit}); try again later"
+            else:
+                reason = (f"this user's clients hold {self._slots_by_user.get(uid, 0)} of the "
+                          f"{limit} connections (edge_agent_max_connections), and the rest "
+                          "are kept for other users; try again later")
+            _send_quietly(conn, encode_error(StatusCode.RESOURCE_EXHAUSTED, 0, reason))
+            conn.close()
+            return
+        thread = threading.Thread(target=self._serve_connection, args=(conn, handler),
+                                  daemon=True, name="edge-agent-conn")
         with self._lock:
             self._threads.add(thread)
         thread.start()
 
-    def _serve_connection(self, conn: socket.socket) -> None:
+    def _idle_client_to_evict(self, uid: int, users: int) -> "Connection | None":
+        """(Under the lock.) An idle connection of the user other than `uid` that holds the
+        most slots, if that user holds more than one and more than its fair share of them
+        (`users` share them)."""
+        slots = self._slots_by_user
+        others = sorted((n, u) for u, n in slots.items() if u != uid)
+        if not others:
+            return None
+        most, owner = others[-1]
+        if most <= 1 or most <= self.config.edge_agent_max_connections / users:
+            return None
+        for handler in self._handlers.values():
+            if handler.caller.uid == owner and handler.idle and handler.evicted is None:
+                return handler
+        return None
+
+    def _serve_connection(self, conn: socket.socket, handler: "Connection") -> None:
         try:
-            Connection(self, conn, peer_credentials(conn)).run()
+            handler.run()
         except OSError as e:
             log.debug("client connection ended: %s", e)
         finally:
             with self._lock:
                 self._connections.discard(conn)
+                self._handlers.pop(conn, None)
+                uid = handler.caller.uid
+                left = self._slots_by_user.get(uid, 0) - 1
+                if left > 0:
+                    self._slots_by_user[uid] = left
+                else:
+                    self._slots_by_user.pop(uid, None)
                 self._threads.discard(threading.current_thread())
             conn.close()
 
@@ -152,9 +204,16 @@ class Connection:
         self.conn = conn
         self.caller = caller
         config = server.config
+        # This connection's share of the pending budget (its reserve, then the user's fair
+        # part of the rest: edge_agent.pending).
+        self.share = server.pending.holder(caller.uid)
         self.protocol = ServerConnection(
-            config.edge_agent_max_frame_bytes, server.pending,
+            config.edge_agent_max_frame_bytes, self.share,
             config.edge_agent_frame_timeout_seconds, config.edge_agent_idle_timeout_seconds)
+        # Waiting for a request, with nothing of one received: what may be closed to make
+        # room for another user's client (SocketServer._idle_client_to_evict).
+        self.idle = False
+        self.evicted: str | None = None
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
                         _timeval(config.edge_agent_send_timeout_seconds))
         self._timeout = self.protocol.idle_timeout  # the SO_RCVTIMEO in force
@@ -176,6 +235,7 @@ class Connection:
                         self._timeout = protocol.receive_timeout
                         conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
                                         _timeval(self._timeout))  # 0: wait for ever
+                    self.idle = not protocol.frame_in_progress
                     try:
                         n, fds, truncated = receive_into_with_fds(
                             conn, protocol.get_buffer(), protocol.receive_whole, spin)
@@ -185,8 +245,15 @@ class Connection:
                                      self.caller.pid, protocol.idle_timeout)
                         protocol.receive_timed_out()
                         continue
+                    self.idle = False
                     if not n:
                         close_fds(fds)
+                        if self.evicted is not None:
+                            log.info("closing an idle client connection (pid %d) to make room "
+                                     "for another user's", self.caller.pid)
+                            _send_quietly(conn, encode_error(StatusCode.UNAVAILABLE, 0,
+                                                             self.evicted))
+                            return
                         if self.server.stopping:
                             return
                         protocol.receive_eof()
@@ -204,6 +271,15 @@ class Connection:
                     return
         finally:
             protocol.close()
+            self.share.close()
+
+    def evict(self, reason: str) -> None:
+        """Wake the idle connection (end of stream on its side) to be closed with `reason`."""
+        self.evicted = reason
+        try:
+            self.conn.shutdown(socket.SHUT_RD)
+        except OSError:
+            pass
 
     def _answer(self, request: Request) -> tuple[bytes, bytes]:
         """The reply frame to one request, as (header, body); its descriptors are closed once

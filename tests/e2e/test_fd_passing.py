@@ -457,6 +457,7 @@ def test_descriptors_of_a_frame_refused_by_the_pending_budget_are_closed(start_a
     refused with its first bytes, and the descriptor sent with its header is closed with it."""
     agent = start_agent(edge_agent_max_frame_bytes=8 * 1024 * 1024,
                         edge_agent_max_pending_bytes=8 * 1024 * 1024 + 16,
+                        edge_agent_connection_reserve_bytes=0,  # the shared budget alone
                         edge_agent_frame_timeout_seconds=300.0)
     before = _open_fds(agent)
     header = HEADER.pack(b"EA", 1, Kind.REQUEST, Method.LIST_MODELS, 0, 1, 8 * 1024 * 1024)

@@ -324,6 +324,7 @@ def test_incomplete_requests_of_both_fronts_share_one_budget(start_agent, tmp_pa
     path = str(tmp_path / "grpc.sock")
     agent = start_agent(edge_agent_grpc_socket_path=path, edge_agent_max_frame_bytes=65536,
                         edge_agent_max_pending_bytes=200_000,
+                        edge_agent_connection_reserve_bytes=0,  # the shared budget alone
                         edge_agent_frame_timeout_seconds=300.0)
     refusal = ("incomplete frames of all clients would hold more than 200000 bytes "
                "(edge_agent_max_pending_bytes); send the frame again later")

@@ -117,6 +117,7 @@ def test_half_frames_of_many_clients_stay_within_the_total_budget(start_agent):
     frame_body = 16 * MIB
     agent = start_agent(edge_agent_max_frame_bytes=frame_body,
                         edge_agent_max_pending_bytes=20 * MIB,
+                        edge_agent_connection_reserve_bytes=0,  # the shared budget alone
                         edge_agent_frame_timeout_seconds=300.0)
     frames = {i: _list_models_frame(i, frame_body) for i in (1, 2, 3)}
     sent = 16 + 6 * MIB
@@ -152,6 +153,7 @@ def test_a_header_alone_sets_no_large_buffer_aside(start_agent):
     buffers, three such clients are all kept, and each frame then completes."""
     agent = start_agent(edge_agent_max_frame_bytes=8 * MIB,
                         edge_agent_max_pending_bytes=9 * MIB,
+                        edge_agent_connection_reserve_bytes=0,  # the shared budget alone
                         edge_agent_frame_timeout_seconds=300.0)
     frames = {i: _list_models_frame(i, 8 * MIB) for i in (1, 2, 3)}
     holders = {}
