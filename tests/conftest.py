@@ -4,6 +4,7 @@ tests/integration/conftest.py replaces `agent` and `start_agent` there by the ag
 thread; the classes and helpers live in tests/agents.py (importable by name)."""
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 from pathlib import Path
@@ -82,3 +83,19 @@ def notify_socket(tmp_path):
     sock.settimeout(30)  # a bound for a broken agent, not a timing assumption
     yield str(path), sock
     sock.close()
+
+
+@pytest.fixture(scope="session")
+def public_python():
+    """privileges.PublicPython: a Python (and the agent) that another user may run."""
+    import shutil
+    import tempfile
+
+    from privileges import PublicPython
+
+    directory = tempfile.mkdtemp(prefix="edge-agent-public-python-")
+    os.chmod(directory, 0o755)
+    try:
+        yield PublicPython.make(directory)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)

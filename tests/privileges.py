@@ -98,3 +98,75 @@ def fork_as(uid: int, gid: int, run: Callable[[], int], log_path: str,
         print(f"child failed: {e!r}", file=sys.stderr, flush=True)
     finally:
         os._exit(code)
+
+
+class PublicPython:
+    """A Python that another user may execute, with the agent and its dependencies importable:
+    this interpreter itself when every part of it is reachable by others; else a copy of the
+    interpreter, its standard library, the environment's installed packages and the
+    checkout's edge_agent package (with its compiled modules) in a public directory, made once
+    per test session. So the tests that run the agent or a client as another user run
+    wherever the checkout and the interpreter live (a clone or a pyenv under /root too).
+
+    command: what to run instead of sys.executable; env: the environment it needs."""
+
+    # Installed packages no other user's process imports (build and lint tools): not copied.
+    SKIPPED = ("pip", "setuptools", "mypy", "ruff", "Cython", "atheris", "hypothesis",
+               "_pytest", "pytest", "pygments", "grpc_tools", "mypyc", "__pycache__")
+
+    def __init__(self, root: str | None):
+        self.root = root
+        if root is None:
+            self.command, self.env = [sys.executable], {}
+            return
+        version = f"python{sys.version_info[0]}.{sys.version_info[1]}"
+        self.command = [os.path.join(root, "bin", version)]
+        self.env = {"PYTHONHOME": root, "PYTHONNOUSERSITE": "1",
+                    "PYTHONPATH": os.pathsep.join([os.path.join(root, "src"),
+                                                   os.path.join(root, "site")]),
+                    "LD_LIBRARY_PATH": os.path.join(root, "lib")}
+
+    @classmethod
+    def make(cls, directory: str) -> "PublicPython":
+        import site
+        import sysconfig
+
+        import edge_agent
+
+        package = os.path.dirname(os.path.abspath(edge_agent.__file__))
+        site_dirs = [p for p in site.getsitepackages() if os.path.isdir(p)]
+        if reachable_by_others(os.path.realpath(sys.executable), sysconfig.get_paths()["stdlib"],
+                               package, *site_dirs) is None:
+            return cls(None)
+        import shutil
+
+        root = os.path.join(directory, "python")
+        version = f"python{sys.version_info[0]}.{sys.version_info[1]}"
+        stdlib = sysconfig.get_paths()["stdlib"]
+        ignore_stdlib = shutil.ignore_patterns("site-packages", "test", "config-*", "idlelib",
+                                               "tkinter", "ensurepip", "lib2to3")
+        shutil.copytree(stdlib, os.path.join(root, "lib", version), ignore=ignore_stdlib,
+                        symlinks=True)
+        os.makedirs(os.path.join(root, "bin"))
+        shutil.copy2(os.path.realpath(sys.executable), os.path.join(root, "bin", version))
+        libdir = sysconfig.get_config_var("LIBDIR") or ""
+        library = sysconfig.get_config_var("INSTSONAME") or ""
+        if library and os.path.exists(os.path.join(libdir, library)):
+            shutil.copy2(os.path.join(libdir, library), os.path.join(root, "lib", library))
+        skipped = shutil.ignore_patterns(*cls.SKIPPED, "__editable__*", "edge_agent*",
+                                         "*.dist-info")
+        for source in site_dirs:
+            shutil.copytree(source, os.path.join(root, "site"), ignore=skipped, symlinks=True,
+                            dirs_exist_ok=True)
+        shutil.copytree(package, os.path.join(root, "src", "edge_agent"),
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        boards = os.path.join(os.path.dirname(package), "firmware_configs")
+        if os.path.isdir(boards):  # where a checkout's edge_agent.boards finds them
+            shutil.copytree(boards, os.path.join(root, "src", "firmware_configs"))
+        for current, _dirs, files in os.walk(directory):
+            os.chmod(current, 0o755)
+            for name in files:
+                path = os.path.join(current, name)
+                if not os.path.islink(path):
+                    os.chmod(path, os.stat(path).st_mode | 0o444)
+        return cls(root)

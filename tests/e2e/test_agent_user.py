@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -35,13 +36,36 @@ def _preload_agent() -> None:
     runtime.interpreter_module()
 
 
-pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch users"),
-              pytest.mark.skipif(project_unreachable_reason() is not None,
-                                 reason=str(project_unreachable_reason()))]
+pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch users")]
+CAPABILITY_NAMES = {CAP_IPC_OWNER: "ipc_owner"}
+
+
+def _start_as_nobody(public_python, capabilities: tuple[int, ...], config: Path,
+                     log: Path) -> int:
+    """The agent as nobody: a forked child (privileges.fork_as) where everything it imports
+    lazily is reachable by nobody; else a public copy of this Python and the agent
+    (privileges.PublicPython) run as nobody by setpriv, with `capabilities` ambient."""
+    if project_unreachable_reason() is None:
+        return fork_as(NOBODY, NOBODY, lambda: cli.main(["serve", "--config", str(config)]),
+                       str(log), capabilities, preload=_preload_agent)
+    if shutil.which("setpriv") is None:
+        pytest.skip("the agent lives where nobody cannot reach it, and setpriv (util-linux) "
+                    "is missing to run a public copy of it")
+    caps = ",".join(f"+{CAPABILITY_NAMES[c]}" for c in capabilities)
+    prefix = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+    if caps:
+        prefix += [f"--inh-caps={caps}", f"--ambient-caps={caps}", f"--bounding-set=-all,{caps}"]
+    with open(log, "ab") as out:
+        process = subprocess.Popen(
+            [*prefix, "env", *(f"{k}={v}" for k, v in public_python.env.items()),
+             *public_python.command, "-m", "edge_agent", "serve", "--config", str(config)],
+            stdout=out, stderr=out, cwd=config.parent)
+    process.returncode = 0  # reaped with os.waitpid below, not through Popen
+    return process.pid
 
 
 @pytest.fixture
-def start_agent_as_nobody(model_files):
+def start_agent_as_nobody(model_files, public_python):
     """start(capabilities) → the socket path of an agent running as nobody."""
     started = []
 
@@ -59,8 +83,7 @@ def start_agent_as_nobody(model_files):
         shutil.copy(model_files["add"], directory / "add.tflite")
         (directory / "add.tflite").chmod(0o644)
         log = directory / "agent.log"
-        pid = fork_as(NOBODY, NOBODY, lambda: cli.main(["serve", "--config", str(config)]),
-                      str(log), capabilities, preload=_preload_agent)
+        pid = _start_as_nobody(public_python, capabilities, config, log)
         started.append((pid, directory))
         _wait_until_serving(pid, socket_path, log)
         return socket_path

@@ -42,17 +42,22 @@ def setpriv(uid: int, *caps: str) -> list[str]:
             f"--inh-caps={wanted}", f"--ambient-caps={wanted}", f"--bounding-set=-all,{wanted}"]
 
 
+def as_user(prefix: list[str], python) -> list[str]:
+    """`prefix` (setpriv ...) then a Python that user may run (privileges.PublicPython: a
+    public copy where this one lives under /root), through env(1) for its environment."""
+    return [*prefix, "env", *(f"{k}={v}" for k, v in python.env.items()), *python.command]
+
+
 @pytest.fixture(scope="module")
-def other_users():
-    """Skip unless processes can run this Python as another user (setpriv, root, a Python
-    that user may execute)."""
+def other_users(public_python):
+    """Skip unless processes can run as another user (setpriv, root); → the Python they run."""
     if os.geteuid() != 0 or shutil.which("setpriv") is None:
         pytest.skip("needs root and setpriv (util-linux) to run processes as other users")
-    probe = subprocess.run([*setpriv(AGENT_UID, "ipc_owner"), sys.executable, "-c",
+    probe = subprocess.run([*as_user(setpriv(AGENT_UID, "ipc_owner"), public_python), "-c",
                             "import edge_agent.service, google.protobuf, grpc"],
                            capture_output=True, text=True)
-    if probe.returncode != 0:
-        pytest.skip(f"this Python cannot run as another user here: {probe.stderr.strip()}")
+    assert probe.returncode == 0, probe.stderr  # the public copy has all it needs
+    return public_python
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +76,7 @@ def add_model(public_dir, model_files) -> str:
 
 
 @pytest.fixture(scope="module")
-def original_client(public_dir):
+def original_client(public_dir, public_python):
     """run(socket, *steps, user=None) → one result dict per step, from the client process."""
     stubs = public_dir / "stubs"
     stubs.mkdir(mode=0o755)
@@ -83,10 +88,15 @@ def original_client(public_dir):
         path.chmod(0o644)
 
     def run(socket_path: str, *steps: str, user: int | None = None) -> list[dict]:
-        prefix = setpriv(user) if user is not None else []
+        python = as_user(setpriv(user), public_python) if user is not None \
+            else [sys.executable]
+        env = {**os.environ, "PYTHONPATH": str(stubs)}
+        if user is not None and public_python.env:
+            python = [python[0], *(a for a in python[1:] if not a.startswith("PYTHONPATH="))]
+            env["PYTHONPATH"] = os.pathsep.join([str(stubs), public_python.env["PYTHONPATH"]])
         result = subprocess.run(
-            [*prefix, sys.executable, str(stubs / "original_client.py"), socket_path, *steps],
-            env={**os.environ, "PYTHONPATH": str(stubs)}, cwd=public_dir,
+            [*python, str(stubs / "original_client.py"), socket_path, *steps],
+            env=env, cwd=public_dir,
             capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, result.stderr
         replies = [json.loads(line) for line in result.stdout.splitlines()]
@@ -99,24 +109,27 @@ def original_client(public_dir):
 class OriginalAgent(AgentProcess):
     """The agent as the original unit starts it: `-a SOCKET -c CONFIG`, maybe as another user."""
 
-    def __init__(self, workdir: Path, prefix: list[str] = (), **overrides):
+    def __init__(self, workdir: Path, prefix: list[str] = (), python=None, **overrides):
         self.grpc_path = str(workdir / "grpc.sock")
-        self.prefix = list(prefix)
+        # Another user's agent runs a Python that user may run (other_users).
+        self.python = as_user(list(prefix), python) if python is not None \
+            else [*prefix, sys.executable]
         super().__init__(workdir, {
             "edge_agent_socket_mode": "0666",  # other users' clients connect
             "sagemaker_edge_core_capture_data_disk_path": str(workdir / "captures"),
             **overrides})
 
     def command(self) -> list[str]:
-        return [*self.prefix, sys.executable, "-m", "edge_agent", "-a", self.grpc_path,
+        return [*self.python, "-m", "edge_agent", "-a", self.grpc_path,
                 "-c", str(self.config_path)]
 
 
-def start_original_agent(directory: Path, uid: int | None = None, prefix=(), **overrides):
+def start_original_agent(directory: Path, uid: int | None = None, prefix=(), python=None,
+                         **overrides):
     directory.mkdir(mode=0o755)
     if uid is not None:
         os.chown(directory, uid, uid)
-    return OriginalAgent(directory, list(prefix), **overrides).start()
+    return OriginalAgent(directory, list(prefix), python, **overrides).start()
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +143,7 @@ def root_agent(public_dir):
 def capable_agent(public_dir, other_users):
     """An agent running as its own unprivileged user with CAP_IPC_OWNER and nothing else."""
     agent = start_original_agent(public_dir / "capable-agent", AGENT_UID,
-                                 setpriv(AGENT_UID, "ipc_owner"))
+                                 setpriv(AGENT_UID, "ipc_owner"), other_users)
     yield agent
     agent.stop()
 
@@ -160,7 +173,8 @@ def test_the_client_and_agent_as_one_unprivileged_user(public_dir, other_users, 
                                                        add_model):
     """The original's usual set-up: agent and application run as one user, the segments
     owner-only (0400 after IPC_SET, or 0600)."""
-    agent = start_original_agent(public_dir / "nobody-agent", NOBODY, setpriv(NOBODY))
+    agent = start_original_agent(public_dir / "nobody-agent", NOBODY, setpriv(NOBODY),
+                                 other_users)
     try:
         replies = original_client(agent.grpc_path, f"load:add:{add_model}",
                                   "predict-sysv:add:0400", "predict-sysv:add:0600", user=NOBODY)
