@@ -8,7 +8,8 @@ What must hold for every input (an AssertionError is a finding): LoadModel answe
 documented code, never INTERNAL or UNKNOWN, and raises nothing but AgentError; a loaded model
 answers a prediction on zeros the same way.
 
-Crash safety: the load path proves every model in a child process of its own before the
+Crash safety: the load path verifies every model's flatbuffer against the schema
+(edge_agent/model_verifier.py), then proves it in a child process of its own before the
 agent's runtime sees its bytes (edge_agent/prover.py). The harness still loads each input in a
 forked child, under a memory and a time limit, so that a crash cannot end the run: a child
 killed by a signal means bytes that passed the check then crashed the agent's own runtime. It
