@@ -67,26 +67,25 @@ class PendingBudget:
         return PendingShare(self, uid)
 
     def _move(self, uid, shared_before: int, shared_after: int) -> str | None:
-        """None if `uid`'s holder moved from `shared_before` to `shared_after` bytes of the
-        shared budget, else why it may not grow."""
-        with self._lock:
-            grow = shared_after - shared_before
-            if grow > 0 and self.used + grow > self.limit:
-                return self.refusal()
-            if grow > 0 and not fair_share(uid, grow, self._by_user, self.limit,
-                                           len(self._connected)):
-                return (f"incomplete frames of this user's clients hold "
-                        f"{self._by_user.get(uid, 0)} bytes of the {self.limit} that the "
-                        f"clients of {len(self._connected)} users share "
-                        "(edge_agent_max_pending_bytes), and the rest is kept for the other "
-                        "users; send the frame again later")
-            self.used += grow
-            left = self._by_user.get(uid, 0) + grow
-            if left:
-                self._by_user[uid] = left
-            else:
-                self._by_user.pop(uid, None)
-            return None
+        """(Under the lock.) None if `uid`'s holder moved from `shared_before` to
+        `shared_after` bytes of the shared budget, else why it may not grow."""
+        grow = shared_after - shared_before
+        if grow > 0 and self.used + grow > self.limit:
+            return self.refusal()
+        if grow > 0 and not fair_share(uid, grow, self._by_user, self.limit,
+                                       len(self._connected)):
+            return (f"incomplete frames of this user's clients hold "
+                    f"{self._by_user.get(uid, 0)} bytes of the {self.limit} that the "
+                    f"clients of {len(self._connected)} users share "
+                    "(edge_agent_max_pending_bytes), and the rest is kept for the other "
+                    "users; send the frame again later")
+        self.used += grow
+        left = self._by_user.get(uid, 0) + grow
+        if left:
+            self._by_user[uid] = left
+        else:
+            self._by_user.pop(uid, None)
+        return None
 
     def _disconnect(self, uid) -> None:
         with self._lock:
@@ -114,15 +113,17 @@ class PendingShare:
         self._closed = False
 
     def change(self, held: int, wanted: int) -> bool:
-        reserve = self.budget.reserve
-        total = self.total + wanted - held
-        refused = self.budget._move(self.uid, max(0, self.total - reserve),
-                                    max(0, total - reserve))
-        if refused is not None:
-            self._refused = refused
-            return False
-        self.total = total
-        return True
+        budget = self.budget
+        reserve = budget.reserve
+        with budget._lock:  # the calls of one gRPC connection move it from several threads
+            total = self.total + wanted - held
+            refused = budget._move(self.uid, max(0, self.total - reserve),
+                                   max(0, total - reserve))
+            if refused is not None:
+                self._refused = refused
+                return False
+            self.total = total
+            return True
 
     def refusal(self) -> str:
         """Why the last change() that failed did."""

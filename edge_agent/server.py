@@ -121,7 +121,12 @@ class SocketServer:
                 victim = self._idle_client_to_evict(uid, users)
                 admitted = victim is not None
             if admitted:
-                handler = Connection(self, conn, caller)
+                try:
+                    handler = Connection(self, conn, caller)
+                except OSError as e:  # the client left (setsockopt on a dead socket)
+                    log.debug("client connection ended at once: %s", e)
+                    conn.close()
+                    return
                 self._connections.add(conn)
                 self._handlers[conn] = handler
                 slots[uid] = slots.get(uid, 0) + 1
@@ -214,11 +219,15 @@ class Connection:
         # room for another user's client (SocketServer._idle_client_to_evict).
         self.idle = False
         self.evicted: str | None = None
-        conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
-                        _timeval(config.edge_agent_send_timeout_seconds))
-        self._timeout = self.protocol.idle_timeout  # the SO_RCVTIMEO in force
-        if self._timeout:
-            conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(self._timeout))
+        try:
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
+                            _timeval(config.edge_agent_send_timeout_seconds))
+            self._timeout = self.protocol.idle_timeout  # the SO_RCVTIMEO in force
+            if self._timeout:
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(self._timeout))
+        except OSError:
+            self.share.close()
+            raise
 
     def run(self) -> None:
         conn, protocol, answer = self.conn, self.protocol, self._answer
