@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import time
 
 import numpy as np
 import pytest
@@ -192,6 +193,12 @@ def test_idle_connections_of_one_user_make_room_for_another(start_agent, public_
         sock.sendall(encode_request(Method.LIST_MODELS, 1, b""))
         [reply] = read_replies(sock)
         assert reply.status == StatusCode.OK
+
+    server = agent.app.server  # each back to waiting for its next request: idle
+    deadline = time.monotonic() + 60
+    while not all(handler.idle for handler in list(server._handlers.values())):
+        assert time.monotonic() < deadline, "the connections never went back to waiting"
+        time.sleep(0.01)
 
     def other_user() -> dict:
         with AgentClient(agent.socket_path) as client:
