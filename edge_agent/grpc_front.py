@@ -174,7 +174,12 @@ class GrpcServer:
             held: dict[int, int] = {}
             for other in self._connections:
                 held[other.caller.uid] = held.get(other.caller.uid, 0) + 1
-            full = not fair_share(uid, 1, held, limit, len(held) + (uid not in held))
+            users = len(held) + (uid not in held)
+            full = not fair_share(uid, 1, held, limit, users)
+            if full and held.get(uid, 0) + 1 <= limit / users:
+                # Under its guarantee: an idle connection of the user with the most slots,
+                # past its own share, makes room (GOAWAY saying why), as the framed front does.
+                full = not self._evict_idle(uid, held, limit / users)
             if not full:
                 self._connections.add(connection)
         if full:
@@ -197,6 +202,18 @@ class GrpcServer:
             return
         threading.Thread(target=self._serve_connection, args=(connection,), daemon=True,
                          name="edge-agent-grpc-conn").start()
+
+    def _evict_idle(self, uid: int, held: dict, guarantee: float) -> bool:
+        """(Under the lock.) Close an idle connection of the user other than `uid` holding
+        the most connections, if more than one and more than its `guarantee`."""
+        others = sorted((n, u) for u, n in held.items() if u != uid)
+        if not others or others[-1][0] <= max(1, guarantee):
+            return False
+        owner = others[-1][1]
+        reason = (f"closed to make room for another user's client (edge_agent_max_connections "
+                  f"is {self.config.edge_agent_max_connections}, shared fairly by the users "
+                  "connected); connect again")
+        return any(c.caller.uid == owner and c.evict(reason) for c in list(self._connections))
 
     def _refuse(self, sock: socket.socket, reason: str) -> None:
         try:
@@ -619,6 +636,26 @@ class GrpcConnection:
                 self.sock.sendall(frame.serialize())
             except OSError:
                 pass
+
+    def evict(self, reason: str) -> bool:
+        """Close this connection if it is idle (no call open, running or still sending): a
+        GOAWAY (NO_ERROR, `reason`) and the reader woken; False if it is not idle."""
+        with self._cond:
+            if self._closed or self._draining or self._calls or self._running or self._backlog:
+                return False
+            self._draining = True
+            self.h2.close_connection(ErrorCodes.NO_ERROR, additional_data=reason.encode())
+            try:
+                self._flush()
+            except OSError:
+                pass
+        log.info("closing an idle gRPC connection (pid %d) to make room for another user's",
+                 self.caller.pid)
+        try:
+            self.sock.shutdown(socket.SHUT_RD)  # the reader sees the end and closes
+        except OSError:
+            pass
+        return True
 
     def wait_idle(self, deadline: float) -> None:
         with self._cond:

@@ -217,3 +217,59 @@ def test_idle_connections_of_one_user_make_room_for_another(start_agent, public_
     assert b"closed to make room for another user's client" in told[0]
     for sock in idle:
         sock.close()
+
+
+def test_idle_grpc_connections_of_one_user_make_room_for_another(start_agent, public_dir):
+    """The same over gRPC: the evicted connection gets a GOAWAY (NO_ERROR) saying why."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run a client as a second user")
+    workdir = public_dir / "agent"
+    workdir.mkdir(mode=0o755)
+    os.chmod(workdir, 0o755)
+    grpc_path = str(workdir / "grpc.sock")
+    agent = start_agent(workdir=workdir, edge_agent_socket_mode="0666",
+                        edge_agent_max_connections=4, edge_agent_grpc_socket_path=grpc_path)
+    list_models = f"/{GRPC_SERVICE}/ListModels".encode()
+    idle = []
+    try:
+        _make_room_over_grpc(agent, grpc_path, list_models, idle)
+    finally:
+        for client in idle:
+            client.close()
+
+
+def _make_room_over_grpc(agent, grpc_path: str, list_models: bytes, idle: list) -> None:
+    for _ in range(4):
+        client = RawClient(grpc_path)
+        idle.append(client)
+        client.settled()
+        assert client.status(client.call(headers(list_models), message(b"")))[0] == 0
+    grpc = agent.app.grpc_server  # each connection's call is over: idle
+    deadline = time.monotonic() + 60
+    while not all(not c._calls and not c._running for c in list(grpc._connections)):
+        assert time.monotonic() < deadline, "the calls never ended"
+        time.sleep(0.01)
+
+    def other_user() -> dict:
+        client = RawClient(grpc_path)
+        try:
+            client.settled()
+            return {"status": list(client.status(client.call(headers(list_models),
+                                                             message(b""))))}
+        finally:
+            client.close()
+
+    assert as_nobody(agent, other_user) == {"status": [0, ""]}
+    told = []
+    for client in idle:
+        client.sock.settimeout(0.2)
+        try:
+            while client.goaway is None:
+                client.receive()
+        except (TimeoutError, socket.timeout, ConnectionError):
+            pass
+        if client.goaway is not None:
+            told.append(client.goaway)
+    assert len(told) == 1, told
+    assert told[0].error_code == 0
+    assert b"closed to make room for another user's client" in told[0].additional_data
