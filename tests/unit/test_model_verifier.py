@@ -331,5 +331,20 @@ def test_the_twin_is_what_purepython_selects():
         assert run.stdout.split() == [module]
 
 
+def test_without_a_compiled_build_the_twin_verifies():
+    code = """if True:
+        import sys
+        sys.modules["edge_agent._flatverify"] = None  # as a missing build: ImportError
+        from edge_agent import model_verifier
+        from edge_agent.tools import model_builder
+        verifier = model_verifier.tflite_verifier()
+        verifier.verify(model_builder.add_model().content)
+        print(type(verifier).__module__)
+    """
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert run.stdout.split() == ["edge_agent._flatverify_py"]
+
+
 def test_the_verifier_reads_numpy_owned_bytes_too(verifier):
     verifier.verify(np.frombuffer(GOOD, dtype=np.uint8))
