@@ -95,18 +95,46 @@ class Tensor(_message.Message):
     def __init__(self, tensor_metadata: _Optional[_Union[TensorMetadata, _Mapping]] = ..., byte_data: _Optional[bytes] = ..., shared_memory_handle: _Optional[_Union[SharedMemoryHandle, _Mapping]] = ...) -> None: ...
 
 class Model(_message.Message):
-    __slots__ = ("url", "name", "input_tensor_metadatas", "output_tensor_metadatas", "delegate")
+    __slots__ = ("url", "name", "input_tensor_metadatas", "output_tensor_metadatas", "delegate", "source", "state", "state_reason", "since_unix_seconds", "serving_version", "pinned_version", "versions")
     URL_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     INPUT_TENSOR_METADATAS_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_TENSOR_METADATAS_FIELD_NUMBER: _ClassVar[int]
     DELEGATE_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    STATE_REASON_FIELD_NUMBER: _ClassVar[int]
+    SINCE_UNIX_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    SERVING_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PINNED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
     url: str
     name: str
     input_tensor_metadatas: _containers.RepeatedCompositeFieldContainer[TensorMetadata]
     output_tensor_metadatas: _containers.RepeatedCompositeFieldContainer[TensorMetadata]
     delegate: str
-    def __init__(self, url: _Optional[str] = ..., name: _Optional[str] = ..., input_tensor_metadatas: _Optional[_Iterable[_Union[TensorMetadata, _Mapping]]] = ..., output_tensor_metadatas: _Optional[_Iterable[_Union[TensorMetadata, _Mapping]]] = ..., delegate: _Optional[str] = ...) -> None: ...
+    source: str
+    state: str
+    state_reason: str
+    since_unix_seconds: float
+    serving_version: str
+    pinned_version: str
+    versions: _containers.RepeatedCompositeFieldContainer[ModelVersion]
+    def __init__(self, url: _Optional[str] = ..., name: _Optional[str] = ..., input_tensor_metadatas: _Optional[_Iterable[_Union[TensorMetadata, _Mapping]]] = ..., output_tensor_metadatas: _Optional[_Iterable[_Union[TensorMetadata, _Mapping]]] = ..., delegate: _Optional[str] = ..., source: _Optional[str] = ..., state: _Optional[str] = ..., state_reason: _Optional[str] = ..., since_unix_seconds: _Optional[float] = ..., serving_version: _Optional[str] = ..., pinned_version: _Optional[str] = ..., versions: _Optional[_Iterable[_Union[ModelVersion, _Mapping]]] = ...) -> None: ...
+
+class ModelVersion(_message.Message):
+    __slots__ = ("version", "sha256", "state", "reason", "pinned")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    PINNED_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    sha256: str
+    state: str
+    reason: str
+    pinned: bool
+    def __init__(self, version: _Optional[str] = ..., sha256: _Optional[str] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., pinned: _Optional[bool] = ...) -> None: ...
 
 class PredictRequest(_message.Message):
     __slots__ = ("name", "tensors", "output_handles")
@@ -149,8 +177,10 @@ class UnLoadModelResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class ListModelsRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("include_repository",)
+    INCLUDE_REPOSITORY_FIELD_NUMBER: _ClassVar[int]
+    include_repository: bool
+    def __init__(self, include_repository: _Optional[bool] = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
     __slots__ = ("models",)
@@ -353,3 +383,39 @@ class GetMetricsResponse(_message.Message):
     resident_memory_bytes: int
     cpu_seconds: float
     def __init__(self, agent_version: _Optional[str] = ..., device_name: _Optional[str] = ..., fleet_name: _Optional[str] = ..., start_time_unix_seconds: _Optional[float] = ..., uptime_seconds: _Optional[float] = ..., counters_kept: _Optional[bool] = ..., models: _Optional[_Iterable[_Union[ModelMetrics, _Mapping]]] = ..., calls: _Optional[_Iterable[_Union[CallCount, _Mapping]]] = ..., connections: _Optional[_Iterable[_Union[ConnectionCount, _Mapping]]] = ..., capture: _Optional[_Union[CaptureMetrics, _Mapping]] = ..., memory_budget_bytes: _Optional[int] = ..., memory_budget_used_bytes: _Optional[int] = ..., resident_memory_bytes: _Optional[int] = ..., cpu_seconds: _Optional[float] = ...) -> None: ...
+
+class RescanRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class RescanResponse(_message.Message):
+    __slots__ = ("models",)
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedCompositeFieldContainer[Model]
+    def __init__(self, models: _Optional[_Iterable[_Union[Model, _Mapping]]] = ...) -> None: ...
+
+class RollbackRequest(_message.Message):
+    __slots__ = ("name", "version")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
+
+class RollbackResponse(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: Model
+    def __init__(self, model: _Optional[_Union[Model, _Mapping]] = ...) -> None: ...
+
+class UnpinRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class UnpinResponse(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: Model
+    def __init__(self, model: _Optional[_Union[Model, _Mapping]] = ...) -> None: ...

@@ -122,6 +122,9 @@ class LoadedModel:
         self.owner = owner          # uid of the caller that loaded it (edge_agent_model_access)
         self.footprint = footprint  # bytes reserved against the memory budget
         self.delegate = delegate    # what runs it (delegates.Delegation.name)
+        self.version = ""           # the package version the model repository serves it as
+        self.source = "application"  # or "repository" (edge_agent.lifecycle)
+        self.loaded_at = time.time()
         # edge_agent.metrics.ModelMetrics; None: metrics are off.
         self.metrics = metrics
         self._interpreter = interpreter
@@ -140,6 +143,13 @@ class LoadedModel:
         self._input_indices = tuple(spec.index for spec in self.inputs)
         if metrics is not None:
             metrics.inputs_per_call = len(self.inputs)
+
+    def wait_idle(self) -> None:
+        """Return once the call running on this model (if any) has finished: after a swap,
+        what ran on the old version is done. A call that took this model just before the
+        swap and runs later still runs whole on it (its interpreter lives while referenced)."""
+        with self._lock:
+            pass
 
     def describe(self) -> pb.Model:
         return pb.Model(

@@ -1,0 +1,259 @@
+"""The model repository with a real agent (App in a thread) and real signed packages: models
+served at start, new versions swapped in, restarts, rollbacks, pins, and the interplay with
+applications' own LoadModel/UnLoadModel (docs/MODEL_LIFECYCLE.md)."""
+from __future__ import annotations
+
+import json
+import os
+import threading
+
+import numpy as np
+import pytest
+from lifecycle_helpers import X, Lab, offset_of, states
+
+from edge_agent.errors import AgentError, StatusCode
+from edge_agent.shm_client import SysVSegment
+from edge_agent.tools import model_builder
+
+
+@pytest.fixture
+def lab(tmp_path) -> Lab:
+    return Lab(tmp_path / "lab")
+
+
+def test_a_repository_model_serves_from_start(lab, start_agent, tmp_path):
+    lab.publish("m", "1.0")
+    agent = start_agent(**lab.settings())
+    with agent.client() as client:
+        assert offset_of(client.predict("m", {"x": X})) == 1.0
+        model = client.describe_model("m")
+        assert (model.source, model.state, model.serving_version) == ("repository", "serving", "1.0")
+        listed = states(client)["m"]
+        assert [(v.version, v.state) for v in listed.versions] == [("1.0", "serving")]
+
+
+def test_a_new_version_is_swapped_in_on_rescan_and_an_archive_works(lab, start_agent):
+    lab.publish("m", "1.0")
+    agent = start_agent(**lab.settings())
+    lab.publish("m", "2.0", archive=True)
+    lab.publish("m", "1.5")  # lower than 2.0: never served
+    with agent.client() as client:
+        assert offset_of(client.predict("m", {"x": X})) == 1.0
+        client.rescan()
+        assert offset_of(client.predict("m", {"x": X})) == 2.0
+        assert client.describe_model("m").serving_version == "2.0"
+
+
+def test_a_prerelease_serves_only_when_pinned(lab, start_agent):
+    lab.publish("m", "1.0")
+    lab.publish("m", "2.0.0-rc1", offset=7)
+    agent = start_agent(**lab.settings(edge_agent_model_pins={}))
+    with agent.client() as client:
+        assert offset_of(client.predict("m", {"x": X})) == 1.0
+    agent.stop()
+    agent = start_agent(workdir=agent.workdir, **lab.settings(
+        edge_agent_model_pins={"m": "2.0.0-rc1"}))
+    with agent.client() as client:
+        assert offset_of(client.predict("m", {"x": X})) == 7.0
+        assert states(client)["m"].pinned_version == "2.0.0-rc1"
+
+
+def test_a_restart_restores_what_served_even_once_the_package_is_gone(lab, start_agent):
+    lab.publish("m", "1.0")
+    agent = start_agent(**lab.settings())
+    lab.publish("m", "3.0")
+    with agent.client() as client:
+        client.rescan()
+        assert offset_of(client.predict("m", {"x": X})) == 3.0
+    agent.stop()
+    lab.clear("m")  # removing packages never downgrades: the agent serves its own copy
+    agent = start_agent(workdir=agent.workdir, **lab.settings())
+    with agent.client() as client:
+        assert offset_of(client.predict("m", {"x": X})) == 3.0
+    # The restart proved nothing again: the same bytes' check is remembered.
+    restarted = agent.log().split("stopped")[-1]
+    assert "the same bytes were checked before" in restarted
+    assert "checked in a separate process" not in restarted
+
+
+def test_rollback_pins_across_a_restart_until_unpinned(lab, start_agent):
+    lab.publish("m", "1.0")
+    agent = start_agent(**lab.settings())
+    lab.publish("m", "2.0")
+    with agent.client() as client:
+        client.rescan()
+        assert offset_of(client.predict("m", {"x": X})) == 2.0
+        model = client.rollback("m")
+        assert (model.serving_version, model.pinned_version) == ("1.0", "1.0")
+        assert offset_of(client.predict("m", {"x": X})) == 1.0
+        client.rescan()  # a pin holds against the higher version
+        assert offset_of(client.predict("m", {"x": X})) == 1.0
+    agent.stop()
+    agent = start_agent(workdir=agent.workdir, **lab.settings())
+    with agent.client() as client:
+        assert offset_of(client.predict("m", {"x": X})) == 1.0
+        assert client.unpin("m").serving_version == "2.0"
+        assert offset_of(client.predict("m", {"x": X})) == 2.0
+        assert client.rollback("m", "1").serving_version == "1.0"
+        with pytest.raises(AgentError) as refused:
+            client.rollback("m", "9.9")
+        assert refused.value.code == StatusCode.FAILED_PRECONDITION
+        assert "not held" in refused.value.message
+
+
+def test_applications_cannot_load_or_unload_a_repository_name(lab, start_agent, tmp_path):
+    lab.publish("m", "1.0")
+    agent = start_agent(**lab.settings())
+    path = model_builder.offset_model(5).write(tmp_path / "other.tflite")
+    with agent.client() as client:
+        with pytest.raises(AgentError) as loaded:
+            client.load_model("m", str(path))
+        assert loaded.value.code == StatusCode.ALREADY_EXISTS
+        assert "model repository" in loaded.value.message
+        with pytest.raises(AgentError) as unloaded:
+            client.unload_model("m")
+        assert unloaded.value.code == StatusCode.FAILED_PRECONDITION
+        assert "model repository" in unloaded.value.message
+        assert offset_of(client.predict("m", {"x": X})) == 1.0
+        # An application's own model works as before, and is its own.
+        client.load_model("app", str(path))
+        assert client.describe_model("app").source == "application"
+
+
+def test_a_name_an_application_loaded_first_is_blocked_until_it_unloads(lab, start_agent, tmp_path):
+    agent = start_agent(**lab.settings())
+    path = model_builder.offset_model(5).write(tmp_path / "own.tflite")
+    with agent.client() as client:
+        client.load_model("m", str(path))
+        lab.publish("m", "1.0")
+        client.rescan()
+        listed = states(client)["m"]
+        assert (listed.source, listed.state) == ("application", "serving")
+        assert "an application loaded a model named 'm'" in listed.state_reason
+        assert [v.version for v in listed.versions] == ["1.0"]
+        assert offset_of(client.predict("m", {"x": X})) == 5.0
+        client.unload_model("m")
+        client.rescan()
+        assert offset_of(client.predict("m", {"x": X})) == 1.0
+        assert states(client)["m"].state == "serving"
+
+
+def test_a_folder_that_names_another_model_and_a_conflict_are_refused(lab, start_agent):
+    lab.publish("m", "1.0")
+    agent = start_agent(**lab.settings())
+    lab.move_in(lab.build("other", "2.0"), "m")
+    with agent.client() as client:
+        client.rescan()
+        assert offset_of(client.predict("m", {"x": X})) == 1.0
+        reasons = [v.reason for v in states(client)["m"].versions if v.state == "failed"]
+        assert any("names model 'other'" in r for r in reasons), reasons
+        lab.publish("m", "1.0", offset=9)  # same version, other bytes
+        client.rescan()
+        assert offset_of(client.predict("m", {"x": X})) == 1.0
+        reasons = [v.reason for v in states(client)["m"].versions if v.state == "failed"]
+        assert any("conflict" in r for r in reasons), reasons
+
+
+def test_half_copied_and_temporary_entries_are_never_read(lab, start_agent):
+    lab.publish("m", "1.0")
+    agent = start_agent(**lab.settings())
+    folder = lab.repository / "m"
+    package = lab.build("m", "2.0", archive=True)
+    data = package.read_bytes()
+    (folder / ".m-2.0.tar.gz").write_bytes(data[: len(data) // 2])  # a copy in progress
+    (folder / "m-2.0.tar.gz.partial-123").write_bytes(data[: len(data) // 3])
+    with agent.client() as client:
+        client.rescan()
+        assert offset_of(client.predict("m", {"x": X})) == 1.0
+        assert [v.state for v in states(client)["m"].versions] == ["serving"]
+        os.rename(folder / ".m-2.0.tar.gz", folder / "m-2.0.tar.gz.tmp")
+        package.rename(folder / "m-2.0.tar.gz")  # the copy done, moved in whole
+        client.rescan()
+        assert offset_of(client.predict("m", {"x": X})) == 2.0
+
+
+def test_the_repository_is_watched_without_a_rescan(lab, start_agent):
+    lab.publish("m", "1.0")
+    agent = start_agent(**lab.settings(edge_agent_model_repository_poll_seconds=0.05))
+    lab.publish("m", "2.0")
+    with agent.client() as client:
+        for _ in range(2000):
+            if client.describe_model("m").serving_version == "2.0":
+                break
+            threading.Event().wait(0.01)
+        assert offset_of(client.predict("m", {"x": X})) == 2.0
+
+
+def test_state_is_recorded_in_the_state_directory(lab, start_agent):
+    lab.publish("m", "1.0")
+    agent = start_agent(**lab.settings())
+    state = json.loads((agent.workdir / "state" / "models" / "state.json").read_text())
+    assert state["serving"]["m"]["version"] == "1.0"
+    copies = os.listdir(agent.workdir / "state" / "models" / "m")
+    assert len(copies) == 1 and copies[0].startswith("1.0~")
+
+
+def _predict_continuously(agent, stop: threading.Event, seen: list, errors: list, shm: bool):
+    try:
+        with agent.client() as client:
+            if shm:
+                segment = SysVSegment.create(64)
+                try:
+                    source, slot = segment.write(X), segment.slot(np.float32, (1, 4), offset=32)
+                    while not stop.is_set():
+                        client.predict("m", {"x": source}, outputs=[slot])
+                        seen.append(offset_of({"y": segment.read(slot)}))
+                finally:
+                    segment.free()
+            else:
+                while not stop.is_set():
+                    seen.append(offset_of(client.predict("m", {"x": X})))
+    except BaseException as e:  # noqa: BLE001 (reported by the test)
+        errors.append(e)
+
+
+def swaps_under_load(lab, start_agent, versions: int) -> None:
+    lab.publish("m", "1")
+    agent = start_agent(**lab.settings())
+    stop = threading.Event()
+    seen_inline: list = []
+    seen_shared: list = []
+    errors: list = []
+    threads = [threading.Thread(target=_predict_continuously,
+                                args=(agent, stop, seen, errors, shm))
+               for seen, shm in ((seen_inline, False), (seen_shared, True))]
+    for t in threads:
+        t.start()
+    try:
+        with agent.client() as client:
+            for version in range(2, versions + 2):
+                lab.publish("m", str(version))
+                before = len(seen_inline) + len(seen_shared)
+                client.rescan()
+                assert client.describe_model("m").serving_version == str(version)
+                # Both clients answered across this swap (a bounded wait on their progress).
+                for _ in range(10000):
+                    if len(seen_inline) + len(seen_shared) > before + 2 or errors:
+                        break
+                    threading.Event().wait(0.001)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert errors == []
+    assert seen_inline and seen_shared
+    for seen in (seen_inline, seen_shared):
+        assert set(seen) <= set(map(float, range(1, versions + 2)))
+        assert seen == sorted(seen), "a reply from an older version after a newer one"
+    with agent.client() as client:
+        assert offset_of(client.predict("m", {"x": X})) == versions + 1
+        assert len(states(client)["m"].versions) <= 2  # edge_agent_model_versions_kept
+
+
+def test_swaps_under_load_lose_no_call(lab, start_agent):
+    swaps_under_load(lab, start_agent, versions=5)
+
+
+@pytest.mark.native_only
+def test_twenty_swaps_under_load_lose_no_call(lab, start_agent):
+    swaps_under_load(lab, start_agent, versions=20)
