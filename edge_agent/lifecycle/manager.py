@@ -503,6 +503,12 @@ class ModelManager:
                 (WAITING if failure and failure.memory else FAILED if failure else "held"),
                 "reason": failure.reason if failure else "",
                 "pinned": pin is not None and policy.same_version(v.version, pin)})
+        held_digests = {v.digest for v in held}
+        for digest, failure in self._failed.items():
+            if failure.name == name and digest not in held_digests:  # its copy is gone
+                versions.append({"version": failure.version, "sha256": digest,
+                                 "state": WAITING if failure.memory else FAILED,
+                                 "reason": failure.reason, "pinned": False})
         for identity, (owner, label, why) in self._entry_failed.items():
             if owner == name:
                 versions.append({"version": os.path.basename(label), "sha256": identity,
