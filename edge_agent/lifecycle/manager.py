@@ -36,8 +36,9 @@ from edge_agent.lifecycle.store import CrashPoint, Store, StoredVersion
 
 log = logging.getLogger(__name__)
 
-# Tests only: the phase (copying, unpacking, checking, switching, cleaning) at which the
-# agent kills itself with SIGKILL, to prove what a restart finds after an interruption there.
+# Tests only: the phase (copying, unpacking, checking, switching, cleaning) of a swap after
+# start-up at which the agent kills itself with SIGKILL, to prove what a restart finds after
+# an interruption there.
 CRASH_ENV = "EDGE_AGENT_TEST_CRASH_AT"
 PHASES = ("copying", "unpacking", "checking", "switching", "cleaning")
 
@@ -47,13 +48,14 @@ STATES = (SERVING, LOADING, VALIDATING, FAILED, BLOCKED, WAITING)
 SWAP_RESULTS = ("ok", "failed", "waiting")
 
 
-def crash_point(env: Mapping[str, str] = os.environ) -> CrashPoint:
+def crash_point(armed: threading.Event, env: Mapping[str, str] = os.environ) -> CrashPoint:
+    """The crash point CRASH_ENV asks for, active once `armed` is set."""
     wanted = env.get(CRASH_ENV, "")
     if not wanted:
         return lambda phase: None
 
     def crash(phase: str) -> None:
-        if phase == wanted:
+        if phase == wanted and armed.is_set():
             log.warning("%s=%s: killing the agent here", CRASH_ENV, phase)
             os.kill(os.getpid(), signal.SIGKILL)
     return crash
@@ -108,7 +110,8 @@ class ModelManager:
         self.service = service
         self.config = config
         self._notify = notify or (lambda message: None)
-        self._crash = crash or crash_point()
+        self._started = threading.Event()  # start-up done (the crash points are armed)
+        self._crash = crash or crash_point(self._started)
         limits = Limits(config.edge_agent_max_package_bytes, config.edge_agent_max_package_files)
         self.store = Store(os.path.join(config.edge_agent_state_dir, "models"), limits,
                            self._crash)
@@ -150,6 +153,7 @@ class ModelManager:
         self.service.loader.proofs.update(proofs)
         self._proofs_saved = dict(proofs)
         self.reconcile(starting=True)
+        self._started.set()
 
     def start(self) -> "ModelManager":
         """Watch the repository in a thread of its own."""
