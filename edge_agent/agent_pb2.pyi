@@ -95,18 +95,20 @@ class Tensor(_message.Message):
     def __init__(self, tensor_metadata: _Optional[_Union[TensorMetadata, _Mapping]] = ..., byte_data: _Optional[bytes] = ..., shared_memory_handle: _Optional[_Union[SharedMemoryHandle, _Mapping]] = ...) -> None: ...
 
 class Model(_message.Message):
-    __slots__ = ("url", "name", "input_tensor_metadatas", "output_tensor_metadatas", "delegate")
+    __slots__ = ("url", "name", "input_tensor_metadatas", "output_tensor_metadatas", "delegate", "version")
     URL_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     INPUT_TENSOR_METADATAS_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_TENSOR_METADATAS_FIELD_NUMBER: _ClassVar[int]
     DELEGATE_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
     url: str
     name: str
     input_tensor_metadatas: _containers.RepeatedCompositeFieldContainer[TensorMetadata]
     output_tensor_metadatas: _containers.RepeatedCompositeFieldContainer[TensorMetadata]
     delegate: str
-    def __init__(self, url: _Optional[str] = ..., name: _Optional[str] = ..., input_tensor_metadatas: _Optional[_Iterable[_Union[TensorMetadata, _Mapping]]] = ..., output_tensor_metadatas: _Optional[_Iterable[_Union[TensorMetadata, _Mapping]]] = ..., delegate: _Optional[str] = ...) -> None: ...
+    version: str
+    def __init__(self, url: _Optional[str] = ..., name: _Optional[str] = ..., input_tensor_metadatas: _Optional[_Iterable[_Union[TensorMetadata, _Mapping]]] = ..., output_tensor_metadatas: _Optional[_Iterable[_Union[TensorMetadata, _Mapping]]] = ..., delegate: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
 
 class PredictRequest(_message.Message):
     __slots__ = ("name", "tensors", "output_handles")

@@ -50,6 +50,7 @@ class ModelInfo:
     inputs: tuple[TensorInfo, ...]
     outputs: tuple[TensorInfo, ...]
     delegate: str = ""  # what runs it: xnnpack, cpu, edgetpu, external:<path> ("": not said)
+    version: str = ""  # the signed package's version ("": a bare model, or an older agent)
 
     @classmethod
     def from_pb(cls, model: pb.Model) -> "ModelInfo":
@@ -57,7 +58,7 @@ class ModelInfo:
             return tuple(TensorInfo(m.name.decode("utf-8", "replace"), dtype_of(m.data_type),
                                     tuple(m.shape)) for m in metadatas)
         return cls(model.name, model.url, infos(model.input_tensor_metadatas),
-                   infos(model.output_tensor_metadatas), model.delegate)
+                   infos(model.output_tensor_metadatas), model.delegate, model.version)
 
 
 AuxData = Union[bytes, str, tuple]  # data, or (data, encoding name)

@@ -122,10 +122,13 @@ class ModelLoader:
                           for d in interpreter.get_tensor_details())
             self.budget.reserve(max(0, tensors - measured), what)
             reserved += max(0, tensors - measured)
-            metrics = ModelMetrics(time.monotonic() - started, **package) \
+            metrics = ModelMetrics(time.monotonic() - started, package_name=package.get(
+                "package_name", ""), package_version=package.get("package_version", "")) \
                 if self.config.edge_agent_metrics else None
             return LoadedModel(name, url, interpreter, footprint=reserved,
-                               delegate=delegation.name, owner=caller.uid, metrics=metrics)
+                               delegate=delegation.name, owner=caller.uid, metrics=metrics,
+                               version=package.get("package_version", ""),
+                               key_id=package.get("key_id", ""))
         except UnicodeDecodeError:  # the runtime decodes tensor names as UTF-8
             self.budget.release(reserved)
             raise failed_precondition(
@@ -211,5 +214,6 @@ class ModelLoader:
         manifest = package.manifest
         log.info("%s: package %s %s for %s, signed by key %s", what, manifest.name,
                  manifest.version, manifest.target, package.key_id)
-        found.update(package_name=manifest.name, package_version=manifest.version)
+        found.update(package_name=manifest.name, package_version=manifest.version,
+                     key_id=package.key_id)
         return package.model

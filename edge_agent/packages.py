@@ -43,6 +43,7 @@ from edge_agent.modelfile import is_bare_model, looks_like_tflite, open_regular 
 from edge_agent.keys import (ROOT_CERTS_KEY, describe_trust, generate_key, key_id, load_trust,
                              public_key_text, read_private_key)
 from edge_agent.machine import ARCHITECTURES, machine_architecture, normalise_architecture
+from edge_agent.versions import Version
 
 FORMAT = "edge-agent-package/1"
 FRAMEWORK = "tflite"
@@ -307,6 +308,10 @@ def build_package(model: bytes | str, name: str, version: str, target: Target | 
     inputs, outputs = model_metadata(model)
     if not name or not version:
         raise invalid_argument("a package needs a name and a version")
+    try:
+        Version.parse(version)
+    except ValueError as e:
+        raise invalid_argument(f"the package version does not parse: {e}") from None
     if os.path.lexists(out):
         raise invalid_argument(f"'{out}' exists; choose a new output path")
     if not model_file.endswith(MODEL_SUFFIX):

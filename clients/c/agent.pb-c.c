@@ -1487,7 +1487,7 @@ const ProtobufCMessageDescriptor aws__sage_maker__edge__tensor__descriptor =
   (ProtobufCMessageInit) aws__sage_maker__edge__tensor__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor aws__sage_maker__edge__model__field_descriptors[5] =
+static const ProtobufCFieldDescriptor aws__sage_maker__edge__model__field_descriptors[6] =
 {
   {
     "url",
@@ -1549,6 +1549,18 @@ static const ProtobufCFieldDescriptor aws__sage_maker__edge__model__field_descri
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "version",
+    101,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(AWS__SageMaker__Edge__Model, version),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned aws__sage_maker__edge__model__field_indices_by_name[] = {
   4,   /* field[4] = delegate */
@@ -1556,12 +1568,13 @@ static const unsigned aws__sage_maker__edge__model__field_indices_by_name[] = {
   1,   /* field[1] = name */
   3,   /* field[3] = output_tensor_metadatas */
   0,   /* field[0] = url */
+  5,   /* field[5] = version */
 };
 static const ProtobufCIntRange aws__sage_maker__edge__model__number_ranges[2 + 1] =
 {
   { 1, 0 },
   { 100, 4 },
-  { 0, 5 }
+  { 0, 6 }
 };
 const ProtobufCMessageDescriptor aws__sage_maker__edge__model__descriptor =
 {
@@ -1571,7 +1584,7 @@ const ProtobufCMessageDescriptor aws__sage_maker__edge__model__descriptor =
   "AWS__SageMaker__Edge__Model",
   "AWS.SageMaker.Edge",
   sizeof(AWS__SageMaker__Edge__Model),
-  5,
+  6,
   aws__sage_maker__edge__model__field_descriptors,
   aws__sage_maker__edge__model__field_indices_by_name,
   2,  aws__sage_maker__edge__model__number_ranges,

@@ -179,10 +179,15 @@ struct  AWS__SageMaker__Edge__Model
    * "edgetpu", or "external:<library path>".
    */
   char *delegate;
+  /*
+   * Extension: the version of the signed package the model came from, as its manifest says
+   * it (docs/PACKAGES.md, "Versions"); empty for a bare .tflite model.
+   */
+  char *version;
 };
 #define AWS__SAGE_MAKER__EDGE__MODEL__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&aws__sage_maker__edge__model__descriptor) \
-    , (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0,NULL, 0,NULL, (char *)protobuf_c_empty_string }
+    , (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0,NULL, 0,NULL, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string }
 
 
 struct  AWS__SageMaker__Edge__PredictRequest
