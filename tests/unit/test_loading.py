@@ -32,8 +32,8 @@ def test_the_bytes_proven_are_the_bytes_loaded(tmp_path, monkeypatch):
     real_prove = service.prover.prove
     proven = []
 
-    def prove_then_rewrite(content, config, what, memory_limit):
-        proof = real_prove(content, config, what, memory_limit)
+    def prove_then_rewrite(content, config, what, memory_limit, **kwargs):
+        proof = real_prove(content, config, what, memory_limit, **kwargs)
         proven.append(content)
         path.write_bytes(flipped(CRASHING_FLIPS[0]))  # would crash this process if read
         return proof
