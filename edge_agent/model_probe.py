@@ -4,7 +4,9 @@ nobody has proven yet to the runtime, and so the only code that may be crashed b
 It runs in a process of its own, made for the check (edge_agent/prover.py decides how: forked
 from a helper, or `python -m edge_agent.model_probe`), and does to the bytes what the agent
 will do: builds an interpreter with the agent's delegate settings, allocates its tensors,
-resizes dynamic (-1) dimensions to 1 and invokes once on zero inputs, then reports the memory
+resizes dynamic (-1) dimensions to 1 and invokes once on zero inputs (and, for a package with
+test vectors, runs on its test inputs and compares the outputs: vectors.validate), then
+reports the memory
 the model cost it, under RLIMIT_DATA: its own baseline plus what the agent allows (a failing
 allocation then meets std::bad_alloc instead of the kernel's OOM killer). The outcome is one
 JSON line: {"outcome": "ok", "peak_bytes": N}, {"outcome": "memory", ...} or

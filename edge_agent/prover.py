@@ -5,6 +5,8 @@ it allocate without bound, or loop. So every load first hands exactly the bytes 
 load (in a sealed memfd, never a path: a file rewritten meanwhile cannot matter) to a process
 made for one check (edge_agent/model_probe.py), with a memory and a time limit; only a model
 that process survived is loaded in the agent, and the memory budget reserves what it measured.
+A package's test vectors go to the same process in a second sealed memfd: the model runs on
+them there, so validation can crash nothing but that process.
 
 How the process is made, the decision (docs/MODEL_LOADING.md):
 
