@@ -95,17 +95,17 @@ class Tensor(_message.Message):
     def __init__(self, tensor_metadata: _Optional[_Union[TensorMetadata, _Mapping]] = ..., byte_data: _Optional[bytes] = ..., shared_memory_handle: _Optional[_Union[SharedMemoryHandle, _Mapping]] = ...) -> None: ...
 
 class Model(_message.Message):
-    __slots__ = ("url", "name", "input_tensor_metadatas", "output_tensor_metadatas", "delegate", "source", "state", "state_reason", "since_unix_seconds", "serving_version", "pinned_version", "versions")
+    __slots__ = ("url", "name", "input_tensor_metadatas", "output_tensor_metadatas", "delegate", "version", "source", "state", "state_reason", "since_unix_seconds", "pinned_version", "versions")
     URL_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     INPUT_TENSOR_METADATAS_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_TENSOR_METADATAS_FIELD_NUMBER: _ClassVar[int]
     DELEGATE_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     STATE_REASON_FIELD_NUMBER: _ClassVar[int]
     SINCE_UNIX_SECONDS_FIELD_NUMBER: _ClassVar[int]
-    SERVING_VERSION_FIELD_NUMBER: _ClassVar[int]
     PINNED_VERSION_FIELD_NUMBER: _ClassVar[int]
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
     url: str
@@ -113,14 +113,14 @@ class Model(_message.Message):
     input_tensor_metadatas: _containers.RepeatedCompositeFieldContainer[TensorMetadata]
     output_tensor_metadatas: _containers.RepeatedCompositeFieldContainer[TensorMetadata]
     delegate: str
+    version: str
     source: str
     state: str
     state_reason: str
     since_unix_seconds: float
-    serving_version: str
     pinned_version: str
     versions: _containers.RepeatedCompositeFieldContainer[ModelVersion]
-    def __init__(self, url: _Optional[str] = ..., name: _Optional[str] = ..., input_tensor_metadatas: _Optional[_Iterable[_Union[TensorMetadata, _Mapping]]] = ..., output_tensor_metadatas: _Optional[_Iterable[_Union[TensorMetadata, _Mapping]]] = ..., delegate: _Optional[str] = ..., source: _Optional[str] = ..., state: _Optional[str] = ..., state_reason: _Optional[str] = ..., since_unix_seconds: _Optional[float] = ..., serving_version: _Optional[str] = ..., pinned_version: _Optional[str] = ..., versions: _Optional[_Iterable[_Union[ModelVersion, _Mapping]]] = ...) -> None: ...
+    def __init__(self, url: _Optional[str] = ..., name: _Optional[str] = ..., input_tensor_metadatas: _Optional[_Iterable[_Union[TensorMetadata, _Mapping]]] = ..., output_tensor_metadatas: _Optional[_Iterable[_Union[TensorMetadata, _Mapping]]] = ..., delegate: _Optional[str] = ..., version: _Optional[str] = ..., source: _Optional[str] = ..., state: _Optional[str] = ..., state_reason: _Optional[str] = ..., since_unix_seconds: _Optional[float] = ..., pinned_version: _Optional[str] = ..., versions: _Optional[_Iterable[_Union[ModelVersion, _Mapping]]] = ...) -> None: ...
 
 class ModelVersion(_message.Message):
     __slots__ = ("version", "sha256", "state", "reason", "pinned")

@@ -150,11 +150,11 @@ def cmd_client(args: argparse.Namespace) -> int:
             _client_list(agent.rescan(), False)
         elif args.action == "rollback":
             model = agent.rollback(args.name, args.to)
-            print(f"{model.name}: {model.serving_version} serves, pinned until "
+            print(f"{model.name}: {model.version} serves, pinned until "
                   f"`edge-agent client unpin {model.name}`")
         elif args.action == "unpin":
             model = agent.unpin(args.name)
-            print(f"{model.name}: unpinned; {model.serving_version or model.state} serves")
+            print(f"{model.name}: unpinned; {model.version or model.state} serves")
         elif args.action == "load":
             _print_model(agent.load_model(args.name, args.url))
         elif args.action == "unload":
@@ -183,7 +183,7 @@ def _model_document(model) -> dict:
     """A Model's lifecycle as plain JSON types (`edge-agent client list --json`)."""
     return {
         "name": model.name, "source": model.source, "state": model.state,
-        "reason": model.state_reason, "version": model.serving_version,
+        "reason": model.state_reason, "version": model.version,
         "pinned": model.pinned_version,
         "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(model.since_unix_seconds))
         if model.since_unix_seconds else "",

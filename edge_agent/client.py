@@ -50,9 +50,9 @@ class ModelInfo:
     inputs: tuple[TensorInfo, ...]
     outputs: tuple[TensorInfo, ...]
     delegate: str = ""  # what runs it: xnnpack, cpu, edgetpu, external:<path> ("": not said)
+    version: str = ""  # the signed package's version ("": a bare model, or an older agent)
     source: str = ""  # repository or application ("": not said: an agent without lifecycle)
     state: str = ""  # serving, loading, validating, failed, blocked, waiting
-    serving_version: str = ""  # a repository model's version serving
 
     @classmethod
     def from_pb(cls, model: pb.Model) -> "ModelInfo":
@@ -60,8 +60,8 @@ class ModelInfo:
             return tuple(TensorInfo(m.name.decode("utf-8", "replace"), dtype_of(m.data_type),
                                     tuple(m.shape)) for m in metadatas)
         return cls(model.name, model.url, infos(model.input_tensor_metadatas),
-                   infos(model.output_tensor_metadatas), model.delegate, model.source,
-                   model.state, model.serving_version)
+                   infos(model.output_tensor_metadatas), model.delegate, model.version,
+                   model.source, model.state)
 
 
 AuxData = Union[bytes, str, tuple]  # data, or (data, encoding name)

@@ -116,13 +116,15 @@ _DIRECT_COPY_BYTES = 16 * 1024
 
 class LoadedModel:
     def __init__(self, name: str, url: str, interpreter, footprint: int, delegate: str = "",
-                 owner: int = -1, metrics=None):
+                 owner: int = -1, metrics=None, version: str = "", key_id: str = ""):
         self.name = name
         self.url = url
+        # The signed package's version and signing key's id; "" for a bare .tflite model.
+        self.version = version
+        self.key_id = key_id
         self.owner = owner          # uid of the caller that loaded it (edge_agent_model_access)
         self.footprint = footprint  # bytes reserved against the memory budget
         self.delegate = delegate    # what runs it (delegates.Delegation.name)
-        self.version = ""           # the package version the model repository serves it as
         self.source = "application"  # or "repository" (edge_agent.lifecycle)
         self.loaded_at = time.time()
         # edge_agent.metrics.ModelMetrics; None: metrics are off.
@@ -156,7 +158,7 @@ class LoadedModel:
             url=self.url, name=self.name,
             input_tensor_metadatas=[s.metadata() for s in self.inputs],
             output_tensor_metadatas=[s.metadata() for s in self.outputs],
-            delegate=self.delegate)
+            delegate=self.delegate, version=self.version)
 
     # --- predict ----------------------------------------------------------------------------
 

@@ -24,7 +24,7 @@ from edge_agent.config import AgentConfig
 from edge_agent.descriptors import (check_access, copy_to_private_file, fd_url_index,
                                     passed_fd)
 from edge_agent.engine import LoadedModel, create_interpreter
-from edge_agent.errors import failed_precondition, invalid_argument, not_found, shown
+from edge_agent.errors import AgentError, failed_precondition, invalid_argument, not_found, shown
 from edge_agent.memory import MemoryBudget
 from edge_agent.metrics import ModelMetrics
 from edge_agent.modelfile import looks_like_tflite, not_regular, read_at_most
@@ -115,21 +115,27 @@ class ModelLoader:
         try:
             # What the runtime cost a child beyond the file, measured before the agent's own
             # runtime sees a byte: a model that crashes or swamps it is refused here.
-            measured = self._prove(content, what)
+            vectors = package.get("vectors")
+            measured = self._prove(content, what, vectors)
             self.budget.reserve(measured, what)
             reserved += measured
             interpreter, delegation = delegates.interpreter_with_delegate(
                 content, self.config, what, create_interpreter)
+            if vectors is not None and not self._proven_apart(content):
+                self._validate_here(interpreter, vectors, what)
             # The arena and the runtime's packed copies of weights come on top of the file:
             # an estimate from the tensors, for when the child measured less or nothing.
             tensors = sum(int(d["shape"].prod()) * d["dtype"](0).itemsize
                           for d in interpreter.get_tensor_details())
             self.budget.reserve(max(0, tensors - measured), what)
             reserved += max(0, tensors - measured)
-            metrics = ModelMetrics(time.monotonic() - started, **package) \
+            metrics = ModelMetrics(time.monotonic() - started, package_name=package.get(
+                "package_name", ""), package_version=package.get("package_version", "")) \
                 if self.config.edge_agent_metrics else None
             return LoadedModel(name, url, interpreter, footprint=reserved,
-                               delegate=delegation.name, owner=caller.uid, metrics=metrics)
+                               delegate=delegation.name, owner=caller.uid, metrics=metrics,
+                               version=package.get("package_version", ""),
+                               key_id=package.get("key_id", ""))
         except UnicodeDecodeError:  # the runtime decodes tensor names as UTF-8
             self.budget.release(reserved)
             raise failed_precondition(
@@ -139,24 +145,46 @@ class ModelLoader:
             self.budget.release(reserved)
             raise
 
-    def _prove(self, content: bytes, what: str) -> int:
+    def _proven_apart(self, content: bytes) -> bool:
+        """Whether the child process can run the model: not one compiled for an Edge TPU
+        this agent holds (one process holds it at a time)."""
+        return not (holds_edgetpu(self.config) and delegates.needs_edgetpu(content))
+
+    def _validate_here(self, interpreter, vectors, what: str) -> None:
+        """A package's test vectors run in the agent, on the interpreter about to be
+        served: for a model the child could not run (the Edge TPU's)."""
+        from edge_agent.vectors import validate
+
+        started = time.monotonic()
+        try:
+            validate(interpreter, vectors, restore=True)
+        except AgentError as e:
+            raise AgentError(e.code, f"{what}: {e.message}") from None
+        log.info("%s: its test vectors passed, run in the agent (Edge TPU) in %.2f s", what,
+                 time.monotonic() - started)
+
+    def _prove(self, content: bytes, what: str, vectors=None) -> int:
         """Bytes the model costs the runtime beyond the file, measured in a child process
-        (prover) allowed what the memory budget has free; 0 for a model that cannot be
-        proven apart from the agent (one compiled for an Edge TPU the agent holds)."""
-        if holds_edgetpu(self.config) and delegates.needs_edgetpu(content):
+        (prover) allowed what the memory budget has free, where it also runs on a package's
+        test `vectors`; 0 for a model that cannot be proven apart from the agent (one
+        compiled for an Edge TPU the agent holds: its vectors run in the agent)."""
+        if not self._proven_apart(content):
             log.info("%s: compiled for the Edge TPU, which one process holds at a time: "
                      "loaded without a check in a separate process", what)
             return 0
-        digest = hashlib.sha256(content).hexdigest()
+        # The same model with the same test vectors: the same outcome.
+        digest = hashlib.sha256(content + (vectors.to_bytes() if vectors is not None
+                                           else b"")).hexdigest()
         proven = self.proofs.get(digest)
         if proven is not None:
             log.info("%s: the same bytes were checked before (sha256 %s...); the runtime "
                      "needed %.1f MiB", what, digest[:16], proven / 2**20)
             return max(0, proven - len(content))
         proof = self.prover.prove(content, self.config, what,
-                                  memory_limit=self.budget.free + len(content))
-        log.info("%s: checked in a separate process in %.2f s; the runtime needed %.1f MiB",
-                 what, proof.seconds, proof.peak_bytes / 2**20)
+                                  memory_limit=self.budget.free + len(content), vectors=vectors)
+        log.info("%s: checked in a separate process in %.2f s%s; the runtime needed %.1f MiB",
+                 what, proof.seconds, ", test vectors passed" if vectors is not None else "",
+                 proof.peak_bytes / 2**20)
         self.proofs[digest] = proof.peak_bytes
         return max(0, proof.peak_bytes - len(content))
 
@@ -222,5 +250,6 @@ class ModelLoader:
         manifest = package.manifest
         log.info("%s: package %s %s for %s, signed by key %s", what, manifest.name,
                  manifest.version, manifest.target, package.key_id)
-        found.update(package_name=manifest.name, package_version=manifest.version)
+        found.update(package_name=manifest.name, package_version=manifest.version,
+                     key_id=package.key_id, vectors=package.vectors)
         return package.model

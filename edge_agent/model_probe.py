@@ -4,7 +4,9 @@ nobody has proven yet to the runtime, and so the only code that may be crashed b
 It runs in a process of its own, made for the check (edge_agent/prover.py decides how: forked
 from a helper, or `python -m edge_agent.model_probe`), and does to the bytes what the agent
 will do: builds an interpreter with the agent's delegate settings, allocates its tensors,
-resizes dynamic (-1) dimensions to 1 and invokes once on zero inputs, then reports the memory
+resizes dynamic (-1) dimensions to 1 and invokes once on zero inputs (and, for a package with
+test vectors, runs on its test inputs and compares the outputs: vectors.validate), then
+reports the memory
 the model cost it, under RLIMIT_DATA: its own baseline plus what the agent allows (a failing
 allocation then meets std::bad_alloc instead of the kernel's OOM killer). The outcome is one
 JSON line: {"outcome": "ok", "peak_bytes": N}, {"outcome": "memory", ...} or
@@ -68,7 +70,7 @@ def _exercise(interpreter) -> None:
     interpreter.get_output_details()  # names and types, as the agent reads them
 
 
-def _check(content: bytes, settings: dict) -> dict:
+def _check(content: bytes, settings: dict, vectors: bytes | None = None) -> dict:
     from edge_agent import delegates
     from edge_agent.config import from_mapping
     from edge_agent.engine import create_interpreter
@@ -78,6 +80,10 @@ def _check(content: bytes, settings: dict) -> dict:
         interpreter, _ = delegates.interpreter_with_delegate(content, config, "the model",
                                                              create_interpreter)
         _exercise(interpreter)
+        if vectors is not None:
+            from edge_agent.vectors import TestVectors, validate
+
+            validate(interpreter, TestVectors.from_bytes(vectors))
     except AgentError as e:
         if e.code == StatusCode.RESOURCE_EXHAUSTED:
             return {"outcome": "memory", "message": e.message}
@@ -106,11 +112,13 @@ def preload() -> None:
     interpreter_module()
 
 
-def check(fd: int, request: dict, report: int) -> None:
+def check(fd: int, request: dict, report: int, vectors_fd: int | None = None) -> None:
     """The whole check in this process, which must be one of its own (it sets limits on
     itself and may be killed by the bytes): read the model from `fd`, write the outcome as
-    one JSON line to the descriptor `report`. The runtime's own prints (to fd 1 and 2) go
-    nowhere, so nothing it says can be mistaken for the report."""
+    one JSON line to the descriptor `report`. `vectors_fd`: a package's test vectors
+    (vectors.TestVectors.to_bytes), which the model then runs on, its outputs compared with
+    the expected ones. The runtime's own prints (to fd 1 and 2) go nowhere, so nothing it
+    says can be mistaken for the report."""
     # A delegate may tell this run from the agent's own (the tests' recording delegate keeps
     # its barrier for the agent's invokes).
     os.environ["EDGE_AGENT_MODEL_PROBE"] = "1"
@@ -119,6 +127,11 @@ def check(fd: int, request: dict, report: int) -> None:
     os.dup2(devnull, 2)
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # a crash is expected; no core file
     preload()
+    vectors = None
+    if vectors_fd is not None:  # read before the baseline: the agent held them already
+        with os.fdopen(vectors_fd, "rb") as f:
+            f.seek(0)
+            vectors = f.read()
     data = _status_bytes("VmData")
     if data is not None:  # else no baseline to add the allowance to: no memory limit
         limit = data + int(request["limit"])
@@ -127,7 +140,7 @@ def check(fd: int, request: dict, report: int) -> None:
     with os.fdopen(fd, "rb") as f:
         f.seek(0)  # the offset is shared with whoever wrote it, who left it at the end
         content = f.read()
-    result = _check(content, request["settings"])
+    result = _check(content, request["settings"], vectors)
     if result["outcome"] == "ok":
         # The peak RSS of this process image above the baseline; but a forked child may
         # reuse heap its parent freed, which is resident already and does not raise the RSS:
@@ -141,7 +154,7 @@ def main(argv: list[str]) -> int:
     """`python -m edge_agent.model_probe REQUEST`: the model in the descriptor the request
     names, the report on stdout."""
     request = json.loads(argv[0])
-    check(request["fd"], request, os.dup(1))
+    check(request["fd"], request, os.dup(1), request.get("vectors_fd"))
     return 0
 
 

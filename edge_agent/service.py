@@ -214,7 +214,7 @@ class AgentService:
         described.state = status["state"]
         described.state_reason = status["reason"]
         described.since_unix_seconds = status["since"]
-        described.serving_version = status["version"]
+        described.version = status["version"]
         described.pinned_version = status["pinned"]
         for v in status["versions"]:
             described.versions.add(version=v["version"], sha256=v["sha256"], state=v["state"],
@@ -307,12 +307,13 @@ class AgentService:
             self._describe_lifecycle(described)
         else:
             status = self.lifecycle.status(model.name) if self.lifecycle is not None else None
+            version = described.version
             if status is not None:  # the repository's versions wait for this one to go
                 self._describe_lifecycle(described)
             described.source = "application"
             described.state = "serving"
             described.since_unix_seconds = model.loaded_at
-            described.serving_version = ""
+            described.version = version  # its own package's, not the repository's
         return described
 
     def _no_model(self, name: str) -> AgentError:

@@ -1865,6 +1865,18 @@ static const ProtobufCFieldDescriptor aws__sage_maker__edge__model__field_descri
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
   {
+    "version",
+    101,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(AWS__SageMaker__Edge__Model, version),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
     "source",
     110,
     PROTOBUF_C_LABEL_NONE,
@@ -1913,20 +1925,8 @@ static const ProtobufCFieldDescriptor aws__sage_maker__edge__model__field_descri
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
   {
-    "serving_version",
-    114,
-    PROTOBUF_C_LABEL_NONE,
-    PROTOBUF_C_TYPE_STRING,
-    0,   /* quantifier_offset */
-    offsetof(AWS__SageMaker__Edge__Model, serving_version),
-    NULL,
-    &protobuf_c_empty_string,
-    0,             /* flags */
-    0,NULL,NULL    /* reserved1,reserved2, etc */
-  },
-  {
     "pinned_version",
-    115,
+    114,
     PROTOBUF_C_LABEL_NONE,
     PROTOBUF_C_TYPE_STRING,
     0,   /* quantifier_offset */
@@ -1938,7 +1938,7 @@ static const ProtobufCFieldDescriptor aws__sage_maker__edge__model__field_descri
   },
   {
     "versions",
-    116,
+    115,
     PROTOBUF_C_LABEL_REPEATED,
     PROTOBUF_C_TYPE_MESSAGE,
     offsetof(AWS__SageMaker__Edge__Model, n_versions),
@@ -1955,19 +1955,19 @@ static const unsigned aws__sage_maker__edge__model__field_indices_by_name[] = {
   1,   /* field[1] = name */
   3,   /* field[3] = output_tensor_metadatas */
   10,   /* field[10] = pinned_version */
-  9,   /* field[9] = serving_version */
-  8,   /* field[8] = since_unix_seconds */
-  5,   /* field[5] = source */
-  6,   /* field[6] = state */
-  7,   /* field[7] = state_reason */
+  9,   /* field[9] = since_unix_seconds */
+  6,   /* field[6] = source */
+  7,   /* field[7] = state */
+  8,   /* field[8] = state_reason */
   0,   /* field[0] = url */
+  5,   /* field[5] = version */
   11,   /* field[11] = versions */
 };
 static const ProtobufCIntRange aws__sage_maker__edge__model__number_ranges[3 + 1] =
 {
   { 1, 0 },
   { 100, 4 },
-  { 110, 5 },
+  { 110, 6 },
   { 0, 12 }
 };
 const ProtobufCMessageDescriptor aws__sage_maker__edge__model__descriptor =

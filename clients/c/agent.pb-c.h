@@ -187,6 +187,11 @@ struct  AWS__SageMaker__Edge__Model
    */
   char *delegate;
   /*
+   * Extension: the version of the signed package the model came from, as its manifest says
+   * it (docs/PACKAGES.md, "Versions"); empty for a bare .tflite model.
+   */
+  char *version;
+  /*
    * Extension, the model lifecycle (docs/MODEL_LIFECYCLE.md): "repository" or "application".
    */
   char *source;
@@ -197,16 +202,15 @@ struct  AWS__SageMaker__Edge__Model
   char *state_reason;
   double since_unix_seconds;
   /*
-   * A repository model's version serving, its pin, and every version the agent holds.
+   * A repository model's pinned version, and every version the agent holds.
    */
-  char *serving_version;
   char *pinned_version;
   size_t n_versions;
   AWS__SageMaker__Edge__ModelVersion **versions;
 };
 #define AWS__SAGE_MAKER__EDGE__MODEL__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&aws__sage_maker__edge__model__descriptor) \
-    , (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0,NULL, 0,NULL, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0,NULL }
+    , (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0,NULL, 0,NULL, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0, (char *)protobuf_c_empty_string, 0,NULL }
 
 
 /*

@@ -406,13 +406,13 @@ class ModelManager:
             if serving is not None:
                 keep.add(serving.digest)
             pin = self._pin(name)
-            serving_version = policy.parse(serving.version) if serving else None
+            serving_parsed = policy.parse(serving.version) if serving else None
             for version in versions:
                 parsed = policy.parse(version.version)
                 if pin is not None and policy.same_version(version.version, pin):
                     keep.add(version.digest)
                 elif (version.digest not in self._failed and parsed is not None
-                      and (serving_version is None or parsed > serving_version)):
+                      and (serving_parsed is None or parsed > serving_parsed)):
                     keep.add(version.digest)  # not yet served: a candidate still
             for version in versions:
                 if version.digest not in keep:

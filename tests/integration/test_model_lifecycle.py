@@ -27,7 +27,7 @@ def test_a_repository_model_serves_from_start(lab, start_agent, tmp_path):
     with agent.client() as client:
         assert offset_of(client.predict("m", {"x": X})) == 1.0
         model = client.describe_model("m")
-        assert (model.source, model.state, model.serving_version) == ("repository", "serving", "1.0")
+        assert (model.source, model.state, model.version) == ("repository", "serving", "1.0")
         listed = states(client)["m"]
         assert [(v.version, v.state) for v in listed.versions] == [("1.0", "serving")]
 
@@ -41,7 +41,7 @@ def test_a_new_version_is_swapped_in_on_rescan_and_an_archive_works(lab, start_a
         assert offset_of(client.predict("m", {"x": X})) == 1.0
         client.rescan()
         assert offset_of(client.predict("m", {"x": X})) == 2.0
-        assert client.describe_model("m").serving_version == "2.0"
+        assert client.describe_model("m").version == "2.0"
 
 
 def test_a_prerelease_serves_only_when_pinned(lab, start_agent):
@@ -84,7 +84,7 @@ def test_rollback_pins_across_a_restart_until_unpinned(lab, start_agent):
         client.rescan()
         assert offset_of(client.predict("m", {"x": X})) == 2.0
         model = client.rollback("m")
-        assert (model.serving_version, model.pinned_version) == ("1.0", "1.0")
+        assert (model.version, model.pinned_version) == ("1.0", "1.0")
         assert offset_of(client.predict("m", {"x": X})) == 1.0
         client.rescan()  # a pin holds against the higher version
         assert offset_of(client.predict("m", {"x": X})) == 1.0
@@ -92,9 +92,9 @@ def test_rollback_pins_across_a_restart_until_unpinned(lab, start_agent):
     agent = start_agent(workdir=agent.workdir, **lab.settings())
     with agent.client() as client:
         assert offset_of(client.predict("m", {"x": X})) == 1.0
-        assert client.unpin("m").serving_version == "2.0"
+        assert client.unpin("m").version == "2.0"
         assert offset_of(client.predict("m", {"x": X})) == 2.0
-        assert client.rollback("m", "1").serving_version == "1.0"
+        assert client.rollback("m", "1").version == "1.0"
         with pytest.raises(AgentError) as refused:
             client.rollback("m", "9.9")
         assert refused.value.code == StatusCode.FAILED_PRECONDITION
@@ -178,7 +178,7 @@ def test_the_repository_is_watched_without_a_rescan(lab, start_agent):
     lab.publish("m", "2.0")
     with agent.client() as client:
         for _ in range(2000):
-            if client.describe_model("m").serving_version == "2.0":
+            if client.describe_model("m").version == "2.0":
                 break
             threading.Event().wait(0.01)
         assert offset_of(client.predict("m", {"x": X})) == 2.0
@@ -230,7 +230,7 @@ def swaps_under_load(lab, start_agent, versions: int) -> None:
                 lab.publish("m", str(version))
                 before = len(seen_inline) + len(seen_shared)
                 client.rescan()
-                assert client.describe_model("m").serving_version == str(version)
+                assert client.describe_model("m").version == str(version)
                 # Both clients answered across this swap (a bounded wait on their progress).
                 for _ in range(10000):
                     if len(seen_inline) + len(seen_shared) > before + 2 or errors:

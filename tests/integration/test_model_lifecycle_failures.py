@@ -48,7 +48,7 @@ def test_a_bad_new_version_leaves_the_old_one_serving(lab, start_agent, kind, ph
         client.rescan()
         assert offset_of(client.predict("m", {"x": X})) == 1.0
         listed = states(client)["m"]
-        assert (listed.state, listed.serving_version) == ("serving", "1.0")
+        assert (listed.state, listed.version) == ("serving", "1.0")
         assert any(phrase in reason for reason in _failed(client, "m")), _failed(client, "m")
         client.rescan()  # a failed version is not tried again while its bytes are the same
     warnings = [line for line in agent.log().splitlines() if "WARNING" in line and "2.0" in line]
@@ -73,7 +73,7 @@ def test_a_version_that_crashes_the_runtime_is_caught_by_the_model_check(lab, st
     inputs = model_builder.add_model().sample_inputs()
     with agent.client() as client:
         client.rescan()
-        assert states(client)["m"].serving_version == "1.0"
+        assert states(client)["m"].version == "1.0"
         reasons = _failed(client, "m")
         assert reasons and all("2.0" in r or "runtime" in r for r in reasons), reasons
         client.predict("m", inputs)
