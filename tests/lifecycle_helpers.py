@@ -38,15 +38,23 @@ class Lab:
 
     def build(self, name: str, version: str, offset: float | None = None, *,
               archive: bool = False, model: model_builder.BuiltModel | None = None,
-              key: str | None = None, target: packages.Target | str | None = None) -> Path:
-        """A signed package in the outgoing folder (not yet in the repository)."""
+              key: str | None = None, target: packages.Target | str | None = None,
+              expected: np.ndarray | None = None) -> Path:
+        """A signed package in the outgoing folder (not yet in the repository); with
+        `expected`, a test vector: input X, that expected output."""
         self._count += 1
+        vectors: dict = {}
+        if expected is not None:
+            np.save(self.outgoing / f"x-{self._count}.npy", X)
+            np.save(self.outgoing / f"y-{self._count}.npy", expected)
+            vectors = {"test_inputs": [str(self.outgoing / f"x-{self._count}.npy")],
+                       "test_outputs": [str(self.outgoing / f"y-{self._count}.npy")]}
         if model is None:
             model = model_builder.offset_model(float(version.split(".")[0]) if offset is None
                                                else offset)
         out = self.outgoing / f"{name}-{version}-{self._count}{'.tar.gz' if archive else ''}"
         packages.build_package(model.content, name, version, target or packages.Target.host(),
-                               key or self.signer.key_path, str(out))
+                               key or self.signer.key_path, str(out), **vectors)
         return out
 
     def move_in(self, package: Path, name: str, file_name: str | None = None) -> Path:

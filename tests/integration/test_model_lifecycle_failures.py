@@ -55,6 +55,17 @@ def test_a_bad_new_version_leaves_the_old_one_serving(lab, start_agent, kind, ph
     assert len(warnings) == 1, warnings
 
 
+def test_a_version_that_fails_its_test_vector_leaves_the_old_one_serving(lab, start_agent):
+    lab.publish("m", "1.0", expected=X + 1)
+    agent = start_agent(**lab.settings())
+    lab.publish("m", "2.0", expected=X + 3)  # the model computes x + 2
+    with agent.client() as client:
+        client.rescan()
+        assert offset_of(client.predict("m", {"x": X})) == 1.0
+        reasons = _failed(client, "m")
+        assert any("output 'y' differs" in r for r in reasons), reasons
+
+
 def test_a_signature_change_serves_when_allowed(lab, start_agent):
     lab.publish("m", "1.0")
     agent = start_agent(**lab.settings(edge_agent_allow_signature_change=True))
