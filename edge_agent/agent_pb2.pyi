@@ -281,7 +281,7 @@ class CodeCount(_message.Message):
     def __init__(self, code: _Optional[str] = ..., count: _Optional[int] = ...) -> None: ...
 
 class ModelMetrics(_message.Message):
-    __slots__ = ("name", "package_name", "package_version", "delegate", "memory_reserved_bytes", "load_seconds", "loaded_at_unix_seconds", "predictions", "predict_seconds", "invoke_seconds", "input_bytes", "output_bytes", "shared_memory_inputs", "inline_inputs")
+    __slots__ = ("name", "package_name", "package_version", "delegate", "memory_reserved_bytes", "load_seconds", "loaded_at_unix_seconds", "predictions", "predict_seconds", "invoke_seconds", "input_bytes", "output_bytes", "shared_memory_inputs", "inline_inputs", "source")
     NAME_FIELD_NUMBER: _ClassVar[int]
     PACKAGE_NAME_FIELD_NUMBER: _ClassVar[int]
     PACKAGE_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -296,6 +296,7 @@ class ModelMetrics(_message.Message):
     OUTPUT_BYTES_FIELD_NUMBER: _ClassVar[int]
     SHARED_MEMORY_INPUTS_FIELD_NUMBER: _ClassVar[int]
     INLINE_INPUTS_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
     name: str
     package_name: str
     package_version: str
@@ -310,7 +311,34 @@ class ModelMetrics(_message.Message):
     output_bytes: int
     shared_memory_inputs: int
     inline_inputs: int
-    def __init__(self, name: _Optional[str] = ..., package_name: _Optional[str] = ..., package_version: _Optional[str] = ..., delegate: _Optional[str] = ..., memory_reserved_bytes: _Optional[int] = ..., load_seconds: _Optional[float] = ..., loaded_at_unix_seconds: _Optional[float] = ..., predictions: _Optional[_Iterable[_Union[CodeCount, _Mapping]]] = ..., predict_seconds: _Optional[_Union[Histogram, _Mapping]] = ..., invoke_seconds: _Optional[_Union[Histogram, _Mapping]] = ..., input_bytes: _Optional[int] = ..., output_bytes: _Optional[int] = ..., shared_memory_inputs: _Optional[int] = ..., inline_inputs: _Optional[int] = ...) -> None: ...
+    source: str
+    def __init__(self, name: _Optional[str] = ..., package_name: _Optional[str] = ..., package_version: _Optional[str] = ..., delegate: _Optional[str] = ..., memory_reserved_bytes: _Optional[int] = ..., load_seconds: _Optional[float] = ..., loaded_at_unix_seconds: _Optional[float] = ..., predictions: _Optional[_Iterable[_Union[CodeCount, _Mapping]]] = ..., predict_seconds: _Optional[_Union[Histogram, _Mapping]] = ..., invoke_seconds: _Optional[_Union[Histogram, _Mapping]] = ..., input_bytes: _Optional[int] = ..., output_bytes: _Optional[int] = ..., shared_memory_inputs: _Optional[int] = ..., inline_inputs: _Optional[int] = ..., source: _Optional[str] = ...) -> None: ...
+
+class ModelState(_message.Message):
+    __slots__ = ("name", "source", "state", "reason", "version", "since_unix_seconds", "swaps")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    SINCE_UNIX_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    SWAPS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    source: str
+    state: str
+    reason: str
+    version: str
+    since_unix_seconds: float
+    swaps: _containers.RepeatedCompositeFieldContainer[SwapCount]
+    def __init__(self, name: _Optional[str] = ..., source: _Optional[str] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., version: _Optional[str] = ..., since_unix_seconds: _Optional[float] = ..., swaps: _Optional[_Iterable[_Union[SwapCount, _Mapping]]] = ...) -> None: ...
+
+class SwapCount(_message.Message):
+    __slots__ = ("result", "count")
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    result: str
+    count: int
+    def __init__(self, result: _Optional[str] = ..., count: _Optional[int] = ...) -> None: ...
 
 class CallCount(_message.Message):
     __slots__ = ("front", "rpc", "code", "count")
@@ -353,7 +381,7 @@ class CaptureMetrics(_message.Message):
     def __init__(self, accepted: _Optional[int] = ..., delivered: _Optional[int] = ..., failed: _Optional[int] = ..., backlog: _Optional[int] = ..., journal_bytes: _Optional[int] = ..., journal_limit_bytes: _Optional[int] = ..., last_error: _Optional[str] = ..., last_error_unix_seconds: _Optional[float] = ...) -> None: ...
 
 class GetMetricsResponse(_message.Message):
-    __slots__ = ("agent_version", "device_name", "fleet_name", "start_time_unix_seconds", "uptime_seconds", "counters_kept", "models", "calls", "connections", "capture", "memory_budget_bytes", "memory_budget_used_bytes", "resident_memory_bytes", "cpu_seconds")
+    __slots__ = ("agent_version", "device_name", "fleet_name", "start_time_unix_seconds", "uptime_seconds", "counters_kept", "models", "calls", "connections", "capture", "memory_budget_bytes", "memory_budget_used_bytes", "resident_memory_bytes", "cpu_seconds", "model_states")
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     DEVICE_NAME_FIELD_NUMBER: _ClassVar[int]
     FLEET_NAME_FIELD_NUMBER: _ClassVar[int]
@@ -368,6 +396,7 @@ class GetMetricsResponse(_message.Message):
     MEMORY_BUDGET_USED_BYTES_FIELD_NUMBER: _ClassVar[int]
     RESIDENT_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     CPU_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_STATES_FIELD_NUMBER: _ClassVar[int]
     agent_version: str
     device_name: str
     fleet_name: str
@@ -382,7 +411,8 @@ class GetMetricsResponse(_message.Message):
     memory_budget_used_bytes: int
     resident_memory_bytes: int
     cpu_seconds: float
-    def __init__(self, agent_version: _Optional[str] = ..., device_name: _Optional[str] = ..., fleet_name: _Optional[str] = ..., start_time_unix_seconds: _Optional[float] = ..., uptime_seconds: _Optional[float] = ..., counters_kept: _Optional[bool] = ..., models: _Optional[_Iterable[_Union[ModelMetrics, _Mapping]]] = ..., calls: _Optional[_Iterable[_Union[CallCount, _Mapping]]] = ..., connections: _Optional[_Iterable[_Union[ConnectionCount, _Mapping]]] = ..., capture: _Optional[_Union[CaptureMetrics, _Mapping]] = ..., memory_budget_bytes: _Optional[int] = ..., memory_budget_used_bytes: _Optional[int] = ..., resident_memory_bytes: _Optional[int] = ..., cpu_seconds: _Optional[float] = ...) -> None: ...
+    model_states: _containers.RepeatedCompositeFieldContainer[ModelState]
+    def __init__(self, agent_version: _Optional[str] = ..., device_name: _Optional[str] = ..., fleet_name: _Optional[str] = ..., start_time_unix_seconds: _Optional[float] = ..., uptime_seconds: _Optional[float] = ..., counters_kept: _Optional[bool] = ..., models: _Optional[_Iterable[_Union[ModelMetrics, _Mapping]]] = ..., calls: _Optional[_Iterable[_Union[CallCount, _Mapping]]] = ..., connections: _Optional[_Iterable[_Union[ConnectionCount, _Mapping]]] = ..., capture: _Optional[_Union[CaptureMetrics, _Mapping]] = ..., memory_budget_bytes: _Optional[int] = ..., memory_budget_used_bytes: _Optional[int] = ..., resident_memory_bytes: _Optional[int] = ..., cpu_seconds: _Optional[float] = ..., model_states: _Optional[_Iterable[_Union[ModelState, _Mapping]]] = ...) -> None: ...
 
 class RescanRequest(_message.Message):
     __slots__ = ()

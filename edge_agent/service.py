@@ -283,7 +283,8 @@ class AgentService:
                     caller: Caller = IN_PROCESS) -> pb.GetMetricsResponse:
         with self._lock:
             models = sorted(self._models.values(), key=lambda m: m.name)
-        return self.metrics.snapshot(models, self.budget, self.capture, self.config)
+        return self.metrics.snapshot(models, self.budget, self.capture, self.config,
+                                     self.lifecycle)
 
     # --- helpers ----------------------------------------------------------------------------
 

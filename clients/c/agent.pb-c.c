@@ -1132,6 +1132,96 @@ void   aws__sage_maker__edge__model_metrics__free_unpacked
   assert(message->base.descriptor == &aws__sage_maker__edge__model_metrics__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
+void   aws__sage_maker__edge__model_state__init
+                     (AWS__SageMaker__Edge__ModelState         *message)
+{
+  static const AWS__SageMaker__Edge__ModelState init_value = AWS__SAGE_MAKER__EDGE__MODEL_STATE__INIT;
+  *message = init_value;
+}
+size_t aws__sage_maker__edge__model_state__get_packed_size
+                     (const AWS__SageMaker__Edge__ModelState *message)
+{
+  assert(message->base.descriptor == &aws__sage_maker__edge__model_state__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t aws__sage_maker__edge__model_state__pack
+                     (const AWS__SageMaker__Edge__ModelState *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &aws__sage_maker__edge__model_state__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t aws__sage_maker__edge__model_state__pack_to_buffer
+                     (const AWS__SageMaker__Edge__ModelState *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &aws__sage_maker__edge__model_state__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+AWS__SageMaker__Edge__ModelState *
+       aws__sage_maker__edge__model_state__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (AWS__SageMaker__Edge__ModelState *)
+     protobuf_c_message_unpack (&aws__sage_maker__edge__model_state__descriptor,
+                                allocator, len, data);
+}
+void   aws__sage_maker__edge__model_state__free_unpacked
+                     (AWS__SageMaker__Edge__ModelState *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &aws__sage_maker__edge__model_state__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   aws__sage_maker__edge__swap_count__init
+                     (AWS__SageMaker__Edge__SwapCount         *message)
+{
+  static const AWS__SageMaker__Edge__SwapCount init_value = AWS__SAGE_MAKER__EDGE__SWAP_COUNT__INIT;
+  *message = init_value;
+}
+size_t aws__sage_maker__edge__swap_count__get_packed_size
+                     (const AWS__SageMaker__Edge__SwapCount *message)
+{
+  assert(message->base.descriptor == &aws__sage_maker__edge__swap_count__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t aws__sage_maker__edge__swap_count__pack
+                     (const AWS__SageMaker__Edge__SwapCount *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &aws__sage_maker__edge__swap_count__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t aws__sage_maker__edge__swap_count__pack_to_buffer
+                     (const AWS__SageMaker__Edge__SwapCount *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &aws__sage_maker__edge__swap_count__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+AWS__SageMaker__Edge__SwapCount *
+       aws__sage_maker__edge__swap_count__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (AWS__SageMaker__Edge__SwapCount *)
+     protobuf_c_message_unpack (&aws__sage_maker__edge__swap_count__descriptor,
+                                allocator, len, data);
+}
+void   aws__sage_maker__edge__swap_count__free_unpacked
+                     (AWS__SageMaker__Edge__SwapCount *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &aws__sage_maker__edge__swap_count__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
 void   aws__sage_maker__edge__call_count__init
                      (AWS__SageMaker__Edge__CallCount         *message)
 {
@@ -2973,7 +3063,7 @@ const ProtobufCMessageDescriptor aws__sage_maker__edge__code_count__descriptor =
   (ProtobufCMessageInit) aws__sage_maker__edge__code_count__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor aws__sage_maker__edge__model_metrics__field_descriptors[14] =
+static const ProtobufCFieldDescriptor aws__sage_maker__edge__model_metrics__field_descriptors[15] =
 {
   {
     "name",
@@ -3143,6 +3233,18 @@ static const ProtobufCFieldDescriptor aws__sage_maker__edge__model_metrics__fiel
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "source",
+    114,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(AWS__SageMaker__Edge__ModelMetrics, source),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned aws__sage_maker__edge__model_metrics__field_indices_by_name[] = {
   3,   /* field[3] = delegate */
@@ -3159,11 +3261,12 @@ static const unsigned aws__sage_maker__edge__model_metrics__field_indices_by_nam
   8,   /* field[8] = predict_seconds */
   7,   /* field[7] = predictions */
   12,   /* field[12] = shared_memory_inputs */
+  14,   /* field[14] = source */
 };
 static const ProtobufCIntRange aws__sage_maker__edge__model_metrics__number_ranges[1 + 1] =
 {
   { 100, 0 },
-  { 0, 14 }
+  { 0, 15 }
 };
 const ProtobufCMessageDescriptor aws__sage_maker__edge__model_metrics__descriptor =
 {
@@ -3173,11 +3276,178 @@ const ProtobufCMessageDescriptor aws__sage_maker__edge__model_metrics__descripto
   "AWS__SageMaker__Edge__ModelMetrics",
   "AWS.SageMaker.Edge",
   sizeof(AWS__SageMaker__Edge__ModelMetrics),
-  14,
+  15,
   aws__sage_maker__edge__model_metrics__field_descriptors,
   aws__sage_maker__edge__model_metrics__field_indices_by_name,
   1,  aws__sage_maker__edge__model_metrics__number_ranges,
   (ProtobufCMessageInit) aws__sage_maker__edge__model_metrics__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor aws__sage_maker__edge__model_state__field_descriptors[7] =
+{
+  {
+    "name",
+    100,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(AWS__SageMaker__Edge__ModelState, name),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "source",
+    101,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(AWS__SageMaker__Edge__ModelState, source),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "state",
+    102,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(AWS__SageMaker__Edge__ModelState, state),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "reason",
+    103,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(AWS__SageMaker__Edge__ModelState, reason),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "version",
+    104,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(AWS__SageMaker__Edge__ModelState, version),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "since_unix_seconds",
+    105,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_DOUBLE,
+    0,   /* quantifier_offset */
+    offsetof(AWS__SageMaker__Edge__ModelState, since_unix_seconds),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "swaps",
+    106,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(AWS__SageMaker__Edge__ModelState, n_swaps),
+    offsetof(AWS__SageMaker__Edge__ModelState, swaps),
+    &aws__sage_maker__edge__swap_count__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned aws__sage_maker__edge__model_state__field_indices_by_name[] = {
+  0,   /* field[0] = name */
+  3,   /* field[3] = reason */
+  5,   /* field[5] = since_unix_seconds */
+  1,   /* field[1] = source */
+  2,   /* field[2] = state */
+  6,   /* field[6] = swaps */
+  4,   /* field[4] = version */
+};
+static const ProtobufCIntRange aws__sage_maker__edge__model_state__number_ranges[1 + 1] =
+{
+  { 100, 0 },
+  { 0, 7 }
+};
+const ProtobufCMessageDescriptor aws__sage_maker__edge__model_state__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "AWS.SageMaker.Edge.ModelState",
+  "ModelState",
+  "AWS__SageMaker__Edge__ModelState",
+  "AWS.SageMaker.Edge",
+  sizeof(AWS__SageMaker__Edge__ModelState),
+  7,
+  aws__sage_maker__edge__model_state__field_descriptors,
+  aws__sage_maker__edge__model_state__field_indices_by_name,
+  1,  aws__sage_maker__edge__model_state__number_ranges,
+  (ProtobufCMessageInit) aws__sage_maker__edge__model_state__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor aws__sage_maker__edge__swap_count__field_descriptors[2] =
+{
+  {
+    "result",
+    100,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(AWS__SageMaker__Edge__SwapCount, result),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "count",
+    101,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(AWS__SageMaker__Edge__SwapCount, count),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned aws__sage_maker__edge__swap_count__field_indices_by_name[] = {
+  1,   /* field[1] = count */
+  0,   /* field[0] = result */
+};
+static const ProtobufCIntRange aws__sage_maker__edge__swap_count__number_ranges[1 + 1] =
+{
+  { 100, 0 },
+  { 0, 2 }
+};
+const ProtobufCMessageDescriptor aws__sage_maker__edge__swap_count__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "AWS.SageMaker.Edge.SwapCount",
+  "SwapCount",
+  "AWS__SageMaker__Edge__SwapCount",
+  "AWS.SageMaker.Edge",
+  sizeof(AWS__SageMaker__Edge__SwapCount),
+  2,
+  aws__sage_maker__edge__swap_count__field_descriptors,
+  aws__sage_maker__edge__swap_count__field_indices_by_name,
+  1,  aws__sage_maker__edge__swap_count__number_ranges,
+  (ProtobufCMessageInit) aws__sage_maker__edge__swap_count__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
 static const ProtobufCFieldDescriptor aws__sage_maker__edge__call_count__field_descriptors[4] =
@@ -3437,7 +3707,7 @@ const ProtobufCMessageDescriptor aws__sage_maker__edge__capture_metrics__descrip
   (ProtobufCMessageInit) aws__sage_maker__edge__capture_metrics__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor aws__sage_maker__edge__get_metrics_response__field_descriptors[14] =
+static const ProtobufCFieldDescriptor aws__sage_maker__edge__get_metrics_response__field_descriptors[15] =
 {
   {
     "agent_version",
@@ -3607,6 +3877,18 @@ static const ProtobufCFieldDescriptor aws__sage_maker__edge__get_metrics_respons
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "model_states",
+    114,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(AWS__SageMaker__Edge__GetMetricsResponse, n_model_states),
+    offsetof(AWS__SageMaker__Edge__GetMetricsResponse, model_states),
+    &aws__sage_maker__edge__model_state__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned aws__sage_maker__edge__get_metrics_response__field_indices_by_name[] = {
   0,   /* field[0] = agent_version */
@@ -3619,6 +3901,7 @@ static const unsigned aws__sage_maker__edge__get_metrics_response__field_indices
   2,   /* field[2] = fleet_name */
   10,   /* field[10] = memory_budget_bytes */
   11,   /* field[11] = memory_budget_used_bytes */
+  14,   /* field[14] = model_states */
   6,   /* field[6] = models */
   12,   /* field[12] = resident_memory_bytes */
   3,   /* field[3] = start_time_unix_seconds */
@@ -3627,7 +3910,7 @@ static const unsigned aws__sage_maker__edge__get_metrics_response__field_indices
 static const ProtobufCIntRange aws__sage_maker__edge__get_metrics_response__number_ranges[1 + 1] =
 {
   { 100, 0 },
-  { 0, 14 }
+  { 0, 15 }
 };
 const ProtobufCMessageDescriptor aws__sage_maker__edge__get_metrics_response__descriptor =
 {
@@ -3637,7 +3920,7 @@ const ProtobufCMessageDescriptor aws__sage_maker__edge__get_metrics_response__de
   "AWS__SageMaker__Edge__GetMetricsResponse",
   "AWS.SageMaker.Edge",
   sizeof(AWS__SageMaker__Edge__GetMetricsResponse),
-  14,
+  15,
   aws__sage_maker__edge__get_metrics_response__field_descriptors,
   aws__sage_maker__edge__get_metrics_response__field_indices_by_name,
   1,  aws__sage_maker__edge__get_metrics_response__number_ranges,

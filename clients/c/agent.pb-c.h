@@ -40,6 +40,8 @@ typedef struct AWS__SageMaker__Edge__GetMetricsRequest AWS__SageMaker__Edge__Get
 typedef struct AWS__SageMaker__Edge__Histogram AWS__SageMaker__Edge__Histogram;
 typedef struct AWS__SageMaker__Edge__CodeCount AWS__SageMaker__Edge__CodeCount;
 typedef struct AWS__SageMaker__Edge__ModelMetrics AWS__SageMaker__Edge__ModelMetrics;
+typedef struct AWS__SageMaker__Edge__ModelState AWS__SageMaker__Edge__ModelState;
+typedef struct AWS__SageMaker__Edge__SwapCount AWS__SageMaker__Edge__SwapCount;
 typedef struct AWS__SageMaker__Edge__CallCount AWS__SageMaker__Edge__CallCount;
 typedef struct AWS__SageMaker__Edge__ConnectionCount AWS__SageMaker__Edge__ConnectionCount;
 typedef struct AWS__SageMaker__Edge__CaptureMetrics AWS__SageMaker__Edge__CaptureMetrics;
@@ -523,10 +525,54 @@ struct  AWS__SageMaker__Edge__ModelMetrics
   uint64_t output_bytes;
   uint64_t shared_memory_inputs;
   uint64_t inline_inputs;
+  /*
+   * "repository" or "application" (docs/MODEL_LIFECYCLE.md).
+   */
+  char *source;
 };
 #define AWS__SAGE_MAKER__EDGE__MODEL_METRICS__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&aws__sage_maker__edge__model_metrics__descriptor) \
-    , (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0, 0, 0, 0,NULL, NULL, NULL, 0, 0, 0, 0 }
+    , (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0, 0, 0, 0,NULL, NULL, NULL, 0, 0, 0, 0, (char *)protobuf_c_empty_string }
+
+
+/*
+ * A model's lifecycle: every name the model repository manages, and applications' models.
+ */
+struct  AWS__SageMaker__Edge__ModelState
+{
+  ProtobufCMessage base;
+  char *name;
+  char *source;
+  /*
+   * serving, loading, validating, failed, blocked or waiting (for memory).
+   */
+  char *state;
+  char *reason;
+  /*
+   * The version serving ("" when none).
+   */
+  char *version;
+  double since_unix_seconds;
+  /*
+   * Swaps tried since start, by result: ok, failed, waiting (for memory).
+   */
+  size_t n_swaps;
+  AWS__SageMaker__Edge__SwapCount **swaps;
+};
+#define AWS__SAGE_MAKER__EDGE__MODEL_STATE__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&aws__sage_maker__edge__model_state__descriptor) \
+    , (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0, 0,NULL }
+
+
+struct  AWS__SageMaker__Edge__SwapCount
+{
+  ProtobufCMessage base;
+  char *result;
+  uint64_t count;
+};
+#define AWS__SAGE_MAKER__EDGE__SWAP_COUNT__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&aws__sage_maker__edge__swap_count__descriptor) \
+    , (char *)protobuf_c_empty_string, 0 }
 
 
 /*
@@ -605,10 +651,12 @@ struct  AWS__SageMaker__Edge__GetMetricsResponse
   uint64_t memory_budget_used_bytes;
   uint64_t resident_memory_bytes;
   double cpu_seconds;
+  size_t n_model_states;
+  AWS__SageMaker__Edge__ModelState **model_states;
 };
 #define AWS__SAGE_MAKER__EDGE__GET_METRICS_RESPONSE__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&aws__sage_maker__edge__get_metrics_response__descriptor) \
-    , (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0, 0, 0, 0,NULL, 0,NULL, 0,NULL, NULL, 0, 0, 0, 0 }
+    , (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0, 0, 0, 0,NULL, 0,NULL, 0,NULL, NULL, 0, 0, 0, 0, 0,NULL }
 
 
 struct  AWS__SageMaker__Edge__RescanRequest
@@ -1150,6 +1198,44 @@ AWS__SageMaker__Edge__ModelMetrics *
 void   aws__sage_maker__edge__model_metrics__free_unpacked
                      (AWS__SageMaker__Edge__ModelMetrics *message,
                       ProtobufCAllocator *allocator);
+/* AWS__SageMaker__Edge__ModelState methods */
+void   aws__sage_maker__edge__model_state__init
+                     (AWS__SageMaker__Edge__ModelState         *message);
+size_t aws__sage_maker__edge__model_state__get_packed_size
+                     (const AWS__SageMaker__Edge__ModelState   *message);
+size_t aws__sage_maker__edge__model_state__pack
+                     (const AWS__SageMaker__Edge__ModelState   *message,
+                      uint8_t             *out);
+size_t aws__sage_maker__edge__model_state__pack_to_buffer
+                     (const AWS__SageMaker__Edge__ModelState   *message,
+                      ProtobufCBuffer     *buffer);
+AWS__SageMaker__Edge__ModelState *
+       aws__sage_maker__edge__model_state__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   aws__sage_maker__edge__model_state__free_unpacked
+                     (AWS__SageMaker__Edge__ModelState *message,
+                      ProtobufCAllocator *allocator);
+/* AWS__SageMaker__Edge__SwapCount methods */
+void   aws__sage_maker__edge__swap_count__init
+                     (AWS__SageMaker__Edge__SwapCount         *message);
+size_t aws__sage_maker__edge__swap_count__get_packed_size
+                     (const AWS__SageMaker__Edge__SwapCount   *message);
+size_t aws__sage_maker__edge__swap_count__pack
+                     (const AWS__SageMaker__Edge__SwapCount   *message,
+                      uint8_t             *out);
+size_t aws__sage_maker__edge__swap_count__pack_to_buffer
+                     (const AWS__SageMaker__Edge__SwapCount   *message,
+                      ProtobufCBuffer     *buffer);
+AWS__SageMaker__Edge__SwapCount *
+       aws__sage_maker__edge__swap_count__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   aws__sage_maker__edge__swap_count__free_unpacked
+                     (AWS__SageMaker__Edge__SwapCount *message,
+                      ProtobufCAllocator *allocator);
 /* AWS__SageMaker__Edge__CallCount methods */
 void   aws__sage_maker__edge__call_count__init
                      (AWS__SageMaker__Edge__CallCount         *message);
@@ -1417,6 +1503,12 @@ typedef void (*AWS__SageMaker__Edge__CodeCount_Closure)
 typedef void (*AWS__SageMaker__Edge__ModelMetrics_Closure)
                  (const AWS__SageMaker__Edge__ModelMetrics *message,
                   void *closure_data);
+typedef void (*AWS__SageMaker__Edge__ModelState_Closure)
+                 (const AWS__SageMaker__Edge__ModelState *message,
+                  void *closure_data);
+typedef void (*AWS__SageMaker__Edge__SwapCount_Closure)
+                 (const AWS__SageMaker__Edge__SwapCount *message,
+                  void *closure_data);
 typedef void (*AWS__SageMaker__Edge__CallCount_Closure)
                  (const AWS__SageMaker__Edge__CallCount *message,
                   void *closure_data);
@@ -1592,6 +1684,8 @@ extern const ProtobufCMessageDescriptor aws__sage_maker__edge__get_metrics_reque
 extern const ProtobufCMessageDescriptor aws__sage_maker__edge__histogram__descriptor;
 extern const ProtobufCMessageDescriptor aws__sage_maker__edge__code_count__descriptor;
 extern const ProtobufCMessageDescriptor aws__sage_maker__edge__model_metrics__descriptor;
+extern const ProtobufCMessageDescriptor aws__sage_maker__edge__model_state__descriptor;
+extern const ProtobufCMessageDescriptor aws__sage_maker__edge__swap_count__descriptor;
 extern const ProtobufCMessageDescriptor aws__sage_maker__edge__call_count__descriptor;
 extern const ProtobufCMessageDescriptor aws__sage_maker__edge__connection_count__descriptor;
 extern const ProtobufCMessageDescriptor aws__sage_maker__edge__capture_metrics__descriptor;

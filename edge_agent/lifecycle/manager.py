@@ -284,8 +284,7 @@ class ModelManager:
                 return
             if self._swap(name, current, target):
                 return
-            if current.model is not None:
-                return  # the new version failed; the old one serves on
+            # It failed (and is excluded now): the next best, which may be the one serving.
 
     def _swap(self, name: str, current: NameState, target: StoredVersion) -> bool:
         old = current.model
@@ -489,6 +488,20 @@ class ModelManager:
         """'name version, ...' of what serves (or each name's state), for the log."""
         return ", ".join(f"{name} {s.serving.version if s.serving else s.state}"
                          for name, s in sorted(self._names.items())) or "empty"
+
+    def fill_metrics(self, states) -> set[str]:
+        """Add a ModelState per managed name to `states`; the names added. (Read without
+        the manager's lock: a scrape never waits for a swap.)"""
+        names = dict(self._names)
+        swaps = dict(self.swaps)
+        for name, current in sorted(names.items()):
+            serving = current.serving
+            message = states.add(name=name, source="repository", state=current.state,
+                                 reason=current.reason, since_unix_seconds=current.since,
+                                 version=serving.version if serving else "")
+            for result in SWAP_RESULTS:
+                message.swaps.add(result=result, count=swaps.get((name, result), 0))
+        return set(names)
 
     def status(self, name: str) -> dict | None:
         """What ListModels and the metrics say of a repository name."""

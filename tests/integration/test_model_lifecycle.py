@@ -257,3 +257,42 @@ def test_swaps_under_load_lose_no_call(lab, start_agent):
 @pytest.mark.native_only
 def test_twenty_swaps_under_load_lose_no_call(lab, start_agent):
     swaps_under_load(lab, start_agent, versions=20)
+
+
+def test_metrics_say_each_models_source_state_and_swaps(lab, start_agent, tmp_path):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from edge_agent import metrics
+
+    lab.publish("m", "1.0")
+    textfile = tmp_path / "agent.prom"
+    agent = start_agent(**lab.settings(edge_agent_metrics_textfile=str(textfile),
+                                       edge_agent_metrics_textfile_period_seconds=3600))
+    lab.publish("m", "2.0")
+    lab.publish("m", "3.0", model=model_builder.offset_model(3, shape=(1, 8)))  # refused
+    path = model_builder.offset_model(5).write(tmp_path / "own.tflite")
+    with agent.client() as client:
+        client.rescan()
+        client.load_model("app", str(path))
+        document = metrics.document(client.get_metrics())
+    states_by_name = {s["name"]: s for s in document["model_states"]}
+    assert states_by_name["m"]["state"] == "serving"
+    assert states_by_name["m"]["version"] == "2.0"
+    assert states_by_name["m"]["swaps"] == {"ok": 2, "failed": 1, "waiting": 0}
+    assert states_by_name["app"]["source"] == "application"
+    assert {m["name"]: m["source"] for m in document["models"]} == {
+        "m": "repository", "app": "application"}
+    agent.stop()  # the textfile gets the final figures
+    found = {}
+    for family in text_string_to_metric_families(textfile.read_text()):
+        for s in family.samples:
+            found[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    assert found[("edge_agent_model_state", (("model", "m"), ("source", "repository"),
+                                             ("state", "serving")))] == 1
+    assert found[("edge_agent_model_state", (("model", "m"), ("source", "repository"),
+                                             ("state", "failed")))] == 0
+    assert found[("edge_agent_model_swaps_total", (("model", "m"), ("result", "ok")))] == 2
+    assert found[("edge_agent_model_swaps_total", (("model", "m"), ("result", "failed")))] == 1
+    info = [labels for (name, labels) in found if name == "edge_agent_model_info"]
+    assert (("delegate", "xnnpack"), ("model", "m"), ("package", "m"), ("source", "repository"),
+            ("version", "2.0")) in info, info
