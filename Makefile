@@ -13,7 +13,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: all setup system-deps demo lint test bench proto docs clean c-client c-bench fuzz
+.PHONY: all setup system-deps demo run lint test bench proto docs clean c-client c-bench fuzz
 .PHONY: cross-wheels cross-wheel-aarch64 cross-wheel-armv7 qemu-test-aarch64 qemu-test-armv7 \
 	qemu-test-aarch64-full qemu-test-armv7-full qemu-test-aarch64-trixie \
 	qemu-test-aarch64-trixie-full test-trixie clean-room
@@ -32,6 +32,11 @@ $(STAMP): setup.py pyproject.toml requirements-dev.txt $(wildcard cext/*.pyx cex
 
 demo: $(STAMP)
 	$(VENV)/bin/edge-agent demo
+
+# The agent serving the signed demo model from a local model repository (.run/) on the
+# default socket until Ctrl-C (edge_agent/tools/run_local.py, docs/MODEL_LIFECYCLE.md).
+run: $(STAMP)
+	$(PY) -m edge_agent.tools.run_local
 
 # Debian packages of the test suite's servers and foreign-language clients (install/test-packages.txt).
 system-deps:

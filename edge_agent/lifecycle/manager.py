@@ -125,6 +125,7 @@ class ModelManager:
         self._history: dict[str, list[str]] = {}  # name -> digests served, latest first
         self._recorded: dict[str, str] = {}  # name -> digest recorded as serving
         self.swaps: dict[tuple[str, str], int] = {}  # (name, result) -> count
+        self._problems: dict[str, str] = {}  # repository folders not read, and why (logged)
         self._proofs_saved: dict[str, int] = {}
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -190,6 +191,10 @@ class ModelManager:
         """Take in new packages, then bring every name to the version it should serve."""
         with self._lock:
             entries = self.repository.scan()
+            for folder, why in self.repository.problems.items():
+                if self._problems.get(folder) != why:
+                    log.warning("model repository: folder '%s' is not read: %s", folder, why)
+            self._problems = dict(self.repository.problems)
             for entry in entries:
                 if entry.identity not in self._entries and entry.identity not in self._entry_failed:
                     self._admit(entry)

@@ -179,3 +179,25 @@ def test_lifecycle_calls_without_a_repository(start_agent):
             client.rollback("m")
         assert refused.value.code == StatusCode.FAILED_PRECONDITION
         assert "edge_agent_model_repository" in refused.value.message
+
+
+def test_a_repository_others_may_write_is_refused_at_start(lab, start_agent):
+    from edge_agent.app import StartError
+
+    os.chmod(lab.repository, 0o777)
+    with pytest.raises(StartError) as refused:
+        start_agent(**lab.settings())
+    assert refused.value.status == 2
+    assert "may be written by group or others" in str(refused.value)
+    assert f"chmod go-w '{lab.repository}'" in str(refused.value)
+
+
+def test_a_model_folder_others_may_write_is_not_read(lab, start_agent):
+    lab.publish("m", "1.0")
+    lab.publish("n", "1.0")
+    os.chmod(lab.repository / "n", 0o777)
+    agent = start_agent(**lab.settings())
+    with agent.client() as client:
+        assert offset_of(client.predict("m", {"x": X})) == 1.0
+        assert "n" not in states(client)
+    assert "folder 'n' is not read" in agent.log()
