@@ -296,3 +296,18 @@ def test_metrics_say_each_models_source_state_and_swaps(lab, start_agent, tmp_pa
     info = [labels for (name, labels) in found if name == "edge_agent_model_info"]
     assert (("delegate", "xnnpack"), ("model", "m"), ("package", "m"), ("source", "repository"),
             ("version", "2.0")) in info, info
+
+
+def test_systemd_hears_ready_only_after_the_models_loaded(lab, start_agent, notify_socket,
+                                                           monkeypatch):
+    path, sock = notify_socket
+    monkeypatch.setenv("NOTIFY_SOCKET", path)
+    lab.publish("m", "1.0")
+    lab.publish("n", "1.0")
+    start_agent(**lab.settings())
+    messages = []
+    while not any(m.startswith("READY=1") for m in messages):
+        messages.append(sock.recv(4096).decode())
+    extends = [m for m in messages if m.startswith("EXTEND_TIMEOUT_USEC=")]
+    assert len(extends) == 2  # one per model, each before READY=1
+    assert messages[-1].startswith("READY=1")
