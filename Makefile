@@ -13,7 +13,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: all setup system-deps demo run lint test bench proto docs clean c-client c-bench fuzz
+.PHONY: all setup system-deps demo run test-lifecycle-full lint test bench proto docs clean c-client c-bench fuzz
 .PHONY: cross-wheels cross-wheel-aarch64 cross-wheel-armv7 qemu-test-aarch64 qemu-test-armv7 \
 	qemu-test-aarch64-full qemu-test-armv7-full qemu-test-aarch64-trixie \
 	qemu-test-aarch64-trixie-full test-trixie clean-room
@@ -52,6 +52,11 @@ lint: $(STAMP)
 
 test: $(STAMP) system-deps lint
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The model lifecycle's long scenarios in full (20 swaps under load; make test runs 5).
+test-lifecycle-full: $(STAMP)
+	EDGE_AGENT_FULL_SCENARIOS=1 $(PY) -m pytest -q tests/integration/test_model_lifecycle.py \
+		tests/integration/test_model_lifecycle_failures.py tests/e2e/test_model_lifecycle_interrupted.py
 
 # The Predict path's figures beside their floors and the targets (docs/BENCHMARKS.md): the C
 # side (benchmarks/frame_bench.c: socket floor, pre-encoded frame replay) needs only cc and libc.

@@ -20,6 +20,7 @@ def lab(tmp_path) -> Lab:
     return Lab(tmp_path / "lab")
 
 
+@pytest.mark.native_only  # ten agent processes: the emulated boards prove the build, not this
 @pytest.mark.parametrize("phase, archive", [
     ("copying", False), ("unpacking", True), ("checking", False), ("switching", False),
     ("cleaning", True)])

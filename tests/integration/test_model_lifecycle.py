@@ -255,6 +255,8 @@ def test_swaps_under_load_lose_no_call(lab, start_agent):
 
 
 @pytest.mark.native_only
+@pytest.mark.skipif(not os.environ.get("EDGE_AGENT_FULL_SCENARIOS"),
+                    reason="the full scenario: make test-lifecycle-full")
 def test_twenty_swaps_under_load_lose_no_call(lab, start_agent):
     swaps_under_load(lab, start_agent, versions=20)
 
