@@ -33,6 +33,7 @@ from edge_agent.errors import AgentError, StatusCode, failed_precondition, not_f
 from edge_agent.lifecycle import policy
 from edge_agent.lifecycle.repository import Entry, Repository
 from edge_agent.lifecycle.store import CrashPoint, Store, StoredVersion
+from edge_agent.lifecycle.watch import Waker
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +128,8 @@ class ModelManager:
         self.swaps: dict[tuple[str, str], int] = {}  # (name, result) -> count
         self._problems: dict[str, str] = {}  # repository folders not read, and why (logged)
         self._proofs_saved: dict[str, int] = {}
-        self._wake = threading.Event()
+        self._waker: Waker | None = None
+        self._watched: set[str] = set()  # the repository's folders watched
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -158,30 +160,55 @@ class ModelManager:
 
     def start(self) -> "ModelManager":
         """Watch the repository in a thread of its own."""
+        self._waker = Waker()
+        self._watch()
         self._thread = threading.Thread(target=self._run, daemon=True, name="edge-agent-models")
         self._thread.start()
         return self
 
     def stop(self) -> None:
         self._stopping.set()
-        self._wake.set()
+        if self._waker is not None:
+            self._waker.wake()
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+        if self._waker is not None:
+            self._waker.close()
+            self._waker = None
 
     def wake(self) -> None:
         """Look again soon (an application unloaded a model: a blocked name may be free)."""
-        self._wake.set()
+        if self._waker is not None:
+            self._waker.wake()
+
+    def _watch(self) -> None:
+        """inotify watches on the repository and its folders (new folders included). A
+        folder watched for the first time is scanned once more: what was moved into it
+        before its watch existed made no event."""
+        root = self.config.edge_agent_model_repository
+        try:
+            folders = [e.path for e in os.scandir(root)
+                       if e.is_dir(follow_symlinks=False) and not e.name.startswith(".")]
+        except OSError:
+            folders = []
+        if self._waker is not None:
+            self._waker.watch([root, *folders])
+            if set(folders) - self._watched:
+                self._waker.wake()
+        self._watched = set(folders)
 
     def _run(self) -> None:
         period = self.config.edge_agent_model_repository_poll_seconds
+        waker = self._waker
+        assert waker is not None
         while not self._stopping.is_set():
-            self._wake.wait(period)
-            self._wake.clear()
+            waker.wait(period)
             if self._stopping.is_set():
                 return
             try:
                 self.reconcile()
+                self._watch()
             except Exception:  # never the end of the watch: logged, tried again next period
                 log.exception("the model repository could not be reconciled")
 

@@ -184,6 +184,28 @@ def test_the_repository_is_watched_without_a_rescan(lab, start_agent):
         assert offset_of(client.predict("m", {"x": X})) == 2.0
 
 
+def test_a_package_moved_in_is_noticed_without_polling(lab, start_agent):
+    from edge_agent.lifecycle.watch import Waker
+
+    probe = Waker()
+    notified = probe.notified
+    probe.close()
+    if not notified:
+        pytest.skip("no inotify on this machine")
+    lab.publish("m", "1.0")
+    agent = start_agent(**lab.settings())  # polls once an hour
+    lab.publish("n", "1.0", offset=4)  # a new folder
+    lab.publish("m", "2.0")
+    with agent.client() as client:
+        for _ in range(3000):  # a bound for a broken watch, not a timing assumption
+            listed = states(client)
+            if listed["m"].version == "2.0" and "n" in listed and listed["n"].version == "1.0":
+                break
+            threading.Event().wait(0.01)
+        assert offset_of(client.predict("m", {"x": X})) == 2.0
+        assert offset_of(client.predict("n", {"x": X})) == 4.0
+
+
 def test_state_is_recorded_in_the_state_directory(lab, start_agent):
     lab.publish("m", "1.0")
     agent = start_agent(**lab.settings())
