@@ -95,7 +95,7 @@ class Tensor(_message.Message):
     def __init__(self, tensor_metadata: _Optional[_Union[TensorMetadata, _Mapping]] = ..., byte_data: _Optional[bytes] = ..., shared_memory_handle: _Optional[_Union[SharedMemoryHandle, _Mapping]] = ...) -> None: ...
 
 class Model(_message.Message):
-    __slots__ = ("url", "name", "input_tensor_metadatas", "output_tensor_metadatas", "delegate", "version", "source", "state", "state_reason", "since_unix_seconds", "pinned_version", "versions")
+    __slots__ = ("url", "name", "input_tensor_metadatas", "output_tensor_metadatas", "delegate", "version", "source", "state", "state_reason", "since_unix_seconds", "pinned_version", "versions", "key_id")
     URL_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     INPUT_TENSOR_METADATAS_FIELD_NUMBER: _ClassVar[int]
@@ -108,6 +108,7 @@ class Model(_message.Message):
     SINCE_UNIX_SECONDS_FIELD_NUMBER: _ClassVar[int]
     PINNED_VERSION_FIELD_NUMBER: _ClassVar[int]
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
     url: str
     name: str
     input_tensor_metadatas: _containers.RepeatedCompositeFieldContainer[TensorMetadata]
@@ -120,7 +121,8 @@ class Model(_message.Message):
     since_unix_seconds: float
     pinned_version: str
     versions: _containers.RepeatedCompositeFieldContainer[ModelVersion]
-    def __init__(self, url: _Optional[str] = ..., name: _Optional[str] = ..., input_tensor_metadatas: _Optional[_Iterable[_Union[TensorMetadata, _Mapping]]] = ..., output_tensor_metadatas: _Optional[_Iterable[_Union[TensorMetadata, _Mapping]]] = ..., delegate: _Optional[str] = ..., version: _Optional[str] = ..., source: _Optional[str] = ..., state: _Optional[str] = ..., state_reason: _Optional[str] = ..., since_unix_seconds: _Optional[float] = ..., pinned_version: _Optional[str] = ..., versions: _Optional[_Iterable[_Union[ModelVersion, _Mapping]]] = ...) -> None: ...
+    key_id: str
+    def __init__(self, url: _Optional[str] = ..., name: _Optional[str] = ..., input_tensor_metadatas: _Optional[_Iterable[_Union[TensorMetadata, _Mapping]]] = ..., output_tensor_metadatas: _Optional[_Iterable[_Union[TensorMetadata, _Mapping]]] = ..., delegate: _Optional[str] = ..., version: _Optional[str] = ..., source: _Optional[str] = ..., state: _Optional[str] = ..., state_reason: _Optional[str] = ..., since_unix_seconds: _Optional[float] = ..., pinned_version: _Optional[str] = ..., versions: _Optional[_Iterable[_Union[ModelVersion, _Mapping]]] = ..., key_id: _Optional[str] = ...) -> None: ...
 
 class ModelVersion(_message.Message):
     __slots__ = ("version", "sha256", "state", "reason", "pinned")

@@ -200,8 +200,6 @@ def _client_list(models, as_json: bool) -> None:
     if as_json:
         print(json.dumps({"models": documents}, indent=2))
         return
-    if not documents:
-        print("no models")
     for d in documents:
         state = d["state"] + (f": {d['reason']}" if d["reason"] else "")
         pinned = f" (pinned {d['pinned']})" if d["pinned"] else ""

@@ -10,6 +10,7 @@ models (names, owners, unload) is the service's (service.py).
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import re
@@ -28,7 +29,7 @@ from edge_agent.errors import AgentError, failed_precondition, invalid_argument,
 from edge_agent.memory import MemoryBudget
 from edge_agent.metrics import ModelMetrics
 from edge_agent.modelfile import looks_like_tflite, not_regular, read_at_most
-from edge_agent.prover import Prover, holds_edgetpu
+from edge_agent.prover import CHECK_SETTINGS, Prover, holds_edgetpu
 
 log = logging.getLogger(__name__)
 
@@ -102,10 +103,16 @@ class ModelLoader:
         # Models proven before, by the sha256 of their bytes: the bytes the child measured
         # (the model repository keeps them across restarts, edge_agent.lifecycle.store).
         self.proofs: dict[str, int] = {}
+        self._check_settings = json.dumps(
+            {key: getattr(config, key) for key in CHECK_SETTINGS}, sort_keys=True).encode()
 
-    def load(self, name: str, url: str, source: ModelSource, caller: Caller) -> LoadedModel:
+    def load(self, name: str, url: str, source: ModelSource, caller: Caller,
+             remember_proof: bool = False) -> LoadedModel:
         """The model `source` holds, read, verified, proven in a child process and opened
-        with its delegate, its memory reserved against the budget (released on failure)."""
+        with its delegate, its memory reserved against the budget (released on failure).
+        `remember_proof`: a check passed is remembered in `proofs`, and a check passed
+        before is not run again (the model repository's loads; an application's LoadModel
+        always checks)."""
         what = f"model '{shown(name)}'"
         started = time.monotonic()
         package: dict = {}  # the package's name and version, when it comes from one
@@ -116,7 +123,7 @@ class ModelLoader:
             # What the runtime cost a child beyond the file, measured before the agent's own
             # runtime sees a byte: a model that crashes or swamps it is refused here.
             vectors = package.get("vectors")
-            measured = self._prove(content, what, vectors)
+            measured = self._prove(content, what, vectors, remember_proof)
             self.budget.reserve(measured, what)
             reserved += measured
             interpreter, delegation = delegates.interpreter_with_delegate(
@@ -163,7 +170,7 @@ class ModelLoader:
         log.info("%s: its test vectors passed, run in the agent (Edge TPU) in %.2f s", what,
                  time.monotonic() - started)
 
-    def _prove(self, content: bytes, what: str, vectors=None) -> int:
+    def _prove(self, content: bytes, what: str, vectors=None, remember: bool = False) -> int:
         """Bytes the model costs the runtime beyond the file, measured in a child process
         (prover) allowed what the memory budget has free, where it also runs on a package's
         test `vectors`; 0 for a model that cannot be proven apart from the agent (one
@@ -172,10 +179,12 @@ class ModelLoader:
             log.info("%s: compiled for the Edge TPU, which one process holds at a time: "
                      "loaded without a check in a separate process", what)
             return 0
-        # The same model with the same test vectors: the same outcome.
-        digest = hashlib.sha256(content + (vectors.to_bytes() if vectors is not None
-                                           else b"")).hexdigest()
-        proven = self.proofs.get(digest)
+        # The same model with the same test vectors, run the same way: the same outcome.
+        digest = ""
+        if remember:
+            digest = hashlib.sha256(content + (vectors.to_bytes() if vectors is not None
+                                               else b"") + self._check_settings).hexdigest()
+        proven = self.proofs.get(digest) if remember else None
         if proven is not None:
             log.info("%s: the same bytes were checked before (sha256 %s...); the runtime "
                      "needed %.1f MiB", what, digest[:16], proven / 2**20)
@@ -185,7 +194,8 @@ class ModelLoader:
         log.info("%s: checked in a separate process in %.2f s%s; the runtime needed %.1f MiB",
                  what, proof.seconds, ", test vectors passed" if vectors is not None else "",
                  proof.peak_bytes / 2**20)
-        self.proofs[digest] = proof.peak_bytes
+        if remember:
+            self.proofs[digest] = proof.peak_bytes
         return max(0, proof.peak_bytes - len(content))
 
     def _read_model(self, source: ModelSource, what: str, caller: Caller,

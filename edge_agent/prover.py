@@ -63,6 +63,9 @@ _MESSAGE_LIMIT = 128 * 1024  # a request or a reply between the agent and its he
 _DELEGATE_KEYS = ("edge_agent_delegate", "edge_agent_delegate_options",
                   "edge_agent_delegate_library", "edge_agent_delegate_fallback",
                   "edge_agent_num_threads")
+# What a check's outcome depends on beyond the model's bytes (a remembered proof is keyed by
+# them too, edge_agent.loading).
+CHECK_SETTINGS = _DELEGATE_KEYS + ("edge_agent_model_probe_timeout_seconds",)
 _PR_SET_PDEATHSIG = 1
 
 

@@ -302,6 +302,7 @@ class AgentService:
 
     def _describe(self, model: LoadedModel, caller: Caller) -> pb.Model:
         described = model.describe()
+        described.key_id = model.key_id
         if not self._may_manage(model, caller):
             described.url = ""  # where another user's model lives is that user's business
         if model.source == "repository":

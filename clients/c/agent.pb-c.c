@@ -1892,7 +1892,7 @@ const ProtobufCMessageDescriptor aws__sage_maker__edge__tensor__descriptor =
   (ProtobufCMessageInit) aws__sage_maker__edge__tensor__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor aws__sage_maker__edge__model__field_descriptors[12] =
+static const ProtobufCFieldDescriptor aws__sage_maker__edge__model__field_descriptors[13] =
 {
   {
     "url",
@@ -2038,10 +2038,23 @@ static const ProtobufCFieldDescriptor aws__sage_maker__edge__model__field_descri
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "key_id",
+    116,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(AWS__SageMaker__Edge__Model, key_id),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned aws__sage_maker__edge__model__field_indices_by_name[] = {
   4,   /* field[4] = delegate */
   2,   /* field[2] = input_tensor_metadatas */
+  12,   /* field[12] = key_id */
   1,   /* field[1] = name */
   3,   /* field[3] = output_tensor_metadatas */
   10,   /* field[10] = pinned_version */
@@ -2058,7 +2071,7 @@ static const ProtobufCIntRange aws__sage_maker__edge__model__number_ranges[3 + 1
   { 1, 0 },
   { 100, 4 },
   { 110, 6 },
-  { 0, 12 }
+  { 0, 13 }
 };
 const ProtobufCMessageDescriptor aws__sage_maker__edge__model__descriptor =
 {
@@ -2068,7 +2081,7 @@ const ProtobufCMessageDescriptor aws__sage_maker__edge__model__descriptor =
   "AWS__SageMaker__Edge__Model",
   "AWS.SageMaker.Edge",
   sizeof(AWS__SageMaker__Edge__Model),
-  12,
+  13,
   aws__sage_maker__edge__model__field_descriptors,
   aws__sage_maker__edge__model__field_indices_by_name,
   3,  aws__sage_maker__edge__model__number_ranges,

@@ -209,10 +209,14 @@ struct  AWS__SageMaker__Edge__Model
   char *pinned_version;
   size_t n_versions;
   AWS__SageMaker__Edge__ModelVersion **versions;
+  /*
+   * The id of the key the package serving was signed with; empty for a bare .tflite model.
+   */
+  char *key_id;
 };
 #define AWS__SAGE_MAKER__EDGE__MODEL__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&aws__sage_maker__edge__model__descriptor) \
-    , (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0,NULL, 0,NULL, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0, (char *)protobuf_c_empty_string, 0,NULL }
+    , (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0,NULL, 0,NULL, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0, (char *)protobuf_c_empty_string, 0,NULL, (char *)protobuf_c_empty_string }
 
 
 /*

@@ -47,6 +47,7 @@ SERVING, LOADING, VALIDATING, FAILED, BLOCKED, WAITING = (
     "serving", "loading", "validating", "failed", "blocked", "waiting")
 STATES = (SERVING, LOADING, VALIDATING, FAILED, BLOCKED, WAITING)
 SWAP_RESULTS = ("ok", "failed", "waiting")
+HISTORY_KEPT = 32  # versions served remembered per name (rollbacks go to those still held)
 
 
 def crash_point(armed: threading.Event, env: Mapping[str, str] = os.environ) -> CrashPoint:
@@ -127,6 +128,7 @@ class ModelManager:
         self._recorded: dict[str, str] = {}  # name -> digest recorded as serving
         self.swaps: dict[tuple[str, str], int] = {}  # (name, result) -> count
         self._problems: dict[str, str] = {}  # repository folders not read, and why (logged)
+        self._held: dict[str, list[StoredVersion]] = {}  # the store's copies, as last read
         self._proofs_saved: dict[str, int] = {}
         self._waker: Waker | None = None
         self._watched: set[str] = set()  # the repository's folders watched
@@ -225,6 +227,10 @@ class ModelManager:
             for entry in entries:
                 if entry.identity not in self._entries and entry.identity not in self._entry_failed:
                     self._admit(entry)
+            # Entries gone from the repository are forgotten (their copies are not).
+            present = {e.identity for e in entries}
+            self._entries = {i: d for i, d in self._entries.items() if i in present}
+            self._entry_failed = {i: f for i, f in self._entry_failed.items() if i in present}
             held = self.store.versions()
             names = (set(held) | set(self._recorded) | set(self._names)
                      | {e.name for e in entries})
@@ -235,6 +241,7 @@ class ModelManager:
                 self._settle(name, held.get(name, []))
             self._save()
             self._prune(held)
+            self._held = self.store.versions()
 
     def _admit(self, entry: Entry) -> None:
         """Copy a new repository entry into the store and verify it there."""
@@ -363,7 +370,7 @@ class ModelManager:
         previous = self.service.install(name, model)
         current.model, current.serving = model, target
         history = [target.digest] + [d for d in self._history.get(name, []) if d != target.digest]
-        self._history[name] = history
+        self._history[name] = history[:HISTORY_KEPT]
         self._recorded[name] = target.digest
         current.set(SERVING, "")
         self._save()
@@ -393,7 +400,8 @@ class ModelManager:
         fd = os.open(version.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         source = ModelSource(fd, version.path)
         try:
-            return self.service.loader.load(name, version.path, source, IN_PROCESS)
+            return self.service.loader.load(name, version.path, source, IN_PROCESS,
+                                            remember_proof=True)
         finally:
             source.close()
 
@@ -442,7 +450,8 @@ class ModelManager:
                 parsed = policy.parse(version.version)
                 if pin is not None and policy.same_version(version.version, pin):
                     keep.add(version.digest)
-                elif (version.digest not in self._failed and parsed is not None
+                elif ((version.digest not in self._failed or self._failed[version.digest].memory)
+                      and parsed is not None
                       and (serving_parsed is None or parsed > serving_parsed)):
                     keep.add(version.digest)  # not yet served: a candidate still
             for version in versions:
@@ -501,6 +510,7 @@ class ModelManager:
                                           f"failed: {current.reason}")
             self._save()
             self._prune(self.store.versions())
+            self._held = self.store.versions()
 
     def unpin(self, name: str) -> None:
         with self._lock:
@@ -510,6 +520,7 @@ class ModelManager:
             self._settle(name, self.store.versions().get(name, []))
             self._save()
             self._prune(self.store.versions())
+            self._held = self.store.versions()
 
     # --- what is reported -------------------------------------------------------------------
 
@@ -540,7 +551,7 @@ class ModelManager:
         current = self._names.get(name)
         if current is None:
             return None
-        held = self.store.versions().get(name, [])
+        held = self._held.get(name, [])
         serving = current.serving.digest if current.serving else ""
         pin = self._pin(name)
         versions = []

@@ -29,6 +29,9 @@ def test_a_repository_model_serves_from_start(lab, start_agent, tmp_path):
         model = client.describe_model("m")
         assert (model.source, model.state, model.version) == ("repository", "serving", "1.0")
         listed = states(client)["m"]
+        assert listed.key_id == json.loads(
+            (lab.repository / "m" / os.listdir(lab.repository / "m")[0] / "manifest.sig")
+            .read_text())["key_id"]
         assert [(v.version, v.state) for v in listed.versions] == [("1.0", "serving")]
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 
+import numpy as np
+
 import corrupt_models
 import pytest
 from lifecycle_helpers import X, Lab, offset_of, states
@@ -106,16 +108,24 @@ def test_a_failed_version_is_remembered_across_a_restart(lab, start_agent):
     assert "package m 2.0" not in restarted  # not loaded again: the same bytes failed
 
 
-def test_eight_models_in_a_budget_for_five(lab, start_agent, tmp_path):
-    # What one model of this size reserves, measured on a first agent.
-    lab.publish("m0", "1.0", model=model_builder.offset_model(1, shape=(1, 262144)))
-    probe = start_agent(workdir=tmp_path / "probe", **lab.settings())
+def footprint(start_agent, tmp_path, shape) -> int:
+    """What a model of this shape reserves, measured on an agent of its own: the smaller
+    of two (an agent's first model check measures a little more than the next ones)."""
+    probe_lab = Lab(tmp_path / "probe-lab")
+    for i in range(2):
+        probe_lab.publish(f"p{i}", "1.0", model=model_builder.offset_model(i, shape=shape))
+    probe = start_agent(workdir=tmp_path / "probe", **probe_lab.settings())
     with probe.client() as client:
-        footprint = client.get_metrics().models[0].memory_reserved_bytes
+        reserved = min(m.memory_reserved_bytes for m in client.get_metrics().models)
     probe.stop()
-    for i in range(1, 8):
+    return reserved
+
+
+def test_eight_models_in_a_budget_for_five(lab, start_agent, tmp_path):
+    each = footprint(start_agent, tmp_path, (1, 262144))
+    for i in range(8):
         lab.publish(f"m{i}", "1.0", model=model_builder.offset_model(i + 1, shape=(1, 262144)))
-    budget_mb = int(footprint * 5.5) // 2**20 + 1
+    budget_mb = int(each * 5.5) // 2**20
     agent = start_agent(**lab.settings(edge_agent_memory_budget_mb=budget_mb))
     with agent.client() as client:
         listed = states(client)
@@ -128,6 +138,28 @@ def test_eight_models_in_a_budget_for_five(lab, start_agent, tmp_path):
         for name in serving:
             client.predict(name, {"x": model_builder.offset_model(0, shape=(1, 262144))
                                   .sample_inputs()["x"]})
+
+
+def test_a_swap_that_does_not_fit_waits_until_memory_frees(lab, start_agent, tmp_path):
+    big = (1, 1 << 20)  # 4 MiB of weights: the file, not the runtime's noise, decides
+    each = footprint(start_agent, tmp_path, big)
+    lab.publish("m", "1.0", model=model_builder.offset_model(1, shape=big))
+    # Room for two models: m 1.0 and an application's model fill it.
+    agent = start_agent(**lab.settings(edge_agent_memory_budget_mb=int(each * 2.6) // 2**20))
+    own = model_builder.offset_model(7, shape=big).write(tmp_path / "own.tflite")
+    x = np.zeros(big, np.float32)
+    with agent.client() as client:
+        client.load_model("app", str(own))
+        lab.publish("m", "2.0", model=model_builder.offset_model(2, shape=big))
+        client.rescan()
+        listed = states(client)["m"]
+        assert (listed.state, listed.version) == ("serving", "1.0")
+        assert "waits for memory" in listed.state_reason
+        assert [v.state for v in listed.versions] == ["waiting", "serving"]
+        assert offset_of(client.predict("m", {"x": x})) == 1.0
+        client.unload_model("app")  # frees memory: the swap goes on
+        client.rescan()
+        assert offset_of(client.predict("m", {"x": x})) == 2.0
 
 
 def _as_nobody(agent, workdir, method: str, *args) -> list:
