@@ -153,3 +153,14 @@ def test_vectors_that_do_not_match_the_model_are_refused_with_the_reason():
         vectors.validate(interpreter, TestVectors((npy(np.zeros((1, 4), np.float32)),) * 2, ()))
     with pytest.raises(AgentError, match="validation: test input '0' is not a valid .npy"):
         vectors.validate(interpreter, TestVectors((b"junk", b"junk"), (b"junk",)))
+
+
+def test_64_bit_integers_are_compared_exactly_where_floats_could_not_tell_them_apart():
+    big = np.array([2**62, -(2**62)], np.int64)
+    problem = mismatch("n", big, big + np.array([1, 0], np.int64), None, None)
+    assert problem is not None and "by up to 1 " in problem and str(2**62 + 1) in problem
+    top = np.array([2**64 - 1], np.uint64)
+    assert "by up to 1 " in mismatch("n", top, top - np.uint64(1), None, None)
+    assert mismatch("n", top, top - np.uint64(1), 1, None) is None
+    flags = np.array([True, False])
+    assert "by up to 1 " in mismatch("b", flags, ~flags, None, None)
