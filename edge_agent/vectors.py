@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -49,13 +50,17 @@ def read_npy(data: bytes, what: str) -> np.ndarray:
     is made."""
     stream = io.BytesIO(data)
     try:
-        major, _ = np.lib.format.read_magic(stream)
-        if major == 1:
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(stream)
-        else:
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(stream)
-    except (ValueError, OSError, SyntaxError, TypeError) as e:
-        raise VectorError(f"{what} is not a valid .npy file: {e}") from None
+        with warnings.catch_warnings():  # NumPy warns of headers it repairs (Python 2's)
+            warnings.simplefilter("ignore")
+            major, _ = np.lib.format.read_magic(stream)
+            if major == 1:
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(stream)
+            else:
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(stream)
+    except Exception as e:  # hostile headers fail deep in NumPy in many ways
+        # (its header repair tokenizes them as Python: SyntaxError, TokenError, ...)
+        raise VectorError(f"{what} is not a valid .npy file: "
+                          f"{(str(e).splitlines() or [type(e).__name__])[0]}") from None
     if dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None:
         raise VectorError(f"{what} holds {dtype} elements; a test vector holds plain numbers")
     declared = math.prod(shape) * dtype.itemsize
@@ -65,9 +70,12 @@ def read_npy(data: bytes, what: str) -> np.ndarray:
                           f"({dtype}, shape {tuple(shape)}), the file holds {held}")
     stream.seek(0)
     try:
-        array = np.load(stream, allow_pickle=False)
-    except (ValueError, OSError) as e:
-        raise VectorError(f"{what} is not a valid .npy file: {e}") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            array = np.load(stream, allow_pickle=False)
+    except Exception as e:  # as above
+        raise VectorError(f"{what} is not a valid .npy file: "
+                          f"{(str(e).splitlines() or [type(e).__name__])[0]}") from None
     if not array.dtype.isnative:
         array = array.astype(array.dtype.newbyteorder("="))
     return np.ascontiguousarray(array) if fortran else array

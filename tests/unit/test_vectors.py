@@ -6,6 +6,8 @@ import io
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edge_agent import vectors
 from edge_agent.engine import create_interpreter
@@ -164,3 +166,20 @@ def test_64_bit_integers_are_compared_exactly_where_floats_could_not_tell_them_a
     assert mismatch("n", top, top - np.uint64(1), 1, None) is None
     flags = np.array([True, False])
     assert "by up to 1 " in mismatch("b", flags, ~flags, None, None)
+
+
+_VALID = npy(np.arange(6, dtype=np.float32).reshape(2, 3))
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.one_of(
+    st.binary(max_size=300),
+    st.builds(lambda at, value: _VALID[:at] + bytes([value]) + _VALID[at + 1:],
+              st.integers(0, len(_VALID) - 1), st.integers(0, 255)),
+    st.builds(lambda cut: _VALID[:cut], st.integers(0, len(_VALID)))))
+def test_hostile_npy_bytes_give_an_array_or_a_vector_error_only(data):
+    try:
+        array = read_npy(data, "x")
+    except VectorError:
+        return
+    assert array.nbytes <= len(data) and not array.dtype.hasobject
