@@ -4,10 +4,9 @@ nobody has proven yet to the runtime, and so the only code that may be crashed b
 It runs in a process of its own, made for the check (edge_agent/prover.py decides how: forked
 from a helper, or `python -m edge_agent.model_probe`), and does to the bytes what the agent
 will do: builds an interpreter with the agent's delegate settings, allocates its tensors,
-resizes dynamic (-1) dimensions to 1 and invokes once on zero inputs (and, for a package with
-test vectors, runs on its test inputs and compares the outputs: vectors.validate), then
-reports the memory
-the model cost it, under RLIMIT_DATA: its own baseline plus what the agent allows (a failing
+resizes dynamic (-1) dimensions to 1 and invokes once on zero inputs, then reports the memory
+the model cost it (and, for a package with test vectors, runs it on the test inputs and
+compares its outputs: vectors.validate), under RLIMIT_DATA: its own baseline plus what the agent allows (a failing
 allocation then meets std::bad_alloc instead of the kernel's OOM killer). The outcome is one
 JSON line: {"outcome": "ok", "peak_bytes": N}, {"outcome": "memory", ...} or
 {"outcome": "refused", "code": ..., "message": ...}; a crash reports nothing and is told by
@@ -19,6 +18,7 @@ import json
 import os
 import resource
 import sys
+from typing import Callable
 
 from edge_agent.errors import AgentError, StatusCode
 from edge_agent.memory import resident_bytes
@@ -70,7 +70,11 @@ def _exercise(interpreter) -> None:
     interpreter.get_output_details()  # names and types, as the agent reads them
 
 
-def _check(content: bytes, settings: dict, vectors: bytes | None = None) -> dict:
+def _check(content: bytes, settings: dict, vectors: bytes | None = None,
+           measure: Callable[[], int] | None = None) -> dict:
+    """The outcome of the check; `measure()`, called once the model has run on zero inputs
+    and before any test vectors (whose batch may be larger than what the agent will
+    allocate), gives its "peak_bytes"."""
     from edge_agent import delegates
     from edge_agent.config import from_mapping
     from edge_agent.engine import create_interpreter
@@ -80,6 +84,7 @@ def _check(content: bytes, settings: dict, vectors: bytes | None = None) -> dict
         interpreter, _ = delegates.interpreter_with_delegate(content, config, "the model",
                                                              create_interpreter)
         _exercise(interpreter)
+        peak = measure() if measure is not None else 0
         if vectors is not None:
             from edge_agent.vectors import TestVectors, validate
 
@@ -98,7 +103,7 @@ def _check(content: bytes, settings: dict, vectors: bytes | None = None) -> dict
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         return {"outcome": "refused", "code": "FAILED_PRECONDITION",
                 "message": f"the runtime refused the model: {first}"}
-    return {"outcome": "ok"}
+    return {"outcome": "ok", "peak_bytes": peak}
 
 
 def preload() -> None:
@@ -140,13 +145,15 @@ def check(fd: int, request: dict, report: int, vectors_fd: int | None = None) ->
     with os.fdopen(fd, "rb") as f:
         f.seek(0)  # the offset is shared with whoever wrote it, who left it at the end
         content = f.read()
-    result = _check(content, request["settings"], vectors)
-    if result["outcome"] == "ok":
+
+    def measure() -> int:
         # The peak RSS of this process image above the baseline; but a forked child may
         # reuse heap its parent freed, which is resident already and does not raise the RSS:
-        # what it wrote (Private_Dirty) counts that, at the end, with the interpreter alive.
-        result["peak_bytes"] = max((_status_bytes("VmHWM") or baseline) - baseline,
-                                   _private_dirty_bytes() - written)
+        # what it wrote (Private_Dirty) counts that, with the interpreter alive.
+        return max((_status_bytes("VmHWM") or baseline) - baseline,
+                   _private_dirty_bytes() - written)
+
+    result = _check(content, request["settings"], vectors, measure)
     os.write(report, (json.dumps(result) + "\n").encode())
 
 

@@ -70,8 +70,11 @@ def test_cli_packages_test_vectors_and_the_agent_serves_the_model_they_pass(star
          "--test-output", str(tmp_path / "y.npy"), "--rtol", "1e-4"],
         capture_output=True, text=True, timeout=60)
     assert built.returncode == 0, built.stderr
-    assert "1 input(s), 1 expected output(s), tolerance: rtol 0.0001 (edge-agent-package/2)" \
-        in built.stdout
+    summary = "1 input(s), 1 expected output(s), tolerance: rtol 0.0001 (edge-agent-package/2)"
+    assert summary in built.stdout
+    checked = subprocess.run([sys.executable, "-m", "edge_agent", "verify", str(out), "--trust",
+                              str(signer.trust)], capture_output=True, text=True, timeout=60)
+    assert checked.returncode == 0 and summary in checked.stdout, checked.stderr
     agent = start_agent(sagemaker_edge_core_root_certs_path=str(signer.trust),
                         edge_agent_allow_unsigned_models=False)
     with agent.client() as client:

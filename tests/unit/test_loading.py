@@ -133,6 +133,8 @@ def test_vectors_of_a_model_the_child_cannot_run_are_run_in_the_agent(tmp_path, 
         # Served with the shapes it was loaded with, not the vectors' batch of 2.
         assert list(reply.model.input_tensor_metadatas[0].shape) == [-1, 4]
         assert service._models["m"].inputs[0].shape == (1, 4)
+        from edge_agent.keys import key_id
+        assert service._models["m"].key_id == key_id(signer.key.verify_key)
         assert proofs == []  # nothing went to the child
     finally:
         service.close()

@@ -6,6 +6,8 @@ import io
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edge_agent import vectors
 from edge_agent.engine import create_interpreter
@@ -153,3 +155,31 @@ def test_vectors_that_do_not_match_the_model_are_refused_with_the_reason():
         vectors.validate(interpreter, TestVectors((npy(np.zeros((1, 4), np.float32)),) * 2, ()))
     with pytest.raises(AgentError, match="validation: test input '0' is not a valid .npy"):
         vectors.validate(interpreter, TestVectors((b"junk", b"junk"), (b"junk",)))
+
+
+def test_64_bit_integers_are_compared_exactly_where_floats_could_not_tell_them_apart():
+    big = np.array([2**62, -(2**62)], np.int64)
+    problem = mismatch("n", big, big + np.array([1, 0], np.int64), None, None)
+    assert problem is not None and "by up to 1 " in problem and str(2**62 + 1) in problem
+    top = np.array([2**64 - 1], np.uint64)
+    assert "by up to 1 " in mismatch("n", top, top - np.uint64(1), None, None)
+    assert mismatch("n", top, top - np.uint64(1), 1, None) is None
+    flags = np.array([True, False])
+    assert "by up to 1 " in mismatch("b", flags, ~flags, None, None)
+
+
+_VALID = npy(np.arange(6, dtype=np.float32).reshape(2, 3))
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.one_of(
+    st.binary(max_size=300),
+    st.builds(lambda at, value: _VALID[:at] + bytes([value]) + _VALID[at + 1:],
+              st.integers(0, len(_VALID) - 1), st.integers(0, 255)),
+    st.builds(lambda cut: _VALID[:cut], st.integers(0, len(_VALID)))))
+def test_hostile_npy_bytes_give_an_array_or_a_vector_error_only(data):
+    try:
+        array = read_npy(data, "x")
+    except VectorError:
+        return
+    assert array.nbytes <= len(data) and not array.dtype.hasobject
