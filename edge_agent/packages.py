@@ -643,20 +643,13 @@ def _check_file(directory: str, name: str, entry: FileEntry, refuse, *, keep: bo
     return data
 
 
-def verify_directory(directory: str, keys: Mapping[str, VerifyKey], *, label: str | None = None,
-                     target_check: bool = True, check_size: Callable[[int], None] | None = None,
-                     progress: Progress | None = None, may_read: MayRead | None = None,
-                     delegate: DelegateSettings | None = None) -> VerifiedPackage:
-    """Verify an unpacked package against trusted `keys` (key id -> key).
-
-    Order: signature over the manifest bytes, then the manifest, the target, the file set,
-    and each file's size and hash. Any failure: FAILED_PRECONDITION naming the package
-    (`label`, default the directory) and the reason. `check_size(n)` is called with the
-    model's size before it is read into memory (the agent checks its memory budget there).
-    `may_read(stat)`, when given, must allow every file and directory read: the agent
-    reads a package for a caller only as far as that caller could read it. `delegate`: the
-    agent's delegate settings, for the target check.
-    """
+def verify_signed_manifest(directory: str, keys: Mapping[str, VerifyKey], *,
+                           label: str | None = None, target_check: bool = True,
+                           may_read: MayRead | None = None,
+                           delegate: DelegateSettings | None = None) -> tuple[Manifest, str]:
+    """The first half of verify_directory: the signature over the manifest bytes, the
+    manifest, the target and the file set (names only, no file read); (manifest, key id).
+    What a package is, cheaply; its files are trusted only after verify_directory."""
     label = label or directory
 
     def refuse(reason: str) -> AgentError:
@@ -680,6 +673,31 @@ def verify_directory(directory: str, keys: Mapping[str, VerifyKey], *, label: st
     if target_check:
         check_target(manifest, label, delegate)
     _check_file_set(directory, manifest, refuse, may_read)
+    return manifest, ident
+
+
+def verify_directory(directory: str, keys: Mapping[str, VerifyKey], *, label: str | None = None,
+                     target_check: bool = True, check_size: Callable[[int], None] | None = None,
+                     progress: Progress | None = None, may_read: MayRead | None = None,
+                     delegate: DelegateSettings | None = None) -> VerifiedPackage:
+    """Verify an unpacked package against trusted `keys` (key id -> key).
+
+    Order: signature over the manifest bytes, then the manifest, the target, the file set
+    (verify_signed_manifest), and each file's size and hash. Any failure:
+    FAILED_PRECONDITION naming the package (`label`, default the directory) and the reason.
+    `check_size(n)` is called with the model's size before it is read into memory (the agent
+    checks its memory budget there). `may_read(stat)`, when given, must allow every file and
+    directory read: the agent reads a package for a caller only as far as that caller could
+    read it. `delegate`: the agent's delegate settings, for the target check.
+    """
+    label = label or directory
+
+    def refuse(reason: str) -> AgentError:
+        return failed_precondition(f"package '{label}': {reason}")
+
+    manifest, ident = verify_signed_manifest(directory, keys, label=label,
+                                             target_check=target_check, may_read=may_read,
+                                             delegate=delegate)
     model = None
     kept: dict[str, bytes] = {}  # the test vectors (their total is bounded by the manifest)
     vector_files = manifest.validation.files if manifest.validation else set()

@@ -246,19 +246,20 @@ class ModelManager:
     def _admit(self, entry: Entry) -> None:
         """Copy a new repository entry into the store and verify it there."""
         from edge_agent.accelerators import DelegateSettings
-        from edge_agent.packages import verify_directory
         from edge_agent.keys import load_trust
+        from edge_agent.packages import verify_signed_manifest
 
         config = self.config
         staged = None
         try:
             staged = self.store.stage(entry.path, entry.label)
             keys = load_trust(config.sagemaker_edge_core_root_certs_path)
-            verified = verify_directory(
+            # What it is (signature, manifest, target, file names); its files' hashes are
+            # checked as the copy is loaded, which reads them anyway.
+            manifest, key_id = verify_signed_manifest(
                 staged, keys, label=entry.label,
                 delegate=DelegateSettings(config.edge_agent_delegate,
                                           config.edge_agent_delegate_options))
-            manifest = verified.manifest
             if manifest.name != entry.name:
                 raise failed_precondition(
                     f"package '{shown(entry.label)}': its signed manifest names model "
@@ -274,11 +275,11 @@ class ModelManager:
                         f"package '{shown(entry.label)}': conflict: version {manifest.version} of "
                         f"'{entry.name}' is already held with other bytes (manifest sha256 "
                         f"{other.short}..., this one {digest[:16]}...); give it a new version")
-            stored = self.store.keep(staged, entry.name, manifest.version, verified.key_id)
+            stored = self.store.keep(staged, entry.name, manifest.version, key_id)
             staged = None
             self._entries[entry.identity] = stored.digest
             log.info("model repository: %s is %s %s (signed by key %s), held as %s",
-                     entry.label, entry.name, manifest.version, verified.key_id, stored.path)
+                     entry.label, entry.name, manifest.version, key_id, stored.path)
         except AgentError as e:
             log.warning("model repository: %s refused: %s", entry.label, e.message)
             self._entry_failed[entry.identity] = (entry.name, entry.label, e.message)

@@ -36,6 +36,7 @@ def _other_architecture() -> str:
     ("untrusted key", "not trusted"),
     ("another target", "is built for"),
     ("another signature", "inputs and outputs"),
+    ("a file changed after signing", "sha256 of 'm.tflite'"),
 ])
 def test_a_bad_new_version_leaves_the_old_one_serving(lab, start_agent, kind, phrase):
     lab.publish("m", "1.0")
@@ -44,6 +45,13 @@ def test_a_bad_new_version_leaves_the_old_one_serving(lab, start_agent, kind, ph
         lab.publish("m", "2.0", key=lab.signer.stranger)
     elif kind == "another target":
         lab.publish("m", "2.0", target=packages.Target(_other_architecture()))
+    elif kind == "a file changed after signing":
+        package = lab.build("m", "2.0")
+        model = package / "m.tflite"
+        data = bytearray(model.read_bytes())
+        data[len(data) // 2] ^= 0x01
+        model.write_bytes(bytes(data))
+        lab.move_in(package, "m")
     else:
         lab.publish("m", "2.0", model=model_builder.offset_model(2, shape=(1, 8)))
     with agent.client() as client:
