@@ -338,3 +338,32 @@ def test_systemd_hears_ready_only_after_the_models_loaded(lab, start_agent, noti
     extends = [m for m in messages if m.startswith("EXTEND_TIMEOUT_USEC=")]
     assert len(extends) == 2  # one per model, each before READY=1
     assert messages[-1].startswith("READY=1")
+
+
+def test_rescan_and_rollback_over_grpc(lab, start_agent, tmp_path, public_dir):
+    import grpc
+
+    from edge_agent import agent_pb2 as pb
+    from edge_agent.api import GRPC_SERVICE
+
+    lab.publish("m", "1.0")
+    path = tmp_path / "grpc.sock"
+    agent = start_agent(**lab.settings(edge_agent_grpc_socket_path=str(path)))
+    lab.publish("m", "2.0")
+    with grpc.insecure_channel(f"unix://{path}") as channel:
+        def call(name, request, response):
+            return channel.unary_unary(f"/{GRPC_SERVICE}/{name}",
+                                       request_serializer=request.SerializeToString,
+                                       response_deserializer=response.FromString)(request)
+        rescanned = call("Rescan", pb.RescanRequest(), pb.RescanResponse)
+        assert [(m.name, m.version) for m in rescanned.models] == [("m", "2.0")]
+        rolled = call("Rollback", pb.RollbackRequest(name="m"), pb.RollbackResponse)
+        assert (rolled.model.version, rolled.model.pinned_version) == ("1.0", "1.0")
+        other = model_builder.offset_model(5).write(public_dir / "other.tflite")
+        os.chmod(other, 0o644)
+        with pytest.raises(grpc.RpcError) as refused:
+            call("LoadModel", pb.LoadModelRequest(name="m", url=str(other)), pb.LoadModelResponse)
+        assert refused.value.code() == grpc.StatusCode.ALREADY_EXISTS
+        assert "model repository" in refused.value.details()
+    with agent.client() as client:
+        assert offset_of(client.predict("m", {"x": X})) == 1.0
