@@ -367,3 +367,32 @@ def test_rescan_and_rollback_over_grpc(lab, start_agent, tmp_path, public_dir):
         assert "model repository" in refused.value.details()
     with agent.client() as client:
         assert offset_of(client.predict("m", {"x": X})) == 1.0
+
+
+def test_the_command_line_lists_rescans_rolls_back_and_unpins(lab, start_agent):
+    import subprocess
+    import sys
+
+    lab.publish("m", "1.0")
+    agent = start_agent(**lab.settings())
+    lab.publish("m", "2.0")
+
+    def cli(*args: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "edge_agent", "client", "--socket",
+                               agent.socket_path, *args], capture_output=True, text=True,
+                              timeout=60)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    assert cli("rescan").startswith("m  2.0  repository  serving  since ")
+    assert "m: 1.0 serves, pinned until `edge-agent client unpin m`" in cli("rollback", "m")
+    [model] = json.loads(cli("list", "--json"))["models"]
+    assert (model["version"], model["pinned"], model["source"], model["state"]) == (
+        "1.0", "1.0", "repository", "serving")
+    assert [(v["version"], v["state"], v["pinned"]) for v in model["versions"]] == [
+        ("2.0", "held", False), ("1.0", "serving", True)]
+    assert "2.0 serves" in cli("unpin", "m")
+    assert cli("rollback", "m", "--to", "1").startswith("m: 1.0 serves")
+    listed = cli("list")
+    assert "m  1.0 (pinned 1.0)  repository  serving" in listed
+    assert "  2.0  held" in listed and "  1.0  serving pinned" in listed
