@@ -114,7 +114,7 @@ class App:
             # (clients that connect meanwhile wait in the listen backlog).
             self.models = _start_models(self.service, config, systemd.notify)
             self.observers = _start_observers(self.service, config)
-        except (config_module.ConfigError, AgentError) as e:
+        except (config_module.ConfigError, AgentError, OSError) as e:
             if self.models is not None:
                 self.models.stop()
             if self.grpc_server is not None:
@@ -123,6 +123,8 @@ class App:
             self.service.close()
             if isinstance(e, AgentError):
                 raise StartError(f"model repository: {e.message}", 2) from None
+            if isinstance(e, OSError):  # the state directory cannot hold the models' state
+                raise StartError(f"model repository: {e}", 1) from None
             raise StartError(f"configuration error: {e}", 2) from None
         log.info("edge-agent %s: %s", __version__, self._config_source)
         boards.log_board(config)

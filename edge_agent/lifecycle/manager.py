@@ -552,12 +552,14 @@ class ModelManager:
         current = self._names.get(name)
         if current is None:
             return None
-        held = self._held.get(name, [])
+        # Copies: the manager's thread may change these while an RPC's thread reads them.
+        held = list(self._held.get(name, []))
+        failed, entry_failed = dict(self._failed), dict(self._entry_failed)
         serving = current.serving.digest if current.serving else ""
         pin = self._pin(name)
         versions = []
         for v in policy.newest_first(held):
-            failure = self._failed.get(v.digest)
+            failure = failed.get(v.digest)
             versions.append({
                 "version": v.version, "sha256": v.digest,
                 "state": SERVING if v.digest == serving else
@@ -565,12 +567,12 @@ class ModelManager:
                 "reason": failure.reason if failure else "",
                 "pinned": pin is not None and policy.same_version(v.version, pin)})
         held_digests = {v.digest for v in held}
-        for digest, failure in self._failed.items():
+        for digest, failure in failed.items():
             if failure.name == name and digest not in held_digests:  # its copy is gone
                 versions.append({"version": failure.version, "sha256": digest,
                                  "state": WAITING if failure.memory else FAILED,
                                  "reason": failure.reason, "pinned": False})
-        for identity, (owner, label, why) in self._entry_failed.items():
+        for identity, (owner, label, why) in entry_failed.items():
             if owner == name:
                 versions.append({"version": os.path.basename(label), "sha256": identity,
                                  "state": FAILED, "reason": why, "pinned": False})
