@@ -297,9 +297,16 @@ class ModelManager:
     def _excluded(self) -> set[str]:
         """Digests not to try now: failures for good, and for want of memory while no more
         memory is free than when they failed."""
-        free = self.service.budget.free
+        free = self._budget_free()
         return {digest for digest, f in self._failed.items()
                 if not f.memory or free <= f.free_at}
+
+    def _budget_free(self) -> int:
+        """The memory budget's free part, without the system's MemAvailable: a version that
+        did not fit is tried again once a model's reservation was released, not whenever
+        the system's figure moves."""
+        budget = self.service.budget
+        return budget.total - budget.used
 
     def _settle(self, name: str, held: list[StoredVersion]) -> None:
         current = self._state(name)
@@ -341,7 +348,7 @@ class ModelManager:
         except AgentError as e:
             memory = e.code == StatusCode.RESOURCE_EXHAUSTED
             self._failed[target.digest] = Failure(name, target.version, e.message, memory,
-                                                  self.service.budget.free)
+                                                  self._budget_free())
             self._count(name, "waiting" if memory else "failed")
             log.warning("%s not served: %s", what, e.message)
             if preserving_resources:
