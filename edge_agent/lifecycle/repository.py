@@ -48,6 +48,32 @@ def check_repository(path: str) -> None:
     if not stat.S_ISDIR(st.st_mode):
         raise failed_precondition(f"{REPOSITORY_KEY} '{path}' is not a directory")
     _check_owner(path, st)
+    for directory in _ancestors(os.path.realpath(path)):
+        _check_above(directory, path)
+
+
+def _ancestors(path: str):
+    """'/a/b/c' -> '/a/b', '/a', '/'."""
+    while path != "/":
+        path = os.path.dirname(path)
+        yield path
+
+
+def _check_above(directory: str, repository: str) -> None:
+    """Whoever may rename entries in a directory above the repository could swap it for
+    one of their own: each must belong to root or the agent's user and not be writable by
+    group or others, unless sticky (/tmp), where only an entry's owner may rename it."""
+    st = os.stat(directory)
+    if st.st_uid not in (0, os.geteuid()):
+        raise failed_precondition(
+            f"{REPOSITORY_KEY} '{repository}' lies under '{directory}', which belongs to uid "
+            f"{st.st_uid}, who could swap it: every directory above the repository must "
+            f"belong to root or to the agent's user (uid {os.geteuid()})")
+    if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+        raise failed_precondition(
+            f"{REPOSITORY_KEY} '{repository}' lies under '{directory}', which group or others "
+            f"may write (mode {stat.S_IMODE(st.st_mode):04o}), so anyone could swap it: run "
+            f"chmod go-w '{directory}', or move the repository elsewhere")
 
 
 def _check_owner(path: str, st: os.stat_result) -> None:

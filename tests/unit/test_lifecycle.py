@@ -117,6 +117,18 @@ def test_an_entrys_identity_follows_its_bytes(tmp_path):
     assert repository.scan() == [] and "group or others" in repository.problems["m"]
 
 
+def test_a_repository_under_a_directory_others_may_write_is_refused(tmp_path):
+    parent = tmp_path / "shared"
+    (parent / "repository").mkdir(parents=True)
+    os.chmod(parent / "repository", 0o755)
+    os.chmod(parent, 0o777)
+    with pytest.raises(AgentError) as refused:
+        check_repository(str(parent / "repository"))
+    assert f"lies under '{parent}'" in refused.value.message
+    os.chmod(parent, 0o1777)  # sticky, as /tmp: only an entry's owner may rename it
+    check_repository(str(parent / "repository"))
+
+
 def test_a_repository_others_may_write_is_refused(tmp_path):
     os.chmod(tmp_path, 0o775)
     with pytest.raises(AgentError) as refused:
