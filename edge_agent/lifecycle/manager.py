@@ -333,7 +333,8 @@ class ModelManager:
                     current.set(WAITING if waiting else FAILED,
                                 (failures[-1] if failures else choice.note))
                 return
-            if current.serving is not None and current.serving.digest == target.digest:
+            if (current.model is not None and current.serving is not None
+                    and current.serving.digest == target.digest):
                 if current.state != SERVING:
                     current.set(SERVING, current.reason)
                 return
@@ -378,7 +379,9 @@ class ModelManager:
             self._failed[target.digest] = Failure(name, target.version, reason)
             self._count(name, "failed")
             log.warning("%s", reason)
-            current.set(SERVING, reason)
+            if preserving_resources:
+                self._reload(name, current)
+            current.set(SERVING if current.model is not None else FAILED, reason)
             return False
         self._crash("switching")
         model.version = target.version
