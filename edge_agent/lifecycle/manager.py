@@ -392,7 +392,12 @@ class ModelManager:
         self._history[name] = history[:HISTORY_KEPT]
         self._recorded[name] = target.digest
         current.set(SERVING, "")
-        self._save()
+        try:
+            self._save()
+        except OSError as e:  # a full disk: it serves; a restart would serve the old version
+            log.error("model '%s' %s serves, but the record of it could not be written (%s): "
+                      "after a restart the version recorded before serves", name,
+                      target.version, e)
         self._count(name, "ok")
         log.info("%s serves (signed by key %s)", what, target.key_id or "?")
         self._crash("cleaning")
