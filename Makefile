@@ -13,7 +13,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: all setup system-deps demo lint test bench proto docs clean c-client c-bench fuzz fuzz-models
+.PHONY: all setup system-deps demo run test-lifecycle-full lint test bench proto docs clean c-client c-bench fuzz fuzz-models
 .PHONY: cross-wheels cross-wheel-aarch64 cross-wheel-armv7 qemu-test-aarch64 qemu-test-armv7 \
 	qemu-test-aarch64-full qemu-test-armv7-full qemu-test-aarch64-trixie \
 	qemu-test-aarch64-trixie-full test-trixie clean-room
@@ -33,6 +33,11 @@ $(STAMP): setup.py pyproject.toml requirements-dev.txt $(wildcard cext/*.pyx cex
 demo: $(STAMP)
 	$(VENV)/bin/edge-agent demo
 
+# The agent serving the signed demo model from a local model repository (.run/) on the
+# default socket until Ctrl-C (edge_agent/tools/run_local.py, docs/MODEL_LIFECYCLE.md).
+run: $(STAMP)
+	$(PY) -m edge_agent.tools.run_local
+
 # Debian packages of the test suite's servers and foreign-language clients (install/test-packages.txt).
 system-deps:
 	install/system-deps.sh install/test-packages.txt
@@ -48,6 +53,11 @@ lint: $(STAMP)
 
 test: $(STAMP) system-deps lint
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The model lifecycle's long scenarios in full (20 swaps under load; make test runs 5).
+test-lifecycle-full: $(STAMP)
+	EDGE_AGENT_FULL_SCENARIOS=1 $(PY) -m pytest -q tests/integration/test_model_lifecycle.py \
+		tests/integration/test_model_lifecycle_failures.py tests/e2e/test_model_lifecycle_interrupted.py
 
 # The Predict path's figures beside their floors and the targets (docs/BENCHMARKS.md): the C
 # side (benchmarks/frame_bench.c: socket floor, pre-encoded frame replay) needs only cc and libc.

@@ -95,18 +95,48 @@ class Tensor(_message.Message):
     def __init__(self, tensor_metadata: _Optional[_Union[TensorMetadata, _Mapping]] = ..., byte_data: _Optional[bytes] = ..., shared_memory_handle: _Optional[_Union[SharedMemoryHandle, _Mapping]] = ...) -> None: ...
 
 class Model(_message.Message):
-    __slots__ = ("url", "name", "input_tensor_metadatas", "output_tensor_metadatas", "delegate")
+    __slots__ = ("url", "name", "input_tensor_metadatas", "output_tensor_metadatas", "delegate", "version", "source", "state", "state_reason", "since_unix_seconds", "pinned_version", "versions", "key_id")
     URL_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     INPUT_TENSOR_METADATAS_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_TENSOR_METADATAS_FIELD_NUMBER: _ClassVar[int]
     DELEGATE_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    STATE_REASON_FIELD_NUMBER: _ClassVar[int]
+    SINCE_UNIX_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    PINNED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
     url: str
     name: str
     input_tensor_metadatas: _containers.RepeatedCompositeFieldContainer[TensorMetadata]
     output_tensor_metadatas: _containers.RepeatedCompositeFieldContainer[TensorMetadata]
     delegate: str
-    def __init__(self, url: _Optional[str] = ..., name: _Optional[str] = ..., input_tensor_metadatas: _Optional[_Iterable[_Union[TensorMetadata, _Mapping]]] = ..., output_tensor_metadatas: _Optional[_Iterable[_Union[TensorMetadata, _Mapping]]] = ..., delegate: _Optional[str] = ...) -> None: ...
+    version: str
+    source: str
+    state: str
+    state_reason: str
+    since_unix_seconds: float
+    pinned_version: str
+    versions: _containers.RepeatedCompositeFieldContainer[ModelVersion]
+    key_id: str
+    def __init__(self, url: _Optional[str] = ..., name: _Optional[str] = ..., input_tensor_metadatas: _Optional[_Iterable[_Union[TensorMetadata, _Mapping]]] = ..., output_tensor_metadatas: _Optional[_Iterable[_Union[TensorMetadata, _Mapping]]] = ..., delegate: _Optional[str] = ..., version: _Optional[str] = ..., source: _Optional[str] = ..., state: _Optional[str] = ..., state_reason: _Optional[str] = ..., since_unix_seconds: _Optional[float] = ..., pinned_version: _Optional[str] = ..., versions: _Optional[_Iterable[_Union[ModelVersion, _Mapping]]] = ..., key_id: _Optional[str] = ...) -> None: ...
+
+class ModelVersion(_message.Message):
+    __slots__ = ("version", "sha256", "state", "reason", "pinned")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    PINNED_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    sha256: str
+    state: str
+    reason: str
+    pinned: bool
+    def __init__(self, version: _Optional[str] = ..., sha256: _Optional[str] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., pinned: _Optional[bool] = ...) -> None: ...
 
 class PredictRequest(_message.Message):
     __slots__ = ("name", "tensors", "output_handles")
@@ -149,8 +179,10 @@ class UnLoadModelResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class ListModelsRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("include_repository",)
+    INCLUDE_REPOSITORY_FIELD_NUMBER: _ClassVar[int]
+    include_repository: bool
+    def __init__(self, include_repository: _Optional[bool] = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
     __slots__ = ("models",)
@@ -251,7 +283,7 @@ class CodeCount(_message.Message):
     def __init__(self, code: _Optional[str] = ..., count: _Optional[int] = ...) -> None: ...
 
 class ModelMetrics(_message.Message):
-    __slots__ = ("name", "package_name", "package_version", "delegate", "memory_reserved_bytes", "load_seconds", "loaded_at_unix_seconds", "predictions", "predict_seconds", "invoke_seconds", "input_bytes", "output_bytes", "shared_memory_inputs", "inline_inputs")
+    __slots__ = ("name", "package_name", "package_version", "delegate", "memory_reserved_bytes", "load_seconds", "loaded_at_unix_seconds", "predictions", "predict_seconds", "invoke_seconds", "input_bytes", "output_bytes", "shared_memory_inputs", "inline_inputs", "source")
     NAME_FIELD_NUMBER: _ClassVar[int]
     PACKAGE_NAME_FIELD_NUMBER: _ClassVar[int]
     PACKAGE_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -266,6 +298,7 @@ class ModelMetrics(_message.Message):
     OUTPUT_BYTES_FIELD_NUMBER: _ClassVar[int]
     SHARED_MEMORY_INPUTS_FIELD_NUMBER: _ClassVar[int]
     INLINE_INPUTS_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
     name: str
     package_name: str
     package_version: str
@@ -280,7 +313,34 @@ class ModelMetrics(_message.Message):
     output_bytes: int
     shared_memory_inputs: int
     inline_inputs: int
-    def __init__(self, name: _Optional[str] = ..., package_name: _Optional[str] = ..., package_version: _Optional[str] = ..., delegate: _Optional[str] = ..., memory_reserved_bytes: _Optional[int] = ..., load_seconds: _Optional[float] = ..., loaded_at_unix_seconds: _Optional[float] = ..., predictions: _Optional[_Iterable[_Union[CodeCount, _Mapping]]] = ..., predict_seconds: _Optional[_Union[Histogram, _Mapping]] = ..., invoke_seconds: _Optional[_Union[Histogram, _Mapping]] = ..., input_bytes: _Optional[int] = ..., output_bytes: _Optional[int] = ..., shared_memory_inputs: _Optional[int] = ..., inline_inputs: _Optional[int] = ...) -> None: ...
+    source: str
+    def __init__(self, name: _Optional[str] = ..., package_name: _Optional[str] = ..., package_version: _Optional[str] = ..., delegate: _Optional[str] = ..., memory_reserved_bytes: _Optional[int] = ..., load_seconds: _Optional[float] = ..., loaded_at_unix_seconds: _Optional[float] = ..., predictions: _Optional[_Iterable[_Union[CodeCount, _Mapping]]] = ..., predict_seconds: _Optional[_Union[Histogram, _Mapping]] = ..., invoke_seconds: _Optional[_Union[Histogram, _Mapping]] = ..., input_bytes: _Optional[int] = ..., output_bytes: _Optional[int] = ..., shared_memory_inputs: _Optional[int] = ..., inline_inputs: _Optional[int] = ..., source: _Optional[str] = ...) -> None: ...
+
+class ModelState(_message.Message):
+    __slots__ = ("name", "source", "state", "reason", "version", "since_unix_seconds", "swaps")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    SINCE_UNIX_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    SWAPS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    source: str
+    state: str
+    reason: str
+    version: str
+    since_unix_seconds: float
+    swaps: _containers.RepeatedCompositeFieldContainer[SwapCount]
+    def __init__(self, name: _Optional[str] = ..., source: _Optional[str] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., version: _Optional[str] = ..., since_unix_seconds: _Optional[float] = ..., swaps: _Optional[_Iterable[_Union[SwapCount, _Mapping]]] = ...) -> None: ...
+
+class SwapCount(_message.Message):
+    __slots__ = ("result", "count")
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    result: str
+    count: int
+    def __init__(self, result: _Optional[str] = ..., count: _Optional[int] = ...) -> None: ...
 
 class CallCount(_message.Message):
     __slots__ = ("front", "rpc", "code", "count")
@@ -323,7 +383,7 @@ class CaptureMetrics(_message.Message):
     def __init__(self, accepted: _Optional[int] = ..., delivered: _Optional[int] = ..., failed: _Optional[int] = ..., backlog: _Optional[int] = ..., journal_bytes: _Optional[int] = ..., journal_limit_bytes: _Optional[int] = ..., last_error: _Optional[str] = ..., last_error_unix_seconds: _Optional[float] = ...) -> None: ...
 
 class GetMetricsResponse(_message.Message):
-    __slots__ = ("agent_version", "device_name", "fleet_name", "start_time_unix_seconds", "uptime_seconds", "counters_kept", "models", "calls", "connections", "capture", "memory_budget_bytes", "memory_budget_used_bytes", "resident_memory_bytes", "cpu_seconds")
+    __slots__ = ("agent_version", "device_name", "fleet_name", "start_time_unix_seconds", "uptime_seconds", "counters_kept", "models", "calls", "connections", "capture", "memory_budget_bytes", "memory_budget_used_bytes", "resident_memory_bytes", "cpu_seconds", "model_states")
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     DEVICE_NAME_FIELD_NUMBER: _ClassVar[int]
     FLEET_NAME_FIELD_NUMBER: _ClassVar[int]
@@ -338,6 +398,7 @@ class GetMetricsResponse(_message.Message):
     MEMORY_BUDGET_USED_BYTES_FIELD_NUMBER: _ClassVar[int]
     RESIDENT_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     CPU_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_STATES_FIELD_NUMBER: _ClassVar[int]
     agent_version: str
     device_name: str
     fleet_name: str
@@ -352,4 +413,41 @@ class GetMetricsResponse(_message.Message):
     memory_budget_used_bytes: int
     resident_memory_bytes: int
     cpu_seconds: float
-    def __init__(self, agent_version: _Optional[str] = ..., device_name: _Optional[str] = ..., fleet_name: _Optional[str] = ..., start_time_unix_seconds: _Optional[float] = ..., uptime_seconds: _Optional[float] = ..., counters_kept: _Optional[bool] = ..., models: _Optional[_Iterable[_Union[ModelMetrics, _Mapping]]] = ..., calls: _Optional[_Iterable[_Union[CallCount, _Mapping]]] = ..., connections: _Optional[_Iterable[_Union[ConnectionCount, _Mapping]]] = ..., capture: _Optional[_Union[CaptureMetrics, _Mapping]] = ..., memory_budget_bytes: _Optional[int] = ..., memory_budget_used_bytes: _Optional[int] = ..., resident_memory_bytes: _Optional[int] = ..., cpu_seconds: _Optional[float] = ...) -> None: ...
+    model_states: _containers.RepeatedCompositeFieldContainer[ModelState]
+    def __init__(self, agent_version: _Optional[str] = ..., device_name: _Optional[str] = ..., fleet_name: _Optional[str] = ..., start_time_unix_seconds: _Optional[float] = ..., uptime_seconds: _Optional[float] = ..., counters_kept: _Optional[bool] = ..., models: _Optional[_Iterable[_Union[ModelMetrics, _Mapping]]] = ..., calls: _Optional[_Iterable[_Union[CallCount, _Mapping]]] = ..., connections: _Optional[_Iterable[_Union[ConnectionCount, _Mapping]]] = ..., capture: _Optional[_Union[CaptureMetrics, _Mapping]] = ..., memory_budget_bytes: _Optional[int] = ..., memory_budget_used_bytes: _Optional[int] = ..., resident_memory_bytes: _Optional[int] = ..., cpu_seconds: _Optional[float] = ..., model_states: _Optional[_Iterable[_Union[ModelState, _Mapping]]] = ...) -> None: ...
+
+class RescanRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class RescanResponse(_message.Message):
+    __slots__ = ("models",)
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedCompositeFieldContainer[Model]
+    def __init__(self, models: _Optional[_Iterable[_Union[Model, _Mapping]]] = ...) -> None: ...
+
+class RollbackRequest(_message.Message):
+    __slots__ = ("name", "version")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
+
+class RollbackResponse(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: Model
+    def __init__(self, model: _Optional[_Union[Model, _Mapping]] = ...) -> None: ...
+
+class UnpinRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class UnpinResponse(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: Model
+    def __init__(self, model: _Optional[_Union[Model, _Mapping]] = ...) -> None: ...

@@ -86,6 +86,9 @@ RPCS: tuple[Rpc, ...] = (
     # Extensions of service Agent (method numbers from 100).
     Rpc(Method.GET_METRICS, "GetMetrics", pb.GetMetricsRequest, pb.GetMetricsResponse,
         "get_metrics"),
+    Rpc(Method.RESCAN, "Rescan", pb.RescanRequest, pb.RescanResponse, "rescan"),
+    Rpc(Method.ROLLBACK, "Rollback", pb.RollbackRequest, pb.RollbackResponse, "rollback"),
+    Rpc(Method.UNPIN, "Unpin", pb.UnpinRequest, pb.UnpinResponse, "unpin"),
 )
 BY_METHOD: dict[int, Rpc] = {rpc.method: rpc for rpc in RPCS}
 BY_GRPC_PATH: dict[str, Rpc] = {rpc.grpc_path: rpc for rpc in RPCS}

@@ -20,6 +20,7 @@ from edge_agent.config import AgentConfig
 
 if TYPE_CHECKING:  # imported in start(): `edge-agent client ...` needs none of them
     from edge_agent.grpc_front import GrpcServer
+    from edge_agent.lifecycle.manager import ModelManager
     from edge_agent.server import SocketServer
     from edge_agent.service import AgentService
     from edge_agent.systemd import Notifier
@@ -57,6 +58,7 @@ class App:
         self.server: SocketServer = None  # type: ignore[assignment]
         self.grpc_server: GrpcServer | None = None
         self.observers: list = []
+        self.models: ModelManager | None = None  # the model repository's manager, if any
         self._notifier: Notifier = None  # type: ignore[assignment]
         self._serving: threading.Thread | None = None
 
@@ -75,6 +77,7 @@ class App:
         from edge_agent import boards, systemd
         from edge_agent import config as config_module
         from edge_agent.pending import PendingBudget
+        from edge_agent.errors import AgentError
         from edge_agent.server import ServerError, SocketServer
         from edge_agent.service import AgentService
 
@@ -108,12 +111,21 @@ class App:
                 self.service.close()
                 raise StartError(f"edge_agent_grpc_socket_path: {e}", 1) from None
         try:
+            # Before READY=1: applications find the repository's models after any restart
+            # (clients that connect meanwhile wait in the listen backlog).
+            self.models = _start_models(self.service, config, systemd.notify)
             self.observers = _start_observers(self.service, config)
-        except config_module.ConfigError as e:
+        except (config_module.ConfigError, AgentError, OSError) as e:
+            if self.models is not None:
+                self.models.stop()
             if self.grpc_server is not None:
                 self.grpc_server.stop(grace=0)
             self._close_framed_socket()
             self.service.close()
+            if isinstance(e, AgentError):
+                raise StartError(f"model repository: {e.message}", 2) from None
+            if isinstance(e, OSError):  # the state directory cannot hold the models' state
+                raise StartError(f"model repository: {e}", 1) from None
             raise StartError(f"configuration error: {e}", 2) from None
         log.info("edge-agent %s: %s", __version__, self._config_source)
         boards.log_board(config)
@@ -158,6 +170,8 @@ class App:
                         self.stop_grace_seconds)
         for observer in self.observers:
             observer.stop()  # the heartbeat says offline; the textfile gets the final counts
+        if self.models is not None:
+            self.models.stop()
         self.service.close()
         log.info("stopped")
 
@@ -178,6 +192,22 @@ class App:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def _start_models(service, config: AgentConfig, notify: Callable[[str], object]):
+    """The model repository's manager, its models loaded, watching; None without a
+    repository. AgentError when the repository may not be used."""
+    if not config.edge_agent_model_repository:
+        return None
+    from edge_agent.lifecycle.manager import ModelManager
+    from edge_agent.lifecycle.repository import check_repository
+
+    check_repository(config.edge_agent_model_repository)
+    manager = ModelManager(service, config, notify=notify)
+    service.lifecycle = manager
+    manager.start_up()
+    log.info("model repository %s: %s", config.edge_agent_model_repository, manager.summary())
+    return manager.start()
 
 
 def _start_observers(service, config: AgentConfig) -> list:

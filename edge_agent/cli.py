@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import sys
+import time
 from typing import Callable, Sequence
 
 from edge_agent import __version__
@@ -144,8 +145,16 @@ def cmd_client(args: argparse.Namespace) -> int:
 
     with AgentClient(args.socket, timeout=args.timeout) as agent:
         if args.action == "list":
-            for model in agent.list_models():
-                _print_model(model)
+            _client_list(agent.model_states(), args.json)
+        elif args.action == "rescan":
+            _client_list(agent.rescan(), False)
+        elif args.action == "rollback":
+            model = agent.rollback(args.name, args.to)
+            print(f"{model.name}: {model.version} serves, pinned until "
+                  f"`edge-agent client unpin {model.name}`")
+        elif args.action == "unpin":
+            model = agent.unpin(args.name)
+            print(f"{model.name}: unpinned; {model.version or model.state} serves")
         elif args.action == "load":
             _print_model(agent.load_model(args.name, args.url))
         elif args.action == "unload":
@@ -168,6 +177,42 @@ def cmd_client(args: argparse.Namespace) -> int:
             else:
                 print(metrics.table(snapshot), end="")
     return 0
+
+
+def _model_document(model) -> dict:
+    """A Model's lifecycle as plain JSON types (`edge-agent client list --json`)."""
+    return {
+        "name": model.name, "source": model.source, "state": model.state,
+        "reason": model.state_reason, "version": model.version,
+        "pinned": model.pinned_version,
+        "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(model.since_unix_seconds))
+        if model.since_unix_seconds else "",
+        "url": model.url,
+        "inputs": [m.name.decode("utf-8", "replace") for m in model.input_tensor_metadatas],
+        "outputs": [m.name.decode("utf-8", "replace") for m in model.output_tensor_metadatas],
+        "versions": [{"version": v.version, "state": v.state, "reason": v.reason,
+                      "pinned": v.pinned, "sha256": v.sha256} for v in model.versions],
+    }
+
+
+def _client_list(models, as_json: bool) -> None:
+    documents = [_model_document(m) for m in models]
+    if as_json:
+        print(json.dumps({"models": documents}, indent=2))
+        return
+    for d in documents:
+        state = d["state"] + (f": {d['reason']}" if d["reason"] else "")
+        pinned = f" (pinned {d['pinned']})" if d["pinned"] else ""
+        print(f"{d['name']}  {d['version'] or '-'}{pinned}  {d['source']}  {state}  "
+              f"since {d['since'] or '-'}")
+        if d["url"]:
+            print(f"  url: {d['url']}")
+        if d["inputs"] or d["outputs"]:
+            print(f"  inputs: {', '.join(d['inputs'])}; outputs: {', '.join(d['outputs'])}")
+        for v in d["versions"]:
+            reason = f": {v['reason']}" if v["reason"] else ""
+            pin = " pinned" if v["pinned"] else ""
+            print(f"  {v['version']}  {v['state']}{pin}{reason}")
 
 
 def _client_capture(agent, args: argparse.Namespace) -> str:
@@ -255,7 +300,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the agent's socket (default: $EDGE_AGENT_SOCKET or %(default)s)")
     client.add_argument("--timeout", type=float, default=None, help="seconds to wait for a reply")
     actions = client.add_subparsers(dest="action", required=True)
-    actions.add_parser("list", help="list the loaded models")
+    listing = actions.add_parser("list", help="the models: version, source, state, since "
+                                 "when, versions held (docs/MODEL_LIFECYCLE.md)")
+    listing.add_argument("--json", action="store_true", help="print them as JSON")
+    actions.add_parser("rescan", help="have the agent look at its model repository now")
+    rollback = actions.add_parser("rollback", help="serve a repository model's earlier "
+                                  "version, pinned until unpin (root or the agent's user)")
+    rollback.add_argument("name")
+    rollback.add_argument("--to", default="", metavar="VERSION",
+                          help="the version (default: the one served before)")
+    actions.add_parser("unpin", help="lift a rollback's pin (root or the agent's user)"
+                       ).add_argument("name")
     load = actions.add_parser("load", help="load a model")
     load.add_argument("name")
     load.add_argument("url", help="local path or file:// url of the model")

@@ -50,6 +50,9 @@ class ModelInfo:
     inputs: tuple[TensorInfo, ...]
     outputs: tuple[TensorInfo, ...]
     delegate: str = ""  # what runs it: xnnpack, cpu, edgetpu, external:<path> ("": not said)
+    version: str = ""  # the signed package's version ("": a bare model, or an older agent)
+    source: str = ""  # repository or application ("": not said: an agent without lifecycle)
+    state: str = ""  # serving, loading, validating, failed, blocked, waiting
 
     @classmethod
     def from_pb(cls, model: pb.Model) -> "ModelInfo":
@@ -57,7 +60,8 @@ class ModelInfo:
             return tuple(TensorInfo(m.name.decode("utf-8", "replace"), dtype_of(m.data_type),
                                     tuple(m.shape)) for m in metadatas)
         return cls(model.name, model.url, infos(model.input_tensor_metadatas),
-                   infos(model.output_tensor_metadatas), model.delegate)
+                   infos(model.output_tensor_metadatas), model.delegate, model.version,
+                   model.source, model.state)
 
 
 AuxData = Union[bytes, str, tuple]  # data, or (data, encoding name)
@@ -278,6 +282,26 @@ class AgentClient:
         """What the agent counted and holds (an extension; docs/METRICS.md);
         edge_agent.metrics.document() turns it into plain JSON types."""
         return self.call(Method.GET_METRICS, pb.GetMetricsRequest(), pb.GetMetricsResponse)
+
+    # --- the model repository (docs/MODEL_LIFECYCLE.md) ------------------------------------
+
+    def model_states(self) -> list[pb.Model]:
+        """Every model with its lifecycle fields, the repository's names that have no
+        version serving included."""
+        return list(self.call(Method.LIST_MODELS, pb.ListModelsRequest(include_repository=True),
+                              pb.ListModelsResponse).models)
+
+    def rescan(self) -> list[pb.Model]:
+        """Have the agent take in what its repository holds now; the models after it."""
+        return list(self.call(Method.RESCAN, pb.RescanRequest(), pb.RescanResponse).models)
+
+    def rollback(self, name: str, version: str = "") -> pb.Model:
+        """Serve the version served before (or `version`), pinned until unpin()."""
+        return self.call(Method.ROLLBACK, pb.RollbackRequest(name=name, version=version),
+                         pb.RollbackResponse).model
+
+    def unpin(self, name: str) -> pb.Model:
+        return self.call(Method.UNPIN, pb.UnpinRequest(name=name), pb.UnpinResponse).model
 
     # --- the wire ---------------------------------------------------------------------------
 

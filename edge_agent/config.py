@@ -135,6 +135,31 @@ class AgentConfig:
     edge_agent_max_package_files: int = _setting(
         64, "Most entries (files and directories) a .tar.gz package may hold.", minimum=3)
 
+    # --- Model repository (docs/MODEL_LIFECYCLE.md) ----------------------------------------
+    edge_agent_model_repository: str = _setting(
+        "", "Directory of signed packages the agent serves by itself, kept across restarts: "
+        "<repository>/<name>/<package directory or .tar.gz>; the highest version serves, a new "
+        "one is swapped in without a gap. Must not be writable by others than root and the "
+        "agent's user. Empty: off.")
+    edge_agent_model_repository_poll_seconds: float = _setting(
+        2.0, "How often the model repository is looked at for new packages (`edge-agent "
+        "client rescan` looks at once).", kind=float, minimum=0.05)
+    edge_agent_model_pins: dict = _setting(
+        None, "Versions to serve instead of the highest, by model name ({\"name\": \"1.2.0\"}); "
+        "a pre-release serves only pinned. A rollback's pin wins until `edge-agent client "
+        "unpin`.", kind=dict, default_factory=dict)
+    edge_agent_model_versions_kept: int = _setting(
+        2, "Versions of each repository model kept in the state directory (the one serving "
+        "and those served before it), for rollbacks.", minimum=1)
+    edge_agent_allow_signature_change: bool = _setting(
+        False, "Swap in a new version whose inputs or outputs (names, types, shapes) differ "
+        "from the one serving; false: such a version is refused, the old one serves on.")
+    edge_agent_swap_policy: str = _setting(
+        "availability_preserving", "availability_preserving: a new version loads beside the "
+        "old one, which serves until the switch (both must fit the memory budget, else the "
+        "swap waits); resource_preserving: the old one is unloaded first (calls in between "
+        "answer NOT_FOUND).", choices=("availability_preserving", "resource_preserving"))
+
     # --- Capture ---------------------------------------------------------------------------
     edge_agent_capture_max_spool_mb: int = _setting(
         128, "Disk the capture journal may use, in MiB; past it CaptureData answers "

@@ -116,12 +116,17 @@ _DIRECT_COPY_BYTES = 16 * 1024
 
 class LoadedModel:
     def __init__(self, name: str, url: str, interpreter, footprint: int, delegate: str = "",
-                 owner: int = -1, metrics=None):
+                 owner: int = -1, metrics=None, version: str = "", key_id: str = ""):
         self.name = name
         self.url = url
+        # The signed package's version and signing key's id; "" for a bare .tflite model.
+        self.version = version
+        self.key_id = key_id
         self.owner = owner          # uid of the caller that loaded it (edge_agent_model_access)
         self.footprint = footprint  # bytes reserved against the memory budget
         self.delegate = delegate    # what runs it (delegates.Delegation.name)
+        self.source = "application"  # or "repository" (edge_agent.lifecycle)
+        self.loaded_at = time.time()
         # edge_agent.metrics.ModelMetrics; None: metrics are off.
         self.metrics = metrics
         self._interpreter = interpreter
@@ -141,12 +146,19 @@ class LoadedModel:
         if metrics is not None:
             metrics.inputs_per_call = len(self.inputs)
 
+    def wait_idle(self) -> None:
+        """Return once the call running on this model (if any) has finished: after a swap,
+        what ran on the old version is done. A call that took this model just before the
+        swap and runs later still runs whole on it (its interpreter lives while referenced)."""
+        with self._lock:
+            pass
+
     def describe(self) -> pb.Model:
         return pb.Model(
             url=self.url, name=self.name,
             input_tensor_metadatas=[s.metadata() for s in self.inputs],
             output_tensor_metadatas=[s.metadata() for s in self.outputs],
-            delegate=self.delegate)
+            delegate=self.delegate, version=self.version)
 
     # --- predict ----------------------------------------------------------------------------
 

@@ -80,8 +80,8 @@ def families(m: pb.GetMetricsResponse) -> Iterator:
 
 
 def _model_families(m: pb.GetMetricsResponse) -> Iterator:
-    info = InfoMetricFamily("edge_agent_model", "A loaded model: its package, version and "
-                            "delegate.", labels=["model"])
+    info = InfoMetricFamily("edge_agent_model", "A loaded model: its package, version, "
+                            "delegate and source (repository or application).", labels=["model"])
     memory = GaugeMetricFamily("edge_agent_model_memory_bytes", "Bytes a model reserves "
                                "against the memory budget.", labels=["model"])
     load = GaugeMetricFamily("edge_agent_model_load_seconds", "How long loading the model "
@@ -91,11 +91,13 @@ def _model_families(m: pb.GetMetricsResponse) -> Iterator:
     for model in m.models:
         info.add_metric([model.name], {"package": model.package_name,
                                        "version": model.package_version,
-                                       "delegate": model.delegate})
+                                       "delegate": model.delegate,
+                                       "source": model.source})
         memory.add_metric([model.name], model.memory_reserved_bytes)
         load.add_metric([model.name], model.load_seconds)
         loaded.add_metric([model.name], model.loaded_at_unix_seconds)
     yield from (info, memory, load, loaded)
+    yield from _lifecycle_families(m)
     if not m.counters_kept:
         return
     predictions = CounterMetricFamily("edge_agent_predictions", "Predictions answered, by "
@@ -124,6 +126,24 @@ def _model_families(m: pb.GetMetricsResponse) -> Iterator:
         inputs.add_metric([model.name, "shm"], model.shared_memory_inputs)
         inputs.add_metric([model.name, "inline"], model.inline_inputs)
     yield from (predictions, predict, invoke, input_bytes, output_bytes, inputs)
+
+
+MODEL_STATES = ("serving", "loading", "validating", "failed", "blocked", "waiting")
+
+
+def _lifecycle_families(m: pb.GetMetricsResponse) -> Iterator:
+    state = GaugeMetricFamily("edge_agent_model_state", "1 for the state a model name is in "
+                              "(serving, loading, validating, failed, blocked, waiting), 0 for "
+                              "the others.", labels=["model", "source", "state"])
+    swaps = CounterMetricFamily("edge_agent_model_swaps", "Versions of a repository model "
+                                "tried since start, by result: ok (swapped in), failed, "
+                                "waiting (for memory).", labels=["model", "result"])
+    for s in m.model_states:
+        for name in MODEL_STATES:
+            state.add_metric([s.name, s.source, name], 1 if s.state == name else 0)
+        for c in s.swaps:
+            swaps.add_metric([s.name, c.result], c.count)
+    yield from (state, swaps)
 
 
 def _capture_families(c: pb.CaptureMetrics) -> Iterator:

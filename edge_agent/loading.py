@@ -9,6 +9,8 @@ models (names, owners, unload) is the service's (service.py).
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import re
@@ -23,11 +25,11 @@ from edge_agent.config import AgentConfig
 from edge_agent.descriptors import (check_access, copy_to_private_file, fd_url_index,
                                     passed_fd)
 from edge_agent.engine import LoadedModel, create_interpreter
-from edge_agent.errors import failed_precondition, invalid_argument, not_found, shown
+from edge_agent.errors import AgentError, failed_precondition, invalid_argument, not_found, shown
 from edge_agent.memory import MemoryBudget
 from edge_agent.metrics import ModelMetrics
 from edge_agent.modelfile import looks_like_tflite, not_regular, read_at_most
-from edge_agent.prover import Prover, holds_edgetpu
+from edge_agent.prover import CHECK_SETTINGS, Prover, holds_edgetpu
 
 log = logging.getLogger(__name__)
 
@@ -99,10 +101,19 @@ class ModelLoader:
         self.budget = budget
         self.prover = prover
         self.verifier = model_verifier.tflite_verifier()
+        # Models proven before, by the sha256 of their bytes: the bytes the child measured
+        # (the model repository keeps them across restarts, edge_agent.lifecycle.store).
+        self.proofs: dict[str, int] = {}
+        self._check_settings = json.dumps(
+            {key: getattr(config, key) for key in CHECK_SETTINGS}, sort_keys=True).encode()
 
-    def load(self, name: str, url: str, source: ModelSource, caller: Caller) -> LoadedModel:
+    def load(self, name: str, url: str, source: ModelSource, caller: Caller,
+             remember_proof: bool = False) -> LoadedModel:
         """The model `source` holds, read, verified, proven in a child process and opened
-        with its delegate, its memory reserved against the budget (released on failure)."""
+        with its delegate, its memory reserved against the budget (released on failure).
+        `remember_proof`: a check passed is remembered in `proofs`, and a check passed
+        before is not run again (the model repository's loads; an application's LoadModel
+        always checks)."""
         what = f"model '{shown(name)}'"
         started = time.monotonic()
         package: dict = {}  # the package's name and version, when it comes from one
@@ -114,21 +125,27 @@ class ModelLoader:
         try:
             # What the runtime cost a child beyond the file, measured before the agent's own
             # runtime sees a byte: a model that crashes or swamps it is refused here.
-            measured = self._prove(content, what)
+            vectors = package.get("vectors")
+            measured = self._prove(content, what, vectors, remember_proof)
             self.budget.reserve(measured, what)
             reserved += measured
             interpreter, delegation = delegates.interpreter_with_delegate(
                 content, self.config, what, create_interpreter)
+            if vectors is not None and not self._proven_apart(content):
+                self._validate_here(interpreter, vectors, what)
             # The arena and the runtime's packed copies of weights come on top of the file:
             # an estimate from the tensors, for when the child measured less or nothing.
             tensors = sum(int(d["shape"].prod()) * d["dtype"](0).itemsize
                           for d in interpreter.get_tensor_details())
             self.budget.reserve(max(0, tensors - measured), what)
             reserved += max(0, tensors - measured)
-            metrics = ModelMetrics(time.monotonic() - started, **package) \
+            metrics = ModelMetrics(time.monotonic() - started, package_name=package.get(
+                "package_name", ""), package_version=package.get("package_version", "")) \
                 if self.config.edge_agent_metrics else None
             return LoadedModel(name, url, interpreter, footprint=reserved,
-                               delegate=delegation.name, owner=caller.uid, metrics=metrics)
+                               delegate=delegation.name, owner=caller.uid, metrics=metrics,
+                               version=package.get("package_version", ""),
+                               key_id=package.get("key_id", ""))
         except UnicodeDecodeError:  # the runtime decodes tensor names as UTF-8
             self.budget.release(reserved)
             raise failed_precondition(
@@ -138,18 +155,50 @@ class ModelLoader:
             self.budget.release(reserved)
             raise
 
-    def _prove(self, content: bytes, what: str) -> int:
+    def _proven_apart(self, content: bytes) -> bool:
+        """Whether the child process can run the model: not one compiled for an Edge TPU
+        this agent holds (one process holds it at a time)."""
+        return not (holds_edgetpu(self.config) and delegates.needs_edgetpu(content))
+
+    def _validate_here(self, interpreter, vectors, what: str) -> None:
+        """A package's test vectors run in the agent, on the interpreter about to be
+        served: for a model the child could not run (the Edge TPU's)."""
+        from edge_agent.vectors import validate
+
+        started = time.monotonic()
+        try:
+            validate(interpreter, vectors, restore=True)
+        except AgentError as e:
+            raise AgentError(e.code, f"{what}: {e.message}") from None
+        log.info("%s: its test vectors passed, run in the agent (Edge TPU) in %.2f s", what,
+                 time.monotonic() - started)
+
+    def _prove(self, content: bytes, what: str, vectors=None, remember: bool = False) -> int:
         """Bytes the model costs the runtime beyond the file, measured in a child process
-        (prover) allowed what the memory budget has free; 0 for a model that cannot be
-        proven apart from the agent (one compiled for an Edge TPU the agent holds)."""
-        if holds_edgetpu(self.config) and delegates.needs_edgetpu(content):
+        (prover) allowed what the memory budget has free, where it also runs on a package's
+        test `vectors`; 0 for a model that cannot be proven apart from the agent (one
+        compiled for an Edge TPU the agent holds: its vectors run in the agent)."""
+        if not self._proven_apart(content):
             log.info("%s: compiled for the Edge TPU, which one process holds at a time: "
                      "loaded without a check in a separate process", what)
             return 0
+        # The same model with the same test vectors, run the same way: the same outcome.
+        digest = ""
+        if remember:
+            digest = hashlib.sha256(content + (vectors.to_bytes() if vectors is not None
+                                               else b"") + self._check_settings).hexdigest()
+        proven = self.proofs.get(digest) if remember else None
+        if proven is not None:
+            log.info("%s: the same bytes were checked before (sha256 %s...); the runtime "
+                     "needed %.1f MiB", what, digest[:16], proven / 2**20)
+            return max(0, proven - len(content))
         proof = self.prover.prove(content, self.config, what,
-                                  memory_limit=self.budget.free + len(content))
-        log.info("%s: checked in a separate process in %.2f s; the runtime needed %.1f MiB",
-                 what, proof.seconds, proof.peak_bytes / 2**20)
+                                  memory_limit=self.budget.free + len(content), vectors=vectors)
+        log.info("%s: checked in a separate process in %.2f s%s; the runtime needed %.1f MiB",
+                 what, proof.seconds, ", test vectors passed" if vectors is not None else "",
+                 proof.peak_bytes / 2**20)
+        if remember:
+            self.proofs[digest] = proof.peak_bytes
         return max(0, proof.peak_bytes - len(content))
 
     def _read_model(self, source: ModelSource, what: str, caller: Caller,
@@ -214,5 +263,6 @@ class ModelLoader:
         manifest = package.manifest
         log.info("%s: package %s %s for %s, signed by key %s", what, manifest.name,
                  manifest.version, manifest.target, package.key_id)
-        found.update(package_name=manifest.name, package_version=manifest.version)
+        found.update(package_name=manifest.name, package_version=manifest.version,
+                     key_id=package.key_id, vectors=package.vectors)
         return package.model

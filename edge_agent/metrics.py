@@ -126,9 +126,12 @@ class AgentMetrics:
     def uptime(self) -> float:
         return time.monotonic() - self._started
 
-    def snapshot(self, models: Iterable, budget, capture, config) -> pb.GetMetricsResponse:
+    def snapshot(self, models: Iterable, budget, capture, config,
+                 lifecycle=None) -> pb.GetMetricsResponse:
         """The GetMetrics answer. `models`: the loaded LoadedModels; `budget`: the
-        MemoryBudget; `capture`: the CaptureService (it fills in its own part)."""
+        MemoryBudget; `capture`: the CaptureService (it fills in its own part);
+        `lifecycle`: the model repository's manager, when there is one (it fills in the
+        states of its names)."""
         from edge_agent import __version__
 
         response = pb.GetMetricsResponse(
@@ -140,7 +143,8 @@ class AgentMetrics:
             cpu_seconds=_cpu_seconds())
         for model in models:
             message = response.models.add(name=model.name, delegate=model.delegate,
-                                          memory_reserved_bytes=model.footprint)
+                                          memory_reserved_bytes=model.footprint,
+                                          source=model.source)
             if model.metrics is not None:
                 model.metrics.fill(message, self.enabled)
         for front, counter in sorted(self._calls.copy().items()):
@@ -149,6 +153,15 @@ class AgentMetrics:
                                    count=count)
         for front, count in sorted(self._connections.items()):
             response.connections.add(front=front, open=count())
+        managed = set()
+        if lifecycle is not None:
+            managed = lifecycle.fill_metrics(response.model_states)
+        for model in models:
+            if model.name not in managed:
+                response.model_states.add(name=model.name, source=model.source, state="serving",
+                                          version=model.version,
+                                          since_unix_seconds=model.loaded_at)
+        response.model_states.sort(key=lambda s: s.name)
         capture.fill_metrics(response.capture)
         return response
 
@@ -166,7 +179,8 @@ def document(m: pb.GetMetricsResponse) -> dict:
     mapping of 64-bit integers); docs/METRICS.md shows one."""
     models = []
     for model in m.models:
-        entry = {"name": model.name, "package_name": model.package_name,
+        entry = {"name": model.name, "source": model.source,
+                 "package_name": model.package_name,
                  "package_version": model.package_version, "delegate": model.delegate,
                  "memory_reserved_bytes": model.memory_reserved_bytes,
                  "load_seconds": model.load_seconds,
@@ -197,6 +211,11 @@ def document(m: pb.GetMetricsResponse) -> dict:
                    "budget_used_bytes": m.memory_budget_used_bytes,
                    "resident_bytes": m.resident_memory_bytes},
         "cpu_seconds": m.cpu_seconds,
+        "model_states": [{"name": x.name, "source": x.source, "state": x.state,
+                          "reason": x.reason, "version": x.version,
+                          "since_unix_seconds": x.since_unix_seconds,
+                          "swaps": {c.result: c.count for c in x.swaps}}
+                         for x in m.model_states],
     }
 
 

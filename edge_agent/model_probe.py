@@ -5,7 +5,8 @@ It runs in a process of its own, made for the check (edge_agent/prover.py decide
 from a helper, or `python -m edge_agent.model_probe`), and does to the bytes what the agent
 will do: builds an interpreter with the agent's delegate settings, allocates its tensors,
 resizes dynamic (-1) dimensions to 1 and invokes once on zero inputs, then reports the memory
-the model cost it, under RLIMIT_DATA: its own baseline plus what the agent allows (a failing
+the model cost it (and, for a package with test vectors, runs it on the test inputs and
+compares its outputs: vectors.validate), under RLIMIT_DATA: its own baseline plus what the agent allows (a failing
 allocation then meets std::bad_alloc instead of the kernel's OOM killer). The outcome is one
 JSON line: {"outcome": "ok", "peak_bytes": N}, {"outcome": "memory", ...} or
 {"outcome": "refused", "code": ..., "message": ...}; a crash reports nothing and is told by
@@ -17,6 +18,7 @@ import json
 import os
 import resource
 import sys
+from typing import Callable
 
 from edge_agent.errors import AgentError, StatusCode
 from edge_agent.memory import resident_bytes
@@ -68,7 +70,11 @@ def _exercise(interpreter) -> None:
     interpreter.get_output_details()  # names and types, as the agent reads them
 
 
-def _check(content: bytes, settings: dict) -> dict:
+def _check(content: bytes, settings: dict, vectors: bytes | None = None,
+           measure: Callable[[], int] | None = None) -> dict:
+    """The outcome of the check; `measure()`, called once the model has run on zero inputs
+    and before any test vectors (whose batch may be larger than what the agent will
+    allocate), gives its "peak_bytes"."""
     from edge_agent import delegates
     from edge_agent.config import from_mapping
     from edge_agent.engine import create_interpreter
@@ -78,6 +84,11 @@ def _check(content: bytes, settings: dict) -> dict:
         interpreter, _ = delegates.interpreter_with_delegate(content, config, "the model",
                                                              create_interpreter)
         _exercise(interpreter)
+        peak = measure() if measure is not None else 0
+        if vectors is not None:
+            from edge_agent.vectors import TestVectors, validate
+
+            validate(interpreter, TestVectors.from_bytes(vectors))
     except AgentError as e:
         if e.code == StatusCode.RESOURCE_EXHAUSTED:
             return {"outcome": "memory", "message": e.message}
@@ -92,7 +103,7 @@ def _check(content: bytes, settings: dict) -> dict:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         return {"outcome": "refused", "code": "FAILED_PRECONDITION",
                 "message": f"the runtime refused the model: {first}"}
-    return {"outcome": "ok"}
+    return {"outcome": "ok", "peak_bytes": peak}
 
 
 def preload() -> None:
@@ -106,11 +117,13 @@ def preload() -> None:
     interpreter_module()
 
 
-def check(fd: int, request: dict, report: int) -> None:
+def check(fd: int, request: dict, report: int, vectors_fd: int | None = None) -> None:
     """The whole check in this process, which must be one of its own (it sets limits on
     itself and may be killed by the bytes): read the model from `fd`, write the outcome as
-    one JSON line to the descriptor `report`. The runtime's own prints (to fd 1 and 2) go
-    nowhere, so nothing it says can be mistaken for the report."""
+    one JSON line to the descriptor `report`. `vectors_fd`: a package's test vectors
+    (vectors.TestVectors.to_bytes), which the model then runs on, its outputs compared with
+    the expected ones. The runtime's own prints (to fd 1 and 2) go nowhere, so nothing it
+    says can be mistaken for the report."""
     # A delegate may tell this run from the agent's own (the tests' recording delegate keeps
     # its barrier for the agent's invokes).
     os.environ["EDGE_AGENT_MODEL_PROBE"] = "1"
@@ -119,6 +132,11 @@ def check(fd: int, request: dict, report: int) -> None:
     os.dup2(devnull, 2)
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # a crash is expected; no core file
     preload()
+    vectors = None
+    if vectors_fd is not None:  # read before the baseline: the agent held them already
+        with os.fdopen(vectors_fd, "rb") as f:
+            f.seek(0)
+            vectors = f.read()
     data = _status_bytes("VmData")
     if data is not None:  # else no baseline to add the allowance to: no memory limit
         limit = data + int(request["limit"])
@@ -127,13 +145,15 @@ def check(fd: int, request: dict, report: int) -> None:
     with os.fdopen(fd, "rb") as f:
         f.seek(0)  # the offset is shared with whoever wrote it, who left it at the end
         content = f.read()
-    result = _check(content, request["settings"])
-    if result["outcome"] == "ok":
+
+    def measure() -> int:
         # The peak RSS of this process image above the baseline; but a forked child may
         # reuse heap its parent freed, which is resident already and does not raise the RSS:
-        # what it wrote (Private_Dirty) counts that, at the end, with the interpreter alive.
-        result["peak_bytes"] = max((_status_bytes("VmHWM") or baseline) - baseline,
-                                   _private_dirty_bytes() - written)
+        # what it wrote (Private_Dirty) counts that, with the interpreter alive.
+        return max((_status_bytes("VmHWM") or baseline) - baseline,
+                   _private_dirty_bytes() - written)
+
+    result = _check(content, request["settings"], vectors, measure)
     os.write(report, (json.dumps(result) + "\n").encode())
 
 
@@ -141,7 +161,7 @@ def main(argv: list[str]) -> int:
     """`python -m edge_agent.model_probe REQUEST`: the model in the descriptor the request
     names, the report on stdout."""
     request = json.loads(argv[0])
-    check(request["fd"], request, os.dup(1))
+    check(request["fd"], request, os.dup(1), request.get("vectors_fd"))
     return 0
 
 

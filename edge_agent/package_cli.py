@@ -68,13 +68,22 @@ def _print_manifest(manifest) -> None:
         print(f"  files    {', '.join(others)}")
     print(f"  inputs   {_format_tensors(manifest.inputs)}")
     print(f"  outputs  {_format_tensors(manifest.outputs)}")
+    validation = manifest.validation
+    if validation is not None:
+        tolerance = ", ".join(f"{k} {v:g}" for k, v in (("atol", validation.atol),
+                                                          ("rtol", validation.rtol))
+                              if v is not None) or "the defaults"
+        print(f"  test     {len(validation.inputs)} input(s), {len(validation.outputs)} "
+              f"expected output(s), tolerance: {tolerance} ({manifest.format})")
 
 
 def cmd_package(args: argparse.Namespace) -> int:
     from edge_agent.packages import build_package
 
     manifest = build_package(args.model, args.name, args.version, args.target, args.key,
-                             args.out, extra_files=args.add, progress=TerminalProgress())
+                             args.out, extra_files=args.add, progress=TerminalProgress(),
+                             test_inputs=args.test_input, test_outputs=args.test_output,
+                             atol=args.atol, rtol=args.rtol)
     print(f"wrote {args.out}: {manifest.name} {manifest.version}")
     _print_manifest(manifest)
     return 0
@@ -122,6 +131,18 @@ def _target(text: str):
         raise argparse.ArgumentTypeError(e.message) from None
 
 
+def _tolerance(text: str) -> float:
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a tolerance is a finite number, 0 or more")
+    return value
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Add keygen, package and verify to the `edge-agent` subcommands."""
     keygen = sub.add_parser("keygen", help="make an Ed25519 key pair for signing packages")
@@ -143,6 +164,18 @@ def register(sub: argparse._SubParsersAction) -> None:
                          help="output: a .tar.gz or .tgz archive, else a directory")
     package.add_argument("--add", action="append", default=[], metavar="FILE",
                          help="another file to include (labels, ...); repeatable")
+    package.add_argument("--test-input", action="append", default=[], metavar="X.npy",
+                         help="a test input, one per model input in the model's order: the "
+                              "agent runs the model on them before serving it")
+    package.add_argument("--test-output", action="append", default=[], metavar="Y.npy",
+                         help="the output the model must give on the test inputs, one per "
+                              "model output in its order")
+    package.add_argument("--atol", type=_tolerance, metavar="A",
+                         help="absolute tolerance of the comparison (default: 1e-5 for "
+                              "floating-point outputs, 0 (exact) for integers)")
+    package.add_argument("--rtol", type=_tolerance, metavar="R",
+                         help="relative tolerance (default: 1e-5 for floating-point outputs, "
+                              "0 for integers)")
     package.set_defaults(func=cmd_package)
 
     verify = sub.add_parser("verify", help="check a package's signature and files")

@@ -24,13 +24,14 @@ import gzip
 import hashlib
 import io
 import json
+import math
 import os
 import re
 import shutil
 import tarfile
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
@@ -43,8 +44,14 @@ from edge_agent.modelfile import is_bare_model, looks_like_tflite, open_regular 
 from edge_agent.keys import (ROOT_CERTS_KEY, describe_trust, generate_key, key_id, load_trust,
                              public_key_text, read_private_key)
 from edge_agent.machine import ARCHITECTURES, machine_architecture, normalise_architecture
+from edge_agent.vectors import (MAX_VECTOR_BYTES, VECTOR_SUFFIX, TestVectors, VectorError,
+                                check_fits, read_npy)
+from edge_agent.versions import Version
 
 FORMAT = "edge-agent-package/1"
+# A package with test vectors: an agent that cannot validate must refuse it, not skip the check.
+FORMAT_VALIDATED = "edge-agent-package/2"
+FORMATS = (FORMAT, FORMAT_VALIDATED)
 FRAMEWORK = "tflite"
 MANIFEST_NAME = "manifest.json"
 SIGNATURE_NAME = "manifest.sig"
@@ -110,6 +117,29 @@ class TensorEntry:
 
 
 @dataclass(frozen=True)
+class Validation:
+    """The manifest's test vectors: .npy files (keys of `files`) in the model's input and
+    output order, and the tolerance of the comparison (None: the default for the type,
+    edge_agent/vectors.py)."""
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    atol: float | None = None
+    rtol: float | None = None
+
+    def to_json(self) -> dict:
+        obj: dict[str, Any] = {"inputs": list(self.inputs), "outputs": list(self.outputs)}
+        if self.atol is not None:
+            obj["atol"] = self.atol
+        if self.rtol is not None:
+            obj["rtol"] = self.rtol
+        return obj
+
+    @property
+    def files(self) -> set[str]:
+        return {*self.inputs, *self.outputs}
+
+
+@dataclass(frozen=True)
 class Manifest:
     name: str
     version: str
@@ -121,9 +151,10 @@ class Manifest:
     outputs: tuple[TensorEntry, ...] = ()
     framework: str = FRAMEWORK
     format: str = FORMAT
+    validation: Validation | None = None  # test vectors: format FORMAT_VALIDATED only
 
     def to_json(self) -> dict:
-        return {
+        obj = {
             "format": self.format, "name": self.name, "version": self.version,
             "framework": self.framework,
             "target": {"architecture": self.target.architecture,
@@ -133,6 +164,9 @@ class Manifest:
             "inputs": [t.to_json() for t in self.inputs],
             "outputs": [t.to_json() for t in self.outputs],
         }
+        if self.validation is not None:
+            obj["validation"] = self.validation.to_json()
+        return obj
 
     def to_bytes(self) -> bytes:
         """The canonical bytes that are signed."""
@@ -149,9 +183,9 @@ class Manifest:
         if not isinstance(obj, dict):
             raise ManifestError(f"{MANIFEST_NAME} must hold a JSON object")
         fmt = _get(obj, "format", str)
-        if fmt != FORMAT:
+        if fmt not in FORMATS:
             raise ManifestError(f"package format {fmt!r} is not supported by this agent "
-                                f"(it reads {FORMAT!r})")
+                                f"(it reads {' and '.join(map(repr, FORMATS))})")
         framework = _get(obj, "framework", str)
         if framework != FRAMEWORK:
             raise ManifestError(f"framework {framework!r} is not supported (this agent runs "
@@ -162,13 +196,22 @@ class Manifest:
         if model not in files or not model.endswith(MODEL_SUFFIX):
             raise ManifestError(f"'model' must name a {MODEL_SUFFIX} file listed in 'files', "
                                 f"got {model!r}")
+        inputs = tuple(_tensor_entry(t) for t in _get(obj, "inputs", list))
+        outputs = tuple(_tensor_entry(t) for t in _get(obj, "outputs", list))
+        validation = None
+        if fmt == FORMAT_VALIDATED:
+            validation = _validation(_get(obj, "validation", dict), files, model, inputs,
+                                     outputs)
+        elif "validation" in obj:
+            raise ManifestError(f"{MANIFEST_NAME}: test vectors ('validation') need format "
+                                f"{FORMAT_VALIDATED!r}, which agents that cannot validate "
+                                f"refuse; this one says {fmt!r}")
         return cls(
             name=_get(obj, "name", str), version=_get(obj, "version", str),
             target=Target(_get(target, "architecture", str), _get(target, "accelerator", str)),
             created_at=_get(obj, "created_at", str), model=model, files=files,
-            inputs=tuple(_tensor_entry(t) for t in _get(obj, "inputs", list)),
-            outputs=tuple(_tensor_entry(t) for t in _get(obj, "outputs", list)),
-            framework=framework, format=fmt)
+            inputs=inputs, outputs=outputs, framework=framework, format=fmt,
+            validation=validation)
 
 
 _KIND_NAMES = {str: "a string", int: "an integer", dict: "an object", list: "a list"}
@@ -198,6 +241,40 @@ def _file_entry(name: str, entry) -> FileEntry:
         raise ManifestError(f"{MANIFEST_NAME}: files[{name!r}] needs a lowercase hex sha256 "
                             "and a size of 0 or more")
     return FileEntry(sha, size)
+
+
+def _tolerance(obj: dict, key: str) -> float | None:
+    value = obj.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not math.isfinite(value) or value < 0:
+        raise ManifestError(f"{MANIFEST_NAME}: validation '{key}' must be a finite number "
+                            "of 0 or more")
+    return float(value)
+
+
+def _validation(obj: dict, files: Mapping[str, FileEntry], model: str,
+                inputs: tuple[TensorEntry, ...], outputs: tuple[TensorEntry, ...]) -> Validation:
+    lists = []
+    for key, tensors in (("inputs", inputs), ("outputs", outputs)):
+        names = _get(obj, key, list)
+        if not all(isinstance(n, str) for n in names):
+            raise ManifestError(f"{MANIFEST_NAME}: validation '{key}' must list file names")
+        for name in names:
+            if name not in files or name == model or not name.endswith(VECTOR_SUFFIX):
+                raise ManifestError(f"{MANIFEST_NAME}: validation {key} {name!r} must be a "
+                                    f"{VECTOR_SUFFIX} file listed in 'files'")
+        if len(names) != len(tensors):
+            raise ManifestError(f"{MANIFEST_NAME}: validation lists {len(names)} {key}; the "
+                                f"model has {len(tensors)}")
+        lists.append(tuple(names))
+    validation = Validation(lists[0], lists[1], _tolerance(obj, "atol"), _tolerance(obj, "rtol"))
+    total = sum(files[name].size for name in validation.files)
+    if total > MAX_VECTOR_BYTES:
+        raise ManifestError(f"{MANIFEST_NAME}: the test vectors hold {total} bytes, more than "
+                            f"the {MAX_VECTOR_BYTES} a package may carry")
+    return validation
 
 
 def _tensor_entry(obj) -> TensorEntry:
@@ -291,12 +368,18 @@ def _read(path: str) -> bytes:
 
 def build_package(model: bytes | str, name: str, version: str, target: Target | str,
                   key: SigningKey | str, out: str, *, extra_files: Iterable[str] = (),
-                  model_file: str | None = None, progress: Progress | None = None) -> Manifest:
+                  model_file: str | None = None, progress: Progress | None = None,
+                  test_inputs: Sequence[str] = (), test_outputs: Sequence[str] = (),
+                  atol: float | None = None, rtol: float | None = None) -> Manifest:
     """Write a signed package of `model` (its bytes or a .tflite path) to `out`.
 
     `out` ending in .tar.gz or .tgz gives an archive, anything else a directory; it must not
     exist. `key` is a SigningKey or a private key file. `extra_files` (labels, ...) are
-    added under their base names. Returns the manifest written.
+    added under their base names. `test_inputs` and `test_outputs`: .npy files, one per
+    model input and output in the model's order, that the agent runs the model on and
+    compares with (within `atol` and `rtol`) before serving it; they make the package format
+    FORMAT_VALIDATED and are stored as test/input-N.npy and test/output-N.npy. Returns the
+    manifest written.
     """
     if isinstance(model, str):
         model_file = model_file or os.path.basename(model)
@@ -307,6 +390,10 @@ def build_package(model: bytes | str, name: str, version: str, target: Target | 
     inputs, outputs = model_metadata(model)
     if not name or not version:
         raise invalid_argument("a package needs a name and a version")
+    try:
+        Version.parse(version)
+    except ValueError as e:
+        raise invalid_argument(f"the package version does not parse: {e}") from None
     if os.path.lexists(out):
         raise invalid_argument(f"'{out}' exists; choose a new output path")
     if not model_file.endswith(MODEL_SUFFIX):
@@ -321,17 +408,61 @@ def build_package(model: bytes | str, name: str, version: str, target: Target | 
             check_file_name(file_name)
     except ManifestError as e:
         raise invalid_argument(str(e)) from None
+    validation = _test_vectors(contents, inputs, outputs, test_inputs, test_outputs, atol, rtol)
     created_at, mtime = _utc_now()
     manifest = Manifest(
         name=name, version=version, target=target, created_at=created_at, model=model_file,
         files={n: FileEntry(sha256_hex(data, progress, f"hashing {n}"), len(data))
                for n, data in contents.items()},
-        inputs=inputs, outputs=outputs)
+        inputs=inputs, outputs=outputs, validation=validation,
+        format=FORMAT if validation is None else FORMAT_VALIDATED)
     manifest_bytes = manifest.to_bytes()
     members = {MANIFEST_NAME: manifest_bytes,
                SIGNATURE_NAME: signature_bytes(signing_key, manifest_bytes), **contents}
     (_write_archive if is_archive_path(out) else _write_directory)(out, members, mtime, progress)
     return manifest
+
+
+def _test_vectors(contents: dict[str, bytes], inputs: tuple[TensorEntry, ...],
+                  outputs: tuple[TensorEntry, ...], test_inputs: Sequence[str],
+                  test_outputs: Sequence[str], atol: float | None,
+                  rtol: float | None) -> Validation | None:
+    """Add the test vector files to `contents`, checked against the model; their Validation
+    (None without vectors)."""
+    if not test_inputs and not test_outputs:
+        if atol is not None or rtol is not None:
+            raise invalid_argument("a tolerance (--atol, --rtol) needs test vectors "
+                                   "(--test-input, --test-output)")
+        return None
+    names: dict[str, list[str]] = {}
+    for role, paths, tensors in (("input", test_inputs, inputs), ("output", test_outputs, outputs)):
+        if len(paths) != len(tensors):
+            raise invalid_argument(
+                f"the model has {len(tensors)} {role}(s) "
+                f"({', '.join(t.name for t in tensors) or 'none'}): give one --test-{role} "
+                f".npy file for each, in that order; {len(paths)} given")
+        names[role] = []
+        for position, (path, tensor) in enumerate(zip(paths, tensors)):
+            data = _read(path)
+            try:
+                array = read_npy(data, f"'{path}'")
+                check_fits(array, role, tensor.name, tensor.type, tensor.shape, f"'{path}'")
+            except VectorError as e:
+                raise invalid_argument(str(e)) from None
+            file_name = f"test/{role}-{position}{VECTOR_SUFFIX}"
+            contents[file_name] = data
+            names[role].append(file_name)
+    for key, value in (("atol", atol), ("rtol", rtol)):
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise invalid_argument(f"--{key} must be a finite number of 0 or more")
+    validation = Validation(tuple(names["input"]), tuple(names["output"]),
+                            None if atol is None else float(atol),
+                            None if rtol is None else float(rtol))
+    total = sum(len(contents[n]) for n in validation.files)
+    if total > MAX_VECTOR_BYTES:
+        raise invalid_argument(f"the test vectors hold {total} bytes, more than the "
+                               f"{MAX_VECTOR_BYTES} a package may carry")
+    return validation
 
 
 class _ProgressReader(io.BytesIO):
@@ -387,6 +518,9 @@ class VerifiedPackage:
     manifest: Manifest
     key_id: str
     model: bytes = field(repr=False)  # the model file's bytes: exactly the bytes hashed
+    # The test vectors' bytes, exactly those hashed, checked against the model's inputs and
+    # outputs; None for a package without (format 1).
+    vectors: TestVectors | None = field(default=None, repr=False)
 
 
 def check_target(manifest: Manifest, label: str, delegate: DelegateSettings | None = None) -> None:
@@ -509,20 +643,13 @@ def _check_file(directory: str, name: str, entry: FileEntry, refuse, *, keep: bo
     return data
 
 
-def verify_directory(directory: str, keys: Mapping[str, VerifyKey], *, label: str | None = None,
-                     target_check: bool = True, check_size: Callable[[int], None] | None = None,
-                     progress: Progress | None = None, may_read: MayRead | None = None,
-                     delegate: DelegateSettings | None = None) -> VerifiedPackage:
-    """Verify an unpacked package against trusted `keys` (key id -> key).
-
-    Order: signature over the manifest bytes, then the manifest, the target, the file set,
-    and each file's size and hash. Any failure: FAILED_PRECONDITION naming the package
-    (`label`, default the directory) and the reason. `check_size(n)` is called with the
-    model's size before it is read into memory (the agent checks its memory budget there).
-    `may_read(stat)`, when given, must allow every file and directory read: the agent
-    reads a package for a caller only as far as that caller could read it. `delegate`: the
-    agent's delegate settings, for the target check.
-    """
+def verify_signed_manifest(directory: str, keys: Mapping[str, VerifyKey], *,
+                           label: str | None = None, target_check: bool = True,
+                           may_read: MayRead | None = None,
+                           delegate: DelegateSettings | None = None) -> tuple[Manifest, str]:
+    """The first half of verify_directory: the signature over the manifest bytes, the
+    manifest, the target and the file set (names only, no file read); (manifest, key id).
+    What a package is, cheaply; its files are trusted only after verify_directory."""
     label = label or directory
 
     def refuse(reason: str) -> AgentError:
@@ -546,16 +673,73 @@ def verify_directory(directory: str, keys: Mapping[str, VerifyKey], *, label: st
     if target_check:
         check_target(manifest, label, delegate)
     _check_file_set(directory, manifest, refuse, may_read)
+    return manifest, ident
+
+
+def verify_directory(directory: str, keys: Mapping[str, VerifyKey], *, label: str | None = None,
+                     target_check: bool = True, check_size: Callable[[int], None] | None = None,
+                     progress: Progress | None = None, may_read: MayRead | None = None,
+                     delegate: DelegateSettings | None = None) -> VerifiedPackage:
+    """Verify an unpacked package against trusted `keys` (key id -> key).
+
+    Order: signature over the manifest bytes, then the manifest, the target, the file set
+    (verify_signed_manifest), and each file's size and hash. Any failure:
+    FAILED_PRECONDITION naming the package (`label`, default the directory) and the reason.
+    `check_size(n)` is called with the model's size before it is read into memory (the agent
+    checks its memory budget there). `may_read(stat)`, when given, must allow every file and
+    directory read: the agent reads a package for a caller only as far as that caller could
+    read it. `delegate`: the agent's delegate settings, for the target check.
+    """
+    label = label or directory
+
+    def refuse(reason: str) -> AgentError:
+        return failed_precondition(f"package '{label}': {reason}")
+
+    manifest, ident = verify_signed_manifest(directory, keys, label=label,
+                                             target_check=target_check, may_read=may_read,
+                                             delegate=delegate)
     model = None
+    kept: dict[str, bytes] = {}  # the test vectors (their total is bounded by the manifest)
+    vector_files = manifest.validation.files if manifest.validation else set()
     for name in sorted(manifest.files):
+        is_model = name == manifest.model
         data = _check_file(directory, name, manifest.files[name], refuse,
-                           keep=name == manifest.model, check_size=check_size, progress=progress,
+                           keep=is_model or name in vector_files,
+                           check_size=check_size if is_model else None, progress=progress,
                            may_read=may_read)
-        if data is not None:
+        if is_model:
             model = data
+        elif data is not None:
+            kept[name] = data
     if model is None or not looks_like_tflite(model):
         raise refuse(f"'{manifest.model}' is not a TensorFlow Lite model")
-    return VerifiedPackage(manifest, ident, model)
+    vectors = None
+    if manifest.validation is not None:
+        vectors = _checked_vectors(manifest.validation, kept, model, refuse)
+    return VerifiedPackage(manifest, ident, model, vectors)
+
+
+def _checked_vectors(validation: Validation, files: Mapping[str, bytes], model: bytes,
+                     refuse) -> TestVectors:
+    """The test vectors, each read as an array and checked against the model's own inputs
+    and outputs (read from its flatbuffer, not the manifest: what will run is the model)."""
+    try:
+        inputs, outputs = model_metadata(model)
+    except AgentError as e:
+        raise refuse(e.message) from None
+    for role, names, tensors in (("input", validation.inputs, inputs),
+                                 ("output", validation.outputs, outputs)):
+        if len(names) != len(tensors):
+            raise refuse(f"it has {len(names)} test {role}(s); the model has {len(tensors)}")
+        for name, tensor in zip(names, tensors):
+            try:
+                check_fits(read_npy(files[name], f"test {role} '{name}'"), role, tensor.name,
+                           tensor.type, tensor.shape, f"test {role} '{name}'")
+            except VectorError as e:
+                raise refuse(str(e)) from None
+    return TestVectors(tuple(files[n] for n in validation.inputs),
+                       tuple(files[n] for n in validation.outputs), validation.atol,
+                       validation.rtol, validation.inputs, validation.outputs)
 
 
 def open_package(path: str, trust_path: str, work_dir: str, limits: Limits, *,

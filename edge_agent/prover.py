@@ -5,6 +5,8 @@ it allocate without bound, or loop. So every load first hands exactly the bytes 
 load (in a sealed memfd, never a path: a file rewritten meanwhile cannot matter) to a process
 made for one check (edge_agent/model_probe.py), with a memory and a time limit; only a model
 that process survived is loaded in the agent, and the memory budget reserves what it measured.
+A package's test vectors go to the same process in a second sealed memfd: the model runs on
+them there, so validation can crash nothing but that process.
 
 How the process is made, the decision (docs/MODEL_LOADING.md):
 
@@ -40,10 +42,14 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from edge_agent import model_probe  # light: its heavy imports happen in the helper
 from edge_agent.config import AgentConfig
 from edge_agent.errors import AgentError, StatusCode, failed_precondition, resource_exhausted
+
+if TYPE_CHECKING:  # NumPy: loaded only where vectors come
+    from edge_agent.vectors import TestVectors
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +63,9 @@ _MESSAGE_LIMIT = 128 * 1024  # a request or a reply between the agent and its he
 _DELEGATE_KEYS = ("edge_agent_delegate", "edge_agent_delegate_options",
                   "edge_agent_delegate_library", "edge_agent_delegate_fallback",
                   "edge_agent_num_threads")
+# What a check's outcome depends on beyond the model's bytes (a remembered proof is keyed by
+# them too, edge_agent.loading).
+CHECK_SETTINGS = _DELEGATE_KEYS + ("edge_agent_model_probe_timeout_seconds",)
 _PR_SET_PDEATHSIG = 1
 
 
@@ -90,9 +99,9 @@ def _child_settings(config: AgentConfig) -> dict:
     return settings
 
 
-def _sealed_memfd(content: bytes) -> int:
+def _sealed_memfd(content: bytes, name: str = "edge-agent-model") -> int:
     """A memfd holding `content` that nobody can change any more (F_SEAL_*)."""
-    fd = os.memfd_create("edge-agent-model", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    fd = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
     try:
         view, written = memoryview(content), 0
         while written < len(view):
@@ -118,20 +127,24 @@ def _die_with_parent() -> None:
 
 
 def _outcome(ending: _Ending, what: str, timeout: float, memory_limit: int,
-             seconds: float) -> Proof:
-    """The Proof of a check that ended well; AgentError saying what happened otherwise."""
+             seconds: float, validating: bool = False) -> Proof:
+    """The Proof of a check that ended well; AgentError saying what happened otherwise.
+    `validating`: the check ran the model on a package's test vectors too."""
+    doing = "reading this model or running it on the package's test inputs" if validating \
+        else "reading this model"
     if ending.timed_out:
         raise failed_precondition(
-            f"{what}: the runtime did not finish loading and running this model within "
+            f"{what}: the runtime did not finish loading and running this model"
+            f"{' on its test inputs' if validating else ''} within "
             f"{timeout:g} s (edge_agent_model_probe_timeout_seconds): the file is corrupt, or "
             "the model is too slow for this board")
     if ending.status < 0:
         if -ending.status == signal.SIGKILL:
             raise failed_precondition(
-                f"{what}: the runtime was killed (SIGKILL) reading this model, most likely by "
+                f"{what}: the runtime was killed (SIGKILL) {doing}, most likely by "
                 "the kernel for want of memory: the file is corrupt or the model too large")
         raise failed_precondition(
-            f"{what}: the runtime crashed reading this model ({_signal_name(-ending.status)}): "
+            f"{what}: the runtime crashed {doing} ({_signal_name(-ending.status)}): "
             "the file is corrupt or was written for another runtime")
     # The report comes from a process that ran untrusted bytes: read it as hostile input.
     try:
@@ -155,11 +168,15 @@ def _outcome(ending: _Ending, what: str, timeout: float, memory_limit: int,
 
 # --- a fresh interpreter process per check --------------------------------------------------
 
-def _spawn(fd: int, request: dict, timeout: float) -> _Ending:
-    """`python -m edge_agent.model_probe` on the model in `fd`."""
+def _spawn(fd: int, request: dict, timeout: float, vectors_fd: int | None = None) -> _Ending:
+    """`python -m edge_agent.model_probe` on the model in `fd` (and the test vectors in
+    `vectors_fd`)."""
+    extra = {} if vectors_fd is None else {"vectors_fd": vectors_fd}
     child = subprocess.Popen(
-        [sys.executable, "-m", "edge_agent.model_probe", json.dumps({**request, "fd": fd})],
-        pass_fds=(fd,), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        [sys.executable, "-m", "edge_agent.model_probe",
+         json.dumps({**request, "fd": fd, **extra})],
+        pass_fds=(fd,) if vectors_fd is None else (fd, vectors_fd), stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL)
     try:
         output, _ = child.communicate(timeout=timeout)
@@ -172,7 +189,8 @@ def _spawn(fd: int, request: dict, timeout: float) -> _Ending:
 
 # --- the pre-forked helper ------------------------------------------------------------------
 
-def _run_forked(fd: int, request: dict, channel: socket.socket) -> _Ending:
+def _run_forked(fd: int, request: dict, channel: socket.socket,
+                vectors_fd: int | None = None) -> _Ending:
     """In the helper: fork a child for one check, wait for it at most the time limit."""
     read_end, write_end = os.pipe()
     pid = os.fork()
@@ -182,7 +200,7 @@ def _run_forked(fd: int, request: dict, channel: socket.socket) -> _Ending:
             _die_with_parent()
             channel.close()  # the agent must see the helper's end when the helper ends
             os.close(read_end)
-            model_probe.check(fd, request, write_end)
+            model_probe.check(fd, request, write_end, vectors_fd)
             code = 0
         finally:
             os._exit(code)
@@ -216,12 +234,12 @@ def _helper_main(channel: socket.socket) -> None:
     os.closerange(keep + 1, os.sysconf("SC_OPEN_MAX"))
     model_probe.preload()  # once: every child starts with the runtime imported
     while True:
-        message, fds, _, _ = socket.recv_fds(channel, _MESSAGE_LIMIT, 1)
+        message, fds, _, _ = socket.recv_fds(channel, _MESSAGE_LIMIT, 2)
         if not message:
             return  # the agent is closing
         try:
             request = json.loads(message)
-            ending = _run_forked(fds[0], request, channel)
+            ending = _run_forked(fds[0], request, channel, fds[1] if len(fds) > 1 else None)
         finally:
             for fd in fds:
                 os.close(fd)
@@ -247,12 +265,13 @@ class _Helper:
         self.pid = pid
         self._channel = ours
 
-    def run(self, fd: int, request: dict, timeout: float) -> _Ending:
+    def run(self, fd: int, request: dict, timeout: float,
+            vectors_fd: int | None = None) -> _Ending:
         """One check; OSError if the helper is gone or does not answer."""
         # The helper kills the check at `timeout`; more than that is a helper in trouble.
         self._channel.settimeout(timeout + 30)
         socket.send_fds(self._channel, [json.dumps({**request, "timeout": timeout}).encode()],
-                        [fd])
+                        [fd] if vectors_fd is None else [fd, vectors_fd])
         reply = self._channel.recv(_MESSAGE_LIMIT)
         if not reply:
             raise ConnectionError("the model check helper has exited")
@@ -297,36 +316,47 @@ class Prover:
     def has_helper(self) -> bool:
         return self._helper is not None
 
-    def prove(self, content: bytes, config: AgentConfig, what: str, memory_limit: int) -> Proof:
+    def prove(self, content: bytes, config: AgentConfig, what: str, memory_limit: int,
+              vectors: TestVectors | None = None) -> Proof:
         """Load, allocate and invoke `content` in a process of its own, allowed `memory_limit`
-        bytes beyond its baseline; the Proof, or AgentError: FAILED_PRECONDITION for a model
-        the runtime refused, crashed on or could not finish in time, RESOURCE_EXHAUSTED for
-        one that needs more memory than it was allowed."""
+        bytes beyond its baseline; with `vectors`, run it there on the test inputs too and
+        compare its outputs with the expected ones (edge_agent/vectors.py). The Proof, or
+        AgentError: FAILED_PRECONDITION for a model the runtime refused, crashed on or could
+        not finish in time, or whose outputs differ from the expected ones by more than the
+        tolerance (naming the output and the largest difference), RESOURCE_EXHAUSTED for one
+        that needs more memory than it was allowed."""
         timeout = config.edge_agent_model_probe_timeout_seconds
         request = {"limit": max(0, memory_limit) + _SLACK_BYTES
                    + _STACK_BYTES * config.edge_agent_num_threads,
                    "settings": _child_settings(config)}
         fd = _sealed_memfd(content)
+        vectors_fd = None
         started = time.monotonic()
         try:
+            if vectors is not None:
+                vectors_fd = _sealed_memfd(vectors.to_bytes(), "edge-agent-test-vectors")
             with self._lock:
-                ending = self._run(fd, request, timeout)
+                ending = self._run(fd, request, timeout, vectors_fd)
         finally:
             os.close(fd)
-        return _outcome(ending, what, timeout, memory_limit, time.monotonic() - started)
+            if vectors_fd is not None:
+                os.close(vectors_fd)
+        return _outcome(ending, what, timeout, memory_limit, time.monotonic() - started,
+                        validating=vectors is not None)
 
-    def _run(self, fd: int, request: dict, timeout: float) -> _Ending:
+    def _run(self, fd: int, request: dict, timeout: float,
+             vectors_fd: int | None = None) -> _Ending:
         helper = self._helper
         if helper is not None:
             try:
-                return helper.run(fd, request, timeout)
+                return helper.run(fd, request, timeout, vectors_fd)
             except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
                 # Gone, hung or garbled: never trusted again.
                 log.warning("the model check helper failed (%s); each check starts a new "
                             "process from now on", e)
                 self._helper = None
                 helper.kill()
-        return _spawn(fd, request, timeout)
+        return _spawn(fd, request, timeout, vectors_fd)
 
     def close(self) -> None:
         with self._lock:

@@ -20,7 +20,7 @@ from edge_agent.capture.service import CaptureService
 from edge_agent.capture.validate import uses_shared_memory
 from edge_agent.config import AgentConfig
 from edge_agent.engine import LoadedModel
-from edge_agent.errors import AgentError, StatusCode, not_found, shown
+from edge_agent.errors import AgentError, StatusCode, failed_precondition, not_found, shown
 from edge_agent.loading import ModelLoader, open_model
 from edge_agent.memory import MemoryBudget
 from edge_agent.metrics import AgentMetrics
@@ -54,6 +54,10 @@ class AgentService:
         self.loader = ModelLoader(config, self.budget, self.prover)
         self._models: dict[str, LoadedModel] = {}
         self._loading: set[str] = set()  # names reserved by loads in progress
+        # Names the model repository manages (edge_agent.lifecycle): not for LoadModel or
+        # UnLoadModel; the manager, when one is attached, answers the lifecycle RPCs.
+        self._managed: set[str] = set()
+        self.lifecycle = None  # an edge_agent.lifecycle.manager.ModelManager, set by the app
         self._lock = threading.Lock()
         self.metrics = AgentMetrics(config.edge_agent_metrics)
         self.shm = SharedMemory.from_config(config)  # attachments shared by all calls
@@ -73,6 +77,8 @@ class AgentService:
         source = open_model(request.url, caller)  # non-blocking: holds only a descriptor
         try:
             with self._lock:
+                if name in self._managed:
+                    raise AgentError(StatusCode.ALREADY_EXISTS, _managed_message(name, "load"))
                 if name in self._models or name in self._loading:
                     raise AgentError(StatusCode.ALREADY_EXISTS,
                                      f"a model named '{shown(name)}' is loaded; unload it first")
@@ -93,6 +99,8 @@ class AgentService:
     def unload_model(self, request: pb.UnLoadModelRequest, caller: Caller = IN_PROCESS) -> pb.UnLoadModelResponse:
         check_model_name(request.name)
         with self._lock:
+            if request.name in self._managed:
+                raise failed_precondition(_managed_message(request.name, "unload"))
             model = self._models.get(request.name)
             if model is not None and not self._may_manage(model, caller):
                 raise AgentError(
@@ -105,16 +113,112 @@ class AgentService:
         # A prediction still running on it keeps its own reference and finishes normally.
         self.budget.release(model.footprint)
         log.info("unloaded model '%s'", request.name)
+        if self.lifecycle is not None:
+            self.lifecycle.wake()  # a name it was blocked on may be free, memory freed
         return pb.UnLoadModelResponse()
 
     def list_models(self, request: pb.ListModelsRequest | None = None,
                     caller: Caller = IN_PROCESS) -> pb.ListModelsResponse:
         with self._lock:
             models = sorted(self._models.values(), key=lambda m: m.name)
-        return pb.ListModelsResponse(models=[self._describe(m, caller) for m in models])
+        described = [self._describe(m, caller) for m in models]
+        if request is not None and request.include_repository and self.lifecycle is not None:
+            loaded = {m.name for m in models}
+            for name in self.lifecycle.names():
+                if name not in loaded:
+                    model = pb.Model(name=name)
+                    self._describe_lifecycle(model)
+                    described.append(model)
+            described.sort(key=lambda m: m.name)
+        return pb.ListModelsResponse(models=described)
 
     def describe_model(self, request: pb.DescribeModelRequest, caller: Caller = IN_PROCESS) -> pb.DescribeModelResponse:
         return pb.DescribeModelResponse(model=self._describe(self._model(request.name), caller))
+
+    # --- the model repository (edge_agent.lifecycle) ---------------------------------------
+
+    def claim(self, name: str) -> bool:
+        """Reserve `name` for the model repository; False while an application's model (or
+        load in progress) holds it."""
+        with self._lock:
+            if name in self._managed:
+                return True
+            if name in self._models or name in self._loading:
+                return False
+            self._managed.add(name)
+            return True
+
+    def install(self, name: str, model: LoadedModel) -> LoadedModel | None:
+        """Serve `model` under a claimed name from the next call on; the model it replaces
+        (calls that already hold it finish on it)."""
+        with self._lock:
+            previous = self._models.get(name)
+            self._models[name] = model  # one assignment: a call sees the old or the new
+        return previous
+
+    def withdraw(self, name: str, model: LoadedModel) -> LoadedModel | None:
+        """Stop serving `model` under a claimed name (a swap that unloads first)."""
+        with self._lock:
+            if self._models.get(name) is model:
+                del self._models[name]
+                return model
+        return None
+
+    def rescan(self, request: pb.RescanRequest, caller: Caller = IN_PROCESS) -> pb.RescanResponse:
+        self._manager().rescan()
+        return pb.RescanResponse(models=self.list_models(
+            pb.ListModelsRequest(include_repository=True), caller).models)
+
+    def rollback(self, request: pb.RollbackRequest, caller: Caller = IN_PROCESS) -> pb.RollbackResponse:
+        check_model_name(request.name)
+        self._may_change_what_serves(caller, "roll back")
+        self._manager().rollback(request.name, request.version)
+        return pb.RollbackResponse(model=self._repository_model(request.name, caller))
+
+    def unpin(self, request: pb.UnpinRequest, caller: Caller = IN_PROCESS) -> pb.UnpinResponse:
+        check_model_name(request.name)
+        self._may_change_what_serves(caller, "unpin")
+        self._manager().unpin(request.name)
+        return pb.UnpinResponse(model=self._repository_model(request.name, caller))
+
+    def _manager(self):
+        if self.lifecycle is None:
+            raise failed_precondition("this agent has no model repository "
+                                      "(edge_agent_model_repository is empty)")
+        return self.lifecycle
+
+    @staticmethod
+    def _may_change_what_serves(caller: Caller, what: str) -> None:
+        if caller.uid not in (0, os.geteuid()):
+            raise AgentError(
+                StatusCode.PERMISSION_DENIED,
+                f"only root and the agent's own user (uid {os.geteuid()}) may {what} a "
+                f"repository model: it changes what every application gets (caller uid "
+                f"{caller.uid})")
+
+    def _repository_model(self, name: str, caller: Caller) -> pb.Model:
+        model = self._models.get(name)
+        if model is not None:
+            return self._describe(model, caller)
+        described = pb.Model(name=name)
+        self._describe_lifecycle(described)
+        return described
+
+    def _describe_lifecycle(self, described: pb.Model) -> None:
+        status = self.lifecycle.status(described.name) if self.lifecycle is not None else None
+        if status is None:
+            described.source = "application"
+            described.state = "serving"
+            return
+        described.source = "repository"
+        described.state = status["state"]
+        described.state_reason = status["reason"]
+        described.since_unix_seconds = status["since"]
+        described.version = status["version"]
+        described.pinned_version = status["pinned"]
+        for v in status["versions"]:
+            described.versions.add(version=v["version"], sha256=v["sha256"], state=v["state"],
+                                   reason=v["reason"], pinned=v["pinned"])
 
     # --- data plane ---------------------------------------------------------------------------
 
@@ -179,7 +283,8 @@ class AgentService:
                     caller: Caller = IN_PROCESS) -> pb.GetMetricsResponse:
         with self._lock:
             models = sorted(self._models.values(), key=lambda m: m.name)
-        return self.metrics.snapshot(models, self.budget, self.capture, self.config)
+        return self.metrics.snapshot(models, self.budget, self.capture, self.config,
+                                     self.lifecycle)
 
     # --- helpers ----------------------------------------------------------------------------
 
@@ -197,8 +302,20 @@ class AgentService:
 
     def _describe(self, model: LoadedModel, caller: Caller) -> pb.Model:
         described = model.describe()
+        described.key_id = model.key_id
         if not self._may_manage(model, caller):
             described.url = ""  # where another user's model lives is that user's business
+        if model.source == "repository":
+            self._describe_lifecycle(described)
+        else:
+            status = self.lifecycle.status(model.name) if self.lifecycle is not None else None
+            version = described.version
+            if status is not None:  # the repository's versions wait for this one to go
+                self._describe_lifecycle(described)
+            described.source = "application"
+            described.state = "serving"
+            described.since_unix_seconds = model.loaded_at
+            described.version = version  # its own package's, not the repository's
         return described
 
     def _no_model(self, name: str) -> AgentError:
@@ -212,6 +329,11 @@ class AgentService:
             self._models.clear()
         self.shm.close()
         self.prover.close()
+
+
+def _managed_message(name: str, what: str) -> str:
+    return (f"model '{name}' is managed by the model repository (edge_agent_model_repository): "
+            f"applications cannot {what} it; `edge-agent client rollback|unpin` change its version")
 
 
 def _any_shared(tensors) -> bool:

@@ -104,10 +104,15 @@ step "configuration in $ETC"
 install -d -o root -g root -m 0755 "$ETC"
 # The trust store: root-owned and not writable by others, as the agent requires.
 install -d -o root -g root -m 0755 "$ETC/trusted-keys"
+# The model repository: root writes packages in (write elsewhere on /var/lib, then mv), the
+# agent only reads (docs/MODEL_LIFECYCLE.md); others may not write it, as the agent requires.
+install -d -o root -g edge-agent -m 0750 /var/lib/edge-agent-models
 if [ ! -f "$ETC/agent.json" ]; then
-    # Only the board: its profile gives the paths the unit uses (socket in /run/edge-agent,
-    # state in /var/lib/edge-agent, keys in /etc/edge-agent/trusted-keys). Add your keys here.
-    printf '{\n  "edge_agent_board": "%s"\n}\n' "$BOARD" >"$ETC/agent.json"
+    # The board: its profile gives the paths the unit uses (socket in /run/edge-agent,
+    # state in /var/lib/edge-agent, keys in /etc/edge-agent/trusted-keys). Add your keys
+    # there; the models in /var/lib/edge-agent-models/<name>/ are served at once.
+    printf '{\n  "edge_agent_board": "%s",\n  "edge_agent_model_repository": "/var/lib/edge-agent-models"\n}\n' \
+        "$BOARD" >"$ETC/agent.json"
 elif [ -n "$BOARD_GIVEN" ]; then
     "$PREFIX/bin/python" - "$ETC/agent.json" "$BOARD" <<'PY'
 import json, sys

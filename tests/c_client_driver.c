@@ -131,6 +131,8 @@ static void json_model(const ea_model *m)
     json_cstring(m->url);
     printf(", \"delegate\": ");
     json_cstring(m->delegate);
+    printf(", \"version\": ");
+    json_cstring(m->version);
     printf(", \"inputs\": ");
     json_infos(m->inputs, m->n_inputs);
     printf(", \"outputs\": ");

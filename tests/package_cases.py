@@ -12,6 +12,7 @@ import tarfile
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 from nacl.signing import SigningKey
 
 from edge_agent import packages
@@ -49,6 +50,35 @@ class Signer:
                                self.key_path, str(out), extra_files=extra,
                                model_file="demo.tflite")
         return out
+
+
+def vectors_package(signer: Signer, out: Path, model: model_builder.BuiltModel | bytes,
+                    inputs: list[np.ndarray], outputs: list[np.ndarray], *,
+                    name: str = "demo", version: str = "1.0.0", atol: float | None = None,
+                    rtol: float | None = None) -> Path:
+    """A package of `model` signed by `signer`, with the test vectors `inputs` and expected
+    `outputs` (arrays, in the model's order) written as .npy files and packaged."""
+    source = out.parent / f"{out.name}.vectors"
+    source.mkdir()
+    paths = {}
+    for role, arrays in (("input", inputs), ("output", outputs)):
+        paths[role] = []
+        for i, array in enumerate(arrays):
+            path = source / f"{role}{i}.npy"
+            np.save(path, array, allow_pickle=False)
+            paths[role].append(str(path))
+    content = model if isinstance(model, bytes) else model.content
+    packages.build_package(content, name, version, packages.Target.host(), signer.key_path,
+                           str(out), model_file=f"{name}.tflite", test_inputs=paths["input"],
+                           test_outputs=paths["output"], atol=atol, rtol=rtol)
+    return out
+
+
+def resign_manifest(directory: Path, key: SigningKey, change: Callable[[dict], None]) -> None:
+    """Edit a directory package's manifest with `change` and sign it again with `key`."""
+    manifest = json.loads((directory / packages.MANIFEST_NAME).read_bytes())
+    change(manifest)
+    _resign(directory, json.dumps(manifest, sort_keys=True, indent=2).encode() + b"\n", key)
 
 
 # --- tampering with a directory package -----------------------------------------------------

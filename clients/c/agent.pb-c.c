@@ -187,6 +187,51 @@ void   aws__sage_maker__edge__model__free_unpacked
   assert(message->base.descriptor == &aws__sage_maker__edge__model__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
+void   aws__sage_maker__edge__model_version__init
+                     (AWS__SageMaker__Edge__ModelVersion         *message)
+{
+  static const AWS__SageMaker__Edge__ModelVersion init_value = AWS__SAGE_MAKER__EDGE__MODEL_VERSION__INIT;
+  *message = init_value;
+}
+size_t aws__sage_maker__edge__model_version__get_packed_size
+                     (const AWS__SageMaker__Edge__ModelVersion *message)
+{
+  assert(message->base.descriptor == &aws__sage_maker__edge__model_version__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t aws__sage_maker__edge__model_version__pack
+                     (const AWS__SageMaker__Edge__ModelVersion *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &aws__sage_maker__edge__model_version__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t aws__sage_maker__edge__model_version__pack_to_buffer
+                     (const AWS__SageMaker__Edge__ModelVersion *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &aws__sage_maker__edge__model_version__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+AWS__SageMaker__Edge__ModelVersion *
+       aws__sage_maker__edge__model_version__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (AWS__SageMaker__Edge__ModelVersion *)
+     protobuf_c_message_unpack (&aws__sage_maker__edge__model_version__descriptor,
+                                allocator, len, data);
+}
+void   aws__sage_maker__edge__model_version__free_unpacked
+                     (AWS__SageMaker__Edge__ModelVersion *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &aws__sage_maker__edge__model_version__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
 void   aws__sage_maker__edge__predict_request__init
                      (AWS__SageMaker__Edge__PredictRequest         *message)
 {
@@ -1087,6 +1132,96 @@ void   aws__sage_maker__edge__model_metrics__free_unpacked
   assert(message->base.descriptor == &aws__sage_maker__edge__model_metrics__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
+void   aws__sage_maker__edge__model_state__init
+                     (AWS__SageMaker__Edge__ModelState         *message)
+{
+  static const AWS__SageMaker__Edge__ModelState init_value = AWS__SAGE_MAKER__EDGE__MODEL_STATE__INIT;
+  *message = init_value;
+}
+size_t aws__sage_maker__edge__model_state__get_packed_size
+                     (const AWS__SageMaker__Edge__ModelState *message)
+{
+  assert(message->base.descriptor == &aws__sage_maker__edge__model_state__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t aws__sage_maker__edge__model_state__pack
+                     (const AWS__SageMaker__Edge__ModelState *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &aws__sage_maker__edge__model_state__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t aws__sage_maker__edge__model_state__pack_to_buffer
+                     (const AWS__SageMaker__Edge__ModelState *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &aws__sage_maker__edge__model_state__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+AWS__SageMaker__Edge__ModelState *
+       aws__sage_maker__edge__model_state__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (AWS__SageMaker__Edge__ModelState *)
+     protobuf_c_message_unpack (&aws__sage_maker__edge__model_state__descriptor,
+                                allocator, len, data);
+}
+void   aws__sage_maker__edge__model_state__free_unpacked
+                     (AWS__SageMaker__Edge__ModelState *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &aws__sage_maker__edge__model_state__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   aws__sage_maker__edge__swap_count__init
+                     (AWS__SageMaker__Edge__SwapCount         *message)
+{
+  static const AWS__SageMaker__Edge__SwapCount init_value = AWS__SAGE_MAKER__EDGE__SWAP_COUNT__INIT;
+  *message = init_value;
+}
+size_t aws__sage_maker__edge__swap_count__get_packed_size
+                     (const AWS__SageMaker__Edge__SwapCount *message)
+{
+  assert(message->base.descriptor == &aws__sage_maker__edge__swap_count__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t aws__sage_maker__edge__swap_count__pack
+                     (const AWS__SageMaker__Edge__SwapCount *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &aws__sage_maker__edge__swap_count__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t aws__sage_maker__edge__swap_count__pack_to_buffer
+                     (const AWS__SageMaker__Edge__SwapCount *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &aws__sage_maker__edge__swap_count__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+AWS__SageMaker__Edge__SwapCount *
+       aws__sage_maker__edge__swap_count__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (AWS__SageMaker__Edge__SwapCount *)
+     protobuf_c_message_unpack (&aws__sage_maker__edge__swap_count__descriptor,
+                                allocator, len, data);
+}
+void   aws__sage_maker__edge__swap_count__free_unpacked
+                     (AWS__SageMaker__Edge__SwapCount *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &aws__sage_maker__edge__swap_count__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
 void   aws__sage_maker__edge__call_count__init
                      (AWS__SageMaker__Edge__CallCount         *message)
 {
@@ -1265,6 +1400,276 @@ void   aws__sage_maker__edge__get_metrics_response__free_unpacked
   if(!message)
     return;
   assert(message->base.descriptor == &aws__sage_maker__edge__get_metrics_response__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   aws__sage_maker__edge__rescan_request__init
+                     (AWS__SageMaker__Edge__RescanRequest         *message)
+{
+  static const AWS__SageMaker__Edge__RescanRequest init_value = AWS__SAGE_MAKER__EDGE__RESCAN_REQUEST__INIT;
+  *message = init_value;
+}
+size_t aws__sage_maker__edge__rescan_request__get_packed_size
+                     (const AWS__SageMaker__Edge__RescanRequest *message)
+{
+  assert(message->base.descriptor == &aws__sage_maker__edge__rescan_request__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t aws__sage_maker__edge__rescan_request__pack
+                     (const AWS__SageMaker__Edge__RescanRequest *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &aws__sage_maker__edge__rescan_request__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t aws__sage_maker__edge__rescan_request__pack_to_buffer
+                     (const AWS__SageMaker__Edge__RescanRequest *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &aws__sage_maker__edge__rescan_request__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+AWS__SageMaker__Edge__RescanRequest *
+       aws__sage_maker__edge__rescan_request__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (AWS__SageMaker__Edge__RescanRequest *)
+     protobuf_c_message_unpack (&aws__sage_maker__edge__rescan_request__descriptor,
+                                allocator, len, data);
+}
+void   aws__sage_maker__edge__rescan_request__free_unpacked
+                     (AWS__SageMaker__Edge__RescanRequest *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &aws__sage_maker__edge__rescan_request__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   aws__sage_maker__edge__rescan_response__init
+                     (AWS__SageMaker__Edge__RescanResponse         *message)
+{
+  static const AWS__SageMaker__Edge__RescanResponse init_value = AWS__SAGE_MAKER__EDGE__RESCAN_RESPONSE__INIT;
+  *message = init_value;
+}
+size_t aws__sage_maker__edge__rescan_response__get_packed_size
+                     (const AWS__SageMaker__Edge__RescanResponse *message)
+{
+  assert(message->base.descriptor == &aws__sage_maker__edge__rescan_response__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t aws__sage_maker__edge__rescan_response__pack
+                     (const AWS__SageMaker__Edge__RescanResponse *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &aws__sage_maker__edge__rescan_response__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t aws__sage_maker__edge__rescan_response__pack_to_buffer
+                     (const AWS__SageMaker__Edge__RescanResponse *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &aws__sage_maker__edge__rescan_response__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+AWS__SageMaker__Edge__RescanResponse *
+       aws__sage_maker__edge__rescan_response__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (AWS__SageMaker__Edge__RescanResponse *)
+     protobuf_c_message_unpack (&aws__sage_maker__edge__rescan_response__descriptor,
+                                allocator, len, data);
+}
+void   aws__sage_maker__edge__rescan_response__free_unpacked
+                     (AWS__SageMaker__Edge__RescanResponse *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &aws__sage_maker__edge__rescan_response__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   aws__sage_maker__edge__rollback_request__init
+                     (AWS__SageMaker__Edge__RollbackRequest         *message)
+{
+  static const AWS__SageMaker__Edge__RollbackRequest init_value = AWS__SAGE_MAKER__EDGE__ROLLBACK_REQUEST__INIT;
+  *message = init_value;
+}
+size_t aws__sage_maker__edge__rollback_request__get_packed_size
+                     (const AWS__SageMaker__Edge__RollbackRequest *message)
+{
+  assert(message->base.descriptor == &aws__sage_maker__edge__rollback_request__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t aws__sage_maker__edge__rollback_request__pack
+                     (const AWS__SageMaker__Edge__RollbackRequest *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &aws__sage_maker__edge__rollback_request__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t aws__sage_maker__edge__rollback_request__pack_to_buffer
+                     (const AWS__SageMaker__Edge__RollbackRequest *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &aws__sage_maker__edge__rollback_request__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+AWS__SageMaker__Edge__RollbackRequest *
+       aws__sage_maker__edge__rollback_request__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (AWS__SageMaker__Edge__RollbackRequest *)
+     protobuf_c_message_unpack (&aws__sage_maker__edge__rollback_request__descriptor,
+                                allocator, len, data);
+}
+void   aws__sage_maker__edge__rollback_request__free_unpacked
+                     (AWS__SageMaker__Edge__RollbackRequest *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &aws__sage_maker__edge__rollback_request__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   aws__sage_maker__edge__rollback_response__init
+                     (AWS__SageMaker__Edge__RollbackResponse         *message)
+{
+  static const AWS__SageMaker__Edge__RollbackResponse init_value = AWS__SAGE_MAKER__EDGE__ROLLBACK_RESPONSE__INIT;
+  *message = init_value;
+}
+size_t aws__sage_maker__edge__rollback_response__get_packed_size
+                     (const AWS__SageMaker__Edge__RollbackResponse *message)
+{
+  assert(message->base.descriptor == &aws__sage_maker__edge__rollback_response__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t aws__sage_maker__edge__rollback_response__pack
+                     (const AWS__SageMaker__Edge__RollbackResponse *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &aws__sage_maker__edge__rollback_response__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t aws__sage_maker__edge__rollback_response__pack_to_buffer
+                     (const AWS__SageMaker__Edge__RollbackResponse *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &aws__sage_maker__edge__rollback_response__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+AWS__SageMaker__Edge__RollbackResponse *
+       aws__sage_maker__edge__rollback_response__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (AWS__SageMaker__Edge__RollbackResponse *)
+     protobuf_c_message_unpack (&aws__sage_maker__edge__rollback_response__descriptor,
+                                allocator, len, data);
+}
+void   aws__sage_maker__edge__rollback_response__free_unpacked
+                     (AWS__SageMaker__Edge__RollbackResponse *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &aws__sage_maker__edge__rollback_response__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   aws__sage_maker__edge__unpin_request__init
+                     (AWS__SageMaker__Edge__UnpinRequest         *message)
+{
+  static const AWS__SageMaker__Edge__UnpinRequest init_value = AWS__SAGE_MAKER__EDGE__UNPIN_REQUEST__INIT;
+  *message = init_value;
+}
+size_t aws__sage_maker__edge__unpin_request__get_packed_size
+                     (const AWS__SageMaker__Edge__UnpinRequest *message)
+{
+  assert(message->base.descriptor == &aws__sage_maker__edge__unpin_request__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t aws__sage_maker__edge__unpin_request__pack
+                     (const AWS__SageMaker__Edge__UnpinRequest *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &aws__sage_maker__edge__unpin_request__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t aws__sage_maker__edge__unpin_request__pack_to_buffer
+                     (const AWS__SageMaker__Edge__UnpinRequest *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &aws__sage_maker__edge__unpin_request__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+AWS__SageMaker__Edge__UnpinRequest *
+       aws__sage_maker__edge__unpin_request__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (AWS__SageMaker__Edge__UnpinRequest *)
+     protobuf_c_message_unpack (&aws__sage_maker__edge__unpin_request__descriptor,
+                                allocator, len, data);
+}
+void   aws__sage_maker__edge__unpin_request__free_unpacked
+                     (AWS__SageMaker__Edge__UnpinRequest *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &aws__sage_maker__edge__unpin_request__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   aws__sage_maker__edge__unpin_response__init
+                     (AWS__SageMaker__Edge__UnpinResponse         *message)
+{
+  static const AWS__SageMaker__Edge__UnpinResponse init_value = AWS__SAGE_MAKER__EDGE__UNPIN_RESPONSE__INIT;
+  *message = init_value;
+}
+size_t aws__sage_maker__edge__unpin_response__get_packed_size
+                     (const AWS__SageMaker__Edge__UnpinResponse *message)
+{
+  assert(message->base.descriptor == &aws__sage_maker__edge__unpin_response__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t aws__sage_maker__edge__unpin_response__pack
+                     (const AWS__SageMaker__Edge__UnpinResponse *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &aws__sage_maker__edge__unpin_response__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t aws__sage_maker__edge__unpin_response__pack_to_buffer
+                     (const AWS__SageMaker__Edge__UnpinResponse *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &aws__sage_maker__edge__unpin_response__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+AWS__SageMaker__Edge__UnpinResponse *
+       aws__sage_maker__edge__unpin_response__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (AWS__SageMaker__Edge__UnpinResponse *)
+     protobuf_c_message_unpack (&aws__sage_maker__edge__unpin_response__descriptor,
+                                allocator, len, data);
+}
+void   aws__sage_maker__edge__unpin_response__free_unpacked
+                     (AWS__SageMaker__Edge__UnpinResponse *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &aws__sage_maker__edge__unpin_response__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
 static const ProtobufCFieldDescriptor aws__sage_maker__edge__tensor_metadata__field_descriptors[3] =
@@ -1487,7 +1892,7 @@ const ProtobufCMessageDescriptor aws__sage_maker__edge__tensor__descriptor =
   (ProtobufCMessageInit) aws__sage_maker__edge__tensor__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor aws__sage_maker__edge__model__field_descriptors[5] =
+static const ProtobufCFieldDescriptor aws__sage_maker__edge__model__field_descriptors[13] =
 {
   {
     "url",
@@ -1549,19 +1954,124 @@ static const ProtobufCFieldDescriptor aws__sage_maker__edge__model__field_descri
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "version",
+    101,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(AWS__SageMaker__Edge__Model, version),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "source",
+    110,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(AWS__SageMaker__Edge__Model, source),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "state",
+    111,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(AWS__SageMaker__Edge__Model, state),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "state_reason",
+    112,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(AWS__SageMaker__Edge__Model, state_reason),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "since_unix_seconds",
+    113,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_DOUBLE,
+    0,   /* quantifier_offset */
+    offsetof(AWS__SageMaker__Edge__Model, since_unix_seconds),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "pinned_version",
+    114,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(AWS__SageMaker__Edge__Model, pinned_version),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "versions",
+    115,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(AWS__SageMaker__Edge__Model, n_versions),
+    offsetof(AWS__SageMaker__Edge__Model, versions),
+    &aws__sage_maker__edge__model_version__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "key_id",
+    116,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(AWS__SageMaker__Edge__Model, key_id),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned aws__sage_maker__edge__model__field_indices_by_name[] = {
   4,   /* field[4] = delegate */
   2,   /* field[2] = input_tensor_metadatas */
+  12,   /* field[12] = key_id */
   1,   /* field[1] = name */
   3,   /* field[3] = output_tensor_metadatas */
+  10,   /* field[10] = pinned_version */
+  9,   /* field[9] = since_unix_seconds */
+  6,   /* field[6] = source */
+  7,   /* field[7] = state */
+  8,   /* field[8] = state_reason */
   0,   /* field[0] = url */
+  5,   /* field[5] = version */
+  11,   /* field[11] = versions */
 };
-static const ProtobufCIntRange aws__sage_maker__edge__model__number_ranges[2 + 1] =
+static const ProtobufCIntRange aws__sage_maker__edge__model__number_ranges[3 + 1] =
 {
   { 1, 0 },
   { 100, 4 },
-  { 0, 5 }
+  { 110, 6 },
+  { 0, 13 }
 };
 const ProtobufCMessageDescriptor aws__sage_maker__edge__model__descriptor =
 {
@@ -1571,11 +2081,101 @@ const ProtobufCMessageDescriptor aws__sage_maker__edge__model__descriptor =
   "AWS__SageMaker__Edge__Model",
   "AWS.SageMaker.Edge",
   sizeof(AWS__SageMaker__Edge__Model),
-  5,
+  13,
   aws__sage_maker__edge__model__field_descriptors,
   aws__sage_maker__edge__model__field_indices_by_name,
-  2,  aws__sage_maker__edge__model__number_ranges,
+  3,  aws__sage_maker__edge__model__number_ranges,
   (ProtobufCMessageInit) aws__sage_maker__edge__model__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor aws__sage_maker__edge__model_version__field_descriptors[5] =
+{
+  {
+    "version",
+    100,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(AWS__SageMaker__Edge__ModelVersion, version),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "sha256",
+    101,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(AWS__SageMaker__Edge__ModelVersion, sha256),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "state",
+    102,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(AWS__SageMaker__Edge__ModelVersion, state),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "reason",
+    103,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(AWS__SageMaker__Edge__ModelVersion, reason),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "pinned",
+    104,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BOOL,
+    0,   /* quantifier_offset */
+    offsetof(AWS__SageMaker__Edge__ModelVersion, pinned),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned aws__sage_maker__edge__model_version__field_indices_by_name[] = {
+  4,   /* field[4] = pinned */
+  3,   /* field[3] = reason */
+  1,   /* field[1] = sha256 */
+  2,   /* field[2] = state */
+  0,   /* field[0] = version */
+};
+static const ProtobufCIntRange aws__sage_maker__edge__model_version__number_ranges[1 + 1] =
+{
+  { 100, 0 },
+  { 0, 5 }
+};
+const ProtobufCMessageDescriptor aws__sage_maker__edge__model_version__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "AWS.SageMaker.Edge.ModelVersion",
+  "ModelVersion",
+  "AWS__SageMaker__Edge__ModelVersion",
+  "AWS.SageMaker.Edge",
+  sizeof(AWS__SageMaker__Edge__ModelVersion),
+  5,
+  aws__sage_maker__edge__model_version__field_descriptors,
+  aws__sage_maker__edge__model_version__field_indices_by_name,
+  1,  aws__sage_maker__edge__model_version__number_ranges,
+  (ProtobufCMessageInit) aws__sage_maker__edge__model_version__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
 static const ProtobufCFieldDescriptor aws__sage_maker__edge__predict_request__field_descriptors[3] =
@@ -1826,9 +2426,29 @@ const ProtobufCMessageDescriptor aws__sage_maker__edge__un_load_model_response__
   (ProtobufCMessageInit) aws__sage_maker__edge__un_load_model_response__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-#define aws__sage_maker__edge__list_models_request__field_descriptors NULL
-#define aws__sage_maker__edge__list_models_request__field_indices_by_name NULL
-#define aws__sage_maker__edge__list_models_request__number_ranges NULL
+static const ProtobufCFieldDescriptor aws__sage_maker__edge__list_models_request__field_descriptors[1] =
+{
+  {
+    "include_repository",
+    100,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BOOL,
+    0,   /* quantifier_offset */
+    offsetof(AWS__SageMaker__Edge__ListModelsRequest, include_repository),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned aws__sage_maker__edge__list_models_request__field_indices_by_name[] = {
+  0,   /* field[0] = include_repository */
+};
+static const ProtobufCIntRange aws__sage_maker__edge__list_models_request__number_ranges[1 + 1] =
+{
+  { 100, 0 },
+  { 0, 1 }
+};
 const ProtobufCMessageDescriptor aws__sage_maker__edge__list_models_request__descriptor =
 {
   PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
@@ -1837,10 +2457,10 @@ const ProtobufCMessageDescriptor aws__sage_maker__edge__list_models_request__des
   "AWS__SageMaker__Edge__ListModelsRequest",
   "AWS.SageMaker.Edge",
   sizeof(AWS__SageMaker__Edge__ListModelsRequest),
-  0,
+  1,
   aws__sage_maker__edge__list_models_request__field_descriptors,
   aws__sage_maker__edge__list_models_request__field_indices_by_name,
-  0,  aws__sage_maker__edge__list_models_request__number_ranges,
+  1,  aws__sage_maker__edge__list_models_request__number_ranges,
   (ProtobufCMessageInit) aws__sage_maker__edge__list_models_request__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
@@ -2456,7 +3076,7 @@ const ProtobufCMessageDescriptor aws__sage_maker__edge__code_count__descriptor =
   (ProtobufCMessageInit) aws__sage_maker__edge__code_count__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor aws__sage_maker__edge__model_metrics__field_descriptors[14] =
+static const ProtobufCFieldDescriptor aws__sage_maker__edge__model_metrics__field_descriptors[15] =
 {
   {
     "name",
@@ -2626,6 +3246,18 @@ static const ProtobufCFieldDescriptor aws__sage_maker__edge__model_metrics__fiel
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "source",
+    114,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(AWS__SageMaker__Edge__ModelMetrics, source),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned aws__sage_maker__edge__model_metrics__field_indices_by_name[] = {
   3,   /* field[3] = delegate */
@@ -2642,11 +3274,12 @@ static const unsigned aws__sage_maker__edge__model_metrics__field_indices_by_nam
   8,   /* field[8] = predict_seconds */
   7,   /* field[7] = predictions */
   12,   /* field[12] = shared_memory_inputs */
+  14,   /* field[14] = source */
 };
 static const ProtobufCIntRange aws__sage_maker__edge__model_metrics__number_ranges[1 + 1] =
 {
   { 100, 0 },
-  { 0, 14 }
+  { 0, 15 }
 };
 const ProtobufCMessageDescriptor aws__sage_maker__edge__model_metrics__descriptor =
 {
@@ -2656,11 +3289,178 @@ const ProtobufCMessageDescriptor aws__sage_maker__edge__model_metrics__descripto
   "AWS__SageMaker__Edge__ModelMetrics",
   "AWS.SageMaker.Edge",
   sizeof(AWS__SageMaker__Edge__ModelMetrics),
-  14,
+  15,
   aws__sage_maker__edge__model_metrics__field_descriptors,
   aws__sage_maker__edge__model_metrics__field_indices_by_name,
   1,  aws__sage_maker__edge__model_metrics__number_ranges,
   (ProtobufCMessageInit) aws__sage_maker__edge__model_metrics__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor aws__sage_maker__edge__model_state__field_descriptors[7] =
+{
+  {
+    "name",
+    100,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(AWS__SageMaker__Edge__ModelState, name),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "source",
+    101,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(AWS__SageMaker__Edge__ModelState, source),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "state",
+    102,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(AWS__SageMaker__Edge__ModelState, state),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "reason",
+    103,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(AWS__SageMaker__Edge__ModelState, reason),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "version",
+    104,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(AWS__SageMaker__Edge__ModelState, version),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "since_unix_seconds",
+    105,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_DOUBLE,
+    0,   /* quantifier_offset */
+    offsetof(AWS__SageMaker__Edge__ModelState, since_unix_seconds),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "swaps",
+    106,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(AWS__SageMaker__Edge__ModelState, n_swaps),
+    offsetof(AWS__SageMaker__Edge__ModelState, swaps),
+    &aws__sage_maker__edge__swap_count__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned aws__sage_maker__edge__model_state__field_indices_by_name[] = {
+  0,   /* field[0] = name */
+  3,   /* field[3] = reason */
+  5,   /* field[5] = since_unix_seconds */
+  1,   /* field[1] = source */
+  2,   /* field[2] = state */
+  6,   /* field[6] = swaps */
+  4,   /* field[4] = version */
+};
+static const ProtobufCIntRange aws__sage_maker__edge__model_state__number_ranges[1 + 1] =
+{
+  { 100, 0 },
+  { 0, 7 }
+};
+const ProtobufCMessageDescriptor aws__sage_maker__edge__model_state__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "AWS.SageMaker.Edge.ModelState",
+  "ModelState",
+  "AWS__SageMaker__Edge__ModelState",
+  "AWS.SageMaker.Edge",
+  sizeof(AWS__SageMaker__Edge__ModelState),
+  7,
+  aws__sage_maker__edge__model_state__field_descriptors,
+  aws__sage_maker__edge__model_state__field_indices_by_name,
+  1,  aws__sage_maker__edge__model_state__number_ranges,
+  (ProtobufCMessageInit) aws__sage_maker__edge__model_state__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor aws__sage_maker__edge__swap_count__field_descriptors[2] =
+{
+  {
+    "result",
+    100,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(AWS__SageMaker__Edge__SwapCount, result),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "count",
+    101,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(AWS__SageMaker__Edge__SwapCount, count),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned aws__sage_maker__edge__swap_count__field_indices_by_name[] = {
+  1,   /* field[1] = count */
+  0,   /* field[0] = result */
+};
+static const ProtobufCIntRange aws__sage_maker__edge__swap_count__number_ranges[1 + 1] =
+{
+  { 100, 0 },
+  { 0, 2 }
+};
+const ProtobufCMessageDescriptor aws__sage_maker__edge__swap_count__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "AWS.SageMaker.Edge.SwapCount",
+  "SwapCount",
+  "AWS__SageMaker__Edge__SwapCount",
+  "AWS.SageMaker.Edge",
+  sizeof(AWS__SageMaker__Edge__SwapCount),
+  2,
+  aws__sage_maker__edge__swap_count__field_descriptors,
+  aws__sage_maker__edge__swap_count__field_indices_by_name,
+  1,  aws__sage_maker__edge__swap_count__number_ranges,
+  (ProtobufCMessageInit) aws__sage_maker__edge__swap_count__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
 static const ProtobufCFieldDescriptor aws__sage_maker__edge__call_count__field_descriptors[4] =
@@ -2920,7 +3720,7 @@ const ProtobufCMessageDescriptor aws__sage_maker__edge__capture_metrics__descrip
   (ProtobufCMessageInit) aws__sage_maker__edge__capture_metrics__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor aws__sage_maker__edge__get_metrics_response__field_descriptors[14] =
+static const ProtobufCFieldDescriptor aws__sage_maker__edge__get_metrics_response__field_descriptors[15] =
 {
   {
     "agent_version",
@@ -3090,6 +3890,18 @@ static const ProtobufCFieldDescriptor aws__sage_maker__edge__get_metrics_respons
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "model_states",
+    114,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(AWS__SageMaker__Edge__GetMetricsResponse, n_model_states),
+    offsetof(AWS__SageMaker__Edge__GetMetricsResponse, model_states),
+    &aws__sage_maker__edge__model_state__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned aws__sage_maker__edge__get_metrics_response__field_indices_by_name[] = {
   0,   /* field[0] = agent_version */
@@ -3102,6 +3914,7 @@ static const unsigned aws__sage_maker__edge__get_metrics_response__field_indices
   2,   /* field[2] = fleet_name */
   10,   /* field[10] = memory_budget_bytes */
   11,   /* field[11] = memory_budget_used_bytes */
+  14,   /* field[14] = model_states */
   6,   /* field[6] = models */
   12,   /* field[12] = resident_memory_bytes */
   3,   /* field[3] = start_time_unix_seconds */
@@ -3110,7 +3923,7 @@ static const unsigned aws__sage_maker__edge__get_metrics_response__field_indices
 static const ProtobufCIntRange aws__sage_maker__edge__get_metrics_response__number_ranges[1 + 1] =
 {
   { 100, 0 },
-  { 0, 14 }
+  { 0, 15 }
 };
 const ProtobufCMessageDescriptor aws__sage_maker__edge__get_metrics_response__descriptor =
 {
@@ -3120,11 +3933,232 @@ const ProtobufCMessageDescriptor aws__sage_maker__edge__get_metrics_response__de
   "AWS__SageMaker__Edge__GetMetricsResponse",
   "AWS.SageMaker.Edge",
   sizeof(AWS__SageMaker__Edge__GetMetricsResponse),
-  14,
+  15,
   aws__sage_maker__edge__get_metrics_response__field_descriptors,
   aws__sage_maker__edge__get_metrics_response__field_indices_by_name,
   1,  aws__sage_maker__edge__get_metrics_response__number_ranges,
   (ProtobufCMessageInit) aws__sage_maker__edge__get_metrics_response__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+#define aws__sage_maker__edge__rescan_request__field_descriptors NULL
+#define aws__sage_maker__edge__rescan_request__field_indices_by_name NULL
+#define aws__sage_maker__edge__rescan_request__number_ranges NULL
+const ProtobufCMessageDescriptor aws__sage_maker__edge__rescan_request__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "AWS.SageMaker.Edge.RescanRequest",
+  "RescanRequest",
+  "AWS__SageMaker__Edge__RescanRequest",
+  "AWS.SageMaker.Edge",
+  sizeof(AWS__SageMaker__Edge__RescanRequest),
+  0,
+  aws__sage_maker__edge__rescan_request__field_descriptors,
+  aws__sage_maker__edge__rescan_request__field_indices_by_name,
+  0,  aws__sage_maker__edge__rescan_request__number_ranges,
+  (ProtobufCMessageInit) aws__sage_maker__edge__rescan_request__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor aws__sage_maker__edge__rescan_response__field_descriptors[1] =
+{
+  {
+    "models",
+    100,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(AWS__SageMaker__Edge__RescanResponse, n_models),
+    offsetof(AWS__SageMaker__Edge__RescanResponse, models),
+    &aws__sage_maker__edge__model__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned aws__sage_maker__edge__rescan_response__field_indices_by_name[] = {
+  0,   /* field[0] = models */
+};
+static const ProtobufCIntRange aws__sage_maker__edge__rescan_response__number_ranges[1 + 1] =
+{
+  { 100, 0 },
+  { 0, 1 }
+};
+const ProtobufCMessageDescriptor aws__sage_maker__edge__rescan_response__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "AWS.SageMaker.Edge.RescanResponse",
+  "RescanResponse",
+  "AWS__SageMaker__Edge__RescanResponse",
+  "AWS.SageMaker.Edge",
+  sizeof(AWS__SageMaker__Edge__RescanResponse),
+  1,
+  aws__sage_maker__edge__rescan_response__field_descriptors,
+  aws__sage_maker__edge__rescan_response__field_indices_by_name,
+  1,  aws__sage_maker__edge__rescan_response__number_ranges,
+  (ProtobufCMessageInit) aws__sage_maker__edge__rescan_response__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor aws__sage_maker__edge__rollback_request__field_descriptors[2] =
+{
+  {
+    "name",
+    100,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(AWS__SageMaker__Edge__RollbackRequest, name),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "version",
+    101,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(AWS__SageMaker__Edge__RollbackRequest, version),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned aws__sage_maker__edge__rollback_request__field_indices_by_name[] = {
+  0,   /* field[0] = name */
+  1,   /* field[1] = version */
+};
+static const ProtobufCIntRange aws__sage_maker__edge__rollback_request__number_ranges[1 + 1] =
+{
+  { 100, 0 },
+  { 0, 2 }
+};
+const ProtobufCMessageDescriptor aws__sage_maker__edge__rollback_request__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "AWS.SageMaker.Edge.RollbackRequest",
+  "RollbackRequest",
+  "AWS__SageMaker__Edge__RollbackRequest",
+  "AWS.SageMaker.Edge",
+  sizeof(AWS__SageMaker__Edge__RollbackRequest),
+  2,
+  aws__sage_maker__edge__rollback_request__field_descriptors,
+  aws__sage_maker__edge__rollback_request__field_indices_by_name,
+  1,  aws__sage_maker__edge__rollback_request__number_ranges,
+  (ProtobufCMessageInit) aws__sage_maker__edge__rollback_request__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor aws__sage_maker__edge__rollback_response__field_descriptors[1] =
+{
+  {
+    "model",
+    100,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    0,   /* quantifier_offset */
+    offsetof(AWS__SageMaker__Edge__RollbackResponse, model),
+    &aws__sage_maker__edge__model__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned aws__sage_maker__edge__rollback_response__field_indices_by_name[] = {
+  0,   /* field[0] = model */
+};
+static const ProtobufCIntRange aws__sage_maker__edge__rollback_response__number_ranges[1 + 1] =
+{
+  { 100, 0 },
+  { 0, 1 }
+};
+const ProtobufCMessageDescriptor aws__sage_maker__edge__rollback_response__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "AWS.SageMaker.Edge.RollbackResponse",
+  "RollbackResponse",
+  "AWS__SageMaker__Edge__RollbackResponse",
+  "AWS.SageMaker.Edge",
+  sizeof(AWS__SageMaker__Edge__RollbackResponse),
+  1,
+  aws__sage_maker__edge__rollback_response__field_descriptors,
+  aws__sage_maker__edge__rollback_response__field_indices_by_name,
+  1,  aws__sage_maker__edge__rollback_response__number_ranges,
+  (ProtobufCMessageInit) aws__sage_maker__edge__rollback_response__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor aws__sage_maker__edge__unpin_request__field_descriptors[1] =
+{
+  {
+    "name",
+    100,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(AWS__SageMaker__Edge__UnpinRequest, name),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned aws__sage_maker__edge__unpin_request__field_indices_by_name[] = {
+  0,   /* field[0] = name */
+};
+static const ProtobufCIntRange aws__sage_maker__edge__unpin_request__number_ranges[1 + 1] =
+{
+  { 100, 0 },
+  { 0, 1 }
+};
+const ProtobufCMessageDescriptor aws__sage_maker__edge__unpin_request__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "AWS.SageMaker.Edge.UnpinRequest",
+  "UnpinRequest",
+  "AWS__SageMaker__Edge__UnpinRequest",
+  "AWS.SageMaker.Edge",
+  sizeof(AWS__SageMaker__Edge__UnpinRequest),
+  1,
+  aws__sage_maker__edge__unpin_request__field_descriptors,
+  aws__sage_maker__edge__unpin_request__field_indices_by_name,
+  1,  aws__sage_maker__edge__unpin_request__number_ranges,
+  (ProtobufCMessageInit) aws__sage_maker__edge__unpin_request__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor aws__sage_maker__edge__unpin_response__field_descriptors[1] =
+{
+  {
+    "model",
+    100,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    0,   /* quantifier_offset */
+    offsetof(AWS__SageMaker__Edge__UnpinResponse, model),
+    &aws__sage_maker__edge__model__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned aws__sage_maker__edge__unpin_response__field_indices_by_name[] = {
+  0,   /* field[0] = model */
+};
+static const ProtobufCIntRange aws__sage_maker__edge__unpin_response__number_ranges[1 + 1] =
+{
+  { 100, 0 },
+  { 0, 1 }
+};
+const ProtobufCMessageDescriptor aws__sage_maker__edge__unpin_response__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "AWS.SageMaker.Edge.UnpinResponse",
+  "UnpinResponse",
+  "AWS__SageMaker__Edge__UnpinResponse",
+  "AWS.SageMaker.Edge",
+  sizeof(AWS__SageMaker__Edge__UnpinResponse),
+  1,
+  aws__sage_maker__edge__unpin_response__field_descriptors,
+  aws__sage_maker__edge__unpin_response__field_indices_by_name,
+  1,  aws__sage_maker__edge__unpin_response__number_ranges,
+  (ProtobufCMessageInit) aws__sage_maker__edge__unpin_response__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
 static const ProtobufCEnumValue aws__sage_maker__edge__data_type__enum_values_by_number[14] =
@@ -3243,7 +4277,7 @@ const ProtobufCEnumDescriptor aws__sage_maker__edge__capture_data_status__descri
   aws__sage_maker__edge__capture_data_status__value_ranges,
   NULL,NULL,NULL,NULL   /* reserved[1234] */
 };
-static const ProtobufCMethodDescriptor aws__sage_maker__edge__agent__method_descriptors[8] =
+static const ProtobufCMethodDescriptor aws__sage_maker__edge__agent__method_descriptors[11] =
 {
   { "Predict", &aws__sage_maker__edge__predict_request__descriptor, &aws__sage_maker__edge__predict_response__descriptor },
   { "LoadModel", &aws__sage_maker__edge__load_model_request__descriptor, &aws__sage_maker__edge__load_model_response__descriptor },
@@ -3253,6 +4287,9 @@ static const ProtobufCMethodDescriptor aws__sage_maker__edge__agent__method_desc
   { "CaptureData", &aws__sage_maker__edge__capture_data_request__descriptor, &aws__sage_maker__edge__capture_data_response__descriptor },
   { "GetCaptureDataStatus", &aws__sage_maker__edge__get_capture_data_status_request__descriptor, &aws__sage_maker__edge__get_capture_data_status_response__descriptor },
   { "GetMetrics", &aws__sage_maker__edge__get_metrics_request__descriptor, &aws__sage_maker__edge__get_metrics_response__descriptor },
+  { "Rescan", &aws__sage_maker__edge__rescan_request__descriptor, &aws__sage_maker__edge__rescan_response__descriptor },
+  { "Rollback", &aws__sage_maker__edge__rollback_request__descriptor, &aws__sage_maker__edge__rollback_response__descriptor },
+  { "Unpin", &aws__sage_maker__edge__unpin_request__descriptor, &aws__sage_maker__edge__unpin_response__descriptor },
 };
 const unsigned aws__sage_maker__edge__agent__method_indices_by_name[] = {
   5,        /* CaptureData */
@@ -3262,7 +4299,10 @@ const unsigned aws__sage_maker__edge__agent__method_indices_by_name[] = {
   3,        /* ListModels */
   1,        /* LoadModel */
   0,        /* Predict */
-  2         /* UnLoadModel */
+  8,        /* Rescan */
+  9,        /* Rollback */
+  2,        /* UnLoadModel */
+  10         /* Unpin */
 };
 const ProtobufCServiceDescriptor aws__sage_maker__edge__agent__descriptor =
 {
@@ -3271,7 +4311,7 @@ const ProtobufCServiceDescriptor aws__sage_maker__edge__agent__descriptor =
   "Agent",
   "AWS__SageMaker__Edge__Agent",
   "AWS.SageMaker.Edge",
-  8,
+  11,
   aws__sage_maker__edge__agent__method_descriptors,
   aws__sage_maker__edge__agent__method_indices_by_name
 };
@@ -3338,6 +4378,30 @@ void aws__sage_maker__edge__agent__get_metrics(ProtobufCService *service,
 {
   assert(service->descriptor == &aws__sage_maker__edge__agent__descriptor);
   service->invoke(service, 7, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+}
+void aws__sage_maker__edge__agent__rescan(ProtobufCService *service,
+                                          const AWS__SageMaker__Edge__RescanRequest *input,
+                                          AWS__SageMaker__Edge__RescanResponse_Closure closure,
+                                          void *closure_data)
+{
+  assert(service->descriptor == &aws__sage_maker__edge__agent__descriptor);
+  service->invoke(service, 8, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+}
+void aws__sage_maker__edge__agent__rollback(ProtobufCService *service,
+                                            const AWS__SageMaker__Edge__RollbackRequest *input,
+                                            AWS__SageMaker__Edge__RollbackResponse_Closure closure,
+                                            void *closure_data)
+{
+  assert(service->descriptor == &aws__sage_maker__edge__agent__descriptor);
+  service->invoke(service, 9, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
+}
+void aws__sage_maker__edge__agent__unpin(ProtobufCService *service,
+                                         const AWS__SageMaker__Edge__UnpinRequest *input,
+                                         AWS__SageMaker__Edge__UnpinResponse_Closure closure,
+                                         void *closure_data)
+{
+  assert(service->descriptor == &aws__sage_maker__edge__agent__descriptor);
+  service->invoke(service, 10, (const ProtobufCMessage *) input, (ProtobufCClosure) closure, closure_data);
 }
 void aws__sage_maker__edge__agent__init (AWS__SageMaker__Edge__Agent_Service *service,
                                          AWS__SageMaker__Edge__Agent_ServiceDestroy destroy)

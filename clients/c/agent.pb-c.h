@@ -19,6 +19,7 @@ typedef struct AWS__SageMaker__Edge__TensorMetadata AWS__SageMaker__Edge__Tensor
 typedef struct AWS__SageMaker__Edge__SharedMemoryHandle AWS__SageMaker__Edge__SharedMemoryHandle;
 typedef struct AWS__SageMaker__Edge__Tensor AWS__SageMaker__Edge__Tensor;
 typedef struct AWS__SageMaker__Edge__Model AWS__SageMaker__Edge__Model;
+typedef struct AWS__SageMaker__Edge__ModelVersion AWS__SageMaker__Edge__ModelVersion;
 typedef struct AWS__SageMaker__Edge__PredictRequest AWS__SageMaker__Edge__PredictRequest;
 typedef struct AWS__SageMaker__Edge__PredictResponse AWS__SageMaker__Edge__PredictResponse;
 typedef struct AWS__SageMaker__Edge__LoadModelRequest AWS__SageMaker__Edge__LoadModelRequest;
@@ -39,10 +40,18 @@ typedef struct AWS__SageMaker__Edge__GetMetricsRequest AWS__SageMaker__Edge__Get
 typedef struct AWS__SageMaker__Edge__Histogram AWS__SageMaker__Edge__Histogram;
 typedef struct AWS__SageMaker__Edge__CodeCount AWS__SageMaker__Edge__CodeCount;
 typedef struct AWS__SageMaker__Edge__ModelMetrics AWS__SageMaker__Edge__ModelMetrics;
+typedef struct AWS__SageMaker__Edge__ModelState AWS__SageMaker__Edge__ModelState;
+typedef struct AWS__SageMaker__Edge__SwapCount AWS__SageMaker__Edge__SwapCount;
 typedef struct AWS__SageMaker__Edge__CallCount AWS__SageMaker__Edge__CallCount;
 typedef struct AWS__SageMaker__Edge__ConnectionCount AWS__SageMaker__Edge__ConnectionCount;
 typedef struct AWS__SageMaker__Edge__CaptureMetrics AWS__SageMaker__Edge__CaptureMetrics;
 typedef struct AWS__SageMaker__Edge__GetMetricsResponse AWS__SageMaker__Edge__GetMetricsResponse;
+typedef struct AWS__SageMaker__Edge__RescanRequest AWS__SageMaker__Edge__RescanRequest;
+typedef struct AWS__SageMaker__Edge__RescanResponse AWS__SageMaker__Edge__RescanResponse;
+typedef struct AWS__SageMaker__Edge__RollbackRequest AWS__SageMaker__Edge__RollbackRequest;
+typedef struct AWS__SageMaker__Edge__RollbackResponse AWS__SageMaker__Edge__RollbackResponse;
+typedef struct AWS__SageMaker__Edge__UnpinRequest AWS__SageMaker__Edge__UnpinRequest;
+typedef struct AWS__SageMaker__Edge__UnpinResponse AWS__SageMaker__Edge__UnpinResponse;
 
 
 /* --- enums --- */
@@ -179,10 +188,58 @@ struct  AWS__SageMaker__Edge__Model
    * "edgetpu", or "external:<library path>".
    */
   char *delegate;
+  /*
+   * Extension: the version of the signed package the model came from, as its manifest says
+   * it (docs/PACKAGES.md, "Versions"); empty for a bare .tflite model.
+   */
+  char *version;
+  /*
+   * Extension, the model lifecycle (docs/MODEL_LIFECYCLE.md): "repository" or "application".
+   */
+  char *source;
+  /*
+   * serving, loading, validating, failed, blocked or waiting (for memory), and why.
+   */
+  char *state;
+  char *state_reason;
+  double since_unix_seconds;
+  /*
+   * A repository model's pinned version, and every version the agent holds.
+   */
+  char *pinned_version;
+  size_t n_versions;
+  AWS__SageMaker__Edge__ModelVersion **versions;
+  /*
+   * The id of the key the package serving was signed with; empty for a bare .tflite model.
+   */
+  char *key_id;
 };
 #define AWS__SAGE_MAKER__EDGE__MODEL__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&aws__sage_maker__edge__model__descriptor) \
-    , (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0,NULL, 0,NULL, (char *)protobuf_c_empty_string }
+    , (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0,NULL, 0,NULL, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0, (char *)protobuf_c_empty_string, 0,NULL, (char *)protobuf_c_empty_string }
+
+
+/*
+ * Extension: one version of a repository model held by the agent (or refused).
+ */
+struct  AWS__SageMaker__Edge__ModelVersion
+{
+  ProtobufCMessage base;
+  char *version;
+  /*
+   * The package's manifest.json sha256 (for a refused package: its repository entry's).
+   */
+  char *sha256;
+  /*
+   * serving, held, failed or waiting (for memory).
+   */
+  char *state;
+  char *reason;
+  protobuf_c_boolean pinned;
+};
+#define AWS__SAGE_MAKER__EDGE__MODEL_VERSION__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&aws__sage_maker__edge__model_version__descriptor) \
+    , (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0 }
 
 
 struct  AWS__SageMaker__Edge__PredictRequest
@@ -259,10 +316,14 @@ struct  AWS__SageMaker__Edge__UnLoadModelResponse
 struct  AWS__SageMaker__Edge__ListModelsRequest
 {
   ProtobufCMessage base;
+  /*
+   * Extension: also the repository's names that have no version serving (failed, blocked...).
+   */
+  protobuf_c_boolean include_repository;
 };
 #define AWS__SAGE_MAKER__EDGE__LIST_MODELS_REQUEST__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&aws__sage_maker__edge__list_models_request__descriptor) \
-     }
+    , 0 }
 
 
 struct  AWS__SageMaker__Edge__ListModelsResponse
@@ -468,10 +529,54 @@ struct  AWS__SageMaker__Edge__ModelMetrics
   uint64_t output_bytes;
   uint64_t shared_memory_inputs;
   uint64_t inline_inputs;
+  /*
+   * "repository" or "application" (docs/MODEL_LIFECYCLE.md).
+   */
+  char *source;
 };
 #define AWS__SAGE_MAKER__EDGE__MODEL_METRICS__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&aws__sage_maker__edge__model_metrics__descriptor) \
-    , (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0, 0, 0, 0,NULL, NULL, NULL, 0, 0, 0, 0 }
+    , (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0, 0, 0, 0,NULL, NULL, NULL, 0, 0, 0, 0, (char *)protobuf_c_empty_string }
+
+
+/*
+ * A model's lifecycle: every name the model repository manages, and applications' models.
+ */
+struct  AWS__SageMaker__Edge__ModelState
+{
+  ProtobufCMessage base;
+  char *name;
+  char *source;
+  /*
+   * serving, loading, validating, failed, blocked or waiting (for memory).
+   */
+  char *state;
+  char *reason;
+  /*
+   * The version serving ("" when none).
+   */
+  char *version;
+  double since_unix_seconds;
+  /*
+   * Swaps tried since start, by result: ok, failed, waiting (for memory).
+   */
+  size_t n_swaps;
+  AWS__SageMaker__Edge__SwapCount **swaps;
+};
+#define AWS__SAGE_MAKER__EDGE__MODEL_STATE__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&aws__sage_maker__edge__model_state__descriptor) \
+    , (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0, 0,NULL }
+
+
+struct  AWS__SageMaker__Edge__SwapCount
+{
+  ProtobufCMessage base;
+  char *result;
+  uint64_t count;
+};
+#define AWS__SAGE_MAKER__EDGE__SWAP_COUNT__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&aws__sage_maker__edge__swap_count__descriptor) \
+    , (char *)protobuf_c_empty_string, 0 }
 
 
 /*
@@ -550,10 +655,76 @@ struct  AWS__SageMaker__Edge__GetMetricsResponse
   uint64_t memory_budget_used_bytes;
   uint64_t resident_memory_bytes;
   double cpu_seconds;
+  size_t n_model_states;
+  AWS__SageMaker__Edge__ModelState **model_states;
 };
 #define AWS__SAGE_MAKER__EDGE__GET_METRICS_RESPONSE__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&aws__sage_maker__edge__get_metrics_response__descriptor) \
-    , (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0, 0, 0, 0,NULL, 0,NULL, 0,NULL, NULL, 0, 0, 0, 0 }
+    , (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0, 0, 0, 0,NULL, 0,NULL, 0,NULL, NULL, 0, 0, 0, 0, 0,NULL }
+
+
+struct  AWS__SageMaker__Edge__RescanRequest
+{
+  ProtobufCMessage base;
+};
+#define AWS__SAGE_MAKER__EDGE__RESCAN_REQUEST__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&aws__sage_maker__edge__rescan_request__descriptor) \
+     }
+
+
+struct  AWS__SageMaker__Edge__RescanResponse
+{
+  ProtobufCMessage base;
+  size_t n_models;
+  AWS__SageMaker__Edge__Model **models;
+};
+#define AWS__SAGE_MAKER__EDGE__RESCAN_RESPONSE__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&aws__sage_maker__edge__rescan_response__descriptor) \
+    , 0,NULL }
+
+
+struct  AWS__SageMaker__Edge__RollbackRequest
+{
+  ProtobufCMessage base;
+  char *name;
+  /*
+   * Empty: the version served before the one serving.
+   */
+  char *version;
+};
+#define AWS__SAGE_MAKER__EDGE__ROLLBACK_REQUEST__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&aws__sage_maker__edge__rollback_request__descriptor) \
+    , (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string }
+
+
+struct  AWS__SageMaker__Edge__RollbackResponse
+{
+  ProtobufCMessage base;
+  AWS__SageMaker__Edge__Model *model;
+};
+#define AWS__SAGE_MAKER__EDGE__ROLLBACK_RESPONSE__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&aws__sage_maker__edge__rollback_response__descriptor) \
+    , NULL }
+
+
+struct  AWS__SageMaker__Edge__UnpinRequest
+{
+  ProtobufCMessage base;
+  char *name;
+};
+#define AWS__SAGE_MAKER__EDGE__UNPIN_REQUEST__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&aws__sage_maker__edge__unpin_request__descriptor) \
+    , (char *)protobuf_c_empty_string }
+
+
+struct  AWS__SageMaker__Edge__UnpinResponse
+{
+  ProtobufCMessage base;
+  AWS__SageMaker__Edge__Model *model;
+};
+#define AWS__SAGE_MAKER__EDGE__UNPIN_RESPONSE__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&aws__sage_maker__edge__unpin_response__descriptor) \
+    , NULL }
 
 
 /* AWS__SageMaker__Edge__TensorMetadata methods */
@@ -631,6 +802,25 @@ AWS__SageMaker__Edge__Model *
                       const uint8_t       *data);
 void   aws__sage_maker__edge__model__free_unpacked
                      (AWS__SageMaker__Edge__Model *message,
+                      ProtobufCAllocator *allocator);
+/* AWS__SageMaker__Edge__ModelVersion methods */
+void   aws__sage_maker__edge__model_version__init
+                     (AWS__SageMaker__Edge__ModelVersion         *message);
+size_t aws__sage_maker__edge__model_version__get_packed_size
+                     (const AWS__SageMaker__Edge__ModelVersion   *message);
+size_t aws__sage_maker__edge__model_version__pack
+                     (const AWS__SageMaker__Edge__ModelVersion   *message,
+                      uint8_t             *out);
+size_t aws__sage_maker__edge__model_version__pack_to_buffer
+                     (const AWS__SageMaker__Edge__ModelVersion   *message,
+                      ProtobufCBuffer     *buffer);
+AWS__SageMaker__Edge__ModelVersion *
+       aws__sage_maker__edge__model_version__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   aws__sage_maker__edge__model_version__free_unpacked
+                     (AWS__SageMaker__Edge__ModelVersion *message,
                       ProtobufCAllocator *allocator);
 /* AWS__SageMaker__Edge__PredictRequest methods */
 void   aws__sage_maker__edge__predict_request__init
@@ -1012,6 +1202,44 @@ AWS__SageMaker__Edge__ModelMetrics *
 void   aws__sage_maker__edge__model_metrics__free_unpacked
                      (AWS__SageMaker__Edge__ModelMetrics *message,
                       ProtobufCAllocator *allocator);
+/* AWS__SageMaker__Edge__ModelState methods */
+void   aws__sage_maker__edge__model_state__init
+                     (AWS__SageMaker__Edge__ModelState         *message);
+size_t aws__sage_maker__edge__model_state__get_packed_size
+                     (const AWS__SageMaker__Edge__ModelState   *message);
+size_t aws__sage_maker__edge__model_state__pack
+                     (const AWS__SageMaker__Edge__ModelState   *message,
+                      uint8_t             *out);
+size_t aws__sage_maker__edge__model_state__pack_to_buffer
+                     (const AWS__SageMaker__Edge__ModelState   *message,
+                      ProtobufCBuffer     *buffer);
+AWS__SageMaker__Edge__ModelState *
+       aws__sage_maker__edge__model_state__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   aws__sage_maker__edge__model_state__free_unpacked
+                     (AWS__SageMaker__Edge__ModelState *message,
+                      ProtobufCAllocator *allocator);
+/* AWS__SageMaker__Edge__SwapCount methods */
+void   aws__sage_maker__edge__swap_count__init
+                     (AWS__SageMaker__Edge__SwapCount         *message);
+size_t aws__sage_maker__edge__swap_count__get_packed_size
+                     (const AWS__SageMaker__Edge__SwapCount   *message);
+size_t aws__sage_maker__edge__swap_count__pack
+                     (const AWS__SageMaker__Edge__SwapCount   *message,
+                      uint8_t             *out);
+size_t aws__sage_maker__edge__swap_count__pack_to_buffer
+                     (const AWS__SageMaker__Edge__SwapCount   *message,
+                      ProtobufCBuffer     *buffer);
+AWS__SageMaker__Edge__SwapCount *
+       aws__sage_maker__edge__swap_count__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   aws__sage_maker__edge__swap_count__free_unpacked
+                     (AWS__SageMaker__Edge__SwapCount *message,
+                      ProtobufCAllocator *allocator);
 /* AWS__SageMaker__Edge__CallCount methods */
 void   aws__sage_maker__edge__call_count__init
                      (AWS__SageMaker__Edge__CallCount         *message);
@@ -1088,6 +1316,120 @@ AWS__SageMaker__Edge__GetMetricsResponse *
 void   aws__sage_maker__edge__get_metrics_response__free_unpacked
                      (AWS__SageMaker__Edge__GetMetricsResponse *message,
                       ProtobufCAllocator *allocator);
+/* AWS__SageMaker__Edge__RescanRequest methods */
+void   aws__sage_maker__edge__rescan_request__init
+                     (AWS__SageMaker__Edge__RescanRequest         *message);
+size_t aws__sage_maker__edge__rescan_request__get_packed_size
+                     (const AWS__SageMaker__Edge__RescanRequest   *message);
+size_t aws__sage_maker__edge__rescan_request__pack
+                     (const AWS__SageMaker__Edge__RescanRequest   *message,
+                      uint8_t             *out);
+size_t aws__sage_maker__edge__rescan_request__pack_to_buffer
+                     (const AWS__SageMaker__Edge__RescanRequest   *message,
+                      ProtobufCBuffer     *buffer);
+AWS__SageMaker__Edge__RescanRequest *
+       aws__sage_maker__edge__rescan_request__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   aws__sage_maker__edge__rescan_request__free_unpacked
+                     (AWS__SageMaker__Edge__RescanRequest *message,
+                      ProtobufCAllocator *allocator);
+/* AWS__SageMaker__Edge__RescanResponse methods */
+void   aws__sage_maker__edge__rescan_response__init
+                     (AWS__SageMaker__Edge__RescanResponse         *message);
+size_t aws__sage_maker__edge__rescan_response__get_packed_size
+                     (const AWS__SageMaker__Edge__RescanResponse   *message);
+size_t aws__sage_maker__edge__rescan_response__pack
+                     (const AWS__SageMaker__Edge__RescanResponse   *message,
+                      uint8_t             *out);
+size_t aws__sage_maker__edge__rescan_response__pack_to_buffer
+                     (const AWS__SageMaker__Edge__RescanResponse   *message,
+                      ProtobufCBuffer     *buffer);
+AWS__SageMaker__Edge__RescanResponse *
+       aws__sage_maker__edge__rescan_response__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   aws__sage_maker__edge__rescan_response__free_unpacked
+                     (AWS__SageMaker__Edge__RescanResponse *message,
+                      ProtobufCAllocator *allocator);
+/* AWS__SageMaker__Edge__RollbackRequest methods */
+void   aws__sage_maker__edge__rollback_request__init
+                     (AWS__SageMaker__Edge__RollbackRequest         *message);
+size_t aws__sage_maker__edge__rollback_request__get_packed_size
+                     (const AWS__SageMaker__Edge__RollbackRequest   *message);
+size_t aws__sage_maker__edge__rollback_request__pack
+                     (const AWS__SageMaker__Edge__RollbackRequest   *message,
+                      uint8_t             *out);
+size_t aws__sage_maker__edge__rollback_request__pack_to_buffer
+                     (const AWS__SageMaker__Edge__RollbackRequest   *message,
+                      ProtobufCBuffer     *buffer);
+AWS__SageMaker__Edge__RollbackRequest *
+       aws__sage_maker__edge__rollback_request__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   aws__sage_maker__edge__rollback_request__free_unpacked
+                     (AWS__SageMaker__Edge__RollbackRequest *message,
+                      ProtobufCAllocator *allocator);
+/* AWS__SageMaker__Edge__RollbackResponse methods */
+void   aws__sage_maker__edge__rollback_response__init
+                     (AWS__SageMaker__Edge__RollbackResponse         *message);
+size_t aws__sage_maker__edge__rollback_response__get_packed_size
+                     (const AWS__SageMaker__Edge__RollbackResponse   *message);
+size_t aws__sage_maker__edge__rollback_response__pack
+                     (const AWS__SageMaker__Edge__RollbackResponse   *message,
+                      uint8_t             *out);
+size_t aws__sage_maker__edge__rollback_response__pack_to_buffer
+                     (const AWS__SageMaker__Edge__RollbackResponse   *message,
+                      ProtobufCBuffer     *buffer);
+AWS__SageMaker__Edge__RollbackResponse *
+       aws__sage_maker__edge__rollback_response__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   aws__sage_maker__edge__rollback_response__free_unpacked
+                     (AWS__SageMaker__Edge__RollbackResponse *message,
+                      ProtobufCAllocator *allocator);
+/* AWS__SageMaker__Edge__UnpinRequest methods */
+void   aws__sage_maker__edge__unpin_request__init
+                     (AWS__SageMaker__Edge__UnpinRequest         *message);
+size_t aws__sage_maker__edge__unpin_request__get_packed_size
+                     (const AWS__SageMaker__Edge__UnpinRequest   *message);
+size_t aws__sage_maker__edge__unpin_request__pack
+                     (const AWS__SageMaker__Edge__UnpinRequest   *message,
+                      uint8_t             *out);
+size_t aws__sage_maker__edge__unpin_request__pack_to_buffer
+                     (const AWS__SageMaker__Edge__UnpinRequest   *message,
+                      ProtobufCBuffer     *buffer);
+AWS__SageMaker__Edge__UnpinRequest *
+       aws__sage_maker__edge__unpin_request__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   aws__sage_maker__edge__unpin_request__free_unpacked
+                     (AWS__SageMaker__Edge__UnpinRequest *message,
+                      ProtobufCAllocator *allocator);
+/* AWS__SageMaker__Edge__UnpinResponse methods */
+void   aws__sage_maker__edge__unpin_response__init
+                     (AWS__SageMaker__Edge__UnpinResponse         *message);
+size_t aws__sage_maker__edge__unpin_response__get_packed_size
+                     (const AWS__SageMaker__Edge__UnpinResponse   *message);
+size_t aws__sage_maker__edge__unpin_response__pack
+                     (const AWS__SageMaker__Edge__UnpinResponse   *message,
+                      uint8_t             *out);
+size_t aws__sage_maker__edge__unpin_response__pack_to_buffer
+                     (const AWS__SageMaker__Edge__UnpinResponse   *message,
+                      ProtobufCBuffer     *buffer);
+AWS__SageMaker__Edge__UnpinResponse *
+       aws__sage_maker__edge__unpin_response__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   aws__sage_maker__edge__unpin_response__free_unpacked
+                     (AWS__SageMaker__Edge__UnpinResponse *message,
+                      ProtobufCAllocator *allocator);
 /* --- per-message closures --- */
 
 typedef void (*AWS__SageMaker__Edge__TensorMetadata_Closure)
@@ -1101,6 +1443,9 @@ typedef void (*AWS__SageMaker__Edge__Tensor_Closure)
                   void *closure_data);
 typedef void (*AWS__SageMaker__Edge__Model_Closure)
                  (const AWS__SageMaker__Edge__Model *message,
+                  void *closure_data);
+typedef void (*AWS__SageMaker__Edge__ModelVersion_Closure)
+                 (const AWS__SageMaker__Edge__ModelVersion *message,
                   void *closure_data);
 typedef void (*AWS__SageMaker__Edge__PredictRequest_Closure)
                  (const AWS__SageMaker__Edge__PredictRequest *message,
@@ -1162,6 +1507,12 @@ typedef void (*AWS__SageMaker__Edge__CodeCount_Closure)
 typedef void (*AWS__SageMaker__Edge__ModelMetrics_Closure)
                  (const AWS__SageMaker__Edge__ModelMetrics *message,
                   void *closure_data);
+typedef void (*AWS__SageMaker__Edge__ModelState_Closure)
+                 (const AWS__SageMaker__Edge__ModelState *message,
+                  void *closure_data);
+typedef void (*AWS__SageMaker__Edge__SwapCount_Closure)
+                 (const AWS__SageMaker__Edge__SwapCount *message,
+                  void *closure_data);
 typedef void (*AWS__SageMaker__Edge__CallCount_Closure)
                  (const AWS__SageMaker__Edge__CallCount *message,
                   void *closure_data);
@@ -1173,6 +1524,24 @@ typedef void (*AWS__SageMaker__Edge__CaptureMetrics_Closure)
                   void *closure_data);
 typedef void (*AWS__SageMaker__Edge__GetMetricsResponse_Closure)
                  (const AWS__SageMaker__Edge__GetMetricsResponse *message,
+                  void *closure_data);
+typedef void (*AWS__SageMaker__Edge__RescanRequest_Closure)
+                 (const AWS__SageMaker__Edge__RescanRequest *message,
+                  void *closure_data);
+typedef void (*AWS__SageMaker__Edge__RescanResponse_Closure)
+                 (const AWS__SageMaker__Edge__RescanResponse *message,
+                  void *closure_data);
+typedef void (*AWS__SageMaker__Edge__RollbackRequest_Closure)
+                 (const AWS__SageMaker__Edge__RollbackRequest *message,
+                  void *closure_data);
+typedef void (*AWS__SageMaker__Edge__RollbackResponse_Closure)
+                 (const AWS__SageMaker__Edge__RollbackResponse *message,
+                  void *closure_data);
+typedef void (*AWS__SageMaker__Edge__UnpinRequest_Closure)
+                 (const AWS__SageMaker__Edge__UnpinRequest *message,
+                  void *closure_data);
+typedef void (*AWS__SageMaker__Edge__UnpinResponse_Closure)
+                 (const AWS__SageMaker__Edge__UnpinResponse *message,
                   void *closure_data);
 
 /* --- services --- */
@@ -1213,6 +1582,18 @@ struct AWS__SageMaker__Edge__Agent_Service
                       const AWS__SageMaker__Edge__GetMetricsRequest *input,
                       AWS__SageMaker__Edge__GetMetricsResponse_Closure closure,
                       void *closure_data);
+  void (*rescan)(AWS__SageMaker__Edge__Agent_Service *service,
+                 const AWS__SageMaker__Edge__RescanRequest *input,
+                 AWS__SageMaker__Edge__RescanResponse_Closure closure,
+                 void *closure_data);
+  void (*rollback)(AWS__SageMaker__Edge__Agent_Service *service,
+                   const AWS__SageMaker__Edge__RollbackRequest *input,
+                   AWS__SageMaker__Edge__RollbackResponse_Closure closure,
+                   void *closure_data);
+  void (*unpin)(AWS__SageMaker__Edge__Agent_Service *service,
+                const AWS__SageMaker__Edge__UnpinRequest *input,
+                AWS__SageMaker__Edge__UnpinResponse_Closure closure,
+                void *closure_data);
 };
 typedef void (*AWS__SageMaker__Edge__Agent_ServiceDestroy)(AWS__SageMaker__Edge__Agent_Service *);
 void aws__sage_maker__edge__agent__init (AWS__SageMaker__Edge__Agent_Service *service,
@@ -1228,7 +1609,10 @@ void aws__sage_maker__edge__agent__init (AWS__SageMaker__Edge__Agent_Service *se
       function_prefix__ ## describe_model,\
       function_prefix__ ## capture_data,\
       function_prefix__ ## get_capture_data_status,\
-      function_prefix__ ## get_metrics  }
+      function_prefix__ ## get_metrics,\
+      function_prefix__ ## rescan,\
+      function_prefix__ ## rollback,\
+      function_prefix__ ## unpin  }
 void aws__sage_maker__edge__agent__predict(ProtobufCService *service,
                                            const AWS__SageMaker__Edge__PredictRequest *input,
                                            AWS__SageMaker__Edge__PredictResponse_Closure closure,
@@ -1261,6 +1645,18 @@ void aws__sage_maker__edge__agent__get_metrics(ProtobufCService *service,
                                                const AWS__SageMaker__Edge__GetMetricsRequest *input,
                                                AWS__SageMaker__Edge__GetMetricsResponse_Closure closure,
                                                void *closure_data);
+void aws__sage_maker__edge__agent__rescan(ProtobufCService *service,
+                                          const AWS__SageMaker__Edge__RescanRequest *input,
+                                          AWS__SageMaker__Edge__RescanResponse_Closure closure,
+                                          void *closure_data);
+void aws__sage_maker__edge__agent__rollback(ProtobufCService *service,
+                                            const AWS__SageMaker__Edge__RollbackRequest *input,
+                                            AWS__SageMaker__Edge__RollbackResponse_Closure closure,
+                                            void *closure_data);
+void aws__sage_maker__edge__agent__unpin(ProtobufCService *service,
+                                         const AWS__SageMaker__Edge__UnpinRequest *input,
+                                         AWS__SageMaker__Edge__UnpinResponse_Closure closure,
+                                         void *closure_data);
 
 /* --- descriptors --- */
 
@@ -1271,6 +1667,7 @@ extern const ProtobufCMessageDescriptor aws__sage_maker__edge__tensor_metadata__
 extern const ProtobufCMessageDescriptor aws__sage_maker__edge__shared_memory_handle__descriptor;
 extern const ProtobufCMessageDescriptor aws__sage_maker__edge__tensor__descriptor;
 extern const ProtobufCMessageDescriptor aws__sage_maker__edge__model__descriptor;
+extern const ProtobufCMessageDescriptor aws__sage_maker__edge__model_version__descriptor;
 extern const ProtobufCMessageDescriptor aws__sage_maker__edge__predict_request__descriptor;
 extern const ProtobufCMessageDescriptor aws__sage_maker__edge__predict_response__descriptor;
 extern const ProtobufCMessageDescriptor aws__sage_maker__edge__load_model_request__descriptor;
@@ -1291,10 +1688,18 @@ extern const ProtobufCMessageDescriptor aws__sage_maker__edge__get_metrics_reque
 extern const ProtobufCMessageDescriptor aws__sage_maker__edge__histogram__descriptor;
 extern const ProtobufCMessageDescriptor aws__sage_maker__edge__code_count__descriptor;
 extern const ProtobufCMessageDescriptor aws__sage_maker__edge__model_metrics__descriptor;
+extern const ProtobufCMessageDescriptor aws__sage_maker__edge__model_state__descriptor;
+extern const ProtobufCMessageDescriptor aws__sage_maker__edge__swap_count__descriptor;
 extern const ProtobufCMessageDescriptor aws__sage_maker__edge__call_count__descriptor;
 extern const ProtobufCMessageDescriptor aws__sage_maker__edge__connection_count__descriptor;
 extern const ProtobufCMessageDescriptor aws__sage_maker__edge__capture_metrics__descriptor;
 extern const ProtobufCMessageDescriptor aws__sage_maker__edge__get_metrics_response__descriptor;
+extern const ProtobufCMessageDescriptor aws__sage_maker__edge__rescan_request__descriptor;
+extern const ProtobufCMessageDescriptor aws__sage_maker__edge__rescan_response__descriptor;
+extern const ProtobufCMessageDescriptor aws__sage_maker__edge__rollback_request__descriptor;
+extern const ProtobufCMessageDescriptor aws__sage_maker__edge__rollback_response__descriptor;
+extern const ProtobufCMessageDescriptor aws__sage_maker__edge__unpin_request__descriptor;
+extern const ProtobufCMessageDescriptor aws__sage_maker__edge__unpin_response__descriptor;
 extern const ProtobufCServiceDescriptor aws__sage_maker__edge__agent__descriptor;
 
 PROTOBUF_C__END_DECLS

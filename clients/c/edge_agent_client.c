@@ -544,6 +544,7 @@ void ea_model_free(ea_model *model)
     free(model->name);
     free(model->url);
     free(model->delegate);
+    free(model->version);
     free_infos(model->inputs, model->n_inputs);
     free_infos(model->outputs, model->n_outputs);
     memset(model, 0, sizeof *model);
@@ -586,9 +587,10 @@ static int copy_model(const AWS__SageMaker__Edge__Model *m, ea_model *out, ea_er
     out->name = copy_string(m->name);
     out->url = copy_string(m->url);
     out->delegate = copy_string(m->delegate);
+    out->version = copy_string(m->version);
     out->n_inputs = m->n_input_tensor_metadatas;
     out->n_outputs = m->n_output_tensor_metadatas;
-    if (out->name == NULL || out->url == NULL || out->delegate == NULL
+    if (out->name == NULL || out->url == NULL || out->delegate == NULL || out->version == NULL
         || copy_infos(m->input_tensor_metadatas, m->n_input_tensor_metadatas, &out->inputs)
         || copy_infos(m->output_tensor_metadatas, m->n_output_tensor_metadatas, &out->outputs))
         return out_of_memory(err);

@@ -113,6 +113,7 @@ typedef struct ea_model {
     size_t n_inputs;
     ea_tensor_info *outputs;
     size_t n_outputs;
+    char *version;      /* the signed package's version, "" for a bare .tflite model */
 } ea_model;
 
 typedef struct ea_model_list {

@@ -63,6 +63,9 @@ class Method(enum.IntEnum):
     CAPTURE_DATA = 6
     GET_CAPTURE_DATA_STATUS = 7
     GET_METRICS = 100  # an extension: numbered from 100, as its messages' fields are
+    RESCAN = 101  # the model repository's (docs/MODEL_LIFECYCLE.md)
+    ROLLBACK = 102
+    UNPIN = 103
 
 
 @dataclass(frozen=True, slots=True)

@@ -654,6 +654,16 @@ def input_sink_model(length: int) -> BuiltModel:
                    lambda i: {"y": -np.ones((1, 1), np.float32)})
 
 
+def offset_model(offset: float, shape: Sequence[int] = (1, 4)) -> BuiltModel:
+    """``y = x + offset`` in float32: versions of one model that answer differently (the
+    offset tells which version answered) with the same inputs and outputs."""
+    constant = np.full(tuple(shape), offset, np.float32)
+    g = _Graph()
+    x = g.input("x", np.float32, shape)
+    g.op(BuiltinOperator.ADD, [x, g.constant("offset", constant)], [g.output("y", np.float32, shape)])
+    return g.build("offset", f"y = x + {offset}", lambda i: {"y": i["x"] + constant})
+
+
 def tiny_model() -> BuiltModel:
     """The cheapest useful model (a [1, 4] ADD), for measuring per-request overhead."""
     return replace(add_model((1, 4)), name="tiny")

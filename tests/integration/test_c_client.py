@@ -226,7 +226,7 @@ def test_load_describe_list_unload(driver, agent, model_files):
     loaded = d("load", "add", model_files["add"])
     assert loaded["code"] == 0, loaded
     assert loaded["model"] == {
-        "name": "add", "url": str(model_files["add"]), "delegate": "xnnpack",
+        "name": "add", "url": str(model_files["add"]), "delegate": "xnnpack", "version": "",
         "inputs": [{"name": "a", "dtype": 5, "shape": [1, 4]}, {"name": "b", "dtype": 5, "shape": [1, 4]}],
         "outputs": [{"name": "sum", "dtype": 5, "shape": [1, 4]}]}
     assert d("load", "dynamic", f"file://{model_files['dynamic']}")["code"] == 0
@@ -237,6 +237,21 @@ def test_load_describe_list_unload(driver, agent, model_files):
     assert [m["name"] for m in d("list")["models"]] == ["dynamic"]
     assert d("unload", "dynamic")["code"] == 0
     assert d("list") == {"code": 0, "status": "OK", "message": "", "models": []}
+
+
+def test_a_package_version_reaches_the_c_client(driver, start_agent, tmp_path):
+    import package_cases as cases
+
+    signer = cases.Signer(tmp_path / "keys")
+    out = tmp_path / "pkg"
+    cases.packages.build_package(model_builder.demo_model().content, "demo", "3.1-rc.2",
+                                 cases.packages.Target.host(), signer.key_path, str(out))
+    agent = start_agent(sagemaker_edge_core_root_certs_path=str(signer.trust))
+    d = connected(driver, agent)
+    loaded = d("load", "demo", out)
+    assert loaded["code"] == 0, loaded
+    assert loaded["model"]["version"] == "3.1-rc.2"
+    assert d("list")["models"][0]["version"] == "3.1-rc.2"
 
 
 def test_predict_by_position_by_name_and_without_metadata(driver, agent, model_files, files):

@@ -80,3 +80,23 @@ def test_the_broker_refuses_a_client_without_a_certificate(broker, pki):
         pass  # refused during the handshake itself
     finally:
         client.loop_stop()
+
+
+def test_heartbeats_carry_each_models_version_and_state(start_agent, broker, monitor, pki,
+                                                        tmp_path):
+    from lifecycle_helpers import Lab
+
+    lab = Lab(tmp_path / "lab")
+    lab.publish("m", "1.0")
+    agent = heartbeat_agent(start_agent, broker, pki, **lab.settings())
+    lab.publish("m", "2.0")
+    with agent.client() as client:
+        client.rescan()
+
+    def states(message: dict) -> dict:
+        return {s["name"]: (s["version"], s["state"], s["source"])
+                for s in message.get("model_states", [])}
+
+    beat = monitor.wait(lambda m: states(m).get("m") == ("2.0", "serving", "repository"),
+                        "m 2.0 serving from the repository")
+    assert beat["model_states"][0]["swaps"]["ok"] == 2

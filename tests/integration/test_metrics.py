@@ -115,7 +115,7 @@ def test_hostile_method_numbers_are_counted_under_one_label(agent):
     """A client cycling through method numbers must not grow a label value per number."""
     with socket.socket(socket.AF_UNIX) as raw:
         raw.connect(agent.socket_path)
-        for method in (0, 8, 99, 101, 4242, 65535):
+        for method in (0, 8, 99, 199, 4242, 65535):
             raw.sendall(encode_request(method, method + 1, b""))
         with agent.client() as client:
             wait_for(lambda: calls(client.get_metrics()).get(("unknown", "UNIMPLEMENTED")) == 6,

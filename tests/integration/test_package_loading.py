@@ -80,9 +80,32 @@ def test_cli_keygen_package_verify_then_load_and_predict(start_agent, tmp_path, 
         info = client.load_model("demo", str(out))
         assert info.url == str(out)
         assert [t.name for t in info.inputs] == ["features"]
+        # The manifest's version, as written (its full form would be 2.1.0).
+        assert info.version == "2.1" and client.describe_model("demo").version == "2.1"
+        assert [m.version for m in client.list_models()] == ["2.1"]
         predicts_demo(client)
     assert "package demo 2.1" in agent.log()
     assert unpacked_leftovers(agent) == []
+
+
+@pytest.mark.parametrize("version, reason", [("latest", "'latest' is not a number"),
+                                              ("1.2.3.4", "at most three"),
+                                              ("v2", "without the leading 'v'")])
+def test_cli_package_refuses_a_version_that_does_not_parse(signer, tmp_path, version, reason):
+    model = model_builder.demo_model().write(tmp_path / "demo.tflite")
+    out = tmp_path / "pkg"
+    built = cli("package", str(model), "--name", "demo", "--version", version, "--target",
+                packages.Target.host().architecture, "--key", signer.key_path, "-o", str(out))
+    assert built.returncode != 0 and not out.exists()
+    assert "INVALID_ARGUMENT" in built.stderr and "version does not parse" in built.stderr
+    assert reason in built.stderr
+
+
+def test_a_bare_model_has_no_version(start_agent, model_files):
+    agent = start_agent(edge_agent_allow_unsigned_models=True)
+    with agent.client() as client:
+        assert client.load_model("add", str(model_files["add"])).version == ""
+        assert client.describe_model("add").version == ""
 
 
 def test_cli_verify_fails_on_a_tampered_package(signer, tmp_path):

@@ -28,6 +28,9 @@ def test_the_unit_runs_the_agent_as_systemd_expects():
     assert service.get("PrivateDevices", "no") == "no"
     assert service.get("PrivateIPC", "no") == "no"
     assert unit()["Install"]["WantedBy"] == "multi-user.target"
+    # The model lifecycle: its state written, the repository only read.
+    assert service["ReadWritePaths"] == "/var/lib/edge-agent"
+    assert service["ReadOnlyPaths"] == "-/var/lib/edge-agent-models"
 
 
 def test_the_profiles_paths_are_the_units():

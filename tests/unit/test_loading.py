@@ -32,8 +32,8 @@ def test_the_bytes_proven_are_the_bytes_loaded(tmp_path, monkeypatch):
     real_prove = service.prover.prove
     proven = []
 
-    def prove_then_rewrite(content, config, what, memory_limit):
-        proof = real_prove(content, config, what, memory_limit)
+    def prove_then_rewrite(content, config, what, memory_limit, **kwargs):
+        proof = real_prove(content, config, what, memory_limit, **kwargs)
         proven.append(content)
         path.write_bytes(flipped(CRASHING_FLIPS[0]))  # would crash this process if read
         return proof
@@ -101,3 +101,40 @@ def test_a_url_that_names_no_local_path_is_invalid(url, message):
         model_path(url)
     assert info.value.code == StatusCode.INVALID_ARGUMENT
     assert message in info.value.message
+
+
+def test_vectors_of_a_model_the_child_cannot_run_are_run_in_the_agent(tmp_path, monkeypatch):
+    """A model compiled for an Edge TPU the agent holds cannot be run by the child: its test
+    vectors run in the agent, on the interpreter about to be served, and a mismatch refuses
+    the load the same way. (No Edge TPU here: the loader is told the child cannot run it,
+    and the CPU interpreter stands in for the Edge TPU's.)"""
+    import package_cases as cases
+
+    signer = cases.Signer(tmp_path / "keys")
+    service = AgentService(config_module.from_mapping({
+        "edge_agent_state_dir": str(tmp_path / "state"), "edge_agent_num_threads": 1,
+        "sagemaker_edge_core_root_certs_path": str(signer.trust)}))
+    monkeypatch.setattr(service.loader, "_proven_apart", lambda content: False)
+    proofs = []
+    monkeypatch.setattr(service.prover, "prove", lambda *args, **kwargs: proofs.append(args))
+    model = model_builder.dynamic_batch_model()
+    batch = np.arange(8, dtype=np.float32).reshape(2, 4)
+    expected = model.reference({"x": batch})["y"]
+    try:
+        bad = cases.vectors_package(signer, tmp_path / "bad", model, [batch], [expected + 1])
+        with pytest.raises(AgentError) as info:
+            service.load_model(pb.LoadModelRequest(name="m", url=str(bad)))
+        assert info.value.code == StatusCode.FAILED_PRECONDITION
+        assert info.value.message.startswith("model 'm': validation failed: output 'y'")
+        assert service.budget.used == 0
+        good = cases.vectors_package(signer, tmp_path / "good", model, [batch], [expected])
+        reply = service.load_model(pb.LoadModelRequest(name="m", url=str(good)))
+        assert reply.model.version == "1.0.0"
+        # Served with the shapes it was loaded with, not the vectors' batch of 2.
+        assert list(reply.model.input_tensor_metadatas[0].shape) == [-1, 4]
+        assert service._models["m"].inputs[0].shape == (1, 4)
+        from edge_agent.keys import key_id
+        assert service._models["m"].key_id == key_id(signer.key.verify_key)
+        assert proofs == []  # nothing went to the child
+    finally:
+        service.close()

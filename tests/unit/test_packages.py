@@ -10,6 +10,7 @@ import subprocess
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import package_cases as cases
@@ -501,3 +502,89 @@ def test_building_a_large_package_reports_hashing_and_archiving(signer, tmp_path
                            str(tmp_path / "fc.tar.gz"),
                            progress=lambda what, done, total: seen.add((what, done == total)))
     assert ("hashing fc.tflite", True) in seen and ("archiving fc.tflite", True) in seen
+
+
+# --- test vectors -----------------------------------------------------------------------------
+
+def _demo_vectors(tmp_path: Path, dtype=np.float32, shape=(1, 8)) -> tuple[str, str]:
+    demo = model_builder.demo_model()
+    inputs = demo.sample_inputs(seed=1)
+    np.save(tmp_path / "x.npy", inputs["features"].astype(dtype).reshape(shape))
+    np.save(tmp_path / "y.npy", demo.reference(inputs)["scores"])
+    return str(tmp_path / "x.npy"), str(tmp_path / "y.npy")
+
+
+@pytest.mark.parametrize("name", ["pkg", "pkg.tar.gz"])
+def test_test_vectors_are_signed_into_a_format_2_package_and_verified(signer, tmp_path, name):
+    x, y = _demo_vectors(tmp_path)
+    manifest = packages.build_package(
+        model_builder.demo_model().content, "demo", "1.0", packages.Target.host(),
+        signer.key_path, str(tmp_path / name), test_inputs=[x], test_outputs=[y], atol=0.5)
+    assert manifest.format == packages.FORMAT_VALIDATED == "edge-agent-package/2"
+    assert manifest.validation == packages.Validation(("test/input-0.npy",),
+                                                      ("test/output-0.npy",), 0.5, None)
+    assert manifest.files["test/input-0.npy"].size == os.path.getsize(x)
+    package = verify(tmp_path / name, signer, tmp_path / "work")
+    assert package.manifest == manifest
+    assert package.vectors is not None and package.vectors.atol == 0.5
+    assert package.vectors.inputs == (Path(x).read_bytes(),)
+    assert package.vectors.outputs == (Path(y).read_bytes(),)
+    # Without vectors the format stays 1, which agents that cannot validate still read.
+    plain = signer.package(tmp_path / "plain")
+    assert verify(plain, signer, tmp_path / "work").vectors is None
+    assert json.loads((plain / packages.MANIFEST_NAME).read_bytes())["format"] == packages.FORMAT
+
+
+@pytest.mark.parametrize("change, reason", [
+    (dict(test_outputs=[]), "the model has 1 output(s) (scores): give one --test-output"),
+    (dict(dtype=np.float64), "holds float64, but the model's input 'features' is FLOAT32"),
+    (dict(shape=(2, 4)), "has shape [2, 4], but the model's input 'features' has shape [1, 8]"),
+    (dict(atol=-1.0), "--atol must be a finite number of 0 or more"),
+    (dict(test_inputs=["labels"]), "is not a valid .npy file"),
+])
+def test_building_refuses_test_vectors_that_do_not_fit(signer, tmp_path, change, reason):
+    x, y = _demo_vectors(tmp_path, change.pop("dtype", np.float32), change.pop("shape", (1, 8)))
+    (tmp_path / "labels").write_bytes(cases.LABELS)
+    options = dict(test_inputs=[x], test_outputs=[y])
+    options.update(change)
+    if options["test_inputs"] == ["labels"]:
+        options["test_inputs"] = [str(tmp_path / "labels")]
+    with refused(StatusCode.INVALID_ARGUMENT) as e:
+        packages.build_package(model_builder.demo_model().content, "demo", "1",
+                               packages.Target.host(), signer.key_path, str(tmp_path / "out"),
+                               **options)
+    assert reason in e.value.message
+    assert not (tmp_path / "out").exists()
+
+
+def test_building_refuses_a_tolerance_without_vectors_and_a_version_that_does_not_parse(
+        signer, tmp_path):
+    with refused(StatusCode.INVALID_ARGUMENT) as e:
+        packages.build_package(model_builder.demo_model().content, "demo", "1",
+                               packages.Target.host(), signer.key_path, str(tmp_path / "out"),
+                               rtol=0.1)
+    assert "needs test vectors" in e.value.message
+    with refused(StatusCode.INVALID_ARGUMENT) as e:
+        packages.build_package(model_builder.demo_model().content, "demo", "1.0-",
+                               packages.Target.host(), signer.key_path, str(tmp_path / "out"))
+    assert "the package version does not parse" in e.value.message
+
+
+def test_a_package_with_a_free_form_version_still_verifies(signer, tmp_path):
+    """Signed before versions were checked: an application may still load it (the model
+    repository refuses it)."""
+    path = signer.package(tmp_path / "pkg")
+    cases.resign_manifest(path, signer.key, lambda m: m.update(version="2024-summer"))
+    assert verify(path, signer, tmp_path / "work").manifest.version == "2024-summer"
+
+
+@pytest.mark.parametrize("change, reason", [
+    ({"validation": {"inputs": ["demo.tflite"], "outputs": []}}, "must be a .npy file"),
+    ({"validation": {"inputs": [], "outputs": []}}, "validation lists 0 inputs; the model has 1"),
+    ({"validation": {"inputs": ["labels.txt"], "outputs": []}}, "must be a .npy file"),
+])
+def test_validation_rule_breaks_are_reported(signer, tmp_path, change, reason):
+    obj = json.loads((signer.package(tmp_path / "pkg") / packages.MANIFEST_NAME).read_bytes())
+    obj.update(change, format=packages.FORMAT_VALIDATED)
+    with pytest.raises(packages.ManifestError, match=reason):
+        packages.Manifest.from_bytes(json.dumps(obj).encode())

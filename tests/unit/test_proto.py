@@ -102,3 +102,32 @@ def test_committed_generated_code_matches_the_proto(tmp_path):
             field.ClearField("json_name")
     committed = descriptor_pb2.FileDescriptorProto.FromString(pb.DESCRIPTOR.serialized_pb)
     assert fresh == committed, "edge_agent/agent_pb2.py is stale: run `make proto`"
+
+
+_DECODE_WITH_THE_ORIGINAL = """
+import sys
+import agent_pb2 as original
+reply = original.DescribeModelResponse.FromString(sys.stdin.buffer.read())
+model = reply.model
+print(model.name, model.url, model.input_tensor_metadatas[0].name.decode(),
+      list(model.input_tensor_metadatas[0].shape), model.output_tensor_metadatas[0].name.decode())
+"""
+
+
+def test_a_client_of_the_original_proto_decodes_a_model_carrying_the_extensions(tmp_path):
+    """The original agent.proto's generated code (tests/original/) reads a Model with the
+    delegate and version fields set: it ignores them and keeps every original field."""
+    subprocess.run([sys.executable, "-m", "grpc_tools.protoc", f"-I{ROOT / 'tests' / 'original'}",
+                    f"--python_out={tmp_path}", "agent.proto"], check=True)
+    model = pb.Model(
+        url="/models/demo", name="demo", delegate="xnnpack", version="1.2.0-rc1+build.7",
+        input_tensor_metadatas=[pb.TensorMetadata(name=b"features", data_type=pb.FLOAT32,
+                                                  shape=[1, 8])],
+        output_tensor_metadatas=[pb.TensorMetadata(name=b"scores", data_type=pb.FLOAT32,
+                                                   shape=[1, 3])])
+    wire = pb.DescribeModelResponse(model=model).SerializeToString()
+    # A process of its own: the original's descriptors share the package name with ours.
+    result = subprocess.run([sys.executable, "-c", _DECODE_WITH_THE_ORIGINAL], input=wire,
+                            cwd=tmp_path, capture_output=True, check=True)
+    assert result.stdout.decode().split() == ["demo", "/models/demo", "features", "[1,", "8]",
+                                              "scores"]

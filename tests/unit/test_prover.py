@@ -46,7 +46,7 @@ def test_a_check_past_its_time_is_killed_and_the_load_refused(tmp_path, monkeypa
     killed at the limit, FAILED_PRECONDITION, nothing left running."""
     pid_file = tmp_path / "pid"
     if use_helper:  # the helper is forked from here: its children run this check
-        def hang(fd, request, report):
+        def hang(fd, request, report, vectors_fd=None):
             pid_file.write_text(str(os.getpid()))
             time.sleep(1000)
         monkeypatch.setattr(model_probe, "check", hang)
