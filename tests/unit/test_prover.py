@@ -4,17 +4,21 @@ helper is replaced. The corrupt cases are tests/corrupt_models.py's; agents that
 them are tests/e2e/test_model_probe.py's."""
 from __future__ import annotations
 
+import io
 import os
 import platform
 import signal
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from edge_agent import config as config_module
 from edge_agent import model_probe, prover
 from edge_agent.errors import AgentError, StatusCode
+from edge_agent.tools import model_builder
+from edge_agent.vectors import TestVectors
 
 from corrupt_models import (CRASHING_FLIPS, FOUND_ON, FOUND_WITH_THIS_RUNTIME, GOOD,
                             flipped, non_utf8_names)
@@ -95,3 +99,32 @@ def test_a_dead_helper_is_replaced_by_fresh_processes():
         assert info.value.code == StatusCode.FAILED_PRECONDITION
     finally:
         checks.close()
+
+
+@pytest.mark.parametrize("use_helper", [True, False], ids=["helper", "fresh-process"])
+def test_a_crash_while_the_test_vectors_run_is_a_refusal_naming_them(use_helper):
+    """The child runs a package's test vectors as well as the model: a crash there is the
+    same refusal, saying the vectors were running too. (In an agent, the flatbuffer verifier
+    refuses these corrupt bytes before any check: tests/e2e/test_model_probe.py.)"""
+    good = model_builder.add_model()
+    inputs = good.sample_inputs(seed=1)
+    vectors = TestVectors(tuple(_npy(a) for a in inputs.values()),
+                          (_npy(good.reference(inputs)["sum"]),))
+    config = config_module.from_mapping({"edge_agent_num_threads": 1})
+    checks = prover.Prover(use_helper=use_helper)
+    try:
+        assert checks.prove(GOOD, config, "model 'm'", 1 << 20, vectors).peak_bytes > 0
+        with pytest.raises(AgentError) as info:
+            checks.prove(flipped(CRASHING_FLIPS[-1]), config, "model 'm'", 1 << 20, vectors)
+        assert info.value.code == StatusCode.FAILED_PRECONDITION
+        if platform.machine() == FOUND_ON:
+            assert ("crashed reading this model or running it on the package's test inputs"
+                    in info.value.message), info.value.message
+    finally:
+        checks.close()
+
+
+def _npy(array) -> bytes:
+    out = io.BytesIO()
+    np.save(out, array, allow_pickle=False)
+    return out.getvalue()
