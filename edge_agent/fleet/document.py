@@ -291,8 +291,8 @@ def verify(data: bytes, keys: Mapping[str, VerifyKey]) -> Signed:
     signature = envelope["signature"]
     if not isinstance(signature, dict) or signature.get("algorithm") != "ed25519":
         raise DocumentError("the signature must be an ed25519 object")
-    ident = signature.get("key_id")
-    key = keys.get(ident) if isinstance(ident, str) else None
+    ident = str(signature.get("key_id"))
+    key = keys.get(ident)
     if key is None:
         raise DocumentError(f"signed by key {ident!r}, which is not in {TRUST_KEY} "
                             f"(trusted: {', '.join(sorted(keys)) or 'none'})")
