@@ -104,7 +104,7 @@ def _describe_signature(model) -> str:
 
 class ModelManager:
     """The repository's models for one AgentService (`service`: claim, install, withdraw,
-    application_model, and its loader and budget)."""
+    and its loader and budget)."""
 
     def __init__(self, service, config: AgentConfig,
                  notify: Callable[[str], Any] | None = None,
@@ -141,7 +141,20 @@ class ModelManager:
         """Before the agent says it is ready: the records read, every name's version loaded
         (what served before, or what the repository now offers)."""
         self.store.prepare()
-        state = self.store.read_state()
+        try:
+            self._restore(self.store.read_state())
+        except (AttributeError, TypeError, ValueError) as e:  # not what this agent writes
+            log.error("the model repository's state.json is not understood (%s): starting "
+                      "from the copies held, pins and failures forgotten", e)
+            self._pins, self._history, self._recorded = {}, {}, {}
+            self._entries, self._failed, self._entry_failed = {}, {}, {}
+        proofs = self.store.read_proofs()
+        self.service.loader.proofs.update(proofs)
+        self._proofs_saved = dict(proofs)
+        self.reconcile(starting=True)
+        self._started.set()
+
+    def _restore(self, state: dict) -> None:
         self._pins = {k: v for k, v in state.get("pins", {}).items() if isinstance(v, str)}
         self._history = {k: list(v) for k, v in state.get("history", {}).items()}
         self._recorded = {k: v.get("digest", "") for k, v in state.get("serving", {}).items()
@@ -154,11 +167,6 @@ class ModelManager:
         for identity, failure in state.get("entries_failed", {}).items():
             if isinstance(failure, list) and len(failure) == 3:
                 self._entry_failed[identity] = (str(failure[0]), str(failure[1]), str(failure[2]))
-        proofs = self.store.read_proofs()
-        self.service.loader.proofs.update(proofs)
-        self._proofs_saved = dict(proofs)
-        self.reconcile(starting=True)
-        self._started.set()
 
     def start(self) -> "ModelManager":
         """Watch the repository in a thread of its own."""
@@ -325,7 +333,8 @@ class ModelManager:
                     current.set(WAITING if waiting else FAILED,
                                 (failures[-1] if failures else choice.note))
                 return
-            if current.serving is not None and current.serving.digest == target.digest:
+            if (current.model is not None and current.serving is not None
+                    and current.serving.digest == target.digest):
                 if current.state != SERVING:
                     current.set(SERVING, current.reason)
                 return
@@ -370,7 +379,9 @@ class ModelManager:
             self._failed[target.digest] = Failure(name, target.version, reason)
             self._count(name, "failed")
             log.warning("%s", reason)
-            current.set(SERVING, reason)
+            if preserving_resources:
+                self._reload(name, current)
+            current.set(SERVING if current.model is not None else FAILED, reason)
             return False
         self._crash("switching")
         model.version = target.version
@@ -381,7 +392,12 @@ class ModelManager:
         self._history[name] = history[:HISTORY_KEPT]
         self._recorded[name] = target.digest
         current.set(SERVING, "")
-        self._save()
+        try:
+            self._save()
+        except OSError as e:  # a full disk: it serves; a restart would serve the old version
+            log.error("model '%s' %s serves, but the record of it could not be written (%s): "
+                      "after a restart the version recorded before serves", name,
+                      target.version, e)
         self._count(name, "ok")
         log.info("%s serves (signed by key %s)", what, target.key_id or "?")
         self._crash("cleaning")

@@ -12,6 +12,7 @@ import ctypes.util
 import logging
 import os
 import select
+import threading
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,7 @@ class Waker:
 
     def __init__(self, use_inotify: bool = True):
         self._read, self._write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._closing = threading.Lock()  # a wake() never writes to a descriptor closed
         self._inotify = -1
         self._libc = None
         if use_inotify:
@@ -55,10 +57,13 @@ class Waker:
             self._libc.inotify_add_watch(self._inotify, os.fsencode(path), _MASK)
 
     def wake(self) -> None:
-        try:
-            os.write(self._write, b"!")
-        except (BlockingIOError, OSError):  # full: a wake-up is pending anyway; closed: stopped
-            pass
+        with self._closing:
+            if self._write < 0:
+                return  # closed: stopped
+            try:
+                os.write(self._write, b"!")
+            except BlockingIOError:  # full: a wake-up is pending anyway
+                pass
 
     def wait(self, timeout: float) -> None:
         readable = [self._read] + ([self._inotify] if self._inotify >= 0 else [])
@@ -71,7 +76,8 @@ class Waker:
                 pass
 
     def close(self) -> None:
-        for fd in (self._read, self._write, self._inotify):
-            if fd >= 0:
-                os.close(fd)
-        self._read = self._write = self._inotify = -1
+        with self._closing:
+            for fd in (self._read, self._write, self._inotify):
+                if fd >= 0:
+                    os.close(fd)
+            self._read = self._write = self._inotify = -1

@@ -396,3 +396,18 @@ def test_the_command_line_lists_rescans_rolls_back_and_unpins(lab, start_agent):
     listed = cli("list")
     assert "m  1.0 (pinned 1.0)  repository  serving" in listed
     assert "  2.0  held" in listed and "  1.0  serving pinned" in listed
+
+
+def test_a_state_file_that_is_not_understood_starts_from_the_copies(lab, start_agent):
+    lab.publish("m", "1.0")
+    agent = start_agent(**lab.settings())
+    lab.publish("m", "2.0")
+    with agent.client() as client:
+        client.rescan()
+    agent.stop()
+    state = agent.workdir / "state" / "models" / "state.json"
+    state.write_text(json.dumps({"pins": ["not", "an", "object"], "serving": 7}))
+    agent = start_agent(workdir=agent.workdir, **lab.settings())
+    with agent.client() as client:
+        assert offset_of(client.predict("m", {"x": X})) == 2.0
+    assert "state.json is not understood" in agent.log()

@@ -241,3 +241,21 @@ def test_a_model_folder_others_may_write_is_not_read(lab, start_agent):
         assert offset_of(client.predict("m", {"x": X})) == 1.0
         assert "n" not in states(client)
     assert "folder 'n' is not read" in agent.log()
+
+
+def test_resource_preserving_swaps_where_only_one_version_fits(lab, start_agent, tmp_path):
+    big = (1, 1 << 20)
+    each = footprint(start_agent, tmp_path, big)
+    lab.publish("m", "1.0", model=model_builder.offset_model(1, shape=big))
+    agent = start_agent(**lab.settings(edge_agent_memory_budget_mb=int(each * 1.6) // 2**20,
+                                       edge_agent_swap_policy="resource_preserving"))
+    x = np.zeros(big, np.float32)
+    with agent.client() as client:
+        lab.publish("m", "2.0", model=model_builder.offset_model(2, shape=big))
+        client.rescan()
+        assert offset_of(client.predict("m", {"x": x})) == 2.0
+        # A new version that fails is followed by the old one, loaded again.
+        lab.publish("m", "3.0", model=model_builder.offset_model(3, shape=(1, 8)))
+        client.rescan()
+        assert offset_of(client.predict("m", {"x": x})) == 2.0
+        assert states(client)["m"].version == "2.0"
