@@ -78,8 +78,13 @@ def download(client, key: str, final: str, sha256: str, size: int = 0,
         check_room(directory, size - have)
     headers = {"Range": f"bytes={have}-", "If-Range": etag} if have and etag else {}
     response = client.send("GET", key, headers=headers, stream=True, accept=(416,))
-    try:
+    reply_tag = response.headers.get("ETag", "")
+    if response.status_code == 206 and reply_tag != etag:
+        # A store that ignored If-Range sent the rest of another object: from the start.
+        response.close()
+        response = client.send("GET", key, stream=True)
         reply_tag = response.headers.get("ETag", "")
+    try:
         resumed = (response.status_code == 206 and reply_tag == etag
                    and response.headers.get("Content-Range", "").startswith(f"bytes {have}-"))
         if response.status_code == 416 and have and have == size:
