@@ -173,8 +173,9 @@ class AgentConfig:
         "first read after start-up is delayed by up to it), so that a fleet's boards do not "
         "read the bucket at the same moment.", kind=float, minimum=0.0)
     edge_agent_deployment_trigger_min_seconds: float = _setting(
-        5.0, "Least time between two reads caused by MQTT messages, however many come.",
-        kind=float, minimum=0.0)
+        10.0, "Least time between two reads caused by MQTT messages, however many come; the "
+        "read a message causes also waits a random part of it, so that a fleet's boards do "
+        "not all read the bucket in the same second.", kind=float, minimum=0.0)
     edge_agent_deployment_status_upload: bool = _setting(
         True, "Write this device's deployment status to PREFIX/status/<fleet>/<device>.json "
         "(false: only the retained MQTT message, if a broker is configured).")

@@ -301,8 +301,11 @@ class FleetSource:
                 return
             if triggered:
                 self._wake.clear()
-                pause = self._last_trigger + config.edge_agent_deployment_trigger_min_seconds \
-                    - time.monotonic()
+                least = config.edge_agent_deployment_trigger_min_seconds
+                # At most one read per `least` seconds, after a random part of it: a fleet's
+                # boards, woken by one message, spread their reads instead of all at once.
+                pause = max(self._last_trigger + least - time.monotonic(), 0.0) \
+                    + self._rng.uniform(0, least)
                 if pause > 0 and self._stopping.wait(pause):
                     return
                 self._wake.clear()  # the messages of the pause are answered by this read
