@@ -58,7 +58,8 @@ test: $(STAMP) system-deps lint
 test-fleet: $(STAMP)
 	EDGE_AGENT_FULL_SCENARIOS=1 $(PY) -m pytest -q tests/unit/test_fleet_document.py \
 		tests/integration/test_fleet_board.py tests/integration/test_fleet_transfer.py \
-		tests/e2e/test_fleet_rollout.py
+		tests/e2e/test_fleet_rollout.py tests/e2e/test_fleet_mqtt.py \
+		tests/e2e/test_fleet_interrupted.py tests/e2e/test_fleet_walkthrough.py
 
 # The model lifecycle's long scenarios in full (20 swaps under load; make test runs 5).
 test-lifecycle-full: $(STAMP)

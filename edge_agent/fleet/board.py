@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import random
+import signal
 import threading
 import time
 from typing import Callable
@@ -31,6 +32,10 @@ from edge_agent.fleet import document as d
 from edge_agent.fleet import transfer
 
 log = logging.getLogger(__name__)
+
+# Tests only: once a package download has written this many bytes, the agent kills itself
+# with SIGKILL, to prove what a restart finds after an interruption mid-download.
+CRASH_ENV = "EDGE_AGENT_TEST_FLEET_CRASH_AFTER_BYTES"
 
 PENDING, DOWNLOADING, VALIDATING, SERVING, FAILED, STALE = (
     "pending", "downloading", "validating", "serving", "failed", "stale")
@@ -88,6 +93,7 @@ class FleetSource:
         self._last_trigger = 0.0
         self._lock = threading.Lock()  # one read at a time
         self._thread: threading.Thread | None = None
+        self._progress = _crash_after(os.environ.get(CRASH_ENV, ""))
 
     # --- state kept across restarts -----------------------------------------------------------
 
@@ -201,8 +207,10 @@ class FleetSource:
                     os.makedirs(folder, mode=0o755, exist_ok=True)
                     log.info("fleet: downloading %s %s (%s)", name, package.version, package.key)
                     self.problems[name] = DOWNLOADING
-                    transfer.download(self.client, self._object(package.key), final,
-                                      package.sha256, package.size)
+                    start = transfer.download(self.client, self._object(package.key), final,
+                                              package.sha256, package.size, self._progress)
+                    log.info("fleet: %s %s downloaded%s", name, package.version,
+                             f" (resumed at byte {start})" if start else "")
                 except (DeliveryError, transfer.TransferError, OSError) as e:
                     problems[name] = str(e)
                     log.warning("fleet: %s %s not downloaded: %s", name, package.version, e)
@@ -351,3 +359,14 @@ def make_source(config: AgentConfig, manager) -> FleetSource:
                       addressing_style=config.edge_agent_s3_addressing_style,
                       timeout=config.edge_agent_s3_timeout_seconds)
     return FleetSource(config, manager, client)
+
+
+def _crash_after(limit: str):
+    if not limit:
+        return None
+
+    def progress(done: int) -> None:
+        if done >= int(limit):
+            log.warning("%s=%s: killing the agent mid-download", CRASH_ENV, limit)
+            os.kill(os.getpid(), signal.SIGKILL)
+    return progress

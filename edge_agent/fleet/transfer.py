@@ -59,8 +59,9 @@ def check_room(directory: str, needed: int) -> None:
 
 
 def download(client, key: str, final: str, sha256: str, size: int = 0,
-             progress=None) -> None:
-    """Download `key` to the path `final` (atomically: whole and checked, or not there).
+             progress=None) -> int:
+    """Download `key` to the path `final` (atomically: whole and checked, or not there);
+    returns the offset it resumed from (0: from the start).
     DeliveryError: the store failed (the partial file stays for the next try);
     TransferError: no room, or the bytes are not those named (the partial file is removed)."""
     directory, base = os.path.split(final)
@@ -84,6 +85,7 @@ def download(client, key: str, final: str, sha256: str, size: int = 0,
         response.close()
         response = client.send("GET", key, stream=True)
         reply_tag = response.headers.get("ETag", "")
+    start = 0
     try:
         resumed = (response.status_code == 206 and reply_tag == etag
                    and response.headers.get("Content-Range", "").startswith(f"bytes {have}-"))
@@ -98,6 +100,7 @@ def download(client, key: str, final: str, sha256: str, size: int = 0,
                                     transient=True)
             length = int(response.headers.get("Content-Length") or 0)
             check_room(directory, size or length)
+        start = have if resumed else 0
         with open(tag_path, "w") as f:
             f.write(reply_tag or etag)
         with open(partial, "r+b" if resumed and have else "wb") as out:
@@ -133,6 +136,7 @@ def download(client, key: str, final: str, sha256: str, size: int = 0,
     os.rename(partial, final)
     _remove(tag_path)
     _fsync_directory(directory)
+    return start
 
 
 def _remove(*paths: str) -> None:
