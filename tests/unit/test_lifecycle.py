@@ -136,3 +136,26 @@ def test_a_repository_others_may_write_is_refused(tmp_path):
     assert "chmod go-w" in refused.value.message
     with pytest.raises(AgentError):
         check_repository(str(tmp_path / "missing"))
+
+
+def test_the_waker_wakes_on_request_and_on_a_folder_change(tmp_path):
+    import threading
+
+    from edge_agent.lifecycle.watch import Waker
+
+    waker = Waker()
+    try:
+        waker.wake()
+        waker.wait(60)  # returns at once: a wake-up was pending (the bound is for a bug)
+        if waker.notified:
+            waker.watch([str(tmp_path)])
+            done = threading.Event()
+            thread = threading.Thread(target=lambda: (waker.wait(60), done.set()))
+            thread.start()
+            (tmp_path / ".incoming").write_bytes(b"x")
+            os.rename(tmp_path / ".incoming", tmp_path / "package.tar.gz")
+            thread.join(60)
+            assert done.is_set()
+    finally:
+        waker.close()
+    waker.wake()  # after close: nothing, no error
