@@ -86,3 +86,31 @@ def test_refused_documents_are_reported_and_change_nothing(fleet, start_agent):
     fleet.client.put_object(f"{fleet.prefix}/fleets/plant/deployment.json", d.sign(applied, fleet.key))
     wait_for(lambda: fleet.status("b-1")["refused"] == [], 30, 0.1, "no refusal left")
     assert serving(agent) == 1.0
+
+
+def test_a_model_no_longer_named_is_unloaded_once_the_others_serve(fleet, start_agent):
+    m1, m2, n1 = fleet.upload("m", "1.0"), fleet.upload("m", "2.0"), fleet.upload("n", "1.0")
+    fleet.put(fleet.document({"m": m1, "n": n1}))
+    agent = start_agent(**fleet.settings("b-1"))
+    wait_for(lambda: serving(agent, "n") == 1.0 and serving(agent) == 1.0, 60, 0.1, "m and n")
+    fleet.put(fleet.document({"m": m2}))
+    wait_for(lambda: serving(agent) == 2.0, 60, 0.1, "m 2.0")
+    wait_for(lambda: serving(agent, "n") is None, 30, 0.1, "n unloaded")
+    status = wait_for(lambda: status_is(fleet, "b-1", 2, "serving"), 30, 0.1, "status")
+    assert set(status["models"]) == {"m"}
+    with agent.client() as client:  # the name is free for applications again
+        assert "n" not in {m.name for m in client.model_states()}
+
+
+def test_an_expired_document_is_reported_stale_and_changes_nothing(fleet, start_agent):
+    import time
+
+    v1, v2 = fleet.upload("m", "1.0"), fleet.upload("m", "2.0")
+    fleet.put(fleet.document({"m": v1}))
+    agent = start_agent(**fleet.settings("b-1"))
+    wait_for(lambda: status_is(fleet, "b-1", 1, "serving"), 60, 0.1, "sequence 1")
+    fleet.put(fleet.document({"m": v2}, expires=int(time.time()) - 1))
+    status = wait_for(lambda: (s := fleet.status("b-1")) and s["stale"] and s, 30, 0.1, "stale")
+    assert status["sequence"] == 1 and "expired" in status["stale"]
+    assert status["models"]["m"]["state"] == "stale"
+    assert serving(agent) == 1.0
