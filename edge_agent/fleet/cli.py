@@ -39,6 +39,9 @@ def register(sub) -> None:
         if key:
             parser.add_argument("--key", required=True, help="the deployment signing key "
                                 "(edge-agent keygen), not the packaging key")
+            parser.add_argument("--trust", default="",
+                                help="a folder of other operators' deployment keys (*.pub) "
+                                     "whose documents may be built on (default: only --key's)")
             parser.add_argument("--expires-days", type=float, default=DEFAULT_EXPIRES_DAYS,
                                 help="boards report the document stale after this long "
                                      "(default %(default)g)")
@@ -229,10 +232,10 @@ def _next(args, bucket: Bucket, change) -> object:
     import dataclasses
 
     from edge_agent.fleet import document as d
-    from edge_agent.keys import key_id, read_private_key
+    from edge_agent.keys import read_private_key
 
     key = read_private_key(args.key)
-    current, highest = bucket.current({key_id(key.verify_key): key.verify_key})
+    current, highest = bucket.current(_keys(args, key))
     if current is None:
         current = d.Document(fleet=args.fleet, sequence=0, expires=0, baseline={})
     document = change(current)
@@ -242,6 +245,17 @@ def _next(args, bucket: Bucket, change) -> object:
     bucket.write(document, key)
     print(f"fleet {args.fleet}: published sequence {document.sequence}")
     return document
+
+
+def _keys(args, key) -> dict:
+    """The keys the current document may be signed with: --key's, and --trust's."""
+    from edge_agent.fleet.document import TRUST_KEY
+    from edge_agent.keys import key_id, load_trust
+
+    keys = {key_id(key.verify_key): key.verify_key}
+    if args.trust:
+        keys.update(load_trust(args.trust, setting=f"--trust (like {TRUST_KEY})"))
+    return keys
 
 
 def _without(stages, name: str):
@@ -366,11 +380,10 @@ def cmd_reconcile(args) -> int:
     def run():
         import dataclasses
 
-        from edge_agent.keys import key_id, read_private_key
+        from edge_agent.keys import read_private_key
 
         bucket = Bucket(args)
-        key = read_private_key(args.key)
-        current, _ = bucket.current({key_id(key.verify_key): key.verify_key})
+        current, _ = bucket.current(_keys(args, read_private_key(args.key)))
         if current is None:
             print(f"fleet {args.fleet}: no deployment published")
             return 0
