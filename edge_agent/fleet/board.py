@@ -352,7 +352,16 @@ def make_source(config: AgentConfig, manager) -> FleetSource:
     uploads (edge_agent.capture.cloud)."""
     from edge_agent.capture.cloud import credentials_provider
     from edge_agent.capture.s3 import S3Client
+    from edge_agent.config import ConfigError
 
+    if not (config.edge_agent_s3_access_key_id
+            or config.sagemaker_edge_provider_aws_iot_cred_endpoint
+            or os.environ.get("AWS_ACCESS_KEY_ID")):
+        raise ConfigError("edge_agent_deployment_url needs credentials for the bucket: "
+                          "edge_agent_s3_access_key_id and edge_agent_s3_secret_access_key, "
+                          "the IoT credentials provider (sagemaker_edge_provider_aws_iot_cred_"
+                          "endpoint), or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the "
+                          "environment")
     bucket, _ = split_url(config.edge_agent_deployment_url)
     client = S3Client(bucket, config.sagemaker_edge_core_region, credentials_provider(config),
                       endpoint_url=config.edge_agent_s3_endpoint_url,

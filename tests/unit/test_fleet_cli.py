@@ -54,3 +54,21 @@ def test_failures_are_those_of_the_staged_version():
     ]
     assert cli._failures(statuses, document, "m") == ["a"]
     assert cli._failures(statuses, document, "other") == []
+
+
+def test_a_deployment_url_needs_an_explicit_device_name_and_the_rest():
+    from edge_agent.config import ConfigError, from_mapping
+
+    settings = {"edge_agent_deployment_url": "s3://bucket/prefix",
+                "edge_agent_model_repository": "/var/lib/models",
+                "edge_agent_deployment_trust": "/etc/edge-agent/deploy-keys",
+                "sagemaker_edge_core_device_name": "board-1",
+                "sagemaker_edge_core_device_fleet_name": "plant"}
+    from_mapping(settings)
+    without_name = {k: v for k, v in settings.items() if k != "sagemaker_edge_core_device_name"}
+    with pytest.raises(ConfigError, match="sagemaker_edge_core_device_name .the hostname"):
+        from_mapping(without_name)
+    with pytest.raises(ConfigError, match="edge_agent_model_repository"):
+        from_mapping({**settings, "edge_agent_model_repository": ""})
+    with pytest.raises(ConfigError, match="expected s3://BUCKET"):
+        from_mapping({**settings, "edge_agent_deployment_url": "https://bucket/prefix"})
