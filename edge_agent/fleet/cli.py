@@ -66,6 +66,12 @@ def register(sub) -> None:
     status = actions.add_parser("status", help="one line per board and model")
     common(status, key=False)
     status.add_argument("--json", action="store_true")
+    status.add_argument("--mqtt-url", default="", help="read the boards' retained status "
+                        "messages from this broker (mqtt[s]://HOST[:PORT]) instead of the "
+                        "status objects (needs paho-mqtt)")
+    status.add_argument("--mqtt-ca", default="", help="CA certificate of an mqtts:// broker")
+    status.add_argument("--mqtt-cert", default="", help="client certificate for the broker")
+    status.add_argument("--mqtt-key", default="", help="its private key")
     status.add_argument("--silent-seconds", type=float, default=DEFAULT_SILENT_SECONDS,
                         help="boards not heard of for this long are flagged (default "
                              "%(default)g: three of the boards' default poll periods)")
@@ -433,14 +439,68 @@ def cmd_rollback(args) -> int:
     return _run(run)
 
 
+def retained_statuses(args, quiet_seconds: float = 1.0, limit_seconds: float = 15.0) -> list[dict]:
+    """The retained messages on edge-agent/<fleet>/+/deployment: the broker sends them all
+    at subscription; collected until none came for `quiet_seconds`."""
+    import ssl
+    import threading
+    from urllib.parse import urlsplit
+
+    import paho.mqtt.client as mqtt
+
+    parts = urlsplit(args.mqtt_url)
+    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+        raise FleetError(f"--mqtt-url: expected mqtt[s]://HOST[:PORT], got {args.mqtt_url!r}")
+    found: dict[str, dict] = {}
+    subscribed = threading.Event()
+    last = [time.monotonic()]
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
+                         client_id=f"edge-agent-fleet-status-{os.getpid()}")
+    if parts.username:
+        client.username_pw_set(parts.username, parts.password)
+    if parts.scheme == "mqtts":
+        client.tls_set(ca_certs=args.mqtt_ca or None, certfile=args.mqtt_cert or None,
+                       keyfile=args.mqtt_key or None, cert_reqs=ssl.CERT_REQUIRED)
+
+    def on_connect(c, userdata, flags, reason_code, properties):
+        c.subscribe(f"edge-agent/{args.fleet}/+/deployment", qos=1)
+
+    def on_message(c, userdata, message):
+        last[0] = time.monotonic()
+        try:
+            found[message.topic] = json.loads(message.payload)
+        except ValueError:
+            pass
+
+    def on_subscribe(c, userdata, mid, reason_codes, properties):
+        last[0] = time.monotonic()
+        subscribed.set()
+
+    client.on_connect = on_connect
+    client.on_subscribe = on_subscribe
+    client.on_message = on_message
+    client.connect(parts.hostname, parts.port or (8883 if parts.scheme == "mqtts" else 1883))
+    client.loop_start()
+    try:
+        if not subscribed.wait(limit_seconds):
+            raise FleetError(f"the broker {args.mqtt_url} did not answer the subscription")
+        deadline = time.monotonic() + limit_seconds
+        while time.monotonic() - last[0] < quiet_seconds and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return list(found.values())
+
+
 def cmd_status(args) -> int:
     def run():
         from edge_agent.fleet import document as d
 
-        bucket = Bucket(args)
+        statuses = retained_statuses(args) if args.mqtt_url else Bucket(args).statuses()
         now = time.time()
         rows = []
-        for status in sorted(bucket.statuses(), key=lambda s: s.get("device", "")):
+        for status in sorted(statuses, key=lambda s: s.get("device", "")):
             heard = d.parse_time(status["time"]) if status.get("time") else 0
             silent = now - heard > args.silent_seconds
             for name, model in sorted(status.get("models", {}).items()) or [("", {})]:

@@ -14,6 +14,7 @@ from capture_helpers import wait_for
 from fleet_helpers import Fleet
 from lifecycle_helpers import X, offset_of
 
+from edge_agent.cli import main
 from edge_agent.fleet import document as d
 
 mqtt = pytest.importorskip("paho.mqtt.client", reason="paho-mqtt is not installed")
@@ -74,7 +75,7 @@ def serving(agent):
 
 
 def test_a_message_reads_at_once_and_status_is_retained(fleet, broker, pki, watcher,
-                                                         start_agent):
+                                                         start_agent, capsys):
     v1, v2 = fleet.upload("m", "1.0"), fleet.upload("m", "2.0")
     fleet.put(fleet.document({"m": v1}))
     agent = start_agent(**fleet.settings(
@@ -114,3 +115,13 @@ def test_a_message_reads_at_once_and_status_is_retained(fleet, broker, pki, watc
     repository = fleet.root / "repository-b-1" / "m"
     assert not [p for p in repository.iterdir() if p.name.startswith("3.0")]
     wait_for(lambda: fleet.status("b-1")["sequence"] == 3, 30, 0.1, "the status object")
+    # `fleet status` from the retained messages agrees (a fleet without status objects).
+    capsys.readouterr()
+    assert main(["fleet", "status", "--url", fleet.url, "--fleet", "plant", "--json",
+                 "--mqtt-url", f"mqtts://127.0.0.1:{broker.port}",
+                 "--mqtt-ca", str(pki["ca"].cert_path),
+                 "--mqtt-cert", str(pki["monitor"].cert_path),
+                 "--mqtt-key", str(pki["monitor"].key_path)]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["device"], r["sequence"], r["state"], r["serving"]) for r in rows] == \
+        [("b-1", 3, "failed", "2.0")]
