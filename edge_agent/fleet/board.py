@@ -86,6 +86,9 @@ class FleetSource:
         self._named: set[str] = set()  # every name a document applied here named
         self.refusals: list[dict] = []  # the last read's refused documents and why
         self.problems: dict[str, str] = {}  # name -> why its package is not there yet
+        # Packages whose bytes were not those the document names, by (key, sha256): not
+        # downloaded again (every poll, by every board) until another document is applied.
+        self._mismatched: dict[tuple[str, str], str] = {}
         self.stale = ""
         self.last_status: dict | None = None
         self._wake = threading.Event()
@@ -191,6 +194,7 @@ class FleetSource:
                      best.document.sequence, "device" if best.document.device else "fleet",
                      best.key_id)
             self.applied, self._applied_envelope = best, best_envelope
+            self._mismatched.clear()
             self._named |= set(best.document.wanted(self.device))
             self._save()
 
@@ -202,6 +206,10 @@ class FleetSource:
         for name, package in sorted(wanted.items()):
             folder = os.path.join(self.repository, name)
             final = os.path.join(folder, package_file(package))
+            mismatch = self._mismatched.get((package.key, package.sha256))
+            if mismatch is not None:
+                problems[name] = mismatch
+                continue
             if not os.path.exists(final):
                 try:
                     os.makedirs(folder, mode=0o755, exist_ok=True)
@@ -211,6 +219,10 @@ class FleetSource:
                                               package.sha256, package.size, self._progress)
                     log.info("fleet: %s %s downloaded%s", name, package.version,
                              f" (resumed at byte {start})" if start else "")
+                except transfer.BytesMismatch as e:
+                    problems[name] = self._mismatched[(package.key, package.sha256)] = str(e)
+                    log.warning("fleet: %s %s refused: %s", name, package.version, e)
+                    continue
                 except (DeliveryError, transfer.TransferError, OSError) as e:
                     problems[name] = str(e)
                     log.warning("fleet: %s %s not downloaded: %s", name, package.version, e)

@@ -24,6 +24,10 @@ class TransferError(Exception):
     """A package that cannot be taken: no room, or bytes that are not the document's."""
 
 
+class BytesMismatch(TransferError):
+    """The object's bytes are not those the signed document names (size or SHA-256)."""
+
+
 @dataclass(frozen=True)
 class Fetched:
     state: str  # "new", "unchanged" or "missing"
@@ -130,7 +134,7 @@ def download(client, key: str, final: str, sha256: str, size: int = 0,
             digest.update(chunk)
     if (size and have != size) or digest.hexdigest() != sha256:
         _remove(partial, tag_path)
-        raise TransferError(f"package '{key}' is not the one the document names: "
+        raise BytesMismatch(f"package '{key}' is not the one the document names: "
                             f"{have} bytes with SHA-256 {digest.hexdigest()[:16]}..., expected "
                             f"{size or '?'} bytes with SHA-256 {sha256[:16]}...")
     os.rename(partial, final)

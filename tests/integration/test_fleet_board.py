@@ -114,3 +114,4 @@ def test_an_expired_document_is_reported_stale_and_changes_nothing(fleet, start_
     assert status["sequence"] == 1 and "expired" in status["stale"]
     assert status["models"]["m"]["state"] == "stale"
     assert serving(agent) == 1.0
+
