@@ -374,6 +374,8 @@ def make_source(config: AgentConfig, manager) -> FleetSource:
                           "the IoT credentials provider (sagemaker_edge_provider_aws_iot_cred_"
                           "endpoint), or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the "
                           "environment")
+    from edge_agent.keys import load_trust
+    load_trust(config.edge_agent_deployment_trust, setting=d.TRUST_KEY)  # AgentError: refused
     bucket, _ = split_url(config.edge_agent_deployment_url)
     client = S3Client(bucket, config.sagemaker_edge_core_region, credentials_provider(config),
                       endpoint_url=config.edge_agent_s3_endpoint_url,

@@ -115,3 +115,17 @@ def test_an_expired_document_is_reported_stale_and_changes_nothing(fleet, start_
     assert status["models"]["m"]["state"] == "stale"
     assert serving(agent) == 1.0
 
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"edge_agent_deployment_trust": "/nonexistent"}, "edge_agent_deployment_trust '/nonexistent'"),
+    ({"edge_agent_s3_access_key_id": ""}, "needs credentials for the bucket"),
+])
+def test_a_deployment_that_cannot_work_stops_start_up(fleet, start_agent, monkeypatch, change,
+                                                      message):
+    from edge_agent.app import StartError
+
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID", raising=False)
+    with pytest.raises(StartError) as info:
+        start_agent(**fleet.settings("b-1", **change))
+    assert info.value.status == 2 and message in str(info.value)
