@@ -13,7 +13,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: all setup system-deps demo run test-lifecycle-full lint test bench proto docs clean c-client c-bench fuzz fuzz-models
+.PHONY: all setup system-deps demo run test-lifecycle-full test-fleet lint test bench proto docs clean c-client c-bench fuzz fuzz-models
 .PHONY: cross-wheels cross-wheel-aarch64 cross-wheel-armv7 qemu-test-aarch64 qemu-test-armv7 \
 	qemu-test-aarch64-full qemu-test-armv7-full qemu-test-aarch64-trixie \
 	qemu-test-aarch64-trixie-full test-trixie clean-room
@@ -53,6 +53,14 @@ lint: $(STAMP)
 
 test: $(STAMP) system-deps lint
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The fleet rollout in full (docs/FLEET.md: five boards, staged, promoted, rolled back; make
+# test runs the failure policy, the board's refusals and the operator's walkthrough).
+test-fleet: $(STAMP)
+	EDGE_AGENT_FULL_SCENARIOS=1 $(PY) -m pytest -q tests/unit/test_fleet_document.py tests/unit/test_fleet_cli.py \
+		tests/integration/test_fleet_board.py tests/integration/test_fleet_transfer.py \
+		tests/e2e/test_fleet_rollout.py tests/e2e/test_fleet_mqtt.py \
+		tests/e2e/test_fleet_interrupted.py tests/e2e/test_fleet_walkthrough.py
 
 # The model lifecycle's long scenarios in full (20 swaps under load; make test runs 5).
 test-lifecycle-full: $(STAMP)

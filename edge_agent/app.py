@@ -59,6 +59,8 @@ class App:
         self.grpc_server: GrpcServer | None = None
         self.observers: list = []
         self.models: ModelManager | None = None  # the model repository's manager, if any
+        self.fleet = None  # the fleet deployment's source (edge_agent.fleet.board), if any
+        self._fleet_link = None  # its MQTT connection, if a broker is configured
         self._notifier: Notifier = None  # type: ignore[assignment]
         self._serving: threading.Thread | None = None
 
@@ -113,9 +115,18 @@ class App:
         try:
             # Before READY=1: applications find the repository's models after any restart
             # (clients that connect meanwhile wait in the listen backlog).
-            self.models = _start_models(self.service, config, systemd.notify)
-            self.observers = _start_observers(self.service, config)
+            self.models, self.fleet = _start_models(self.service, config, systemd.notify)
+            extra = self.fleet.heartbeat_fields if self.fleet is not None else None
+            self.observers = _start_observers(self.service, config, extra)
+            if self.fleet is not None and config.edge_agent_mqtt_url:
+                from edge_agent.fleet.link import FleetLink
+                self._fleet_link = FleetLink(config, self.fleet.trigger).start()
+                self.fleet.set_publisher(self._fleet_link.publish)
         except (config_module.ConfigError, AgentError, OSError) as e:
+            for observer in self.observers:
+                observer.stop()
+            if self.fleet is not None:
+                self.fleet.stop()
             if self.models is not None:
                 self.models.stop()
             if self.grpc_server is not None:
@@ -170,6 +181,10 @@ class App:
                         self.stop_grace_seconds)
         for observer in self.observers:
             observer.stop()  # the heartbeat says offline; the textfile gets the final counts
+        if self.fleet is not None:
+            self.fleet.stop()
+        if self._fleet_link is not None:
+            self._fleet_link.stop()
         if self.models is not None:
             self.models.stop()
         self.service.close()
@@ -195,22 +210,31 @@ class App:
 
 
 def _start_models(service, config: AgentConfig, notify: Callable[[str], object]):
-    """The model repository's manager, its models loaded, watching; None without a
-    repository. AgentError when the repository may not be used."""
+    """The model repository's manager, its models loaded, watching, and the fleet
+    deployment's source feeding it when configured; (None, None) without a repository.
+    AgentError when the repository may not be used."""
     if not config.edge_agent_model_repository:
-        return None
+        return None, None
     from edge_agent.lifecycle.manager import ModelManager
     from edge_agent.lifecycle.repository import check_repository
 
     check_repository(config.edge_agent_model_repository)
     manager = ModelManager(service, config, notify=notify)
     service.lifecycle = manager
+    fleet = None
+    if config.edge_agent_deployment_url:
+        from edge_agent.fleet.board import make_source
+        fleet = make_source(config, manager)
+        fleet.prime()  # the versions the fleet had chosen before a restart serve at start
     manager.start_up()
     log.info("model repository %s: %s", config.edge_agent_model_repository, manager.summary())
-    return manager.start()
+    manager.start()
+    if fleet is not None:
+        fleet.start()
+    return manager, fleet
 
 
-def _start_observers(service, config: AgentConfig) -> list:
+def _start_observers(service, config: AgentConfig, extra: Callable[[], dict] | None = None) -> list:
     """The Prometheus exposition and the MQTT heartbeat the configuration asks for, started
     (each imports its library only then); raises ConfigError, having stopped those it
     started, when one cannot start."""
@@ -227,7 +251,7 @@ def _start_observers(service, config: AgentConfig) -> list:
             except ImportError:
                 raise ConfigError("edge_agent_mqtt_url is set but paho-mqtt is not installed "
                                   "(pip install edge-agent[mqtt])") from None
-            started.append(heartbeat.start(service.get_metrics, config))
+            started.append(heartbeat.start(service.get_metrics, config, extra))
     except ConfigError:
         for observer in started:
             observer.stop()

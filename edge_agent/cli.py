@@ -357,6 +357,10 @@ def build_parser() -> argparse.ArgumentParser:
     from edge_agent import package_cli
     package_cli.register(sub)
 
+    # --- fleet rollout: publish, status, promote, reconcile, rollback ---
+    from edge_agent.fleet import cli as fleet_cli
+    fleet_cli.register(sub)
+
     bench = sub.add_parser("bench", help="the Predict path's figures beside their floors and targets")
     bench.add_argument("--iterations", type=int, default=2000)
     bench.add_argument("--rounds", type=int, default=3, help="median of this many rounds")
@@ -371,6 +375,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0].startswith(("-a", "-c")):
         func = lambda: cmd_original(argv)  # noqa: E731  the original agent's command line
+    elif argv and argv[0] == "fleet":  # without the agent's modules (NumPy): docs/FLEET.md
+        from edge_agent.fleet import cli as fleet_cli
+        args = fleet_cli.parser().parse_args(argv)
+        func = lambda: args.func(args)  # noqa: E731
     else:
         args = build_parser().parse_args(argv)
         func = lambda: args.func(args)  # noqa: E731

@@ -160,6 +160,30 @@ class AgentConfig:
         "swap waits); resource_preserving: the old one is unloaded first (calls in between "
         "answer NOT_FOUND).", choices=("availability_preserving", "resource_preserving"))
 
+    # --- Fleet rollout (docs/FLEET.md) -------------------------------------------------------
+    edge_agent_deployment_url: str = _setting(
+        "", "s3://BUCKET/PREFIX of the fleet's signed deployment documents and packages: the "
+        "agent serves the versions they name for this device (needs edge_agent_model_repository "
+        "and sagemaker_edge_core_device_name and _fleet_name set explicitly). Empty: off.")
+    edge_agent_deployment_trust: str = _setting(
+        "", "Folder of the public keys (*.pub) deployment documents must be signed with; keep "
+        "them apart from the packages' keys (sagemaker_edge_core_root_certs_path).")
+    edge_agent_deployment_poll_seconds: float = _setting(
+        600.0, "How often the deployment documents are read (a conditional GET each: an "
+        "unchanged document costs one small request); a message on "
+        "edge-agent/<fleet>/deployment reads them at once.", kind=float, minimum=0.05)
+    edge_agent_deployment_poll_jitter_seconds: float = _setting(
+        120.0, "Up to this much, at random, is added to each wait between two reads (and the "
+        "first read after start-up is delayed by up to it), so that a fleet's boards do not "
+        "read the bucket at the same moment.", kind=float, minimum=0.0)
+    edge_agent_deployment_trigger_min_seconds: float = _setting(
+        10.0, "Least time between two reads caused by MQTT messages, however many come; the "
+        "read a message causes also waits a random part of it, so that a fleet's boards do "
+        "not all read the bucket in the same second.", kind=float, minimum=0.0)
+    edge_agent_deployment_status_upload: bool = _setting(
+        True, "Write this device's deployment status to PREFIX/status/<fleet>/<device>.json "
+        "(false: only the retained MQTT message, if a broker is configured).")
+
     # --- Capture ---------------------------------------------------------------------------
     edge_agent_capture_max_spool_mb: int = _setting(
         128, "Disk the capture journal may use, in MiB; past it CaptureData answers "
@@ -382,6 +406,20 @@ def _check(config: AgentConfig) -> None:
         raise ConfigError(f"edge_agent_max_pending_bytes: must hold at least one frame of "
                           f"edge_agent_max_frame_bytes plus its 16-byte header ({largest_frame}), "
                           f"got {config.edge_agent_max_pending_bytes}")
+    if config.edge_agent_deployment_url:
+        missing = [key for key, value in (
+            ("edge_agent_model_repository", config.edge_agent_model_repository),
+            ("edge_agent_deployment_trust", config.edge_agent_deployment_trust),
+            ("sagemaker_edge_core_device_name (the hostname would give every board of a "
+             "fleet the same name)", config.sagemaker_edge_core_device_name),
+            ("sagemaker_edge_core_device_fleet_name", config.sagemaker_edge_core_device_fleet_name),
+        ) if not value]
+        if missing:
+            raise ConfigError("edge_agent_deployment_url needs " + "; ".join(missing))
+        if not config.edge_agent_deployment_url.startswith("s3://") or \
+                not config.edge_agent_deployment_url[5:].split("/")[0]:
+            raise ConfigError(f"edge_agent_deployment_url: expected s3://BUCKET[/PREFIX], got "
+                              f"{config.edge_agent_deployment_url!r}")
     if config.edge_agent_delegate == "external" and not config.edge_agent_delegate_library:
         raise ConfigError("edge_agent_delegate_library: must name the delegate's shared library "
                           "when edge_agent_delegate is external")

@@ -77,8 +77,10 @@ def _broker(url: str) -> tuple[bool, str, int, str | None, str | None]:
 
 
 class Heartbeat:
-    def __init__(self, snapshot: Callable[[], pb.GetMetricsResponse], config: AgentConfig):
+    def __init__(self, snapshot: Callable[[], pb.GetMetricsResponse], config: AgentConfig,
+                 extra: Callable[[], dict] | None = None):
         self._snapshot = snapshot
+        self._extra = extra  # more fields (the fleet deployment's applied sequence)
         self.config = config
         self.topic = topic(config)
         self.period = config.edge_agent_heartbeat_period_seconds
@@ -125,7 +127,8 @@ class Heartbeat:
     def message(self) -> str:
         """One heartbeat: the metrics document, marked online and stamped."""
         return json.dumps({"online": True, "time_unix_seconds": time.time(),
-                           **document(self._snapshot())})
+                           **document(self._snapshot()),
+                           **(self._extra() if self._extra is not None else {})})
 
     # --- paho's network thread ----------------------------------------------------------------
 
@@ -189,9 +192,10 @@ class Heartbeat:
         self.client._reset_sockets(sockpair_only=True)
 
 
-def start(snapshot: Callable[[], pb.GetMetricsResponse], config: AgentConfig) -> Heartbeat | None:
+def start(snapshot: Callable[[], pb.GetMetricsResponse], config: AgentConfig,
+          extra: Callable[[], dict] | None = None) -> Heartbeat | None:
     """The heartbeat the configuration asks for, started; None when edge_agent_mqtt_url is
     empty."""
     if not config.edge_agent_mqtt_url:
         return None
-    return Heartbeat(snapshot, config).start()
+    return Heartbeat(snapshot, config, extra).start()

@@ -173,7 +173,8 @@ def _ancestors(path: str):
         yield path
 
 
-def _check_directory_above(directory: str, trust_path: str) -> None:
+def _check_directory_above(directory: str, trust_path: str,
+                           setting: str = ROOT_CERTS_KEY) -> None:
     """One directory above the trust folder: whoever may rename entries in it can swap the
     folder for one of their own, so it must be root's or the agent's user's and not writable
     by group or others, unless sticky (/tmp): there only an entry's owner may rename or
@@ -181,51 +182,53 @@ def _check_directory_above(directory: str, trust_path: str) -> None:
     st = os.lstat(directory)
     if st.st_uid not in (0, os.geteuid()):
         raise failed_precondition(
-            f"the trusted keys' {ROOT_CERTS_KEY} '{trust_path}' lies under '{directory}', which "
+            f"the trusted keys' {setting} '{trust_path}' lies under '{directory}', which "
             f"belongs to uid {st.st_uid}, who could swap it: every directory above the trusted "
             f"keys must belong to root or to the agent's user (uid {os.geteuid()})")
     if stat.S_ISLNK(st.st_mode):
         return  # a link's own mode means nothing; its owner (checked) decides where it points
     if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
         raise failed_precondition(
-            f"the trusted keys' {ROOT_CERTS_KEY} '{trust_path}' lies under '{directory}', which "
+            f"the trusted keys' {setting} '{trust_path}' lies under '{directory}', which "
             f"group or others may write (mode {stat.S_IMODE(st.st_mode):04o}), so anyone could "
             f"swap it: run chmod go-w '{directory}', or move the trusted keys elsewhere")
 
 
-def _check_path_above(path: str) -> None:
+def _check_path_above(path: str, setting: str = ROOT_CERTS_KEY) -> None:
     """Every directory above the trust folder (or key file), up to /, on the path as written
     (which may go through links, each of which must be root's or the agent's) and on the path
     those links resolve to."""
     written = os.path.abspath(path)
     try:
         if os.path.islink(written):
-            _check_directory_above(written, path)  # the folder named through a link
+            _check_directory_above(written, path, setting)  # the folder named through a link
         for chain in dict.fromkeys((written, os.path.realpath(written))):
             for directory in _ancestors(chain):
-                _check_directory_above(directory, path)
+                _check_directory_above(directory, path, setting)
     except OSError as e:
         raise failed_precondition(
-            f"{ROOT_CERTS_KEY} '{path}': cannot check the directories above it: "
+            f"{setting} '{path}': cannot check the directories above it: "
             f"{e.strerror}") from None
 
 
-def load_trust(path: str) -> dict[str, VerifyKey]:
-    """The trusted public keys by key id: every *.pub in the folder `path`, or the one key file.
+def load_trust(path: str, setting: str = ROOT_CERTS_KEY) -> dict[str, VerifyKey]:
+    """The trusted public keys by key id: every *.pub in the folder `path`, or the one key file
+    (`setting`: the configuration key that named it, for the messages).
 
     FAILED_PRECONDITION when the folder, a directory above it or a key file may be written
     by others, a key file does not parse, or there is no key at all.
     """
     if not path:
         raise failed_precondition(
-            f"no trusted keys: set {ROOT_CERTS_KEY} to the folder of public keys (*.pub) "
-            "that model packages are signed with")
+            f"no trusted keys: set {setting} to the folder of public keys (*.pub) "
+            "that " + ("model packages" if setting == ROOT_CERTS_KEY else "its documents")
+            + " are signed with")
     try:
         st = os.stat(path)
     except OSError as e:
         raise failed_precondition(
-            f"{ROOT_CERTS_KEY} '{path}' cannot be read: {e.strerror}") from None
-    _check_path_above(path)
+            f"{setting} '{path}' cannot be read: {e.strerror}") from None
+    _check_path_above(path, setting)
     if not stat.S_ISDIR(st.st_mode):
         _check_not_writable_by_others(path, st, "file")
         key = read_public_key(path)
@@ -244,7 +247,7 @@ def load_trust(path: str) -> dict[str, VerifyKey]:
         keys[key_id(key)] = key
     if not keys:
         raise failed_precondition(
-            f"{ROOT_CERTS_KEY} '{path}' holds no public keys (*{PUBLIC_SUFFIX} files)")
+            f"{setting} '{path}' holds no public keys (*{PUBLIC_SUFFIX} files)")
     return keys
 
 

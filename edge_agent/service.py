@@ -164,6 +164,13 @@ class AgentService:
                 return model
         return None
 
+    def release(self, name: str) -> None:
+        """The model repository no longer manages `name` (withdrawn first): applications may
+        load a model of that name again."""
+        with self._lock:
+            if name not in self._models:
+                self._managed.discard(name)
+
     def rescan(self, request: pb.RescanRequest, caller: Caller = IN_PROCESS) -> pb.RescanResponse:
         self._manager().rescan()
         return pb.RescanResponse(models=self.list_models(

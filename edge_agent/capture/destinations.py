@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import Callable, Optional, Protocol, Sequence
+from typing import TYPE_CHECKING, Callable, Optional, Protocol, Sequence
 
 from edge_agent.capture.durable import fsync_directory, make_directories
-from edge_agent.capture.manifest import BatchFile
+
+if TYPE_CHECKING:  # the S3 client (and the fleet commands with it) need no tensor code
+    from edge_agent.capture.manifest import BatchFile
 
 # Errors that retrying cannot fix without someone changing the configuration or the disk.
 _PERMANENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR,

@@ -80,14 +80,22 @@ class S3Client:
                 session_token=credentials.session_token or None))
         return self._auth[1]
 
-    def _request(self, method: str, key: str, **kwargs) -> requests.Response:
+    def send(self, method: str, key: str, *, accept: tuple[int, ...] = (),
+             **kwargs) -> requests.Response:
+        """One request (headers=, data=, stream= as requests takes them); a reply whose
+        status is in `accept` (304 Not Modified, 404, 412 Precondition Failed: answers to
+        conditional requests) is returned, other replies of 300 or more raise DeliveryError."""
+        return self._request(method, key, accept=accept, **kwargs)
+
+    def _request(self, method: str, key: str, accept: tuple[int, ...] = (),
+                 **kwargs) -> requests.Response:
         url = self.url_of(key)
         try:
             response = self._session.request(method, url, auth=self._signer(),
                                              timeout=self.timeout, **kwargs)
         except requests.RequestException as e:
             raise DeliveryError(f"cannot reach the object store at {url}: {e}", transient=True) from None
-        if response.status_code < 300:
+        if response.status_code < 300 or response.status_code in accept:
             return response
         fields = dict(_XML_FIELD.findall(response.text or ""))
         code = fields.get("Code", "")
@@ -98,6 +106,10 @@ class S3Client:
         raise DeliveryError(
             f"{method} {url}: HTTP {response.status_code} {code or response.reason}: "
             f"{fields.get('Message', '').strip() or 'no message'}", transient=transient)
+
+    def close(self) -> None:
+        """Close the kept-alive connections."""
+        self._session.close()
 
     def create_bucket(self) -> None:
         self._request("PUT", "")

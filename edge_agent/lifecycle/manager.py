@@ -24,7 +24,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Collection, Mapping
 
 from edge_agent.api import IN_PROCESS
 from edge_agent.archive import Limits
@@ -124,6 +124,11 @@ class ModelManager:
         self._entries: dict[str, str] = {}  # repository entry identity -> manifest digest
         self._entry_failed: dict[str, tuple[str, str, str]] = {}  # identity -> name, label, why
         self._pins: dict[str, str] = {}  # runtime pins (rollback), above the configuration's
+        # A fleet deployment (edge_agent.fleet.board) as a source: the version of each name
+        # its applied document wants (below the runtime pins, above the configuration's), and
+        # the names it named before and no longer does (unloaded once the others serve).
+        self._fleet: dict[str, str] = {}
+        self._fleet_dropped: set[str] = set()
         self._history: dict[str, list[str]] = {}  # name -> digests served, latest first
         self._recorded: dict[str, str] = {}  # name -> digest recorded as serving
         self.swaps: dict[tuple[str, str], int] = {}  # (name, result) -> count
@@ -241,12 +246,13 @@ class ModelManager:
             self._entry_failed = {i: f for i, f in self._entry_failed.items() if i in present}
             held = self.store.versions()
             names = (set(held) | set(self._recorded) | set(self._names)
-                     | {e.name for e in entries})
+                     | {e.name for e in entries}) - self._fleet_dropped
             for name in sorted(names):
                 if starting:
                     self._notify("EXTEND_TIMEOUT_USEC=%d" % int(
                         (self.config.edge_agent_model_probe_timeout_seconds + 30) * 1e6))
                 self._settle(name, held.get(name, []))
+            self._drop_unwanted()
             self._save()
             self._prune(held)
             self._held = self.store.versions()
@@ -300,7 +306,34 @@ class ModelManager:
         return self._names.setdefault(name, NameState())
 
     def _pin(self, name: str) -> str | None:
-        return self._pins.get(name) or self.config.edge_agent_model_pins.get(name)
+        return (self._pins.get(name) or self._fleet.get(name)
+                or self.config.edge_agent_model_pins.get(name))
+
+    # --- the fleet as a source --------------------------------------------------------------
+
+    def set_fleet(self, wanted: Mapping[str, str], dropped: Collection[str] = ()) -> None:
+        """What a fleet deployment wants: name -> version (served as if pinned, once held),
+        and names it no longer wants, unloaded once every wanted name serves its version.
+        Takes effect at the next reconciliation (call rescan() to make it now)."""
+        with self._lock:
+            self._fleet = dict(wanted)
+            self._fleet_dropped = set(dropped) - set(wanted)
+
+    def _drop_unwanted(self) -> None:
+        if not self._fleet_dropped:
+            return
+        for name, version in self._fleet.items():
+            current = self._names.get(name)
+            if current is None or current.serving is None \
+                    or not policy.same_version(current.serving.version, version):
+                return  # not before the others serve what the fleet wants
+        for name in sorted(self._fleet_dropped & set(self._names)):
+            current = self._names.pop(name)
+            if current.model is not None:
+                self._retire(self.service.withdraw(name, current.model))
+            self.service.release(name)
+            self._recorded.pop(name, None)
+            log.info("model '%s' unloaded: the fleet's deployment no longer names it", name)
 
     def _excluded(self) -> set[str]:
         """Digests not to try now: failures for good, and for want of memory while no more
