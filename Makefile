@@ -16,18 +16,22 @@ PYTEST_ARGS ?=
 .PHONY: all setup system-deps demo lint test bench proto docs clean c-client c-bench fuzz
 .PHONY: cross-wheels cross-wheel-aarch64 cross-wheel-armv7 qemu-test-aarch64 qemu-test-armv7 \
 	qemu-test-aarch64-full qemu-test-armv7-full qemu-test-aarch64-trixie \
-	qemu-test-aarch64-trixie-full test-trixie clean-room
+	qemu-test-aarch64-trixie-full test-trixie clean-room cross-wheel-aarch64-trixie cross-deps
 
 all: setup
 
 setup: $(STAMP)
 
+# Each phase's time goes to the log as "[time] PHASE: N s" (cross/timed.sh), which .ci/run
+# collects per step: the apt, pip and build phases of every environment, measured.
+TIMED := cross/timed.sh
 $(STAMP): setup.py pyproject.toml requirements-dev.txt $(wildcard cext/*.pyx cext/*.pxd cext/includes/*)
-	install/system-deps.sh install/build-packages.txt
+	$(TIMED) "apt (build packages)" install/system-deps.sh install/build-packages.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements-dev.txt
-	$(PY) -m pip install --quiet --no-build-isolation --no-deps -e .
+	$(TIMED) "pip (requirements-dev.txt)" sh -c '$(PY) -m pip install --quiet --upgrade pip && \
+		$(PY) -m pip install --quiet -r requirements-dev.txt'
+	$(TIMED) "build (Cython modules, editable install)" \
+		$(PY) -m pip install --quiet --no-build-isolation --no-deps -e .
 	touch $@
 
 demo: $(STAMP)
@@ -35,7 +39,7 @@ demo: $(STAMP)
 
 # Debian packages of the test suite's servers and foreign-language clients (install/test-packages.txt).
 system-deps:
-	install/system-deps.sh install/test-packages.txt
+	$(TIMED) "apt (test packages)" install/system-deps.sh install/test-packages.txt
 
 # ruff over the repository, mypy over the package, stubtest of the compiled modules' .pyi
 # against the built modules (pyproject.toml has the rules and why; docs/DEVELOPMENT.md).
@@ -46,7 +50,7 @@ lint: $(STAMP)
 		edge_agent._framing edge_agent._shm edge_agent._metrics edge_agent._predict
 
 test: $(STAMP) system-deps lint
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(TIMED) "tests (pytest)" $(PY) -m pytest $(PYTEST_ARGS)
 
 # The Predict path's figures beside their floors and the targets (docs/BENCHMARKS.md): the C
 # side (benchmarks/frame_bench.c: socket floor, pre-encoded frame replay) needs only cc and libc.
@@ -93,34 +97,57 @@ docs: $(STAMP)
 # The scripts apt-get install the cross compilers (with their C libraries), qemu-user-static
 # and mmdebstrap (with arch-test) if missing.
 CROSS_ENV := CROSS_PYTHON=$(abspath $(PY))
-# What CI runs under QEMU: the whole suite, within .ci/run's 60-minute budget (measured in
-# docs/CROSS.md); narrow it here if it ever stops fitting. The -full targets always run all.
-QEMU_CI_TESTS ?= tests
+# What CI runs on the emulated Debian 12 arm64 board: what only a board can prove, explicitly
+# (docs/CROSS.md, "What CI runs"): the unit tests (the compiled modules and their pure twins,
+# shared memory, descriptors, the runtime and delegates on the target), the integration tests
+# (the agent on the target: sockets, Predict, capture, packages) and the end-to-end tests whose
+# point is a process on the board (shared memory and descriptors between processes, another
+# user, the installed wheel, board profiles, delegates, model probing, the CLI). Left to the
+# native runs: the other end-to-end tests, whose subject does not change with the machine
+# (gRPC clients, Prometheus, heartbeat, systemd, configuration, benchmarks, a full disk). In any
+# selection, tests marked native_only (long scenarios) are deselected on a board
+# (cross/qemu_plugin.py). The -full targets run everything, native_only included.
+QEMU_CI_TESTS ?= tests/unit tests/integration tests/e2e/test_shm_agent.py \
+	tests/e2e/test_fd_passing.py tests/e2e/test_agent_user.py tests/e2e/test_installed.py \
+	tests/e2e/test_boards_agent.py tests/e2e/test_delegates_agent.py \
+	tests/e2e/test_model_probe.py tests/e2e/test_cli.py tests/e2e/test_capture_agent.py \
+	tests/e2e/test_serve_imports.py
 
 cross-wheels: cross-wheel-aarch64 cross-wheel-armv7
 
 cross-wheel-aarch64 cross-wheel-armv7: $(STAMP)
 	$(CROSS_ENV) cross/build-wheel.sh $(@:cross-wheel-%=%)
 
+# The cp313 wheel for Debian 13 boards, cross-built in the Debian 13 build root (cross/lib.sh).
+cross-wheel-aarch64-trixie:
+	EDGE_AGENT_DEBIAN_SUITE=trixie cross/build-wheel.sh aarch64
+
 qemu-test-aarch64 qemu-test-armv7: $(STAMP)
 	$(CROSS_ENV) cross/qemu-test.sh $(@:qemu-test-%=%) $(QEMU_CI_TESTS)
 
 qemu-test-aarch64-full qemu-test-armv7-full: $(STAMP)
-	$(CROSS_ENV) cross/qemu-test.sh $(patsubst qemu-test-%-full,%,$@) tests
+	EDGE_AGENT_QEMU_ALL=1 $(CROSS_ENV) cross/qemu-test.sh $(patsubst qemu-test-%-full,%,$@) tests
 
-# Debian 13 (trixie: Python 3.13, LiteRT, NumPy 2). The emulated arm64 board builds the wheel
-# itself (cross/qemu-test.sh says why); QEMU_CI_TESTS_TRIXIE is what CI runs there: the board's
-# own build of the compiled modules, NumPy 2, signing and the journal, no inference: LiteRT
+# Debian 13 (trixie: Python 3.13, LiteRT, NumPy 2). The emulated arm64 board installs the cp313
+# wheel cross-built on the host, and the dependency wheels a Python 3.13 pip downloaded, as
+# the Debian 12 board does (docs/CROSS.md). QEMU_CI_TESTS_TRIXIE is what CI runs there: the
+# compiled modules built for 3.13 (framing, shared memory with NumPy 2, descriptors, sockets,
+# tensors), the imports, signing and the journal, the configuration; no inference: LiteRT
 # 2.3's XNNPACK delegate crashes (SIGSEGV in allocate_tensors) under the host's qemu-user 7.2
 # whatever CPU it emulates, while LiteRT without it runs (docs/CROSS.md). Inference on Python
 # 3.13 + LiteRT is the native `make test-trixie`'s.
 QEMU_CI_TESTS_TRIXIE ?= tests/unit/test_protocol.py tests/unit/test_shm.py tests/unit/test_packages.py \
-	tests/unit/test_capture_journal.py tests/unit/test_config.py
+	tests/unit/test_capture_journal.py tests/unit/test_config.py tests/unit/test_descriptors.py \
+	tests/unit/test_sockets.py tests/unit/test_tensors.py tests/unit/test_imports.py
 qemu-test-aarch64-trixie:
 	EDGE_AGENT_DEBIAN_SUITE=trixie cross/qemu-test.sh aarch64 $(QEMU_CI_TESTS_TRIXIE)
 
 qemu-test-aarch64-trixie-full:
-	EDGE_AGENT_DEBIAN_SUITE=trixie cross/qemu-test.sh aarch64 tests
+	EDGE_AGENT_QEMU_ALL=1 EDGE_AGENT_DEBIAN_SUITE=trixie cross/qemu-test.sh aarch64 tests
+
+# The host packages every cross/ script needs, installed once before .ci/run overlaps its steps.
+cross-deps:
+	cross/host-deps.sh
 
 # --- Clean machines: a fresh clone in a minimal Debian amd64 root file system (cross/clean-room.sh) ---
 # test-trixie: `make test` natively on Debian 13's own Python 3.13.
