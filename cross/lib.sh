@@ -147,6 +147,14 @@ in_target() {
     return "$status"
 }
 
+# What every root file system's dpkg skips: fsync (force-unsafe-io: an interrupted build is
+# thrown away anyway, see make_rootfs) and the manual pages and documentation but the copyright
+# files (Debian's own images leave them out too), which under emulation are unpacked one
+# emulated system call at a time. They stay in the root file system's dpkg configuration.
+ROOTFS_DPKG_OPTS=(--dpkgopt=force-unsafe-io --dpkgopt='path-exclude=/usr/share/man/*'
+                  --dpkgopt='path-exclude=/usr/share/doc/*'
+                  --dpkgopt='path-include=/usr/share/doc/*/copyright')
+
 # make_rootfs DIR PACKAGES: a minimal Debian ($DEBIAN_SUITE, $DEB_ARCH) with the
 # comma-separated PACKAGES, rebuilt only when the suite or the package list changes. Built beside
 # the final place and moved, so an interrupted build is never mistaken for a finished one.
@@ -161,7 +169,7 @@ make_rootfs_unlocked() {
     rm -rf "$dir" "$dir.tmp"
     mkdir -p "$CACHE_DIR"
     timed "root file system $DEBIAN_SUITE $DEB_ARCH (mmdebstrap)" mmdebstrap --quiet --variant=minbase --arch="$DEB_ARCH" --include="$packages" \
-        --aptopt='APT::Install-Recommends "false"' \
+        --aptopt='APT::Install-Recommends "false"' "${ROOTFS_DPKG_OPTS[@]}" \
         "$DEBIAN_SUITE" "$dir.tmp" "$(debian_mirror)" >&2
     mv "$dir.tmp" "$dir"
     echo "$want" > "$stamp"
