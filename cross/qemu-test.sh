@@ -133,10 +133,13 @@ install() {
     requirements > "$ROOTFS/opt/edge-agent-dist/requirements.txt"
     local inside="/opt/edge-agent-dist/$(basename "$wheel")"
     log "installing $(basename "$wheel") and its dependencies with the target's pip"
-    in_target "$VENV/bin/python" -m pip install --quiet --no-index --find-links /mnt/wheelhouse \
+    # --no-compile: no .pyc of every installed module, which under emulation is most of the
+    # install's time (numpy, grpcio-tools, LiteRT...); Python compiles what the tests import,
+    # when they import it, as it would on a board whose packages came without .pyc.
+    in_target "$VENV/bin/python" -m pip install --quiet --no-compile --no-index --find-links /mnt/wheelhouse \
         -r /opt/edge-agent-dist/requirements.txt "$inside"
     # Same version as the last run but new contents: replace it whatever pip thinks.
-    in_target "$VENV/bin/python" -m pip install --quiet --no-index --no-deps --force-reinstall "$inside"
+    in_target "$VENV/bin/python" -m pip install --quiet --no-compile --no-index --no-deps --force-reinstall "$inside"
 }
 
 # copy_tests: the checkout as the tests read it (tests/, proto/, firmware_configs/, install/,
