@@ -113,6 +113,9 @@ QEMU_CI_TESTS ?= tests/unit tests/integration tests/e2e/test_shm_agent.py \
 	tests/e2e/test_model_probe.py tests/e2e/test_cli.py tests/e2e/test_capture_agent.py \
 	tests/e2e/test_serve_imports.py
 
+# Added to the CI selections' pytest: the slowest tests under emulation, for docs/CROSS.md.
+QEMU_PYTEST_ARGS ?= --durations=20
+
 cross-wheels: cross-wheel-aarch64 cross-wheel-armv7
 
 cross-wheel-aarch64 cross-wheel-armv7: $(STAMP)
@@ -123,7 +126,7 @@ cross-wheel-aarch64-trixie:
 	EDGE_AGENT_DEBIAN_SUITE=trixie cross/build-wheel.sh aarch64
 
 qemu-test-aarch64 qemu-test-armv7: $(STAMP)
-	$(CROSS_ENV) cross/qemu-test.sh $(@:qemu-test-%=%) $(QEMU_CI_TESTS)
+	$(CROSS_ENV) cross/qemu-test.sh $(@:qemu-test-%=%) $(QEMU_CI_TESTS) $(QEMU_PYTEST_ARGS)
 
 qemu-test-aarch64-full qemu-test-armv7-full: $(STAMP)
 	EDGE_AGENT_QEMU_ALL=1 $(CROSS_ENV) cross/qemu-test.sh $(patsubst qemu-test-%-full,%,$@) tests
@@ -140,7 +143,7 @@ QEMU_CI_TESTS_TRIXIE ?= tests/unit/test_protocol.py tests/unit/test_shm.py tests
 	tests/unit/test_capture_journal.py tests/unit/test_config.py tests/unit/test_descriptors.py \
 	tests/unit/test_sockets.py tests/unit/test_tensors.py tests/unit/test_imports.py
 qemu-test-aarch64-trixie:
-	EDGE_AGENT_DEBIAN_SUITE=trixie cross/qemu-test.sh aarch64 $(QEMU_CI_TESTS_TRIXIE)
+	EDGE_AGENT_DEBIAN_SUITE=trixie cross/qemu-test.sh aarch64 $(QEMU_CI_TESTS_TRIXIE) $(QEMU_PYTEST_ARGS)
 
 qemu-test-aarch64-trixie-full:
 	EDGE_AGENT_QEMU_ALL=1 EDGE_AGENT_DEBIAN_SUITE=trixie cross/qemu-test.sh aarch64 tests
