@@ -98,20 +98,26 @@ docs: $(STAMP)
 # and mmdebstrap (with arch-test) if missing.
 CROSS_ENV := CROSS_PYTHON=$(abspath $(PY))
 # What CI runs on the emulated Debian 12 arm64 board: what only a board can prove, explicitly
-# (docs/CROSS.md, "What CI runs"): the unit tests (the compiled modules and their pure twins,
-# shared memory, descriptors, the runtime and delegates on the target), the integration tests
-# (the agent on the target: sockets, Predict, capture, packages) and the end-to-end tests whose
-# point is a process on the board (shared memory and descriptors between processes, another
-# user, the installed wheel, board profiles, delegates, model probing, the CLI). Left to the
-# native runs: the other end-to-end tests, whose subject does not change with the machine
-# (gRPC clients, Prometheus, heartbeat, systemd, configuration, benchmarks, a full disk). In any
-# selection, tests marked native_only (long scenarios) are deselected on a board
-# (cross/qemu_plugin.py). The -full targets run everything, native_only included.
-QEMU_CI_TESTS ?= tests/unit tests/integration tests/e2e/test_shm_agent.py \
-	tests/e2e/test_fd_passing.py tests/e2e/test_agent_user.py tests/e2e/test_installed.py \
-	tests/e2e/test_boards_agent.py tests/e2e/test_delegates_agent.py \
-	tests/e2e/test_model_probe.py tests/e2e/test_cli.py tests/e2e/test_capture_agent.py \
-	tests/e2e/test_serve_imports.py
+# (docs/CROSS.md, "What CI runs"). Unit tests of the compiled modules and what runs on the
+# target's libraries and kernel interfaces: framing, Predict's codec, shared memory,
+# descriptors, sockets, tensors over NumPy, the runtime and delegates, model loading and its
+# prover (a child process), signed packages (PyNaCl), the journal's durability, board
+# profiles, systemd's socket, callers' paths, imports. All integration tests (the agent on the
+# target). The end-to-end tests whose point is a process on the board (shared memory and
+# descriptors between processes, another user, the installed wheel, board profiles,
+# delegates, model probing, the CLI, capture). Left to the native runs: pure logic whose result
+# does not depend on the machine (configuration, the API table, protobuf messages, the model
+# builder, the capture service's policy, the install script) and the end-to-end tests of
+# clients, servers and files (gRPC clients, Prometheus, heartbeat, systemd units, a full disk,
+# benchmarks). A new module is not on the board until it is added here (a new compiled module's
+# tests must be). In any selection, tests marked native_only (long scenarios) are deselected on
+# a board (cross/qemu_plugin.py). The -full targets run everything, native_only included.
+QEMU_UNIT_TESTS := protocol protocol_connection shm descriptors sockets server tensors delegates \
+	engine loading prover service packages capture_journal boards systemd caller_paths imports
+QEMU_E2E_TESTS := shm_agent fd_passing agent_user installed boards_agent delegates_agent \
+	model_probe cli capture_agent serve_imports
+QEMU_CI_TESTS ?= $(QEMU_UNIT_TESTS:%=tests/unit/test_%.py) tests/integration \
+	$(QEMU_E2E_TESTS:%=tests/e2e/test_%.py)
 
 # Added to the CI selections' pytest: the slowest tests under emulation, for docs/CROSS.md.
 QEMU_PYTEST_ARGS ?= --durations=20
@@ -134,14 +140,14 @@ qemu-test-aarch64-full qemu-test-armv7-full: $(STAMP)
 # Debian 13 (trixie: Python 3.13, LiteRT, NumPy 2). The emulated arm64 board installs the cp313
 # wheel cross-built on the host, and the dependency wheels a Python 3.13 pip downloaded, as
 # the Debian 12 board does (docs/CROSS.md). QEMU_CI_TESTS_TRIXIE is what CI runs there: the
-# compiled modules built for 3.13 (framing, shared memory with NumPy 2, descriptors, sockets,
-# tensors), the imports, signing and the journal, the configuration; no inference: LiteRT
+# compiled modules built for 3.13 (framing, shared memory with NumPy 2, sockets, tensors), the
+# imports, signing and the journal, the configuration; no inference: LiteRT
 # 2.3's XNNPACK delegate crashes (SIGSEGV in allocate_tensors) under the host's qemu-user 7.2
 # whatever CPU it emulates, while LiteRT without it runs (docs/CROSS.md). Inference on Python
 # 3.13 + LiteRT is the native `make test-trixie`'s.
 QEMU_CI_TESTS_TRIXIE ?= tests/unit/test_protocol.py tests/unit/test_shm.py tests/unit/test_packages.py \
-	tests/unit/test_capture_journal.py tests/unit/test_config.py tests/unit/test_descriptors.py \
-	tests/unit/test_sockets.py tests/unit/test_tensors.py tests/unit/test_imports.py
+	tests/unit/test_capture_journal.py tests/unit/test_config.py tests/unit/test_sockets.py \
+	tests/unit/test_tensors.py tests/unit/test_imports.py
 qemu-test-aarch64-trixie:
 	EDGE_AGENT_DEBIAN_SUITE=trixie cross/qemu-test.sh aarch64 $(QEMU_CI_TESTS_TRIXIE) $(QEMU_PYTEST_ARGS)
 
