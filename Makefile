@@ -16,18 +16,22 @@ PYTEST_ARGS ?=
 .PHONY: all setup system-deps demo run test-lifecycle-full test-fleet lint test bench proto docs clean c-client c-bench fuzz fuzz-models
 .PHONY: cross-wheels cross-wheel-aarch64 cross-wheel-armv7 qemu-test-aarch64 qemu-test-armv7 \
 	qemu-test-aarch64-full qemu-test-armv7-full qemu-test-aarch64-trixie \
-	qemu-test-aarch64-trixie-full test-trixie clean-room
+	qemu-test-aarch64-trixie-full test-trixie clean-room cross-wheel-aarch64-trixie cross-deps
 
 all: setup
 
 setup: $(STAMP)
 
+# Each phase's time goes to the log as "[time] PHASE: N s" (cross/timed.sh), which .ci/run
+# collects per step: the apt, pip and build phases of every environment, measured.
+TIMED := cross/timed.sh
 $(STAMP): setup.py pyproject.toml requirements-dev.txt $(wildcard cext/*.pyx cext/*.pxd cext/includes/*)
-	install/system-deps.sh install/build-packages.txt
+	$(TIMED) "apt (build packages)" install/system-deps.sh install/build-packages.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements-dev.txt
-	$(PY) -m pip install --quiet --no-build-isolation --no-deps -e .
+	$(TIMED) "pip (requirements-dev.txt)" sh -c '$(PY) -m pip install --quiet --upgrade pip && \
+		$(PY) -m pip install --quiet -r requirements-dev.txt'
+	$(TIMED) "build (Cython modules, editable install)" \
+		$(PY) -m pip install --quiet --no-build-isolation --no-deps -e .
 	touch $@
 
 demo: $(STAMP)
@@ -40,7 +44,7 @@ run: $(STAMP)
 
 # Debian packages of the test suite's servers and foreign-language clients (install/test-packages.txt).
 system-deps:
-	install/system-deps.sh install/test-packages.txt
+	$(TIMED) "apt (test packages)" install/system-deps.sh install/test-packages.txt
 
 # ruff over the repository, mypy over the package, stubtest of the compiled modules' .pyi
 # against the built modules (pyproject.toml has the rules and why; docs/DEVELOPMENT.md).
@@ -52,7 +56,7 @@ lint: $(STAMP)
 		edge_agent._flatverify
 
 test: $(STAMP) system-deps lint
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(TIMED) "tests (pytest)" $(PY) -m pytest $(PYTEST_ARGS)
 
 # The fleet rollout in full (docs/FLEET.md: five boards, staged, promoted, rolled back; make
 # test runs the failure policy, the board's refusals and the operator's walkthrough).
@@ -118,34 +122,66 @@ docs: $(STAMP)
 # The scripts apt-get install the cross compilers (with their C libraries), qemu-user-static
 # and mmdebstrap (with arch-test) if missing.
 CROSS_ENV := CROSS_PYTHON=$(abspath $(PY))
-# What CI runs under QEMU: the whole suite, within .ci/run's 60-minute budget (measured in
-# docs/CROSS.md); narrow it here if it ever stops fitting. The -full targets always run all.
-QEMU_CI_TESTS ?= tests
+# What CI runs on the emulated Debian 12 arm64 board: what only a board can prove, explicitly
+# (docs/CROSS.md, "What CI runs"). Unit tests of the compiled modules and what runs on the
+# target's libraries and kernel interfaces: framing, Predict's codec, shared memory,
+# descriptors, sockets, tensors over NumPy, the runtime and delegates, model loading and its
+# prover (a child process), signed packages (PyNaCl), the journal's durability, board
+# profiles, systemd's socket, callers' paths, imports. All integration tests (the agent on the
+# target). The end-to-end tests whose point is a process on the board (shared memory and
+# descriptors between processes, another user, the installed wheel, board profiles,
+# delegates, model probing, the CLI, capture). Left to the native runs: pure logic whose result
+# does not depend on the machine (configuration, the API table, protobuf messages, the model
+# builder, the capture service's policy, the install script) and the end-to-end tests of
+# clients, servers and files (gRPC clients, Prometheus, heartbeat, systemd units, a full disk,
+# benchmarks). A new module is not on the board until it is added here (a new compiled module's
+# tests must be). In any selection, tests marked native_only (long scenarios) are deselected on
+# a board (cross/qemu_plugin.py). The -full targets run everything, native_only included.
+QEMU_UNIT_TESTS := protocol protocol_connection shm descriptors sockets server tensors delegates \
+	engine loading prover service packages capture_journal boards systemd caller_paths imports
+QEMU_E2E_TESTS := shm_agent fd_passing agent_user installed boards_agent delegates_agent \
+	model_probe cli capture_agent serve_imports
+QEMU_CI_TESTS ?= $(QEMU_UNIT_TESTS:%=tests/unit/test_%.py) tests/integration \
+	$(QEMU_E2E_TESTS:%=tests/e2e/test_%.py)
+
+# Added to the CI selections' pytest: the slowest tests under emulation, for docs/CROSS.md.
+QEMU_PYTEST_ARGS ?= --durations=20
 
 cross-wheels: cross-wheel-aarch64 cross-wheel-armv7
 
 cross-wheel-aarch64 cross-wheel-armv7: $(STAMP)
 	$(CROSS_ENV) cross/build-wheel.sh $(@:cross-wheel-%=%)
 
+# The cp313 wheel for Debian 13 boards, cross-built in the Debian 13 build root (cross/lib.sh).
+cross-wheel-aarch64-trixie:
+	EDGE_AGENT_DEBIAN_SUITE=trixie cross/build-wheel.sh aarch64
+
 qemu-test-aarch64 qemu-test-armv7: $(STAMP)
-	$(CROSS_ENV) cross/qemu-test.sh $(@:qemu-test-%=%) $(QEMU_CI_TESTS)
+	$(CROSS_ENV) cross/qemu-test.sh $(@:qemu-test-%=%) $(QEMU_CI_TESTS) $(QEMU_PYTEST_ARGS)
 
 qemu-test-aarch64-full qemu-test-armv7-full: $(STAMP)
-	$(CROSS_ENV) cross/qemu-test.sh $(patsubst qemu-test-%-full,%,$@) tests
+	EDGE_AGENT_QEMU_ALL=1 $(CROSS_ENV) cross/qemu-test.sh $(patsubst qemu-test-%-full,%,$@) tests
 
-# Debian 13 (trixie: Python 3.13, LiteRT, NumPy 2). The emulated arm64 board builds the wheel
-# itself (cross/qemu-test.sh says why); QEMU_CI_TESTS_TRIXIE is what CI runs there: the board's
-# own build of the compiled modules, NumPy 2, signing and the journal, no inference: LiteRT
+# Debian 13 (trixie: Python 3.13, LiteRT, NumPy 2). The emulated arm64 board installs the cp313
+# wheel cross-built on the host, and the dependency wheels a Python 3.13 pip downloaded, as
+# the Debian 12 board does (docs/CROSS.md). QEMU_CI_TESTS_TRIXIE is what CI runs there: the
+# compiled modules built for 3.13 (framing, shared memory with NumPy 2, sockets, tensors), the
+# imports, signing and the journal, the configuration; no inference: LiteRT
 # 2.3's XNNPACK delegate crashes (SIGSEGV in allocate_tensors) under the host's qemu-user 7.2
 # whatever CPU it emulates, while LiteRT without it runs (docs/CROSS.md). Inference on Python
 # 3.13 + LiteRT is the native `make test-trixie`'s.
 QEMU_CI_TESTS_TRIXIE ?= tests/unit/test_protocol.py tests/unit/test_shm.py tests/unit/test_packages.py \
-	tests/unit/test_capture_journal.py tests/unit/test_config.py
+	tests/unit/test_capture_journal.py tests/unit/test_config.py tests/unit/test_sockets.py \
+	tests/unit/test_tensors.py tests/unit/test_imports.py
 qemu-test-aarch64-trixie:
-	EDGE_AGENT_DEBIAN_SUITE=trixie cross/qemu-test.sh aarch64 $(QEMU_CI_TESTS_TRIXIE)
+	EDGE_AGENT_DEBIAN_SUITE=trixie cross/qemu-test.sh aarch64 $(QEMU_CI_TESTS_TRIXIE) $(QEMU_PYTEST_ARGS)
 
 qemu-test-aarch64-trixie-full:
-	EDGE_AGENT_DEBIAN_SUITE=trixie cross/qemu-test.sh aarch64 tests
+	EDGE_AGENT_QEMU_ALL=1 EDGE_AGENT_DEBIAN_SUITE=trixie cross/qemu-test.sh aarch64 tests
+
+# The host packages every cross/ script needs, installed once before .ci/run overlaps its steps.
+cross-deps:
+	cross/host-deps.sh
 
 # --- Clean machines: a fresh clone in a minimal Debian amd64 root file system (cross/clean-room.sh) ---
 # test-trixie: `make test` natively on Debian 13's own Python 3.13.

@@ -7,6 +7,9 @@
 # machine), Debian's cross gcc compiles it against the TARGET's Python headers, and setuptools
 # packs the wheel. The headers and the target's sysconfig data come from Debian's
 # libpython3.11-dev for that architecture, unpacked (not installed) into a sysroot in the cache.
+# EDGE_AGENT_DEBIAN_SUITE=trixie: the cp313 wheel, the same way against Debian 13's
+# libpython3.13-dev, run by the Python 3.13 of an amd64 Debian 13 build root (lib.sh,
+# ensure_buildroot): the Debian 12 host has no Python 3.13 of its own.
 #
 # Writes dist/edge_agent-VERSION-cp311-cp311-linux_<machine>.whl and then checks it: tag,
 # extension names, and that every extension is an ELF shared object for the target machine
@@ -18,6 +21,9 @@ source "$(dirname "$0")/lib.sh"
 # "extract" variant (downloads and unpacks the packages; runs nothing of the target's).
 make_sysroot() {
     SYSROOT="$CACHE_DIR/sysroot-$DEBIAN_SUITE-$DEB_ARCH"
+    locked "sysroot-$DEBIAN_SUITE-$DEB_ARCH" make_sysroot_unlocked
+}
+make_sysroot_unlocked() {
     local stamp="$SYSROOT/.edge-agent-sysroot" want="$DEBIAN_SUITE libpython$TARGET_PYTHON-dev"
     if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
         return 0
@@ -25,6 +31,7 @@ make_sysroot() {
     log "unpacking libpython$TARGET_PYTHON-dev:$DEB_ARCH into $SYSROOT"
     rm -rf "$SYSROOT" "$SYSROOT.tmp"
     mkdir -p "$CACHE_DIR"
+    timed "sysroot $DEBIAN_SUITE $DEB_ARCH (mmdebstrap extract)" \
     mmdebstrap --quiet --variant=extract --arch="$DEB_ARCH" \
         --include="libpython$TARGET_PYTHON-dev" \
         "$DEBIAN_SUITE" "$SYSROOT.tmp" "$(debian_mirror)" >&2
@@ -49,7 +56,7 @@ EOF
 # the same for every architecture. The flags are those the target's Python compiles its own
 # extensions with (its OPT), less the debug info, which would triple the board's download.
 build() {
-    local out="$1" build_base="$REPO_DIR/build/cross-$ARCH"
+    local out="$1" build_base="$REPO_DIR/build/cross-$DEBIAN_SUITE-$ARCH"
     local cfg="$build_base/cross.cfg"
     rm -rf "$build_base"
     mkdir -p "$build_base"
@@ -116,11 +123,27 @@ check_wheel() {
 main() {
     local check_only=
     if [ "${1:-}" = --check ]; then check_only="${3:-}"; shift; fi
+    [ -z "$check_only" ] || check_only="$(realpath "$check_only")"
     [ $# -eq 1 ] || [ -n "$check_only" ] \
         || die "usage: $0 aarch64|armv7|x86_64   or   $0 --check ARCH WHEEL"
     set_arch "$1"
-    # shellcheck disable=SC2086
-    ensure_host_packages $CROSS_PKGS $MMDEBSTRAP_PKGS
+    if [ -z "${EDGE_AGENT_IN_BUILDROOT:-}" ]; then
+        # shellcheck disable=SC2086
+        ensure_host_packages $CROSS_PKGS $MMDEBSTRAP_PKGS
+        if [ "$DEBIAN_SUITE" != bookworm ]; then
+            # The same script again, inside the build root, whose Python is the target's.
+            make_sysroot
+            timed "build root $DEBIAN_SUITE amd64" ensure_buildroot
+            mkdir -p "$REPO_DIR/dist"
+            local TARGET_BINDS=("$SYSROOT")
+            local args=("$1")
+            [ -z "$check_only" ] || { TARGET_BINDS+=("$(dirname "$check_only")"); args=(--check "$1" "$check_only"); }
+            in_buildroot env EDGE_AGENT_IN_BUILDROOT=1 EDGE_AGENT_DEBIAN_SUITE="$DEBIAN_SUITE" \
+                EDGE_AGENT_CROSS_CACHE="$CACHE_DIR" CROSS_PYTHON="$BUILDROOT_VENV/bin/python" \
+                "$CROSS_DIR/build-wheel.sh" "${args[@]}"
+            return
+        fi
+    fi
     PY="$(host_python)"
     make_sysroot
     EXT_SUFFIX="$(target_config_var EXT_SUFFIX)"
@@ -132,7 +155,9 @@ main() {
         check_wheel "$check_only"
         return
     fi
-    build "$BUILD_TMP/wheel"
+    mkdir -p "$REPO_DIR/build"
+    # One build at a time per checkout: setup.py's cythonize writes cext/*.c in the source.
+    timed "wheel build $DEBIAN_SUITE $ARCH" locked "$REPO_DIR/build/.cross-build.lock" build "$BUILD_TMP/wheel"
     local built=("$BUILD_TMP"/wheel/*.whl)
     [ ${#built[@]} -eq 1 ] || die "expected one wheel, setup.py made: ${built[*]}"
     check_wheel "${built[0]}"

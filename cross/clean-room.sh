@@ -6,7 +6,12 @@
 #      `--variant=minbase --include=python3,make`, nothing else;
 #   2. copies that pristine system to a scratch directory (every run starts from it: what one
 #      run apt-installs never helps the next), and into it a `git clone` of the checkout
-#      (what is committed, without build products or local changes);
+#      (what is committed, without build products or local changes); only the DOWNLOADS are
+#      shared: apt's package cache and pip's cache are bind-mounted from the host's cache
+#      (apt-archives-SUITE-amd64/; for bookworm the host's own ~/.cache/pip, which `make setup`
+#      on the host filled with the same Python 3.11 amd64 wheels; pip-cache-trixie-amd64/,
+#      shared with the Debian 13 build root), so nothing is downloaded twice in one run and a
+#      warm run downloads nothing, while every install step still runs;
 #   3. runs the make targets there (default: `demo test`, the README's two commands), as root
 #      in private mount, PID and IPC namespaces (in_target, cross/lib.sh), with the host's
 #      network: everything the targets need beyond that — Debian packages (python3-venv,
@@ -30,16 +35,29 @@ PRISTINE="$CACHE_DIR/clean-room-$DEBIAN_SUITE-amd64"
 ROOTFS="$CACHE_DIR/clean-room-$DEBIAN_SUITE-amd64.run"
 CHECKOUT=/root/edge-agent
 
+# pip_cache: the pip download cache the clean room shares (above).
+pip_cache() {
+    if [ "$DEBIAN_SUITE" = bookworm ]; then echo "$HOME/.cache/pip"
+    else echo "$CACHE_DIR/pip-cache-$DEBIAN_SUITE-amd64"; fi
+}
+
+prepare_scratch() {
+    rm -rf "$ROOTFS"
+    cp -a "$PRISTINE" "$ROOTFS"
+    cp /etc/resolv.conf "$ROOTFS/etc/resolv.conf"  # the host's, as it is now
+    git clone --quiet --no-hardlinks "$REPO_DIR" "$ROOTFS$CHECKOUT"
+}
+
 main() {
     # shellcheck disable=SC2086
     ensure_host_packages $MMDEBSTRAP_PKGS git
     [ -d "$REPO_DIR/.git" ] || [ -f "$REPO_DIR/.git" ] || die "$REPO_DIR is not a git checkout"
     local started=$SECONDS
     make_rootfs "$PRISTINE" python3,make
-    rm -rf "$ROOTFS"
-    cp -a "$PRISTINE" "$ROOTFS"
-    cp /etc/resolv.conf "$ROOTFS/etc/resolv.conf"  # the host's, as it is now
-    git clone --quiet --no-hardlinks "$REPO_DIR" "$ROOTFS$CHECKOUT"
+    timed "scratch copy and clone" prepare_scratch
+    local apt_cache="$CACHE_DIR/apt-archives-$DEBIAN_SUITE-amd64"
+    mkdir -p "$apt_cache/partial"
+    TARGET_BINDS=("$apt_cache:/var/cache/apt/archives" "$(pip_cache):/root/.cache/pip")
     log "clean room $DEBIAN_SUITE ($(git -C "$REPO_DIR" rev-parse --short HEAD)) ready in $((SECONDS - started)) s"
     local target status=0 took=()
     for target in "${targets[@]}"; do

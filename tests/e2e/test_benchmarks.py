@@ -10,6 +10,8 @@ import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 SCRIPTS = sorted(BENCHMARKS.glob("*.py")) if BENCHMARKS.is_dir() else []
+# One process start-up per script: a long scenario, run natively only (docs/CROSS.md).
+pytestmark = pytest.mark.native_only
 
 
 @pytest.mark.skipif(not SCRIPTS, reason="no benchmarks/ beside the tests (an installed wheel)")

@@ -17,6 +17,7 @@ from edge_agent.errors import AgentError, StatusCode
 
 from capture_helpers import FAST, delivered_ids, disk_manifests, s3_manifests, wait_all, wait_for
 
+@pytest.mark.native_only
 @pytest.mark.parametrize("destination", ["Disk", "Cloud"])
 def test_kill_9_mid_batch_loses_and_duplicates_nothing(start_agent, tmp_path, s3, s3_prefix,
                                                       destination):

@@ -118,6 +118,7 @@ def test_a_model_that_allocates_without_bound_is_refused_within_the_budget(start
     assert agent.rss_kb() < 512 * 1024  # the agent's own runtime never saw it
 
 
+@pytest.mark.native_only
 def test_a_model_rewritten_while_it_loads_never_kills_the_agent(start_agent, tmp_path):
     """A writer keeps swapping the file's content between a good and a crashing model in
     place while a client loads it: each load gets one version, whole, proven before use."""

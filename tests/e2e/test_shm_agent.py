@@ -369,6 +369,7 @@ def test_dynamic_output_fills_the_room_it_needs(client, segments):
 
 # --- staying up -------------------------------------------------------------------------------
 
+@pytest.mark.native_only
 def test_many_attach_predict_remove_cycles_stay_flat(client, shm_agent):
     """Segments come and go; the agent's attachments and RSS must not pile up."""
     rng = np.random.default_rng(3)

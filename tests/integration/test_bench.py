@@ -46,6 +46,7 @@ def check_row(key: str, row: dict) -> None:
         assert row["target"].split()[0] in {"<=", ">="} and isinstance(row["met"], bool), (key, row)
 
 
+@pytest.mark.native_only
 def test_every_figure_is_there_with_its_floor_and_target(capsys):
     report = json.loads(run_bench(capsys, "--json"))
     if "all" in report["skipped"]:
@@ -79,6 +80,7 @@ def test_every_figure_is_there_with_its_floor_and_target(capsys):
             assert report["figures"][key]["floor"] is not None
 
 
+@pytest.mark.native_only
 def test_without_the_c_program_its_sections_are_skipped_with_the_reason(capsys, tmp_path):
     missing = str(tmp_path / "no-frame-bench")
     report = json.loads(run_bench(capsys, "--json", "--c-bench", missing))
@@ -93,6 +95,7 @@ def test_without_the_c_program_its_sections_are_skipped_with_the_reason(capsys, 
     assert row["floor"] is None and row["ratio"] is None and row["met"] is None
 
 
+@pytest.mark.native_only
 def test_the_table_names_each_skipped_section(capsys, tmp_path):
     out = run_bench(capsys, "--c-bench", str(tmp_path / "none"))
     if out.startswith("skipped: "):

@@ -8,6 +8,7 @@ import json
 import uuid
 
 import numpy as np
+import pytest
 
 from capture_helpers import (FAST, delivered_ids, disk_manifests, lines, payload, s3_manifests,
                              wait_all, wait_for)
@@ -38,6 +39,7 @@ def test_objects_land_with_the_documented_keys_and_content(start_agent, s3, s3_p
                                                        f"{folder}/payloads.bin"])
 
 
+@pytest.mark.native_only
 def test_store_outage_loses_nothing(start_agent, s3, s3_prefix):
     agent = start_agent(**s3.agent_settings(s3_prefix), **FAST,
                         sagemaker_edge_core_capture_data_batch_size=4)

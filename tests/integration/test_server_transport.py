@@ -176,6 +176,7 @@ def test_a_client_that_disconnects_mid_call(agent, model_files):
     assert_serving(agent)
 
 
+@pytest.mark.native_only
 def test_many_concurrent_clients(agent, model_files):
     built = model_builder.add_model()
     with agent.client() as client:

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 FUZZ = Path(__file__).resolve().parent.parent.parent / "fuzz"
+# Fuzzing: a long scenario, run natively only (docs/CROSS.md).
+pytestmark = pytest.mark.native_only
 
 pytest.importorskip("atheris", reason="atheris is not installed (it has wheels for x86_64 "
                     "Linux only; requirements-dev.txt installs it there)")
