@@ -127,8 +127,10 @@ CROSS_ENV := CROSS_PYTHON=$(abspath $(PY))
 # target's libraries and kernel interfaces: framing, Predict's codec, shared memory,
 # descriptors, sockets, tensors over NumPy, the runtime and delegates, model loading and its
 # prover (a child process), signed packages (PyNaCl), the journal's durability, board
-# profiles, systemd's socket, callers' paths, imports. All integration tests (the agent on the
-# target). The end-to-end tests whose point is a process on the board (shared memory and
+# profiles, systemd's socket, callers' paths, imports, the model verifier (compiled). The
+# integration tests of the agent's paths on the target (sockets, Predict, capture, packages,
+# metrics, both fronts); the lifecycle's, the fleet's, fair sharing and test vectors are the
+# agent's policy over those same paths, left to the native runs. The end-to-end tests whose point is a process on the board (shared memory and
 # descriptors between processes, another user, the installed wheel, board profiles,
 # delegates, model probing, the CLI, capture). Left to the native runs: pure logic whose result
 # does not depend on the machine (configuration, the API table, protobuf messages, the model
@@ -138,10 +140,15 @@ CROSS_ENV := CROSS_PYTHON=$(abspath $(PY))
 # tests must be). In any selection, tests marked native_only (long scenarios) are deselected on
 # a board (cross/qemu_plugin.py). The -full targets run everything, native_only included.
 QEMU_UNIT_TESTS := protocol protocol_connection shm descriptors sockets server tensors delegates \
-	engine loading prover service packages capture_journal boards systemd caller_paths imports
+	engine loading prover service packages capture_journal boards systemd caller_paths imports \
+	model_verifier
+QEMU_INTEGRATION_TESTS := app bench c_client capture_delivery capture_iot client_transport \
+	delegates_served grpc_front grpc_front_h2 heartbeat metrics model_access package_loading \
+	predict_codec server_connections server_transport systemd_health
 QEMU_E2E_TESTS := shm_agent fd_passing agent_user installed boards_agent delegates_agent \
 	model_probe cli capture_agent serve_imports
-QEMU_CI_TESTS ?= $(QEMU_UNIT_TESTS:%=tests/unit/test_%.py) tests/integration \
+QEMU_CI_TESTS ?= $(QEMU_UNIT_TESTS:%=tests/unit/test_%.py) \
+	$(QEMU_INTEGRATION_TESTS:%=tests/integration/test_%.py) \
 	$(QEMU_E2E_TESTS:%=tests/e2e/test_%.py)
 
 # Added to the CI selections' pytest: the slowest tests under emulation, for docs/CROSS.md.
@@ -165,16 +172,21 @@ qemu-test-aarch64-full qemu-test-armv7-full: $(STAMP)
 # Debian 13 (trixie: Python 3.13, LiteRT, NumPy 2). The emulated arm64 board installs the cp313
 # wheel cross-built on the host, and the dependency wheels a Python 3.13 pip downloaded, as
 # the Debian 12 board does (docs/CROSS.md). QEMU_CI_TESTS_TRIXIE is what CI runs there: the
-# compiled modules built for 3.13 (framing, shared memory with NumPy 2, sockets, tensors), the
+# compiled modules built for 3.13 (framing, shared memory with NumPy 2, sockets, tensors, the
+# model verifier), the
 # imports, signing and the journal, the configuration; no inference: LiteRT
 # 2.3's XNNPACK delegate crashes (SIGSEGV in allocate_tensors) under the host's qemu-user 7.2
 # whatever CPU it emulates, while LiteRT without it runs (docs/CROSS.md). Inference on Python
 # 3.13 + LiteRT is the native `make test-trixie`'s.
 QEMU_CI_TESTS_TRIXIE ?= tests/unit/test_protocol.py tests/unit/test_shm.py tests/unit/test_packages.py \
 	tests/unit/test_capture_journal.py tests/unit/test_config.py tests/unit/test_sockets.py \
-	tests/unit/test_tensors.py tests/unit/test_imports.py
+	tests/unit/test_tensors.py tests/unit/test_imports.py tests/unit/test_model_verifier.py
+# The verifier's test that runs the accepted flips through the runtime is inference: not here.
+QEMU_DESELECT_TRIXIE := \
+	--deselect tests/unit/test_model_verifier.py::test_accepted_flips_load_and_predict_in_a_child_under_a_harsh_heap
 qemu-test-aarch64-trixie:
-	EDGE_AGENT_DEBIAN_SUITE=trixie cross/qemu-test.sh aarch64 $(QEMU_CI_TESTS_TRIXIE) $(QEMU_PYTEST_ARGS)
+	EDGE_AGENT_DEBIAN_SUITE=trixie cross/qemu-test.sh aarch64 $(QEMU_CI_TESTS_TRIXIE) $(QEMU_DESELECT_TRIXIE) \
+		$(QEMU_PYTEST_ARGS)
 
 qemu-test-aarch64-trixie-full:
 	EDGE_AGENT_QEMU_ALL=1 EDGE_AGENT_DEBIAN_SUITE=trixie cross/qemu-test.sh aarch64 tests
