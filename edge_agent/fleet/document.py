@@ -22,6 +22,7 @@ from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
 from edge_agent.keys import key_id
+from edge_agent.versions import Version
 
 FORMAT = "edge-agent-deployment/1"
 POLICIES = ("rollback_on_failure", "do_nothing")
@@ -183,7 +184,12 @@ def _package(obj, where: str) -> Package:
     size = obj.get("size", 0)
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
         raise DocumentError(f"{where}: 'size' must be a whole number of bytes")
-    return Package(key, digest, _get(obj, "version", str, where), size)
+    version = _get(obj, "version", str, where)
+    try:  # it names the file the board writes in its repository: no '/', no '..'
+        Version.parse(version)
+    except ValueError as e:
+        raise DocumentError(f"{where}: {e}") from None
+    return Package(key, digest, version, size)
 
 
 def _models(obj, where: str) -> dict[str, Package]:
@@ -237,6 +243,8 @@ def parse_document(obj) -> Document:
             raise DocumentError(f"model {sorted(seen & set(stage.models))[0]!r} is in two stages")
         seen |= set(stage.models)
     history = {}
+    if not isinstance(obj.get("history", {}), dict):
+        raise DocumentError("'history' must be an object")
     for name, packages in obj.get("history", {}).items():
         if not isinstance(packages, list):
             raise DocumentError(f"history of {name!r} must be a list")
@@ -284,7 +292,7 @@ def verify(data: bytes, keys: Mapping[str, VerifyKey]) -> Signed:
         raise DocumentError(f"larger than {MAX_DOCUMENT_BYTES} bytes")
     try:
         envelope = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (ValueError, RecursionError) as e:  # also: nesting too deep, an integer too long
         raise DocumentError(f"does not parse as JSON: {e}") from None
     if not isinstance(envelope, dict) or set(envelope) != {"document", "signature"}:
         raise DocumentError("must be an object with exactly 'document' and 'signature'")

@@ -163,3 +163,28 @@ def test_newest_prefers_the_highest_sequence(key, keys):
     assert d.newest([fleet_doc, device_doc]) is fleet_doc
     assert d.newest([device_doc]) is device_doc
     assert d.newest([]) is None
+
+
+def test_hostile_unsigned_documents_are_refused_not_raised(key, keys):
+    """Whoever may write the bucket must not stop a board's reads with an exception other
+    than a refusal (the board's read would end there, every poll)."""
+    data = d.sign(doc(), key)
+    hostile = [
+        _tampered(data, lambda e: e["document"].update(history=[])),
+        _tampered(data, lambda e: e["document"].update(history="x")),
+        b'{"document": ' + b"[" * 100_000 + b"]" * 100_000 + b', "signature": {}}',
+        b'{"document": {"sequence": ' + b"9" * 5000 + b'}, "signature": {}}',
+    ]
+    for bad in hostile:
+        with pytest.raises(d.DocumentError):
+            d.verify(bad, keys)
+
+
+def test_a_version_that_is_not_a_version_is_refused(key, keys):
+    """The version names the file a board writes into its repository (board.package_file)."""
+    data = d.sign(doc(), key)
+    for version in ("../../../etc/x", "1.0/../../x", "", "v1"):
+        def change(e, version=version):
+            e["document"]["baseline"]["add"]["version"] = version
+        with pytest.raises(d.DocumentError, match="version"):
+            d.verify(_tampered(data, change), keys)
