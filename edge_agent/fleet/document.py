@@ -21,6 +21,7 @@ from typing import Mapping
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
+from edge_agent.config import DEPLOYMENT_NAME
 from edge_agent.keys import key_id
 from edge_agent.versions import Version
 
@@ -28,7 +29,7 @@ FORMAT = "edge-agent-deployment/1"
 POLICIES = ("rollback_on_failure", "do_nothing")
 TRUST_KEY = "edge_agent_deployment_trust"
 MAX_DOCUMENT_BYTES = 1024 * 1024
-_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,126}[A-Za-z0-9])?")
+_NAME = DEPLOYMENT_NAME
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _TIME = "%Y-%m-%dT%H:%M:%SZ"
 

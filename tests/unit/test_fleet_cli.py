@@ -72,3 +72,19 @@ def test_a_deployment_url_needs_an_explicit_device_name_and_the_rest():
         from_mapping({**settings, "edge_agent_model_repository": ""})
     with pytest.raises(ConfigError, match="expected s3://BUCKET"):
         from_mapping({**settings, "edge_agent_deployment_url": "https://bucket/prefix"})
+
+
+@pytest.mark.parametrize("key", ["sagemaker_edge_core_device_name",
+                                 "sagemaker_edge_core_device_fleet_name"])
+@pytest.mark.parametrize("name", ["a/b", "+", "#", "board+1", "plant/#", "../x", "-a"])
+def test_a_deployment_refuses_names_that_are_not_topic_levels(key, name):
+    """The names become MQTT topic levels and object keys (edge-agent/<fleet>/<device>/...)."""
+    from edge_agent.config import ConfigError, from_mapping
+
+    settings = {"edge_agent_deployment_url": "s3://bucket/prefix",
+                "edge_agent_model_repository": "/var/lib/models",
+                "edge_agent_deployment_trust": "/etc/edge-agent/deploy-keys",
+                "sagemaker_edge_core_device_name": "board-1",
+                "sagemaker_edge_core_device_fleet_name": "plant", key: name}
+    with pytest.raises(ConfigError, match=key):
+        from_mapping(settings)
