@@ -85,6 +85,9 @@ class FleetSource:
         self._pins: dict[str, str] = {}  # name -> version held in the repository and wanted
         self._named: set[str] = set()  # every name a document applied here named
         self.refusals: list[dict] = []  # the last read's refused documents and why
+        # "fleet"/"device" -> why the object there did not verify: reported at every read
+        # until the object changes (a conditional GET no longer returns its bytes).
+        self._unverified: dict[str, dict] = {}
         self.problems: dict[str, str] = {}  # name -> why its package is not there yet
         # Packages whose bytes were not those the document names, by (key, sha256): not
         # downloaded again (every poll, by every board) until another document is applied.
@@ -158,16 +161,18 @@ class FleetSource:
             if fetched.state == "missing":  # not a command: nothing changes
                 self._documents.pop(which, None)
                 self._etags.pop(which, None)
+                self._unverified.pop(which, None)
                 continue
             if fetched.state == "unchanged":
                 continue
             self._etags[which] = fetched.etag
+            self._unverified.pop(which, None)
             try:
                 self._documents[which] = (d.verify(fetched.data, keys), fetched.data)
             except d.DocumentError as e:
                 self._documents.pop(which, None)
-                refusals.append({"object": key, "reason": str(e)})
-                log.warning("fleet: %s refused: %s", key, e)
+                self._unverified[which] = {"object": key, "reason": str(e)}
+        refusals.extend(self._unverified[which] for which in sorted(self._unverified))
         now = self._clock()
         best: d.Signed | None = None
         best_envelope = b""

@@ -1,0 +1,86 @@
+"""The board's reads (edge_agent.fleet.board) against an in-memory bucket that answers
+conditional GETs as S3 does: what a read reports and keeps."""
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from types import SimpleNamespace
+
+import pytest
+from nacl.signing import SigningKey
+
+from edge_agent.config import from_mapping
+from edge_agent.fleet import board
+from edge_agent.fleet import document as d
+from edge_agent.keys import public_key_text
+
+
+class Bucket:
+    """Objects by key; GET with If-None-Match answers 304 while the ETag is unchanged."""
+
+    def __init__(self):
+        self.objects: dict[str, bytes] = {}
+        self.puts: list[str] = []
+
+    def send(self, method, key, headers=None, accept=(), data=b"", **kwargs):
+        if method == "PUT":
+            self.puts.append(key)
+            return SimpleNamespace(status_code=200, headers={})
+        if key not in self.objects:
+            return SimpleNamespace(status_code=404, headers={}, content=b"")
+        etag = '"%s"' % hashlib.md5(self.objects[key]).hexdigest()
+        if (headers or {}).get("If-None-Match") == etag:
+            return SimpleNamespace(status_code=304, headers={"ETag": etag}, content=b"")
+        return SimpleNamespace(status_code=200, headers={"ETag": etag},
+                               content=self.objects[key])
+
+
+class Manager:
+    def set_fleet(self, wanted, dropped=()):
+        self.wanted = dict(wanted)
+
+    def rescan(self):
+        pass
+
+    def status(self, name):
+        return None
+
+
+@pytest.fixture
+def source(tmp_path):
+    trust = tmp_path / "trust"
+    trust.mkdir(mode=0o755)
+    key = SigningKey.generate()
+    (trust / "deploy.pub").write_text(public_key_text(key.verify_key))
+    os.makedirs(tmp_path / "repository")
+    config = from_mapping({
+        "edge_agent_deployment_url": "s3://bucket/p",
+        "edge_agent_model_repository": str(tmp_path / "repository"),
+        "edge_agent_deployment_trust": str(trust),
+        "edge_agent_state_dir": str(tmp_path / "state"),
+        "sagemaker_edge_core_device_name": "b-1",
+        "sagemaker_edge_core_device_fleet_name": "plant"})
+    bucket = Bucket()
+    return board.FleetSource(config, Manager(), bucket), bucket, key
+
+
+def test_a_document_that_does_not_verify_is_reported_while_it_stays(source):
+    fleet, bucket, key = source
+    document = d.Document(fleet="plant", sequence=1, expires=int(time.time()) + 3600,
+                          baseline={}, created_at=d.format_time(time.time()))
+    stranger = SigningKey.generate()
+    bucket.objects["p/fleets/plant/deployment.json"] = d.sign(document, stranger)
+    for _ in range(3):  # the second and third reads get 304 Not Modified
+        status = fleet.step()
+        assert [r["object"] for r in status["refused"]] == ["p/fleets/plant/deployment.json"]
+        assert "not in edge_agent_deployment_trust" in status["refused"][0]["reason"]
+    bucket.objects["p/fleets/plant/deployment.json"] = d.sign(document, key)
+    status = fleet.step()
+    assert status["refused"] == [] and status["sequence"] == 1
+    del bucket.objects["p/fleets/plant/deployment.json"]
+    bucket.objects["p/devices/b-1/deployment.json"] = b"not json"
+    assert [r["object"] for r in fleet.step()["refused"]] == ["p/devices/b-1/deployment.json"]
+    del bucket.objects["p/devices/b-1/deployment.json"]  # deleted: nothing left to refuse
+    status = fleet.step()
+    assert status["refused"] == [] and status["sequence"] == 1
