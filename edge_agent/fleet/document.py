@@ -42,7 +42,9 @@ def in_percentage(fleet: str, device: str, percent: float) -> bool:
     """Whether `device` is among the `percent`% of `fleet` a stage selects: the same boards
     everywhere, and those of a smaller percentage are in every larger one."""
     point = int.from_bytes(hashlib.sha256(f"{fleet}/{device}".encode()).digest()[:8], "big")
-    return point % 10000 < percent * 100
+    # A document holds hundredths of a percent, an integer: compare with that integer, as
+    # 0.07 * 100 is 7.000000000000001 in floating point and would take the board at point 7.
+    return point % 10000 < round(percent * 100)
 
 
 def format_time(seconds: float) -> str:

@@ -188,3 +188,16 @@ def test_a_version_that_is_not_a_version_is_refused(key, keys):
             e["document"]["baseline"]["add"]["version"] = version
         with pytest.raises(d.DocumentError, match="version"):
             d.verify(_tampered(data, change), keys)
+
+
+def test_percentage_compares_whole_hundredths():
+    """percent_hundredths 7 takes the boards at points 0..6, never the one at 7 (the float
+    7/100*100 is a hair above 7)."""
+    def point(name):
+        return int.from_bytes(hashlib.sha256(f"plant/{name}".encode()).digest()[:8],
+                              "big") % 10000
+    for hundredths in (7, 14, 28, 55, 109):
+        name = next(f"b-{i}" for i in range(10**7) if point(f"b-{i}") == hundredths)
+        stage = d.Stage({}, percent=hundredths / 100)
+        assert not stage.selects("plant", name)
+        assert d.Stage({}, percent=(hundredths + 1) / 100).selects("plant", name)
