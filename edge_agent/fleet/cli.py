@@ -154,6 +154,21 @@ class Bucket:
         data = self.read(f"fleets/{self.fleet}/deployment.json")
         document = d.verify(data, keys).document if data is not None else None
         highest = max(taken + [document.sequence if document else 0])
+        # Another publisher may have claimed a sequence and not replaced deployment.json yet
+        # (or lost the race to replace it): build on its document, not the one before, or its
+        # change would be undone without anyone noticing. A claim that does not verify is
+        # not built on.
+        for sequence in sorted(set(taken), reverse=True):
+            if document is not None and sequence <= document.sequence:
+                break
+            claimed = self.read(f"fleets/{self.fleet}/sequences/{sequence:010d}.json")
+            try:
+                newer = d.verify(claimed, keys).document if claimed is not None else None
+            except d.DocumentError:
+                continue
+            if newer is not None and newer.fleet == self.fleet and newer.sequence == sequence:
+                document = newer
+                break
         return document, highest
 
     def write(self, document, key) -> None:
