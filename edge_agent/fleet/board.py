@@ -209,6 +209,8 @@ class FleetSource:
         wanted = document.wanted(self.device)
         problems: dict[str, str] = {}
         for name, package in sorted(wanted.items()):
+            if self._stopping.is_set():
+                return  # the agent stops: what is downloaded resumes at the next start
             folder = os.path.join(self.repository, name)
             final = os.path.join(folder, package_file(package))
             mismatch = self._mismatched.get((package.key, package.sha256))
@@ -221,7 +223,7 @@ class FleetSource:
                     log.info("fleet: downloading %s %s (%s)", name, package.version, package.key)
                     self.problems[name] = DOWNLOADING
                     start = transfer.download(self.client, self._object(package.key), final,
-                                              package.sha256, package.size, self._progress)
+                                              package.sha256, package.size, self._on_bytes)
                     log.info("fleet: %s %s downloaded%s", name, package.version,
                              f" (resumed at byte {start})" if start else "")
                 except transfer.BytesMismatch as e:
@@ -240,6 +242,14 @@ class FleetSource:
         self.manager.set_fleet(self._pins, self._named - set(wanted))
         self.manager.rescan()
         self._save()
+
+    def _on_bytes(self, done: int) -> None:
+        """Called as a package downloads: the agent's stop does not wait for the rest of it
+        (the partial file is kept, and continued at the next start)."""
+        if self._stopping.is_set():
+            raise transfer.Stopped("the agent stops")
+        if self._progress is not None:
+            self._progress(done)
 
     def _object(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key

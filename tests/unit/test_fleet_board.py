@@ -84,3 +84,39 @@ def test_a_document_that_does_not_verify_is_reported_while_it_stays(source):
     del bucket.objects["p/devices/b-1/deployment.json"]  # deleted: nothing left to refuse
     status = fleet.step()
     assert status["refused"] == [] and status["sequence"] == 1
+
+
+class Streamed:
+    """A package's GET: `chunks` chunks, `on_chunk` called as each is handed over."""
+
+    def __init__(self, chunks: int, on_chunk):
+        self.status_code, self.headers = 200, {"ETag": '"p"'}
+        self.chunks, self.on_chunk, self.sent = chunks, on_chunk, 0
+
+    def iter_content(self, size):
+        for _ in range(self.chunks):
+            self.sent += 1
+            self.on_chunk()
+            yield b"x" * 1024
+
+    def close(self):
+        pass
+
+
+def test_the_agents_stop_does_not_wait_for_a_download(source, tmp_path):
+    fleet, bucket, key = source
+    response = Streamed(200, fleet.stop)  # the agent stops once the first chunk arrived
+    documents = bucket.send
+
+    def send(method, key, **kwargs):
+        return response if key.endswith(".tar.gz") else documents(method, key, **kwargs)
+    bucket.send = send
+    package = d.Package("packages/m/1.0.tar.gz", "0" * 64, "1.0", 200 * 1024)
+    document = d.Document(fleet="plant", sequence=1, expires=int(time.time()) + 3600,
+                          baseline={"m": package, "n": package}, created_at="")
+    bucket.objects["p/fleets/plant/deployment.json"] = d.sign(document, key)
+    fleet.step()
+    assert response.sent == 1  # not the other 199 chunks, nor the next package
+    partial = tmp_path / "repository" / "m" / f".{board.package_file(package)}.partial"
+    assert partial.stat().st_size == 1024  # kept for the next start
+    assert not (tmp_path / "repository" / "n").exists()
