@@ -185,8 +185,10 @@ def _package(obj, where: str) -> Package:
     if not _SHA256.fullmatch(digest):
         raise DocumentError(f"{where}: 'sha256' must be 64 lowercase hex digits")
     size = obj.get("size", 0)
-    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        raise DocumentError(f"{where}: 'size' must be a whole number of bytes")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        # The download stops past it: without one, whoever serves the object could fill
+        # the board's disk before the SHA-256 is checked.
+        raise DocumentError(f"{where}: 'size' must be the package's size in bytes")
     version = _get(obj, "version", str, where)
     try:  # it names the file the board writes in its repository: no '/', no '..'
         Version.parse(version)

@@ -201,3 +201,15 @@ def test_percentage_compares_whole_hundredths():
         stage = d.Stage({}, percent=hundredths / 100)
         assert not stage.selects("plant", name)
         assert d.Stage({}, percent=(hundredths + 1) / 100).selects("plant", name)
+
+
+def test_a_package_without_its_size_is_refused(key, keys):
+    """The size bounds the download: an object served endlessly cannot fill the disk."""
+    data = d.sign(doc(), key)
+    for size in (0, -1, None, "12", 1.5):
+        def change(e, size=size):
+            e["document"]["baseline"]["add"]["size"] = size
+        with pytest.raises(d.DocumentError, match="size"):
+            d.verify(_tampered(data, change), keys)
+    with pytest.raises(d.DocumentError, match="size"):
+        d.verify(_tampered(data, lambda e: e["document"]["baseline"]["add"].pop("size")), keys)
