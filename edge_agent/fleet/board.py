@@ -84,6 +84,7 @@ class FleetSource:
         self._applied_envelope = b""
         self._pins: dict[str, str] = {}  # name -> version held in the repository and wanted
         self._named: set[str] = set()  # every name a document applied here named
+        self._downloaded: set[str] = set()  # "name/file" this source put in the repository
         self.refusals: list[dict] = []  # the last read's refused documents and why
         # "fleet"/"device" -> why the object there did not verify: reported at every read
         # until the object changes (a conditional GET no longer returns its bytes).
@@ -114,6 +115,7 @@ class FleetSource:
             self.applied = d.verify(self._applied_envelope, keys)
             self._pins = {str(k): str(v) for k, v in state.get("pins", {}).items()}
             self._named = set(state.get("named", [])) | set(self._pins)
+            self._downloaded = {str(p) for p in state.get("downloaded", [])}
         except FileNotFoundError:
             return
         except (OSError, ValueError, KeyError, TypeError, d.DocumentError) as e:
@@ -126,7 +128,8 @@ class FleetSource:
         temporary = self._state_path + ".tmp"
         with open(temporary, "w") as f:
             json.dump({"applied": self._applied_envelope.decode(), "pins": self._pins,
-                       "named": sorted(self._named)}, f)
+                       "named": sorted(self._named),
+                       "downloaded": sorted(self._downloaded)}, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(temporary, self._state_path)
@@ -224,6 +227,7 @@ class FleetSource:
                     self.problems[name] = DOWNLOADING
                     start = transfer.download(self.client, self._object(package.key), final,
                                               package.sha256, package.size, self._on_bytes)
+                    self._downloaded.add(f"{name}/{package_file(package)}")
                     log.info("fleet: %s %s downloaded%s", name, package.version,
                              f" (resumed at byte {start})" if start else "")
                 except transfer.BytesMismatch as e:
@@ -241,7 +245,30 @@ class FleetSource:
         self.problems = problems
         self.manager.set_fleet(self._pins, self._named - set(wanted))
         self.manager.rescan()
+        self._remove_replaced(wanted)
         self._save()
+
+    def _remove_replaced(self, wanted: dict[str, d.Package]) -> None:
+        """Remove the packages this source downloaded of versions no longer wanted, once the
+        wanted one serves: the manager keeps its own copies (edge_agent_model_versions_kept),
+        and without this every rollout left one more package on the board's disk. Packages
+        copied in by hand are not touched."""
+        for name, package in wanted.items():
+            status = self.manager.status(name) or {}
+            if not _same(status.get("version", ""), package.version):
+                continue
+            keep = f"{name}/{package_file(package)}"
+            for entry in sorted(p for p in self._downloaded
+                                if p.startswith(f"{name}/") and p != keep):
+                try:
+                    os.unlink(os.path.join(self.repository, entry))
+                except FileNotFoundError:
+                    pass
+                except OSError as e:
+                    log.warning("fleet: cannot remove %s: %s", entry, e)
+                    continue
+                log.info("fleet: removed %s (%s %s serves)", entry, name, package.version)
+                self._downloaded.discard(entry)
 
     def _on_bytes(self, done: int) -> None:
         """Called as a package downloads: the agent's stop does not wait for the rest of it

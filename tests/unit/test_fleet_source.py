@@ -120,3 +120,43 @@ def test_the_agents_stop_does_not_wait_for_a_download(source, tmp_path):
     partial = tmp_path / "repository" / "m" / f".{board.package_file(package)}.partial"
     assert partial.stat().st_size == 1024  # kept for the next start
     assert not (tmp_path / "repository" / "n").exists()
+
+
+class Serving(Manager):
+    """Serves at once the version the fleet wants (as the manager does once it is held)."""
+
+    def status(self, name):
+        return {"version": self.wanted[name]} if name in self.wanted else None
+
+
+def test_a_replaced_download_is_removed_once_its_successor_serves(source, tmp_path):
+    fleet, bucket, key = source
+    fleet.manager = Serving()
+    repository = tmp_path / "repository" / "m"
+    repository.mkdir()
+    (repository / "by-hand.tar.gz").write_bytes(b"copied in by an operator")
+
+    def publish(sequence, data):
+        bucket.objects["p/packages/m.tar.gz"] = data
+        package = d.Package("packages/m.tar.gz", hashlib.sha256(data).hexdigest(),
+                            f"{sequence}.0", len(data))
+        document = d.Document(fleet="plant", sequence=sequence, expires=int(time.time()) + 3600,
+                              baseline={"m": package}, created_at="")
+        bucket.objects["p/fleets/plant/deployment.json"] = d.sign(document, key)
+        return board.package_file(package)
+
+    documents = bucket.send
+
+    def send(method, key, **kwargs):
+        if key.endswith(".tar.gz"):
+            data = bucket.objects[key]
+            return SimpleNamespace(status_code=200, headers={"ETag": '"e"'}, close=lambda: None,
+                                   iter_content=lambda size: iter([data]))
+        return documents(method, key, **kwargs)
+    bucket.send = send
+    first = publish(1, b"one")
+    assert fleet.step()["models"]["m"]["state"] == "serving"
+    assert set(os.listdir(repository)) == {"by-hand.tar.gz", first}
+    second = publish(2, b"two")
+    assert fleet.step()["models"]["m"]["serving"] == "2.0"
+    assert set(os.listdir(repository)) == {"by-hand.tar.gz", second}
