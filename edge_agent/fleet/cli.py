@@ -461,7 +461,10 @@ def retained_statuses(args, quiet_seconds: float = 1.0, limit_seconds: float = 1
     import threading
     from urllib.parse import urlsplit
 
-    import paho.mqtt.client as mqtt
+    try:
+        import paho.mqtt.client as mqtt
+    except ImportError:
+        raise FleetError("--mqtt-url needs paho-mqtt (pip install paho-mqtt)") from None
 
     parts = urlsplit(args.mqtt_url)
     if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
@@ -494,7 +497,10 @@ def retained_statuses(args, quiet_seconds: float = 1.0, limit_seconds: float = 1
     client.on_connect = on_connect
     client.on_subscribe = on_subscribe
     client.on_message = on_message
-    client.connect(parts.hostname, parts.port or (8883 if parts.scheme == "mqtts" else 1883))
+    try:
+        client.connect(parts.hostname, parts.port or (8883 if parts.scheme == "mqtts" else 1883))
+    except (OSError, ValueError) as e:  # refused, unreachable, a TLS handshake that failed
+        raise FleetError(f"cannot reach the broker {args.mqtt_url}: {e}") from None
     client.loop_start()
     try:
         if not subscribed.wait(limit_seconds):
