@@ -94,7 +94,9 @@ class FleetSource:
         # downloaded again (every poll, by every board) until another document is applied.
         self._mismatched: dict[tuple[str, str], str] = {}
         self.stale = ""
-        self.last_status: dict | None = None
+        self.last_status: dict | None = None  # the status last written to the bucket
+        self._published: dict | None = None  # ... and last published on MQTT
+        self.unreadable: list[dict] = []  # the last read's objects the store did not give
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._last_trigger = 0.0
@@ -154,12 +156,14 @@ class FleetSource:
 
         keys = self._trust()
         refusals: list[dict] = []
+        unreadable: list[dict] = []
         for which in ("fleet", "device"):
             key = self.keys[which]
             try:
                 fetched = transfer.fetch(self.client, key, self._etags.get(which, ""))
             except DeliveryError as e:
                 log.warning("fleet: cannot read %s: %s", key, e)
+                unreadable.append({"object": key, "reason": str(e)})
                 continue  # the last one read stands in
             if fetched.state == "missing":  # not a command: nothing changes
                 self._documents.pop(which, None)
@@ -176,6 +180,7 @@ class FleetSource:
                 self._documents.pop(which, None)
                 self._unverified[which] = {"object": key, "reason": str(e)}
         refusals.extend(self._unverified[which] for which in sorted(self._unverified))
+        self.unreadable = unreadable
         now = self._clock()
         best: d.Signed | None = None
         best_envelope = b""
@@ -316,24 +321,28 @@ class FleetSource:
         return {"fleet": self.fleet, "device": self.device,
                 "sequence": applied.sequence if applied else 0,
                 "document": ("device" if applied and applied.device else "fleet") if applied else "",
-                "stale": self.stale, "refused": self.refusals, "models": self.model_states()}
+                "stale": self.stale, "refused": self.refusals, "unreadable": self.unreadable,
+                "models": self.model_states()}
 
     def _report(self) -> dict:
         from edge_agent.capture.destinations import DeliveryError
 
         status = self.status()
-        if status == self.last_status:
+        if status == self.last_status and status == self._published:
             return status
         body = dict(status, time=d.format_time(self._clock()))
         data = (json.dumps(body, sort_keys=True, indent=2) + "\n").encode()
-        if self.config.edge_agent_deployment_status_upload:
+        # The broker hears of it even while the store cannot be written (an outage: just
+        # when an operator needs to see it).
+        if self._publish is not None and status != self._published:
+            self._publish(data.decode())
+            self._published = status
+        if self.config.edge_agent_deployment_status_upload and status != self.last_status:
             try:
                 self.client.send("PUT", self.keys["status"], data=data)
             except DeliveryError as e:
                 log.warning("fleet: cannot write the status: %s", e)
                 return status  # written again at the next read
-        if self._publish is not None:
-            self._publish(data.decode())
         self.last_status = status
         return status
 
@@ -344,8 +353,7 @@ class FleetSource:
 
     def set_publisher(self, publish: Callable[[str], None]) -> None:
         self._publish = publish
-        if self.last_status is not None:
-            self.last_status = None  # published at the next read
+        self._published = None  # published at the next read
 
     # --- the thread -----------------------------------------------------------------------------
 

@@ -532,6 +532,8 @@ def cmd_status(args) -> int:
                              "stale": bool(status.get("stale")), "silent": silent,
                              "failed": model.get("state") == "failed",
                              "refused": [r.get("reason", "") for r in status.get("refused", [])],
+                             "unreadable": [u.get("reason", "")
+                                            for u in status.get("unreadable", [])],
                              "time": status.get("time", "")})
         if args.json:
             print(json.dumps(rows, indent=2))
@@ -540,6 +542,8 @@ def cmd_status(args) -> int:
             flags = [f for f in ("silent", "stale", "failed") if row[f]]
             if row["refused"]:
                 flags.append("refused: " + "; ".join(row["refused"]))
+            if row["unreadable"]:
+                flags.append("unreadable: " + "; ".join(row["unreadable"]))
             print(f"{row['device']:<24} seq {row['sequence']:<5} {row['model']:<16} "
                   f"{row['version']:<10} serving {row['serving'] or '-':<10} {row['state']:<11} "
                   f"{' '.join(('!' + f) for f in flags)} {row['reason']}".rstrip())

@@ -160,3 +160,34 @@ def test_a_replaced_download_is_removed_once_its_successor_serves(source, tmp_pa
     second = publish(2, b"two")
     assert fleet.step()["models"]["m"]["serving"] == "2.0"
     assert set(os.listdir(repository)) == {"by-hand.tar.gz", second}
+
+
+def test_a_store_outage_is_reported_on_the_broker(source):
+    """The store answers nothing: the board keeps what it applied, and says why on MQTT
+    (the status object cannot be written then)."""
+    import json
+
+    from edge_agent.capture.destinations import DeliveryError
+
+    fleet, bucket, key = source
+    document = d.Document(fleet="plant", sequence=1, expires=int(time.time()) + 3600,
+                          baseline={}, created_at="")
+    bucket.objects["p/fleets/plant/deployment.json"] = d.sign(document, key)
+    published: list[dict] = []
+    fleet.set_publisher(lambda text: published.append(json.loads(text)))
+    assert fleet.step()["unreadable"] == [] and published[-1]["sequence"] == 1
+    working = bucket.send
+
+    def down(method, key, **kwargs):
+        raise DeliveryError(f"cannot reach the object store: {method} {key}", transient=True)
+    bucket.send = down
+    fleet.step()
+    assert published[-1]["sequence"] == 1
+    assert [u["object"] for u in published[-1]["unreadable"]] == \
+        ["p/fleets/plant/deployment.json", "p/devices/b-1/deployment.json"]
+    count = len(published)
+    fleet.step()  # nothing new to say: not published again
+    assert len(published) == count
+    bucket.send = working
+    assert fleet.step()["unreadable"] == [] and published[-1]["unreadable"] == []
+    assert bucket.puts[-1] == "p/status/plant/b-1.json"
