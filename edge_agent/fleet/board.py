@@ -250,21 +250,23 @@ class FleetSource:
         self.problems = problems
         self.manager.set_fleet(self._pins, self._named - set(wanted))
         self.manager.rescan()
-        self._remove_replaced(wanted)
+        self._remove_replaced(document, wanted)
         self._save()
 
-    def _remove_replaced(self, wanted: dict[str, d.Package]) -> None:
-        """Remove the packages this source downloaded of versions no longer wanted, once the
-        wanted one serves: the manager keeps its own copies (edge_agent_model_versions_kept),
-        and without this every rollout left one more package on the board's disk. Packages
-        copied in by hand are not touched."""
+    def _remove_replaced(self, document: d.Document, wanted: dict[str, d.Package]) -> None:
+        """Remove the packages this source downloaded that the applied document no longer
+        names (wanted here, the baseline a failed stage returns to, the previous baseline
+        `fleet rollback` returns to), once the wanted version serves: without this every
+        rollout left one more package on the board's disk. Packages copied in by hand are
+        not touched."""
         for name, package in wanted.items():
             status = self.manager.status(name) or {}
             if not _same(status.get("version", ""), package.version):
                 continue
-            keep = f"{name}/{package_file(package)}"
+            named = [package, document.baseline.get(name), *document.history.get(name, ())[:1]]
+            keep = {f"{name}/{package_file(p)}" for p in named if p is not None}
             for entry in sorted(p for p in self._downloaded
-                                if p.startswith(f"{name}/") and p != keep):
+                                if p.startswith(f"{name}/") and p not in keep):
                 try:
                     os.unlink(os.path.join(self.repository, entry))
                 except FileNotFoundError:

@@ -136,14 +136,15 @@ def test_a_replaced_download_is_removed_once_its_successor_serves(source, tmp_pa
     repository.mkdir()
     (repository / "by-hand.tar.gz").write_bytes(b"copied in by an operator")
 
-    def publish(sequence, data):
+    def publish(sequence, data, history=()):
         bucket.objects["p/packages/m.tar.gz"] = data
         package = d.Package("packages/m.tar.gz", hashlib.sha256(data).hexdigest(),
                             f"{sequence}.0", len(data))
         document = d.Document(fleet="plant", sequence=sequence, expires=int(time.time()) + 3600,
-                              baseline={"m": package}, created_at="")
+                              baseline={"m": package}, created_at="",
+                              history={"m": history} if history else {})
         bucket.objects["p/fleets/plant/deployment.json"] = d.sign(document, key)
-        return board.package_file(package)
+        return board.package_file(package), package
 
     documents = bucket.send
 
@@ -154,12 +155,17 @@ def test_a_replaced_download_is_removed_once_its_successor_serves(source, tmp_pa
                                    iter_content=lambda size: iter([data]))
         return documents(method, key, **kwargs)
     bucket.send = send
-    first = publish(1, b"one")
+    first, one = publish(1, b"one")
     assert fleet.step()["models"]["m"]["state"] == "serving"
     assert set(os.listdir(repository)) == {"by-hand.tar.gz", first}
-    second = publish(2, b"two")
+    # 1.0 is the previous baseline (`fleet rollback` returns to it): kept
+    second, two = publish(2, b"two", history=(one,))
     assert fleet.step()["models"]["m"]["serving"] == "2.0"
-    assert set(os.listdir(repository)) == {"by-hand.tar.gz", second}
+    assert set(os.listdir(repository)) == {"by-hand.tar.gz", first, second}
+    # three baselines later, 1.0 is no longer named: removed once 3.0 serves
+    third, _ = publish(3, b"three", history=(two,))
+    assert fleet.step()["models"]["m"]["serving"] == "3.0"
+    assert set(os.listdir(repository)) == {"by-hand.tar.gz", second, third}
 
 
 def test_a_store_outage_is_reported_on_the_broker(source):
