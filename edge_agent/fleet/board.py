@@ -96,6 +96,7 @@ class FleetSource:
         self.stale = ""
         self.last_status: dict | None = None  # the status last written to the bucket
         self._published: dict | None = None  # ... and last published on MQTT
+        self._reported_at = float("-inf")  # when the status was last written or published
         self.unreadable: list[dict] = []  # the last read's objects the store did not give
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -330,9 +331,15 @@ class FleetSource:
         from edge_agent.capture.destinations import DeliveryError
 
         status = self.status()
-        if status == self.last_status and status == self._published:
+        now = self._clock()
+        if now - self._reported_at >= 2 * self.config.edge_agent_deployment_poll_seconds:
+            # Written again though unchanged, so that `fleet status` can tell a board that
+            # has nothing new to say from one silent for three poll periods.
+            self.last_status = self._published = None
+        if status == self.last_status and (self._publish is None or status == self._published):
             return status
-        body = dict(status, time=d.format_time(self._clock()))
+        self._reported_at = now
+        body = dict(status, time=d.format_time(now))
         data = (json.dumps(body, sort_keys=True, indent=2) + "\n").encode()
         # The broker hears of it even while the store cannot be written (an outage: just
         # when an operator needs to see it).

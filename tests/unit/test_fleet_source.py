@@ -197,3 +197,23 @@ def test_a_store_outage_is_reported_on_the_broker(source):
     bucket.send = working
     assert fleet.step()["unreadable"] == [] and published[-1]["unreadable"] == []
     assert bucket.puts[-1] == "p/status/plant/b-1.json"
+
+
+def test_an_unchanged_status_is_written_again_every_two_poll_periods(source):
+    """`fleet status` flags boards not heard of for three poll periods: a board with nothing
+    new to say must not look silent."""
+    fleet, bucket, key = source
+    now = [1_800_000_000.0]
+    fleet._clock = lambda: now[0]
+    document = d.Document(fleet="plant", sequence=1, expires=int(now[0]) + 10**6,
+                          baseline={}, created_at="")
+    bucket.objects["p/fleets/plant/deployment.json"] = d.sign(document, key)
+    fleet.step()
+    assert bucket.puts == ["p/status/plant/b-1.json"]
+    period = fleet.config.edge_agent_deployment_poll_seconds
+    now[0] += period
+    fleet.step()
+    assert len(bucket.puts) == 1  # unchanged, and recent: not written
+    now[0] += period
+    fleet.step()
+    assert len(bucket.puts) == 2  # two periods since: written again
