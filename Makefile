@@ -61,7 +61,7 @@ test: $(STAMP) system-deps lint
 # The fleet rollout in full (docs/FLEET.md: five boards, staged, promoted, rolled back; make
 # test runs the failure policy, the board's refusals and the operator's walkthrough).
 test-fleet: $(STAMP)
-	EDGE_AGENT_FULL_SCENARIOS=1 $(PY) -m pytest -q tests/unit/test_fleet_document.py tests/unit/test_fleet_cli.py \
+	EDGE_AGENT_FULL_SCENARIOS=1 $(PY) -m pytest -q tests/unit/test_fleet_document.py tests/unit/test_fleet_cli.py tests/unit/test_fleet_source.py \
 		tests/integration/test_fleet_board.py tests/integration/test_fleet_transfer.py \
 		tests/e2e/test_fleet_rollout.py tests/e2e/test_fleet_mqtt.py \
 		tests/e2e/test_fleet_interrupted.py tests/e2e/test_fleet_walkthrough.py

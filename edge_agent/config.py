@@ -10,10 +10,15 @@ import dataclasses
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from edge_agent.machine import ARCHITECTURES
+
+# A fleet's or device's name where deployments use it (edge_agent.fleet.document: the names
+# a deployment document may hold).
+DEPLOYMENT_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,126}[A-Za-z0-9])?")
 
 log = logging.getLogger(__name__)
 
@@ -416,6 +421,13 @@ def _check(config: AgentConfig) -> None:
         ) if not value]
         if missing:
             raise ConfigError("edge_agent_deployment_url needs " + "; ".join(missing))
+        for key in ("sagemaker_edge_core_device_name", "sagemaker_edge_core_device_fleet_name"):
+            # They become MQTT topic levels and object keys: '/', '+', '#' would address
+            # other boards' topics and objects (and documents name only these names).
+            if not DEPLOYMENT_NAME.fullmatch(getattr(config, key)):
+                raise ConfigError(f"{key}: {getattr(config, key)!r} cannot be used with "
+                                  "edge_agent_deployment_url: letters, digits, '.', '_', '-' "
+                                  "(up to 128, starting and ending with a letter or digit)")
         if not config.edge_agent_deployment_url.startswith("s3://") or \
                 not config.edge_agent_deployment_url[5:].split("/")[0]:
             raise ConfigError(f"edge_agent_deployment_url: expected s3://BUCKET[/PREFIX], got "

@@ -84,13 +84,20 @@ class FleetSource:
         self._applied_envelope = b""
         self._pins: dict[str, str] = {}  # name -> version held in the repository and wanted
         self._named: set[str] = set()  # every name a document applied here named
+        self._downloaded: set[str] = set()  # "name/file" this source put in the repository
         self.refusals: list[dict] = []  # the last read's refused documents and why
+        # "fleet"/"device" -> why the object there did not verify: reported at every read
+        # until the object changes (a conditional GET no longer returns its bytes).
+        self._unverified: dict[str, dict] = {}
         self.problems: dict[str, str] = {}  # name -> why its package is not there yet
         # Packages whose bytes were not those the document names, by (key, sha256): not
         # downloaded again (every poll, by every board) until another document is applied.
         self._mismatched: dict[tuple[str, str], str] = {}
         self.stale = ""
-        self.last_status: dict | None = None
+        self.last_status: dict | None = None  # the status last written to the bucket
+        self._published: dict | None = None  # ... and last published on MQTT
+        self._reported_at = float("-inf")  # when the status was last written or published
+        self.unreadable: list[dict] = []  # the last read's objects the store did not give
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._last_trigger = 0.0
@@ -111,6 +118,7 @@ class FleetSource:
             self.applied = d.verify(self._applied_envelope, keys)
             self._pins = {str(k): str(v) for k, v in state.get("pins", {}).items()}
             self._named = set(state.get("named", [])) | set(self._pins)
+            self._downloaded = {str(p) for p in state.get("downloaded", [])}
         except FileNotFoundError:
             return
         except (OSError, ValueError, KeyError, TypeError, d.DocumentError) as e:
@@ -123,7 +131,8 @@ class FleetSource:
         temporary = self._state_path + ".tmp"
         with open(temporary, "w") as f:
             json.dump({"applied": self._applied_envelope.decode(), "pins": self._pins,
-                       "named": sorted(self._named)}, f)
+                       "named": sorted(self._named),
+                       "downloaded": sorted(self._downloaded)}, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(temporary, self._state_path)
@@ -148,26 +157,31 @@ class FleetSource:
 
         keys = self._trust()
         refusals: list[dict] = []
+        unreadable: list[dict] = []
         for which in ("fleet", "device"):
             key = self.keys[which]
             try:
                 fetched = transfer.fetch(self.client, key, self._etags.get(which, ""))
             except DeliveryError as e:
                 log.warning("fleet: cannot read %s: %s", key, e)
+                unreadable.append({"object": key, "reason": str(e)})
                 continue  # the last one read stands in
             if fetched.state == "missing":  # not a command: nothing changes
                 self._documents.pop(which, None)
                 self._etags.pop(which, None)
+                self._unverified.pop(which, None)
                 continue
             if fetched.state == "unchanged":
                 continue
             self._etags[which] = fetched.etag
+            self._unverified.pop(which, None)
             try:
                 self._documents[which] = (d.verify(fetched.data, keys), fetched.data)
             except d.DocumentError as e:
                 self._documents.pop(which, None)
-                refusals.append({"object": key, "reason": str(e)})
-                log.warning("fleet: %s refused: %s", key, e)
+                self._unverified[which] = {"object": key, "reason": str(e)}
+        refusals.extend(self._unverified[which] for which in sorted(self._unverified))
+        self.unreadable = unreadable
         now = self._clock()
         best: d.Signed | None = None
         best_envelope = b""
@@ -204,6 +218,8 @@ class FleetSource:
         wanted = document.wanted(self.device)
         problems: dict[str, str] = {}
         for name, package in sorted(wanted.items()):
+            if self._stopping.is_set():
+                return  # the agent stops: what is downloaded resumes at the next start
             folder = os.path.join(self.repository, name)
             final = os.path.join(folder, package_file(package))
             mismatch = self._mismatched.get((package.key, package.sha256))
@@ -216,7 +232,8 @@ class FleetSource:
                     log.info("fleet: downloading %s %s (%s)", name, package.version, package.key)
                     self.problems[name] = DOWNLOADING
                     start = transfer.download(self.client, self._object(package.key), final,
-                                              package.sha256, package.size, self._progress)
+                                              package.sha256, package.size, self._on_bytes)
+                    self._downloaded.add(f"{name}/{package_file(package)}")
                     log.info("fleet: %s %s downloaded%s", name, package.version,
                              f" (resumed at byte {start})" if start else "")
                 except transfer.BytesMismatch as e:
@@ -234,7 +251,40 @@ class FleetSource:
         self.problems = problems
         self.manager.set_fleet(self._pins, self._named - set(wanted))
         self.manager.rescan()
+        self._remove_replaced(document, wanted)
         self._save()
+
+    def _remove_replaced(self, document: d.Document, wanted: dict[str, d.Package]) -> None:
+        """Remove the packages this source downloaded that the applied document no longer
+        names (wanted here, the baseline a failed stage returns to, the previous baseline
+        `fleet rollback` returns to), once the wanted version serves: without this every
+        rollout left one more package on the board's disk. Packages copied in by hand are
+        not touched."""
+        for name, package in wanted.items():
+            status = self.manager.status(name) or {}
+            if not _same(status.get("version", ""), package.version):
+                continue
+            named = [package, document.baseline.get(name), *document.history.get(name, ())[:1]]
+            keep = {f"{name}/{package_file(p)}" for p in named if p is not None}
+            for entry in sorted(p for p in self._downloaded
+                                if p.startswith(f"{name}/") and p not in keep):
+                try:
+                    os.unlink(os.path.join(self.repository, entry))
+                except FileNotFoundError:
+                    pass
+                except OSError as e:
+                    log.warning("fleet: cannot remove %s: %s", entry, e)
+                    continue
+                log.info("fleet: removed %s (%s %s serves)", entry, name, package.version)
+                self._downloaded.discard(entry)
+
+    def _on_bytes(self, done: int) -> None:
+        """Called as a package downloads: the agent's stop does not wait for the rest of it
+        (the partial file is kept, and continued at the next start)."""
+        if self._stopping.is_set():
+            raise transfer.Stopped("the agent stops")
+        if self._progress is not None:
+            self._progress(done)
 
     def _object(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
@@ -274,24 +324,34 @@ class FleetSource:
         return {"fleet": self.fleet, "device": self.device,
                 "sequence": applied.sequence if applied else 0,
                 "document": ("device" if applied and applied.device else "fleet") if applied else "",
-                "stale": self.stale, "refused": self.refusals, "models": self.model_states()}
+                "stale": self.stale, "refused": self.refusals, "unreadable": self.unreadable,
+                "models": self.model_states()}
 
     def _report(self) -> dict:
         from edge_agent.capture.destinations import DeliveryError
 
         status = self.status()
-        if status == self.last_status:
+        now = self._clock()
+        if now - self._reported_at >= 2 * self.config.edge_agent_deployment_poll_seconds:
+            # Written again though unchanged, so that `fleet status` can tell a board that
+            # has nothing new to say from one silent for three poll periods.
+            self.last_status = self._published = None
+        if status == self.last_status and (self._publish is None or status == self._published):
             return status
-        body = dict(status, time=d.format_time(self._clock()))
+        self._reported_at = now
+        body = dict(status, time=d.format_time(now))
         data = (json.dumps(body, sort_keys=True, indent=2) + "\n").encode()
-        if self.config.edge_agent_deployment_status_upload:
+        # The broker hears of it even while the store cannot be written (an outage: just
+        # when an operator needs to see it).
+        if self._publish is not None and status != self._published:
+            self._publish(data.decode())
+            self._published = status
+        if self.config.edge_agent_deployment_status_upload and status != self.last_status:
             try:
                 self.client.send("PUT", self.keys["status"], data=data)
             except DeliveryError as e:
                 log.warning("fleet: cannot write the status: %s", e)
                 return status  # written again at the next read
-        if self._publish is not None:
-            self._publish(data.decode())
         self.last_status = status
         return status
 
@@ -302,8 +362,7 @@ class FleetSource:
 
     def set_publisher(self, publish: Callable[[str], None]) -> None:
         self._publish = publish
-        if self.last_status is not None:
-            self.last_status = None  # published at the next read
+        self._published = None  # published at the next read
 
     # --- the thread -----------------------------------------------------------------------------
 

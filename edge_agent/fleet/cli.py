@@ -154,6 +154,21 @@ class Bucket:
         data = self.read(f"fleets/{self.fleet}/deployment.json")
         document = d.verify(data, keys).document if data is not None else None
         highest = max(taken + [document.sequence if document else 0])
+        # Another publisher may have claimed a sequence and not replaced deployment.json yet
+        # (or lost the race to replace it): build on its document, not the one before, or its
+        # change would be undone without anyone noticing. A claim that does not verify is
+        # not built on.
+        for sequence in sorted(set(taken), reverse=True):
+            if document is not None and sequence <= document.sequence:
+                break
+            claimed = self.read(f"fleets/{self.fleet}/sequences/{sequence:010d}.json")
+            try:
+                newer = d.verify(claimed, keys).document if claimed is not None else None
+            except d.DocumentError:
+                continue
+            if newer is not None and newer.fleet == self.fleet and newer.sequence == sequence:
+                document = newer
+                break
         return document, highest
 
     def write(self, document, key) -> None:
@@ -446,7 +461,10 @@ def retained_statuses(args, quiet_seconds: float = 1.0, limit_seconds: float = 1
     import threading
     from urllib.parse import urlsplit
 
-    import paho.mqtt.client as mqtt
+    try:
+        import paho.mqtt.client as mqtt
+    except ImportError:
+        raise FleetError("--mqtt-url needs paho-mqtt (pip install paho-mqtt)") from None
 
     parts = urlsplit(args.mqtt_url)
     if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
@@ -479,7 +497,10 @@ def retained_statuses(args, quiet_seconds: float = 1.0, limit_seconds: float = 1
     client.on_connect = on_connect
     client.on_subscribe = on_subscribe
     client.on_message = on_message
-    client.connect(parts.hostname, parts.port or (8883 if parts.scheme == "mqtts" else 1883))
+    try:
+        client.connect(parts.hostname, parts.port or (8883 if parts.scheme == "mqtts" else 1883))
+    except (OSError, ValueError) as e:  # refused, unreachable, a TLS handshake that failed
+        raise FleetError(f"cannot reach the broker {args.mqtt_url}: {e}") from None
     client.loop_start()
     try:
         if not subscribed.wait(limit_seconds):
@@ -511,6 +532,8 @@ def cmd_status(args) -> int:
                              "stale": bool(status.get("stale")), "silent": silent,
                              "failed": model.get("state") == "failed",
                              "refused": [r.get("reason", "") for r in status.get("refused", [])],
+                             "unreadable": [u.get("reason", "")
+                                            for u in status.get("unreadable", [])],
                              "time": status.get("time", "")})
         if args.json:
             print(json.dumps(rows, indent=2))
@@ -519,6 +542,8 @@ def cmd_status(args) -> int:
             flags = [f for f in ("silent", "stale", "failed") if row[f]]
             if row["refused"]:
                 flags.append("refused: " + "; ".join(row["refused"]))
+            if row["unreadable"]:
+                flags.append("unreadable: " + "; ".join(row["unreadable"]))
             print(f"{row['device']:<24} seq {row['sequence']:<5} {row['model']:<16} "
                   f"{row['version']:<10} serving {row['serving'] or '-':<10} {row['state']:<11} "
                   f"{' '.join(('!' + f) for f in flags)} {row['reason']}".rstrip())

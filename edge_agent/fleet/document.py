@@ -21,13 +21,15 @@ from typing import Mapping
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
+from edge_agent.config import DEPLOYMENT_NAME
 from edge_agent.keys import key_id
+from edge_agent.versions import Version
 
 FORMAT = "edge-agent-deployment/1"
 POLICIES = ("rollback_on_failure", "do_nothing")
 TRUST_KEY = "edge_agent_deployment_trust"
 MAX_DOCUMENT_BYTES = 1024 * 1024
-_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,126}[A-Za-z0-9])?")
+_NAME = DEPLOYMENT_NAME
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _TIME = "%Y-%m-%dT%H:%M:%SZ"
 
@@ -40,7 +42,9 @@ def in_percentage(fleet: str, device: str, percent: float) -> bool:
     """Whether `device` is among the `percent`% of `fleet` a stage selects: the same boards
     everywhere, and those of a smaller percentage are in every larger one."""
     point = int.from_bytes(hashlib.sha256(f"{fleet}/{device}".encode()).digest()[:8], "big")
-    return point % 10000 < percent * 100
+    # A document holds hundredths of a percent, an integer: compare with that integer, as
+    # 0.07 * 100 is 7.000000000000001 in floating point and would take the board at point 7.
+    return point % 10000 < round(percent * 100)
 
 
 def format_time(seconds: float) -> str:
@@ -181,9 +185,16 @@ def _package(obj, where: str) -> Package:
     if not _SHA256.fullmatch(digest):
         raise DocumentError(f"{where}: 'sha256' must be 64 lowercase hex digits")
     size = obj.get("size", 0)
-    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        raise DocumentError(f"{where}: 'size' must be a whole number of bytes")
-    return Package(key, digest, _get(obj, "version", str, where), size)
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        # The download stops past it: without one, whoever serves the object could fill
+        # the board's disk before the SHA-256 is checked.
+        raise DocumentError(f"{where}: 'size' must be the package's size in bytes")
+    version = _get(obj, "version", str, where)
+    try:  # it names the file the board writes in its repository: no '/', no '..'
+        Version.parse(version)
+    except ValueError as e:
+        raise DocumentError(f"{where}: {e}") from None
+    return Package(key, digest, version, size)
 
 
 def _models(obj, where: str) -> dict[str, Package]:
@@ -237,6 +248,8 @@ def parse_document(obj) -> Document:
             raise DocumentError(f"model {sorted(seen & set(stage.models))[0]!r} is in two stages")
         seen |= set(stage.models)
     history = {}
+    if not isinstance(obj.get("history", {}), dict):
+        raise DocumentError("'history' must be an object")
     for name, packages in obj.get("history", {}).items():
         if not isinstance(packages, list):
             raise DocumentError(f"history of {name!r} must be a list")
@@ -284,7 +297,7 @@ def verify(data: bytes, keys: Mapping[str, VerifyKey]) -> Signed:
         raise DocumentError(f"larger than {MAX_DOCUMENT_BYTES} bytes")
     try:
         envelope = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (ValueError, RecursionError) as e:  # also: nesting too deep, an integer too long
         raise DocumentError(f"does not parse as JSON: {e}") from None
     if not isinstance(envelope, dict) or set(envelope) != {"document", "signature"}:
         raise DocumentError("must be an object with exactly 'document' and 'signature'")

@@ -24,6 +24,10 @@ class TransferError(Exception):
     """A package that cannot be taken: no room, or bytes that are not the document's."""
 
 
+class Stopped(Exception):
+    """Raised by a download's progress callback: stop now, keeping the partial file."""
+
+
 class BytesMismatch(TransferError):
     """The object's bytes are not those the signed document names (size or SHA-256)."""
 

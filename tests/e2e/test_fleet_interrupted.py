@@ -70,6 +70,7 @@ def test_kill_mid_download_then_resume(fleet, start_agent, monkeypatch):
     agent = start_agent(workdir=agent.workdir, **fleet.settings("b-1"))
     assert serving(agent) == 1.0  # ready: the old version serves, nothing partial loaded
     wait_for(lambda: serving(agent) == 2.0, 60, 0.1, "2.0 serves after the resumed download")
+    # No partial file left (1.0, the baseline a failed stage returns to, is kept).
     assert sorted(p.name for p in folder.iterdir()) == sorted(
         [f"1.0-{v1.sha256[:16]}.tar.gz", f"2.0-{v2.sha256[:16]}.tar.gz"])
     assert f"m 2.0 downloaded (resumed at byte {partial_size})" in agent.log()

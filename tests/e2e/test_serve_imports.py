@@ -45,3 +45,8 @@ def test_serving_a_model_imports_no_development_tool(tmp_path, model_files):
     loaded_tools = sorted(m for m in imported if m.split(".")[0] in TOOL_MODULES
                           or m.startswith("edge_agent.tools"))
     assert not loaded_tools, f"the serve path imported development tools: {loaded_tools}"
+    # Without edge_agent_deployment_url nor edge_agent_mqtt_url: no fleet source, no MQTT
+    # (the `fleet` subcommand's parser, argparse only, registers with every command line).
+    unused = sorted(m for m in imported if m.split(".")[0] == "paho"
+                    or (m.startswith("edge_agent.fleet.") and m != "edge_agent.fleet.cli"))
+    assert not unused, f"the serve path imported the fleet's or MQTT's modules: {unused}"

@@ -117,3 +117,13 @@ def test_a_package_larger_than_the_free_disk_is_not_started(store, tmp_path):
         transfer.download(client, key, str(tmp_path / "p.tar.gz"), SHA,
                           st.f_bavail * st.f_frsize + 1)
     assert os.listdir(tmp_path) == []
+
+
+def test_a_sequence_is_claimed_once(store):
+    """The conditional write two publishers race on (If-None-Match: *): the store keeps the
+    first, the second is told (edge_agent.fleet.cli.Bucket.write raises then)."""
+    client, key = store
+    claim = key.rsplit("/", 1)[0] + "/fleets/plant/sequences/0000000007.json"
+    assert transfer.put_if_absent(client, claim, b"first")
+    assert not transfer.put_if_absent(client, claim, b"second")
+    assert client.get_object(claim) == b"first"

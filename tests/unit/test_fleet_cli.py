@@ -72,3 +72,74 @@ def test_a_deployment_url_needs_an_explicit_device_name_and_the_rest():
         from_mapping({**settings, "edge_agent_model_repository": ""})
     with pytest.raises(ConfigError, match="expected s3://BUCKET"):
         from_mapping({**settings, "edge_agent_deployment_url": "https://bucket/prefix"})
+
+
+@pytest.mark.parametrize("key", ["sagemaker_edge_core_device_name",
+                                 "sagemaker_edge_core_device_fleet_name"])
+@pytest.mark.parametrize("name", ["a/b", "+", "#", "board+1", "plant/#", "../x", "-a"])
+def test_a_deployment_refuses_names_that_are_not_topic_levels(key, name):
+    """The names become MQTT topic levels and object keys (edge-agent/<fleet>/<device>/...)."""
+    from edge_agent.config import ConfigError, from_mapping
+
+    settings = {"edge_agent_deployment_url": "s3://bucket/prefix",
+                "edge_agent_model_repository": "/var/lib/models",
+                "edge_agent_deployment_trust": "/etc/edge-agent/deploy-keys",
+                "sagemaker_edge_core_device_name": "board-1",
+                "sagemaker_edge_core_device_fleet_name": "plant", key: name}
+    with pytest.raises(ConfigError, match=key):
+        from_mapping(settings)
+
+
+class MemoryStore:
+    """The S3 client's calls Bucket makes, in memory (If-None-Match: * honoured)."""
+
+    def __init__(self):
+        self.objects: dict[str, bytes] = {}
+
+    def send(self, method, key, headers=None, data=b"", accept=(), **kwargs):
+        from types import SimpleNamespace
+        if method == "PUT":
+            if (headers or {}).get("If-None-Match") == "*" and key in self.objects:
+                return SimpleNamespace(status_code=412)
+            self.objects[key] = data
+            return SimpleNamespace(status_code=200)
+        if key not in self.objects:
+            return SimpleNamespace(status_code=404, content=b"")
+        return SimpleNamespace(status_code=200, content=self.objects[key])
+
+    def put_object(self, key, data):
+        self.objects[key] = data
+
+    def list_keys(self, prefix=""):
+        return sorted(k for k in self.objects if k.startswith(prefix))
+
+
+def test_a_publisher_builds_on_a_sequence_claimed_before_deployment_json_is_replaced():
+    """Operator A claimed sequence 2 (its change: model n) and has not yet replaced
+    deployment.json; operator B's sequence 3 must keep A's change."""
+    from nacl.signing import SigningKey
+
+    from edge_agent.keys import key_id
+
+    key = SigningKey.generate()
+    keys = {key_id(key.verify_key): key.verify_key}
+    bucket = cli.Bucket.__new__(cli.Bucket)
+    bucket.client, bucket.prefix, bucket.fleet = MemoryStore(), "p", "plant"
+    first = d.Document("plant", 1, 2_000_000_000, {"m": package("1.0")})
+    bucket.write(first, key)
+    claimed = d.Document("plant", 2, 2_000_000_000, {"m": package("1.0"), "n": package("1.0")})
+    bucket.client.objects["p/fleets/plant/sequences/0000000002.json"] = d.sign(claimed, key)
+    current, highest = bucket.current(keys)
+    assert highest == 2 and current == claimed
+    # a claim that does not verify is not built on
+    bucket.client.objects["p/fleets/plant/sequences/0000000003.json"] = b"{}"
+    current, highest = bucket.current(keys)
+    assert highest == 3 and current == claimed
+
+
+def test_status_from_a_broker_that_cannot_be_reached_says_so(capsys):
+    from edge_agent.cli import main
+
+    assert main(["fleet", "status", "--url", "s3://b/p", "--fleet", "plant",
+                 "--mqtt-url", "mqtt://127.0.0.1:9"]) == 1
+    assert "cannot reach the broker mqtt://127.0.0.1:9" in capsys.readouterr().err

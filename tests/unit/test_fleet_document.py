@@ -163,3 +163,53 @@ def test_newest_prefers_the_highest_sequence(key, keys):
     assert d.newest([fleet_doc, device_doc]) is fleet_doc
     assert d.newest([device_doc]) is device_doc
     assert d.newest([]) is None
+
+
+def test_hostile_unsigned_documents_are_refused_not_raised(key, keys):
+    """Whoever may write the bucket must not stop a board's reads with an exception other
+    than a refusal (the board's read would end there, every poll)."""
+    data = d.sign(doc(), key)
+    hostile = [
+        _tampered(data, lambda e: e["document"].update(history=[])),
+        _tampered(data, lambda e: e["document"].update(history="x")),
+        b'{"document": ' + b"[" * 100_000 + b"]" * 100_000 + b', "signature": {}}',
+        b'{"document": {"sequence": ' + b"9" * 5000 + b'}, "signature": {}}',
+    ]
+    for bad in hostile:
+        with pytest.raises(d.DocumentError):
+            d.verify(bad, keys)
+
+
+def test_a_version_that_is_not_a_version_is_refused(key, keys):
+    """The version names the file a board writes into its repository (board.package_file)."""
+    data = d.sign(doc(), key)
+    for version in ("../../../etc/x", "1.0/../../x", "", "v1"):
+        def change(e, version=version):
+            e["document"]["baseline"]["add"]["version"] = version
+        with pytest.raises(d.DocumentError, match="version"):
+            d.verify(_tampered(data, change), keys)
+
+
+def test_percentage_compares_whole_hundredths():
+    """percent_hundredths 7 takes the boards at points 0..6, never the one at 7 (the float
+    7/100*100 is a hair above 7)."""
+    def point(name):
+        return int.from_bytes(hashlib.sha256(f"plant/{name}".encode()).digest()[:8],
+                              "big") % 10000
+    for hundredths in (7, 14, 28, 55, 109):
+        name = next(f"b-{i}" for i in range(10**7) if point(f"b-{i}") == hundredths)
+        stage = d.Stage({}, percent=hundredths / 100)
+        assert not stage.selects("plant", name)
+        assert d.Stage({}, percent=(hundredths + 1) / 100).selects("plant", name)
+
+
+def test_a_package_without_its_size_is_refused(key, keys):
+    """The size bounds the download: an object served endlessly cannot fill the disk."""
+    data = d.sign(doc(), key)
+    for size in (0, -1, None, "12", 1.5):
+        def change(e, size=size):
+            e["document"]["baseline"]["add"]["size"] = size
+        with pytest.raises(d.DocumentError, match="size"):
+            d.verify(_tampered(data, change), keys)
+    with pytest.raises(d.DocumentError, match="size"):
+        d.verify(_tampered(data, lambda e: e["document"]["baseline"]["add"].pop("size")), keys)
