@@ -10,6 +10,7 @@ failed is tried again only once it changed.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -96,6 +97,19 @@ def complete(file_name: str) -> bool:
     return True
 
 
+def _open_regular(path: str):
+    """A binary file object on `path` if it is a regular file, not through a link; OSError
+    otherwise, at once (a FIFO would make a plain open() wait for a writer for ever)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", path)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def _directory_identity(path: str) -> str:
     digest = hashlib.sha256()
     for directory, dirs, files in os.walk(path):
@@ -105,15 +119,19 @@ def _directory_identity(path: str) -> str:
             st = os.lstat(file_path)
             digest.update(f"{os.path.relpath(file_path, path)}\0{st.st_size}\0"
                           f"{st.st_mtime_ns}\0{st.st_ino}\0".encode(errors="surrogateescape"))
-            if name in ("manifest.json", "manifest.sig") and directory == path:
-                with open(file_path, "rb") as f:
-                    digest.update(f.read(1 << 20))
+            if name in ("manifest.json", "manifest.sig") and directory == path \
+                    and stat.S_ISREG(st.st_mode):
+                try:
+                    with _open_regular(file_path) as f:
+                        digest.update(f.read(1 << 20))
+                except OSError:
+                    pass  # replaced meanwhile: its copy is refused, or the next scan reads it
     return digest.hexdigest()
 
 
 def _file_identity(path: str) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with _open_regular(path) as f:
         while chunk := f.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()

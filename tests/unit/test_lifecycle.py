@@ -159,3 +159,53 @@ def test_the_waker_wakes_on_request_and_on_a_folder_change(tmp_path):
     finally:
         waker.close()
     waker.wake()  # after close: nothing, no error
+
+
+@pytest.mark.parametrize("fifo", ["manifest.json", "manifest.sig"])
+def test_a_package_holding_a_fifo_does_not_hang_the_scan(tmp_path, fifo):
+    """A package directory whose manifest is a FIFO (or a link to one) is listed (its copy
+    then lacks the file and is refused), never opened: a read would wait for a writer
+    for ever, and the agent's start with it."""
+    import threading
+
+    package = tmp_path / "repository" / "m" / "package"
+    package.mkdir(parents=True)
+    os.mkfifo(package / fifo)
+    os.symlink(fifo, package / "linked")
+    (package / "other").write_bytes(b"x")
+    repository = Repository(str(tmp_path / "repository"))
+    found: list = []
+    thread = threading.Thread(target=lambda: found.extend(repository.scan()), daemon=True)
+    thread.start()
+    thread.join(20)  # a bound for the bug, not a timing
+    hung = thread.is_alive()
+    if hung:  # unblock the hung scan before failing
+        os.close(os.open(package / fifo, os.O_WRONLY | os.O_NONBLOCK))
+        thread.join()
+    assert not hung
+    assert [e.name for e in found] == ["m"]
+
+
+def test_an_archive_replaced_by_a_fifo_is_not_opened(tmp_path):
+    """Between the scan's lstat and its read an archive may become a FIFO: the read
+    refuses it at once (OSError: the entry is passed over) rather than waiting."""
+    import threading
+
+    from edge_agent.lifecycle import repository as module
+
+    os.mkfifo(tmp_path / "fifo")
+    outcome: list = []
+
+    def identify():
+        try:
+            outcome.append(module._file_identity(str(tmp_path / "fifo")))
+        except OSError as e:
+            outcome.append(e)
+    thread = threading.Thread(target=identify, daemon=True)
+    thread.start()
+    thread.join(20)  # a bound for the bug, not a timing
+    hung = thread.is_alive()
+    if hung:
+        os.close(os.open(tmp_path / "fifo", os.O_WRONLY | os.O_NONBLOCK))
+        thread.join()
+    assert not hung and isinstance(outcome[0], OSError)
