@@ -18,6 +18,7 @@ the old or the new version, never neither.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -32,7 +33,7 @@ from edge_agent.config import AgentConfig
 from edge_agent.errors import AgentError, StatusCode, failed_precondition, not_found, shown
 from edge_agent.lifecycle import policy
 from edge_agent.lifecycle.repository import Entry, Repository
-from edge_agent.lifecycle.store import CrashPoint, Store, StoredVersion
+from edge_agent.lifecycle.store import STATE_FORMAT, CrashPoint, Store, StoredVersion
 from edge_agent.lifecycle.watch import Waker
 
 log = logging.getLogger(__name__)
@@ -130,6 +131,7 @@ class ModelManager:
         self._problems: dict[str, str] = {}  # repository folders not read, and why (logged)
         self._held: dict[str, list[StoredVersion]] = {}  # the store's copies, as last read
         self._proofs_saved: dict[str, int] = {}
+        self._state_saved: dict | None = None  # state.json as last read or written
         self._waker: Waker | None = None
         self._watched: set[str] = set()  # the repository's folders watched
         self._stopping = threading.Event()
@@ -141,8 +143,10 @@ class ModelManager:
         """Before the agent says it is ready: the records read, every name's version loaded
         (what served before, or what the repository now offers)."""
         self.store.prepare()
+        state = self.store.read_state()
+        self._state_saved = state
         try:
-            self._restore(self.store.read_state())
+            self._restore(state)
         except (AttributeError, TypeError, ValueError) as e:  # not what this agent writes
             log.error("the model repository's state.json is not understood (%s): starting "
                       "from the copies held, pins and failures forgotten", e)
@@ -247,8 +251,14 @@ class ModelManager:
                     self._notify("EXTEND_TIMEOUT_USEC=%d" % int(
                         (self.config.edge_agent_model_probe_timeout_seconds + 30) * 1e6))
                 self._settle(name, held.get(name, []))
-            self._save()
-            self._prune(held)
+            try:
+                self._save()
+            except OSError as e:  # a full disk: what serves serves on, and no copy goes
+                log.error("the model repository's record could not be written (%s): no "
+                          "copy is deleted until it is; after a restart the versions recorded "
+                          "before are chosen from again", e)
+            else:
+                self._prune(held)
             self._held = self.store.versions()
 
     def _admit(self, entry: Entry) -> None:
@@ -447,12 +457,18 @@ class ModelManager:
             state = self._names.get(name)
             version = state.serving.version if state and state.serving else ""
             serving[name] = {"digest": digest, "version": version}
-        self.store.write_state({
+        state = {
             "serving": serving, "pins": self._pins, "history": self._history,
             "entries": self._entries,
             "failed": {d: f.to_json() for d, f in self._failed.items() if not f.memory},
             "entries_failed": {i: list(f) for i, f in self._entry_failed.items()},
-        })
+        }
+        # Written only when it changed: the poll runs every few seconds for the agent's
+        # whole life, and each write costs two fsyncs of the board's flash.
+        written = json.loads(json.dumps(dict(state, format=STATE_FORMAT)))
+        if written != self._state_saved:
+            self.store.write_state(state)
+            self._state_saved = written
         proofs = self.service.loader.proofs
         if proofs != self._proofs_saved:
             self.store.write_proofs(proofs)

@@ -32,6 +32,7 @@ from edge_agent.errors import AgentError, failed_precondition, shown
 log = logging.getLogger(__name__)
 
 STATE_NAME = "state.json"
+STATE_FORMAT = 1  # state.json's "format"
 PROOFS_NAME = "proofs.json"
 STAGING = ".staging"
 MANIFEST = "manifest.json"
@@ -270,7 +271,7 @@ class Store:
         return read_json(os.path.join(self.root, STATE_NAME))
 
     def write_state(self, state: Mapping[str, Any]) -> None:
-        write_json_atomic(os.path.join(self.root, STATE_NAME), dict(state, format=1))
+        write_json_atomic(os.path.join(self.root, STATE_NAME), dict(state, format=STATE_FORMAT))
 
     def read_proofs(self) -> dict[str, int]:
         proofs = read_json(os.path.join(self.root, PROOFS_NAME))
