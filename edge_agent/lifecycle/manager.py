@@ -457,7 +457,7 @@ class ModelManager:
             state = self._names.get(name)
             version = state.serving.version if state and state.serving else ""
             serving[name] = {"digest": digest, "version": version}
-        state = {
+        document = {
             "serving": serving, "pins": self._pins, "history": self._history,
             "entries": self._entries,
             "failed": {d: f.to_json() for d, f in self._failed.items() if not f.memory},
@@ -465,9 +465,9 @@ class ModelManager:
         }
         # Written only when it changed: the poll runs every few seconds for the agent's
         # whole life, and each write costs two fsyncs of the board's flash.
-        written = json.loads(json.dumps(dict(state, format=STATE_FORMAT)))
+        written = json.loads(json.dumps(dict(document, format=STATE_FORMAT)))
         if written != self._state_saved:
-            self.store.write_state(state)
+            self.store.write_state(document)
             self._state_saved = written
         proofs = self.service.loader.proofs
         if proofs != self._proofs_saved:
