@@ -30,11 +30,13 @@ from typing import Any, Callable, Mapping
 from edge_agent.api import IN_PROCESS
 from edge_agent.archive import Limits
 from edge_agent.config import AgentConfig
-from edge_agent.errors import AgentError, StatusCode, failed_precondition, not_found, shown
+from edge_agent.errors import (AgentError, StatusCode, failed_precondition, invalid_argument,
+                               not_found, shown)
 from edge_agent.lifecycle import policy
 from edge_agent.lifecycle.repository import Entry, Repository
 from edge_agent.lifecycle.store import STATE_FORMAT, CrashPoint, Store, StoredVersion
 from edge_agent.lifecycle.watch import Waker
+from edge_agent.versions import Version
 
 log = logging.getLogger(__name__)
 
@@ -515,6 +517,10 @@ class ModelManager:
                 raise not_found(f"the model repository manages no model named '{shown(name)}'")
             held = self.store.versions().get(name, [])
             if to:
+                try:
+                    Version.parse(to)
+                except ValueError as e:
+                    raise invalid_argument(f"rollback of model '{name}': {e}") from None
                 matches = [v for v in held if policy.same_version(v.version, to)]
                 if not matches:
                     have = ", ".join(v.version for v in policy.newest_first(held)) or "none"

@@ -455,3 +455,14 @@ def test_a_state_directory_that_cannot_be_written_does_not_stop_the_start(lab, s
         client.rescan()
     state = json.loads((agent.workdir / "state" / "models" / "state.json").read_text())
     assert state["serving"]["m"]["version"] == "2.0"
+
+
+def test_a_rollback_to_what_is_no_version_is_an_invalid_argument(lab, start_agent):
+    lab.publish("m", "1.0")
+    agent = start_agent(**lab.settings())
+    with agent.client() as client:
+        with pytest.raises(AgentError) as refused:
+            client.rollback("m", "v1.0")
+        assert refused.value.code == StatusCode.INVALID_ARGUMENT
+        assert "without the leading 'v'" in refused.value.message
+        assert offset_of(client.predict("m", {"x": X})) == 1.0
