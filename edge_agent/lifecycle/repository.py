@@ -49,7 +49,10 @@ def check_repository(path: str) -> None:
     if not stat.S_ISDIR(st.st_mode):
         raise failed_precondition(f"{REPOSITORY_KEY} '{path}' is not a directory")
     _check_owner(path, st)
-    for directory in _ancestors(os.path.realpath(path)):
+    # Above the repository as named (where a link to it lives) and as it resolves.
+    above = dict.fromkeys([*_ancestors(os.path.abspath(path)),
+                           *_ancestors(os.path.realpath(path))])
+    for directory in above:
         _check_above(directory, path)
 
 

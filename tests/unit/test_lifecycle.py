@@ -209,3 +209,18 @@ def test_an_archive_replaced_by_a_fifo_is_not_opened(tmp_path):
         os.close(os.open(tmp_path / "fifo", os.O_WRONLY | os.O_NONBLOCK))
         thread.join()
     assert not hung and isinstance(outcome[0], OSError)
+
+
+def test_a_repository_reached_through_a_link_others_may_swap_is_refused(tmp_path):
+    """The link's own folder counts too: whoever may write it can point the link elsewhere."""
+    real = tmp_path / "real" / "repository"
+    real.mkdir(parents=True)
+    os.chmod(real, 0o755)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o777)
+    os.symlink(real, shared / "repository")
+    with pytest.raises(AgentError) as refused:
+        check_repository(str(shared / "repository"))
+    assert f"lies under '{shared}'" in refused.value.message
+    check_repository(str(real))
