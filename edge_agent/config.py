@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from edge_agent.machine import ARCHITECTURES
+from edge_agent.versions import Version
 
 log = logging.getLogger(__name__)
 
@@ -382,6 +383,11 @@ def _check(config: AgentConfig) -> None:
         raise ConfigError(f"edge_agent_max_pending_bytes: must hold at least one frame of "
                           f"edge_agent_max_frame_bytes plus its 16-byte header ({largest_frame}), "
                           f"got {config.edge_agent_max_pending_bytes}")
+    for name, pin in config.edge_agent_model_pins.items():
+        try:
+            Version.parse(pin)
+        except ValueError as e:  # it would pin nothing held, and a name could serve none
+            raise ConfigError(f"edge_agent_model_pins.{name}: {e}") from None
     if config.edge_agent_delegate == "external" and not config.edge_agent_delegate_library:
         raise ConfigError("edge_agent_delegate_library: must name the delegate's shared library "
                           "when edge_agent_delegate is external")
