@@ -7,6 +7,7 @@ Under `<edge_agent_state_dir>/models`:
     <name>/<version>~<digest16>/    a verified copy of one package (manifest.json,
                                     manifest.sig, the files the manifest lists)
     .staging/                       copies in progress; whatever is there at start is removed
+    .tmp-*                          a record being written (likewise)
 
 A copy gets its final name only once every file and directory of it is synced (rename, then a
 sync of the parent), so an interruption leaves either no copy or a whole one; a copy is
@@ -35,6 +36,7 @@ STATE_NAME = "state.json"
 STATE_FORMAT = 1  # state.json's "format"
 PROOFS_NAME = "proofs.json"
 STAGING = ".staging"
+TEMPORARY_PREFIX = ".tmp-"  # a record being written; removed at start if left
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"
 DIGEST_SHOWN = 16  # characters of the manifest's sha256 in a copy's directory name
@@ -64,7 +66,7 @@ class StoredVersion:
 def write_json_atomic(path: str, value: Any) -> None:
     """Replace the JSON file at `path` whole or not at all, durably."""
     directory = os.path.dirname(path)
-    fd, temporary = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    fd, temporary = tempfile.mkstemp(prefix=TEMPORARY_PREFIX, dir=directory)
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(value, f, indent=1, sort_keys=True)
@@ -178,6 +180,9 @@ class Store:
         if os.path.isdir(self.staging):
             shutil.rmtree(self.staging, ignore_errors=True)
         os.makedirs(self.staging, mode=0o700, exist_ok=True)
+        for entry in os.scandir(self.root):  # a record's temporary file (write_json_atomic)
+            if entry.name.startswith(TEMPORARY_PREFIX) and entry.is_file(follow_symlinks=False):
+                os.unlink(entry.path)
         for name in self._names():
             for entry in os.scandir(os.path.join(self.root, name)):
                 if entry.name.startswith("."):  # a rename target never starts with a dot

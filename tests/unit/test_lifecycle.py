@@ -90,9 +90,12 @@ def test_prepare_removes_what_an_interruption_left(tmp_path):
     (tmp_path / "models" / ".staging" / "copy-1").mkdir()
     (tmp_path / "models" / "m").mkdir()
     (tmp_path / "models" / "m" / ".deleting-1.0~abc").mkdir()
+    (tmp_path / "models" / ".tmp-k3j2h1").write_text('{"serving": ')  # a record half written
+    write_json_atomic(str(tmp_path / "models" / "state.json"), {"serving": {}})
     store.prepare()
     assert os.listdir(store.staging) == []
     assert os.listdir(tmp_path / "models" / "m") == []
+    assert sorted(os.listdir(tmp_path / "models")) == [".staging", "m", "state.json"]
 
 
 @pytest.mark.parametrize("name, whole", [
