@@ -126,6 +126,9 @@ class ModelManager:
         self._failed: dict[str, Failure] = {}  # manifest digest -> why
         self._entries: dict[str, str] = {}  # repository entry identity -> manifest digest
         self._entry_failed: dict[str, tuple[str, str, str]] = {}  # identity -> name, label, why
+        # Entries the state directory had no room for: identity -> (name, label, why, the
+        # bytes free then); tried again once more is free (not recorded: a restart retries).
+        self._entry_waiting: dict[str, tuple[str, str, str, int]] = {}
         self._pins: dict[str, str] = {}  # runtime pins (rollback), above the configuration's
         self._history: dict[str, list[str]] = {}  # name -> digests served, latest first
         self._recorded: dict[str, str] = {}  # name -> digest recorded as serving
@@ -238,13 +241,21 @@ class ModelManager:
                 if self._problems.get(folder) != why:
                     log.warning("model repository: folder '%s' is not read: %s", folder, why)
             self._problems = dict(self.repository.problems)
+            free = None
             for entry in entries:
-                if entry.identity not in self._entries and entry.identity not in self._entry_failed:
-                    self._admit(entry)
+                if entry.identity in self._entries or entry.identity in self._entry_failed:
+                    continue
+                waiting = self._entry_waiting.get(entry.identity)
+                if waiting is not None:
+                    free = self.store.free_bytes() if free is None else free
+                    if free <= waiting[3]:
+                        continue
+                self._admit(entry)
             # Entries gone from the repository are forgotten (their copies are not).
             present = {e.identity for e in entries}
             self._entries = {i: d for i, d in self._entries.items() if i in present}
             self._entry_failed = {i: f for i, f in self._entry_failed.items() if i in present}
+            self._entry_waiting = {i: w for i, w in self._entry_waiting.items() if i in present}
             held = self.store.versions()
             names = (set(held) | set(self._recorded) | set(self._names)
                      | {e.name for e in entries})
@@ -297,11 +308,20 @@ class ModelManager:
                         f"{other.short}..., this one {digest[:16]}...); give it a new version")
             stored = self.store.keep(staged, entry.name, manifest.version, key_id)
             staged = None
+            self._entry_waiting.pop(entry.identity, None)
             self._entries[entry.identity] = stored.digest
             log.info("model repository: %s is %s %s (signed by key %s), held as %s",
                      entry.label, entry.name, manifest.version, key_id, stored.path)
         except AgentError as e:
+            if e.code == StatusCode.RESOURCE_EXHAUSTED:  # the state directory's disk is full
+                log.warning("model repository: %s waits for room in the state directory: %s",
+                            entry.label, e.message)
+                self._entry_waiting[entry.identity] = (entry.name, entry.label, e.message,
+                                                       self.store.free_bytes())
+                self._count(entry.name, "waiting")
+                return
             log.warning("model repository: %s refused: %s", entry.label, e.message)
+            self._entry_waiting.pop(entry.identity, None)
             self._entry_failed[entry.identity] = (entry.name, entry.label, e.message)
             self._count(entry.name, "failed")
         finally:
@@ -341,7 +361,9 @@ class ModelManager:
                 if current.model is None:
                     failures = [f.reason for d, f in self._failed.items() if f.name == name]
                     failures += [why for n, _label, why in self._entry_failed.values() if n == name]
-                    waiting = any(f.memory for f in self._failed.values() if f.name == name)
+                    failures += [w[2] for w in self._entry_waiting.values() if w[0] == name]
+                    waiting = (any(f.memory for f in self._failed.values() if f.name == name)
+                               or any(w[0] == name for w in self._entry_waiting.values()))
                     current.set(WAITING if waiting else FAILED,
                                 (failures[-1] if failures else choice.note))
                 return
@@ -600,6 +622,7 @@ class ModelManager:
         # Copies: the manager's thread may change these while an RPC's thread reads them.
         held = list(self._held.get(name, []))
         failed, entry_failed = dict(self._failed), dict(self._entry_failed)
+        entry_waiting = dict(self._entry_waiting)
         serving = current.serving.digest if current.serving else ""
         pin = self._pin(name)
         versions = []
@@ -621,6 +644,10 @@ class ModelManager:
             if owner == name:
                 versions.append({"version": os.path.basename(label), "sha256": identity,
                                  "state": FAILED, "reason": why, "pinned": False})
+        for identity, (owner, label, why, _free) in entry_waiting.items():
+            if owner == name:
+                versions.append({"version": os.path.basename(label), "sha256": identity,
+                                 "state": WAITING, "reason": why, "pinned": False})
         return {"state": current.state, "reason": current.reason, "since": current.since,
                 "version": current.serving.version if current.serving else "",
                 "pinned": pin or "", "versions": versions}

@@ -16,6 +16,7 @@ fsync, rename, fsync of the directory).
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -28,7 +29,7 @@ from typing import Any, Callable, Mapping
 
 from edge_agent.archive import Limits, unpacked
 from edge_agent.capture.durable import fsync_directory, make_directories
-from edge_agent.errors import AgentError, failed_precondition, shown
+from edge_agent.errors import AgentError, failed_precondition, resource_exhausted, shown
 
 log = logging.getLogger(__name__)
 
@@ -232,7 +233,9 @@ class Store:
             _sync_tree(target)
         except OSError as e:
             shutil.rmtree(work, ignore_errors=True)
-            raise failed_precondition(
+            # A full disk is no fault of the package's: RESOURCE_EXHAUSTED, tried again.
+            full = e.errno in (errno.ENOSPC, errno.EDQUOT)
+            raise (resource_exhausted if full else failed_precondition)(
                 f"package '{shown(label)}' cannot be copied into the agent's state directory: "
                 f"{e.strerror or e}") from None
         except BaseException:
@@ -255,6 +258,11 @@ class Store:
             fsync_directory(directory)
             shutil.rmtree(work, ignore_errors=True)
         return StoredVersion(name, version, digest, final, key_id)
+
+    def free_bytes(self) -> int:
+        """What the store's file system has free for the agent."""
+        st = os.statvfs(self.root)
+        return st.f_bavail * st.f_frsize
 
     def discard_staged(self, staged: str) -> None:
         shutil.rmtree(os.path.dirname(staged), ignore_errors=True)
