@@ -164,7 +164,9 @@ class ModelManager:
         self._started.set()
 
     def _restore(self, state: dict) -> None:
-        self._pins = {k: v for k, v in state.get("pins", {}).items() if isinstance(v, str)}
+        # A pin that names no version would let the name serve none: forgotten.
+        self._pins = {k: v for k, v in state.get("pins", {}).items()
+                      if isinstance(v, str) and policy.parse(v) is not None}
         self._history = {k: list(v) for k, v in state.get("history", {}).items()}
         self._recorded = {k: v.get("digest", "") for k, v in state.get("serving", {}).items()
                           if isinstance(v, dict)}

@@ -466,3 +466,19 @@ def test_a_rollback_to_what_is_no_version_is_an_invalid_argument(lab, start_agen
         assert refused.value.code == StatusCode.INVALID_ARGUMENT
         assert "without the leading 'v'" in refused.value.message
         assert offset_of(client.predict("m", {"x": X})) == 1.0
+
+
+def test_a_recorded_pin_that_is_no_version_is_forgotten(lab, start_agent):
+    """A state.json edited by hand (or by another build) with a pin that names no version:
+    the name serves its best version rather than nothing."""
+    lab.publish("m", "1.0")
+    agent = start_agent(**lab.settings())
+    agent.stop()
+    state_path = agent.workdir / "state" / "models" / "state.json"
+    state = json.loads(state_path.read_text())
+    state["pins"] = {"m": "the good one"}
+    state_path.write_text(json.dumps(state))
+    agent = start_agent(workdir=agent.workdir, **lab.settings())
+    with agent.client() as client:
+        assert offset_of(client.predict("m", {"x": X})) == 1.0
+        assert states(client)["m"].pinned_version == ""
