@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from edge_agent.api import MODEL_NAME
 from edge_agent.errors import AgentError, failed_precondition
+from edge_agent.lifecycle.store import walk
 
 log = logging.getLogger(__name__)
 
@@ -115,21 +116,29 @@ def _open_regular(path: str):
 
 def _directory_identity(path: str) -> str:
     digest = hashlib.sha256()
-    for directory, dirs, files in os.walk(path):
-        dirs.sort()
-        for name in sorted(files):
-            file_path = os.path.join(directory, name)
-            st = os.lstat(file_path)
-            digest.update(f"{os.path.relpath(file_path, path)}\0{st.st_size}\0"
-                          f"{st.st_mtime_ns}\0{st.st_ino}\0".encode(errors="surrogateescape"))
-            if name in ("manifest.json", "manifest.sig") and directory == path \
-                    and stat.S_ISREG(st.st_mode):
-                try:
-                    with _open_regular(file_path) as f:
-                        digest.update(f.read(1 << 20))
-                except OSError:
-                    pass  # replaced meanwhile: its copy is refused, or the next scan reads it
+    try:
+        for directory, dirs, files in walk(path):
+            _add_directory(digest, path, directory, dirs, files)
+    except ValueError as e:  # nested too deep: its copy is refused, saying so
+        digest.update(f"{e}".encode())
     return digest.hexdigest()
+
+
+def _add_directory(digest, path: str, directory: str, dirs: list, files: list) -> None:
+    """What one folder of a package directory adds to its identity."""
+    dirs.sort()  # a fixed order of visits: the same tree, the same identity
+    for name in sorted(files):
+        file_path = os.path.join(directory, name)
+        st = os.lstat(file_path)
+        digest.update(f"{os.path.relpath(file_path, path)}\0{st.st_size}\0"
+                      f"{st.st_mtime_ns}\0{st.st_ino}\0".encode(errors="surrogateescape"))
+        if name in ("manifest.json", "manifest.sig") and directory == path \
+                and stat.S_ISREG(st.st_mode):
+            try:
+                with _open_regular(file_path) as f:
+                    digest.update(f.read(1 << 20))
+            except OSError:
+                pass  # replaced meanwhile: its copy is refused, or the next scan reads it
 
 
 def _file_identity(path: str) -> str:

@@ -103,9 +103,36 @@ def read_json(path: str) -> dict:
         return {}
 
 
+# How deep a package's folders may nest (its manifest's file names are paths inside it; a
+# real package has a folder or two). os.walk recurses: a tree thousands of folders deep
+# would end it with RecursionError, and with it every scan of the repository.
+MAX_PACKAGE_DEPTH = 32
+
+
+def walk(root: str, max_depth: int = MAX_PACKAGE_DEPTH):
+    """os.walk(root) top-down without recursion and without following links: (directory,
+    its sub-directories, its other entries' names) per directory. Pruning the list of
+    sub-directories prunes the walk. ValueError for a folder deeper than `max_depth`."""
+    pending = [(root, 0)]
+    while pending:
+        directory, depth = pending.pop()
+        if depth > max_depth:
+            raise ValueError(f"its folders nest deeper than {max_depth}")
+        dirs: list[str] = []
+        files: list[str] = []
+        for entry in os.scandir(directory):
+            (dirs if entry.is_dir(follow_symlinks=False) else files).append(entry.name)
+        yield directory, dirs, files
+        pending.extend((os.path.join(directory, d), depth + 1) for d in reversed(dirs))
+
+
 def _sync_tree(root: str) -> None:
-    """fsync every file and directory under `root` (deepest directories first)."""
-    for directory, _dirs, files in os.walk(root, topdown=False):
+    """fsync every file and directory under `root` (each directory after what it holds)."""
+    try:
+        directories = [(directory, files) for directory, _dirs, files in walk(root)]
+    except ValueError as e:
+        raise failed_precondition(str(e)) from None
+    for directory, files in reversed(directories):
         for name in files:
             fd = os.open(os.path.join(directory, name), os.O_RDONLY | os.O_NOFOLLOW)
             try:
@@ -120,10 +147,20 @@ def _copy_package_directory(source: str, target: str, limits: Limits,
     """Copy the regular files of a package directory (links and special files are left out:
     the verification then finds them missing and refuses the package)."""
     total, count = 0, 0
-    for directory, dirs, files in os.walk(source):
+    tree = walk(source)
+    while True:
+        try:
+            directory, dirs, files = next(tree)
+        except StopIteration:
+            break
+        except ValueError as e:  # nested too deep
+            raise failed_precondition(str(e)) from None
         relative = os.path.relpath(directory, source)
         into = target if relative == "." else os.path.join(target, relative)
-        dirs[:] = [d for d in dirs if not os.path.islink(os.path.join(directory, d))]
+        count += len(dirs)  # folders count as files: a million empty ones is no package
+        if count > limits.max_files:
+            raise failed_precondition(f"it holds more than {limits.max_files} files "
+                                      "(edge_agent_max_package_files)")
         for name in dirs:
             os.mkdir(os.path.join(into, name), 0o755)
         for name in files:

@@ -227,3 +227,50 @@ def test_a_repository_reached_through_a_link_others_may_swap_is_refused(tmp_path
         check_repository(str(shared / "repository"))
     assert f"lies under '{shared}'" in refused.value.message
     check_repository(str(real))
+
+
+def _nested(root, depth: int):
+    """`depth` folders one in another under `root` (made relative: paths stay short)."""
+    here = os.getcwd()
+    os.chdir(root)
+    try:
+        for _ in range(depth):
+            os.mkdir("d")
+            os.chdir("d")
+    finally:
+        os.chdir(here)
+
+
+def test_a_package_nested_thousands_deep_is_refused_and_the_scan_goes_on(tmp_path):
+    """os.walk recursed: such a folder ended every scan (and the start) with RecursionError."""
+    import subprocess
+
+    package = tmp_path / "repository" / "m" / "package"
+    package.mkdir(parents=True)
+    (package / "manifest.json").write_text("{}")
+    _nested(package, 1500)
+    try:
+        (tmp_path / "repository" / "n").mkdir()
+        (tmp_path / "repository" / "n" / "n.tar.gz").write_bytes(b"x")
+        repository = Repository(str(tmp_path / "repository"))
+        assert [e.name for e in repository.scan()] == ["m", "n"]
+        store = Store(str(tmp_path / "models"), Limits(1 << 20, 10000))
+        store.prepare()
+        with pytest.raises(AgentError) as refused:
+            store.stage(str(package), "m/package")
+        assert "nest deeper than" in refused.value.message
+        assert os.listdir(store.staging) == []
+    finally:  # pytest's own clean-up (shutil.rmtree) recurses, and would fail on it
+        subprocess.run(["rm", "-rf", str(package)], check=True)
+
+
+def test_a_package_of_many_empty_folders_is_refused(tmp_path):
+    package = tmp_path / "package"
+    package.mkdir()
+    for i in range(20):
+        (package / f"d{i}").mkdir()
+    store = Store(str(tmp_path / "models"), Limits(1 << 20, 8))
+    store.prepare()
+    with pytest.raises(AgentError) as refused:
+        store.stage(str(package), "m/package")
+    assert "more than 8 files" in refused.value.message
