@@ -50,6 +50,7 @@ SERVING, LOADING, VALIDATING, FAILED, BLOCKED, WAITING = (
     "serving", "loading", "validating", "failed", "blocked", "waiting")
 STATES = (SERVING, LOADING, VALIDATING, FAILED, BLOCKED, WAITING)
 SWAP_RESULTS = ("ok", "failed", "waiting")
+ROOM_TO_RETRY = 1 << 20  # more free on the state directory's disk before a copy is retried
 HISTORY_KEPT = 32  # versions served remembered per name (rollbacks go to those still held)
 
 
@@ -250,7 +251,9 @@ class ModelManager:
                 waiting = self._entry_waiting.get(entry.identity)
                 if waiting is not None:
                     free = self.store.free_bytes() if free is None else free
-                    if free <= waiting[3]:
+                    # Not each time a few bytes free: every try fills the disk again, for
+                    # the capture journal too.
+                    if free < waiting[3] + max(ROOM_TO_RETRY, waiting[3] // 10):
                         continue
                 self._admit(entry)
             # Entries gone from the repository are forgotten (their copies are not).
