@@ -269,15 +269,7 @@ class ModelManager:
                     self._notify("EXTEND_TIMEOUT_USEC=%d" % int(
                         (self.config.edge_agent_model_probe_timeout_seconds + 30) * 1e6))
                 self._settle(name, held.get(name, []))
-            try:
-                self._save()
-            except OSError as e:  # a full disk: what serves serves on, and no copy goes
-                log.error("the model repository's record could not be written (%s): no "
-                          "copy is deleted until it is; after a restart the versions recorded "
-                          "before are chosen from again", e)
-            else:
-                self._prune(held)
-            self._held = self.store.versions()
+            self._save_then_prune(held)
 
     def _admit(self, entry: Entry) -> None:
         """Copy a new repository entry into the store and verify it there."""
@@ -503,6 +495,19 @@ class ModelManager:
             self.store.write_proofs(proofs)
             self._proofs_saved = dict(proofs)
 
+    def _save_then_prune(self, held: Mapping[str, list[StoredVersion]] | None = None) -> None:
+        """Record what serves, then delete the copies no longer kept; a record that cannot be
+        written (a full disk) is logged, what serves serves on, and no copy goes."""
+        try:
+            self._save()
+        except OSError as e:
+            log.error("the model repository's record could not be written (%s): no copy is "
+                      "deleted until it is; after a restart the versions recorded before are "
+                      "chosen from again", e)
+        else:
+            self._prune(self.store.versions() if held is None else held)
+        self._held = self.store.versions()
+
     def _prune(self, held: Mapping[str, list[StoredVersion]]) -> None:
         """Keep the version serving, a pinned one, the last edge_agent_model_versions_kept
         served, and higher versions still to be tried; delete the rest (after _save)."""
@@ -581,9 +586,7 @@ class ModelManager:
                 self._save()
                 raise failed_precondition(f"model '{name}': rollback to {target.version} "
                                           f"failed: {current.reason}")
-            self._save()
-            self._prune(self.store.versions())
-            self._held = self.store.versions()
+            self._save_then_prune()
 
     def unpin(self, name: str) -> None:
         with self._lock:
@@ -591,9 +594,7 @@ class ModelManager:
                 raise not_found(f"the model repository manages no model named '{shown(name)}'")
             self._pins.pop(name, None)
             self._settle(name, self.store.versions().get(name, []))
-            self._save()
-            self._prune(self.store.versions())
-            self._held = self.store.versions()
+            self._save_then_prune()
 
     # --- what is reported -------------------------------------------------------------------
 

@@ -482,3 +482,28 @@ def test_a_recorded_pin_that_is_no_version_is_forgotten(lab, start_agent):
     with agent.client() as client:
         assert offset_of(client.predict("m", {"x": X})) == 1.0
         assert states(client)["m"].pinned_version == ""
+
+
+def test_a_rollback_on_a_full_disk_serves_and_says_ok(lab, start_agent, monkeypatch):
+    """The swap is done: the record that could not be written is logged (and written once
+    it can), not answered as an internal error."""
+    import errno
+
+    from edge_agent.lifecycle.store import Store
+
+    lab.publish("m", "1.0")
+    agent = start_agent(**lab.settings())
+    lab.publish("m", "2.0")
+    with agent.client() as client:
+        client.rescan()
+
+        def full(self, state):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        monkeypatch.setattr(Store, "write_state", full)
+        assert client.rollback("m").version == "1.0"
+        assert offset_of(client.predict("m", {"x": X})) == 1.0
+        assert client.unpin("m").version == "2.0"
+        monkeypatch.undo()
+        client.rescan()
+    state = json.loads((agent.workdir / "state" / "models" / "state.json").read_text())
+    assert state["serving"]["m"]["version"] == "2.0"
