@@ -17,6 +17,7 @@ unpacking itself must be harmless whatever the archive holds:
 """
 from __future__ import annotations
 
+import errno
 import gzip
 import logging
 import os
@@ -29,7 +30,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import IO, Callable, Iterator, Protocol
 
-from edge_agent.errors import AgentError, failed_precondition
+from edge_agent.errors import AgentError, failed_precondition, resource_exhausted
 from edge_agent.modelfile import open_regular
 
 log = logging.getLogger(__name__)
@@ -238,6 +239,9 @@ def _extract(archive_path: str, root: str, limits: Limits, label: str,
     except (tarfile.TarError, gzip.BadGzipFile, EOFError, zlib.error, RecursionError) as e:
         raise refuse(f"it is not a valid .tar.gz ({e or type(e).__name__})") from None
     except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):  # no fault of the archive's
+            raise resource_exhausted(f"package archive '{label}' cannot be unpacked: "
+                                     f"{e.strerror or e}") from None
         raise refuse(f"unpacking failed: {e.strerror or e}") from None
     if unpacker.entries == 0:
         raise refuse("it is empty")

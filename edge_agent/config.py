@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from edge_agent.machine import ARCHITECTURES
+from edge_agent.versions import Version
 
 # A fleet's or device's name where deployments use it (edge_agent.fleet.document: the names
 # a deployment document may hold).
@@ -432,6 +433,11 @@ def _check(config: AgentConfig) -> None:
                 not config.edge_agent_deployment_url[5:].split("/")[0]:
             raise ConfigError(f"edge_agent_deployment_url: expected s3://BUCKET[/PREFIX], got "
                               f"{config.edge_agent_deployment_url!r}")
+    for name, pin in config.edge_agent_model_pins.items():
+        try:
+            Version.parse(pin)
+        except ValueError as e:  # it would pin nothing held, and a name could serve none
+            raise ConfigError(f"edge_agent_model_pins.{name}: {e}") from None
     if config.edge_agent_delegate == "external" and not config.edge_agent_delegate_library:
         raise ConfigError("edge_agent_delegate_library: must name the delegate's shared library "
                           "when edge_agent_delegate is external")

@@ -645,10 +645,11 @@ class GrpcConnection:
                 return False
             self._draining = True
             self.h2.close_connection(ErrorCodes.NO_ERROR, additional_data=reason.encode())
-            try:
-                self._flush()
+            try:  # without waiting: the caller holds the server's lock, and a client that
+                # stopped reading would hold every new connection back for the send timeout
+                self.sock.send(self.h2.data_to_send(), socket.MSG_DONTWAIT)
             except OSError:
-                pass
+                pass  # the GOAWAY is a courtesy; the connection closes either way
         log.info("closing an idle gRPC connection (pid %d) to make room for another user's",
                  self.caller.pid)
         try:

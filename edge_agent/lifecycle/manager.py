@@ -18,6 +18,7 @@ the old or the new version, never neither.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -29,11 +30,13 @@ from typing import Any, Callable, Collection, Mapping
 from edge_agent.api import IN_PROCESS
 from edge_agent.archive import Limits
 from edge_agent.config import AgentConfig
-from edge_agent.errors import AgentError, StatusCode, failed_precondition, not_found, shown
+from edge_agent.errors import (AgentError, StatusCode, failed_precondition, invalid_argument,
+                               not_found, shown)
 from edge_agent.lifecycle import policy
 from edge_agent.lifecycle.repository import Entry, Repository
-from edge_agent.lifecycle.store import CrashPoint, Store, StoredVersion
+from edge_agent.lifecycle.store import STATE_FORMAT, CrashPoint, Store, StoredVersion
 from edge_agent.lifecycle.watch import Waker
+from edge_agent.versions import Version
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +50,7 @@ SERVING, LOADING, VALIDATING, FAILED, BLOCKED, WAITING = (
     "serving", "loading", "validating", "failed", "blocked", "waiting")
 STATES = (SERVING, LOADING, VALIDATING, FAILED, BLOCKED, WAITING)
 SWAP_RESULTS = ("ok", "failed", "waiting")
+ROOM_TO_RETRY = 1 << 20  # more free on the state directory's disk before a copy is retried
 HISTORY_KEPT = 32  # versions served remembered per name (rollbacks go to those still held)
 
 
@@ -123,6 +127,9 @@ class ModelManager:
         self._failed: dict[str, Failure] = {}  # manifest digest -> why
         self._entries: dict[str, str] = {}  # repository entry identity -> manifest digest
         self._entry_failed: dict[str, tuple[str, str, str]] = {}  # identity -> name, label, why
+        # Entries the state directory had no room for: identity -> (name, label, why, the
+        # bytes free then); tried again once more is free (not recorded: a restart retries).
+        self._entry_waiting: dict[str, tuple[str, str, str, int]] = {}
         self._pins: dict[str, str] = {}  # runtime pins (rollback), above the configuration's
         # A fleet deployment (edge_agent.fleet.board) as a source: the version of each name
         # its applied document wants (below the runtime pins, above the configuration's), and
@@ -135,6 +142,7 @@ class ModelManager:
         self._problems: dict[str, str] = {}  # repository folders not read, and why (logged)
         self._held: dict[str, list[StoredVersion]] = {}  # the store's copies, as last read
         self._proofs_saved: dict[str, int] = {}
+        self._state_saved: dict | None = None  # state.json as last read or written
         self._waker: Waker | None = None
         self._watched: set[str] = set()  # the repository's folders watched
         self._stopping = threading.Event()
@@ -146,8 +154,10 @@ class ModelManager:
         """Before the agent says it is ready: the records read, every name's version loaded
         (what served before, or what the repository now offers)."""
         self.store.prepare()
+        state = self.store.read_state()
+        self._state_saved = state
         try:
-            self._restore(self.store.read_state())
+            self._restore(state)
         except (AttributeError, TypeError, ValueError) as e:  # not what this agent writes
             log.error("the model repository's state.json is not understood (%s): starting "
                       "from the copies held, pins and failures forgotten", e)
@@ -160,7 +170,9 @@ class ModelManager:
         self._started.set()
 
     def _restore(self, state: dict) -> None:
-        self._pins = {k: v for k, v in state.get("pins", {}).items() if isinstance(v, str)}
+        # A pin that names no version would let the name serve none: forgotten.
+        self._pins = {k: v for k, v in state.get("pins", {}).items()
+                      if isinstance(v, str) and policy.parse(v) is not None}
         self._history = {k: list(v) for k, v in state.get("history", {}).items()}
         self._recorded = {k: v.get("digest", "") for k, v in state.get("serving", {}).items()
                           if isinstance(v, dict)}
@@ -237,13 +249,23 @@ class ModelManager:
                 if self._problems.get(folder) != why:
                     log.warning("model repository: folder '%s' is not read: %s", folder, why)
             self._problems = dict(self.repository.problems)
+            free = None
             for entry in entries:
-                if entry.identity not in self._entries and entry.identity not in self._entry_failed:
-                    self._admit(entry)
+                if entry.identity in self._entries or entry.identity in self._entry_failed:
+                    continue
+                waiting = self._entry_waiting.get(entry.identity)
+                if waiting is not None:
+                    free = self.store.free_bytes() if free is None else free
+                    # Not each time a few bytes free: every try fills the disk again, for
+                    # the capture journal too.
+                    if free < waiting[3] + max(ROOM_TO_RETRY, waiting[3] // 10):
+                        continue
+                self._admit(entry)
             # Entries gone from the repository are forgotten (their copies are not).
             present = {e.identity for e in entries}
             self._entries = {i: d for i, d in self._entries.items() if i in present}
             self._entry_failed = {i: f for i, f in self._entry_failed.items() if i in present}
+            self._entry_waiting = {i: w for i, w in self._entry_waiting.items() if i in present}
             held = self.store.versions()
             names = (set(held) | set(self._recorded) | set(self._names)
                      | {e.name for e in entries}) - self._fleet_dropped
@@ -253,9 +275,7 @@ class ModelManager:
                         (self.config.edge_agent_model_probe_timeout_seconds + 30) * 1e6))
                 self._settle(name, held.get(name, []))
             self._drop_unwanted()
-            self._save()
-            self._prune(held)
-            self._held = self.store.versions()
+            self._save_then_prune(held)
 
     def _admit(self, entry: Entry) -> None:
         """Copy a new repository entry into the store and verify it there."""
@@ -291,11 +311,20 @@ class ModelManager:
                         f"{other.short}..., this one {digest[:16]}...); give it a new version")
             stored = self.store.keep(staged, entry.name, manifest.version, key_id)
             staged = None
+            self._entry_waiting.pop(entry.identity, None)
             self._entries[entry.identity] = stored.digest
             log.info("model repository: %s is %s %s (signed by key %s), held as %s",
                      entry.label, entry.name, manifest.version, key_id, stored.path)
         except AgentError as e:
+            if e.code == StatusCode.RESOURCE_EXHAUSTED:  # the state directory's disk is full
+                log.warning("model repository: %s waits for room in the state directory: %s",
+                            entry.label, e.message)
+                self._entry_waiting[entry.identity] = (entry.name, entry.label, e.message,
+                                                       self.store.free_bytes())
+                self._count(entry.name, "waiting")
+                return
             log.warning("model repository: %s refused: %s", entry.label, e.message)
+            self._entry_waiting.pop(entry.identity, None)
             self._entry_failed[entry.identity] = (entry.name, entry.label, e.message)
             self._count(entry.name, "failed")
         finally:
@@ -362,7 +391,9 @@ class ModelManager:
                 if current.model is None:
                     failures = [f.reason for d, f in self._failed.items() if f.name == name]
                     failures += [why for n, _label, why in self._entry_failed.values() if n == name]
-                    waiting = any(f.memory for f in self._failed.values() if f.name == name)
+                    failures += [w[2] for w in self._entry_waiting.values() if w[0] == name]
+                    waiting = (any(f.memory for f in self._failed.values() if f.name == name)
+                               or any(w[0] == name for w in self._entry_waiting.values()))
                     current.set(WAITING if waiting else FAILED,
                                 (failures[-1] if failures else choice.note))
                 return
@@ -480,16 +511,35 @@ class ModelManager:
             state = self._names.get(name)
             version = state.serving.version if state and state.serving else ""
             serving[name] = {"digest": digest, "version": version}
-        self.store.write_state({
+        document = {
             "serving": serving, "pins": self._pins, "history": self._history,
             "entries": self._entries,
             "failed": {d: f.to_json() for d, f in self._failed.items() if not f.memory},
             "entries_failed": {i: list(f) for i, f in self._entry_failed.items()},
-        })
+        }
+        # Written only when it changed: the poll runs every few seconds for the agent's
+        # whole life, and each write costs two fsyncs of the board's flash.
+        written = json.loads(json.dumps(dict(document, format=STATE_FORMAT)))
+        if written != self._state_saved:
+            self.store.write_state(document)
+            self._state_saved = written
         proofs = self.service.loader.proofs
         if proofs != self._proofs_saved:
             self.store.write_proofs(proofs)
             self._proofs_saved = dict(proofs)
+
+    def _save_then_prune(self, held: Mapping[str, list[StoredVersion]] | None = None) -> None:
+        """Record what serves, then delete the copies no longer kept; a record that cannot be
+        written (a full disk) is logged, what serves serves on, and no copy goes."""
+        try:
+            self._save()
+        except OSError as e:
+            log.error("the model repository's record could not be written (%s): no copy is "
+                      "deleted until it is; after a restart the versions recorded before are "
+                      "chosen from again", e)
+        else:
+            self._prune(self.store.versions() if held is None else held)
+        self._held = self.store.versions()
 
     def _prune(self, held: Mapping[str, list[StoredVersion]]) -> None:
         """Keep the version serving, a pinned one, the last edge_agent_model_versions_kept
@@ -532,6 +582,10 @@ class ModelManager:
                 raise not_found(f"the model repository manages no model named '{shown(name)}'")
             held = self.store.versions().get(name, [])
             if to:
+                try:
+                    Version.parse(to)
+                except ValueError as e:
+                    raise invalid_argument(f"rollback of model '{name}': {e}") from None
                 matches = [v for v in held if policy.same_version(v.version, to)]
                 if not matches:
                     have = ", ".join(v.version for v in policy.newest_first(held)) or "none"
@@ -565,9 +619,7 @@ class ModelManager:
                 self._save()
                 raise failed_precondition(f"model '{name}': rollback to {target.version} "
                                           f"failed: {current.reason}")
-            self._save()
-            self._prune(self.store.versions())
-            self._held = self.store.versions()
+            self._save_then_prune()
 
     def unpin(self, name: str) -> None:
         with self._lock:
@@ -575,9 +627,7 @@ class ModelManager:
                 raise not_found(f"the model repository manages no model named '{shown(name)}'")
             self._pins.pop(name, None)
             self._settle(name, self.store.versions().get(name, []))
-            self._save()
-            self._prune(self.store.versions())
-            self._held = self.store.versions()
+            self._save_then_prune()
 
     # --- what is reported -------------------------------------------------------------------
 
@@ -611,6 +661,7 @@ class ModelManager:
         # Copies: the manager's thread may change these while an RPC's thread reads them.
         held = list(self._held.get(name, []))
         failed, entry_failed = dict(self._failed), dict(self._entry_failed)
+        entry_waiting = dict(self._entry_waiting)
         serving = current.serving.digest if current.serving else ""
         pin = self._pin(name)
         versions = []
@@ -632,6 +683,10 @@ class ModelManager:
             if owner == name:
                 versions.append({"version": os.path.basename(label), "sha256": identity,
                                  "state": FAILED, "reason": why, "pinned": False})
+        for identity, (owner, label, why, _free) in entry_waiting.items():
+            if owner == name:
+                versions.append({"version": os.path.basename(label), "sha256": identity,
+                                 "state": WAITING, "reason": why, "pinned": False})
         return {"state": current.state, "reason": current.reason, "since": current.since,
                 "version": current.serving.version if current.serving else "",
                 "pinned": pin or "", "versions": versions}

@@ -10,6 +10,7 @@ failed is tried again only once it changed.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 
 from edge_agent.api import MODEL_NAME
 from edge_agent.errors import AgentError, failed_precondition
+from edge_agent.lifecycle.store import walk
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +50,10 @@ def check_repository(path: str) -> None:
     if not stat.S_ISDIR(st.st_mode):
         raise failed_precondition(f"{REPOSITORY_KEY} '{path}' is not a directory")
     _check_owner(path, st)
-    for directory in _ancestors(os.path.realpath(path)):
+    # Above the repository as named (where a link to it lives) and as it resolves.
+    above = dict.fromkeys([*_ancestors(os.path.abspath(path)),
+                           *_ancestors(os.path.realpath(path))])
+    for directory in above:
         _check_above(directory, path)
 
 
@@ -96,24 +101,49 @@ def complete(file_name: str) -> bool:
     return True
 
 
+def _open_regular(path: str):
+    """A binary file object on `path` if it is a regular file, not through a link; OSError
+    otherwise, at once (a FIFO would make a plain open() wait for a writer for ever)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", path)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def _directory_identity(path: str) -> str:
     digest = hashlib.sha256()
-    for directory, dirs, files in os.walk(path):
-        dirs.sort()
-        for name in sorted(files):
-            file_path = os.path.join(directory, name)
-            st = os.lstat(file_path)
-            digest.update(f"{os.path.relpath(file_path, path)}\0{st.st_size}\0"
-                          f"{st.st_mtime_ns}\0{st.st_ino}\0".encode(errors="surrogateescape"))
-            if name in ("manifest.json", "manifest.sig") and directory == path:
-                with open(file_path, "rb") as f:
-                    digest.update(f.read(1 << 20))
+    try:
+        for directory, dirs, files in walk(path):
+            _add_directory(digest, path, directory, dirs, files)
+    except ValueError as e:  # nested too deep: its copy is refused, saying so
+        digest.update(f"{e}".encode())
     return digest.hexdigest()
+
+
+def _add_directory(digest, path: str, directory: str, dirs: list, files: list) -> None:
+    """What one folder of a package directory adds to its identity."""
+    dirs.sort()  # a fixed order of visits: the same tree, the same identity
+    for name in sorted(files):
+        file_path = os.path.join(directory, name)
+        st = os.lstat(file_path)
+        digest.update(f"{os.path.relpath(file_path, path)}\0{st.st_size}\0"
+                      f"{st.st_mtime_ns}\0{st.st_ino}\0".encode(errors="surrogateescape"))
+        if name in ("manifest.json", "manifest.sig") and directory == path \
+                and stat.S_ISREG(st.st_mode):
+            try:
+                with _open_regular(file_path) as f:
+                    digest.update(f.read(1 << 20))
+            except OSError:
+                pass  # replaced meanwhile: its copy is refused, or the next scan reads it
 
 
 def _file_identity(path: str) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with _open_regular(path) as f:
         while chunk := f.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()

@@ -7,6 +7,7 @@ Under `<edge_agent_state_dir>/models`:
     <name>/<version>~<digest16>/    a verified copy of one package (manifest.json,
                                     manifest.sig, the files the manifest lists)
     .staging/                       copies in progress; whatever is there at start is removed
+    .tmp-*                          a record being written (likewise)
 
 A copy gets its final name only once every file and directory of it is synced (rename, then a
 sync of the parent), so an interruption leaves either no copy or a whole one; a copy is
@@ -15,6 +16,7 @@ fsync, rename, fsync of the directory).
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -27,13 +29,15 @@ from typing import Any, Callable, Mapping
 
 from edge_agent.archive import Limits, unpacked
 from edge_agent.capture.durable import fsync_directory, make_directories
-from edge_agent.errors import AgentError, failed_precondition, shown
+from edge_agent.errors import AgentError, failed_precondition, resource_exhausted, shown
 
 log = logging.getLogger(__name__)
 
 STATE_NAME = "state.json"
+STATE_FORMAT = 1  # state.json's "format"
 PROOFS_NAME = "proofs.json"
 STAGING = ".staging"
+TEMPORARY_PREFIX = ".tmp-"  # a record being written; removed at start if left
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"
 DIGEST_SHOWN = 16  # characters of the manifest's sha256 in a copy's directory name
@@ -63,7 +67,7 @@ class StoredVersion:
 def write_json_atomic(path: str, value: Any) -> None:
     """Replace the JSON file at `path` whole or not at all, durably."""
     directory = os.path.dirname(path)
-    fd, temporary = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    fd, temporary = tempfile.mkstemp(prefix=TEMPORARY_PREFIX, dir=directory)
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(value, f, indent=1, sort_keys=True)
@@ -99,9 +103,36 @@ def read_json(path: str) -> dict:
         return {}
 
 
+# How deep a package's folders may nest (its manifest's file names are paths inside it; a
+# real package has a folder or two). os.walk recurses: a tree thousands of folders deep
+# would end it with RecursionError, and with it every scan of the repository.
+MAX_PACKAGE_DEPTH = 32
+
+
+def walk(root: str, max_depth: int = MAX_PACKAGE_DEPTH):
+    """os.walk(root) top-down without recursion and without following links: (directory,
+    its sub-directories, its other entries' names) per directory. Pruning the list of
+    sub-directories prunes the walk. ValueError for a folder deeper than `max_depth`."""
+    pending = [(root, 0)]
+    while pending:
+        directory, depth = pending.pop()
+        if depth > max_depth:
+            raise ValueError(f"its folders nest deeper than {max_depth}")
+        dirs: list[str] = []
+        files: list[str] = []
+        for entry in os.scandir(directory):
+            (dirs if entry.is_dir(follow_symlinks=False) else files).append(entry.name)
+        yield directory, dirs, files
+        pending.extend((os.path.join(directory, d), depth + 1) for d in reversed(dirs))
+
+
 def _sync_tree(root: str) -> None:
-    """fsync every file and directory under `root` (deepest directories first)."""
-    for directory, _dirs, files in os.walk(root, topdown=False):
+    """fsync every file and directory under `root` (each directory after what it holds)."""
+    try:
+        directories = [(directory, files) for directory, _dirs, files in walk(root)]
+    except ValueError as e:
+        raise failed_precondition(str(e)) from None
+    for directory, files in reversed(directories):
         for name in files:
             fd = os.open(os.path.join(directory, name), os.O_RDONLY | os.O_NOFOLLOW)
             try:
@@ -116,10 +147,20 @@ def _copy_package_directory(source: str, target: str, limits: Limits,
     """Copy the regular files of a package directory (links and special files are left out:
     the verification then finds them missing and refuses the package)."""
     total, count = 0, 0
-    for directory, dirs, files in os.walk(source):
+    tree = walk(source)
+    while True:
+        try:
+            directory, dirs, files = next(tree)
+        except StopIteration:
+            break
+        except ValueError as e:  # nested too deep
+            raise failed_precondition(str(e)) from None
         relative = os.path.relpath(directory, source)
         into = target if relative == "." else os.path.join(target, relative)
-        dirs[:] = [d for d in dirs if not os.path.islink(os.path.join(directory, d))]
+        count += len(dirs)  # folders count as files: a million empty ones is no package
+        if count > limits.max_files:
+            raise failed_precondition(f"it holds more than {limits.max_files} files "
+                                      "(edge_agent_max_package_files)")
         for name in dirs:
             os.mkdir(os.path.join(into, name), 0o755)
         for name in files:
@@ -177,6 +218,9 @@ class Store:
         if os.path.isdir(self.staging):
             shutil.rmtree(self.staging, ignore_errors=True)
         os.makedirs(self.staging, mode=0o700, exist_ok=True)
+        for entry in os.scandir(self.root):  # a record's temporary file (write_json_atomic)
+            if entry.name.startswith(TEMPORARY_PREFIX) and entry.is_file(follow_symlinks=False):
+                os.unlink(entry.path)
         for name in self._names():
             for entry in os.scandir(os.path.join(self.root, name)):
                 if entry.name.startswith("."):  # a rename target never starts with a dot
@@ -226,7 +270,9 @@ class Store:
             _sync_tree(target)
         except OSError as e:
             shutil.rmtree(work, ignore_errors=True)
-            raise failed_precondition(
+            # A full disk is no fault of the package's: RESOURCE_EXHAUSTED, tried again.
+            full = e.errno in (errno.ENOSPC, errno.EDQUOT)
+            raise (resource_exhausted if full else failed_precondition)(
                 f"package '{shown(label)}' cannot be copied into the agent's state directory: "
                 f"{e.strerror or e}") from None
         except BaseException:
@@ -250,6 +296,11 @@ class Store:
             shutil.rmtree(work, ignore_errors=True)
         return StoredVersion(name, version, digest, final, key_id)
 
+    def free_bytes(self) -> int:
+        """What the store's file system has free for the agent."""
+        st = os.statvfs(self.root)
+        return st.f_bavail * st.f_frsize
+
     def discard_staged(self, staged: str) -> None:
         shutil.rmtree(os.path.dirname(staged), ignore_errors=True)
 
@@ -270,7 +321,7 @@ class Store:
         return read_json(os.path.join(self.root, STATE_NAME))
 
     def write_state(self, state: Mapping[str, Any]) -> None:
-        write_json_atomic(os.path.join(self.root, STATE_NAME), dict(state, format=1))
+        write_json_atomic(os.path.join(self.root, STATE_NAME), dict(state, format=STATE_FORMAT))
 
     def read_proofs(self) -> dict[str, int]:
         proofs = read_json(os.path.join(self.root, PROOFS_NAME))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import socket
 import time
 
@@ -205,6 +206,10 @@ def test_idle_connections_of_one_user_make_room_for_another(start_agent, public_
             return {"models": len(client.list_models())}
 
     assert as_nobody(agent, other_user) == {"models": 0}
+    # The evicted connection's own thread writes why it closes, maybe after the other user's
+    # call was answered: wait (bounded) for one of them to say it, then read what each holds.
+    readable, _, _ = select.select(idle, [], [], 60)
+    assert readable, "no idle connection was told it was closed"
     told = []
     for sock in idle:
         sock.setblocking(False)

@@ -411,3 +411,99 @@ def test_a_state_file_that_is_not_understood_starts_from_the_copies(lab, start_a
     with agent.client() as client:
         assert offset_of(client.predict("m", {"x": X})) == 2.0
     assert "state.json is not understood" in agent.log()
+
+
+def test_state_is_written_only_when_it_changes(lab, start_agent):
+    """A scan that changes nothing writes nothing: the poll runs every few seconds for the
+    agent's whole life, and each write of state.json costs two fsyncs of a board's flash."""
+    lab.publish("m", "1.0")
+    agent = start_agent(**lab.settings())
+    state = agent.workdir / "state" / "models" / "state.json"
+    os.utime(state, ns=(0, 0))  # a write would make a new file, with the time of now
+
+    with agent.client() as client:
+        client.rescan()
+        client.rescan()
+        assert os.stat(state).st_mtime_ns == 0
+        lab.publish("m", "2.0")
+        client.rescan()
+        assert os.stat(state).st_mtime_ns != 0
+
+
+def test_a_state_directory_that_cannot_be_written_does_not_stop_the_start(lab, start_agent,
+                                                                          monkeypatch):
+    """A full disk: what served still serves after a restart (from the copies held), the
+    record of it is written once the disk has room again."""
+    import errno
+
+    from edge_agent.lifecycle.store import Store
+
+    lab.publish("m", "1.0")
+    agent = start_agent(**lab.settings())
+    agent.stop()
+    lab.publish("m", "2.0")
+
+    def full(self, state):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(Store, "write_state", full)
+    agent = start_agent(workdir=agent.workdir, **lab.settings())
+    with agent.client() as client:
+        assert offset_of(client.predict("m", {"x": X})) == 2.0
+        copies = sorted(os.listdir(agent.workdir / "state" / "models" / "m"))
+        assert [c.split("~")[0] for c in copies] == ["1.0", "2.0"]  # none deleted unrecorded
+        monkeypatch.undo()
+        client.rescan()
+    state = json.loads((agent.workdir / "state" / "models" / "state.json").read_text())
+    assert state["serving"]["m"]["version"] == "2.0"
+
+
+def test_a_rollback_to_what_is_no_version_is_an_invalid_argument(lab, start_agent):
+    lab.publish("m", "1.0")
+    agent = start_agent(**lab.settings())
+    with agent.client() as client:
+        with pytest.raises(AgentError) as refused:
+            client.rollback("m", "v1.0")
+        assert refused.value.code == StatusCode.INVALID_ARGUMENT
+        assert "without the leading 'v'" in refused.value.message
+        assert offset_of(client.predict("m", {"x": X})) == 1.0
+
+
+def test_a_recorded_pin_that_is_no_version_is_forgotten(lab, start_agent):
+    """A state.json edited by hand (or by another build) with a pin that names no version:
+    the name serves its best version rather than nothing."""
+    lab.publish("m", "1.0")
+    agent = start_agent(**lab.settings())
+    agent.stop()
+    state_path = agent.workdir / "state" / "models" / "state.json"
+    state = json.loads(state_path.read_text())
+    state["pins"] = {"m": "the good one"}
+    state_path.write_text(json.dumps(state))
+    agent = start_agent(workdir=agent.workdir, **lab.settings())
+    with agent.client() as client:
+        assert offset_of(client.predict("m", {"x": X})) == 1.0
+        assert states(client)["m"].pinned_version == ""
+
+
+def test_a_rollback_on_a_full_disk_serves_and_says_ok(lab, start_agent, monkeypatch):
+    """The swap is done: the record that could not be written is logged (and written once
+    it can), not answered as an internal error."""
+    import errno
+
+    from edge_agent.lifecycle.store import Store
+
+    lab.publish("m", "1.0")
+    agent = start_agent(**lab.settings())
+    lab.publish("m", "2.0")
+    with agent.client() as client:
+        client.rescan()
+
+        def full(self, state):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        monkeypatch.setattr(Store, "write_state", full)
+        assert client.rollback("m").version == "1.0"
+        assert offset_of(client.predict("m", {"x": X})) == 1.0
+        assert client.unpin("m").version == "2.0"
+        monkeypatch.undo()
+        client.rescan()
+    state = json.loads((agent.workdir / "state" / "models" / "state.json").read_text())
+    assert state["serving"]["m"]["version"] == "2.0"

@@ -100,3 +100,15 @@ def test_the_documented_key_table_is_current():
     assert docs_tables.render(text) == text, "docs/CONFIGURATION.md is stale: run `make docs`"
     for key, _, _ in config.describe_keys():
         assert f"`{key}`" in text
+
+
+def test_a_pin_that_is_no_version_is_a_configuration_error():
+    """Else it pins nothing held: a name with no version serving would serve none."""
+    from edge_agent.config import ConfigError, from_mapping
+
+    assert from_mapping({"edge_agent_model_pins": {"m": "1.2"}}).edge_agent_model_pins == {
+        "m": "1.2"}
+    with pytest.raises(ConfigError) as refused:
+        from_mapping({"edge_agent_model_pins": {"m": "v1.2"}})
+    assert "edge_agent_model_pins.m" in str(refused.value)
+    assert "without the leading 'v'" in str(refused.value)

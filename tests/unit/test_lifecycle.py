@@ -90,9 +90,12 @@ def test_prepare_removes_what_an_interruption_left(tmp_path):
     (tmp_path / "models" / ".staging" / "copy-1").mkdir()
     (tmp_path / "models" / "m").mkdir()
     (tmp_path / "models" / "m" / ".deleting-1.0~abc").mkdir()
+    (tmp_path / "models" / ".tmp-k3j2h1").write_text('{"serving": ')  # a record half written
+    write_json_atomic(str(tmp_path / "models" / "state.json"), {"serving": {}})
     store.prepare()
     assert os.listdir(store.staging) == []
     assert os.listdir(tmp_path / "models" / "m") == []
+    assert sorted(os.listdir(tmp_path / "models")) == [".staging", "m", "state.json"]
 
 
 @pytest.mark.parametrize("name, whole", [
@@ -159,3 +162,115 @@ def test_the_waker_wakes_on_request_and_on_a_folder_change(tmp_path):
     finally:
         waker.close()
     waker.wake()  # after close: nothing, no error
+
+
+@pytest.mark.parametrize("fifo", ["manifest.json", "manifest.sig"])
+def test_a_package_holding_a_fifo_does_not_hang_the_scan(tmp_path, fifo):
+    """A package directory whose manifest is a FIFO (or a link to one) is listed (its copy
+    then lacks the file and is refused), never opened: a read would wait for a writer
+    for ever, and the agent's start with it."""
+    import threading
+
+    package = tmp_path / "repository" / "m" / "package"
+    package.mkdir(parents=True)
+    os.mkfifo(package / fifo)
+    os.symlink(fifo, package / "linked")
+    (package / "other").write_bytes(b"x")
+    repository = Repository(str(tmp_path / "repository"))
+    found: list = []
+    thread = threading.Thread(target=lambda: found.extend(repository.scan()), daemon=True)
+    thread.start()
+    thread.join(20)  # a bound for the bug, not a timing
+    hung = thread.is_alive()
+    if hung:  # unblock the hung scan before failing
+        os.close(os.open(package / fifo, os.O_WRONLY | os.O_NONBLOCK))
+        thread.join()
+    assert not hung
+    assert [e.name for e in found] == ["m"]
+
+
+def test_an_archive_replaced_by_a_fifo_is_not_opened(tmp_path):
+    """Between the scan's lstat and its read an archive may become a FIFO: the read
+    refuses it at once (OSError: the entry is passed over) rather than waiting."""
+    import threading
+
+    from edge_agent.lifecycle import repository as module
+
+    os.mkfifo(tmp_path / "fifo")
+    outcome: list = []
+
+    def identify():
+        try:
+            outcome.append(module._file_identity(str(tmp_path / "fifo")))
+        except OSError as e:
+            outcome.append(e)
+    thread = threading.Thread(target=identify, daemon=True)
+    thread.start()
+    thread.join(20)  # a bound for the bug, not a timing
+    hung = thread.is_alive()
+    if hung:
+        os.close(os.open(tmp_path / "fifo", os.O_WRONLY | os.O_NONBLOCK))
+        thread.join()
+    assert not hung and isinstance(outcome[0], OSError)
+
+
+def test_a_repository_reached_through_a_link_others_may_swap_is_refused(tmp_path):
+    """The link's own folder counts too: whoever may write it can point the link elsewhere."""
+    real = tmp_path / "real" / "repository"
+    real.mkdir(parents=True)
+    os.chmod(real, 0o755)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o777)
+    os.symlink(real, shared / "repository")
+    with pytest.raises(AgentError) as refused:
+        check_repository(str(shared / "repository"))
+    assert f"lies under '{shared}'" in refused.value.message
+    check_repository(str(real))
+
+
+def _nested(root, depth: int):
+    """`depth` folders one in another under `root` (made relative: paths stay short)."""
+    here = os.getcwd()
+    os.chdir(root)
+    try:
+        for _ in range(depth):
+            os.mkdir("d")
+            os.chdir("d")
+    finally:
+        os.chdir(here)
+
+
+def test_a_package_nested_thousands_deep_is_refused_and_the_scan_goes_on(tmp_path):
+    """os.walk recursed: such a folder ended every scan (and the start) with RecursionError."""
+    import subprocess
+
+    package = tmp_path / "repository" / "m" / "package"
+    package.mkdir(parents=True)
+    (package / "manifest.json").write_text("{}")
+    _nested(package, 1500)
+    try:
+        (tmp_path / "repository" / "n").mkdir()
+        (tmp_path / "repository" / "n" / "n.tar.gz").write_bytes(b"x")
+        repository = Repository(str(tmp_path / "repository"))
+        assert [e.name for e in repository.scan()] == ["m", "n"]
+        store = Store(str(tmp_path / "models"), Limits(1 << 20, 10000))
+        store.prepare()
+        with pytest.raises(AgentError) as refused:
+            store.stage(str(package), "m/package")
+        assert "nest deeper than" in refused.value.message
+        assert os.listdir(store.staging) == []
+    finally:  # pytest's own clean-up (shutil.rmtree) recurses, and would fail on it
+        subprocess.run(["rm", "-rf", str(package)], check=True)
+
+
+def test_a_package_of_many_empty_folders_is_refused(tmp_path):
+    package = tmp_path / "package"
+    package.mkdir()
+    for i in range(20):
+        (package / f"d{i}").mkdir()
+    store = Store(str(tmp_path / "models"), Limits(1 << 20, 8))
+    store.prepare()
+    with pytest.raises(AgentError) as refused:
+        store.stage(str(package), "m/package")
+    assert "more than 8 files" in refused.value.message
