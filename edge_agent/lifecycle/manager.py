@@ -127,6 +127,9 @@ class ModelManager:
         self._failed: dict[str, Failure] = {}  # manifest digest -> why
         self._entries: dict[str, str] = {}  # repository entry identity -> manifest digest
         self._entry_failed: dict[str, tuple[str, str, str]] = {}  # identity -> name, label, why
+        # The trusted keys' ids when those refusals were made: a key added or removed (the
+        # usual fix for "signed by an untrusted key") retries them, though their bytes are the same.
+        self._entry_failed_trust = ""
         # Entries the state directory had no room for: identity -> (name, label, why, the
         # bytes free then); tried again once more is free (not recorded: a restart retries).
         self._entry_waiting: dict[str, tuple[str, str, str, int]] = {}
@@ -181,6 +184,7 @@ class ModelManager:
             if isinstance(failure, dict):
                 self._failed[digest] = Failure(failure.get("name", ""), failure.get("version", ""),
                                                failure.get("reason", ""))
+        self._entry_failed_trust = str(state.get("entries_failed_trust", ""))
         for identity, failure in state.get("entries_failed", {}).items():
             if isinstance(failure, list) and len(failure) == 3:
                 self._entry_failed[identity] = (str(failure[0]), str(failure[1]), str(failure[2]))
@@ -249,6 +253,12 @@ class ModelManager:
                 if self._problems.get(folder) != why:
                     log.warning("model repository: folder '%s' is not read: %s", folder, why)
             self._problems = dict(self.repository.problems)
+            trust = self._trust_fingerprint()
+            if trust != self._entry_failed_trust:
+                if self._entry_failed:
+                    log.info("model repository: the trusted keys changed: the packages refused "
+                             "before are read again")
+                self._entry_failed, self._entry_failed_trust = {}, trust
             free = None
             for entry in entries:
                 if entry.identity in self._entries or entry.identity in self._entry_failed:
@@ -276,6 +286,15 @@ class ModelManager:
                 self._settle(name, held.get(name, []))
             self._drop_unwanted()
             self._save_then_prune(held)
+
+    def _trust_fingerprint(self) -> str:
+        """The ids of the keys packages are verified with now ("" when none can be read)."""
+        from edge_agent.keys import load_trust
+
+        try:
+            return ",".join(sorted(load_trust(self.config.sagemaker_edge_core_root_certs_path)))
+        except AgentError:
+            return ""
 
     def _admit(self, entry: Entry) -> None:
         """Copy a new repository entry into the store and verify it there."""
@@ -516,6 +535,7 @@ class ModelManager:
             "entries": self._entries,
             "failed": {d: f.to_json() for d, f in self._failed.items() if not f.memory},
             "entries_failed": {i: list(f) for i, f in self._entry_failed.items()},
+            "entries_failed_trust": self._entry_failed_trust,
         }
         # Written only when it changed: the poll runs every few seconds for the agent's
         # whole life, and each write costs two fsyncs of the board's flash.

@@ -12,7 +12,7 @@ import pytest
 from lifecycle_helpers import X, Lab, offset_of, states
 from privileges import NOBODY, fork_as
 
-from edge_agent import packages
+from edge_agent import keys, packages
 from edge_agent.client import AgentClient
 from edge_agent.errors import AgentError, StatusCode
 from edge_agent.machine import ARCHITECTURES, machine_architecture
@@ -63,6 +63,23 @@ def test_a_bad_new_version_leaves_the_old_one_serving(lab, start_agent, kind, ph
         client.rescan()  # a failed version is not tried again while its bytes are the same
     warnings = [line for line in agent.log().splitlines() if "WARNING" in line and "2.0" in line]
     assert len(warnings) == 1, warnings
+
+
+def test_a_version_refused_for_its_key_is_taken_once_the_key_is_trusted(lab, start_agent):
+    """The usual fix for "signed by an untrusted key" is trusting the key, not re-signing: a
+    change of the trusted keys reads the refused package again, though its bytes are the same."""
+    lab.publish("m", "1.0")
+    agent = start_agent(**lab.settings())
+    lab.publish("m", "2.0", key=lab.signer.stranger)
+    with agent.client() as client:
+        client.rescan()
+        assert any("not trusted" in reason for reason in _failed(client, "m"))
+        (lab.signer.trust / "stranger.pub").write_text(
+            keys.public_key_text(lab.signer.stranger.verify_key))
+        client.rescan()
+        listed = states(client)["m"]
+        assert (listed.state, listed.version) == ("serving", "2.0"), listed
+        assert offset_of(client.predict("m", {"x": X})) == 2.0
 
 
 def test_a_version_that_fails_its_test_vector_leaves_the_old_one_serving(lab, start_agent):
