@@ -16,6 +16,7 @@ import os
 import socket
 import threading
 import time
+from collections import Counter
 
 from edge_agent.api import BY_METHOD, Api, Outcome
 from edge_agent.config import AgentConfig
@@ -46,7 +47,6 @@ class SocketServer:
         self._connections: set[socket.socket] = set()
         self._threads: set[threading.Thread] = set()  # one per connection, until it ends
         self._handlers: dict[socket.socket, Connection] = {}  # the connections, by socket
-        self._slots_by_user: dict[int, int] = {}  # uid -> its connections (the fair share)
         self._lock = threading.Lock()
         # Shared with the gRPC front when the agent runs both (cli); else this front's own.
         self.pending = pending or PendingBudget(
@@ -112,7 +112,7 @@ class SocketServer:
         uid = caller.uid
         victim = None
         with self._lock:
-            slots = self._slots_by_user
+            slots = self._slots_by_user()
             users = len(slots) + (uid not in slots)
             admitted = fair_share(uid, 1, slots, limit, users)
             if not admitted and slots.get(uid, 0) + 1 <= limit / users:
@@ -129,7 +129,6 @@ class SocketServer:
                     return
                 self._connections.add(conn)
                 self._handlers[conn] = handler
-                slots[uid] = slots.get(uid, 0) + 1
         if victim is not None:
             victim.evict(f"closed to make room for another user's client "
                          f"(edge_agent_max_connections is {limit}, shared fairly by the "
@@ -138,7 +137,7 @@ class SocketServer:
             if len(self._connections) >= limit:
                 reason = f"too many clients (edge_agent_max_connections is {limit}); try again later"
             else:
-                reason = (f"this user's clients hold {self._slots_by_user.get(uid, 0)} of the "
+                reason = (f"this user's clients hold {slots.get(uid, 0)} of the "
                           f"{limit} connections (edge_agent_max_connections), and the rest "
                           "are kept for other users; try again later")
             _send_quietly(conn, encode_error(StatusCode.RESOURCE_EXHAUSTED, 0, reason))
@@ -150,11 +149,15 @@ class SocketServer:
             self._threads.add(thread)
         thread.start()
 
+    def _slots_by_user(self) -> Counter[int]:
+        """(Under the lock.) How many connections each user holds: the fair share's input."""
+        return Counter(handler.caller.uid for handler in self._handlers.values())
+
     def _idle_client_to_evict(self, uid: int, users: int) -> "Connection | None":
         """(Under the lock.) An idle connection of the user other than `uid` that holds the
         most slots, if that user holds more than one and more than its fair share of them
         (`users` share them)."""
-        slots = self._slots_by_user
+        slots = self._slots_by_user()
         others = sorted((n, u) for u, n in slots.items() if u != uid)
         if not others:
             return None
@@ -175,12 +178,6 @@ class SocketServer:
             with self._lock:
                 self._connections.discard(conn)
                 self._handlers.pop(conn, None)
-                uid = handler.caller.uid
-                left = self._slots_by_user.get(uid, 0) - 1
-                if left > 0:
-                    self._slots_by_user[uid] = left
-                else:
-                    self._slots_by_user.pop(uid, None)
                 self._threads.discard(threading.current_thread())
             conn.close()
 
