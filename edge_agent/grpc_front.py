@@ -37,7 +37,7 @@ from hyperframe.frame import GoAwayFrame
 from edge_agent.api import BY_GRPC_PATH, Api, Outcome
 from edge_agent.config import AgentConfig
 from edge_agent.errors import StatusCode
-from edge_agent.pending import PendingBudget, fair_share
+from edge_agent.pending import PendingBudget, connection_slot
 from edge_agent.service import AgentService, Caller
 from edge_agent.unix_socket import (accept_until, bind_socket, peer_credentials,
                                     remove_socket_file, timeval)
@@ -174,12 +174,12 @@ class GrpcServer:
             held: dict[int, int] = {}
             for other in self._connections:
                 held[other.caller.uid] = held.get(other.caller.uid, 0) + 1
-            users = len(held) + (uid not in held)
-            full = not fair_share(uid, 1, held, limit, users)
-            if full and held.get(uid, 0) + 1 <= limit / users:
+            admitted, owner = connection_slot(uid, held, limit)
+            if owner is not None:
                 # Under its guarantee: an idle connection of the user with the most slots,
                 # past its own share, makes room (GOAWAY saying why), as the framed front does.
-                full = not self._evict_idle(uid, held, limit / users)
+                admitted = self._evict_idle(owner)
+            full = not admitted
             if not full:
                 self._connections.add(connection)
         if full:
@@ -203,13 +203,8 @@ class GrpcServer:
         threading.Thread(target=self._serve_connection, args=(connection,), daemon=True,
                          name="edge-agent-grpc-conn").start()
 
-    def _evict_idle(self, uid: int, held: dict, guarantee: float) -> bool:
-        """(Under the lock.) Close an idle connection of the user other than `uid` holding
-        the most connections, if more than one and more than its `guarantee`."""
-        others = sorted((n, u) for u, n in held.items() if u != uid)
-        if not others or others[-1][0] <= max(1, guarantee):
-            return False
-        owner = others[-1][1]
+    def _evict_idle(self, owner: int) -> bool:
+        """(Under the lock.) Close an idle connection of the user `owner`, if it has one."""
         reason = (f"closed to make room for another user's client (edge_agent_max_connections "
                   f"is {self.config.edge_agent_max_connections}, shared fairly by the users "
                   "connected); connect again")

@@ -37,6 +37,23 @@ def fair_share(user, amount: int, held: Mapping, capacity: int, users: int) -> b
     return capacity - used - amount >= owed
 
 
+def connection_slot(user: int, held: Mapping[int, int], capacity: int) -> tuple[bool, int | None]:
+    """Whether `user`, holding held[user] of `capacity` connection slots (held: user -> slots
+    of the users connected), may open one more: (True, None); or, when it may not but is under
+    its guarantee, (False, owner): an idle connection of `owner`, the user holding the most
+    slots, more than one and past its own guarantee, should make room; else (False, None)."""
+    users = len(held) + (user not in held)
+    if fair_share(user, 1, held, capacity, users):
+        return True, None
+    guarantee = capacity / users
+    if held.get(user, 0) + 1 > guarantee:
+        return False, None
+    others = sorted((n, u) for u, n in held.items() if u != user)
+    if not others or others[-1][0] <= max(1, guarantee):
+        return False, None
+    return False, others[-1][1]
+
+
 class PendingBudget:
     """Bytes that incomplete requests hold across all connections (edge_agent_max_pending_bytes).
 

@@ -21,7 +21,7 @@ from collections import Counter
 from edge_agent.api import BY_METHOD, Api, Outcome
 from edge_agent.config import AgentConfig
 from edge_agent.errors import StatusCode
-from edge_agent.pending import PendingBudget, fair_share
+from edge_agent.pending import PendingBudget, connection_slot
 from edge_agent.protocol import NeedData, ProtocolError, Request, ServerConnection, encode_error
 from edge_agent.service import AgentService, Caller
 from edge_agent.sockets import close_fds, receive_into_with_fds, send_parts
@@ -113,12 +113,11 @@ class SocketServer:
         victim = None
         with self._lock:
             slots = self._slots_by_user()
-            users = len(slots) + (uid not in slots)
-            admitted = fair_share(uid, 1, slots, limit, users)
-            if not admitted and slots.get(uid, 0) + 1 <= limit / users:
+            admitted, owner = connection_slot(uid, slots, limit)
+            if owner is not None:
                 # Under its guarantee: an idle client of the user with the most slots makes
                 # room (told so), as it would have at its idle timeout.
-                victim = self._idle_client_to_evict(uid, users)
+                victim = self._idle_client_of(owner)
                 admitted = victim is not None
             if admitted:
                 try:
@@ -153,17 +152,8 @@ class SocketServer:
         """(Under the lock.) How many connections each user holds: the fair share's input."""
         return Counter(handler.caller.uid for handler in self._handlers.values())
 
-    def _idle_client_to_evict(self, uid: int, users: int) -> "Connection | None":
-        """(Under the lock.) An idle connection of the user other than `uid` that holds the
-        most slots, if that user holds more than one and more than its fair share of them
-        (`users` share them)."""
-        slots = self._slots_by_user()
-        others = sorted((n, u) for u, n in slots.items() if u != uid)
-        if not others:
-            return None
-        most, owner = others[-1]
-        if most <= 1 or most <= self.config.edge_agent_max_connections / users:
-            return None
+    def _idle_client_of(self, owner: int) -> "Connection | None":
+        """(Under the lock.) An idle connection of the user `owner`, not already evicted."""
         for handler in self._handlers.values():
             if handler.caller.uid == owner and handler.idle and handler.evicted is None:
                 return handler

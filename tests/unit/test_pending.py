@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from edge_agent.pending import PendingBudget, fair_share
+from edge_agent.pending import PendingBudget, fair_share, connection_slot
 
 MIB = 1 << 20
 
@@ -146,3 +146,15 @@ def test_evicting_an_idle_grpc_connection_never_waits_on_its_client():
     finally:
         ours.close()
         theirs.close()
+
+
+def test_a_connection_slot_is_made_room_for_only_under_the_guarantee():
+    # Room left: admitted, whoever holds what.
+    assert connection_slot(1, {2: 3}, 4) == (True, None)
+    # Full, user 1 under its guarantee (2 of 4): the user holding the most, past its own, frees one.
+    assert connection_slot(1, {2: 3, 1: 1}, 4) == (False, 2)
+    assert connection_slot(1, {2: 4}, 4) == (False, 2)
+    # At its guarantee: refused, nobody is made to leave for it.
+    assert connection_slot(1, {2: 2, 1: 2}, 4) == (False, None)
+    # The others hold no more than their own guarantee (or a single slot): refused.
+    assert connection_slot(1, {2: 1, 3: 1}, 2) == (False, None)
