@@ -20,6 +20,7 @@ from edge_agent.capture.service import CaptureService
 from edge_agent.capture.validate import uses_shared_memory
 from edge_agent.config import AgentConfig
 from edge_agent.engine import LoadedModel
+from edge_agent.caller_paths import trusted
 from edge_agent.errors import AgentError, StatusCode, failed_precondition, not_found, shown
 from edge_agent.loading import ModelLoader, open_model
 from edge_agent.memory import MemoryBudget
@@ -196,7 +197,7 @@ class AgentService:
 
     @staticmethod
     def _may_change_what_serves(caller: Caller, what: str) -> None:
-        if caller.uid not in (0, os.geteuid()):
+        if not trusted(caller):
             raise AgentError(
                 StatusCode.PERMISSION_DENIED,
                 f"only root and the agent's own user (uid {os.geteuid()}) may {what} a "
