@@ -52,8 +52,8 @@ lint: $(STAMP)
 	$(PY) -m ruff check --quiet .
 	$(PY) -m mypy
 	$(PY) -m mypy.stubtest --ignore-unused-allowlist --allowlist cext/stubtest-allowlist.txt \
-		edge_agent._framing edge_agent._shm edge_agent._metrics edge_agent._predict \
-		edge_agent._flatverify
+		edge_agent.protocol._framing edge_agent.shm._shm edge_agent.observe._metrics edge_agent.protocol._predict \
+		edge_agent.models._flatverify
 
 test: $(STAMP) system-deps lint
 	$(TIMED) "tests (pytest)" $(PY) -m pytest $(PYTEST_ARGS)

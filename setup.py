@@ -11,12 +11,12 @@ from setuptools.command.build_py import build_py
 # cext/includes/*.h (found by the C compiler through include_dirs); docs/DEVELOPMENT.md.
 INCLUDES = "cext/includes"
 EXTENSIONS = [
-    Extension("edge_agent._framing", ["cext/_framing.pyx"]),
-    Extension("edge_agent._shm", ["cext/_shm.pyx"], include_dirs=[INCLUDES],
+    Extension("edge_agent.protocol._framing", ["cext/_framing.pyx"]),
+    Extension("edge_agent.shm._shm", ["cext/_shm.pyx"], include_dirs=[INCLUDES],
               depends=[f"{INCLUDES}/sigbus_guard.h", f"{INCLUDES}/shm_compat.h"]),
-    Extension("edge_agent._metrics", ["cext/_metrics.pyx"]),
-    Extension("edge_agent._predict", ["cext/_predict.pyx"]),
-    Extension("edge_agent._flatverify", ["cext/_flatverify.pyx"]),
+    Extension("edge_agent.observe._metrics", ["cext/_metrics.pyx"]),
+    Extension("edge_agent.protocol._predict", ["cext/_predict.pyx"]),
+    Extension("edge_agent.models._flatverify", ["cext/_flatverify.pyx"]),
 ]
 
 here = os.path.dirname(os.path.abspath(__file__))
@@ -26,7 +26,7 @@ with open(os.path.join(here, "edge_agent", "VERSION")) as f:
 
 class build_py_with_board_profiles(build_py):
     """Also ships firmware_configs/ (at the top of the repository, as SPEC §8 has it) inside
-    the package as edge_agent/firmware_configs/, where edge_agent.boards finds it in an
+    the package as edge_agent/firmware_configs/, where edge_agent.platform.boards finds it in an
     installed wheel; a checkout or an editable install finds the top-level directory."""
 
     def run(self):
@@ -63,7 +63,7 @@ setup(
     ],
     python_requires=">=3.10",  # dataclass(slots=True)
     packages=find_packages(include=["edge_agent", "edge_agent.*"]),
-    package_data={"edge_agent": ["VERSION", "*.pyi", "py.typed"]},
+    package_data={"edge_agent": ["VERSION", "*.pyi", "*/*.pyi", "py.typed"]},
     ext_modules=cythonize(
         EXTENSIONS,
         compiler_directives={"language_level": "3"},
@@ -98,6 +98,6 @@ setup(
         "litert": ["ai-edge-litert>=2.3"],
         "tflite-runtime": ["tflite-runtime==2.14.*; python_version < '3.12'"],
     },
-    entry_points={"console_scripts": ["edge-agent = edge_agent.cli:main"]},
+    entry_points={"console_scripts": ["edge-agent = edge_agent.app.cli:main"]},
     cmdclass={"build_py": build_py_with_board_profiles},
 )

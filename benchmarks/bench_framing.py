@@ -1,5 +1,5 @@
-"""The two frame splitters side by side: the compiled edge_agent._framing (what the agent
-runs) and its pure-Python twin edge_agent._framing_py (a checkout without a build,
+"""The two frame splitters side by side: the compiled edge_agent.protocol._framing (what the agent
+runs) and its pure-Python twin edge_agent.protocol._framing_py (a checkout without a build,
 EDGE_AGENT_PUREPYTHON=1, and the tests' reference). Splits a pipelined burst of Predict-sized
 request frames fed in one piece.
 
@@ -13,7 +13,8 @@ import argparse
 import statistics
 import time
 
-from edge_agent import _framing, _framing_py
+from edge_agent.protocol import _framing
+from edge_agent.protocol import _framing_py
 from edge_agent.protocol import Method, encode_request
 
 SPLITTERS = {"compiled": _framing.FrameSplitter, "python": _framing_py.FrameSplitter}

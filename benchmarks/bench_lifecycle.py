@@ -35,7 +35,7 @@ import numpy as np
 
 from edge_agent.client import AgentClient
 from edge_agent.errors import AgentError
-from edge_agent.packages import Target, build_package, ensure_demo_keys
+from edge_agent.packaging.packages import Target, build_package, ensure_demo_keys
 from edge_agent.tools import model_builder
 
 

@@ -115,9 +115,9 @@ def dispatch_cost(workdir: str, model_path: str, inputs: dict, rounds: int, call
     from edge_agent import agent_pb2 as pb
     from edge_agent import config as config_module
     from edge_agent.protocol import Method
-    from edge_agent.server import SocketServer
-    from edge_agent.service import IN_PROCESS, AgentService
-    from edge_agent.tensors import add_array
+    from edge_agent.transport.framed_front import SocketServer
+    from edge_agent.api.service import IN_PROCESS, AgentService
+    from edge_agent.protocol.tensors import add_array
 
     request = pb.PredictRequest(name="tiny")
     for name, array in inputs.items():

@@ -9,7 +9,7 @@ times, with the files in the page cache:
     runs it (the service is made first, so it has its helper);
   - helper: Prover.prove through the helper alone (a fork, the model built, allocated and
     invoked once, the report);
-  - fresh: Prover.prove in a fresh `python -m edge_agent.model_probe` process (where there is
+  - fresh: Prover.prove in a fresh `python -m edge_agent.models.model_check_child` process (where there is
     no helper: its imports, then the same);
   - in-process: delegates.interpreter_with_delegate alone, what loading cost before the check.
 Prints the medians and the memory the child measured.
@@ -24,10 +24,10 @@ from pathlib import Path
 
 from edge_agent import agent_pb2 as pb
 from edge_agent import config as config_module
-from edge_agent import delegates
-from edge_agent.engine import create_interpreter
-from edge_agent.prover import Prover
-from edge_agent.service import AgentService
+from edge_agent.platform import delegates
+from edge_agent.models.engine import create_interpreter
+from edge_agent.models.model_check import Prover
+from edge_agent.api.service import AgentService
 from edge_agent.tools import model_builder
 
 

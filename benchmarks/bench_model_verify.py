@@ -1,4 +1,4 @@
-"""What the flatbuffer verifier (edge_agent.model_verifier) adds to a load, beside reading the
+"""What the flatbuffer verifier (edge_agent.models.verifier) adds to a load, beside reading the
 file.
 
     .venv/bin/python benchmarks/bench_model_verify.py [--runs 21]
@@ -22,8 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_agent import _flatverify_py, model_verifier, tflite_schema
-from edge_agent.modelfile import read_at_most
+from edge_agent.models import _flatverify_py
+from edge_agent.models import verifier as model_verifier
+from edge_agent.models import tflite_schema
+from edge_agent.models.model_files import read_at_most
 from edge_agent.tools import model_builder
 
 
@@ -56,7 +58,7 @@ def main() -> int:
     compiled = model_verifier.tflite_verifier()
     python = _flatverify_py.Verifier(*model_verifier.schema_arguments(
         tflite_schema.TABLES, tflite_schema.UNIONS))
-    assert type(compiled).__module__ == "edge_agent._flatverify", "no compiled build"
+    assert type(compiled).__module__ == "edge_agent.models._flatverify", "no compiled build"
     models = {"tiny": model_builder.tiny_model().content,
               "demo": model_builder.demo_model().content,
               "image": model_builder.image_model().content,

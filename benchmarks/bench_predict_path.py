@@ -27,11 +27,12 @@ from functools import partial
 import numpy as np
 
 from edge_agent import agent_pb2 as pb
-from edge_agent import api, config
+from edge_agent import config
+from edge_agent.api import rpcs as api
 from edge_agent.tools import model_builder
 from edge_agent.tools.bench import in_process, time_calls
 from edge_agent.protocol import Method
-from edge_agent.service import IN_PROCESS, AgentService
+from edge_agent.api.service import IN_PROCESS, AgentService
 
 PREDICT = api.BY_METHOD[Method.PREDICT]
 SINK_BYTES = 16 << 20
@@ -52,7 +53,9 @@ def fronts(service) -> dict:
     """Api per path this version of the package has."""
     paths = {}
     if hasattr(service, "predict_wire"):
-        from edge_agent import _predict_py, predict_codec, service as service_module
+        from edge_agent.protocol import _predict_py
+        from edge_agent.protocol import predict_codec
+        from edge_agent.api import service as service_module
 
         compiled = predict_codec.decode_request is not _predict_py.decode_request
         if compiled:

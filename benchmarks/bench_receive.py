@@ -15,8 +15,8 @@ import statistics
 import time
 
 from edge_agent.protocol import Method, encode_request
-from edge_agent.server import PendingBudget
-from edge_agent.sockets import receive_into, receive_into_with_fds
+from edge_agent.transport.framed_front import PendingBudget
+from edge_agent.transport.socket_io import receive_into, receive_into_with_fds
 
 BATCH = 1000
 

@@ -40,7 +40,7 @@ def _iterations(nbytes: int) -> tuple[int, int]:
 
 
 def _in_process(model: model_builder.BuiltModel, x: np.ndarray, iterations: int, warmup: int):
-    from edge_agent.runtime import interpreter_module
+    from edge_agent.platform.runtime import interpreter_module
 
     interpreter = interpreter_module().Interpreter(model_content=model.content, num_threads=1)
     interpreter.allocate_tensors()

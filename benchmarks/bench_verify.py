@@ -4,7 +4,7 @@
 
 Builds a real package (a fully-connected model with ~50 MB of float32 weights, signed with a
 fresh key), then times, with the files in the page cache:
-  - verify: edge_agent.packages.open_package on the package directory, which is what the
+  - verify: edge_agent.packaging.packages.open_package on the package directory, which is what the
     agent does at LoadModel (trust folder, signature, manifest, file set, sha256 of every file,
     the model read into memory once);
   - sha256sum: the coreutils tool over the same files, as a subprocess;
@@ -23,9 +23,9 @@ import sys
 import tempfile
 import time
 
-from edge_agent import packages
-from edge_agent.archive import Limits
-from edge_agent.packages import ensure_demo_keys
+from edge_agent.packaging import packages
+from edge_agent.packaging.archive import Limits
+from edge_agent.packaging.packages import ensure_demo_keys
 from edge_agent.tools import model_builder
 
 LIMITS = Limits(max_bytes=2**31, max_files=64)

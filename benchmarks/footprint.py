@@ -5,7 +5,7 @@
 
 cross/footprint.sh runs it inside the emulated board's venv and next to the host's wheel.
 Prints one JSON object:
-  - runtime: the TFLite runtime the agent uses here (edge_agent.runtime's choice);
+  - runtime: the TFLite runtime the agent uses here (edge_agent.platform.runtime's choice);
   - installed_kib: the files edge-agent and its run-time dependencies (the closure of its
     install_requires, markers evaluated here, extras left out unless named with --extras) put
     in site-packages, from their RECORDs — test tools installed beside them do not count;
@@ -33,10 +33,10 @@ from pathlib import Path
 
 from packaging.requirements import Requirement
 
-from edge_agent import runtime
+from edge_agent.platform import runtime
 from edge_agent.client import AgentClient
 from edge_agent.errors import AgentError
-from edge_agent.launch import agent_command
+from edge_agent.tools.launch import agent_command
 from edge_agent.tools import model_builder
 
 

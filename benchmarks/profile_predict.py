@@ -49,7 +49,7 @@ sys.path.insert(0, str(ROOT))
 from edge_agent.tools import model_builder  # noqa: E402
 from edge_agent.tools.bench import (frame_bench, request_frame, run_c,  # noqa: E402
                                     start_agent, wait_for_socket)
-from edge_agent.launch import agent_command  # noqa: E402
+from edge_agent.tools.launch import agent_command  # noqa: E402
 
 MODELS = {"tiny": model_builder.tiny_model, "image": model_builder.image_model}
 
@@ -70,9 +70,10 @@ def print_profile(profile: cProfile.Profile, calls: int, title: str, limit: int 
 
 def profile_server(calls: int) -> None:
     from edge_agent import agent_pb2 as pb
-    from edge_agent import api, config
+    from edge_agent import config
+    from edge_agent.api import rpcs as api
     from edge_agent.protocol import HEADER, Method
-    from edge_agent.service import IN_PROCESS, AgentService
+    from edge_agent.api.service import IN_PROCESS, AgentService
 
     with tempfile.TemporaryDirectory() as workdir:
         service = AgentService(config.from_mapping({

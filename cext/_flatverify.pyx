@@ -1,6 +1,6 @@
 # cython: boundscheck=False, wraparound=False, initializedcheck=False, cdivision=True
 """Flatbuffer verification against a schema table: the compiled twin of
-edge_agent/_flatverify_py.py, which documents the rules and is the reference (the same tests
+edge_agent/models/_flatverify_py.py, which documents the rules and is the reference (the same tests
 run on both, messages included).
 
 The walk reads the buffer with explicit little-endian loads through a pointer checked before

@@ -4,7 +4,7 @@
 One job: take stream bytes in arbitrary pieces and hand back whole frames, checking each
 header (magic, version, body length against the limit) before any body byte is buffered
 beyond it. It does no I/O and knows nothing of methods or protobuf; edge_agent.protocol is
-the Python API over it and documents the header layout. edge_agent/_framing_py.py is its
+the Python API over it and documents the header layout. edge_agent/protocol/_framing_py.py is its
 pure-Python twin, line for line: a change here is made there too (tests/unit/test_protocol.py
 checks that both split any stream alike).
 """

@@ -1,5 +1,5 @@
 # cython: language_level=3, boundscheck=False, wraparound=False
-"""A model's per-prediction counters in C: what edge_agent.metrics.ModelMetrics adds up for
+"""A model's per-prediction counters in C: what edge_agent.observe.metrics.ModelMetrics adds up for
 each successful prediction, for the price of one call that makes no Python object.
 
 succeeded() runs from start to end holding the GIL (it calls nothing that could release it),

@@ -3,7 +3,7 @@
 written straight into wire bytes, without protobuf objects; and plain_inputs, the engine's
 match of decoded inputs to a model's in the common case.
 
-The twin of edge_agent/_predict_py.py, which says what is read here and what is left to upb
+The twin of edge_agent/protocol/_predict_py.py, which says what is read here and what is left to upb
 (decode_* return None): a change here is made there too. tests/integration/test_predict_codec.py holds
 both to upb. Decoded byte_data are memoryviews of the body (no copy); encoded byte_data are
 copied once, from the caller's buffer (the runtime's output tensor) into the reply.
@@ -19,13 +19,13 @@ from protowire cimport Field, as_int32, next_field, read_varint, varint_size, wr
 
 from numpy import ndarray
 
-from edge_agent.tensors import Handle, WireTensor
+from edge_agent.protocol.tensors import Handle, WireTensor
 
 # The tuples are built without their Python constructors (one C call each).
 cdef object _tuple_new = tuple.__new__
 
 cdef enum:
-    NO_DATA = 0  # edge_agent.tensors.NO_DATA, BYTE_DATA, SHARED_MEMORY
+    NO_DATA = 0  # edge_agent.protocol.tensors.NO_DATA, BYTE_DATA, SHARED_MEMORY
     BYTE_DATA = 1
     SHARED_MEMORY = 2
     # Copies from this size up run without the GIL: other connections' calls go on meanwhile.

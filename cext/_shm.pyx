@@ -1,10 +1,10 @@
 # cython: language_level=3, boundscheck=False, wraparound=False
-"""Shared-memory segments as bounds-checked buffers: the byte-level core of edge_agent.shm.
+"""Shared-memory segments as bounds-checked buffers: the byte-level core of edge_agent.shm.segments.
 
 One job: attach SysV segments (shmat/shmctl) and map POSIX ones (shm_open/mmap), describe
 them (IPC_STAT, fstat) and expose the mapped bytes through the buffer protocol, so a
 memoryview of a Mapping reads the segment in place. It needs only libc and the Python
-headers. Policy (caching, permissions, messages) lives in edge_agent.shm.
+headers. Policy (caching, permissions, messages) lives in edge_agent.shm.segments.
 
 Memory safety rules kept here:
 - a Mapping is unmapped only when no buffer exported from it is alive: close() while views

@@ -93,10 +93,10 @@ MISSING_ON = {
 
 def pytest_configure(config):
     import edge_agent
-    import edge_agent._framing
+    import edge_agent.protocol._framing
 
     site = sysconfig.get_paths()["purelib"]
-    for module in (edge_agent, edge_agent._framing):
+    for module in (edge_agent, edge_agent.protocol._framing):
         if not os.path.realpath(module.__file__).startswith(os.path.realpath(site) + os.sep):
             raise pytest.UsageError(
                 f"{module.__name__} comes from {module.__file__}, not from the installed wheel in "

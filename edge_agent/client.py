@@ -24,13 +24,13 @@ from typing import Any, Mapping, NamedTuple, Protocol, Sequence, Union, overload
 import numpy as np
 
 from edge_agent import agent_pb2 as pb
-from edge_agent import predict_codec
+from edge_agent.protocol import predict_codec
 from edge_agent.errors import AgentError, StatusCode
-from edge_agent.api import BY_METHOD
+from edge_agent.api.rpcs import BY_METHOD
 from edge_agent.protocol import ClientConnection, Method, NeedData, ProtocolError, Reply
 from edge_agent.shm_client import ShmTensor, fd_index
-from edge_agent.sockets import receive_into, send_with_fds
-from edge_agent.tensors import (SHARED_MEMORY, Handle, WireTensor, add_tensor, data_type_of,
+from edge_agent.transport.socket_io import receive_into, send_with_fds
+from edge_agent.protocol.tensors import (SHARED_MEMORY, Handle, WireTensor, add_tensor, data_type_of,
                                dtype_of, reply_array, wire_tensor)
 
 DEFAULT_SOCKET = "/tmp/edge-agent.sock"
@@ -280,7 +280,7 @@ class AgentClient:
 
     def get_metrics(self) -> pb.GetMetricsResponse:
         """What the agent counted and holds (an extension; docs/METRICS.md);
-        edge_agent.metrics.document() turns it into plain JSON types."""
+        edge_agent.observe.metrics.document() turns it into plain JSON types."""
         return self.call(Method.GET_METRICS, pb.GetMetricsRequest(), pb.GetMetricsResponse)
 
     # --- the model repository (docs/MODEL_LIFECYCLE.md) ------------------------------------
@@ -308,7 +308,7 @@ class AgentClient:
     def call(self, method: Method, request, response_type: _Decoder | None = None,
              fds: Sequence[int] = ()):
         """Send one request, wait for its reply: a `response_type` message (default: the
-        method's response type in edge_agent.api's table); AgentError for a non-OK status.
+        method's response type in edge_agent.api.rpcs's table); AgentError for a non-OK status.
         `fds`: descriptors passed with the request (SCM_RIGHTS), named in it by index."""
         body = request.SerializeToString()
         with self._lock:

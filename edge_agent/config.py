@@ -14,8 +14,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-from edge_agent.machine import ARCHITECTURES
-from edge_agent.versions import Version
+from edge_agent.platform.machine import ARCHITECTURES
+from edge_agent.packaging.versions import Version
 
 # A fleet's or device's name where deployments use it (edge_agent.fleet.document: the names
 # a deployment document may hold).

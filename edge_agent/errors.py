@@ -61,7 +61,7 @@ class FramingError(Exception):
 
     `code` is the status to reply with, `request_id` the id the bad frame carried (0 when the
     header itself is unreadable). Raised by both frame splitters (the compiled
-    edge_agent._framing and its pure-Python twin edge_agent._framing_py) and by the fronts.
+    edge_agent.protocol._framing and its pure-Python twin edge_agent.protocol._framing_py) and by the fronts.
     """
 
     def __init__(self, code: int, message: str, request_id: int = 0):

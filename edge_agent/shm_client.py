@@ -4,7 +4,7 @@
         outputs = agent.predict("detector", [segment.write(image)])
 
 A ShmTensor stands in for an array in AgentClient.predict inputs (and names where outputs
-go). It needs no runtime: only the compiled edge_agent._shm module and NumPy.
+go). It needs no runtime: only the compiled edge_agent.shm._shm module and NumPy.
 
 POSIX and memfd segments can also be passed to the agent as file descriptors (SCM_RIGHTS) on
 the framed socket: then the agent needs no right to open the segment by name (a memfd has
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edge_agent import agent_pb2 as pb
-from edge_agent.tensors import (SHARED_MEMORY, Handle, WireTensor, data_type_of, dtype_of,
+from edge_agent.protocol.tensors import (SHARED_MEMORY, Handle, WireTensor, data_type_of, dtype_of,
                                pb_handle)
 
 
@@ -27,7 +27,7 @@ def _segments():
     """The compiled module that makes and maps segments, imported when a segment is first
     made: the client, which only names segments (ShmTensor) unless asked to make one, then
     imports without a compiled build."""
-    from edge_agent import _shm
+    from edge_agent.shm import _shm
     return _shm
 
 

@@ -31,12 +31,12 @@ from common import MAX_FRAME_BYTES, agent_config, known_internal, write_models  
 with atheris.instrument_imports(include=["edge_agent"]):
     from edge_agent import agent_pb2 as pb
     from edge_agent.errors import StatusCode
-    from edge_agent.api import BY_METHOD
-    from edge_agent.pending import PendingBudget
+    from edge_agent.api.rpcs import BY_METHOD
+    from edge_agent.transport.pending import PendingBudget
     from edge_agent.protocol import (FrameDecoder, NeedData, ProtocolError, Request,
                                      ServerConnection, Kind)
-    from edge_agent.server import SocketServer
-    from edge_agent.service import AgentService, Caller
+    from edge_agent.transport.framed_front import SocketServer
+    from edge_agent.api.service import AgentService, Caller
 
 NOBODY = 65534
 FRAMING_CODES = {StatusCode.INVALID_ARGUMENT, StatusCode.RESOURCE_EXHAUSTED}

@@ -9,8 +9,8 @@ documented code, never INTERNAL or UNKNOWN, and raises nothing but AgentError; a
 answers a prediction on zeros the same way.
 
 Crash safety: the load path verifies every model's flatbuffer against the schema
-(edge_agent/model_verifier.py), then proves it in a child process of its own before the
-agent's runtime sees its bytes (edge_agent/prover.py). The harness still loads each input in a
+(edge_agent/models/verifier.py), then proves it in a child process of its own before the
+agent's runtime sees its bytes (edge_agent/models/model_check.py). The harness still loads each input in a
 forked child, under a memory and a time limit, so that a crash cannot end the run: a child
 killed by a signal means bytes that passed the check then crashed the agent's own runtime. It
 is counted and printed (EDGE_AGENT_FUZZ_STRICT=1 fails on it) and worth keeping as a test.
@@ -32,7 +32,7 @@ with atheris.instrument_imports(include=["edge_agent"]):
 
     from edge_agent import agent_pb2 as pb
     from edge_agent.errors import AgentError, StatusCode
-    from edge_agent.service import AgentService
+    from edge_agent.api.service import AgentService
 
 NEVER = {StatusCode.INTERNAL, StatusCode.UNKNOWN}
 CHILD_MEMORY_BYTES = 2 << 30  # address space a child may take (the runtime maps a lot)

@@ -4,7 +4,7 @@ level has its own).
 
 - AgentProcess: `edge-agent serve` in a process of its own (tests/e2e, where the process is
   the point: signals, exit codes, privileges, crash isolation, the agent's own resources);
-- AgentInThread: the composed agent (edge_agent.app.App) in threads of the test process
+- AgentInThread: the composed agent (edge_agent.app.root.App) in threads of the test process
   (tests/integration), the same configuration file through the same loader.
 """
 from __future__ import annotations
@@ -138,13 +138,13 @@ class AgentInThread:
         self.socket_path = settings["edge_agent_socket_path"]
         self.config_path = workdir / "agent.json"
         self.config_path.write_text(json.dumps(settings))
-        self.app = None  # an edge_agent.app.App while it runs
+        self.app = None  # an edge_agent.app.root.App while it runs
         self._handler: logging.Handler | None = None
         self._level = logging.NOTSET
 
     def start(self) -> "AgentInThread":
-        from edge_agent import boards
-        from edge_agent.app import App
+        from edge_agent.platform import boards
+        from edge_agent.app.root import App
 
         config = boards.load(str(self.config_path), {}, device_tree_model=boards.DEVICE_TREE_MODEL)
         # What the agent logs goes to its own file, as the process's stderr does (cli).

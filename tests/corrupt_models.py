@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent import runtime
+from edge_agent.platform import runtime
 from edge_agent.tools import model_builder
 
 GOOD = model_builder.add_model().content

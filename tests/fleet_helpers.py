@@ -13,7 +13,7 @@ from lifecycle_helpers import Lab
 from s3server import ACCESS_KEY, BUCKET, REGION, SECRET_KEY
 
 from edge_agent.fleet import document as d
-from edge_agent.keys import generate_key, read_private_key
+from edge_agent.packaging.keys import generate_key, read_private_key
 
 FLEET = "plant"
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from package_cases import Signer
 
-from edge_agent import packages
+from edge_agent.packaging import packages
 from edge_agent.tools import model_builder
 
 X = np.zeros((1, 4), np.float32)

@@ -108,7 +108,7 @@ class Monitor:
         self.client.disconnect()
         self.client.loop_stop()
         # The socket pair loop_start() made, which paho closes only when the client is freed
-        # (as edge_agent.heartbeat does at stop): not left for start_agent's descriptor check.
+        # (as edge_agent.observe.heartbeat does at stop): not left for start_agent's descriptor check.
         self.client._reset_sockets(sockpair_only=True)
 
 

@@ -15,8 +15,8 @@ from typing import Callable
 import numpy as np
 from nacl.signing import SigningKey
 
-from edge_agent import packages
-from edge_agent.keys import generate_key, read_private_key
+from edge_agent.packaging import packages
+from edge_agent.packaging.keys import generate_key, read_private_key
 from edge_agent.tools import model_builder
 
 MARKER = "ESCAPED"  # the name every hostile archive tries to write outside its directory

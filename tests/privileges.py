@@ -161,7 +161,7 @@ class PublicPython:
         shutil.copytree(package, os.path.join(root, "src", "edge_agent"),
                         ignore=shutil.ignore_patterns("__pycache__"))
         boards = os.path.join(os.path.dirname(package), "firmware_configs")
-        if os.path.isdir(boards):  # where a checkout's edge_agent.boards finds them
+        if os.path.isdir(boards):  # where a checkout's edge_agent.platform.boards finds them
             shutil.copytree(boards, os.path.join(root, "src", "firmware_configs"))
         for current, _dirs, files in os.walk(directory):
             os.chmod(current, 0o755)

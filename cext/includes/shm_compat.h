@@ -1,4 +1,4 @@
-/* What Linux C libraries spell differently, for edge_agent._shm (cext/_shm.pyx). */
+/* What Linux C libraries spell differently, for edge_agent.shm._shm (cext/_shm.pyx). */
 #ifndef EDGE_AGENT_SHM_COMPAT_H
 #define EDGE_AGENT_SHM_COMPAT_H
 

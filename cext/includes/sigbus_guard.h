@@ -1,4 +1,4 @@
-/* The SIGBUS guard of edge_agent._shm (cext/_shm.pyx), in C: it must run inside a signal
+/* The SIGBUS guard of edge_agent.shm._shm (cext/_shm.pyx), in C: it must run inside a signal
    handler, where Python cannot. A POSIX object can be truncated by its owner while the agent
    has it mapped; touching the pages beyond its new end raises SIGBUS. The handler replaces
    such a mapping with anonymous zero pages and flags it, so the copy in flight completes and

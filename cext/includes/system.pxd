@@ -1,4 +1,4 @@
-# C declarations of the system calls edge_agent._shm makes (cext/_shm.pyx): libc's headers,
+# C declarations of the system calls edge_agent.shm._shm makes (cext/_shm.pyx): libc's headers,
 # as Cython sees them. Only the fields and constants _shm reads are declared.
 from posix.types cimport gid_t, mode_t, off_t, pid_t, time_t, uid_t
 

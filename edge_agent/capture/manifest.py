@@ -12,7 +12,7 @@ import time
 from typing import Iterable, NamedTuple
 
 from edge_agent import agent_pb2 as pb
-from edge_agent.tensors import data_type_name
+from edge_agent.protocol.tensors import data_type_name
 
 MANIFEST = "manifest.jsonl"
 PAYLOADS = "payloads.bin"

@@ -12,9 +12,9 @@ import uuid
 from typing import Callable, Optional
 
 from edge_agent import agent_pb2 as pb
-from edge_agent.api import check_model_name
+from edge_agent.api.rpcs import check_model_name
 from edge_agent.errors import AgentError, StatusCode, invalid_argument, shown
-from edge_agent.tensors import (byte_length, check_length, data_type_name, dtype_of,
+from edge_agent.protocol.tensors import (byte_length, check_length, data_type_name, dtype_of,
                                format_shape, tensor_data, wire_tensor)
 
 # Clocks of the application and the agent read the same system clock on a board, but a

@@ -138,7 +138,7 @@ class FleetSource:
         os.replace(temporary, self._state_path)
 
     def _trust(self):
-        from edge_agent.keys import load_trust
+        from edge_agent.packaging.keys import load_trust
         return load_trust(self.config.edge_agent_deployment_trust, setting=d.TRUST_KEY)
 
     # --- one read -------------------------------------------------------------------------------
@@ -413,7 +413,7 @@ class FleetSource:
 
 
 def _same(a: str, b: str) -> bool:
-    from edge_agent.lifecycle.policy import same_version
+    from edge_agent.models.lifecycle.policy import same_version
     return same_version(a, b)
 
 
@@ -433,7 +433,7 @@ def make_source(config: AgentConfig, manager) -> FleetSource:
                           "the IoT credentials provider (sagemaker_edge_provider_aws_iot_cred_"
                           "endpoint), or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the "
                           "environment")
-    from edge_agent.keys import load_trust
+    from edge_agent.packaging.keys import load_trust
     load_trust(config.edge_agent_deployment_trust, setting=d.TRUST_KEY)  # AgentError: refused
     bucket, _ = split_url(config.edge_agent_deployment_url)
     client = S3Client(bucket, config.sagemaker_edge_core_region, credentials_provider(config),

@@ -253,7 +253,7 @@ def _next(args, bucket: Bucket, change) -> object:
     import dataclasses
 
     from edge_agent.fleet import document as d
-    from edge_agent.keys import read_private_key
+    from edge_agent.packaging.keys import read_private_key
 
     key = read_private_key(args.key)
     current, highest = bucket.current(_keys(args, key))
@@ -271,7 +271,7 @@ def _next(args, bucket: Bucket, change) -> object:
 def _keys(args, key) -> dict:
     """The keys the current document may be signed with: --key's, and --trust's."""
     from edge_agent.fleet.document import TRUST_KEY
-    from edge_agent.keys import key_id, load_trust
+    from edge_agent.packaging.keys import key_id, load_trust
 
     keys = {key_id(key.verify_key): key.verify_key}
     if args.trust:
@@ -401,7 +401,7 @@ def cmd_reconcile(args) -> int:
     def run():
         import dataclasses
 
-        from edge_agent.keys import read_private_key
+        from edge_agent.packaging.keys import read_private_key
 
         bucket = Bucket(args)
         current, _ = bucket.current(_keys(args, read_private_key(args.key)))

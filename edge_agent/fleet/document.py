@@ -3,7 +3,7 @@
 Stored as one JSON object, `{"document": {...}, "signature": {...}}`. The signature (Ed25519,
 the key named by its id, as a package's manifest.sig) is over the document's canonical bytes:
 sorted keys, two-space indentation, ASCII, a final newline, as packages' manifests are
-written (edge_agent.packages.Manifest.to_bytes). Only strings, integers, lists and objects
+written (edge_agent.packaging.packages.Manifest.to_bytes). Only strings, integers, lists and objects
 occur, so the canonical bytes of a parsed document are the bytes that were signed.
 """
 from __future__ import annotations
@@ -22,8 +22,8 @@ from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
 from edge_agent.config import DEPLOYMENT_NAME
-from edge_agent.keys import key_id
-from edge_agent.versions import Version
+from edge_agent.packaging.keys import key_id
+from edge_agent.packaging.versions import Version
 
 FORMAT = "edge-agent-deployment/1"
 POLICIES = ("rollback_on_failure", "do_nothing")

@@ -3,7 +3,7 @@ the fleet source (whatever it says: the bucket stays the only source of truth), 
 device's status is published, retained, on edge-agent/<fleet>/<device>/deployment.
 
 Its own connection (client id `<heartbeat client id>-deployment`), with the heartbeat's
-broker url and TLS settings (edge_agent.heartbeat); paho-mqtt reconnects with backoff and
+broker url and TLS settings (edge_agent.observe.heartbeat); paho-mqtt reconnects with backoff and
 the subscription is renewed on each connection.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Callable
 
 import paho.mqtt.client as mqtt
 
-from edge_agent import heartbeat
+from edge_agent.observe import heartbeat
 from edge_agent.config import AgentConfig
 
 log = logging.getLogger(__name__)

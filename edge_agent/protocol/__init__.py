@@ -10,7 +10,7 @@
 - client_connection.py: ClientConnection, a client's side (request ids, reply matching);
 - receiving.py: how much either side receives next, and sets aside for a large body.
 
-Nothing here touches a socket or reads a clock: the loops in edge_agent.server and
+Nothing here touches a socket or reads a clock: the loops in edge_agent.transport.framed_front and
 edge_agent.client move bytes and descriptors and pass the time in. docs/PROTOCOL.md is the
 description of the wire.
 """

@@ -27,15 +27,15 @@ from typing import Iterator
 from edge_agent.errors import FramingError, StatusCode
 
 # The splitter: the compiled one, else its pure-Python twin (msgpack's seam). The twin is the
-# same code in Python (edge_agent/_framing_py.py), for a checkout without a build and as the
+# same code in Python (edge_agent/protocol/_framing_py.py), for a checkout without a build and as the
 # reference the tests hold the compiled one to; EDGE_AGENT_PUREPYTHON=1 forces it.
 if os.environ.get("EDGE_AGENT_PUREPYTHON", "") not in ("", "0"):
-    from edge_agent._framing_py import FrameSplitter
+    from edge_agent.protocol._framing_py import FrameSplitter
 else:
     try:
-        from edge_agent._framing import FrameSplitter
+        from edge_agent.protocol._framing import FrameSplitter
     except ImportError:
-        from edge_agent._framing_py import FrameSplitter
+        from edge_agent.protocol._framing_py import FrameSplitter
 
 __all__ = [
     "HEADER", "VERSION", "Kind", "Method", "Frame", "FrameDecoder", "FramingError",

@@ -1,7 +1,7 @@
 """How much a connection receives next: the one rule both connection objects follow."""
 from __future__ import annotations
 
-from edge_agent.sockets import WAITALL_BYTES
+from edge_agent.transport.socket_io import WAITALL_BYTES
 
 
 def next_receive(needed: int, pending: int, base: int) -> tuple[int, bool]:

@@ -3,7 +3,7 @@
 Each figure is printed with the floor it is held to, the ratio and the target:
 - server cost: the agent answering a C client that replays a pre-encoded Predict frame
   (benchmarks/frame_bench.c, `replay`), tiny model and a 1x224x224x3 float32 input, against
-  in-process invoke (set_tensor, invoke, get_tensor through edge_agent.runtime's choice) plus
+  in-process invoke (set_tensor, invoke, get_tensor through edge_agent.platform.runtime's choice) plus
   a C ping-pong over a UNIX socket pair moving the same bytes each way (`pingpong`);
 - end to end: `AgentClient.predict` against the same floor, and the same Predict through a
   grpcio server over AgentService (edge_agent.tools.grpcio_server) measured in the same run;
@@ -31,7 +31,7 @@ import tracemalloc
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from edge_agent.launch import agent_command
+from edge_agent.tools.launch import agent_command
 from edge_agent.tools import model_builder
 
 # The issue's targets: (comparison, bound). "<=" figures are costs, ">=" are gains.
@@ -71,7 +71,7 @@ def time_calls(call: Callable[[], object], iterations: int, warmup: int = 200) -
 
 
 def in_process(model: model_builder.BuiltModel, inputs: dict, num_threads: int, iterations: int):
-    from edge_agent.runtime import interpreter_module
+    from edge_agent.platform.runtime import interpreter_module
 
     interpreter = interpreter_module().Interpreter(model_content=model.content,
                                                    num_threads=num_threads)
@@ -88,7 +88,7 @@ def in_process(model: model_builder.BuiltModel, inputs: dict, num_threads: int, 
 
 
 def _invoke_worker(content: bytes, inputs: dict, calls: int, ready, spans) -> None:
-    from edge_agent.runtime import interpreter_module
+    from edge_agent.platform.runtime import interpreter_module
 
     interpreter = interpreter_module().Interpreter(model_content=content, num_threads=1)
     interpreter.allocate_tensors()
@@ -177,7 +177,7 @@ def request_frame(name: str, inputs: dict) -> tuple[Any, bytes]:
     them) and its whole frame."""
     from edge_agent import agent_pb2 as pb
     from edge_agent.protocol import Method, encode_request
-    from edge_agent.tensors import add_array
+    from edge_agent.protocol.tensors import add_array
 
     request = pb.PredictRequest(name=name)
     for key, array in inputs.items():
@@ -188,7 +188,7 @@ def request_frame(name: str, inputs: dict) -> tuple[Any, bytes]:
 def reply_frame_bytes(model: model_builder.BuiltModel, inputs: dict) -> int:
     from edge_agent import agent_pb2 as pb
     from edge_agent.protocol import HEADER
-    from edge_agent.tensors import add_array
+    from edge_agent.protocol.tensors import add_array
 
     reply = pb.PredictResponse()
     for key, array in model.reference(inputs).items():
@@ -259,10 +259,11 @@ def inline_peak(workdir: str) -> float:
     import numpy as np
 
     from edge_agent import agent_pb2 as pb
-    from edge_agent import api, config
+    from edge_agent import config
+    from edge_agent.api import rpcs as api
     from edge_agent.errors import StatusCode
     from edge_agent.protocol import HEADER, Method
-    from edge_agent.service import IN_PROCESS, AgentService
+    from edge_agent.api.service import IN_PROCESS, AgentService
 
     service = AgentService(config.from_mapping({
         "edge_agent_socket_path": os.path.join(workdir, "unused.sock"),
@@ -466,7 +467,7 @@ class Run:
 
 
 def run_bench(iterations: int, rounds: int = 3, c_bench: str | None = None) -> dict:
-    from edge_agent.runtime import interpreter_module, runtime_name
+    from edge_agent.platform.runtime import interpreter_module, runtime_name
 
     try:
         interpreter_module()

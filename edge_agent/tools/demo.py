@@ -14,7 +14,7 @@ import numpy as np
 
 from edge_agent.client import AgentClient
 from edge_agent.errors import AgentError
-from edge_agent.launch import agent_command
+from edge_agent.tools.launch import agent_command
 from edge_agent.tools import model_builder
 
 
@@ -60,7 +60,7 @@ DEMO_KEYS = os.path.join(os.path.expanduser("~"), ".edge-agent", "demo-keys")
 
 def _signed_demo_package(workdir: str, built: model_builder.BuiltModel) -> tuple[str, str]:
     """(package path, trust folder): the demo model packaged and signed with the demo key."""
-    from edge_agent.packages import Target, build_package, ensure_demo_keys
+    from edge_agent.packaging.packages import Target, build_package, ensure_demo_keys
 
     key, trust = ensure_demo_keys(DEMO_KEYS)
     package = os.path.join(workdir, "demo-1.0.0.tar.gz")

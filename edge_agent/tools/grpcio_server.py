@@ -14,16 +14,16 @@ from typing import Any, Callable, Iterator
 
 
 def serve_grpcio(workdir: str, socket_path: str) -> None:
-    """A grpcio server over AgentService, each RPC from edge_agent.api's table (what the agent
+    """A grpcio server over AgentService, each RPC from edge_agent.api.rpcs's table (what the agent
     served gRPC with before the h2 front, with a pool of edge_agent_grpc_max_workers)."""
     from concurrent import futures
 
     import grpc
 
     from edge_agent import config
-    from edge_agent.api import GRPC_SERVICE, RPCS, Api
+    from edge_agent.api.rpcs import GRPC_SERVICE, RPCS, Api
     from edge_agent.errors import StatusCode
-    from edge_agent.service import IN_PROCESS, AgentService
+    from edge_agent.api.service import IN_PROCESS, AgentService
 
     settings = config.from_mapping({
         "edge_agent_socket_path": os.path.join(workdir, "unused.sock"),
@@ -55,7 +55,7 @@ def grpc_predict(socket_path: str, model_path: str, request: Any) -> Iterator[Ca
     import grpc
 
     from edge_agent import agent_pb2 as pb
-    from edge_agent.api import GRPC_SERVICE
+    from edge_agent.api.rpcs import GRPC_SERVICE
 
     with grpc.insecure_channel(f"unix://{socket_path}") as channel:
         grpc.channel_ready_future(channel).result(timeout=30)  # it binds after starting

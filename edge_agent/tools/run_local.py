@@ -26,7 +26,7 @@ def _say(text: str) -> None:
 
 def prepare(directory: str, socket_path: str = "") -> str:
     """The repository with the signed demo package, the configuration; its path."""
-    from edge_agent.packages import Target, build_package, ensure_demo_keys
+    from edge_agent.packaging.packages import Target, build_package, ensure_demo_keys
 
     directory = os.path.abspath(directory)
     repository = os.path.join(directory, "repository")

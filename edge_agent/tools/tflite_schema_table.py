@@ -1,4 +1,4 @@
-"""Writes edge_agent/tflite_schema.py: the TFLite schema as the model verifier needs it, read
+"""Writes edge_agent/models/tflite_schema.py: the TFLite schema as the model verifier needs it, read
 from the code the `tflite` package generated from schema.fbs (`python -m
 edge_agent.tools.tflite_schema_table`). tests/unit/test_model_verifier.py regenerates it and
 compares, so a new `tflite` (a new schema) that changes any table is caught.
@@ -17,7 +17,7 @@ import pkgutil
 import re
 from pathlib import Path
 
-OUTPUT = Path(__file__).resolve().parents[1] / "tflite_schema.py"
+OUTPUT = Path(__file__).resolve().parents[1] / "models" / "tflite_schema.py"
 
 SCALAR_SIZES = {"Bool": 1, "Int8": 1, "Uint8": 1, "Int16": 2, "Uint16": 2, "Int32": 4,
                 "Uint32": 4, "Float32": 4, "Int64": 8, "Uint64": 8, "Float64": 8}
@@ -108,7 +108,7 @@ def read_schema() -> tuple[dict, dict, str]:
 def render() -> str:
     tables, unions, version = read_schema()
     lines = [
-        f'"""The TFLite schema (tflite {version}) as edge_agent.model_verifier needs it: each',
+        f'"""The TFLite schema (tflite {version}) as edge_agent.models.verifier needs it: each',
         "table's fields by field id as (name, kind, argument), None for a deprecated id; each",
         "union's member tables by type value. Kinds: scalar (argument: its size), string, table",
         "(its class), scalars (a vector; the element size), strings, tables (a vector; the class),",

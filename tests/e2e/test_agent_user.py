@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_agent import cli, runtime
+from edge_agent.app import cli
+from edge_agent.platform import runtime
 from edge_agent.client import AgentClient
 from edge_agent.errors import AgentError, StatusCode
 from edge_agent.shm_client import SysVSegment
@@ -25,9 +26,10 @@ from edge_agent.shm_client import SysVSegment
 from privileges import CAP_IPC_OWNER, NOBODY, fork_as, project_unreachable_reason
 
 # What the agent imports, lazily or not, on the paths these tests take.
-AGENT_MODULES = ("grp", "pwd", "edge_agent.server", "edge_agent.service", "edge_agent.engine",
-                 "edge_agent.capture.service", "edge_agent.systemd", "edge_agent.boards",
-                 "edge_agent.shm", "edge_agent.modelfile")
+AGENT_MODULES = ("grp", "pwd", "edge_agent.transport.framed_front", "edge_agent.api.service",
+                 "edge_agent.models.engine",
+                 "edge_agent.capture.capture_calls", "edge_agent.platform.systemd", "edge_agent.platform.boards",
+                 "edge_agent.shm.segments", "edge_agent.models.model_files")
 
 
 def _preload_agent() -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_agent import boards
+from edge_agent.platform import boards
 from edge_agent.errors import AgentError, StatusCode
 from edge_agent.tools import model_builder
 
@@ -79,7 +79,7 @@ def test_the_profiles_ship_inside_the_wheel(tmp_path):
     shipped = build / "edge_agent" / "firmware_configs"
     assert sorted(p.stem for p in shipped.glob("*.json")) == PROFILES
     found = subprocess.run(
-        [sys.executable, "-c", "from edge_agent import boards; print(boards.profiles_dir())"],
+        [sys.executable, "-c", "from edge_agent.platform import boards; print(boards.profiles_dir())"],
         cwd=tmp_path, env={"PYTHONPATH": str(build), "PATH": "/usr/bin:/bin"},
         capture_output=True, text=True, check=True).stdout.strip()
     assert Path(found) == shipped

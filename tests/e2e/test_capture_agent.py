@@ -62,10 +62,11 @@ def test_crash_after_writing_before_recording_rewrites_the_same_batch(tmp_path):
     # journaled, is still delivered (rightly, but not what this test counts).
     script = textwrap.dedent(f"""
         import os, threading, uuid, numpy as np
-        from edge_agent import agent_pb2 as pb, boards
+        from edge_agent import agent_pb2 as pb
+        from edge_agent.platform import boards
         from edge_agent.capture.status import StatusLog
-        from edge_agent.service import AgentService
-        from edge_agent.tensors import add_array
+        from edge_agent.api.service import AgentService
+        from edge_agent.protocol.tensors import add_array
         replied = threading.Event()
         StatusLog.finish = lambda *a: (replied.wait(), os._exit(9))
         service = AgentService(boards.load(None, {settings!r}))
@@ -83,8 +84,8 @@ def test_crash_after_writing_before_recording_rewrites_the_same_batch(tmp_path):
     [first_folder] = disk_manifests(tmp_path / "out")
 
     from edge_agent import agent_pb2 as pb
-    from edge_agent import boards
-    from edge_agent.service import AgentService
+    from edge_agent.platform import boards
+    from edge_agent.api.service import AgentService
     service = AgentService(boards.load(None, settings))
     try:
         for cid in acknowledged:

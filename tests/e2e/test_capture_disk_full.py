@@ -9,9 +9,9 @@ import subprocess
 
 import pytest
 
-from edge_agent import boards
+from edge_agent.platform import boards
 from edge_agent.errors import AgentError, StatusCode
-from edge_agent.service import AgentService
+from edge_agent.api.service import AgentService
 
 from capture_helpers import capture_request, delivered_ids, disk_manifests, wait_for
 

@@ -26,7 +26,7 @@ from edge_agent.client import AgentClient
 from edge_agent.errors import AgentError, StatusCode
 from edge_agent.protocol import HEADER, Kind, Method, encode_request
 from edge_agent.shm_client import MemfdSegment, PosixSegment, ShmTensor
-from edge_agent.sockets import MAX_FDS
+from edge_agent.transport.socket_io import MAX_FDS
 from edge_agent.tools import model_builder
 
 NOBODY = 65534
@@ -533,7 +533,7 @@ def test_a_directory_cannot_be_passed_as_a_package(client, tmp_path):
 def test_a_file_that_is_not_shared_memory_is_no_segment(client, tmp_path):
     """A file of another file system (a network or FUSE mount could make a page fault wait
     while the model's lock is held) is refused; memfds and /dev/shm objects are taken."""
-    from edge_agent.descriptors import is_shared_memory
+    from edge_agent.protocol.descriptors import is_shared_memory
 
     for place in (tmp_path, Path(__file__).parent, Path.home()):
         fd, plain = tempfile.mkstemp(dir=place)

@@ -11,7 +11,7 @@ from capture_helpers import wait_for
 from fleet_helpers import Fleet
 from lifecycle_helpers import X, offset_of
 
-from edge_agent import packages
+from edge_agent.packaging import packages
 from edge_agent.fleet import document as d
 from edge_agent.fleet.board import CRASH_ENV
 from edge_agent.tools import model_builder

@@ -14,7 +14,7 @@ from capture_helpers import wait_for
 from fleet_helpers import Fleet
 from lifecycle_helpers import X, offset_of
 
-from edge_agent.cli import main
+from edge_agent.app.cli import main
 from edge_agent.fleet import document as d
 
 mqtt = pytest.importorskip("paho.mqtt.client", reason="paho-mqtt is not installed")

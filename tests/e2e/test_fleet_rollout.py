@@ -18,7 +18,7 @@ from fleet_helpers import FLEET, Fleet
 from lifecycle_helpers import X, offset_of
 from s3server import ACCESS_KEY, SECRET_KEY
 
-from edge_agent.cli import main
+from edge_agent.app.cli import main
 from edge_agent.fleet.document import in_percentage
 
 pytestmark = pytest.mark.native_only
@@ -146,7 +146,7 @@ def test_rollback_on_failure(fleet, boards, capsys):
 
 
 def test_the_fleet_commands_import_no_numpy_nor_runtime(tmp_path):
-    code = ("import sys; from edge_agent.cli import main\n"
+    code = ("import sys; from edge_agent.app.cli import main\n"
             "try:\n    main(['fleet', 'status', '--url', 's3://b/p', '--fleet', 'f',"
             " '--endpoint-url', 'http://127.0.0.1:9'])\nexcept SystemExit:\n    pass\n"
             "import edge_agent.fleet.cli, edge_agent.fleet.document, edge_agent.fleet.transfer\n"

@@ -54,7 +54,7 @@ def other_users(public_python):
     if os.geteuid() != 0 or shutil.which("setpriv") is None:
         pytest.skip("needs root and setpriv (util-linux) to run processes as other users")
     probe = subprocess.run([*as_user(setpriv(AGENT_UID, "ipc_owner"), public_python), "-c",
-                            "import edge_agent.service, google.protobuf, grpc"],
+                            "import edge_agent.api.service, google.protobuf, grpc"],
                            capture_output=True, text=True)
     assert probe.returncode == 0, probe.stderr  # the public copy has all it needs
     return public_python

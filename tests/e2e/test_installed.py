@@ -57,7 +57,7 @@ def installed(checkout, tmp_path_factory) -> Path:
 def test_demo_runs_from_the_repository_root(checkout, installed, tmp_path):
     env = {"PATH": f"{installed}:/usr/bin:/bin", "HOME": str(tmp_path), "LANG": "C.UTF-8"}
     where = subprocess.run([installed / "python", "-I", "-c",
-                            "import edge_agent._framing as m; print(m.__file__)"],
+                            "import edge_agent.protocol._framing as m; print(m.__file__)"],
                            cwd=checkout, env=env, capture_output=True, text=True, check=True)
     assert Path(where.stdout.strip()).is_relative_to(installed.parent), where.stdout
     assert not list((checkout / "edge_agent").glob("*.so")), "the checkout is not clean"

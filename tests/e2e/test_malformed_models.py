@@ -1,7 +1,7 @@
 """Cut and flipped models against a live agent whose heap makes over-reads fatal
 (PYTHONMALLOC=malloc with MALLOC_PERTURB_: memory past a buffer is freed or fresh and filled
 with garbage, not the same bytes in every process): before the flatbuffer verifier
-(edge_agent.model_verifier) the runtime followed a cut file's offsets past its copy of the
+(edge_agent.models.verifier) the runtime followed a cut file's offsets past its copy of the
 bytes and some of these killed the agent after the check in a child had passed them. A bounded
 sample here; every cut and flip, and 500 loads during rewrites, in `make fuzz-models`
 (EDGE_AGENT_FULL_SWEEP=1)."""
@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from agents import AgentProcess
 
-from edge_agent import model_verifier
+from edge_agent.models import verifier as model_verifier
 from edge_agent.errors import AgentError, StatusCode
 from edge_agent.tools import model_builder
 
@@ -42,8 +42,8 @@ LOAD_PATH = textwrap.dedent("""
     import sys
     from edge_agent import agent_pb2 as pb, config
     from edge_agent.errors import AgentError, StatusCode
-    from edge_agent.prover import Proof
-    from edge_agent.service import AgentService
+    from edge_agent.models.model_check import Proof
+    from edge_agent.api.service import AgentService
     service = AgentService(config.from_mapping({
         "edge_agent_state_dir": sys.argv[1], "edge_agent_allow_unsigned_models": True,
         "edge_agent_num_threads": 1}))

@@ -13,7 +13,7 @@ import pytest
 from agents import AgentProcess
 from lifecycle_helpers import X, Lab, offset_of
 
-from edge_agent.lifecycle.manager import CRASH_ENV
+from edge_agent.models.lifecycle.manager import CRASH_ENV
 
 
 @pytest.fixture

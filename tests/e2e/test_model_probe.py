@@ -29,7 +29,7 @@ pytestmark = FOUND_WITH_THIS_RUNTIME
 # Runs the model as the agent would in-process, without the child: what used to kill it.
 IN_PROCESS = """
 import sys, numpy as np
-from edge_agent.runtime import interpreter_module
+from edge_agent.platform.runtime import interpreter_module
 i = interpreter_module().Interpreter(model_content=open(sys.argv[1], "rb").read(), num_threads=1)
 i.allocate_tensors()
 for d in i.get_input_details():
@@ -181,9 +181,9 @@ def test_bad_alloc_in_the_agents_own_runtime_is_resource_exhausted(tmp_path):
     path = write(tmp_path, "huge", model_builder.add_model(shape=(1, 2**28)).content)
     script = (
         "import resource, sys\n"
-        "from edge_agent.engine import create_interpreter\n"
+        "from edge_agent.models.engine import create_interpreter\n"
         "from edge_agent.errors import AgentError\n"
-        "from edge_agent.runtime import interpreter_module\n"
+        "from edge_agent.platform.runtime import interpreter_module\n"
         "interpreter_module()\n"
         "resource.setrlimit(resource.RLIMIT_DATA, (1 << 30, 1 << 30))\n"
         "try:\n"

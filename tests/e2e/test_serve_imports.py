@@ -41,7 +41,7 @@ def test_serving_a_model_imports_no_development_tool(tmp_path, model_files):
         assert agent.stop() == 0, agent.log()
     np.testing.assert_array_equal(outputs["sum"], x + x)
     imported = _imported_modules(agent.log())
-    assert "edge_agent.service" in imported and "edge_agent.server" in imported, agent.log()
+    assert "edge_agent.api.service" in imported and "edge_agent.transport.framed_front" in imported, agent.log()
     loaded_tools = sorted(m for m in imported if m.split(".")[0] in TOOL_MODULES
                           or m.startswith("edge_agent.tools"))
     assert not loaded_tools, f"the serve path imported development tools: {loaded_tools}"

@@ -11,7 +11,7 @@ import pytest
 from agents import AgentProcess, public_directory
 from fifo_helpers import fifo, returns
 
-from edge_agent import _shm
+from edge_agent.shm import _shm
 from edge_agent.client import AgentClient
 from edge_agent.errors import AgentError, StatusCode
 from edge_agent.shm_client import PosixSegment, ShmTensor, SysVSegment

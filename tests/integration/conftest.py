@@ -1,4 +1,4 @@
-"""Integration tests: the composed agent (edge_agent.app.App) in a thread of the test process,
+"""Integration tests: the composed agent (edge_agent.app.root.App) in a thread of the test process,
 serving a private socket in tmp_path — the same fronts, service and runtime as `edge-agent
 serve`, without a process start per test. Here `agent` and `start_agent` are that agent (the
 root conftest's are processes: tests/e2e, where the process is the point). Each agent's

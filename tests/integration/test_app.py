@@ -13,7 +13,7 @@ from wire import _RawBody
 
 from edge_agent import agent_pb2 as pb
 from edge_agent.tools import model_builder
-from edge_agent.app import StartError
+from edge_agent.app.root import StartError
 from edge_agent.errors import AgentError, StatusCode
 from edge_agent.protocol import Method
 
@@ -154,8 +154,8 @@ def test_stop_answers_the_call_in_progress_before_closing_the_service(tmp_path):
     """At stop, a call already running on the framed socket is answered, and only then is
     the service (its capture journal) closed. Proven by order, not by time: the call is held
     until the socket file is gone, that is until stop() is under way."""
-    from edge_agent import boards
-    from edge_agent.app import App
+    from edge_agent.platform import boards
+    from edge_agent.app.root import App
     from edge_agent.client import AgentClient
     from capture_helpers import capture_request
 

@@ -13,7 +13,7 @@ import subprocess
 
 import pytest
 
-from edge_agent.cli import main
+from edge_agent.app.cli import main
 from edge_agent.tools import bench, model_builder
 
 ALWAYS = {"agent_client_tiny_us", "idle_rss_mb", "idle_pss_mb", "idle_uss_mb",

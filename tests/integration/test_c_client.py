@@ -26,7 +26,7 @@ from capture_helpers import disk_manifests, lines, payload, wait_for
 from edge_agent.errors import AgentError
 from edge_agent.protocol import HEADER, Kind
 from edge_agent.shm_client import SysVSegment
-from edge_agent.tensors import data_type_of, dtype_of
+from edge_agent.protocol.tensors import data_type_of, dtype_of
 from edge_agent.tools import model_builder
 
 ROOT = Path(__file__).resolve().parent.parent.parent

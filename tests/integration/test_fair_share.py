@@ -1,4 +1,4 @@
-"""One user's stalled clients cannot starve another user's (edge_agent.pending, docs/PROTOCOL.md
+"""One user's stalled clients cannot starve another user's (edge_agent.transport.pending, docs/PROTOCOL.md
 "Sharing between clients"): eight clients of this test's user hold 6 MiB of 8 MiB frames (or,
 over gRPC, 4 MiB of 8 MiB messages), as many as the shared budget lets them, while a client
 run as `nobody` loads a tiny model and predicts on it: every answer comes, none refused, and
@@ -17,11 +17,11 @@ from test_grpc_front_h2 import RawClient, headers, message
 from wire import raw_connection, read_replies, wait_taken
 
 from edge_agent import agent_pb2 as pb
-from edge_agent.api import GRPC_SERVICE
+from edge_agent.api.rpcs import GRPC_SERVICE
 from edge_agent.client import AgentClient
 from edge_agent.errors import StatusCode
 from edge_agent.protocol import Method, encode_request
-from edge_agent.tensors import add_array
+from edge_agent.protocol.tensors import add_array
 from edge_agent.tools import model_builder
 from privileges import NOBODY, fork_as
 

@@ -123,7 +123,7 @@ def test_an_expired_document_is_reported_stale_and_changes_nothing(fleet, start_
 ])
 def test_a_deployment_that_cannot_work_stops_start_up(fleet, start_agent, monkeypatch, change,
                                                       message):
-    from edge_agent.app import StartError
+    from edge_agent.app.root import StartError
 
     monkeypatch.delenv("AWS_ACCESS_KEY_ID", raising=False)
     with pytest.raises(StartError) as info:

@@ -20,11 +20,11 @@ import pytest
 
 from edge_agent import agent_pb2 as pb
 from edge_agent import config as config_module
-from edge_agent import metrics
-from edge_agent.app import StartError
+from edge_agent.observe import metrics
+from edge_agent.app.root import StartError
 from edge_agent.errors import AgentError, StatusCode
 from edge_agent.protocol import encode_request
-from edge_agent.service import AgentService
+from edge_agent.api.service import AgentService
 from edge_agent.shm_client import SysVSegment
 
 from capture_helpers import capture_request, wait_for
@@ -220,7 +220,7 @@ def test_prometheus_listener_on_a_unix_socket_with_the_agent_sockets_mode(start_
 def test_textfile_is_replaced_atomically_while_read(tmp_path, model_files):
     """A reader polling the file while it is rewritten many times only ever sees whole
     expositions, each ending with the last family, and no temporary file stays behind."""
-    from edge_agent import exposition
+    from edge_agent.observe import exposition
 
     path = tmp_path / "prom" / "edge_agent.prom"
     path.parent.mkdir()
@@ -232,7 +232,7 @@ def test_textfile_is_replaced_atomically_while_read(tmp_path, model_files):
     try:
         service.load_model(pb.LoadModelRequest(name="add", url=str(model_files["add"])))
         request = pb.PredictRequest(name="add")
-        from edge_agent.tensors import add_array
+        from edge_agent.protocol.tensors import add_array
         for name, array in ADD_INPUTS.items():
             add_array(request.tensors, name, array)
         writer = exposition.Exposition(service.get_metrics, config).start()  # writes once
@@ -291,7 +291,7 @@ def test_bad_exposition_and_heartbeat_settings_stop_start_up(start_agent, tmp_pa
 
 def test_call_counts_lose_no_count_across_threads():
     """Threads released together by a barrier count at once: the totals are exact."""
-    from edge_agent._metrics import CallCounts
+    from edge_agent.observe._metrics import CallCounts
 
     counter = CallCounts()
     threads, per_thread = 8, 5000
@@ -382,7 +382,7 @@ def test_package_name_and_version_are_reported(start_agent, tmp_path):
 def test_idle_scrapers_beyond_the_limit_are_turned_away_and_scrapes_go_on(start_agent):
     """Connections that say nothing hold at most MAX_CONCURRENT_SCRAPES threads; the ones
     beyond are closed at once; once they go, a scrape is answered."""
-    from edge_agent.exposition import MAX_CONCURRENT_SCRAPES
+    from edge_agent.observe.exposition import MAX_CONCURRENT_SCRAPES
 
     port = free_port()
     agent = start_agent(edge_agent_metrics_listen=f"127.0.0.1:{port}")
@@ -443,7 +443,7 @@ def test_another_user_cannot_read_a_unix_metrics_socket(start_agent, tmp_path):
 
 def test_get_metrics_over_grpc_counts_the_grpc_front(start_agent, tmp_path, model_files):
     grpc = pytest.importorskip("grpc")
-    from edge_agent.api import GRPC_SERVICE as SERVICE
+    from edge_agent.api.rpcs import GRPC_SERVICE as SERVICE
 
     path = tmp_path / "grpc.sock"
     agent = start_agent(edge_agent_grpc_socket_path=str(path))
@@ -455,7 +455,7 @@ def test_get_metrics_over_grpc_counts_the_grpc_front(start_agent, tmp_path, mode
         call("LoadModel", pb.LoadModelRequest(name="add", url=str(model_files["add"])),
              pb.LoadModelResponse)
         request = pb.PredictRequest(name="add")
-        from edge_agent.tensors import add_array
+        from edge_agent.protocol.tensors import add_array
         for name, array in ADD_INPUTS.items():
             add_array(request.tensors, name, array)
         call("Predict", request, pb.PredictResponse)
@@ -471,7 +471,7 @@ def test_get_metrics_over_grpc_counts_the_grpc_front(start_agent, tmp_path, mode
 
 def test_default_topic_and_client_id_come_from_the_device():
     pytest.importorskip("paho.mqtt.client", reason="paho-mqtt is not installed")
-    from edge_agent import heartbeat
+    from edge_agent.observe import heartbeat
 
     config = config_module.from_mapping({
         "sagemaker_edge_core_device_name": "cam/1+#", "sagemaker_edge_core_device_fleet_name": "",
@@ -508,7 +508,7 @@ def test_garbage_to_the_prometheus_listener_gets_an_error_and_scrapes_go_on(star
 def test_counts_are_exact_under_concurrent_predictions_and_snapshots(tmp_path, model_files):
     """Threads released together predict on two models while another takes snapshots: the
     final counts are exact, and the counts the snapshots saw on the way never went back."""
-    from edge_agent.tensors import add_array
+    from edge_agent.protocol.tensors import add_array
 
     config = config_module.from_mapping({"edge_agent_state_dir": str(tmp_path / "state"),
                                          "edge_agent_allow_unsigned_models": True})
@@ -558,7 +558,7 @@ def test_counts_are_exact_under_concurrent_predictions_and_snapshots(tmp_path, m
 def test_the_c_counters_end_on_the_clock_predictions_start_on():
     """PredictCounters ends a prediction's time on CLOCK_MONOTONIC; the service starts it
     with time.perf_counter(): they must be one clock (a sandwich, not a timing)."""
-    from edge_agent import _metrics
+    from edge_agent.observe import _metrics
 
     before = time.perf_counter()
     now = _metrics.now()

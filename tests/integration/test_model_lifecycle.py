@@ -188,7 +188,7 @@ def test_the_repository_is_watched_without_a_rescan(lab, start_agent):
 
 
 def test_a_package_moved_in_is_noticed_without_polling(lab, start_agent):
-    from edge_agent.lifecycle.watch import Waker
+    from edge_agent.models.lifecycle.watch import Waker
 
     probe = Waker()
     notified = probe.notified
@@ -289,7 +289,7 @@ def test_twenty_swaps_under_load_lose_no_call(lab, start_agent):
 def test_metrics_say_each_models_source_state_and_swaps(lab, start_agent, tmp_path):
     from prometheus_client.parser import text_string_to_metric_families
 
-    from edge_agent import metrics
+    from edge_agent.observe import metrics
 
     lab.publish("m", "1.0")
     textfile = tmp_path / "agent.prom"
@@ -344,7 +344,7 @@ def test_rescan_and_rollback_over_grpc(lab, start_agent, tmp_path, public_dir):
     import grpc
 
     from edge_agent import agent_pb2 as pb
-    from edge_agent.api import GRPC_SERVICE
+    from edge_agent.api.rpcs import GRPC_SERVICE
 
     lab.publish("m", "1.0")
     path = tmp_path / "grpc.sock"
@@ -436,7 +436,7 @@ def test_a_state_directory_that_cannot_be_written_does_not_stop_the_start(lab, s
     record of it is written once the disk has room again."""
     import errno
 
-    from edge_agent.lifecycle.store import Store
+    from edge_agent.models.lifecycle.store import Store
 
     lab.publish("m", "1.0")
     agent = start_agent(**lab.settings())
@@ -489,7 +489,7 @@ def test_a_rollback_on_a_full_disk_serves_and_says_ok(lab, start_agent, monkeypa
     it can), not answered as an internal error."""
     import errno
 
-    from edge_agent.lifecycle.store import Store
+    from edge_agent.models.lifecycle.store import Store
 
     lab.publish("m", "1.0")
     agent = start_agent(**lab.settings())

@@ -12,10 +12,11 @@ import pytest
 from lifecycle_helpers import X, Lab, offset_of, states
 from privileges import NOBODY, fork_as
 
-from edge_agent import keys, packages
+from edge_agent.packaging import keys
+from edge_agent.packaging import packages
 from edge_agent.client import AgentClient
 from edge_agent.errors import AgentError, StatusCode
-from edge_agent.machine import ARCHITECTURES, machine_architecture
+from edge_agent.platform.machine import ARCHITECTURES, machine_architecture
 from edge_agent.tools import model_builder
 
 
@@ -242,7 +243,7 @@ def test_lifecycle_calls_without_a_repository(start_agent):
 
 
 def test_a_repository_others_may_write_is_refused_at_start(lab, start_agent):
-    from edge_agent.app import StartError
+    from edge_agent.app.root import StartError
 
     os.chmod(lab.repository, 0o777)
     with pytest.raises(StartError) as refused:

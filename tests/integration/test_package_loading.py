@@ -11,7 +11,7 @@ import pytest
 
 import package_cases as cases
 from fifo_helpers import fifo, returns
-from edge_agent import packages
+from edge_agent.packaging import packages
 from edge_agent.errors import AgentError, StatusCode
 from edge_agent.tools import model_builder
 

@@ -14,7 +14,7 @@ import pytest
 
 import package_cases as cases
 from corrupt_models import CRASHING_FLIPS, flipped
-from edge_agent import packages
+from edge_agent.packaging import packages
 from edge_agent.errors import AgentError, StatusCode
 from edge_agent.tools import model_builder
 

@@ -1,4 +1,4 @@
-"""The Predict codec (cext/_predict.pyx and its twin edge_agent/_predict_py.py) against upb.
+"""The Predict codec (cext/_predict.pyx and its twin edge_agent/protocol/_predict_py.py) against upb.
 
 Every test runs on both codecs. The properties: for any PredictRequest upb writes, the codec
 decodes what upb decodes; for any bytes at all, the codec either decodes what upb decodes or
@@ -20,23 +20,25 @@ from google.protobuf.message import DecodeError
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-import edge_agent._predict_py
+import edge_agent.protocol._predict_py
 from edge_agent import agent_pb2 as pb
-from edge_agent import api, config, predict_codec
+from edge_agent import config
+from edge_agent.api import rpcs as api
+from edge_agent.protocol import predict_codec
 from edge_agent.tools import model_builder
-from edge_agent import engine as engine_module
-from edge_agent import service as service_module
+from edge_agent.models import engine as engine_module
+from edge_agent.api import service as service_module
 from edge_agent.errors import StatusCode
 from edge_agent.protocol import Method
-from edge_agent.service import IN_PROCESS, AgentService, _pb_response
-from edge_agent.tensors import BYTE_DATA, Handle, add_tensor, handle_of, wire_tensor
+from edge_agent.api.service import IN_PROCESS, AgentService, _pb_response
+from edge_agent.protocol.tensors import BYTE_DATA, Handle, add_tensor, handle_of, wire_tensor
 
 try:
-    import edge_agent._predict as compiled
+    import edge_agent.protocol._predict as compiled
 except ImportError:  # a checkout without a build: only the twin is tested
     compiled = None
 
-CODECS = {"python": edge_agent._predict_py}
+CODECS = {"python": edge_agent.protocol._predict_py}
 if compiled is not None:
     CODECS["compiled"] = compiled
 PREDICT = api.BY_METHOD[Method.PREDICT]
@@ -52,7 +54,7 @@ def codec(request):
                     reason="EDGE_AGENT_PUREPYTHON forces the twin")
 def test_the_compiled_codec_is_the_one_in_use():
     if compiled is None:
-        pytest.skip("edge_agent._predict is not built")
+        pytest.skip("edge_agent.protocol._predict is not built")
     assert predict_codec.decode_request is compiled.decode_request
     assert predict_codec.encode_response is compiled.encode_response
 
@@ -127,7 +129,7 @@ def test_any_request_upb_writes_decodes_as_upb_reads_it(codec, request):
 
 def varint(value: int) -> bytes:
     out = bytearray()
-    edge_agent._predict_py._put_varint(out, value)
+    edge_agent.protocol._predict_py._put_varint(out, value)
     return bytes(out)
 
 
@@ -397,7 +399,7 @@ def _wire_tensors(model_inputs):
 
 
 def wire_tensor_of(name, has, data_type, shape, kind, n):
-    from edge_agent.tensors import WireTensor
+    from edge_agent.protocol.tensors import WireTensor
     data = memoryview(bytes(range(256)) * (n // 256 + 1))[:n] if kind == BYTE_DATA else \
         (Handle(n) if kind == 2 else None)
     return WireTensor(name, has, data_type, shape, kind, data)
@@ -432,7 +434,7 @@ def test_the_plain_match_takes_only_what_the_general_path_accepts_unchanged(
 def test_the_plain_match_is_the_same_on_both_codecs(agent_service):
     """The compiled plain_inputs and its twin agree on requests both take and refuse."""
     if compiled is None:
-        pytest.skip("edge_agent._predict is not built")
+        pytest.skip("edge_agent.protocol._predict is not built")
     model = agent_service._models["multi"]
     rng = np.random.default_rng(4)
     for _ in range(200):
@@ -442,7 +444,7 @@ def test_the_plain_match_is_the_same_on_both_codecs(agent_service):
             [] if rng.integers(2) else list(s.shape), BYTE_DATA, s.nbytes)
             for s in rng.permutation(model.inputs)]
         results = [c.plain_inputs(tensors, model._positions, model._plain)
-                   for c in (compiled, edge_agent._predict_py)]
+                   for c in (compiled, edge_agent.protocol._predict_py)]
         assert (results[0] is None) == (results[1] is None)
         if results[0] is not None:
             assert [a.tobytes() for a in results[0]] == [a.tobytes() for a in results[1]]

@@ -2,7 +2,7 @@
 in a thread and against no agent."""
 from __future__ import annotations
 
-from edge_agent import systemd
+from edge_agent.platform import systemd
 
 
 def test_agent_answers_its_own_health_check(agent, tmp_path):

@@ -1,6 +1,6 @@
 """Unit tests: modules called in process, no agent serving a socket. Here `in_process` and
 `start_in_process` give an AgentService with the configuration `edge-agent serve` tests use,
-and a client that speaks to it through the one RPC table (edge_agent.api) instead of a socket:
+and a client that speaks to it through the one RPC table (edge_agent.api.rpcs) instead of a socket:
 the same requests, replies and status codes as over the wire, encoded by AgentClient's own
 methods."""
 from __future__ import annotations
@@ -12,10 +12,10 @@ import pytest
 from agents import agent_settings
 
 from edge_agent import config as config_module
-from edge_agent.api import BY_METHOD, IN_PROCESS, Api
+from edge_agent.api.rpcs import BY_METHOD, IN_PROCESS, Api
 from edge_agent.client import AgentClient
 from edge_agent.errors import AgentError, StatusCode
-from edge_agent.service import AgentService
+from edge_agent.api.service import AgentService
 
 
 class InProcessClient(AgentClient):

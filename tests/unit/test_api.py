@@ -6,10 +6,11 @@ import logging
 import pytest
 
 from edge_agent import agent_pb2 as pb
-from edge_agent import api, config
+from edge_agent import config
+from edge_agent.api import rpcs as api
 from edge_agent.errors import StatusCode
 from edge_agent.protocol import Method
-from edge_agent.service import IN_PROCESS, AgentService
+from edge_agent.api.service import IN_PROCESS, AgentService
 
 
 @pytest.fixture
@@ -57,7 +58,7 @@ def test_a_fault_of_the_agent_is_internal_and_logged_with_its_traceback(service,
 
     monkeypatch.setattr(service, "list_models", broken)  # bound by Api below
     bound = api.Api(service)
-    with caplog.at_level(logging.ERROR, logger="edge_agent.api"):
+    with caplog.at_level(logging.ERROR, logger="edge_agent.api.rpcs"):
         code, message = bound.invoke(api.BY_METHOD[Method.LIST_MODELS], b"", IN_PROCESS)
     assert (code, message) == (StatusCode.INTERNAL,
                                "internal error in ListModels: KeyError: 'injected'")

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent import boards
-from edge_agent.machine import ARCHITECTURES
+from edge_agent.platform import boards
+from edge_agent.platform.machine import ARCHITECTURES
 from edge_agent.config import DELEGATES, ConfigError
 
 from agents import ROOT

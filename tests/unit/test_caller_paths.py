@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent import caller_paths, permissions
-from edge_agent.service import Caller
+from edge_agent.platform import caller_paths
+from edge_agent.platform import permissions
+from edge_agent.api.service import Caller
 
 STRANGER = Caller(-1, 65534, 65534)
 GROUP = 4242  # a group the tree below is given to

@@ -149,8 +149,8 @@ def test_disk_destination_flushes_every_directory_it_creates(tmp_path, synced_di
 
 
 def test_first_capture_flushes_the_new_state_directories(tmp_path, synced_directories):
-    from edge_agent.capture.service import CaptureService
-    from edge_agent.boards import load
+    from edge_agent.capture.capture_calls import CaptureService
+    from edge_agent.platform.boards import load
 
     from capture_helpers import capture_request
 

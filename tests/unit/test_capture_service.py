@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 
 from edge_agent import agent_pb2 as pb
-from edge_agent import boards
-from edge_agent.capture.service import CaptureService
+from edge_agent.platform import boards
+from edge_agent.capture.capture_calls import CaptureService
 from edge_agent.config import ConfigError
 from edge_agent.errors import AgentError, StatusCode
-from edge_agent.service import AgentService
-from edge_agent.tensors import add_array
+from edge_agent.api.service import AgentService
+from edge_agent.protocol.tensors import add_array
 
 from capture_helpers import capture_request, delivered_ids, disk_manifests, lines, payload, wait_for
 
@@ -581,7 +581,7 @@ def test_failed_flush_is_internal_and_the_capture_is_never_delivered(make_servic
 
 def test_shared_memory_truncated_during_the_copy_is_refused_before_journaling(make_service,
                                                                              monkeypatch):
-    from edge_agent.shm import ShmCall
+    from edge_agent.shm.segments import ShmCall
     from edge_agent.shm_client import PosixSegment, add_shm_tensor
 
     service = make_service()
@@ -623,7 +623,7 @@ class BlockingDestination:
 
 
 def test_shutdown_gives_up_a_hung_write_after_the_flush_time(make_service, tmp_path, monkeypatch):
-    from edge_agent.capture.service import CaptureService
+    from edge_agent.capture.capture_calls import CaptureService
 
     store = BlockingDestination()
     monkeypatch.setattr(CaptureService, "_make_destination", lambda self: store)

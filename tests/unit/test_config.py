@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from edge_agent import boards, config
+from edge_agent import config
+from edge_agent.platform import boards
 from edge_agent.config import ConfigError
 
 

@@ -10,10 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_agent import accelerators, agent_pb2 as pb, config, delegates
+from edge_agent import agent_pb2 as pb, config
+from edge_agent.platform import accelerators
+from edge_agent.platform import delegates
 from edge_agent.errors import AgentError, StatusCode
-from edge_agent.service import AgentService
-from edge_agent.tensors import add_array
+from edge_agent.api.service import AgentService
+from edge_agent.protocol.tensors import add_array
 from edge_agent.tools import model_builder
 
 NO_SUCH_LIBRARY = "/nonexistent/libno-such-delegate.so"
@@ -225,7 +227,7 @@ def test_the_rendezvous_barrier_passes_two_invokes_together_and_fails_one_alone(
     barrier fails instead of passing."""
     from concurrency import run_concurrently
 
-    from edge_agent.runtime import interpreter_module
+    from edge_agent.platform.runtime import interpreter_module
 
     runtime = interpreter_module()
     built = model_builder.add_model()

@@ -1,4 +1,4 @@
-"""edge_agent.engine.LoadedModel's predict path: what holds across calls on one model."""
+"""edge_agent.models.engine.LoadedModel's predict path: what holds across calls on one model."""
 from __future__ import annotations
 
 import threading
@@ -6,9 +6,9 @@ import threading
 import numpy as np
 
 from edge_agent import agent_pb2 as pb
-from edge_agent import predict_codec
-from edge_agent.engine import LoadedModel, create_interpreter
-from edge_agent.tensors import BYTE_DATA, WireTensor
+from edge_agent.protocol import predict_codec
+from edge_agent.models.engine import LoadedModel, create_interpreter
+from edge_agent.protocol.tensors import BYTE_DATA, WireTensor
 from edge_agent.tools import model_builder
 
 

@@ -119,7 +119,7 @@ def test_a_publisher_builds_on_a_sequence_claimed_before_deployment_json_is_repl
     deployment.json; operator B's sequence 3 must keep A's change."""
     from nacl.signing import SigningKey
 
-    from edge_agent.keys import key_id
+    from edge_agent.packaging.keys import key_id
 
     key = SigningKey.generate()
     keys = {key_id(key.verify_key): key.verify_key}
@@ -138,7 +138,7 @@ def test_a_publisher_builds_on_a_sequence_claimed_before_deployment_json_is_repl
 
 
 def test_status_from_a_broker_that_cannot_be_reached_says_so(capsys):
-    from edge_agent.cli import main
+    from edge_agent.app.cli import main
 
     assert main(["fleet", "status", "--url", "s3://b/p", "--fleet", "plant",
                  "--mqtt-url", "mqtt://127.0.0.1:9"]) == 1

@@ -8,7 +8,7 @@ import pytest
 from nacl.signing import SigningKey
 
 from edge_agent.fleet import document as d
-from edge_agent.keys import key_id
+from edge_agent.packaging.keys import key_id
 
 NAMES = [f"board-{i:05d}" for i in range(10_000)]
 NOW = 1_800_000_000

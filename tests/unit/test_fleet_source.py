@@ -13,7 +13,7 @@ from nacl.signing import SigningKey
 from edge_agent.config import from_mapping
 from edge_agent.fleet import board
 from edge_agent.fleet import document as d
-from edge_agent.keys import public_key_text
+from edge_agent.packaging.keys import public_key_text
 
 
 class Bucket:

@@ -35,7 +35,7 @@ def test_the_unit_runs_the_agent_as_systemd_expects():
 
 def test_the_profiles_paths_are_the_units():
     """The socket and state a board profile names are the directories the unit makes."""
-    from edge_agent import boards
+    from edge_agent.platform import boards
     for profile in boards.profiles():
         assert profile.config.edge_agent_socket_path.startswith("/run/edge-agent/")
         assert profile.config.edge_agent_state_dir == "/var/lib/edge-agent"

@@ -8,10 +8,10 @@ import os
 
 import pytest
 
-from edge_agent.archive import Limits
-from edge_agent.lifecycle import policy
-from edge_agent.lifecycle.repository import Repository, check_repository, complete
-from edge_agent.lifecycle.store import Store, StoredVersion, read_json, write_json_atomic
+from edge_agent.packaging.archive import Limits
+from edge_agent.models.lifecycle import policy
+from edge_agent.models.lifecycle.repository import Repository, check_repository, complete
+from edge_agent.models.lifecycle.store import Store, StoredVersion, read_json, write_json_atomic
 from edge_agent.errors import AgentError
 
 
@@ -144,7 +144,7 @@ def test_a_repository_others_may_write_is_refused(tmp_path):
 def test_the_waker_wakes_on_request_and_on_a_folder_change(tmp_path):
     import threading
 
-    from edge_agent.lifecycle.watch import Waker
+    from edge_agent.models.lifecycle.watch import Waker
 
     waker = Waker()
     try:
@@ -194,7 +194,7 @@ def test_an_archive_replaced_by_a_fifo_is_not_opened(tmp_path):
     refuses it at once (OSError: the entry is passed over) rather than waiting."""
     import threading
 
-    from edge_agent.lifecycle import repository as module
+    from edge_agent.models.lifecycle import repository as module
 
     os.mkfifo(tmp_path / "fifo")
     outcome: list = []

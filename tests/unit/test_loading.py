@@ -9,8 +9,8 @@ import pytest
 from edge_agent import agent_pb2 as pb
 from edge_agent import config as config_module
 from edge_agent.errors import AgentError, StatusCode
-from edge_agent.loading import model_path
-from edge_agent.service import AgentService
+from edge_agent.models.loading import model_path
+from edge_agent.api.service import AgentService
 from edge_agent.tools import model_builder
 
 from corrupt_models import (CRASHING_FLIPS, FOUND_WITH_THIS_RUNTIME, GOOD,
@@ -45,7 +45,7 @@ def test_the_bytes_proven_are_the_bytes_loaded(tmp_path, monkeypatch):
         built = model_builder.add_model()
         request = pb.PredictRequest(name="m")
         inputs = built.sample_inputs()
-        from edge_agent.tensors import add_array
+        from edge_agent.protocol.tensors import add_array
         for name, array in inputs.items():
             add_array(request.tensors, name, array)
         reply = service.predict(request)
@@ -133,7 +133,7 @@ def test_vectors_of_a_model_the_child_cannot_run_are_run_in_the_agent(tmp_path, 
         # Served with the shapes it was loaded with, not the vectors' batch of 2.
         assert list(reply.model.input_tensor_metadatas[0].shape) == [-1, 4]
         assert service._models["m"].inputs[0].shape == (1, 4)
-        from edge_agent.keys import key_id
+        from edge_agent.packaging.keys import key_id
         assert service._models["m"].key_id == key_id(signer.key.verify_key)
         assert proofs == []  # nothing went to the child
     finally:

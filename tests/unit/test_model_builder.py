@@ -1,12 +1,12 @@
 """Every model from edge_agent.tools.model_builder runs in the TFLite runtime the agent uses
-(tflite-runtime or LiteRT, edge_agent.runtime decides) and matches its reference."""
+(tflite-runtime or LiteRT, edge_agent.platform.runtime decides) and matches its reference."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import tflite
 
-from edge_agent.runtime import interpreter_module
+from edge_agent.platform.runtime import interpreter_module
 from edge_agent.tools import model_builder as mb
 from edge_agent.tools.model_builder import BuiltModel, BuiltTensor
 

@@ -1,4 +1,4 @@
-"""The flatbuffer verifier (edge_agent.model_verifier): every case on both twins, the compiled
+"""The flatbuffer verifier (edge_agent.models.verifier): every case on both twins, the compiled
 one (cext/_flatverify.pyx) and the pure-Python reference, with the same outcome and message;
 the schema table against the `tflite` package it is generated from; every truncation and
 every single-byte flip of the first 512 bytes of a small model, refused or accepted and then
@@ -15,12 +15,14 @@ import numpy as np
 import pytest
 import tflite
 
-import edge_agent._flatverify
-from edge_agent import _flatverify_py, model_verifier, tflite_schema
+import edge_agent.models._flatverify
+from edge_agent.models import _flatverify_py
+from edge_agent.models import verifier as model_verifier
+from edge_agent.models import tflite_schema
 from edge_agent.errors import AgentError, StatusCode
 from edge_agent.tools import model_builder, tflite_schema_table
 
-TWINS = {"compiled": edge_agent._flatverify.Verifier, "python": _flatverify_py.Verifier}
+TWINS = {"compiled": edge_agent.models._flatverify.Verifier, "python": _flatverify_py.Verifier}
 SCHEMA = model_verifier.schema_arguments(tflite_schema.TABLES, tflite_schema.UNIONS)
 GOOD = model_builder.add_model().content
 # A heap where reading freed or uninitialized memory past a buffer meets garbage, not
@@ -51,8 +53,8 @@ def flips(limit: int = 512) -> list[bytes]:
 
 
 def test_the_compiled_verifier_is_the_one_in_use():
-    assert edge_agent._flatverify.__file__.endswith(".so")
-    assert model_verifier.Verifier is edge_agent._flatverify.Verifier
+    assert edge_agent.models._flatverify.__file__.endswith(".so")
+    assert model_verifier.Verifier is edge_agent.models._flatverify.Verifier
 
 
 def test_the_schema_table_is_the_one_the_tflite_package_generates():
@@ -126,7 +128,7 @@ def test_accepted_flips_load_and_predict_in_a_child_under_a_harsh_heap(tmp_path)
         (tmp_path / f"{i}.tflite").write_bytes(data)
     script = textwrap.dedent("""
         import os, sys, numpy as np
-        from edge_agent.engine import create_interpreter
+        from edge_agent.models.engine import create_interpreter
         a = np.arange(4, dtype=np.float32).reshape(1, 4); b = a * 3
         for path in sys.argv[1:]:
             data = open(path, "rb").read()
@@ -281,7 +283,7 @@ def test_nesting_is_bounded(twin):
     verifier.verify(_chain(_flatverify_py.MAX_DEPTH))
     message = outcome(verifier, _chain(_flatverify_py.MAX_DEPTH + 1))
     assert message == "Node" + ".child" * 64 + ": tables nest deeper than 64"
-    assert edge_agent._flatverify.MAX_DEPTH == _flatverify_py.MAX_DEPTH
+    assert edge_agent.models._flatverify.MAX_DEPTH == _flatverify_py.MAX_DEPTH
 
 
 @pytest.mark.parametrize("twin", sorted(TWINS))
@@ -302,7 +304,7 @@ def test_the_tables_visited_are_bounded(twin):
     TWINS[twin](*NODE_SCHEMA, max_tables=10).verify(data)
     assert outcome(TWINS[twin](*NODE_SCHEMA, max_tables=9), data) == (
         "Node.children[8]: more than 9 tables")
-    assert edge_agent._flatverify.MAX_TABLES == _flatverify_py.MAX_TABLES == 1_000_000
+    assert edge_agent.models._flatverify.MAX_TABLES == _flatverify_py.MAX_TABLES == 1_000_000
 
 
 def test_a_malformed_model_is_failed_precondition_naming_the_fault():
@@ -324,8 +326,8 @@ def test_a_bad_schema_is_refused():
 
 
 def test_the_twin_is_what_purepython_selects():
-    code = "from edge_agent import model_verifier; print(model_verifier.Verifier.__module__)"
-    for value, module in (("1", "edge_agent._flatverify_py"), ("0", "edge_agent._flatverify")):
+    code = "from edge_agent.models import verifier; print(verifier.Verifier.__module__)"
+    for value, module in (("1", "edge_agent.models._flatverify_py"), ("0", "edge_agent.models._flatverify")):
         run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                              env={**os.environ, "EDGE_AGENT_PUREPYTHON": value}, check=True)
         assert run.stdout.split() == [module]
@@ -334,8 +336,8 @@ def test_the_twin_is_what_purepython_selects():
 def test_without_a_compiled_build_the_twin_verifies():
     code = """if True:
         import sys
-        sys.modules["edge_agent._flatverify"] = None  # as a missing build: ImportError
-        from edge_agent import model_verifier
+        sys.modules["edge_agent.models._flatverify"] = None  # as a missing build: ImportError
+        from edge_agent.models import verifier as model_verifier
         from edge_agent.tools import model_builder
         verifier = model_verifier.tflite_verifier()
         verifier.verify(model_builder.add_model().content)
@@ -343,7 +345,7 @@ def test_without_a_compiled_build_the_twin_verifies():
     """
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
-    assert run.stdout.split() == ["edge_agent._flatverify_py"]
+    assert run.stdout.split() == ["edge_agent.models._flatverify_py"]
 
 
 def test_the_verifier_reads_numpy_owned_bytes_too(verifier):

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent import boards
+from edge_agent.platform import boards
 from edge_agent import config as config_module
 from edge_agent.capture.cloud import credentials_provider
-from edge_agent.service import AgentService
+from edge_agent.api.service import AgentService
 
 
 SAMPLE = Path(__file__).parent.parent / "original" / "sagemaker_edge_config.json"

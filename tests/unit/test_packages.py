@@ -16,9 +16,13 @@ import pytest
 import package_cases as cases
 from fifo_helpers import fifo, returns
 
-from edge_agent import accelerators, archive, keys, modelfile, packages
-from edge_agent import machine as machine_module
-from edge_agent.archive import Limits
+from edge_agent.platform import accelerators
+from edge_agent.packaging import archive
+from edge_agent.packaging import keys
+from edge_agent.models import model_files as modelfile
+from edge_agent.packaging import packages
+from edge_agent.platform import machine as machine_module
+from edge_agent.packaging.archive import Limits
 from edge_agent.errors import AgentError, StatusCode
 from edge_agent.tools import model_builder
 
@@ -480,7 +484,7 @@ class _Terminal(io.StringIO):
 
 
 def test_progress_shows_on_a_terminal_for_large_files_only():
-    from edge_agent.package_cli import MIB, TerminalProgress
+    from edge_agent.packaging.cli import MIB, TerminalProgress
 
     terminal = _Terminal()
     progress = TerminalProgress(terminal, min_bytes=MIB, interval=0)

@@ -1,11 +1,11 @@
-"""The fair-share rule of the pending budget and the connection slots (edge_agent.pending),
+"""The fair-share rule of the pending budget and the connection slots (edge_agent.transport.pending),
 without sockets: the reserve each connection holds of its own, the guarantee each connected
 user has, and what one user's stalled clients can and cannot take from another."""
 from __future__ import annotations
 
 import pytest
 
-from edge_agent.pending import PendingBudget, fair_share, connection_slot
+from edge_agent.transport.pending import PendingBudget, fair_share, connection_slot
 
 MIB = 1 << 20
 
@@ -116,7 +116,7 @@ def test_evicting_an_idle_grpc_connection_never_waits_on_its_client():
     from types import SimpleNamespace
 
     from edge_agent.config import from_mapping
-    from edge_agent.grpc_front import GrpcConnection
+    from edge_agent.transport.grpc_front import GrpcConnection
 
     config = from_mapping({"edge_agent_send_timeout_seconds": 3600})
     server = SimpleNamespace(config=config, pending=PendingBudget(1 << 20, 1 << 10))

@@ -1,7 +1,7 @@
 """The sans-IO framing: no sockets, just bytes in and frames out.
 
 Every splitting test runs on both splitters, the compiled one and its pure-Python twin
-(edge_agent._framing_py), and a property holds them to splitting any stream alike.
+(edge_agent.protocol._framing_py), and a property holds them to splitting any stream alike.
 """
 from __future__ import annotations
 
@@ -14,16 +14,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import edge_agent._framing
-import edge_agent._framing_py
+import edge_agent.protocol._framing
+import edge_agent.protocol._framing_py
 from edge_agent import errors, protocol
 from edge_agent.errors import StatusCode
 from edge_agent.protocol import (HEADER, FrameDecoder, FramingError, Kind, Method, encode_error,
                                  encode_reply, encode_request)
 
 LIMIT = 1 << 20
-SPLITTERS = {"compiled": edge_agent._framing.FrameSplitter,
-             "python": edge_agent._framing_py.FrameSplitter}
+SPLITTERS = {"compiled": edge_agent.protocol._framing.FrameSplitter,
+             "python": edge_agent.protocol._framing_py.FrameSplitter}
 
 
 @pytest.fixture(params=sorted(SPLITTERS), scope="module")
@@ -42,10 +42,10 @@ def decode_all(chunks, splitter, limit=LIMIT):
 
 
 def test_the_compiled_splitter_is_the_one_in_use():
-    assert edge_agent._framing.__file__.endswith(".so")
-    assert protocol.FrameSplitter is edge_agent._framing.FrameSplitter
-    assert not hasattr(edge_agent._framing, "__pyx_fallback__")
-    assert type(FrameDecoder(10)._splitter).__module__ == "edge_agent._framing"
+    assert edge_agent.protocol._framing.__file__.endswith(".so")
+    assert protocol.FrameSplitter is edge_agent.protocol._framing.FrameSplitter
+    assert not hasattr(edge_agent.protocol._framing, "__pyx_fallback__")
+    assert type(FrameDecoder(10)._splitter).__module__ == "edge_agent.protocol._framing"
 
 
 def test_header_layout_is_as_documented():
@@ -245,21 +245,21 @@ def _python(code: str, **env) -> subprocess.CompletedProcess:
     # Run from the directory the package under test was imported from (site-packages under
     # QEMU), so the child imports that same package.
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          cwd=os.path.dirname(os.path.dirname(edge_agent._framing_py.__file__)),
+                          cwd=os.path.dirname(os.path.dirname(os.path.dirname(edge_agent.protocol._framing_py.__file__))),
                           env={**os.environ, **env}, timeout=120)
 
 
 def test_edge_agent_purepython_forces_the_twin():
     code = "from edge_agent import protocol; print(protocol.FrameSplitter.__module__)"
-    assert _python(code, EDGE_AGENT_PUREPYTHON="1").stdout.split() == ["edge_agent._framing_py"]
-    assert _python(code, EDGE_AGENT_PUREPYTHON="0").stdout.split() == ["edge_agent._framing"]
+    assert _python(code, EDGE_AGENT_PUREPYTHON="1").stdout.split() == ["edge_agent.protocol._framing_py"]
+    assert _python(code, EDGE_AGENT_PUREPYTHON="0").stdout.split() == ["edge_agent.protocol._framing"]
 
 
 def test_the_client_imports_and_frames_without_a_compiled_build():
     # None in sys.modules makes an import fail with ImportError, as a missing build does.
     code = """if True:
         import sys
-        for name in ("_framing", "_shm", "_metrics"):
+        for name in ("protocol._framing", "shm._shm", "observe._metrics"):
             sys.modules["edge_agent." + name] = None
         from edge_agent import protocol
         from edge_agent.client import AgentClient
@@ -275,5 +275,5 @@ def test_the_client_imports_and_frames_without_a_compiled_build():
     """
     run = _python(code)
     assert run.returncode == 0, run.stderr
-    assert run.stdout.splitlines() == ["edge_agent._framing_py 7",
-                                       "segments need the build: edge_agent._shm"]
+    assert run.stdout.splitlines() == ["edge_agent.protocol._framing_py 7",
+                                       "segments need the build: edge_agent.shm._shm"]

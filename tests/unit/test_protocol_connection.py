@@ -9,17 +9,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import edge_agent._framing
-import edge_agent._framing_py
+import edge_agent.protocol._framing
+import edge_agent.protocol._framing_py
 from edge_agent.errors import StatusCode
-from edge_agent.pending import PendingBudget
+from edge_agent.transport.pending import PendingBudget
 from edge_agent.protocol import (CLOSED, HEADER, NEED_DATA, ClientConnection, FrameDecoder,
                                  Kind, Method, ProtocolError, Reply, Request, ServerConnection,
                                  encode_error, encode_reply, encode_request)
-from edge_agent.sockets import MAX_FDS, WAITALL_BYTES
+from edge_agent.transport.socket_io import MAX_FDS, WAITALL_BYTES
 
-SPLITTERS = {"compiled": edge_agent._framing.FrameSplitter,
-             "python": edge_agent._framing_py.FrameSplitter}
+SPLITTERS = {"compiled": edge_agent.protocol._framing.FrameSplitter,
+             "python": edge_agent.protocol._framing_py.FrameSplitter}
 LIMIT = 1 << 20
 FRAME_TIMEOUT = 5.0
 IDLE_TIMEOUT = 30.0

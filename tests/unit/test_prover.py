@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 
 from edge_agent import config as config_module
-from edge_agent import model_probe, prover
+from edge_agent.models import model_check_child as model_probe
+from edge_agent.models import model_check as prover
 from edge_agent.errors import AgentError, StatusCode
 from edge_agent.tools import model_builder
-from edge_agent.vectors import TestVectors
+from edge_agent.packaging.vectors import TestVectors
 
 from corrupt_models import (CRASHING_FLIPS, FOUND_ON, FOUND_WITH_THIS_RUNTIME, GOOD,
                             flipped, non_utf8_names)

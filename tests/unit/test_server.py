@@ -22,9 +22,9 @@ from edge_agent import agent_pb2 as pb
 from edge_agent.config import from_mapping
 from edge_agent.errors import StatusCode
 from edge_agent.protocol import HEADER, FrameDecoder, Kind, Method, encode_request
-from edge_agent.server import Connection, SocketServer
-from edge_agent.service import AgentService, Caller
-from edge_agent.sockets import MAX_FDS
+from edge_agent.transport.framed_front import Connection, SocketServer
+from edge_agent.api.service import AgentService, Caller
+from edge_agent.transport.socket_io import MAX_FDS
 from edge_agent.tools import model_builder
 
 

@@ -14,18 +14,19 @@ import pytest
 
 from fifo_helpers import fifo, returns
 
-from edge_agent import _shm
+from edge_agent.shm import _shm
 from edge_agent import agent_pb2 as pb
-from edge_agent import shm, unix_socket
+from edge_agent.shm import segments as shm
+from edge_agent.transport import socket_files as unix_socket
 from edge_agent.errors import AgentError, StatusCode
-from edge_agent.service import IN_PROCESS, Caller
+from edge_agent.api.service import IN_PROCESS, Caller
 from edge_agent.shm_client import PosixSegment, SysVSegment
 
 ROOT = Caller(os.getpid(), 0, 0)
 
 
 def test_the_compiled_module_is_in_use():
-    # A compiled extension, not a Python stand-in, is what edge_agent.shm calls.
+    # A compiled extension, not a Python stand-in, is what edge_agent.shm.segments calls.
     assert shm._shm is _shm
     assert _shm.__file__.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))
     assert type(_shm.sysv_attach).__name__ in ("cython_function_or_method", "builtin_function_or_method")

@@ -1,4 +1,4 @@
-"""edge_agent.sockets.send_parts: header and body arrive whole and in order, whether the
+"""edge_agent.transport.socket_io.send_parts: header and body arrive whole and in order, whether the
 kernel takes them in one sendmsg or sendmsg stops short (a send timeout or a signal after
 some bytes), on a real socketpair."""
 from __future__ import annotations
@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edge_agent.protocol import Method, reply_parts
-from edge_agent.sockets import send_parts
+from edge_agent.transport.socket_io import send_parts
 
 
 class ShortSends:

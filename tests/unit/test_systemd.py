@@ -1,4 +1,4 @@
-"""edge_agent.systemd in process: sd_notify to a path and an abstract socket (the test plays
+"""edge_agent.platform.systemd in process: sd_notify to a path and an abstract socket (the test plays
 systemd with a real datagram socket), the watchdog interval and its feeding, the health check
 against servers that lie or stay silent. (An agent process telling systemd: tests/e2e.)"""
 from __future__ import annotations
@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from edge_agent import systemd
+from edge_agent.platform import systemd
 
 
 def test_notify_reaches_a_path_and_an_abstract_socket(notify_socket):
@@ -74,7 +74,7 @@ def test_a_garbled_health_reply_is_unhealthy_not_fatal(tmp_path):
     import socket as socket_module
     import threading
 
-    from edge_agent.systemd import agent_answers
+    from edge_agent.platform.systemd import agent_answers
 
     path = str(tmp_path / "liar.sock")
     listener = socket_module.socket(socket_module.AF_UNIX)
@@ -98,7 +98,7 @@ def test_a_silent_agent_is_unhealthy(tmp_path):
     """An agent that accepts but never answers (hung) must not feed the watchdog."""
     import socket as socket_module
 
-    from edge_agent.systemd import agent_answers
+    from edge_agent.platform.systemd import agent_answers
 
     path = str(tmp_path / "silent.sock")
     listener = socket_module.socket(socket_module.AF_UNIX)

@@ -1,4 +1,4 @@
-"""edge_agent.tensors: the one place a wire tensor's bytes become a checked array."""
+"""edge_agent.protocol.tensors: the one place a wire tensor's bytes become a checked array."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 
 from edge_agent import agent_pb2 as pb
 from edge_agent.errors import AgentError, StatusCode
-from edge_agent.tensors import byte_length, checked_array
+from edge_agent.protocol.tensors import byte_length, checked_array
 
 
 def test_bytes_become_a_view_of_the_shape():

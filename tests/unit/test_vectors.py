@@ -9,11 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_agent import vectors
-from edge_agent.engine import create_interpreter
+from edge_agent.packaging import vectors
+from edge_agent.models.engine import create_interpreter
 from edge_agent.errors import AgentError, StatusCode
 from edge_agent.tools import model_builder
-from edge_agent.vectors import TestVectors, VectorError, mismatch, read_npy
+from edge_agent.packaging.vectors import TestVectors, VectorError, mismatch, read_npy
 
 
 def npy(array: np.ndarray) -> bytes:

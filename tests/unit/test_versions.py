@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_agent.versions import MAX_LENGTH, Version, parse_or_none
+from edge_agent.packaging.versions import MAX_LENGTH, Version, parse_or_none
 
 
 @pytest.mark.parametrize("text, full", [

@@ -1,0 +1,2 @@
+"""Models: loading, the model check, the verifier, the engine, and the lifecycle.
+"""

@@ -1,0 +1,2 @@
+"""Observability: metrics, their exposition, the heartbeat.
+"""

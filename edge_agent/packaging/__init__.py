@@ -1,0 +1,2 @@
+"""Signed model packages: manifests, archives, keys, versions, test vectors.
+"""

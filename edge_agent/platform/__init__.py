@@ -1,0 +1,2 @@
+"""This machine: boards, delegates, accelerators, the TFLite runtime, memory, permissions, systemd.
+"""

@@ -1,0 +1,25 @@
+"""The Predict codec in use: the compiled one (cext/_predict.pyx), else its pure-Python twin.
+
+The same seam as the frame splitter's (edge_agent.protocol): the twin is the reference the
+tests hold the compiled one to, and what a checkout without a build runs;
+EDGE_AGENT_PUREPYTHON=1 forces it. Both read and write PredictRequest and PredictResponse
+straight from and into wire bytes; edge_agent/protocol/_predict_py.py says what they leave to upb.
+plain_inputs is the engine's match of decoded inputs to a model's in the common case.
+"""
+from __future__ import annotations
+
+import os
+
+if os.environ.get("EDGE_AGENT_PUREPYTHON", "") not in ("", "0"):
+    from edge_agent.protocol._predict_py import (decode_request, decode_response, encode_request,
+                                        encode_response, plain_inputs)
+else:
+    try:
+        from edge_agent.protocol._predict import (decode_request, decode_response, encode_request,
+                                         encode_response, plain_inputs)
+    except ImportError:
+        from edge_agent.protocol._predict_py import (decode_request, decode_response, encode_request,
+                                            encode_response, plain_inputs)
+
+__all__ = ["decode_request", "decode_response", "encode_request", "encode_response",
+           "plain_inputs"]

@@ -1,0 +1,2 @@
+"""Shared-memory tensors on the agent's side.
+"""
