@@ -34,7 +34,8 @@ import time
 
 from edge_agent import agent_pb2 as pb
 from edge_agent.client import AgentClient
-from edge_agent.protocol import Method, encode_request
+from edge_agent.protocol import encode_request
+from edge_agent.api.rpcs import Method
 from edge_agent.protocol.tensors import add_array
 from edge_agent.tools import model_builder
 from edge_agent.tools.bench import in_process, start_agent

@@ -15,7 +15,8 @@ import time
 
 from edge_agent.protocol import _framing
 from edge_agent.protocol import _framing_py
-from edge_agent.protocol import Method, encode_request
+from edge_agent.protocol import encode_request
+from edge_agent.api.rpcs import Method
 
 SPLITTERS = {"compiled": _framing.FrameSplitter, "python": _framing_py.FrameSplitter}
 

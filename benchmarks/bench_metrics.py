@@ -114,9 +114,10 @@ def dispatch_cost(workdir: str, model_path: str, inputs: dict, rounds: int, call
     """Median over rounds of the mean time of one SocketServer.serve() of a Predict body."""
     from edge_agent import agent_pb2 as pb
     from edge_agent import config as config_module
-    from edge_agent.protocol import Method
+    from edge_agent.api.rpcs import Method
     from edge_agent.transport.framed_front import SocketServer
-    from edge_agent.api.service import IN_PROCESS, AgentService
+    from edge_agent.api.service import AgentService
+    from edge_agent.api.caller import IN_PROCESS
     from edge_agent.protocol.tensors import add_array
 
     request = pb.PredictRequest(name="tiny")

@@ -31,8 +31,9 @@ from edge_agent import config
 from edge_agent.api import rpcs as api
 from edge_agent.tools import model_builder
 from edge_agent.tools.bench import in_process, time_calls
-from edge_agent.protocol import Method
-from edge_agent.api.service import IN_PROCESS, AgentService
+from edge_agent.api.rpcs import Method
+from edge_agent.api.service import AgentService
+from edge_agent.api.caller import IN_PROCESS
 
 PREDICT = api.BY_METHOD[Method.PREDICT]
 SINK_BYTES = 16 << 20

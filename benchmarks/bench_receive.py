@@ -14,7 +14,8 @@ import socket
 import statistics
 import time
 
-from edge_agent.protocol import Method, encode_request
+from edge_agent.protocol import encode_request
+from edge_agent.api.rpcs import Method
 from edge_agent.transport.framed_front import PendingBudget
 from edge_agent.transport.socket_io import receive_into, receive_into_with_fds
 

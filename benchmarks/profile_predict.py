@@ -72,8 +72,10 @@ def profile_server(calls: int) -> None:
     from edge_agent import agent_pb2 as pb
     from edge_agent import config
     from edge_agent.api import rpcs as api
-    from edge_agent.protocol import HEADER, Method
-    from edge_agent.api.service import IN_PROCESS, AgentService
+    from edge_agent.protocol import HEADER
+    from edge_agent.api.rpcs import Method
+    from edge_agent.api.service import AgentService
+    from edge_agent.api.caller import IN_PROCESS
 
     with tempfile.TemporaryDirectory() as workdir:
         service = AgentService(config.from_mapping({

@@ -27,7 +27,8 @@ from edge_agent import agent_pb2 as pb
 from edge_agent.protocol import predict_codec
 from edge_agent.errors import AgentError, StatusCode
 from edge_agent.api.rpcs import BY_METHOD
-from edge_agent.protocol import ClientConnection, Method, NeedData, ProtocolError, Reply
+from edge_agent.protocol import ClientConnection, NeedData, ProtocolError, Reply
+from edge_agent.api.rpcs import Method
 from edge_agent.shm_client import ShmTensor, fd_index
 from edge_agent.transport.socket_io import receive_into, send_with_fds
 from edge_agent.protocol.tensors import (SHARED_MEMORY, Handle, WireTensor, add_tensor, data_type_of,

@@ -36,7 +36,8 @@ with atheris.instrument_imports(include=["edge_agent"]):
     from edge_agent.protocol import (FrameDecoder, NeedData, ProtocolError, Request,
                                      ServerConnection, Kind)
     from edge_agent.transport.framed_front import SocketServer
-    from edge_agent.api.service import AgentService, Caller
+    from edge_agent.api.service import AgentService
+    from edge_agent.api.caller import Caller
 
 NOBODY = 65534
 FRAMING_CODES = {StatusCode.INVALID_ARGUMENT, StatusCode.RESOURCE_EXHAUSTED}

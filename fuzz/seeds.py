@@ -12,7 +12,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import CORPUS, MODEL_PATH  # noqa: E402
 
 from edge_agent import agent_pb2 as pb# noqa: E402
-from edge_agent.protocol import Method, encode_request  # noqa: E402
+from edge_agent.protocol import encode_request  # noqa: E402
+from edge_agent.api.rpcs import Method
 from edge_agent.tools import model_builder  # noqa: E402
 
 WHOLE = b"\xff"  # the frames harness's first byte: feed the stream in pieces of 256 bytes

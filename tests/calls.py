@@ -7,7 +7,7 @@ import pytest
 
 from edge_agent import agent_pb2 as pb
 from edge_agent.errors import AgentError, StatusCode
-from edge_agent.protocol import Method
+from edge_agent.api.rpcs import Method
 
 
 def expect_error(code: StatusCode, call, *args, match: str | None = None) -> AgentError:

@@ -10,7 +10,8 @@ import termios
 import time
 
 from edge_agent import agent_pb2 as pb
-from edge_agent.protocol import FrameDecoder, Method, encode_request
+from edge_agent.protocol import FrameDecoder, encode_request
+from edge_agent.api.rpcs import Method
 
 
 def raw_connection(agent) -> socket.socket:

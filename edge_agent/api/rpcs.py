@@ -1,57 +1,40 @@
 """The one RPC table of service Agent, and the one place where a call's failure becomes a
 status code and a message.
 
-Both fronts (the framed socket, edge_agent.transport.framed_front; gRPC, edge_agent.transport.grpc_front) and the
-client (edge_agent.client) are built from RPCS: a new RPC is one row here and one method
-of AgentService. A leaf module: it knows the protobuf types and the errors, not the service
-(bound by Api) nor any transport. Who calls (Caller) and the model-name check live here too:
-the service and the capture package both need them, and neither may import the other's
-module for them.
+Both fronts (the framed socket, edge_agent.transport.framed_front; gRPC,
+edge_agent.transport.grpc_front) and the client (edge_agent.client) are built from RPCS: a new
+RPC is one row here and one method of AgentService. The method numbers live here, not in the
+framed protocol, which carries them as numbers. A leaf module: it knows the protobuf types and
+the errors, not the service (bound by Api) nor any transport.
 """
 from __future__ import annotations
 
+import enum
 import logging
-import os
-import re
-from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple
 
 from google.protobuf.message import DecodeError, Message
 
 from edge_agent import agent_pb2 as pb
-from edge_agent.errors import AgentError, StatusCode, invalid_argument, shown
-from edge_agent.protocol import Method
+from edge_agent.errors import AgentError, StatusCode
+from edge_agent.api.caller import Caller
 
 log = logging.getLogger(__name__)
 
-MODEL_NAME = re.compile(r"[a-zA-Z0-9](-*[a-zA-Z0-9])*")
 
-
-@dataclass(frozen=True)
-class Caller:
-    """Who is calling, as the transport knows it (SO_PEERCRED on the UNIX socket).
-
-    `groups`: the supplementary groups, read once when the connection was accepted
-    (SO_PEERGROUPS); empty for a caller whose groups are unknown, who then gets only `gid`.
-    `fds`: the file descriptors the client passed with this call (SCM_RIGHTS on the framed
-    socket), in the order sent; requests name them by index (SharedMemoryHandle.fd_index,
-    LoadModel url `fd:N`). The transport closes them when the call returns.
-    """
-    pid: int
-    uid: int
-    gid: int
-    groups: frozenset[int] = frozenset()
-    fds: tuple[int, ...] = ()
-
-
-IN_PROCESS = Caller(os.getpid(), os.getuid(), os.getgid(), frozenset(os.getgroups()))
-
-
-def check_model_name(name: str) -> None:
-    if not MODEL_NAME.fullmatch(name):
-        raise invalid_argument(
-            f"model name {shown(name)!r} is not valid: use letters, digits and single or repeated "
-            "dashes between them (^[a-zA-Z0-9](-*[a-zA-Z0-9])*$)")
+class Method(enum.IntEnum):
+    """Method numbers: an RPC's number on the framed socket (in each frame's header)."""
+    PREDICT = 1
+    LOAD_MODEL = 2
+    UNLOAD_MODEL = 3
+    LIST_MODELS = 4
+    DESCRIBE_MODEL = 5
+    CAPTURE_DATA = 6
+    GET_CAPTURE_DATA_STATUS = 7
+    GET_METRICS = 100  # an extension: numbered from 100, as its messages' fields are
+    RESCAN = 101  # the model repository's (docs/MODEL_LIFECYCLE.md)
+    ROLLBACK = 102
+    UNPIN = 103
 
 
 # The gRPC service name of agent.proto (package AWS.SageMaker.Edge, service Agent).

@@ -15,7 +15,7 @@ from typing import Callable
 
 from edge_agent import agent_pb2 as pb
 from edge_agent.protocol import predict_codec
-from edge_agent.api.rpcs import IN_PROCESS, Caller, check_model_name  # noqa: F401 (re-exported)
+from edge_agent.api.caller import IN_PROCESS, Caller, check_model_name
 from edge_agent.capture.capture_calls import CaptureService
 from edge_agent.capture.validate import uses_shared_memory
 from edge_agent.config import AgentConfig

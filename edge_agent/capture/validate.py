@@ -12,7 +12,7 @@ import uuid
 from typing import Callable, Optional
 
 from edge_agent import agent_pb2 as pb
-from edge_agent.api.rpcs import check_model_name
+from edge_agent.api.caller import check_model_name
 from edge_agent.errors import AgentError, StatusCode, invalid_argument, shown
 from edge_agent.protocol.tensors import (byte_length, check_length, data_type_name, dtype_of,
                                format_shape, tensor_data, wire_tensor)

@@ -22,7 +22,7 @@ from edge_agent.platform import caller_paths
 from edge_agent.platform import delegates
 from edge_agent.models import verifier as model_verifier
 from edge_agent.platform.accelerators import DelegateSettings
-from edge_agent.api.rpcs import Caller
+from edge_agent.api.caller import Caller
 from edge_agent.config import AgentConfig
 from edge_agent.protocol.descriptors import (check_access, copy_to_private_file, fd_url_index,
                                     passed_fd)

@@ -1,6 +1,6 @@
 """The framed protocol, sans-IO: bytes in, events out; calls in, bytes out.
 
-- frames.py: the header layout, Method, the frame splitter (compiled or its pure-Python
+- frames.py: the header layout, the frame splitter (compiled or its pure-Python
   twin) and the frame encoders;
 - events.py: what a connection hands its loop (Request, Reply, ProtocolError, NeedData,
   Closed);
@@ -18,13 +18,13 @@ from edge_agent.protocol.client_connection import ClientConnection
 from edge_agent.protocol.events import (CLOSED, NEED_DATA, Closed, NeedData, ProtocolError,
                                         Reply, Request)
 from edge_agent.protocol.frames import (HEADER, MAGIC, MAX_REQUEST_ID, VERSION, Frame,
-                                        FrameDecoder, FrameSplitter, FramingError, Kind, Method,
+                                        FrameDecoder, FrameSplitter, FramingError, Kind,
                                         encode_error, encode_reply, encode_request,
                                         reply_parts)
 from edge_agent.protocol.server_connection import ServerConnection
 
 __all__ = [
-    "HEADER", "MAGIC", "MAX_REQUEST_ID", "VERSION", "Kind", "Method", "Frame", "FrameDecoder",
+    "HEADER", "MAGIC", "MAX_REQUEST_ID", "VERSION", "Kind", "Frame", "FrameDecoder",
     "FrameSplitter", "FramingError", "encode_request", "encode_reply", "encode_error",
     "reply_parts", "Request", "Reply", "ProtocolError", "NeedData", "NEED_DATA", "Closed", "CLOSED",
     "ServerConnection", "ClientConnection",

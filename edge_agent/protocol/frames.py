@@ -38,7 +38,7 @@ else:
         from edge_agent.protocol._framing_py import FrameSplitter
 
 __all__ = [
-    "HEADER", "VERSION", "Kind", "Method", "Frame", "FrameDecoder", "FramingError",
+    "HEADER", "VERSION", "Kind", "Frame", "FrameDecoder", "FramingError",
     "encode_request", "encode_reply", "encode_error", "reply_parts",
 ]
 
@@ -51,21 +51,6 @@ MAX_REQUEST_ID = 0xFFFFFFFF
 class Kind(enum.IntEnum):
     REQUEST = 1
     REPLY = 2
-
-
-class Method(enum.IntEnum):
-    """Method numbers of the framed protocol, one per RPC of service Agent."""
-    PREDICT = 1
-    LOAD_MODEL = 2
-    UNLOAD_MODEL = 3
-    LIST_MODELS = 4
-    DESCRIBE_MODEL = 5
-    CAPTURE_DATA = 6
-    GET_CAPTURE_DATA_STATUS = 7
-    GET_METRICS = 100  # an extension: numbered from 100, as its messages' fields are
-    RESCAN = 101  # the model repository's (docs/MODEL_LIFECYCLE.md)
-    ROLLBACK = 102
-    UNPIN = 103
 
 
 @dataclass(frozen=True, slots=True)

@@ -176,7 +176,8 @@ def request_frame(name: str, inputs: dict) -> tuple[Any, bytes]:
     """The PredictRequest for `inputs` (tensors by name, full metadata, as AgentClient sends
     them) and its whole frame."""
     from edge_agent import agent_pb2 as pb
-    from edge_agent.protocol import Method, encode_request
+    from edge_agent.protocol import encode_request
+    from edge_agent.api.rpcs import Method
     from edge_agent.protocol.tensors import add_array
 
     request = pb.PredictRequest(name=name)
@@ -262,8 +263,10 @@ def inline_peak(workdir: str) -> float:
     from edge_agent import config
     from edge_agent.api import rpcs as api
     from edge_agent.errors import StatusCode
-    from edge_agent.protocol import HEADER, Method
-    from edge_agent.api.service import IN_PROCESS, AgentService
+    from edge_agent.protocol import HEADER
+    from edge_agent.api.rpcs import Method
+    from edge_agent.api.service import AgentService
+    from edge_agent.api.caller import IN_PROCESS
 
     service = AgentService(config.from_mapping({
         "edge_agent_socket_path": os.path.join(workdir, "unused.sock"),

@@ -23,7 +23,8 @@ def serve_grpcio(workdir: str, socket_path: str) -> None:
     from edge_agent import config
     from edge_agent.api.rpcs import GRPC_SERVICE, RPCS, Api
     from edge_agent.errors import StatusCode
-    from edge_agent.api.service import IN_PROCESS, AgentService
+    from edge_agent.api.service import AgentService
+    from edge_agent.api.caller import IN_PROCESS
 
     settings = config.from_mapping({
         "edge_agent_socket_path": os.path.join(workdir, "unused.sock"),

@@ -23,7 +23,8 @@ from edge_agent.config import AgentConfig
 from edge_agent.errors import StatusCode
 from edge_agent.transport.pending import PendingBudget, connection_slot
 from edge_agent.protocol import NeedData, ProtocolError, Request, ServerConnection, encode_error
-from edge_agent.api.service import AgentService, Caller
+from edge_agent.api.service import AgentService
+from edge_agent.api.caller import Caller
 from edge_agent.transport.socket_io import close_fds, receive_into_with_fds, send_parts
 from edge_agent.transport.socket_files import (ServerError, accept_until, bind_socket, peer_credentials,
                                     remove_socket_file)

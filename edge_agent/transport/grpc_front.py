@@ -38,7 +38,8 @@ from edge_agent.api.rpcs import BY_GRPC_PATH, Api, Outcome
 from edge_agent.config import AgentConfig
 from edge_agent.errors import StatusCode
 from edge_agent.transport.pending import PendingBudget, connection_slot
-from edge_agent.api.service import AgentService, Caller
+from edge_agent.api.service import AgentService
+from edge_agent.api.caller import Caller
 from edge_agent.transport.socket_files import (accept_until, bind_socket, peer_credentials,
                                     remove_socket_file, timeval)
 

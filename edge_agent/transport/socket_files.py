@@ -19,7 +19,7 @@ import time
 from typing import Callable
 
 from edge_agent.config import AgentConfig
-from edge_agent.api.rpcs import Caller
+from edge_agent.api.caller import Caller
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,8 @@ from wire import closed_by_peer, raw_connection, read_replies
 from edge_agent import agent_pb2 as pb
 from edge_agent.client import AgentClient
 from edge_agent.errors import AgentError, StatusCode
-from edge_agent.protocol import HEADER, Kind, Method, encode_request
+from edge_agent.protocol import HEADER, Kind, encode_request
+from edge_agent.api.rpcs import Method
 from edge_agent.shm_client import MemfdSegment, PosixSegment, ShmTensor
 from edge_agent.transport.socket_io import MAX_FDS
 from edge_agent.tools import model_builder

@@ -327,7 +327,7 @@ def test_outputs_written_into_the_callers_segments(client, segments, kind):
 
 def test_output_reply_carries_no_bytes(client, segments):
     from edge_agent import agent_pb2 as pb
-    from edge_agent.protocol import Method
+    from edge_agent.api.rpcs import Method
 
     segment = segments()
     request = pb.PredictRequest(name="add")

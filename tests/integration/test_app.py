@@ -15,7 +15,7 @@ from edge_agent import agent_pb2 as pb
 from edge_agent.tools import model_builder
 from edge_agent.app.root import StartError
 from edge_agent.errors import AgentError, StatusCode
-from edge_agent.protocol import Method
+from edge_agent.api.rpcs import Method
 
 
 # --- model management -----------------------------------------------------------------------

@@ -11,7 +11,8 @@ import pytest
 from edge_agent import agent_pb2 as pb
 from edge_agent.client import AgentClient
 from edge_agent.errors import AgentError, StatusCode
-from edge_agent.protocol import FrameDecoder, Method, encode_error, encode_reply
+from edge_agent.protocol import FrameDecoder, encode_error, encode_reply
+from edge_agent.api.rpcs import Method
 
 REPLY = pb.ListModelsResponse(models=[pb.Model(name="m", url="/m")]).SerializeToString()
 

@@ -17,7 +17,7 @@ from wire import _RawBody
 from edge_agent import agent_pb2 as pb
 from edge_agent.api.rpcs import GRPC_SERVICE as SERVICE
 from edge_agent.errors import AgentError
-from edge_agent.protocol import Method
+from edge_agent.api.rpcs import Method
 from edge_agent.tools import model_builder
 
 

@@ -29,8 +29,9 @@ from edge_agent.tools import model_builder
 from edge_agent.models import engine as engine_module
 from edge_agent.api import service as service_module
 from edge_agent.errors import StatusCode
-from edge_agent.protocol import Method
-from edge_agent.api.service import IN_PROCESS, AgentService, _pb_response
+from edge_agent.api.rpcs import Method
+from edge_agent.api.service import AgentService, _pb_response
+from edge_agent.api.caller import IN_PROCESS
 from edge_agent.protocol.tensors import BYTE_DATA, Handle, add_tensor, handle_of, wire_tensor
 
 try:

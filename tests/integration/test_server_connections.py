@@ -12,7 +12,8 @@ from wire import (_list_models_frame, assert_serving, closed_by_peer, raw_connec
 
 from edge_agent.config import ConfigError, from_mapping
 from edge_agent.errors import AgentError, StatusCode
-from edge_agent.protocol import HEADER, Kind, Method, encode_request
+from edge_agent.protocol import HEADER, Kind, encode_request
+from edge_agent.api.rpcs import Method
 
 MIB = 1024 * 1024
 

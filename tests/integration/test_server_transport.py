@@ -16,7 +16,8 @@ from wire import assert_serving, closed_by_peer, raw_connection, read_replies
 
 from edge_agent import agent_pb2 as pb
 from edge_agent.errors import AgentError, StatusCode
-from edge_agent.protocol import HEADER, FrameDecoder, Kind, Method, encode_request
+from edge_agent.protocol import HEADER, FrameDecoder, Kind, encode_request
+from edge_agent.api.rpcs import Method
 from edge_agent.tools import model_builder
 
 

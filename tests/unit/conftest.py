@@ -12,7 +12,8 @@ import pytest
 from agents import agent_settings
 
 from edge_agent import config as config_module
-from edge_agent.api.rpcs import BY_METHOD, IN_PROCESS, Api
+from edge_agent.api.rpcs import BY_METHOD, Api
+from edge_agent.api.caller import IN_PROCESS
 from edge_agent.client import AgentClient
 from edge_agent.errors import AgentError, StatusCode
 from edge_agent.api.service import AgentService

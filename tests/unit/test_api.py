@@ -9,8 +9,9 @@ from edge_agent import agent_pb2 as pb
 from edge_agent import config
 from edge_agent.api import rpcs as api
 from edge_agent.errors import StatusCode
-from edge_agent.protocol import Method
-from edge_agent.api.service import IN_PROCESS, AgentService
+from edge_agent.api.rpcs import Method
+from edge_agent.api.service import AgentService
+from edge_agent.api.caller import IN_PROCESS
 
 
 @pytest.fixture

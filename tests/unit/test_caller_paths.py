@@ -11,7 +11,7 @@ import pytest
 
 from edge_agent.platform import caller_paths
 from edge_agent.platform import permissions
-from edge_agent.api.service import Caller
+from edge_agent.api.caller import Caller
 
 STRANGER = Caller(-1, 65534, 65534)
 GROUP = 4242  # a group the tree below is given to

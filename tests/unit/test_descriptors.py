@@ -8,7 +8,8 @@ import pytest
 
 from edge_agent import agent_pb2 as pb
 from edge_agent.errors import AgentError, StatusCode
-from edge_agent.api.service import AgentService, Caller
+from edge_agent.api.service import AgentService
+from edge_agent.api.caller import Caller
 
 def test_without_a_socket_there_are_no_descriptors(tmp_path, model_files):
     """The gRPC front and in-process callers pass none: fd_index is refused, not guessed."""

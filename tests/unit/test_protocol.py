@@ -18,8 +18,8 @@ import edge_agent.protocol._framing
 import edge_agent.protocol._framing_py
 from edge_agent import errors, protocol
 from edge_agent.errors import StatusCode
-from edge_agent.protocol import (HEADER, FrameDecoder, FramingError, Kind, Method, encode_error,
-                                 encode_reply, encode_request)
+from edge_agent.protocol import HEADER, FrameDecoder, FramingError, Kind, encode_error, encode_reply, encode_request
+from edge_agent.api.rpcs import Method
 
 LIMIT = 1 << 20
 SPLITTERS = {"compiled": edge_agent.protocol._framing.FrameSplitter,
@@ -263,7 +263,8 @@ def test_the_client_imports_and_frames_without_a_compiled_build():
             sys.modules["edge_agent." + name] = None
         from edge_agent import protocol
         from edge_agent.client import AgentClient
-        from edge_agent.protocol import FrameDecoder, Method, encode_request
+        from edge_agent.protocol import FrameDecoder, encode_request
+        from edge_agent.api.rpcs import Method
         decoder = FrameDecoder(100)
         decoder.feed(encode_request(Method.LIST_MODELS, 7, b"hi"))
         print(protocol.FrameSplitter.__module__, list(decoder.frames())[0].request_id)

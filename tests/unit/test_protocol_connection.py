@@ -13,9 +13,10 @@ import edge_agent.protocol._framing
 import edge_agent.protocol._framing_py
 from edge_agent.errors import StatusCode
 from edge_agent.transport.pending import PendingBudget
-from edge_agent.protocol import (CLOSED, HEADER, NEED_DATA, ClientConnection, FrameDecoder,
-                                 Kind, Method, ProtocolError, Reply, Request, ServerConnection,
-                                 encode_error, encode_reply, encode_request)
+from edge_agent.protocol import (CLOSED, HEADER, NEED_DATA, ClientConnection, FrameDecoder, Kind,
+                                 ProtocolError, Reply, Request, ServerConnection, encode_error,
+                                 encode_reply, encode_request)
+from edge_agent.api.rpcs import Method
 from edge_agent.transport.socket_io import MAX_FDS, WAITALL_BYTES
 
 SPLITTERS = {"compiled": edge_agent.protocol._framing.FrameSplitter,

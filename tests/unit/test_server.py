@@ -21,9 +21,11 @@ from hypothesis import strategies as st
 from edge_agent import agent_pb2 as pb
 from edge_agent.config import from_mapping
 from edge_agent.errors import StatusCode
-from edge_agent.protocol import HEADER, FrameDecoder, Kind, Method, encode_request
+from edge_agent.protocol import HEADER, FrameDecoder, Kind, encode_request
+from edge_agent.api.rpcs import Method
 from edge_agent.transport.framed_front import Connection, SocketServer
-from edge_agent.api.service import AgentService, Caller
+from edge_agent.api.service import AgentService
+from edge_agent.api.caller import Caller
 from edge_agent.transport.socket_io import MAX_FDS
 from edge_agent.tools import model_builder
 

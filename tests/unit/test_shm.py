@@ -19,7 +19,7 @@ from edge_agent import agent_pb2 as pb
 from edge_agent.shm import segments as shm
 from edge_agent.transport import socket_files as unix_socket
 from edge_agent.errors import AgentError, StatusCode
-from edge_agent.api.service import IN_PROCESS, Caller
+from edge_agent.api.caller import IN_PROCESS, Caller
 from edge_agent.shm_client import PosixSegment, SysVSegment
 
 ROOT = Caller(os.getpid(), 0, 0)

@@ -9,7 +9,8 @@ import threading
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_agent.protocol import Method, reply_parts
+from edge_agent.protocol import reply_parts
+from edge_agent.api.rpcs import Method
 from edge_agent.transport.socket_io import send_parts
 
 

@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Collection, Mapping
 
-from edge_agent.api.rpcs import IN_PROCESS
+from edge_agent.api.caller import IN_PROCESS
 from edge_agent.packaging.archive import Limits
 from edge_agent.config import AgentConfig
 from edge_agent.errors import (AgentError, StatusCode, failed_precondition, invalid_argument,

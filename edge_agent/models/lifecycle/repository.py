@@ -17,7 +17,7 @@ import os
 import stat
 from dataclasses import dataclass
 
-from edge_agent.api.rpcs import MODEL_NAME
+from edge_agent.api.caller import MODEL_NAME
 from edge_agent.errors import AgentError, failed_precondition
 from edge_agent.models.lifecycle.store import walk
 
