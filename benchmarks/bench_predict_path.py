@@ -115,7 +115,7 @@ def main() -> None:
                 for label, path in paths.items():
                     use(path)
                     front = path[0]
-                    assert front.invoke(PREDICT, body, IN_PROCESS).code == 0
+                    assert front.serve(PREDICT, body, IN_PROCESS).code == 0
                     results["server_us"].setdefault(name, {})[label] = time_calls(
                         partial(front.invoke, PREDICT, body, IN_PROCESS), iterations)["p50_us"]
             sink = {"x": np.ones((1, SINK_BYTES // 4), np.float32)}
@@ -125,7 +125,7 @@ def main() -> None:
                 use(path)
                 front = path[0]
                 tracemalloc.start()
-                outcome = front.invoke(PREDICT, body, IN_PROCESS)
+                outcome = front.serve(PREDICT, body, IN_PROCESS)
                 peak = tracemalloc.get_traced_memory()[1]
                 tracemalloc.stop()
                 assert outcome.code == 0, outcome
@@ -136,7 +136,7 @@ def main() -> None:
         json.dump(results, sys.stdout, indent=2)
         print()
         return
-    print(f"Api.invoke(Predict) on a pre-encoded body, p50 in us ({args.iterations} calls "
+    print(f"Api.serve(Predict) on a pre-encoded body, p50 in us ({args.iterations} calls "
           f"tiny, {args.iterations // 5} image); in-process = the runtime alone")
     for name, by_path in results["server_us"].items():
         floor = results["in_process_us"][name]

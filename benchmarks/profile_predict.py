@@ -92,11 +92,11 @@ def profile_server(calls: int) -> None:
                 body = request_frame(name, model.sample_inputs())[1][HEADER.size:]
                 n = calls if name == "tiny" else max(1, calls // 10)
                 for _ in range(200):
-                    front.invoke(predict, body, IN_PROCESS)
+                    front.serve(predict, body, IN_PROCESS)
                 profile = cProfile.Profile()
                 profile.enable()
                 for _ in range(n):
-                    front.invoke(predict, body, IN_PROCESS)
+                    front.serve(predict, body, IN_PROCESS)
                 profile.disable()
                 print_profile(profile, n, f"server side of one Predict, {name}, {n} calls")
         finally:

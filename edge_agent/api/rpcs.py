@@ -106,7 +106,7 @@ class Api:
         self._count("unknown", StatusCode.UNIMPLEMENTED)
         return unknown_method(method)
 
-    def invoke(self, rpc: Rpc, body: bytes | memoryview, caller: Caller) -> Outcome:
+    def serve(self, rpc: Rpc, body: bytes | memoryview, caller: Caller) -> Outcome:
         """Decode, serve, encode, count; never raises for a bad request or a failed call.
 
         A failed call is logged here, so it is logged the same way whichever front it came

@@ -282,7 +282,7 @@ def inline_peak(workdir: str) -> float:
         front = api.Api(service)
         outcome: list = []
         ratio = peak_x_frame(
-            lambda: outcome.append(front.invoke(api.BY_METHOD[Method.PREDICT], body, IN_PROCESS)),
+            lambda: outcome.append(front.serve(api.BY_METHOD[Method.PREDICT], body, IN_PROCESS)),
             len(body))
         if outcome[0].code != StatusCode.OK:
             raise RuntimeError(f"the 16 MiB Predict failed: {outcome[0]}")

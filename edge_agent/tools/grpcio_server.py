@@ -34,7 +34,7 @@ def serve_grpcio(workdir: str, socket_path: str) -> None:
 
     def handler(rpc):
         def handle(body, context):
-            code, reply = api.invoke(rpc, body, IN_PROCESS)
+            code, reply = api.serve(rpc, body, IN_PROCESS)
             if code != StatusCode.OK:
                 context.abort(grpc.StatusCode[code.name], reply)
             return reply

@@ -175,7 +175,7 @@ class SocketServer:
     def serve(self, method: int, body, caller: Caller) -> Outcome:
         """One request's body in, its outcome out; never raises for a bad request."""
         rpc = BY_METHOD.get(method)
-        return self.api.unknown(method) if rpc is None else self.api.invoke(rpc, body, caller)
+        return self.api.unknown(method) if rpc is None else self.api.serve(rpc, body, caller)
 
 
 class Connection:

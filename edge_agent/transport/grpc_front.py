@@ -508,7 +508,7 @@ class GrpcConnection:
                 outcome = Outcome(StatusCode.DEADLINE_EXCEEDED,
                                   "the call's deadline passed before it could start")
             else:
-                outcome = self.server.api.invoke(call.rpc, body, self.caller)
+                outcome = self.server.api.serve(call.rpc, body, self.caller)
             with self._cond:
                 self._send_reply(call, outcome)
         except OSError as e:

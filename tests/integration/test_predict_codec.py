@@ -312,7 +312,7 @@ def fronts(agent_service, codec, monkeypatch):
 
 def both(fronts, body, caller=IN_PROCESS):
     """The compiled path's outcome, asserted to be the protobuf path's, byte for byte."""
-    fast, reference = (front.invoke(PREDICT, body, caller) for front in fronts)
+    fast, reference = (front.serve(PREDICT, body, caller) for front in fronts)
     assert fast == reference
     return fast
 
@@ -473,10 +473,10 @@ def test_a_large_inline_input_is_copied_once_wherever_it_sits_in_the_frame(
         x = np.full((1, 256 * 1024), 0.5, np.float32)
         body = memoryview(bytearray(request(model_name, tensor(x, spec.name.encode()))))
         fast = fronts[0]
-        assert fast.invoke(PREDICT, body, IN_PROCESS).code == StatusCode.OK  # warm
+        assert fast.serve(PREDICT, body, IN_PROCESS).code == StatusCode.OK  # warm
         tracemalloc.start()
         try:
-            outcome = fast.invoke(PREDICT, body, IN_PROCESS)
+            outcome = fast.serve(PREDICT, body, IN_PROCESS)
             peak = tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()

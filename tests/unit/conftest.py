@@ -34,7 +34,7 @@ class InProcessClient(AgentClient):
         rpc = BY_METHOD.get(method)
         caller = dataclasses.replace(IN_PROCESS, fds=tuple(fds))
         code, reply = (self._api.unknown(method) if rpc is None
-                       else self._api.invoke(rpc, request.SerializeToString(), caller))
+                       else self._api.serve(rpc, request.SerializeToString(), caller))
         if code != StatusCode.OK:
             raise AgentError(code, reply)
         return (response_type or rpc.response_type).FromString(reply)

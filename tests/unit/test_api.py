@@ -39,14 +39,14 @@ def test_the_table_is_agent_proto_and_the_framed_methods():
 def test_invoke_answers_and_maps_failures(service, model_files):
     bound = api.Api(service)
     load = api.BY_METHOD[Method.LOAD_MODEL]
-    code, reply = bound.invoke(load, pb.LoadModelRequest(
+    code, reply = bound.serve(load, pb.LoadModelRequest(
         name="add", url=str(model_files["add"])).SerializeToString(), IN_PROCESS)
     assert code == StatusCode.OK
     assert pb.LoadModelResponse.FromString(reply).model.name == "add"
-    assert bound.invoke(load, pb.LoadModelRequest(name="add", url=str(model_files["add"]))
+    assert bound.serve(load, pb.LoadModelRequest(name="add", url=str(model_files["add"]))
                         .SerializeToString(), IN_PROCESS) == (
         StatusCode.ALREADY_EXISTS, "a model named 'add' is loaded; unload it first")
-    assert bound.invoke(load, b"\xff\xff\xff", IN_PROCESS) == (
+    assert bound.serve(load, b"\xff\xff\xff", IN_PROCESS) == (
         StatusCode.INVALID_ARGUMENT,
         "malformed LoadModel request: the body is not a LoadModelRequest message")
     assert api.unknown_method(99) == (StatusCode.UNIMPLEMENTED, "unknown method 99")
@@ -60,7 +60,7 @@ def test_a_fault_of_the_agent_is_internal_and_logged_with_its_traceback(service,
     monkeypatch.setattr(service, "list_models", broken)  # bound by Api below
     bound = api.Api(service)
     with caplog.at_level(logging.ERROR, logger="edge_agent.api.rpcs"):
-        code, message = bound.invoke(api.BY_METHOD[Method.LIST_MODELS], b"", IN_PROCESS)
+        code, message = bound.serve(api.BY_METHOD[Method.LIST_MODELS], b"", IN_PROCESS)
     assert (code, message) == (StatusCode.INTERNAL,
                                "internal error in ListModels: KeyError: 'injected'")
     [record] = caplog.records
