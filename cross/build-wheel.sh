@@ -110,8 +110,9 @@ check_wheel() {
     local pyx module so count=0
     for pyx in "$REPO_DIR"/cext/*.pyx; do
         module="$(basename "$pyx" .pyx)"
-        so="$unpacked/edge_agent/$module$EXT_SUFFIX"
-        [ -f "$so" ] || die "$wheel: no edge_agent/$module$EXT_SUFFIX"
+        # Each compiled module sits in the package that uses it (edge_agent/protocol/_framing...).
+        so="$(find "$unpacked/edge_agent" -name "$module$EXT_SUFFIX" | head -n 1)"
+        [ -n "$so" ] && [ -f "$so" ] || die "$wheel: no edge_agent/**/$module$EXT_SUFFIX"
         check_elf "$so"
         count=$((count + 1))
     done

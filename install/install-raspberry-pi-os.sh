@@ -87,7 +87,7 @@ fi
 step "board profile"
 BOARD_GIVEN="$BOARD"
 if [ -z "$BOARD" ]; then
-    BOARD="$("$PREFIX/bin/python" -c 'from edge_agent import boards, machine
+    BOARD="$("$PREFIX/bin/python" -c 'from edge_agent.platform import boards, machine
 p = boards.detect()
 generic = "generic-" + machine.machine_architecture()
 print(p.name if p else (generic if generic in boards.names() else ""))')"
@@ -97,7 +97,7 @@ print(p.name if p else (generic if generic in boards.names() else ""))')"
         exit 2
     fi
 fi
-"$PREFIX/bin/python" -c 'import sys; from edge_agent import boards; boards.load_profile(sys.argv[1])' "$BOARD"
+"$PREFIX/bin/python" -c 'import sys; from edge_agent.platform import boards; boards.load_profile(sys.argv[1])' "$BOARD"
 echo "    $BOARD"
 
 step "configuration in $ETC"
@@ -129,7 +129,7 @@ fi
 # It may hold S3 credentials: readable by the agent's group, not by everyone.
 chown root:edge-agent "$ETC/agent.json"
 chmod 0640 "$ETC/agent.json"
-"$PREFIX/bin/python" -c 'import sys; from edge_agent import boards; boards.load(sys.argv[1])' "$ETC/agent.json"
+"$PREFIX/bin/python" -c 'import sys; from edge_agent.platform import boards; boards.load(sys.argv[1])' "$ETC/agent.json"
 
 step "systemd unit"
 sed "s#/opt/edge-agent/#$PREFIX/#g" "$HERE/edge-agent.service" >/etc/systemd/system/edge-agent.service
