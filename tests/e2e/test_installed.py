@@ -86,7 +86,8 @@ def test_the_wheel_ships_its_type_information(installed):
     assert Path(package, "py.typed").is_file()  # PEP 561: type checkers read the annotations
     assert Path(package, "agent_pb2.pyi").is_file()
     # Stubs of the compiled modules (`make lint` checks them).
-    for compiled in ("_framing", "_shm", "_metrics", "_predict", "_flatverify"):
+    for compiled in ("protocol/_framing", "shm/_shm", "observe/_metrics", "protocol/_predict",
+                     "models/_flatverify"):
         assert Path(package, f"{compiled}.pyi").is_file()
 
 
@@ -113,7 +114,8 @@ def test_the_sdist_builds_the_same_wheel(checkout, tmp_path):
                    cwd=source, check=True, capture_output=True, timeout=600)
     (wheel,) = (tmp_path / "dist").glob("edge_agent-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    for module in ("_framing", "_shm", "_metrics", "_flatverify"):
+    for module in ("protocol/_framing", "shm/_shm", "observe/_metrics", "protocol/_predict",
+                   "models/_flatverify"):
         assert [n for n in names if n.startswith(f"edge_agent/{module}.") and n.endswith(".so")]
     assert "edge_agent/tools/model_builder.py" in names
     assert "edge_agent/firmware_configs/raspberry-pi-4b.json" in names
