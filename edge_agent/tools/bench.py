@@ -84,6 +84,11 @@ CPU_SOURCE = ("user + system of the agent process, /proc/PID/stat (every thread,
               "included)")
 SWITCH_SOURCE = ("voluntary and involuntary context switches summed over the agent's threads, "
                  "/proc/PID/task/*/status")
+# /proc/PID/stat counts clock ticks (10 ms at 100 Hz): over a few thousand fast calls, a few
+# microseconds a request. The scheduler's own runtime of each thread (nanoseconds, where the
+# kernel has /proc/PID/task/TID/sched) is printed beside it.
+THREAD_CPU_SOURCE = ("se.sum_exec_runtime summed over the agent's threads alive at the reading, "
+                     "/proc/PID/task/*/sched")
 
 
 def percentiles(samples_ns: list[int]) -> dict[str, float]:
@@ -93,7 +98,7 @@ def percentiles(samples_ns: list[int]) -> dict[str, float]:
 
 
 def time_calls(call: Callable[[], object], iterations: int, warmup: int = 200,
-               server: int | None = None) -> dict[str, float]:
+               server: int | None = None) -> dict[str, Any]:
     """p50 and p99 of `call`; with `server` (a pid), also per_request of that process over
     the timed calls."""
     for _ in range(warmup):
@@ -105,7 +110,7 @@ def time_calls(call: Callable[[], object], iterations: int, warmup: int = 200,
         start = clock()
         call()
         samples.append(clock() - start)
-    figures = percentiles(samples)
+    figures: dict[str, Any] = dict(percentiles(samples))
     if server and before:
         figures.update(per_request(before, usage(server), iterations))
     return figures
@@ -260,6 +265,7 @@ class Usage:
     cpu_s: float
     voluntary: int
     involuntary: int
+    threads_cpu_s: float | None  # THREAD_CPU_SOURCE; None where the kernel has no sched file
 
 
 def usage(pid: int) -> Usage:
@@ -270,21 +276,33 @@ def usage(pid: int) -> Usage:
     # After the name: state is field 3, utime 14 and stime 15 (proc(5)).
     cpu_s = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
     voluntary = involuntary = 0
+    threads_ms: float | None = 0.0
     for task in os.listdir(f"/proc/{pid}/task"):
         try:
             status = Path(f"/proc/{pid}/task/{task}/status").read_text()
+            sched = (Path(f"/proc/{pid}/task/{task}/sched").read_text()
+                     if threads_ms is not None else "")
         except (FileNotFoundError, ProcessLookupError):
             continue  # ended between the listing and the reading
+        except PermissionError:  # no sched file for this reader
+            threads_ms, sched = None, ""
         for line in status.splitlines():
             if line.startswith("voluntary_ctxt_switches:"):
                 voluntary += int(line.split()[1])
             elif line.startswith("nonvoluntary_ctxt_switches:"):
                 involuntary += int(line.split()[1])
-    return Usage(cpu_s, voluntary, involuntary)
+        runtime = [line for line in sched.splitlines() if line.startswith("se.sum_exec_runtime")]
+        if threads_ms is not None:
+            threads_ms = threads_ms + float(runtime[0].split(":")[1]) if runtime else None
+    return Usage(cpu_s, voluntary, involuntary,
+                 None if threads_ms is None else threads_ms / 1e3)
 
 
-def per_request(before: Usage, after: Usage, requests: int) -> dict[str, float]:
+def per_request(before: Usage, after: Usage, requests: int) -> dict[str, float | None]:
+    threads = (None if before.threads_cpu_s is None or after.threads_cpu_s is None
+               else (after.threads_cpu_s - before.threads_cpu_s) * 1e6 / requests)
     return {"agent_cpu_us": (after.cpu_s - before.cpu_s) * 1e6 / requests,
+            "agent_threads_cpu_us": threads,
             "voluntary_switches": (after.voluntary - before.voluntary) / requests,
             "involuntary_switches": (after.involuntary - before.involuntary) / requests}
 
@@ -396,8 +414,11 @@ def run_c(program: str, *args: str | int) -> dict[str, float]:
 ROW_DEFAULTS: dict[str, Any] = {
     "value": None, "unit": None, "floor": None, "ratio": None, "target": None, "met": None,
     "spread": None, "floor_spread": None, "floor_moved": None, "unreliable": False,
-    "pinned": False, "agent_cpu_us": None, "voluntary_switches": None,
-    "involuntary_switches": None}
+    "pinned": False, "agent_cpu_us": None, "agent_threads_cpu_us": None,
+    "voluntary_switches": None, "involuntary_switches": None}
+# What a request cost the agent (per_request), beside each timed row.
+COST_PARTS = ("agent_cpu_us", "agent_threads_cpu_us", "voluntary_switches",
+              "involuntary_switches")
 
 
 def figure(value: float, unit: str, floor: float | None = None, ratio: float | None = None,
@@ -525,8 +546,7 @@ class Run:
         self.sample(key, figures[value_key])
         if "agent_cpu_us" in figures:
             self.costs.setdefault(key, []).append(
-                {part: figures[part] for part in
-                 ("agent_cpu_us", "voluntary_switches", "involuntary_switches")})
+                {part: figures[part] for part in COST_PARTS})
 
     def calls(self, model: str) -> int:
         """Calls a round for `model`: fewer where one call moves or computes more."""
@@ -609,7 +629,7 @@ class Run:
         agent = Agent(self.workdir, self.agent_socket, self.agent_command)
         self.results["agent"] = {
             "source": agent.source, "pid": agent.pid, "cpu": CPU_SOURCE,
-            "context_switches": SWITCH_SOURCE,
+            "threads_cpu": THREAD_CPU_SOURCE, "context_switches": SWITCH_SOURCE,
             "latency_pinning": ({"client_cpu": min(self.cpus[0]), "agent_cpu": min(self.cpus[1])}
                                 if self.cpus else "none: one CPU"),
             "throughput_pinning": "none"}
@@ -691,9 +711,10 @@ class Run:
             row["floor_moved"] = max(floor_rounds) / min(floor_rounds) - 1
             if row["floor_moved"] > FLOOR_MOVE_LIMIT:
                 row.update(unreliable=True, ratio=None, met=None)
-        for part in ("agent_cpu_us", "voluntary_switches", "involuntary_switches"):
-            if self.costs.get(key):
-                row[part] = statistics.median(cost[part] for cost in self.costs[key])
+        for part in COST_PARTS:
+            parts = [cost[part] for cost in self.costs.get(key, []) if cost[part] is not None]
+            if parts:
+                row[part] = statistics.median(parts)
         return row
 
     @contextlib.contextmanager
@@ -802,8 +823,8 @@ def print_table(results: dict) -> None:
     print("latency rows (pin=yes): " + (
         f"client on CPU {pinning['client_cpu']}, agent's threads on CPU {pinning['agent_cpu']}"
         if isinstance(pinning, dict) else pinning) + "; throughput rows unpinned")
-    print(f"cpu/req: {agent['cpu']}; vcs/ics per req: {agent['context_switches']}; "
-          f"over the timed calls only")
+    print(f"cpu/req: {agent['cpu']}; thr/req: {agent['threads_cpu']}; vcs/ics per req: "
+          f"{agent['context_switches']}; over the timed calls only")
     floors = results["floors"]
     cells = [f"{key} {value:.2f}" if isinstance(value, float) else f"{key} {value}"
              for key, value in floors.items() if key != "spread"]
@@ -811,9 +832,9 @@ def print_table(results: dict) -> None:
     for key, cell in floors.get("spread", {}).items():
         print(f"  floor {key}: min {cell['min']:.2f} median {cell['median']:.2f} "
               f"max {cell['max']:.2f}")
-    print(f"{'figure':38s} {'value':>9s} {'unit':5s} {'min..max':>17s} {'floor':>8s} "
-          f"{'moved':>6s} {'ratio':>7s} {'target':>7s} {'met':>3s} {'cpu/req':>8s} "
-          f"{'vcs/req':>7s} {'ics/req':>7s} pin")
+    print(f"{'figure':45s} {'value':>9s} {'unit':5s} {'min..max':>17s} {'floor':>7s} "
+          f"{'moved':>5s} {'ratio':>6s} {'target':>6s} {'met':>3s} {'cpu/req':>8s} "
+          f"{'thr/req':>8s} {'vcs/req':>7s} {'ics/req':>7s} pin")
     for key, row in results["figures"].items():
         floor = "" if row["floor"] is None else f"{row['floor']:.1f}"
         moved = "" if row["floor_moved"] is None else f"{row['floor_moved']:.0%}"
@@ -823,12 +844,14 @@ def print_table(results: dict) -> None:
         span = "" if row["spread"] is None else (
             f"{row['spread']['min']:.1f}..{row['spread']['max']:.1f}")
         cpu = "" if row["agent_cpu_us"] is None else f"{row['agent_cpu_us']:.1f}us"
+        threads = ("" if row["agent_threads_cpu_us"] is None
+                   else f"{row['agent_threads_cpu_us']:.1f}us")
         vcs = "" if row["voluntary_switches"] is None else f"{row['voluntary_switches']:.2f}"
         ics = "" if row["involuntary_switches"] is None else f"{row['involuntary_switches']:.2f}"
         pinned = "yes" if row["pinned"] else ""
-        print(f"{LABELS.get(key, key):38s} {row['value']:9.1f} {row['unit']:5s} {span:>17s} "
-              f"{floor:>8s} {moved:>6s} {ratio:>7s} {row['target'] or '':>7s} {met:>3s} "
-              f"{cpu:>8s} {vcs:>7s} {ics:>7s} {pinned}")
+        print(f"{LABELS.get(key, key):45s} {row['value']:9.1f} {row['unit']:5s} {span:>17s} "
+              f"{floor:>7s} {moved:>5s} {ratio:>6s} {row['target'] or '':>6s} {met:>3s} "
+              f"{cpu:>8s} {threads:>8s} {vcs:>7s} {ics:>7s} {pinned}")
     print("floor of server cost and end to end: in-process invoke + C ping-pong of the same "
           "frame sizes, each round's; of grpcio: AgentClient; of a throughput: the one-client "
           "figure; moved: how far the floor moved across the rounds (max/min - 1); unrel.: "

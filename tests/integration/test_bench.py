@@ -65,6 +65,8 @@ def check_row(key: str, row: dict) -> None:
         # of CPU is 10 ms, so a short round may well read 0).
         for part in ("agent_cpu_us", "voluntary_switches", "involuntary_switches"):
             assert is_number(row[part]) and row[part] >= 0, (key, part, row)
+        threads = row["agent_threads_cpu_us"]  # None on a kernel without the sched files
+        assert threads is None or (is_number(threads) and threads >= 0), (key, row)
     else:
         assert row["spread"] is None and row["agent_cpu_us"] is None, (key, row)
     if row["floor_moved"] is not None:
@@ -104,12 +106,12 @@ def test_every_figure_is_there_with_its_floor_and_target(capsys, tmp_path):
     for key, values in report["round_samples"].items():
         assert len(values) == 1 and all(is_number(v) for v in values), key
     for key, costs in report["round_costs"].items():
-        assert len(costs) == 1 and set(costs[0]) == {
-            "agent_cpu_us", "voluntary_switches", "involuntary_switches"}, key
+        assert len(costs) == 1 and set(costs[0]) == set(bench.COST_PARTS), key
     agent = report["agent"]
     assert agent["source"].startswith("started by the bench") and agent["pid"] > 0
     assert len(agent["helper_pids"]) == 1 and agent["helper_pids"][0] != agent["pid"]
     assert "/proc/PID/stat" in agent["cpu"] and "/proc/PID/task" in agent["context_switches"]
+    assert "/proc/PID/task/*/sched" in agent["threads_cpu"]
     two_cpus = len(os.sched_getaffinity(0)) >= 2
     for key, row in report["figures"].items():
         assert row["pinned"] == (two_cpus and key in LATENCY), key
@@ -170,9 +172,12 @@ def measured_run(floors: list[float]) -> bench.Run:
     run.cpus = ({0}, {1})
     run.samples = {"server_cost_tiny_us": [30.0, 31.0, 29.0]}
     run.costs = {"server_cost_tiny_us": [
-        {"agent_cpu_us": 20.0, "voluntary_switches": 1.0, "involuntary_switches": 0.0},
-        {"agent_cpu_us": 10.0, "voluntary_switches": 2.0, "involuntary_switches": 0.5},
-        {"agent_cpu_us": 30.0, "voluntary_switches": 1.0, "involuntary_switches": 0.0}]}
+        {"agent_cpu_us": 20.0, "agent_threads_cpu_us": 18.0, "voluntary_switches": 1.0,
+         "involuntary_switches": 0.0},
+        {"agent_cpu_us": 10.0, "agent_threads_cpu_us": None, "voluntary_switches": 2.0,
+         "involuntary_switches": 0.5},
+        {"agent_cpu_us": 30.0, "agent_threads_cpu_us": 22.0, "voluntary_switches": 1.0,
+         "involuntary_switches": 0.0}]}
     return run.row("server_cost_tiny_us", "us", floors, target="server_cost_tiny",
                    pinned=True)
 
@@ -185,6 +190,7 @@ def test_a_ratio_to_a_floor_that_moved_is_marked_unreliable_not_reported():
     assert steady["floor_spread"] == {"min": 20.0, "median": 22.0, "max": 25.0}
     assert steady["agent_cpu_us"] == 20.0 and steady["voluntary_switches"] == 1.0
     assert steady["involuntary_switches"] == 0.0 and steady["pinned"] is True
+    assert steady["agent_threads_cpu_us"] == 20.0  # of the rounds that could read it
     moved = measured_run([20.0, 22.0, 26.5])  # moved 32.5%
     assert moved["unreliable"] is True and moved["ratio"] is None and moved["met"] is None
     assert moved["floor"] == 22.0 and moved["value"] == 30.0
@@ -193,7 +199,8 @@ def test_a_ratio_to_a_floor_that_moved_is_marked_unreliable_not_reported():
 
 
 def test_the_agents_cost_is_read_from_proc(tmp_path):
-    """usage() of a process that spends CPU grows; per_request divides the difference."""
+    """usage() of a process that spends CPU grows (never shrinks); per_request divides the
+    difference."""
     import sys
     spinner = subprocess.Popen([sys.executable, "-c", "import sys\nfor line in sys.stdin: "
                                 "sum(range(200000)); print(line, end='', flush=True)"],
@@ -208,7 +215,10 @@ def test_the_agents_cost_is_read_from_proc(tmp_path):
     finally:
         spinner.kill()
         spinner.wait()
-    assert after.cpu_s >= before.cpu_s and after.voluntary > before.voluntary
+    assert after.cpu_s >= before.cpu_s and after.voluntary >= before.voluntary
+    assert after.involuntary >= before.involuntary
+    if after.threads_cpu_s is not None:  # the sums of real work, in nanoseconds
+        assert before.threads_cpu_s is not None and after.threads_cpu_s > before.threads_cpu_s
     cost = bench.per_request(before, after, 20)
     assert cost["voluntary_switches"] == (after.voluntary - before.voluntary) / 20
     assert cost["agent_cpu_us"] >= 0 and cost["involuntary_switches"] >= 0
