@@ -379,6 +379,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--agent-socket", help="measure the agent already serving on this "
                        "socket (unsigned models allowed) instead of starting one")
     bench.add_argument("--label", help="a name for this run, kept in the JSON")
+    bench.add_argument("--compare-command", help="a second agent, started with this command, "
+                       "measured in the same rounds (taking turns at going first)")
+    bench.add_argument("--compare-socket", help="a second agent, already serving on this "
+                       "socket, measured in the same rounds")
+    bench.add_argument("--compare-label", help="a name for the second agent")
     bench.set_defaults(func=lambda a: __import__("edge_agent.tools.bench", fromlist=["run"]).run(a))
     return parser
 

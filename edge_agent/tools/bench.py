@@ -76,6 +76,9 @@ CC_FLAGS = ("-std=c11", "-O2", "-Wall", "-Wextra", "-pthread")
 # A floor that moved more than this across the rounds (max / min - 1) says the machine changed
 # under the run: the ratio to it is marked unreliable instead of reported.
 FLOOR_MOVE_LIMIT = 0.30
+# The keys of the agent measured beside the first (--compare-command, --compare-socket):
+# "compared_agent", "compared_figures", and its samples' keys in round_samples.
+COMPARED = "compared_"
 # The models the bench loads into the agent: (name, which built model).
 BENCH_MODELS = (("tiny", "tiny"), ("tiny-b", "tiny"), ("image", "image"),
                 ("compute", "compute"), ("compute-b", "compute"))
@@ -248,6 +251,13 @@ def memory_kib(pid: int) -> dict[str, int]:
                 figures["PSS"] = int(line.split()[1])
     figures["USS"] = uss
     return figures
+
+
+def unload_all(client) -> None:
+    """The bench's models out of an agent it did not start, whichever of them got in."""
+    for name, _ in BENCH_MODELS:
+        with contextlib.suppress(Exception):
+            client.unload_model(name)
 
 
 def children(pid: int) -> list[int]:
@@ -499,12 +509,15 @@ class Run:
     """One `edge-agent bench` run: its scratch directory, its agent, the figures so far."""
 
     def __init__(self, workdir: str, iterations: int, rounds: int, c_bench: str | None,
-                 agent_socket: str | None = None, agent_command: str | None = None):
+                 agent_socket: str | None = None, agent_command: str | None = None,
+                 compare_socket: str | None = None, compare_command: str | None = None):
         self.workdir = workdir
         self.iterations = iterations
         self.rounds = rounds
         self.agent_socket = agent_socket
         self.agent_command = agent_command
+        self.compare_socket = compare_socket
+        self.compare_command = compare_command
         self.c_bench, c_missing = frame_bench(workdir, c_bench)
         self.all_cpus = os.sched_getaffinity(0)
         self.cpus = latency_cpus()
@@ -527,8 +540,8 @@ class Run:
         self.frame_bytes: dict[str, tuple[int, int]] = {}
         self.samples: dict[str, list[float]] = {}
         self.costs: dict[str, list[dict[str, float]]] = {}
-        self.idle: dict[str, int] = {}
-        self.helper_idle: dict[str, int] | None = None
+        # Per agent (its prefix): its idle memory_kib and its model-check helper's (or None).
+        self.idle: dict[str, tuple[dict[str, int], dict[str, int] | None]] = {}
 
     def frame_file(self, model: str, name: str) -> str:
         """A file with the pre-encoded Predict frame of `model`'s sample inputs under `name`."""
@@ -597,14 +610,17 @@ class Run:
         return replay_with_usage(self.c_bench, [agent.pid], agent.socket_path, iterations,
                                  frames, cpus)
 
-    def agent_round(self, client, agent: Agent, grpc: tuple[Callable, int] | None) -> None:
+    def agent_round(self, client, agent: Agent, grpc: tuple[Callable, int] | None,
+                    prefix: str = "") -> None:
+        """One round of every agent figure of `agent`, kept under `prefix` + the figure's key
+        (COMPARED for the agent measured beside the first)."""
         inputs = self.inputs["tiny"]
         with self.pinned(agent.pid, *([grpc[1]] if grpc else [])) as client_cpus:
-            self.measured("agent_client_tiny_us", "p50_us", time_calls(
+            self.measured(prefix + "agent_client_tiny_us", "p50_us", time_calls(
                 lambda: client.predict("tiny", inputs), self.calls("tiny"), server=agent.pid))
             if self.c_bench is not None:
                 for name in ("tiny", "image"):
-                    self.measured(f"server_cost_{name}_us", "p50_us", self.replay(
+                    self.measured(prefix + f"server_cost_{name}_us", "p50_us", self.replay(
                         agent, self.calls(name), [self.frame_file(name, name)], client_cpus))
             if grpc is not None:
                 self.measured("grpcio_tiny_us", "p50_us", time_calls(
@@ -613,54 +629,65 @@ class Run:
             return
         for model, clients in (("tiny", 4), ("compute", 2)):  # unpinned: every core
             frames = [self.frame_file(model, model), self.frame_file(model, f"{model}-b")]
-            self.measured(f"requests_per_s_one_client_{model}", "requests_per_s",
+            self.measured(prefix + f"requests_per_s_one_client_{model}", "requests_per_s",
                           self.replay(agent, self.calls(model), frames[:1]))
-            self.measured(f"requests_per_s_{clients}_clients_{model}", "requests_per_s",
+            self.measured(prefix + f"requests_per_s_{clients}_clients_{model}",
+                          "requests_per_s",
                           self.replay(agent, self.calls(model), (frames * clients)[:clients]))
+
+    def start_agents(self, stack: contextlib.ExitStack) -> list[tuple[str, Agent, Any]]:
+        """The agent measured and, with a compared one, that one too: (prefix, agent, client),
+        each with the bench's models loaded and its idle memory read after the first."""
+        from edge_agent.client import AgentClient
+
+        wanted = [("", self.workdir, self.agent_socket, self.agent_command)]
+        if self.compare_socket or self.compare_command:
+            directory = os.path.join(self.workdir, "compared")
+            os.makedirs(directory)
+            os.chmod(directory, 0o755)
+            wanted.append((COMPARED, directory, self.compare_socket, self.compare_command))
+        started = []
+        for prefix, directory, socket_path, command in wanted:
+            agent = Agent(directory, socket_path, command)
+            stack.callback(agent.close)
+            client = stack.enter_context(AgentClient(agent.socket_path))
+            if agent.process is None:  # someone else's agent: leave it as it was
+                stack.callback(unload_all, client)
+            client.load_model("tiny", self.paths["tiny"])
+            time.sleep(1.0)  # start-up transients settle before the idle figures
+            helpers = children(agent.pid)
+            self.idle[prefix] = (memory_kib(agent.pid),
+                                 memory_kib(helpers[0]) if len(helpers) == 1 else None)
+            self.results[prefix + "agent"] = {
+                "source": agent.source, "pid": agent.pid, "helper_pids": helpers,
+                "cpu": CPU_SOURCE, "threads_cpu": THREAD_CPU_SOURCE,
+                "context_switches": SWITCH_SOURCE,
+                "latency_pinning": ({"client_cpu": min(self.cpus[0]),
+                                     "agent_cpu": min(self.cpus[1])}
+                                    if self.cpus else "none: one CPU"),
+                "throughput_pinning": "none"}
+            if len(helpers) != 1:
+                self.results["skipped"][prefix + "model_check_helper"] = (
+                    f"the agent has {len(helpers)} child processes, not one helper")
+            for name, model in BENCH_MODELS[1:]:
+                client.load_model(name, self.paths[model])
+            started.append((prefix, agent, client))
+        return started
 
     def agent_figures(self) -> None:
         """The rounds, each measuring every floor and every agent figure once: a figure and
-        its floor are measured in the same stretches of time, whatever the machine does."""
-        from edge_agent.client import AgentClient
-
+        its floor are measured in the same stretches of time, whatever the machine does. With
+        a compared agent, both agents in every round, taking turns at going first."""
         for name in ("tiny", "image"):
             self.frame_bytes[name] = (os.path.getsize(self.frame_file(name, name)),
                                       reply_frame_bytes(self.models[name], self.inputs[name]))
-        agent = Agent(self.workdir, self.agent_socket, self.agent_command)
-        self.results["agent"] = {
-            "source": agent.source, "pid": agent.pid, "cpu": CPU_SOURCE,
-            "threads_cpu": THREAD_CPU_SOURCE, "context_switches": SWITCH_SOURCE,
-            "latency_pinning": ({"client_cpu": min(self.cpus[0]), "agent_cpu": min(self.cpus[1])}
-                                if self.cpus else "none: one CPU"),
-            "throughput_pinning": "none"}
-        grpcio = contextlib.ExitStack()
-        try:
-            grpc = grpcio.enter_context(self.grpcio_server())
-            with AgentClient(agent.socket_path) as client:
-                client.load_model("tiny", self.paths["tiny"])
-                time.sleep(1.0)  # start-up transients settle before the idle figures
-                self.idle = memory_kib(agent.pid)
-                helpers = children(agent.pid)
-                self.results["agent"]["helper_pids"] = helpers
-                if len(helpers) == 1:
-                    self.helper_idle = memory_kib(helpers[0])
-                else:
-                    self.results["skipped"]["model_check_helper"] = (
-                        f"the agent has {len(helpers)} child processes, not one helper")
-                try:
-                    for name, model in BENCH_MODELS[1:]:
-                        client.load_model(name, self.paths[model])
-                    for _ in range(self.rounds):
-                        self.floor_round()
-                        self.agent_round(client, agent, grpc)
-                finally:
-                    if agent.process is None:  # someone else's agent: leave it as it was
-                        for name, _ in BENCH_MODELS:
-                            with contextlib.suppress(Exception):
-                                client.unload_model(name)
-        finally:
-            grpcio.close()
-            agent.close()
+        with contextlib.ExitStack() as stack:
+            agents = self.start_agents(stack)
+            grpc = stack.enter_context(self.grpcio_server())
+            for turn in range(self.rounds):
+                self.floor_round()
+                for prefix, agent, client in (agents if turn % 2 == 0 else agents[::-1]):
+                    self.agent_round(client, agent, None if prefix else grpc, prefix)
         self.results["round_samples"] = self.samples  # each round's figure, for the spread
         self.results["round_costs"] = self.costs
         median = {key: statistics.median(values) for key, values in self.samples.items()}
@@ -673,28 +700,36 @@ class Run:
                     floors[f"{kind}_{name}_us"] = median[f"{kind}_{name}_us"]
         floors["spread"] = {key: spread(values) for key, values in self.samples.items()
                             if key.startswith(("in_process_", "c_pingpong_", "parallel_"))}
-        figures = self.results["figures"]
+        self.results["figures"] = self.agent_rows("")
+        if len(agents) > 1:
+            self.results[COMPARED + "figures"] = self.agent_rows(COMPARED)
+
+    def agent_rows(self, prefix: str) -> dict[str, dict]:
+        """The rows of the agent whose samples are under `prefix`, against the floors of the
+        same rounds (a throughput's: that agent's own one-client figure)."""
+        figures = {}
         if self.c_bench is not None:
             for name in ("tiny", "image"):
                 figures[f"server_cost_{name}_us"] = self.row(
-                    f"server_cost_{name}_us", "us", self.floor_rounds(name),
+                    prefix + f"server_cost_{name}_us", "us", self.floor_rounds(name),
                     target=f"server_cost_{name}", pinned=True)
         floor = self.floor_rounds("tiny")  # None without the C floor: then no verdict
         figures["agent_client_tiny_us"] = self.row(
-            "agent_client_tiny_us", "us", floor, target="end_to_end_tiny" if floor else None,
-            pinned=True)
-        if "grpcio_tiny_us" in median:
+            prefix + "agent_client_tiny_us", "us", floor,
+            target="end_to_end_tiny" if floor else None, pinned=True)
+        if not prefix and "grpcio_tiny_us" in self.samples:
             figures["grpcio_tiny_us"] = self.row(
                 "grpcio_tiny_us", "us", self.samples["agent_client_tiny_us"],
                 target="grpcio_over_agent_client", pinned=True)
         if self.c_bench is not None:
             for model, clients, target in (("tiny", 4, "throughput_four_clients_tiny"),
                                            ("compute", 2, "throughput_two_clients_compute")):
-                alone = f"requests_per_s_one_client_{model}"
-                figures[alone] = self.row(alone, "req/s")
+                alone = prefix + f"requests_per_s_one_client_{model}"
+                figures[f"requests_per_s_one_client_{model}"] = self.row(alone, "req/s")
                 figures[f"requests_per_s_{clients}_clients_{model}"] = self.row(
-                    f"requests_per_s_{clients}_clients_{model}", "req/s", self.samples[alone],
-                    target=target)
+                    prefix + f"requests_per_s_{clients}_clients_{model}", "req/s",
+                    self.samples[alone], target=target)
+        return figures
 
     def row(self, key: str, unit: str, floor_rounds: list[float] | None = None,
             target: str | None = None, pinned: bool = False) -> dict:
@@ -753,20 +788,22 @@ class Run:
                                       self.samples[f"c_pingpong_{name}_us"])]
 
     def memory(self) -> None:
-        figures = self.results["figures"]
-        figures["idle_rss_mb"] = figure(self.idle["VmRSS"] / 1024, "MB", target="idle_rss_mb")
-        figures["idle_pss_mb"] = figure(self.idle["PSS"] / 1024, "MB")
-        figures["idle_uss_mb"] = figure(self.idle["USS"] / 1024, "MB")
-        if self.helper_idle is not None:
-            for part, key in (("VmRSS", "rss"), ("PSS", "pss"), ("USS", "uss")):
-                figures[f"helper_idle_{key}_mb"] = figure(self.helper_idle[part] / 1024, "MB")
-        figures["peak_16mib_x_frame"] = figure(
+        for prefix, (agent, helper) in self.idle.items():
+            figures = self.results[prefix + "figures"]
+            figures["idle_rss_mb"] = figure(agent["VmRSS"] / 1024, "MB", target="idle_rss_mb")
+            figures["idle_pss_mb"] = figure(agent["PSS"] / 1024, "MB")
+            figures["idle_uss_mb"] = figure(agent["USS"] / 1024, "MB")
+            if helper is not None:
+                for part, key in (("VmRSS", "rss"), ("PSS", "pss"), ("USS", "uss")):
+                    figures[f"helper_idle_{key}_mb"] = figure(helper[part] / 1024, "MB")
+        self.results["figures"]["peak_16mib_x_frame"] = figure(
             inline_peak(self.workdir), "x", target="peak_16mib_x_frame")
 
 
 def run_bench(iterations: int, rounds: int = 3, c_bench: str | None = None,
               agent_socket: str | None = None, agent_command: str | None = None,
-              label: str | None = None) -> dict:
+              label: str | None = None, compare_socket: str | None = None,
+              compare_command: str | None = None, compare_label: str | None = None) -> dict:
     from edge_agent.platform.runtime import interpreter_module, runtime_name
 
     try:
@@ -776,8 +813,11 @@ def run_bench(iterations: int, rounds: int = 3, c_bench: str | None = None,
     with tempfile.TemporaryDirectory(prefix="edge-agent-bench-") as workdir:
         # Readable by all: the benchmark's clients may run as another user than the agent.
         os.chmod(workdir, 0o755)
-        run = Run(workdir, iterations, rounds, c_bench, agent_socket, agent_command)
+        run = Run(workdir, iterations, rounds, c_bench, agent_socket, agent_command,
+                  compare_socket, compare_command)
         run.results["label"] = label
+        if compare_socket or compare_command:
+            run.results[COMPARED + "label"] = compare_label
         run.results["runtime"] = runtime_name()
         run.results["started"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         run.agent_figures()
@@ -805,37 +845,16 @@ LABELS = {
 }
 
 
-def print_table(results: dict) -> None:
-    if "all" in results["skipped"]:
-        print(f"skipped: {results['skipped']['all']}")
-        return
-    start, end = results["load_average_start"], results["load_average_end"]
-    label = f" [{results['label']}]" if results.get("label") else ""
-    print(f"edge-agent bench{label}: {results['iterations']} calls a round (image /5, compute "
-          f"/10), median of {results['rounds']} rounds, runtime {results['runtime']}, "
-          f"num_threads 1")
-    print(f"load average {start[0]:.2f} at the start, {end[0]:.2f} at the end (1 min), "
-          f"{results['cpu_count']} CPUs")
-    agent = results["agent"]
-    print(f"agent: pid {agent['pid']}, {agent['source']}; model-check helper pid(s) "
+def print_agent(agent: dict, name: str) -> None:
+    print(f"{name}: pid {agent['pid']}, {agent['source']}; model-check helper pid(s) "
           f"{agent.get('helper_pids')}")
-    pinning = agent["latency_pinning"]
-    print("latency rows (pin=yes): " + (
-        f"client on CPU {pinning['client_cpu']}, agent's threads on CPU {pinning['agent_cpu']}"
-        if isinstance(pinning, dict) else pinning) + "; throughput rows unpinned")
-    print(f"cpu/req: {agent['cpu']}; thr/req: {agent['threads_cpu']}; vcs/ics per req: "
-          f"{agent['context_switches']}; over the timed calls only")
-    floors = results["floors"]
-    cells = [f"{key} {value:.2f}" if isinstance(value, float) else f"{key} {value}"
-             for key, value in floors.items() if key != "spread"]
-    print("floors: " + ", ".join(cells))
-    for key, cell in floors.get("spread", {}).items():
-        print(f"  floor {key}: min {cell['min']:.2f} median {cell['median']:.2f} "
-              f"max {cell['max']:.2f}")
+
+
+def print_rows(figures: dict[str, dict]) -> None:
     print(f"{'figure':45s} {'value':>9s} {'unit':5s} {'min..max':>17s} {'floor':>7s} "
           f"{'moved':>5s} {'ratio':>6s} {'target':>6s} {'met':>3s} {'cpu/req':>8s} "
           f"{'thr/req':>8s} {'vcs/req':>7s} {'ics/req':>7s} pin")
-    for key, row in results["figures"].items():
+    for key, row in figures.items():
         floor = "" if row["floor"] is None else f"{row['floor']:.1f}"
         moved = "" if row["floor_moved"] is None else f"{row['floor_moved']:.0%}"
         ratio = "unrel." if row["unreliable"] else (
@@ -852,6 +871,60 @@ def print_table(results: dict) -> None:
         print(f"{LABELS.get(key, key):45s} {row['value']:9.1f} {row['unit']:5s} {span:>17s} "
               f"{floor:>7s} {moved:>5s} {ratio:>6s} {row['target'] or '':>6s} {met:>3s} "
               f"{cpu:>8s} {threads:>8s} {vcs:>7s} {ics:>7s} {pinned}")
+
+
+def side_by_side(results: dict) -> dict[str, dict[str, float | None]]:
+    """Per figure of both agents: the compared agent's value and its CPU per request (the
+    threads' runtime where read, else the clock ticks') as multiples of the first's."""
+    table = {}
+    for key, theirs in results[COMPARED + "figures"].items():
+        ours = results["figures"].get(key)
+        if ours is None:
+            continue
+        cpu = "agent_threads_cpu_us" if ours["agent_threads_cpu_us"] and \
+            theirs["agent_threads_cpu_us"] is not None else "agent_cpu_us"
+        table[key] = {
+            "value_x": theirs["value"] / ours["value"],
+            "cpu_x": theirs[cpu] / ours[cpu] if ours[cpu] and theirs[cpu] is not None else None}
+    return table
+
+
+def print_table(results: dict) -> None:
+    if "all" in results["skipped"]:
+        print(f"skipped: {results['skipped']['all']}")
+        return
+    start, end = results["load_average_start"], results["load_average_end"]
+    label = f" [{results['label']}]" if results.get("label") else ""
+    print(f"edge-agent bench{label}: {results['iterations']} calls a round (image /5, compute "
+          f"/10), median of {results['rounds']} rounds, runtime {results['runtime']}, "
+          f"num_threads 1")
+    print(f"load average {start[0]:.2f} at the start, {end[0]:.2f} at the end (1 min), "
+          f"{results['cpu_count']} CPUs")
+    agent = results["agent"]
+    print_agent(agent, "agent")
+    pinning = agent["latency_pinning"]
+    print("latency rows (pin=yes): " + (
+        f"client on CPU {pinning['client_cpu']}, agent's threads on CPU {pinning['agent_cpu']}"
+        if isinstance(pinning, dict) else pinning) + "; throughput rows unpinned")
+    print(f"cpu/req: {agent['cpu']}; thr/req: {agent['threads_cpu']}; vcs/ics per req: "
+          f"{agent['context_switches']}; over the timed calls only")
+    floors = results["floors"]
+    cells = [f"{key} {value:.2f}" if isinstance(value, float) else f"{key} {value}"
+             for key, value in floors.items() if key != "spread"]
+    print("floors: " + ", ".join(cells))
+    for key, cell in floors.get("spread", {}).items():
+        print(f"  floor {key}: min {cell['min']:.2f} median {cell['median']:.2f} "
+              f"max {cell['max']:.2f}")
+    print_rows(results["figures"])
+    if COMPARED + "figures" in results:
+        name = results.get(COMPARED + "label") or "compared agent"
+        print()
+        print_agent(results[COMPARED + "agent"], f"{name} (measured in the same rounds)")
+        print_rows(results[COMPARED + "figures"])
+        print(f"\n{name} / agent{label}, the same rounds:")
+        for key, cell in side_by_side(results).items():
+            cpu = "" if cell["cpu_x"] is None else f", CPU per request x{cell['cpu_x']:.2f}"
+            print(f"  {LABELS.get(key, key):45s} value x{cell['value_x']:.2f}{cpu}")
     print("floor of server cost and end to end: in-process invoke + C ping-pong of the same "
           "frame sizes, each round's; of grpcio: AgentClient; of a throughput: the one-client "
           "figure; moved: how far the floor moved across the rounds (max/min - 1); unrel.: "
@@ -864,9 +937,12 @@ def print_table(results: dict) -> None:
 
 def run(args) -> int:
     results = run_bench(args.iterations, args.rounds, args.c_bench,
-                        agent_socket=getattr(args, "agent_socket", None),
-                        agent_command=getattr(args, "agent_command", None),
-                        label=getattr(args, "label", None))
+                        agent_socket=args.agent_socket, agent_command=args.agent_command,
+                        label=args.label, compare_socket=args.compare_socket,
+                        compare_command=args.compare_command,
+                        compare_label=args.compare_label)
+    if COMPARED + "figures" in results:
+        results["side_by_side"] = side_by_side(results)
     if args.json == "-":
         print(json.dumps(results, indent=2))
         return 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shlex
 import subprocess
 
 import pytest
@@ -17,6 +18,7 @@ import pytest
 from edge_agent.app.cli import main
 from edge_agent.client import AgentClient
 from edge_agent.tools import bench, model_builder
+from edge_agent.tools.launch import agent_command
 
 ALWAYS = {"agent_client_tiny_us", "idle_rss_mb", "idle_pss_mb", "idle_uss_mb",
           "peak_16mib_x_frame"}
@@ -131,17 +133,30 @@ def test_every_figure_is_there_with_its_floor_and_target(capsys, tmp_path):
 @pytest.mark.native_only
 def test_without_the_c_program_its_sections_are_skipped_with_the_reason(capsys, tmp_path):
     """Also against an agent already running (--agent-socket): the bench finds its pid from
-    the socket, measures it, and leaves it running with none of the bench's models."""
+    the socket, measures it, and leaves it running with none of the bench's models; and beside
+    it a second agent the bench starts (--compare-command), measured in the same rounds."""
     missing = str(tmp_path / "no-frame-bench")
     agent, path = bench.start_agent(str(tmp_path), 1)
     try:
-        report = json.loads(run_bench(capsys, "--json", "--c-bench", missing,
-                                      "--agent-socket", path))
+        report = json.loads(run_bench(
+            capsys, "--json", "--c-bench", missing, "--agent-socket", path,
+            "--compare-command", shlex.join(agent_command()), "--compare-label", "B"))
         assert agent.poll() is None
         if "all" in report["skipped"]:
             pytest.skip(report["skipped"]["all"])
         assert report["agent"]["pid"] == agent.pid
         assert report["agent"]["source"] == f"already running on {path}"
+        compared = report["compared_agent"]
+        assert compared["source"].startswith("started by the bench") and report["compared_label"] == "B"
+        assert compared["pid"] not in (agent.pid, report["agent"]["pid"])
+        assert set(report["compared_figures"]) == (ALWAYS | HELPER) - {"peak_16mib_x_frame"}
+        for key, row in report["compared_figures"].items():
+            check_row(key, row)
+        assert len(report["round_samples"]["compared_agent_client_tiny_us"]) == 1
+        for key, cell in report["side_by_side"].items():
+            assert key in report["figures"] and is_number(cell["value_x"]), key
+            assert cell["cpu_x"] is None or is_number(cell["cpu_x"]), key
+        assert "agent_client_tiny_us" in report["side_by_side"]
         with AgentClient(path) as client:
             assert client.list_models() == []
     finally:
