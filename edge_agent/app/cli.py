@@ -384,6 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--compare-socket", help="a second agent, already serving on this "
                        "socket, measured in the same rounds")
     bench.add_argument("--compare-label", help="a name for the second agent")
+    bench.add_argument("--no-pin", action="store_true", help="the latency rows unpinned too "
+                       "(default: client and agent on two different CPUs)")
     bench.set_defaults(func=lambda a: __import__("edge_agent.tools.bench", fromlist=["run"]).run(a))
     return parser
 

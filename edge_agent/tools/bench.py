@@ -510,7 +510,8 @@ class Run:
 
     def __init__(self, workdir: str, iterations: int, rounds: int, c_bench: str | None,
                  agent_socket: str | None = None, agent_command: str | None = None,
-                 compare_socket: str | None = None, compare_command: str | None = None):
+                 compare_socket: str | None = None, compare_command: str | None = None,
+                 pin_latency: bool = True):
         self.workdir = workdir
         self.iterations = iterations
         self.rounds = rounds
@@ -520,7 +521,9 @@ class Run:
         self.compare_command = compare_command
         self.c_bench, c_missing = frame_bench(workdir, c_bench)
         self.all_cpus = os.sched_getaffinity(0)
-        self.cpus = latency_cpus()
+        # On a VM, an agent woken on another CPU than its client's spends several times the CPU
+        # of one sharing the client's (docs/BENCHMARKS.md): --no-pin measures that way too.
+        self.cpus = latency_cpus() if pin_latency else None
         self.results: dict[str, Any] = {
             "iterations": iterations, "rounds": rounds, "num_threads": 1,
             "load_average_start": list(os.getloadavg()), "cpu_count": os.cpu_count(),
@@ -542,6 +545,10 @@ class Run:
         self.costs: dict[str, list[dict[str, float]]] = {}
         # Per agent (its prefix): its idle memory_kib and its model-check helper's (or None).
         self.idle: dict[str, tuple[dict[str, int], dict[str, int] | None]] = {}
+
+    @property
+    def no_pinning(self) -> str:
+        return "none: one CPU" if len(self.all_cpus) < 2 else "none: --no-pin"
 
     def frame_file(self, model: str, name: str) -> str:
         """A file with the pre-encoded Predict frame of `model`'s sample inputs under `name`."""
@@ -664,7 +671,7 @@ class Run:
                 "context_switches": SWITCH_SOURCE,
                 "latency_pinning": ({"client_cpu": min(self.cpus[0]),
                                      "agent_cpu": min(self.cpus[1])}
-                                    if self.cpus else "none: one CPU"),
+                                    if self.cpus else self.no_pinning),
                 "throughput_pinning": "none"}
             if len(helpers) != 1:
                 self.results["skipped"][prefix + "model_check_helper"] = (
@@ -803,7 +810,8 @@ class Run:
 def run_bench(iterations: int, rounds: int = 3, c_bench: str | None = None,
               agent_socket: str | None = None, agent_command: str | None = None,
               label: str | None = None, compare_socket: str | None = None,
-              compare_command: str | None = None, compare_label: str | None = None) -> dict:
+              compare_command: str | None = None, compare_label: str | None = None,
+              pin_latency: bool = True) -> dict:
     from edge_agent.platform.runtime import interpreter_module, runtime_name
 
     try:
@@ -814,7 +822,7 @@ def run_bench(iterations: int, rounds: int = 3, c_bench: str | None = None,
         # Readable by all: the benchmark's clients may run as another user than the agent.
         os.chmod(workdir, 0o755)
         run = Run(workdir, iterations, rounds, c_bench, agent_socket, agent_command,
-                  compare_socket, compare_command)
+                  compare_socket, compare_command, pin_latency)
         run.results["label"] = label
         if compare_socket or compare_command:
             run.results[COMPARED + "label"] = compare_label
@@ -940,7 +948,7 @@ def run(args) -> int:
                         agent_socket=args.agent_socket, agent_command=args.agent_command,
                         label=args.label, compare_socket=args.compare_socket,
                         compare_command=args.compare_command,
-                        compare_label=args.compare_label)
+                        compare_label=args.compare_label, pin_latency=not args.no_pin)
     if COMPARED + "figures" in results:
         results["side_by_side"] = side_by_side(results)
     if args.json == "-":

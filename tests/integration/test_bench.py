@@ -140,12 +140,15 @@ def test_without_the_c_program_its_sections_are_skipped_with_the_reason(capsys, 
     try:
         report = json.loads(run_bench(
             capsys, "--json", "--c-bench", missing, "--agent-socket", path,
-            "--compare-command", shlex.join(agent_command()), "--compare-label", "B"))
+            "--compare-command", shlex.join(agent_command()), "--compare-label", "B",
+            "--no-pin"))
         assert agent.poll() is None
         if "all" in report["skipped"]:
             pytest.skip(report["skipped"]["all"])
         assert report["agent"]["pid"] == agent.pid
         assert report["agent"]["source"] == f"already running on {path}"
+        assert report["agent"]["latency_pinning"].startswith("none: ")
+        assert not any(row["pinned"] for row in report["figures"].values())
         compared = report["compared_agent"]
         assert compared["source"].startswith("started by the bench") and report["compared_label"] == "B"
         assert compared["pid"] not in (agent.pid, report["agent"]["pid"])
