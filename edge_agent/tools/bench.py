@@ -911,9 +911,10 @@ def print_table(results: dict) -> None:
     agent = results["agent"]
     print_agent(agent, "agent")
     pinning = agent["latency_pinning"]
-    print("latency rows (pin=yes): " + (
-        f"client on CPU {pinning['client_cpu']}, agent's threads on CPU {pinning['agent_cpu']}"
-        if isinstance(pinning, dict) else pinning) + "; throughput rows unpinned")
+    print("latency rows: " + (
+        f"pinned (pin=yes), client on CPU {pinning['client_cpu']}, agent's threads on CPU "
+        f"{pinning['agent_cpu']}" if isinstance(pinning, dict) else f"unpinned ({pinning})")
+        + "; throughput rows unpinned")
     print(f"cpu/req: {agent['cpu']}; thr/req: {agent['threads_cpu']}; vcs/ics per req: "
           f"{agent['context_switches']}; over the timed calls only")
     floors = results["floors"]
