@@ -14,10 +14,13 @@ Each figure is printed with the floor it is held to, the ratio and the target:
   model-check helper (its pre-forked child), and the peak memory of a Predict with a 16 MiB
   inline input as a multiple of its frame.
 Beside every timed figure, what it cost the agent: its CPU (user + system, from
-/proc/PID/stat: every thread of the agent process, exited ones included) and its voluntary and
+/proc/PID/stat: every thread of the agent process, exited ones included; and, finer, the
+scheduler's runtime of its threads from /proc/PID/task/*/sched) and its voluntary and
 involuntary context switches (summed over /proc/PID/task/*/status: the C client keeps its
 connections open until they are read, so a thread per connection is still there), per request,
 over the timed calls only (frame_bench's replay-sync holds the calls until the first reading).
+The agent is always a process of its own (never threads of this one, whose client would share
+its interpreter lock), so these are the agent's figures alone.
 
 Floors and figures are measured in alternating rounds of the same run (each round: every floor,
 then every agent figure); each figure is the median of its rounds, printed with the spread
@@ -31,8 +34,10 @@ benchmarks/frame_bench.c, no grpcio) is skipped with the reason.
 
 The agent measured is one this tool starts (this installation's, or `--agent-command`'s, e.g.
 another checkout's `.venv/bin/edge-agent`) or one already running (`--agent-socket`, its pid
-from SO_PEERCRED), so two builds can be measured side by side with the same bench; `--json
-FILE` writes everything, `--label` names the run in it.
+from SO_PEERCRED); `--compare-command` / `--compare-socket` add a second agent measured in the
+same rounds, the two taking turns at going first, so two builds are compared under the same
+machine. `--no-pin` leaves the latency rows unpinned; `--json FILE` writes everything,
+`--label` names the run in it.
 """
 from __future__ import annotations
 
