@@ -529,6 +529,7 @@ class Run:
         # On a VM, an agent woken on another CPU than its client's spends several times the CPU
         # of one sharing the client's (docs/BENCHMARKS.md): --no-pin measures that way too.
         self.cpus = latency_cpus() if pin_latency else None
+        self.unpinned_servers: set[int] = set()  # those pin() was not permitted to move
         self.results: dict[str, Any] = {
             "iterations": iterations, "rounds": rounds, "num_threads": 1,
             "load_average_start": list(os.getloadavg()), "cpu_count": os.cpu_count(),
@@ -588,6 +589,11 @@ class Run:
         client, agent = self.cpus
         os.sched_setaffinity(0, client)
         pinned = [pid for pid in servers if pin(pid, agent)]
+        if len(pinned) < len(servers):  # an agent of another user: the rows say so
+            self.unpinned_servers.update(set(servers) - set(pinned))
+            self.results["skipped"]["latency_pinning"] = (
+                f"not permitted to pin pid(s) {sorted(self.unpinned_servers)}: only the client "
+                "was pinned")
         try:
             yield client
         finally:
@@ -752,7 +758,7 @@ class Run:
         floor = statistics.median(floor_rounds) if floor_rounds else None
         row = figure(statistics.median(values), unit, floor, target=target)
         row["spread"] = spread(values)
-        row["pinned"] = pinned and self.cpus is not None
+        row["pinned"] = pinned and self.cpus is not None and not self.unpinned_servers
         if floor_rounds:
             row["floor_spread"] = spread(floor_rounds)
             row["floor_moved"] = max(floor_rounds) / min(floor_rounds) - 1

@@ -188,6 +188,7 @@ def measured_run(floors: list[float]) -> bench.Run:
     """A Run holding one figure's rounds and its floor's, as agent_figures leaves them."""
     run = object.__new__(bench.Run)
     run.cpus = ({0}, {1})
+    run.unpinned_servers = set()
     run.samples = {"server_cost_tiny_us": [30.0, 31.0, 29.0]}
     run.costs = {"server_cost_tiny_us": [
         {"agent_cpu_us": 20.0, "agent_threads_cpu_us": 18.0, "voluntary_switches": 1.0,
