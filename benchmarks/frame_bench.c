@@ -2,15 +2,23 @@
  * frame_bench: the C side of `edge-agent bench` (edge_agent/tools/bench.py). Only libc and
  * pthreads: no protobuf, no client library, so what it times is the socket and the agent.
  *
- *     frame_bench pingpong REQUEST_BYTES REPLY_BYTES ITERATIONS
+ *     frame_bench pingpong REQUEST_BYTES REPLY_BYTES ITERATIONS [CPU CHILD_CPU]
  *         The floor: a forked child echoes over a UNIX socket pair, REQUEST_BYTES one way and
  *         REPLY_BYTES back per round trip (the sizes of a real Predict's frames), blocking
- *         reads and writes on both sides as the agent and its clients use them.
+ *         reads and writes on both sides as the agent and its clients use them. With CPU and
+ *         CHILD_CPU, the timing side is pinned to CPU and the echo to CHILD_CPU, as the bench
+ *         pins a client and the agent for its latency figures.
  *     frame_bench replay SOCKET ITERATIONS FRAME_FILE [FRAME_FILE...]
  *         One client thread (its own connection) per FRAME_FILE, each sending its file's
  *         pre-encoded request frame ITERATIONS times and reading each reply frame whole. The
  *         threads start together (a barrier after their warm-up), so the calls per second
  *         with several files are the agent's throughput under that many clients.
+ *     frame_bench replay-sync SOCKET ITERATIONS FRAME_FILE [FRAME_FILE...]
+ *         The same, in step with the program that reads the agent's CPU and context switches
+ *         around the timed calls: after the warm-up it prints "ready" and waits for a line on
+ *         its standard input before the timed calls; after them it prints its figures and
+ *         keeps every connection open until its standard input ends, so the agent's thread
+ *         for each connection (if it has one) is still there to be read.
  *
  * Prints one JSON object: p50_us and p99_us of all round trips, calls, seconds (the barrier to
  * the last thread's end) and requests_per_s. A reply whose status is not OK is an error: the
@@ -20,6 +28,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -91,7 +100,22 @@ static void print_result(int64_t *samples, long count, int64_t elapsed_ns)
            p50 / 1e3, samples[p99_index] / 1e3, count, seconds, count / seconds);
 }
 
-static int pingpong(long request_bytes, long reply_bytes, long iterations)
+/* Pins the calling thread (and what it forks or starts later) to `cpu`; -1 leaves it. */
+static int pin_to(int cpu)
+{
+    if (cpu < 0)
+        return 0;
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(cpu, &set);
+    if (sched_setaffinity(0, sizeof set, &set) != 0) {
+        perror("sched_setaffinity");
+        return -1;
+    }
+    return 0;
+}
+
+static int pingpong(long request_bytes, long reply_bytes, long iterations, int cpu, int child_cpu)
 {
     int pair[2];
     if (socketpair(AF_UNIX, SOCK_STREAM, 0, pair) != 0) {
@@ -109,12 +133,16 @@ static int pingpong(long request_bytes, long reply_bytes, long iterations)
     }
     if (child == 0) { /* the echo: one reply per whole request, until the parent closes */
         close(pair[0]);
+        if (pin_to(child_cpu) != 0)
+            _exit(1);
         while (read_all(pair[1], request, (size_t)request_bytes) == 0)
             if (write_all(pair[1], reply, (size_t)reply_bytes) != 0)
                 break;
         _exit(0);
     }
     close(pair[1]);
+    if (pin_to(cpu) != 0)
+        return 1;
     int64_t begin = 0;
     for (long i = -WARMUP; i < iterations; i++) {
         int64_t start = now_ns();
@@ -142,7 +170,8 @@ struct client {
     long iterations;
     int64_t *samples;
     int64_t start_ns, end_ns;
-    pthread_barrier_t *start;
+    int fd;
+    pthread_barrier_t *warm, *start;
     char error[512];
 };
 
@@ -207,7 +236,8 @@ static void *run_client(void *arg)
         snprintf(c->error, sizeof c->error, "connect %s: %s", c->socket_path, strerror(errno));
     for (long i = 0; ok && i < WARMUP; i++)
         ok = round_trip(c, fd, &body, &capacity) == 0;
-    /* Every thread reaches the barrier, failed or not, so none waits forever. */
+    /* Every thread reaches the barriers, failed or not, so none waits forever. */
+    pthread_barrier_wait(c->warm);
     pthread_barrier_wait(c->start);
     c->start_ns = now_ns();
     for (long i = 0; ok && i < c->iterations; i++) {
@@ -217,8 +247,7 @@ static void *run_client(void *arg)
     }
     c->end_ns = now_ns();
     free(body);
-    if (fd >= 0)
-        close(fd);
+    c->fd = fd; /* closed by replay(), after the figures are read in replay-sync */
     return NULL;
 }
 
@@ -241,13 +270,23 @@ static char *read_file(const char *path, size_t *size)
     return data;
 }
 
-static int replay(const char *socket_path, long iterations, int count, char **files)
+/* Waits for a line (sync: the go) or the end (sync: the close) of standard input. */
+static void wait_for_input(int whole)
+{
+    int ch;
+    while ((ch = getchar()) != EOF)
+        if (!whole && ch == '\n')
+            break;
+}
+
+static int replay(const char *socket_path, long iterations, int count, char **files, int sync)
 {
     struct client *clients = calloc((size_t)count, sizeof *clients);
     pthread_t *threads = calloc((size_t)count, sizeof *threads);
     int64_t *samples = malloc((size_t)count * (size_t)iterations * sizeof *samples);
-    pthread_barrier_t start;
+    pthread_barrier_t warm, start;
     if (clients == NULL || threads == NULL || samples == NULL
+        || pthread_barrier_init(&warm, NULL, (unsigned)count + 1) != 0
         || pthread_barrier_init(&start, NULL, (unsigned)count + 1) != 0)
         return 1;
     for (int i = 0; i < count; i++) {
@@ -255,7 +294,9 @@ static int replay(const char *socket_path, long iterations, int count, char **fi
         c->socket_path = socket_path;
         c->iterations = iterations;
         c->samples = samples + (size_t)i * (size_t)iterations;
+        c->warm = &warm;
         c->start = &start;
+        c->fd = -1;
         if ((c->frame = read_file(files[i], &c->frame_size)) == NULL) {
             fprintf(stderr, "cannot read %s\n", files[i]);
             return 1;
@@ -265,6 +306,12 @@ static int replay(const char *socket_path, long iterations, int count, char **fi
     }
     /* The span runs from the first client's start to the last one's end, as the clients saw
      * them: this thread may be scheduled after the barrier later than they are. */
+    pthread_barrier_wait(&warm);
+    if (sync) {
+        printf("ready\n");
+        fflush(stdout);
+        wait_for_input(0);
+    }
     pthread_barrier_wait(&start);
     int64_t begin = INT64_MAX, end = 0;
     int failed = 0;
@@ -280,25 +327,35 @@ static int replay(const char *socket_path, long iterations, int count, char **fi
             end = clients[i].end_ns;
         free(clients[i].frame);
     }
-    if (failed)
-        return 1;
-    print_result(samples, (long)count * iterations, end - begin);
-    return 0;
+    if (!failed) {
+        print_result(samples, (long)count * iterations, end - begin);
+        fflush(stdout);
+        if (sync)
+            wait_for_input(1);
+    }
+    for (int i = 0; i < count; i++)
+        if (clients[i].fd >= 0)
+            close(clients[i].fd);
+    return failed;
 }
 
 int main(int argc, char **argv)
 {
-    if (argc == 5 && strcmp(argv[1], "pingpong") == 0) {
+    if ((argc == 5 || argc == 7) && strcmp(argv[1], "pingpong") == 0) {
         long request = atol(argv[2]), reply = atol(argv[3]), iterations = atol(argv[4]);
-        if (request > 0 && reply > 0 && iterations > 0)
-            return pingpong(request, reply, iterations);
-    } else if (argc >= 5 && strcmp(argv[1], "replay") == 0) {
+        int cpu = argc == 7 ? atoi(argv[5]) : -1, child_cpu = argc == 7 ? atoi(argv[6]) : -1;
+        if (request > 0 && reply > 0 && iterations > 0 && cpu < CPU_SETSIZE
+            && child_cpu < CPU_SETSIZE)
+            return pingpong(request, reply, iterations, cpu, child_cpu);
+    } else if (argc >= 5 && (strcmp(argv[1], "replay") == 0
+                             || strcmp(argv[1], "replay-sync") == 0)) {
         long iterations = atol(argv[3]);
         if (iterations > 0)
-            return replay(argv[2], iterations, argc - 4, argv + 4);
+            return replay(argv[2], iterations, argc - 4, argv + 4,
+                          strcmp(argv[1], "replay-sync") == 0);
     }
-    fprintf(stderr, "usage: %s pingpong REQUEST_BYTES REPLY_BYTES ITERATIONS\n"
-                    "       %s replay SOCKET ITERATIONS FRAME_FILE [FRAME_FILE...]\n",
+    fprintf(stderr, "usage: %s pingpong REQUEST_BYTES REPLY_BYTES ITERATIONS [CPU CHILD_CPU]\n"
+                    "       %s replay|replay-sync SOCKET ITERATIONS FRAME_FILE [FRAME_FILE...]\n",
             argv[0], argv[0]);
     return 2;
 }

@@ -276,7 +276,11 @@ def _predict_through_shm(agent, name: str, inputs, kind: str, pass_fd: bool = Fa
 # --- parser ---------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    from edge_agent.client import DEFAULT_SOCKET
+    # The agent's default socket from the configuration's table, not edge_agent.client: every
+    # command builds this parser, and `serve` has no use for the client's modules.
+    from edge_agent.config import AgentConfig
+
+    DEFAULT_SOCKET = AgentConfig.edge_agent_socket_path
 
     parser = argparse.ArgumentParser(prog="edge-agent", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"edge-agent {__version__}")
@@ -366,7 +370,22 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--rounds", type=int, default=3, help="median of this many rounds")
     bench.add_argument("--c-bench", help="the frame_bench program (default: the one `make bench` "
                        "built, else built here with cc)")
-    bench.add_argument("--json", action="store_true", help="print the results as JSON")
+    bench.add_argument("--json", nargs="?", const="-", metavar="FILE",
+                       help="write every figure as JSON to FILE (the table still printed); "
+                       "without FILE, print the JSON instead of the table")
+    bench.add_argument("--agent-command", help="the command that runs `edge-agent` for the "
+                       "agent measured, e.g. another checkout's .venv/bin/edge-agent "
+                       "(default: this installation)")
+    bench.add_argument("--agent-socket", help="measure the agent already serving on this "
+                       "socket (unsigned models allowed) instead of starting one")
+    bench.add_argument("--label", help="a name for this run, kept in the JSON")
+    bench.add_argument("--compare-command", help="a second agent, started with this command, "
+                       "measured in the same rounds (taking turns at going first)")
+    bench.add_argument("--compare-socket", help="a second agent, already serving on this "
+                       "socket, measured in the same rounds")
+    bench.add_argument("--compare-label", help="a name for the second agent")
+    bench.add_argument("--no-pin", action="store_true", help="the latency rows unpinned too "
+                       "(default: client and agent on two different CPUs)")
     bench.set_defaults(func=lambda a: __import__("edge_agent.tools.bench", fromlist=["run"]).run(a))
     return parser
 
