@@ -17,15 +17,14 @@ description of the wire.
 from edge_agent.protocol.client_connection import ClientConnection
 from edge_agent.protocol.events import (CLOSED, NEED_DATA, Closed, NeedData, ProtocolError,
                                         Reply, Request)
-from edge_agent.protocol.frames import (HEADER, MAGIC, MAX_REQUEST_ID, VERSION, Frame,
-                                        FrameDecoder, FrameSplitter, FramingError, Kind,
-                                        encode_error, encode_reply, encode_request,
+from edge_agent.protocol.frames import (HEADER, MAGIC, MAX_REQUEST_ID, VERSION, FrameSplitter,
+                                        FramingError, Kind, encode_error, encode_request,
                                         reply_parts)
 from edge_agent.protocol.server_connection import ServerConnection
 
 __all__ = [
-    "HEADER", "MAGIC", "MAX_REQUEST_ID", "VERSION", "Kind", "Frame", "FrameDecoder",
-    "FrameSplitter", "FramingError", "encode_request", "encode_reply", "encode_error",
+    "HEADER", "MAGIC", "MAX_REQUEST_ID", "VERSION", "Kind", "FrameSplitter", "FramingError",
+    "encode_request", "encode_error",
     "reply_parts", "Request", "Reply", "ProtocolError", "NeedData", "NEED_DATA", "Closed", "CLOSED",
     "ServerConnection", "ClientConnection",
 ]

@@ -66,7 +66,7 @@ def test_crash_after_writing_before_recording_rewrites_the_same_batch(tmp_path):
         from edge_agent.platform import boards
         from edge_agent.capture.status import StatusLog
         from edge_agent.api.service import AgentService
-        from edge_agent.protocol.tensors import add_array
+        from wire import add_array
         replied = threading.Event()
         StatusLog.finish = lambda *a: (replied.wait(), os._exit(9))
         service = AgentService(boards.load(None, {settings!r}))
