@@ -30,8 +30,8 @@ from edge_agent.errors import FramingError
 if os.environ.get("EDGE_AGENT_PUREPYTHON", "") not in ("", "0"):
     from edge_agent.protocol._framing_py import FrameSplitter
 else:
-    try:
-        from edge_agent.protocol._framing import FrameSplitter
+    try:  # two classes with one API, which mypy sees as two types
+        from edge_agent.protocol._framing import FrameSplitter  # type: ignore[assignment]
     except ImportError:
         from edge_agent.protocol._framing_py import FrameSplitter
 
