@@ -1,8 +1,9 @@
 """Wire helpers the tests share: raw framed-socket helpers (a bare connection, reply frames
 read off it, whether the agent closed it, request frames of any size), frames split as the agent
 splits them, and protobuf tensors built from arrays. (Test modules import each other only within
-a level; these serve every level.) The agent and the client never build a whole reply frame or
-a protobuf tensor from an array: those encoders live here, not in edge_agent."""
+a level; these serve every level.) The agent sends a reply as header and body (reply_parts) and
+the client builds its tensors through its own path (client._wire_inputs): encode_reply,
+add_array and add_shm_tensor serve only the tests, so they live here, not in edge_agent."""
 from __future__ import annotations
 
 import fcntl
