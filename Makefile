@@ -111,7 +111,7 @@ c-bench: $(STAMP)
 	$(PY) benchmarks/bench_c_client.py clients/c/build/c_predict_bench
 
 clean:
-	rm -rf $(VENV) .venv-* build dist *.egg-info edge_agent/*.so cext/*.c .pytest_cache .hypothesis clients/c/build \
+	rm -rf $(VENV) .venv-* build dist *.egg-info edge_agent/*/_*.so cext/*.c .pytest_cache .hypothesis clients/c/build \
 		.mypy_cache .ruff_cache
 
 # Regenerate the key table of docs/CONFIGURATION.md from edge_agent/config.py.

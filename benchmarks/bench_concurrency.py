@@ -32,13 +32,9 @@ import sys
 import tempfile
 import time
 
-from edge_agent import agent_pb2 as pb
 from edge_agent.client import AgentClient
-from edge_agent.protocol import encode_request
-from edge_agent.api.rpcs import Method
-from edge_agent.protocol.tensors import add_array
 from edge_agent.tools import model_builder
-from edge_agent.tools.bench import in_process, start_agent
+from edge_agent.tools.bench import in_process, reply_frame_bytes, request_frame, start_agent
 
 
 def floor_p50_us(program: str, request_bytes: int, reply_bytes: int, iterations: int) -> float:
@@ -47,20 +43,10 @@ def floor_p50_us(program: str, request_bytes: int, reply_bytes: int, iterations:
     return json.loads(out)["p50_us"]
 
 
-def reply_frame_bytes(model: model_builder.BuiltModel, inputs: dict) -> int:
-    reply = pb.PredictResponse()
-    for key, array in model.reference(inputs).items():
-        add_array(reply.tensors, key, array)
-    return 16 + reply.ByteSize()
-
-
 def frame_file(workdir: str, name: str, inputs: dict) -> str:
-    request = pb.PredictRequest(name=name)
-    for key, array in inputs.items():
-        add_array(request.tensors, key, array)
     path = os.path.join(workdir, f"{name}.frame")
     with open(path, "wb") as f:
-        f.write(encode_request(Method.PREDICT, 1, request.SerializeToString()))
+        f.write(request_frame(name, inputs)[1])
     return path
 
 

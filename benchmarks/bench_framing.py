@@ -23,9 +23,10 @@ SPLITTERS = {"compiled": _framing.FrameSplitter, "python": _framing_py.FrameSpli
 
 def split_all(splitter_type, stream: bytes, frames: int) -> None:
     splitter = splitter_type(1 << 20)
-    splitter.feed(stream)
+    splitter.get_buffer(len(stream))[:] = stream  # as a receive into the splitter's buffer
+    splitter.buffer_updated(len(stream))
     count = 0
-    while splitter.next() is not None:
+    while splitter.next_view() is not None:
         count += 1
     assert count == frames
 

@@ -118,12 +118,10 @@ def dispatch_cost(workdir: str, model_path: str, inputs: dict, rounds: int, call
     from edge_agent.transport.framed_front import SocketServer
     from edge_agent.api.service import AgentService
     from edge_agent.api.caller import IN_PROCESS
-    from edge_agent.protocol.tensors import add_array
+    from edge_agent.protocol import HEADER
+    from edge_agent.tools.bench import request_frame
 
-    request = pb.PredictRequest(name="tiny")
-    for name, array in inputs.items():
-        add_array(request.tensors, name, array)
-    body = request.SerializeToString()
+    body = request_frame("tiny", inputs)[1][HEADER.size:]
     dispatchers, services = {}, []
     for name, on in (("on", True), ("off", False)):
         config = config_module.from_mapping({

@@ -54,6 +54,15 @@ from edge_agent.tools.launch import agent_command  # noqa: E402
 MODELS = {"tiny": model_builder.tiny_model, "image": model_builder.image_model}
 
 
+def _module_path(file: str) -> str:
+    """A source file as the docs name it: under edge_agent/ its path in the package (e.g.
+    models/engine.py), else its name."""
+    path = Path(file)
+    if "edge_agent" in path.parts:
+        return "/".join(path.parts[len(path.parts) - path.parts[::-1].index("edge_agent"):])
+    return path.name
+
+
 def print_profile(profile: cProfile.Profile, calls: int, title: str, limit: int = 14) -> None:
     stream = io.StringIO()
     stats = pstats.Stats(profile, stream=stream)
@@ -63,7 +72,7 @@ def print_profile(profile: cProfile.Profile, calls: int, title: str, limit: int 
     rows = sorted(stats.stats.items(), key=lambda item: -item[1][2])  # type: ignore[attr-defined]
     print(f"{'own us/call':>11s} {'share':>6s} {'calls/call':>10s}  function")
     for (file, line, name), (_, ncalls, tottime, _, _) in rows[:limit]:
-        where = f"{Path(file).name}:{line}" if line else file
+        where = f"{_module_path(file)}:{line}" if line else file
         print(f"{tottime / calls * 1e6:11.2f} {tottime / total:6.1%} {ncalls / calls:10.1f}  "
               f"{name} ({where})")
 

@@ -9,7 +9,6 @@ pure-Python twin, line for line: a change here is made there too (tests/unit/tes
 checks that both split any stream alike).
 """
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_Resize
-from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.stdint cimport uint8_t, uint16_t, uint32_t
 from libc.string cimport memmove
 
@@ -33,12 +32,13 @@ cdef inline uint32_t _u32(const uint8_t* p) nogil:
 
 
 cdef class FrameSplitter:
-    """feed() bytes (or receive straight into get_buffer(n), then buffer_updated(n)), then
-    call next() or next_view() until it returns None.
+    """Receive straight into get_buffer(n), say how many bytes arrived with buffer_updated(n),
+    then call next_view() until it returns None.
 
-    next() returns (kind, method, status, request_id, body) for each whole frame, in order;
-    next_view() the same with the body a memoryview of the buffer, valid until the next
-    get_buffer() or feed() (which may move or overwrite the bytes under it).
+    next_view() returns (kind, method, status, request_id, body) for each whole frame, in
+    order, the body a memoryview of the buffer, valid until the next get_buffer() (which may
+    move or overwrite the bytes under it). Nothing is copied on the way: a caller that keeps a
+    body past that copies it itself.
 
     The buffer is one bytearray for the splitter's life, `capacity` bytes to begin with: it
     grows (in place where no view of it is alive) only for a frame larger than that, and
@@ -95,12 +95,6 @@ cdef class FrameSplitter:
         self._offered = 0
         self._release()
 
-    def feed(self, data):
-        cdef Py_ssize_t n
-        with memoryview(data) as source:
-            n = source.nbytes
-            self.get_buffer(n)[:] = source.cast("B")
-        self.buffer_updated(n)
 
     cdef _release(self):
         # The view handed out is released, so the buffer can be resized in place.
@@ -140,13 +134,7 @@ cdef class FrameSplitter:
         """Bytes held, consumed or not: bounded however long the stream runs."""
         return len(self._buf)
 
-    def next(self):
-        return self._take(False)
-
     def next_view(self):
-        return self._take(True)
-
-    cdef _take(self, bint view):
         cdef Py_ssize_t avail = self._end - self._start
         cdef Py_ssize_t begin
         cdef const uint8_t* p
@@ -184,9 +172,6 @@ cdef class FrameSplitter:
         if avail < HEADER_SIZE + <Py_ssize_t>body_len:
             return None
         begin = self._start + HEADER_SIZE
-        if view:
-            body = memoryview(self._buf)[begin:begin + body_len]
-        else:
-            body = PyBytes_FromStringAndSize(<const char*>p + HEADER_SIZE, body_len)
+        body = memoryview(self._buf)[begin:begin + body_len]
         self._start = begin + body_len
         return (kind, method, status, request_id, body)

@@ -110,9 +110,9 @@ check_wheel() {
     local pyx module so count=0
     for pyx in "$REPO_DIR"/cext/*.pyx; do
         module="$(basename "$pyx" .pyx)"
-        # Each compiled module sits in the package that uses it (edge_agent/protocol/_framing...).
-        so="$(find "$unpacked/edge_agent" -name "$module$EXT_SUFFIX" | head -n 1)"
-        [ -n "$so" ] && [ -f "$so" ] || die "$wheel: no edge_agent/**/$module$EXT_SUFFIX"
+        # in the package that owns it (edge_agent/protocol/_framing..., setup.py's EXTENSIONS)
+        so="$(find "$unpacked/edge_agent" -name "$module$EXT_SUFFIX" -print -quit)"
+        [ -n "$so" ] || die "$wheel: no $module$EXT_SUFFIX under edge_agent/"
         check_elf "$so"
         count=$((count + 1))
     done

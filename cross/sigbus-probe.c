@@ -1,6 +1,6 @@
 /* Does the emulator report the faulting address of a SIGBUS right? (docs/CROSS.md, armv7)
  *
- * The same thing edge_agent._shm's SIGBUS guard does: map an 8 KiB POSIX shared-memory object,
+ * The same thing edge_agent.shm._shm's SIGBUS guard does: map an 8 KiB POSIX shared-memory object,
  * truncate it to 0, read its second page. The kernel raises SIGBUS with si_addr = that page;
  * the handler recognises its mapping by si_addr, maps zeros over it and the read is retried.
  *

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edge_agent import agent_pb2 as pb
-from edge_agent.protocol.tensors import (SHARED_MEMORY, Handle, WireTensor, data_type_of, dtype_of,
+from edge_agent.protocol.tensors import (SHARED_MEMORY, Handle, WireTensor, dtype_of,
                                pb_handle)
 
 
@@ -92,21 +92,6 @@ def fd_index(fds: list, tensor: ShmTensor, pass_fd: bool) -> int | None:
     if tensor.fd not in fds:
         fds.append(tensor.fd)
     return fds.index(tensor.fd)
-
-
-def add_shm_tensor(tensors, name: str, tensor: ShmTensor,
-                   fd_index: int | None = None) -> pb.Tensor:
-    """Append a Tensor carrying `tensor`'s handle and full metadata to `tensors`."""
-    data_type = data_type_of(tensor.dtype)
-    if data_type is None:
-        raise TypeError(f"tensor {name!r}: dtype {tensor.dtype} has no wire DataType")
-    added = tensors.add()
-    added.shared_memory_handle.CopyFrom(tensor.handle(fd_index))
-    md = added.tensor_metadata
-    md.name = name.encode()
-    md.data_type = data_type
-    md.shape.extend(tensor.shape)
-    return added
 
 
 class _Segment:

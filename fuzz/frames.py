@@ -33,7 +33,7 @@ with atheris.instrument_imports(include=["edge_agent"]):
     from edge_agent.errors import StatusCode
     from edge_agent.api.rpcs import BY_METHOD
     from edge_agent.transport.pending import PendingBudget
-    from edge_agent.protocol import (FrameDecoder, NeedData, ProtocolError, Request,
+    from edge_agent.protocol import (FrameSplitter, NeedData, ProtocolError, Request,
                                      ServerConnection, Kind)
     from edge_agent.transport.framed_front import SocketServer
     from edge_agent.api.service import AgentService
@@ -94,23 +94,25 @@ class Harness:
 
     @staticmethod
     def check(request, reply: bytes) -> None:
-        decoder = FrameDecoder(1 << 31)
-        decoder.feed(reply)
-        frames = list(decoder.frames())
-        assert len(frames) == 1 and not decoder.pending_bytes, "one whole reply frame"
-        frame = frames[0]
-        assert frame.kind == Kind.REPLY and frame.request_id == request.request_id
-        assert frame.method == request.method
-        code = StatusCode.from_wire(frame.status)
-        message = frame.body.decode(errors="replace")
+        splitter = FrameSplitter(1 << 31)
+        splitter.get_buffer(len(reply))[:] = reply
+        splitter.buffer_updated(len(reply))
+        frame = splitter.next_view()
+        assert frame is not None and splitter.next_view() is None and not splitter.pending, \
+            "one whole reply frame"
+        kind, method, status, request_id, body = frame
+        assert kind == Kind.REPLY and request_id == request.request_id
+        assert method == request.method
+        code = StatusCode.from_wire(status)
+        message = bytes(body).decode(errors="replace")
         if code in NEVER and known_internal(message):
             return
         assert code not in NEVER, f"{code.name}: {message}"
         if code == StatusCode.OK:
             response_type = BY_METHOD[request.method].response_type
-            response_type.FromString(frame.body)
+            response_type.FromString(bytes(body))
         else:
-            frame.body.decode("utf-8")  # error messages are text
+            bytes(body).decode("utf-8")  # error messages are text
 
     def unload_extra_models(self) -> None:
         """Models the input loaded under new names: unloaded, so memory stays flat."""

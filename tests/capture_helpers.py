@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_agent import agent_pb2 as pb
-from edge_agent.protocol.tensors import add_array
+from wire import add_array
 
 
 def capture_request(capture_id: str | None = None, model: str = "m",

@@ -1,6 +1,9 @@
-"""Raw framed-socket helpers the server, gRPC and descriptor-passing tests share: a bare
-connection, reply frames read off it, whether the agent closed it, and request frames of any
-size. (Test modules import each other only within a level; these serve every level.)"""
+"""Wire helpers the tests share: raw framed-socket helpers (a bare connection, reply frames
+read off it, whether the agent closed it, request frames of any size), frames split as the agent
+splits them, and protobuf tensors built from arrays. (Test modules import each other only within
+a level; these serve every level.) The agent sends a reply as header and body (reply_parts) and
+the client builds its tensors through its own path (client._wire_inputs): encode_reply,
+add_array and add_shm_tensor serve only the tests, so they live here, not in edge_agent."""
 from __future__ import annotations
 
 import fcntl
@@ -8,10 +11,60 @@ import socket
 import struct
 import termios
 import time
+from typing import NamedTuple
+
+import numpy as np
 
 from edge_agent import agent_pb2 as pb
-from edge_agent.protocol import FrameDecoder, encode_request
 from edge_agent.api.rpcs import Method
+from edge_agent.errors import StatusCode
+from edge_agent.protocol import FrameSplitter, encode_request, reply_parts
+from edge_agent.protocol.tensors import add_tensor, data_type_of
+
+
+class Frame(NamedTuple):
+    kind: int
+    method: int
+    status: int
+    request_id: int
+    body: bytes
+
+
+def split_frames(splitter, data=b"") -> list[Frame]:
+    """Hand `data` to `splitter` (a FrameSplitter, compiled or its twin) as a receive would,
+    then take every whole frame it holds, each body copied out of the splitter's buffer."""
+    if len(data):
+        splitter.get_buffer(len(data))[:] = data
+        splitter.buffer_updated(len(data))
+    frames = []
+    while (parts := splitter.next_view()) is not None:
+        kind, method, status, request_id, body = parts
+        frames.append(Frame(kind, method, status, request_id, bytes(body)))
+    return frames
+
+
+def encode_reply(method: int, request_id: int, body: bytes,
+                 status: int = StatusCode.OK) -> bytes:
+    """A whole reply frame, as a fake agent sends it."""
+    return b"".join(reply_parts(method, request_id, status, body))
+
+
+def add_array(tensors, name: str, array: np.ndarray) -> pb.Tensor:
+    """Append a byte_data Tensor holding `array` (C order) with full metadata to `tensors`
+    (a repeated Tensor field)."""
+    data_type = data_type_of(array.dtype)
+    if data_type is None:
+        raise TypeError(f"tensor {name!r}: dtype {array.dtype} has no wire DataType")
+    return add_tensor(tensors, name.encode(), data_type, array.shape, array.tobytes())
+
+
+def add_shm_tensor(tensors, name: str, tensor, fd_index: int | None = None) -> pb.Tensor:
+    """Append a Tensor carrying a ShmTensor's handle and full metadata to `tensors`."""
+    data_type = data_type_of(tensor.dtype)
+    if data_type is None:
+        raise TypeError(f"tensor {name!r}: dtype {tensor.dtype} has no wire DataType")
+    return add_tensor(tensors, name.encode(), data_type, tensor.shape,
+                      tensor.wire_handle(fd_index))
 
 
 def raw_connection(agent) -> socket.socket:
@@ -23,13 +76,12 @@ def raw_connection(agent) -> socket.socket:
 
 def read_replies(sock: socket.socket, count: int = 1):
     """Read `count` reply frames, or all there are until the agent closes."""
-    decoder, frames = FrameDecoder(1 << 30), []
+    splitter, frames = FrameSplitter(1 << 30), []
     while len(frames) < count:
         data = sock.recv(65536)
         if not data:
             break
-        decoder.feed(data)
-        frames.extend(decoder.frames())
+        frames.extend(split_frames(splitter, data))
     return frames
 
 

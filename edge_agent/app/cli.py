@@ -355,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="start an agent, load a demo model, predict, stop")
     demo.add_argument("--workdir", help="directory for the demo's files (default: a temporary one)")
-    demo.set_defaults(func=lambda a: __import__("edge_agent.tools.demo", fromlist=["run"]).run(a))
+    demo.set_defaults(func=cmd_demo)
 
     # --- model packages: keygen, package, verify ---
     from edge_agent.packaging import cli as package_cli
@@ -386,8 +386,22 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--compare-label", help="a name for the second agent")
     bench.add_argument("--no-pin", action="store_true", help="the latency rows unpinned too "
                        "(default: client and agent on two different CPUs)")
-    bench.set_defaults(func=lambda a: __import__("edge_agent.tools.bench", fromlist=["run"]).run(a))
+    bench.set_defaults(func=cmd_bench)
     return parser
+
+
+# demo and bench are user commands that ship with the agent, but nothing the agent serves with
+# imports edge_agent.tools (tests/e2e/test_serve_imports.py): they are imported inside these
+# functions, when the command runs.
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from edge_agent.tools import demo
+    return demo.run(args)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from edge_agent.tools import bench
+    return bench.run(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

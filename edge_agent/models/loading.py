@@ -24,8 +24,8 @@ from edge_agent.models import verifier as model_verifier
 from edge_agent.platform.accelerators import DelegateSettings
 from edge_agent.api.caller import Caller
 from edge_agent.config import AgentConfig
-from edge_agent.protocol.descriptors import (check_access, copy_to_private_file, fd_url_index,
-                                    passed_fd)
+from edge_agent.platform.passed_fds import (check_access, copy_to_private_file, fd_url_index,
+                                            passed_fd)
 from edge_agent.models.engine import LoadedModel, create_interpreter
 from edge_agent.errors import AgentError, failed_precondition, invalid_argument, not_found, shown
 from edge_agent.platform.memory import MemoryBudget

@@ -1,31 +1,25 @@
-"""The framed protocol, sans-IO: bytes in, events out; calls in, bytes out.
-
-- frames.py: the header layout, the frame splitter (compiled or its pure-Python
-  twin) and the frame encoders;
-- events.py: what a connection hands its loop (Request, Reply, ProtocolError, NeedData,
-  Closed);
-- server_connection.py: ServerConnection, the agent's side of one connection (request
-  kinds, descriptors, end of stream, the partial-frame deadline, idle timeout and pending
-  budget);
-- client_connection.py: ClientConnection, a client's side (request ids, reply matching);
-- receiving.py: how much either side receives next, and sets aside for a large body.
-
-Nothing here touches a socket or reads a clock: the loops in edge_agent.transport.framed_front and
-edge_agent.client move bytes and descriptors and pass the time in. docs/PROTOCOL.md is the
-description of the wire.
+"""The wire, sans-IO: bytes in, events out; calls in, bytes out. It owns the frame header and
+splitter (frames.py, over the compiled _framing or its twin), what a connection hands its loop
+(events.py), the agent's and the client's side of one framed connection (server_connection.py,
+client_connection.py: ids, kinds, descriptors, end of stream, deadlines, the pending budget),
+how much either side receives next (receiving.py), the Predict codec (predict_codec.py, over
+the compiled _predict or its twin) and the one shape of a tensor off the wire (tensors.py).
+Nothing here touches a socket or reads a clock: the loops in edge_agent.transport and
+edge_agent.client move the bytes and pass the time in. It imports no other package of the
+agent and no I/O module (two imports of transport.socket_io constants are still to go;
+tests/unit/test_imports.py). docs/PROTOCOL.md is the description of the wire.
 """
 from edge_agent.protocol.client_connection import ClientConnection
 from edge_agent.protocol.events import (CLOSED, NEED_DATA, Closed, NeedData, ProtocolError,
                                         Reply, Request)
-from edge_agent.protocol.frames import (HEADER, MAGIC, MAX_REQUEST_ID, VERSION, Frame,
-                                        FrameDecoder, FrameSplitter, FramingError, Kind,
-                                        encode_error, encode_reply, encode_request,
+from edge_agent.protocol.frames import (HEADER, MAGIC, MAX_REQUEST_ID, VERSION, FrameSplitter,
+                                        FramingError, Kind, encode_error, encode_request,
                                         reply_parts)
 from edge_agent.protocol.server_connection import ServerConnection
 
 __all__ = [
-    "HEADER", "MAGIC", "MAX_REQUEST_ID", "VERSION", "Kind", "Frame", "FrameDecoder",
-    "FrameSplitter", "FramingError", "encode_request", "encode_reply", "encode_error",
+    "HEADER", "MAGIC", "MAX_REQUEST_ID", "VERSION", "Kind", "FrameSplitter", "FramingError",
+    "encode_request", "encode_error",
     "reply_parts", "Request", "Reply", "ProtocolError", "NeedData", "NEED_DATA", "Closed", "CLOSED",
     "ServerConnection", "ClientConnection",
 ]

@@ -23,12 +23,13 @@ def _u32(buf: bytearray, offset: int) -> int:
 
 
 class FrameSplitter:
-    """feed() bytes (or receive straight into get_buffer(n), then buffer_updated(n)), then
-    call next() or next_view() until it returns None.
+    """Receive straight into get_buffer(n), say how many bytes arrived with buffer_updated(n),
+    then call next_view() until it returns None.
 
-    next() returns (kind, method, status, request_id, body) for each whole frame, in order;
-    next_view() the same with the body a memoryview of the buffer, valid until the next
-    get_buffer() or feed() (which may move or overwrite the bytes under it).
+    next_view() returns (kind, method, status, request_id, body) for each whole frame, in
+    order, the body a memoryview of the buffer, valid until the next get_buffer() (which may
+    move or overwrite the bytes under it). Nothing is copied on the way: a caller that keeps a
+    body past that copies it itself.
 
     The buffer is one bytearray for the splitter's life, `capacity` bytes to begin with: it
     grows (in place where no view of it is alive) only for a frame larger than that, and
@@ -93,11 +94,6 @@ class FrameSplitter:
         self._offered = 0
         self._release()
 
-    def feed(self, data) -> None:
-        with memoryview(data) as source:
-            n = source.nbytes
-            self.get_buffer(n)[:] = source.cast("B")
-        self.buffer_updated(n)
 
     def _release(self) -> None:
         # The view handed out is released, so the buffer can be resized in place.
@@ -137,13 +133,7 @@ class FrameSplitter:
         """Bytes held, consumed or not: bounded however long the stream runs."""
         return len(self._buf)
 
-    def next(self):
-        return self._take(False)
-
     def next_view(self):
-        return self._take(True)
-
-    def _take(self, view: bool):
         if self._failed:
             raise FramingError(StatusCode.INVALID_ARGUMENT,
                                "the stream is out of step after an earlier error")
@@ -179,10 +169,6 @@ class FrameSplitter:
         if avail < HEADER_SIZE + body_len:
             return None
         begin = start + HEADER_SIZE
-        body: memoryview | bytes
-        if view:
-            body = memoryview(buf)[begin:begin + body_len]
-        else:
-            body = bytes(buf[begin:begin + body_len])
+        body = memoryview(buf)[begin:begin + body_len]
         self._start = begin + body_len
         return (kind, method, status, request_id, body)

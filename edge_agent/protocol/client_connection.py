@@ -74,7 +74,9 @@ class ClientConnection:
         if not data:
             self._eof = True
         else:
-            self._splitter.feed(data)
+            nbytes = len(data)
+            self._splitter.get_buffer(nbytes)[:] = data
+            self._splitter.buffer_updated(nbytes)
 
     def receive_eof(self) -> None:
         self._eof = True

@@ -251,7 +251,7 @@ class ServerConnection:
         or oversized header) is refused for that reason, which is the client's to fix. The
         connection closes either way, so frames found here are never answered."""
         try:
-            while self._splitter.next() is not None:
+            while self._splitter.next_view() is not None:
                 pass
         except FramingError as e:
             return self._closing(e.code, e.message, e.request_id)

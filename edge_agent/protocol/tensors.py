@@ -60,19 +60,6 @@ def metadata(name: str, dtype: np.dtype, shape: Sequence[int]) -> pb.TensorMetad
     return pb.TensorMetadata(name=name.encode(), data_type=_DATATYPE_BY_DTYPE[dtype], shape=shape)
 
 
-def add_array(tensors, name: str, array: np.ndarray) -> pb.Tensor:
-    """Append a byte_data Tensor holding `array` (C order) with full metadata to `tensors`."""
-    data_type = _DATATYPE_BY_DTYPE.get(array.dtype)
-    if data_type is None:
-        raise TypeError(f"tensor {name!r}: dtype {array.dtype} has no wire DataType")
-    tensor = tensors.add(byte_data=array.tobytes())
-    md = tensor.tensor_metadata
-    md.name = name.encode()
-    md.data_type = data_type
-    md.shape.extend(array.shape)
-    return tensor
-
-
 # --- wire tensors: one shape for whichever decoder read them --------------------------------
 #
 # A Tensor off the wire, decoded either by upb (wire_tensor() of a pb.Tensor) or straight from

@@ -24,9 +24,9 @@ are compared as well. A POSIX name is tied to its inode: (st_dev, st_ino, size) 
 now must match the mapped object's.
 
 On the framed socket a handle may instead name a descriptor the client passed with the call
-(`fd_index`, edge_agent.protocol.descriptors): the object it refers to is mapped for that call only and
-never cached (the descriptor is the client's, closed when the call ends), with no owner or mode
-check, only the descriptor's own access mode. docs/SHARED_MEMORY.md is the user's guide.
+(`fd_index`, edge_agent.platform.passed_fds): the object it refers to is mapped for that call
+only and never cached (the descriptor is the client's, closed when the call ends), with no
+owner or mode check, only the descriptor's own access mode. docs/SHARED_MEMORY.md is the user's guide.
 """
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ import numpy as np
 from edge_agent.shm import _shm
 from edge_agent import agent_pb2 as pb
 from edge_agent.platform import permissions
-from edge_agent.protocol.descriptors import check_access, is_shared_memory, passed_fd
+from edge_agent.platform.passed_fds import check_access, is_shared_memory, passed_fd
 from edge_agent.errors import AgentError, StatusCode, invalid_argument
 from edge_agent.protocol.tensors import Handle, handle_of
 

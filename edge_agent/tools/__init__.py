@@ -1,5 +1,7 @@
-"""Development tools the agent itself never imports: the model builder (real .tflite files
-written with the TFLite schema's flatbuffers code), the `edge-agent demo` and `edge-agent
-bench` commands, and the generator of docs tables. The CLI imports a tool inside the
-command that needs it, so `edge-agent serve` loads none of this (tests/unit/test_imports.py,
-tests/e2e/test_serve_imports.py)."""
+"""Development tools and the user commands built on them: the model builder (real .tflite
+files written with the TFLite schema's flatbuffers code), `edge-agent demo` and `edge-agent
+bench` (demo.py, bench.py, launch.py), the grpcio reference server bench compares against,
+the local runner behind `make run` and the generators of docs tables. They may import any
+package but app; nothing the agent serves with imports them: the CLI imports demo and bench
+inside their commands (tests/unit/test_imports.py, tests/e2e/test_serve_imports.py).
+"""

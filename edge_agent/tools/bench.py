@@ -374,25 +374,27 @@ def request_frame(name: str, inputs: dict) -> tuple[Any, bytes]:
     """The PredictRequest for `inputs` (tensors by name, full metadata, as AgentClient sends
     them) and its whole frame."""
     from edge_agent import agent_pb2 as pb
-    from edge_agent.protocol import encode_request
     from edge_agent.api.rpcs import Method
-    from edge_agent.protocol.tensors import add_array
+    from edge_agent.protocol import encode_request, predict_codec
 
-    request = pb.PredictRequest(name=name)
-    for key, array in inputs.items():
-        add_array(request.tensors, key, array)
-    return request, encode_request(Method.PREDICT, 1, request.SerializeToString())
+    body = predict_codec.encode_request(name, wire_tensors(inputs))
+    return pb.PredictRequest.FromString(body), encode_request(Method.PREDICT, 1, body)
 
 
 def reply_frame_bytes(model: model_builder.BuiltModel, inputs: dict) -> int:
-    from edge_agent import agent_pb2 as pb
-    from edge_agent.protocol import HEADER
-    from edge_agent.protocol.tensors import add_array
+    from edge_agent.protocol import HEADER, predict_codec
 
-    reply = pb.PredictResponse()
-    for key, array in model.reference(inputs).items():
-        add_array(reply.tensors, key, array)
-    return HEADER.size + reply.ByteSize()
+    return HEADER.size + len(predict_codec.encode_response(wire_tensors(model.reference(inputs))))
+
+
+def wire_tensors(arrays: dict) -> list:
+    """(name, DataType, shape, bytes) per array, what the Predict codec encodes."""
+    import numpy as np
+
+    from edge_agent.protocol.tensors import data_type_of
+
+    return [(key.encode(), data_type_of(array.dtype), array.shape, np.ascontiguousarray(array))
+            for key, array in arrays.items()]
 
 
 def frame_bench(workdir: str, given: str | None) -> tuple[str | None, str]:

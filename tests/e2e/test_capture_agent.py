@@ -61,18 +61,18 @@ def test_crash_after_writing_before_recording_rewrites_the_same_batch(tmp_path):
     # replies are out: dying as soon as it may would lose the third reply while its capture,
     # journaled, is still delivered (rightly, but not what this test counts).
     script = textwrap.dedent(f"""
-        import os, threading, uuid, numpy as np
+        import os, threading, uuid
         from edge_agent import agent_pb2 as pb
         from edge_agent.platform import boards
         from edge_agent.capture.status import StatusLog
         from edge_agent.api.service import AgentService
-        from edge_agent.protocol.tensors import add_array
+        from edge_agent.protocol.tensors import add_tensor
         replied = threading.Event()
         StatusLog.finish = lambda *a: (replied.wait(), os._exit(9))
         service = AgentService(boards.load(None, {settings!r}))
         for i in range(3):
             r = pb.CaptureDataRequest(model_name="m", capture_id=str(uuid.uuid4()))
-            add_array(r.input_tensors, "x", np.zeros(4, np.uint8))
+            add_tensor(r.input_tensors, b"x", pb.UINT8, (4,), bytes(4))
             service.capture_data(r)
             print(r.capture_id, flush=True)
         replied.set()

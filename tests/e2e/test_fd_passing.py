@@ -534,7 +534,7 @@ def test_a_directory_cannot_be_passed_as_a_package(client, tmp_path):
 def test_a_file_that_is_not_shared_memory_is_no_segment(client, tmp_path):
     """A file of another file system (a network or FUSE mount could make a page fault wait
     while the model's lock is held) is refused; memfds and /dev/shm objects are taken."""
-    from edge_agent.protocol.descriptors import is_shared_memory
+    from edge_agent.platform.passed_fds import is_shared_memory
 
     for place in (tmp_path, Path(__file__).parent, Path.home()):
         fd, plain = tempfile.mkstemp(dir=place)

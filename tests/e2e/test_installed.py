@@ -16,6 +16,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
+# The compiled modules, each in the package that owns it (setup.py's EXTENSIONS).
+COMPILED = ("protocol/_framing", "shm/_shm", "observe/_metrics", "protocol/_predict",
+            "models/_flatverify")
+
 
 # What a fresh clone does not have: build products, compiled modules, local environments.
 BUILD_PRODUCTS = shutil.ignore_patterns(
@@ -85,9 +89,8 @@ def test_the_wheel_ships_its_type_information(installed):
     assert Path(package).is_relative_to(installed.parent)
     assert Path(package, "py.typed").is_file()  # PEP 561: type checkers read the annotations
     assert Path(package, "agent_pb2.pyi").is_file()
-    # Stubs of the compiled modules (`make lint` checks them).
-    for compiled in ("protocol/_framing", "shm/_shm", "observe/_metrics", "protocol/_predict",
-                     "models/_flatverify"):
+    # Stubs of the compiled modules (`make lint` checks them), in the packages that own them.
+    for compiled in COMPILED:
         assert Path(package, f"{compiled}.pyi").is_file()
 
 
@@ -114,8 +117,7 @@ def test_the_sdist_builds_the_same_wheel(checkout, tmp_path):
                    cwd=source, check=True, capture_output=True, timeout=600)
     (wheel,) = (tmp_path / "dist").glob("edge_agent-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    for module in ("protocol/_framing", "shm/_shm", "observe/_metrics", "protocol/_predict",
-                   "models/_flatverify"):
+    for module in COMPILED:
         assert [n for n in names if n.startswith(f"edge_agent/{module}.") and n.endswith(".so")]
     assert "edge_agent/tools/model_builder.py" in names
     assert "edge_agent/firmware_configs/raspberry-pi-4b.json" in names

@@ -7,11 +7,12 @@ import socket
 import threading
 
 import pytest
+from wire import encode_reply, split_frames
 
 from edge_agent import agent_pb2 as pb
 from edge_agent.client import AgentClient
 from edge_agent.errors import AgentError, StatusCode
-from edge_agent.protocol import FrameDecoder, encode_error, encode_reply
+from edge_agent.protocol import FrameSplitter, encode_error
 from edge_agent.api.rpcs import Method
 
 REPLY = pb.ListModelsResponse(models=[pb.Model(name="m", url="/m")]).SerializeToString()
@@ -33,15 +34,11 @@ class ScriptedAgent:
         try:
             conn, _ = self.listener.accept()
             with conn:
-                decoder = FrameDecoder(1 << 20)
+                splitter = FrameSplitter(1 << 20)
 
                 def requests():
-                    while True:
-                        yield from decoder.frames()
-                        data = conn.recv(65536)
-                        if not data:
-                            return
-                        decoder.feed(data)
+                    while data := conn.recv(65536):
+                        yield from split_frames(splitter, data)
                 script(conn, requests())
         except BaseException as e:  # reported by join()
             self.error = e

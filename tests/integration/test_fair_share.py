@@ -22,7 +22,7 @@ from edge_agent.client import AgentClient
 from edge_agent.errors import StatusCode
 from edge_agent.protocol import encode_request
 from edge_agent.api.rpcs import Method
-from edge_agent.protocol.tensors import add_array
+from wire import add_array
 from edge_agent.tools import model_builder
 from privileges import NOBODY, fork_as
 

@@ -377,7 +377,7 @@ def test_incomplete_requests_of_both_fronts_share_one_budget(start_agent, tmp_pa
 def test_a_client_that_does_not_take_its_reply_is_disconnected(start_agent, tmp_path):
     """It reads, but never opens its flow-control window: the 256 KiB reply cannot be sent,
     and after edge_agent_send_timeout_seconds the connection goes, as on the framed socket."""
-    from edge_agent.protocol.tensors import add_array
+    from wire import add_array
     from edge_agent.tools import model_builder
 
     path = str(tmp_path / "grpc.sock")
@@ -407,7 +407,7 @@ def test_a_client_that_does_not_open_its_window_holds_no_worker(start_agent, tmp
     connection, and another client's call is answered meanwhile (the worker is not waiting
     for the window; edge_agent_send_timeout_seconds is far away)."""
     from edge_agent.tools import model_builder
-    from edge_agent.protocol.tensors import add_array
+    from wire import add_array
 
     path = str(tmp_path / "grpc.sock")
     agent = start_agent(edge_agent_grpc_socket_path=path, edge_agent_grpc_max_workers=1,
@@ -469,7 +469,7 @@ def test_stopping_sends_goaway_and_answers_the_call_in_progress(tmp_path, model_
     from edge_agent.transport import grpc_front
     from edge_agent.tools import model_builder
     from edge_agent.api.service import AgentService
-    from edge_agent.protocol.tensors import add_array
+    from wire import add_array
 
     record = tmp_path / "record.txt"
     settings = config.from_mapping({
@@ -533,7 +533,7 @@ def test_a_call_longer_than_the_idle_timeout_is_not_cut(tmp_path, model_files,
     from edge_agent.transport import grpc_front
     from edge_agent.tools import model_builder
     from edge_agent.api.service import AgentService
-    from edge_agent.protocol.tensors import add_array
+    from wire import add_array
 
     record = tmp_path / "record.txt"
     settings = config.from_mapping({
@@ -582,7 +582,7 @@ def test_a_queued_call_of_a_closed_connection_is_not_run(tmp_path, model_files,
     from edge_agent.transport import grpc_front
     from edge_agent.tools import model_builder
     from edge_agent.api.service import AgentService
-    from edge_agent.protocol.tensors import add_array
+    from wire import add_array
 
     record = tmp_path / "record.txt"
     settings = config.from_mapping({

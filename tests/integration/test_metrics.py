@@ -232,7 +232,7 @@ def test_textfile_is_replaced_atomically_while_read(tmp_path, model_files):
     try:
         service.load_model(pb.LoadModelRequest(name="add", url=str(model_files["add"])))
         request = pb.PredictRequest(name="add")
-        from edge_agent.protocol.tensors import add_array
+        from wire import add_array
         for name, array in ADD_INPUTS.items():
             add_array(request.tensors, name, array)
         writer = exposition.Exposition(service.get_metrics, config).start()  # writes once
@@ -455,7 +455,7 @@ def test_get_metrics_over_grpc_counts_the_grpc_front(start_agent, tmp_path, mode
         call("LoadModel", pb.LoadModelRequest(name="add", url=str(model_files["add"])),
              pb.LoadModelResponse)
         request = pb.PredictRequest(name="add")
-        from edge_agent.protocol.tensors import add_array
+        from wire import add_array
         for name, array in ADD_INPUTS.items():
             add_array(request.tensors, name, array)
         call("Predict", request, pb.PredictResponse)
@@ -508,7 +508,7 @@ def test_garbage_to_the_prometheus_listener_gets_an_error_and_scrapes_go_on(star
 def test_counts_are_exact_under_concurrent_predictions_and_snapshots(tmp_path, model_files):
     """Threads released together predict on two models while another takes snapshots: the
     final counts are exact, and the counts the snapshots saw on the way never went back."""
-    from edge_agent.protocol.tensors import add_array
+    from wire import add_array
 
     config = config_module.from_mapping({"edge_agent_state_dir": str(tmp_path / "state"),
                                          "edge_agent_allow_unsigned_models": True})

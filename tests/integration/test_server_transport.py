@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from capture_helpers import wait_for
 from concurrency import run_concurrently
-from wire import assert_serving, closed_by_peer, raw_connection, read_replies
+from wire import assert_serving, closed_by_peer, raw_connection, read_replies, split_frames
 
 from edge_agent import agent_pb2 as pb
 from edge_agent.errors import AgentError, StatusCode
-from edge_agent.protocol import HEADER, FrameDecoder, Kind, encode_request
+from edge_agent.protocol import HEADER, FrameSplitter, Kind, encode_request
 from edge_agent.api.rpcs import Method
 from edge_agent.tools import model_builder
 
@@ -87,9 +87,7 @@ def test_a_trickling_client_is_dropped_too(start_agent):
             continue
         finally:
             sock.settimeout(10)
-        decoder = FrameDecoder(1 << 20)
-        decoder.feed(data)
-        reply = next(decoder.frames())
+        reply = split_frames(FrameSplitter(1 << 20), data)[0]
         break
     assert reply is not None and reply.status == StatusCode.DEADLINE_EXCEEDED
     assert_serving(agent)

@@ -20,7 +20,7 @@ from edge_agent.capture.capture_calls import CaptureService
 from edge_agent.config import ConfigError
 from edge_agent.errors import AgentError, StatusCode
 from edge_agent.api.service import AgentService
-from edge_agent.protocol.tensors import add_array
+from wire import add_array
 
 from capture_helpers import capture_request, delivered_ids, disk_manifests, lines, payload, wait_for
 
@@ -282,7 +282,8 @@ def test_calls_after_close_are_unavailable_not_internal(make_service):
 
 
 def test_shared_memory_tensor_is_copied_at_call_time(make_service, tmp_path):
-    from edge_agent.shm_client import SysVSegment, add_shm_tensor
+    from edge_agent.shm_client import SysVSegment
+    from wire import add_shm_tensor
 
     service = make_service()
     request = pb.CaptureDataRequest(model_name="m", capture_id=str(uuid.uuid4()))
@@ -323,7 +324,8 @@ def test_auxiliary_data_in_shared_memory_is_copied_at_call_time(make_service, tm
 
 
 def test_shared_memory_tensor_out_of_bounds_is_invalid_argument(make_service):
-    from edge_agent.shm_client import SysVSegment, ShmTensor, add_shm_tensor
+    from edge_agent.shm_client import SysVSegment, ShmTensor
+    from wire import add_shm_tensor
 
     service = make_service()
     request = pb.CaptureDataRequest(model_name="m", capture_id=str(uuid.uuid4()))
@@ -334,7 +336,8 @@ def test_shared_memory_tensor_out_of_bounds_is_invalid_argument(make_service):
 
 
 def test_a_shared_memory_size_mismatch_names_the_tensor_as_capture_does(make_service):
-    from edge_agent.shm_client import SysVSegment, ShmTensor, add_shm_tensor
+    from edge_agent.shm_client import SysVSegment, ShmTensor
+    from wire import add_shm_tensor
 
     service = make_service()
     request = capture_request()
@@ -582,7 +585,8 @@ def test_failed_flush_is_internal_and_the_capture_is_never_delivered(make_servic
 def test_shared_memory_truncated_during_the_copy_is_refused_before_journaling(make_service,
                                                                              monkeypatch):
     from edge_agent.shm.segments import ShmCall
-    from edge_agent.shm_client import PosixSegment, add_shm_tensor
+    from edge_agent.shm_client import PosixSegment
+    from wire import add_shm_tensor
 
     service = make_service()
     request = pb.CaptureDataRequest(model_name="m", capture_id=str(uuid.uuid4()))

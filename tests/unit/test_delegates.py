@@ -15,7 +15,7 @@ from edge_agent.platform import accelerators
 from edge_agent.platform import delegates
 from edge_agent.errors import AgentError, StatusCode
 from edge_agent.api.service import AgentService
-from edge_agent.protocol.tensors import add_array
+from wire import add_array
 from edge_agent.tools import model_builder
 
 NO_SUCH_LIBRARY = "/nonexistent/libno-such-delegate.so"

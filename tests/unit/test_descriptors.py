@@ -1,5 +1,5 @@
-"""Descriptors a caller passed (descriptors.py) where none can come: the gRPC front and
-in-process callers. (Passing them through a real agent: tests/e2e/test_fd_passing.py.)"""
+"""Descriptors a caller passed (edge_agent/platform/passed_fds.py) where none can come: the
+gRPC front and in-process callers. (Passing them through a real agent: tests/e2e/test_fd_passing.py.)"""
 from __future__ import annotations
 
 import os

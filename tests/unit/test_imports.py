@@ -1,4 +1,5 @@
-"""The edge_agent package has no import cycle (docs/DEVELOPMENT.md, "Where things live").
+"""The edge_agent package has no import cycle, and its packages import only what their layer
+allows (docs/DEVELOPMENT.md, "Where things live").
 
 The graph is read from the source with ast, not from sys.modules: every `import` and `from ...
 import` of an edge_agent module counts wherever it is written (at the top, inside a function,
@@ -180,10 +181,173 @@ def test_a_longer_cycle_is_named_module_by_module(tmp_path):
     assert find_cycles(import_graph(tmp_path / "pkg", "pkg")) == []
 
 
-def test_no_runtime_module_imports_the_tools_package():
+# --- the layers: which package may import which ---------------------------------------------
+#
+# The same table the packages' __init__ docstrings state in words (docs/DEVELOPMENT.md has the
+# map). A package is edge_agent's second name (edge_agent.models.engine is in "models"); the
+# public modules at the top (client, shm_client, __main__) are a row each. Every import counts,
+# a lazy one inside a function too.
+
+# Modules any package may import: small and low, they import nothing of edge_agent but each
+# other. config's own imports (the machine's architectures, the version rules) are among them;
+# api.caller (who calls, the model-name rule), models.model_files (opening a file safely),
+# capture.durable (fsync'd directories) and transport.socket_files (the socket files the fronts
+# and the metrics exposition serve on) are the shared helpers that live with their owner.
+SHARED = {
+    "edge_agent", "edge_agent.errors", "edge_agent.agent_pb2", "edge_agent.config",
+    "edge_agent.platform.machine", "edge_agent.packaging.versions", "edge_agent.api.caller",
+    "edge_agent.models.model_files", "edge_agent.capture.durable",
+    "edge_agent.transport.socket_files",
+}
+
+ALL = {"protocol", "platform", "packaging", "shm", "observe", "models", "capture", "api",
+       "transport", "fleet", "app", "client", "shm_client", "tools"}
+
+# importer -> the packages it may import, besides its own and SHARED.
+MAY_IMPORT = {
+    "protocol": set(),  # sans-IO: bytes and frames only
+    "platform": set(),  # this machine
+    "packaging": {"platform"},
+    "shm": {"protocol", "platform"},
+    "observe": {"platform"},
+    "models": {"protocol", "observe", "packaging", "platform"},
+    "capture": {"protocol", "observe", "platform"},
+    "api": {"protocol", "models", "capture", "shm", "observe", "packaging", "platform"},
+    "transport": {"api", "protocol", "observe", "platform"},
+    "fleet": {"capture", "models", "observe", "packaging", "platform"},
+    "app": ALL - {"app"},  # the composition root; tools only inside the CLI's commands (below)
+    "shm_client": {"protocol", "shm"},
+    "client": {"api", "protocol", "transport", "shm", "shm_client"},
+    "__main__": {"app"},
+    "tools": ALL - {"tools", "app"},
+}
+
+# Standard modules that do I/O or keep time: the protocol imports none of them (the loops move
+# the bytes and pass the time in).
+IO_MODULES = {"socket", "select", "selectors", "ssl", "subprocess", "threading", "asyncio",
+              "fcntl", "tempfile", "time", "mmap", "signal", "shutil"}
+
+# Imports that break the table today, each with the work that removes it. An entry that no
+# longer happens fails the test too: delete it with the import.
+KNOWN = {
+    # MAX_FDS, close_fds, WAITALL_BYTES: the event-loop rework moves them out of transport.
+    ("edge_agent.protocol.receiving", "edge_agent.transport.socket_io"),
+    ("edge_agent.protocol.server_connection", "edge_agent.transport.socket_io"),
+    # The watchdog's health check asks the agent through its own client: the composition root
+    # is to hand it the check instead.
+    ("edge_agent.platform.systemd", "edge_agent.client"),
+}
+
+
+def package_of(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def layer_violations(graph: dict[str, dict[str, int]]) -> set[tuple[str, str]]:
+    """(importer, imported) for every import across packages that MAY_IMPORT does not allow."""
+    found = set()
+    for importer, targets in graph.items():
+        if importer in SHARED:
+            found.update((importer, t) for t in targets if t not in SHARED)
+            continue
+        mine = package_of(importer)
+        allowed = MAY_IMPORT[mine] | {mine}
+        found.update((importer, t) for t in targets
+                     if t not in SHARED and package_of(t) not in allowed)
+    return found
+
+
+def _package_graph() -> dict[str, dict[str, int]]:
+    return import_graph(Path(edge_agent.__file__).resolve().parent, "edge_agent")
+
+
+def test_every_package_is_in_the_table():
+    packages = {package_of(m) for m in _package_graph()} - {"", "errors", "agent_pb2", "config"}
+    assert packages == set(MAY_IMPORT)
+
+
+def test_the_table_is_layers():
+    """No two packages may import each other, however indirectly: the table has no cycle."""
+    table = {name: dict.fromkeys(allowed, 0) for name, allowed in MAY_IMPORT.items()}
+    assert not tangles(table)
+
+
+def test_each_package_imports_only_what_its_layer_allows():
+    graph = _package_graph()
+    found = layer_violations(graph)
+    new = sorted(found - KNOWN)
+    assert not new, "imports the layers do not allow (tests/unit/test_imports.py, MAY_IMPORT):\n" \
+        + "\n".join(f"{a} (line {graph[a][b]}) -> {b}" for a, b in new)
+    gone = sorted(KNOWN - found)
+    assert not gone, f"no longer imported, delete from KNOWN: {gone}"
+
+
+def test_a_forbidden_import_is_found_and_a_lazy_one_too(tmp_path):
+    _write(tmp_path / "edge_agent", {
+        "__init__.py": "",
+        "errors.py": "",
+        "protocol/__init__.py": "",
+        "protocol/frames.py": "from edge_agent.errors import X\n",
+        "protocol/bad.py": "def f():\n    from edge_agent.api import rpcs\n",
+        "api/__init__.py": "",
+        "api/rpcs.py": "from edge_agent.protocol import frames\n",
+    })
+    graph = import_graph(tmp_path / "edge_agent", "edge_agent")
+    assert layer_violations(graph) == {("edge_agent.protocol.bad", "edge_agent.api.rpcs")}
+
+
+def test_the_protocol_imports_no_io_module():
+    root = Path(edge_agent.__file__).resolve().parent / "protocol"
+    found = []
+    for path in sorted(root.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                names = [node.module or ""]
+            else:
+                continue
+            found += [f"{path.name}:{node.lineno} {name}" for name in names
+                      if name.split(".")[0] in IO_MODULES]
+    assert not found, found
+
+
+def _imports_outside_functions(path: Path) -> set[str]:
+    """The modules `path` imports when it is imported (not inside a def)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    in_functions = {id(inner) for node in ast.walk(tree)
+                    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+                    for inner in ast.walk(node)}
+    names = set()
+    for node in ast.walk(tree):
+        if id(node) in in_functions:
+            continue
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.update([node.module, *(f"{node.module}.{a.name}" for a in node.names)])
+    return names
+
+
+def test_nothing_the_agent_serves_with_imports_the_tools():
+    # demo and bench ship as `edge-agent` commands: the CLI imports them inside those commands
+    # only. What a serving process loads is checked by tests/e2e/test_serve_imports.py.
+    graph = _package_graph()
+    importers = sorted(importer for importer, targets in graph.items()
+                       if package_of(importer) != "tools"
+                       and any(package_of(t) == "tools" for t in targets))
+    assert importers == ["edge_agent.app.cli"]
+    cli = Path(edge_agent.__file__).resolve().parent / "app" / "cli.py"
+    assert not {m for m in _imports_outside_functions(cli) if m.startswith("edge_agent.tools")}
+
+
+def test_the_top_of_the_package_stays_small():
+    """At most a dozen modules and packages side by side at the top of edge_agent, besides the
+    entry points, the generated protobuf module, the tools and the public modules applications
+    import (issue 20's count)."""
     root = Path(edge_agent.__file__).resolve().parent
-    graph = import_graph(root, "edge_agent")
-    offenders = {importer: sorted(t for t in targets if t.startswith("edge_agent.tools"))
-                 for importer, targets in graph.items()
-                 if not importer.startswith("edge_agent.tools")}
-    assert not {k: v for k, v in offenders.items() if v}, offenders
+    entries = {path.name.split(".")[0] for path in root.iterdir()
+               if path.suffix == ".py" or (path / "__init__.py").exists()}
+    entries -= {"__init__", "__main__", "agent_pb2", "tools", "client", "shm_client", "errors"}
+    assert len(entries) <= 12, sorted(entries)

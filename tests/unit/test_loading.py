@@ -45,7 +45,7 @@ def test_the_bytes_proven_are_the_bytes_loaded(tmp_path, monkeypatch):
         built = model_builder.add_model()
         request = pb.PredictRequest(name="m")
         inputs = built.sample_inputs()
-        from edge_agent.protocol.tensors import add_array
+        from wire import add_array
         for name, array in inputs.items():
             add_array(request.tensors, name, array)
         reply = service.predict(request)

@@ -18,8 +18,9 @@ import edge_agent.protocol._framing
 import edge_agent.protocol._framing_py
 from edge_agent import errors, protocol
 from edge_agent.errors import StatusCode
-from edge_agent.protocol import HEADER, FrameDecoder, FramingError, Kind, encode_error, encode_reply, encode_request
 from edge_agent.api.rpcs import Method
+from edge_agent.protocol import HEADER, FramingError, Kind, encode_error, encode_request
+from wire import encode_reply, split_frames
 
 LIMIT = 1 << 20
 SPLITTERS = {"compiled": edge_agent.protocol._framing.FrameSplitter,
@@ -32,20 +33,20 @@ def splitter(request):
     return SPLITTERS[request.param]
 
 
-def decode_all(chunks, splitter, limit=LIMIT):
-    decoder = FrameDecoder(limit, splitter)
+def decode_all(chunks, splitter_type, limit=LIMIT):
+    """The frames of a stream received in `chunks`, and the splitter that split it."""
+    splitter = splitter_type(limit)
     frames = []
     for chunk in chunks:
-        decoder.feed(chunk)
-        frames.extend(decoder.frames())
-    return frames, decoder
+        frames.extend(split_frames(splitter, chunk))
+    return frames, splitter
 
 
 def test_the_compiled_splitter_is_the_one_in_use():
     assert edge_agent.protocol._framing.__file__.endswith(".so")
     assert protocol.FrameSplitter is edge_agent.protocol._framing.FrameSplitter
     assert not hasattr(edge_agent.protocol._framing, "__pyx_fallback__")
-    assert type(FrameDecoder(10)._splitter).__module__ == "edge_agent.protocol._framing"
+    assert protocol.FrameSplitter.__module__ == "edge_agent.protocol._framing"
 
 
 def test_header_layout_is_as_documented():
@@ -63,14 +64,13 @@ def test_header_layout_is_as_documented():
 def test_round_trip_of_each_kind(splitter):
     stream = (encode_request(Method.PREDICT, 1, b"abc") + encode_reply(Method.PREDICT, 2, b"")
               + encode_error(StatusCode.NOT_FOUND, 3, "no model", Method.DESCRIBE_MODEL))
-    frames, decoder = decode_all([stream], splitter)
+    frames, receiver = decode_all([stream], splitter)
     assert [(f.kind, f.method, f.status, f.request_id, f.body) for f in frames] == [
         (Kind.REQUEST, Method.PREDICT, 0, 1, b"abc"),
         (Kind.REPLY, Method.PREDICT, 0, 2, b""),
         (Kind.REPLY, Method.DESCRIBE_MODEL, StatusCode.NOT_FOUND, 3, b"no model"),
     ]
-    assert decoder.pending_bytes == 0
-    decoder.end_of_stream()  # nothing pending: no error
+    assert receiver.pending == 0 and receiver.needed == HEADER.size
 
 
 frame_specs = st.lists(
@@ -84,49 +84,43 @@ def test_any_split_of_a_stream_yields_the_same_frames(splitter, specs, data):
     stream = b"".join(encode_request(m, rid, body) for m, rid, body in specs)
     cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=20)))
     chunks = [stream[a:b] for a, b in zip([0] + cuts, cuts + [len(stream)])]
-    frames, decoder = decode_all(chunks, splitter)
+    frames, receiver = decode_all(chunks, splitter)
     assert [(f.method, f.request_id, f.body) for f in frames] == specs
-    assert decoder.pending_bytes == 0
+    assert receiver.pending == 0
 
 
 @settings(max_examples=200, deadline=None)
 @given(garbage=st.binary(min_size=1, max_size=200))
 def test_garbage_never_crashes_and_is_refused_or_waited_for(splitter, garbage):
-    decoder = FrameDecoder(LIMIT, splitter)
-    decoder.feed(garbage)
+    receiver = splitter(LIMIT)
     try:
-        frames = list(decoder.frames())
+        frames = split_frames(receiver, garbage)
     except FramingError as e:
         assert e.code in (StatusCode.INVALID_ARGUMENT, StatusCode.RESOURCE_EXHAUSTED)
         return
     # Bytes that happen to form valid frames, or an incomplete one: never more than was sent.
-    assert sum(len(f.body) + HEADER.size for f in frames) + decoder.pending_bytes == len(garbage)
+    assert sum(len(f.body) + HEADER.size for f in frames) + receiver.pending == len(garbage)
 
 
 def test_bad_magic_is_refused(splitter):
-    decoder = FrameDecoder(LIMIT, splitter)
-    decoder.feed(b"GET / HTTP/1.1\r\n\r\n")
     with pytest.raises(FramingError, match="not an edge-agent frame") as info:
-        list(decoder.frames())
+        split_frames(splitter(LIMIT), b"GET / HTTP/1.1\r\n\r\n")
     assert info.value.code == StatusCode.INVALID_ARGUMENT and info.value.request_id == 0
 
 
 def test_unknown_version_is_refused_with_the_request_id(splitter):
     frame = bytearray(encode_request(Method.PREDICT, 77, b""))
     frame[2] = 9
-    decoder = FrameDecoder(LIMIT, splitter)
-    decoder.feed(bytes(frame))
     with pytest.raises(FramingError, match="version 9") as info:
-        list(decoder.frames())
+        split_frames(splitter(LIMIT), bytes(frame))
     assert info.value.request_id == 77
 
 
 def test_oversize_length_is_refused_from_the_header_alone(splitter):
     header = HEADER.pack(b"EA", 1, Kind.REQUEST, Method.PREDICT, 0, 5, 2**32 - 1)
-    decoder = FrameDecoder(LIMIT, splitter)
-    decoder.feed(header)  # no body byte sent: the limit is checked before buffering any
+    # no body byte sent: the limit is checked before buffering any
     with pytest.raises(FramingError, match="exceeds the limit") as info:
-        list(decoder.frames())
+        split_frames(splitter(LIMIT), header)
     assert info.value.code == StatusCode.RESOURCE_EXHAUSTED and info.value.request_id == 5
 
 
@@ -136,33 +130,29 @@ def test_a_body_at_the_limit_is_accepted(splitter):
 
 
 def test_a_failed_stream_stays_failed(splitter):
-    decoder = FrameDecoder(LIMIT, splitter)
-    decoder.feed(b"XX" + b"\0" * 14)
+    receiver = splitter(LIMIT)
     with pytest.raises(FramingError):
-        list(decoder.frames())
-    decoder.feed(encode_request(Method.PREDICT, 1, b""))
+        split_frames(receiver, b"XX" + b"\0" * 14)
     with pytest.raises(FramingError, match="out of step"):
-        list(decoder.frames())
+        split_frames(receiver, encode_request(Method.PREDICT, 1, b""))
 
 
-def test_a_frame_cut_short_is_reported_at_end_of_stream(splitter):
+def test_a_frame_cut_short_stays_pending(splitter):
+    # What end of stream then means is the connection's to say (test_protocol_connection.py).
     frame = encode_request(Method.PREDICT, 1, b"0123456789")
-    frames, decoder = decode_all([frame[:20]], splitter)
-    assert frames == [] and decoder.pending_bytes == 20
-    with pytest.raises(FramingError, match="middle of a frame"):
-        decoder.end_of_stream()
+    frames, receiver = decode_all([frame[:20]], splitter)
+    assert frames == [] and receiver.pending == 20 and receiver.needed == len(frame) - 20
 
 
 def test_consumed_bytes_are_released_during_a_long_burst(splitter):
     # A partial frame is always pending, so the buffer never empties by itself.
-    decoder = FrameDecoder(LIMIT, splitter)
+    receiver = splitter(LIMIT)
     frame = encode_request(Method.PREDICT, 1, b"y" * 1000)
-    decoder.feed(frame[:500])
+    split_frames(receiver, frame[:500])
     for _ in range(2000):
-        decoder.feed(frame[500:] + frame[:500])
-        assert len(list(decoder.frames())) == 1
-        assert decoder.buffered_bytes < 3 * 65536
-    assert decoder.pending_bytes == 500
+        assert len(split_frames(receiver, frame[500:] + frame[:500])) == 1
+        assert receiver.buffered < 3 * 65536
+    assert receiver.pending == 500
 
 
 # --- the two splitters are one ----------------------------------------------------------------
@@ -173,16 +163,18 @@ def _run(splitter_type, max_body: int, chunks: list[bytes]) -> list:
     splitter = splitter_type(max_body)
     said = []
     for chunk in chunks:
-        splitter.feed(chunk)
+        splitter.get_buffer(len(chunk))[:] = chunk
+        splitter.buffer_updated(len(chunk))
         said.append(("counts", splitter.pending, splitter.needed, splitter.buffered))
         try:
-            while (frame := splitter.next()) is not None:
-                said.append(("frame", *frame))
+            while (frame := splitter.next_view()) is not None:
+                *header, body = frame
+                said.append(("frame", *header, bytes(body)))
             said.append(("then", splitter.pending, splitter.needed, splitter.buffered))
         except errors.FramingError as e:
             said.append(("error", int(e.code), e.message, e.request_id, str(e)))
             try:  # and it stays failed, alike
-                splitter.next()
+                splitter.next_view()
             except errors.FramingError as again:
                 said.append(("again", int(again.code), again.message, again.request_id))
             return said
@@ -232,10 +224,8 @@ def test_the_two_splitters_refuse_the_same_limits():
 def test_both_splitters_raise_the_one_framing_error_of_errors_py():
     assert protocol.FramingError is errors.FramingError
     for splitter_type in SPLITTERS.values():
-        splitter = splitter_type(LIMIT)
-        splitter.feed(b"XY" + bytes(14))
         with pytest.raises(errors.FramingError) as info:
-            splitter.next()
+            split_frames(splitter_type(LIMIT), b"XY" + bytes(14))
         assert info.value.code == StatusCode.INVALID_ARGUMENT
         assert str(info.value) == info.value.message == \
             "not an edge-agent frame: expected magic 'EA', got 5859"
@@ -263,11 +253,13 @@ def test_the_client_imports_and_frames_without_a_compiled_build():
             sys.modules["edge_agent." + name] = None
         from edge_agent import protocol
         from edge_agent.client import AgentClient
-        from edge_agent.protocol import FrameDecoder, encode_request
+        from edge_agent.protocol import FrameSplitter, encode_request
         from edge_agent.api.rpcs import Method
-        decoder = FrameDecoder(100)
-        decoder.feed(encode_request(Method.LIST_MODELS, 7, b"hi"))
-        print(protocol.FrameSplitter.__module__, list(decoder.frames())[0].request_id)
+        frame = encode_request(Method.LIST_MODELS, 7, b"hi")
+        splitter = FrameSplitter(100)
+        splitter.get_buffer(len(frame))[:] = frame
+        splitter.buffer_updated(len(frame))
+        print(protocol.FrameSplitter.__module__, splitter.next_view()[3])
         try:
             from edge_agent.shm_client import SysVSegment
             SysVSegment.create(10)

@@ -13,11 +13,12 @@ import edge_agent.protocol._framing
 import edge_agent.protocol._framing_py
 from edge_agent.errors import StatusCode
 from edge_agent.transport.pending import PendingBudget
-from edge_agent.protocol import (CLOSED, HEADER, NEED_DATA, ClientConnection, FrameDecoder, Kind,
-                                 ProtocolError, Reply, Request, ServerConnection, encode_error,
-                                 encode_reply, encode_request)
+from edge_agent.protocol import (CLOSED, HEADER, NEED_DATA, ClientConnection, FrameSplitter,
+                                 Kind, ProtocolError, Reply, Request, ServerConnection,
+                                 encode_error, encode_request)
 from edge_agent.api.rpcs import Method
 from edge_agent.transport.socket_io import MAX_FDS, WAITALL_BYTES
+from wire import encode_reply, split_frames
 
 SPLITTERS = {"compiled": edge_agent.protocol._framing.FrameSplitter,
              "python": edge_agent.protocol._framing_py.FrameSplitter}
@@ -80,11 +81,15 @@ def described(event):
     return repr(event)
 
 
+def receive(splitter, data: bytes) -> None:
+    splitter.get_buffer(len(data))[:] = data
+    splitter.buffer_updated(len(data))
+
+
 def decode_reply(data: bytes):
-    decoder = FrameDecoder(LIMIT)
-    decoder.feed(data)
-    frames = list(decoder.frames())
-    assert len(frames) == 1 and not decoder.pending_bytes
+    splitter = FrameSplitter(LIMIT)
+    frames = split_frames(splitter, data)
+    assert len(frames) == 1 and not splitter.pending
     return frames[0]
 
 
@@ -722,9 +727,9 @@ def test_the_buffer_grows_and_shrinks_even_while_a_body_view_is_alive(splitter):
     rather than fail (the view's bytes are no longer the splitter's to keep)."""
     frames = splitter(LIMIT, 64)
     second = encode_request(Method.PREDICT, 2, b"b" * 100)
-    frames.feed(encode_request(Method.PREDICT, 1, b"a" * 10) + second[:30])
+    receive(frames, encode_request(Method.PREDICT, 1, b"a" * 10) + second[:30])
     kept = frames.next_view()[4]
-    frames.feed(second[30:])  # more than 64 bytes pending: grows
+    receive(frames, second[30:])  # more than 64 bytes pending: grows
     assert frames.buffered >= len(second)
     body = frames.next_view()[4]
     assert body == b"b" * 100

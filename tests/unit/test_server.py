@@ -21,13 +21,14 @@ from hypothesis import strategies as st
 from edge_agent import agent_pb2 as pb
 from edge_agent.config import from_mapping
 from edge_agent.errors import StatusCode
-from edge_agent.protocol import HEADER, FrameDecoder, Kind, encode_request
+from edge_agent.protocol import HEADER, FrameSplitter, Kind, encode_request
 from edge_agent.api.rpcs import Method
 from edge_agent.transport.framed_front import Connection, SocketServer
 from edge_agent.api.service import AgentService
 from edge_agent.api.caller import Caller
 from edge_agent.transport.socket_io import MAX_FDS
 from edge_agent.tools import model_builder
+from wire import split_frames
 
 
 @pytest.fixture(scope="module")
@@ -134,10 +135,9 @@ def test_every_received_descriptor_is_closed_and_every_reply_is_well_formed(serv
         for fd in memfds:
             os.close(fd)
     assert not errors, errors
-    decoder = FrameDecoder(1 << 30)
-    decoder.feed(replies)
-    frames = list(decoder.frames())
-    assert not decoder.pending_bytes
+    splitter = FrameSplitter(1 << 30)
+    frames = split_frames(splitter, replies)
+    assert not splitter.pending
     for frame in frames:
         assert frame.kind == Kind.REPLY
         assert frame.status not in (StatusCode.INTERNAL, StatusCode.UNKNOWN), frame.body
@@ -158,12 +158,12 @@ def test_predict_by_passed_descriptors_on_a_socketpair(server):
     client.sendmsg([FRAMES["predict-fd"]],
                    [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [first, second]))])
     client.shutdown(socket.SHUT_WR)
-    decoder = FrameDecoder(1 << 20)
+    splitter, frames = FrameSplitter(1 << 20), []
     while chunk := client.recv(65536):
-        decoder.feed(chunk)
+        frames.extend(split_frames(splitter, chunk))
     thread.join()
     client.close()
-    [reply] = decoder.frames()
+    [reply] = frames
     assert reply.status == StatusCode.OK, reply.body
     out = np.frombuffer(os.pread(first, 16, 64), np.float32)
     np.testing.assert_array_equal(out, a + b)

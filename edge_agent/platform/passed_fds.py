@@ -6,7 +6,8 @@ passed model as it reads one opened by path). Holding a descriptor is the
 client's proof of access, so the agent checks no owner or mode for what it reaches through
 one, only what the descriptor itself allows (opened read-only, read-write) and that it is a
 regular file. The transport closes the descriptors when the call returns; nothing here keeps
-one (shared memory maps a duplicate of its own).
+one (shared memory maps a duplicate of its own). These are files of this machine the agent
+reads, checks and copies, so they live here, not in the sans-IO protocol that carries them.
 """
 from __future__ import annotations
 
