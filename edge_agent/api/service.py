@@ -238,19 +238,21 @@ class AgentService:
         model = self._model(name)
         predicted = False  # counted OK by the model; the shared memory may yet prove truncated
         try:
+            if not output_handles:
+                arrays = predict_codec.plain_inputs(tensors, *model.plain_match)
+                if arrays is not None:  # the common case, first: it is on every Predict
+                    with model.run(arrays, False, 0, None, started) as outputs:
+                        return predict_codec.encode_response(outputs)
             if output_handles or _any_shared(tensors):
                 with self.shm.call(caller) as shm:
                     writer = (shm.output_writer(output_handles, model.outputs)
                               if output_handles else None)
                     reply = _run(model, tensors, shm.read, writer, started)
                     predicted = True
-            else:  # no shared-memory call context where no handle is present
-                arrays = predict_codec.plain_inputs(tensors, *model.plain_match)
-                if arrays is None:
-                    reply = _run(model, tensors, None, None, started)
-                else:  # the common case, written out: it is on every Predict
-                    with model.run(arrays, False, 0, None, started) as outputs:
-                        reply = predict_codec.encode_response(outputs)
+            else:  # inline inputs the plain match left to the engine's checks
+                arrays, _ = model.bind(tensors)
+                with model.run(arrays, True, 0, None, started) as outputs:
+                    reply = predict_codec.encode_response(outputs)
         except AgentError as e:
             model.count_failure(e.code, predicted)
             raise

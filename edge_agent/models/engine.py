@@ -12,7 +12,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from traceback import clear_frames
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -193,13 +193,8 @@ class LoadedModel:
         arrived; both for the metrics, counted when the block ends without an exception."""
         run = _new(Run)  # not Run(...): one Python call fewer on every Predict
         run._model = self
-        run._arrays = arrays
-        run._checked = checked
-        run._shared = shared
-        run._writer = writer
-        run._started = started
+        run._call = (arrays, checked, shared, writer, started)
         run._outputs = []
-        run._invoke_seconds = 0.0
         return run
 
     def count_failure(self, code: int, after_success: bool = False) -> None:
@@ -311,28 +306,21 @@ class Run:
     inputs, invokes and gathers the outputs; leaving drops every view of the runtime's buffers,
     counts the call and releases the lock. A class, not a generator: it is on every Predict."""
 
-    __slots__ = ("_model", "_arrays", "_checked", "_shared", "_writer", "_started",
-                 "_outputs", "_input_bytes", "_output_bytes", "_invoke_seconds")
+    __slots__ = ("_model", "_call", "_outputs", "_counted")
     _model: LoadedModel
-    _arrays: list
-    _checked: bool
-    _shared: int
-    _writer: Any
-    _started: float
+    _call: tuple  # (arrays, checked, shared, writer, started): LoadedModel.run's arguments
     _outputs: list
-    _input_bytes: int
-    _output_bytes: int
-    _invoke_seconds: float
+    _counted: tuple  # (invoke seconds, input bytes, output bytes) for the metrics
 
     def __enter__(self) -> list:
         model = self._model
-        arrays = self._arrays
+        arrays, checked, _, writer, _ = self._call
         interpreter = model._interpreter
         outputs = self._outputs
         view = None
         model._lock.acquire()
         try:
-            if self._checked or model._resized:
+            if checked or model._resized:
                 model._fit_shapes(arrays)
             input_bytes = 0
             set_tensor = interpreter.set_tensor
@@ -345,14 +333,13 @@ class Run:
                     set_tensor(index, array)
                 else:
                     model._copy_input(index, array)
-            self._input_bytes = input_bytes
-            if model.metrics is None:
+            metrics = model.metrics
+            if metrics is None:
                 interpreter.invoke()
             else:
                 invoke_started = time.perf_counter()
                 interpreter.invoke()
-                self._invoke_seconds = time.perf_counter() - invoke_started
-            writer = self._writer
+                invoke_seconds = time.perf_counter() - invoke_started
             output_bytes = 0
             for spec in model.outputs:
                 view = interpreter.tensor(spec.index)()
@@ -364,7 +351,8 @@ class Run:
                                 view if writer is None
                                 else writer(spec.position, spec.name, view)))
             del view
-            self._output_bytes = output_bytes
+            if metrics is not None:
+                self._counted = (invoke_seconds, input_bytes, output_bytes)
         except BaseException as e:
             view = None  # noqa: F841 - this frame is in the traceback: it must not keep a view
             outputs.clear()
@@ -384,8 +372,9 @@ class Run:
         try:
             metrics = model.metrics
             if exc_type is None and metrics is not None:  # one C call (observe.metrics)
-                metrics.succeeded(self._started, self._invoke_seconds, self._shared,
-                                  self._input_bytes, self._output_bytes)
+                _, _, shared, _, started = self._call
+                invoke_seconds, input_bytes, output_bytes = self._counted
+                metrics.succeeded(started, invoke_seconds, shared, input_bytes, output_bytes)
         finally:
             model._lock.release()
 
