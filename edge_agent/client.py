@@ -26,17 +26,18 @@ import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import (TYPE_CHECKING, Any, Callable, Mapping, NamedTuple, Protocol, Sequence, Union,
-                    overload)
+                    cast, overload)
 
 import numpy as np
 
 from edge_agent import agent_pb2 as pb
 from edge_agent.api.caller import IN_PROCESS, Caller
-from edge_agent.api.rpcs import BY_METHOD, RPCS, Rpc
+from edge_agent.api.codecs import PredictCodec
+from edge_agent.api.rpcs import BY_METHOD, RPCS, Method, Rpc
 from edge_agent.errors import AgentError, StatusCode
 from edge_agent.protocol import ClientConnection, NeedData, ProtocolError, Reply
 from edge_agent.protocol.tensors import (SHARED_MEMORY, Handle, WireTensor, add_tensor,
-                                         data_type_of, dtype_of, reply_array)
+                                         data_type_of, dtype_of)
 from edge_agent.shm_client import ShmTensor, fd_index
 from edge_agent.transport.socket_io import receive_into, send_with_fds
 
@@ -283,6 +284,13 @@ class AgentCalls:
         with self._lock:
             return codec.decode_response(self._reply(rpc.method, body, fds))
 
+    def send(self, rpc: Rpc, body: bytes, decode: Callable[[Any], Any],
+             fds: Sequence[int] = ()) -> Any:
+        """One call of the row `rpc` with its body already encoded, the reply read by `decode`
+        (both by the row's codec: AgentClient.predict's array calls)."""
+        with self._lock:
+            return decode(self._reply(rpc.method, body, fds))
+
     def call(self, method: int, request: Any, response_type: _Decoder | None = None,
              fds: Sequence[int] = ()) -> Any:
         """One call in protobuf messages, whatever the row's codec: `request` anything with
@@ -322,6 +330,10 @@ def _table_call(rpc: Rpc) -> Callable[..., Any]:
 for _rpc in RPCS:
     setattr(AgentCalls, _rpc.handler, _table_call(_rpc))
 del _rpc
+
+
+_PREDICT = BY_METHOD[Method.PREDICT]
+_PREDICT_CODEC = cast(PredictCodec, _PREDICT.codec)  # with the client's array calls
 
 
 class AgentClient:
@@ -389,13 +401,19 @@ class AgentClient:
         always are). The arrays are read-only views of the reply's bytes, not copies (its own
         bytes object: edge_agent.api.codecs.PredictCodec.decode_response); an array kept keeps
         the whole reply alive."""
+        codec = _PREDICT_CODEC
+        if outputs is None:
+            body = codec.encode_arrays(name, inputs)
+            if body is not None:  # arrays only: the request one compiled call, the reply one
+                return OrderedDict(self.rpc.send(_PREDICT, body, codec.decode_arrays))
         fds: list[int] = []
         tensors = _wire_inputs(inputs, fds, pass_fd)
         handles = [t.wire_handle(fd_index(fds, t, pass_fd)) for t in outputs or ()]
-        reply = self.rpc.predict_call((name, tensors, handles), fds)
         if outputs:
+            reply = self.rpc.predict_call((name, tensors, handles), fds)
             return OrderedDict(_written(sent, t) for sent, t in zip(outputs, reply))
-        return OrderedDict(reply_array(t) for t in reply)
+        return OrderedDict(self.rpc.send(_PREDICT, codec.encode_request((name, tensors, handles)),
+                                         codec.decode_arrays, fds))
 
     def capture_data(self, model_name: str, inputs: Inputs, outputs: Inputs,
                      aux_inputs: Mapping[str, AuxData] | None = None,

@@ -19,11 +19,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 from google.protobuf.message import Message
 
 from edge_agent import agent_pb2 as pb
 from edge_agent.protocol import predict_codec
-from edge_agent.protocol.tensors import WireTensor, add_tensor, handle_of, pb_handle, wire_tensor
+from edge_agent.protocol.tensors import (WireTensor, add_tensor, handle_of, pb_handle,
+                                         reply_array, wire_tensor)
 
 # A decoded PredictRequest, as the service's Predict takes it: (model name, [WireTensor],
 # [Handle] of output_handles). On the client's side the tensors are (name bytes, wire
@@ -92,6 +94,24 @@ class PredictCodec:
         name, tensors, output_handles = request
         return self.wire.encode_request(name, tensors, output_handles)
 
+    def encode_arrays(self, name: str, inputs: Any) -> bytes | None:
+        """The request of a client's inputs when all are NumPy arrays, by position or by name
+        (one compiled call: predict_codec.encode_arrays_request); None: anything else, for
+        encode_request."""
+        return self.wire.encode_arrays_request(name, inputs)
+
+    def decode_arrays(self, body: bytes | memoryview) -> list[tuple[str, np.ndarray]]:
+        """[(output name, array)] of a PredictResponse carrying its outputs in the reply: one
+        compiled call (predict_codec.decode_arrays_response), else decode_response's reading
+        turned into arrays. The arrays are read-only views of the reply's own bytes, as
+        decode_response's byte_data are."""
+        if type(body) is not bytes:
+            body = bytes(body)
+        arrays = self.wire.decode_arrays_response(body)
+        if arrays is None:
+            arrays = [reply_array(t) for t in self.decode_response(body)]
+        return arrays
+
     def decode_response(self, body: bytes | memoryview) -> list[WireTensor]:
         """[WireTensor] of a PredictResponse. Their byte_data are views of the reply's bytes,
         not copies: a body that is not an immutable bytes object of its own (a view of a buffer
@@ -112,7 +132,11 @@ class _UpbOnly:
     def decode_request(body: Any) -> None:
         return None
 
-    decode_response = decode_request
+    decode_response = decode_arrays_response = decode_request
+
+    @staticmethod
+    def encode_arrays_request(name: str, inputs: Any) -> None:
+        return None
 
     @staticmethod
     def encode_request(name: str, tensors, output_handles) -> bytes:

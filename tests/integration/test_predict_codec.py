@@ -286,6 +286,82 @@ def test_a_buffer_that_is_not_contiguous_is_refused_not_misread(codec):
         codec.encode_response([(b"y", pb.FLOAT32, (2,), np.zeros((4, 4), np.float32)[:, 1])])
 
 
+# --- the client's array calls ------------------------------------------------------------------
+
+WIRE_DTYPES = [np.float32, np.uint8, np.int8, np.int16, np.int64, np.float16, np.float64,
+               np.bool_, np.uint64, np.complex64]
+
+
+@st.composite
+def arrays(draw):
+    shape = tuple(draw(st.lists(st.integers(0, 3), max_size=3)))
+    dtype = np.dtype(draw(st.sampled_from(WIRE_DTYPES)))
+    data = draw(st.binary(min_size=dtype.itemsize * int(np.prod(shape)),
+                          max_size=dtype.itemsize * int(np.prod(shape))))
+    return np.frombuffer(data, dtype).reshape(shape).copy()
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(name=st.text(max_size=8), values=st.lists(arrays(), max_size=3),
+       keys=st.lists(st.text(max_size=4), min_size=3, max_size=3, unique=True),
+       container=st.sampled_from(["list", "tuple", "dict"]))
+def test_array_requests_are_encoded_as_encode_request_writes_them(codec, name, values, keys,
+                                                                 container):
+    from edge_agent.protocol.tensors import data_type_of
+
+    if container == "dict":
+        inputs = dict(zip(keys, values))
+        named = [(k.encode(), v) for k, v in inputs.items()]
+    else:
+        inputs = list(values) if container == "list" else tuple(values)
+        named = [(b"", v) for v in values]
+    expected = codec.encode_request(name, [(n, data_type_of(v.dtype), v.shape, v)
+                                           for n, v in named])
+    assert codec.encode_arrays_request(name, inputs) == expected
+
+
+def test_array_requests_leave_anything_else_to_the_general_path(codec):
+    from collections import OrderedDict
+
+    x = np.zeros((2, 4), np.float32)
+    for inputs in ([x[:, ::2]],                       # not C-contiguous
+                   [np.array(["a"])],                 # no wire DataType
+                   [x.astype(">f4")],                 # not the machine's byte order
+                   [x.tolist()], [Handle(16)],        # not an ndarray
+                   {1: x}, OrderedDict(a=x),          # a key not a str, a mapping not a dict
+                   iter([x])):
+        assert codec.encode_arrays_request("m", inputs) is None, inputs
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(tensors=st.lists(outputs(), max_size=4))
+def test_array_replies_decode_as_the_general_read_does(codec, tensors):
+    """Whatever decode_arrays_response reads, the general read (decode_response, then
+    reply_array per tensor) reads alike; what it leaves is what the general read refuses or
+    what is not an inline array with metadata."""
+    from edge_agent.protocol.tensors import reply_array
+
+    body = codec.encode_response(tensors)
+    decoded = codec.decode_arrays_response(body)
+    event(f"arrays: {decoded is not None}")
+    general = codec.decode_response(body)
+    if decoded is None:
+        def readable(t):
+            try:
+                reply_array(t)
+            except (ValueError, TypeError):
+                return False
+            return t.kind == BYTE_DATA and t.has_metadata and min(t.shape, default=0) >= 0
+        assert not all(readable(t) for t in general)
+        return
+    assert len(decoded) == len(general)
+    for (name, array), tensor in zip(decoded, general):
+        reference_name, reference = reply_array(tensor)
+        assert name == reference_name
+        assert (array.dtype, array.shape) == (reference.dtype, reference.shape)
+        assert array.tobytes() == reference.tobytes() and not array.flags.writeable
+
+
 # --- the agent's Predict on each codec, against the protobuf path -----------------------------
 
 class _Reference:
