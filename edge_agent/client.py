@@ -321,7 +321,8 @@ class _Decoder(Protocol):
 def _table_call(rpc: Rpc) -> Callable[..., Any]:
     def call(self: AgentCalls, request: Any, fds: Sequence[int] = ()) -> Any:
         return self.invoke(rpc, request, fds)
-    call.__name__ = call.__qualname__ = rpc.handler
+    call.__name__ = rpc.handler
+    call.__qualname__ = f"AgentCalls.{rpc.handler}"
     call.__doc__ = (f"{rpc.name}: a {rpc.request_type.__name__} in, a "
                     f"{rpc.response_type.__name__} out (as the row's codec reads them).")
     return call
@@ -337,7 +338,7 @@ _PREDICT_CODEC = cast(PredictCodec, _PREDICT.codec)  # with the client's array c
 
 
 class AgentClient:
-    """One connection to the agent, speaking NumPy; Thread-safe: calls from several threads
+    """One connection to the agent, speaking NumPy. Thread-safe: calls from several threads
     take turns. Its methods shape arguments and results; the calls themselves are `rpc`
     (AgentCalls: one per row of the RPC table)."""
 
