@@ -1,10 +1,10 @@
-"""The server side of one Predict, in process: Api.invoke on a pre-encoded body.
+"""The server side of one Predict, in process: Api.serve on a pre-encoded body.
 
 No socket and no client: what the agent spends between a received frame body and the reply
 bytes, beside the runtime alone (set_tensor, invoke, get_tensor: edge_agent.tools.bench.in_process).
-Paths: "compiled" (Api.invoke as the agent runs it: the compiled Predict codec), "python"
-(its pure-Python twin), "protobuf" (upb decodes the request and encodes the reply, the path
-the codec falls back to). Then the peak memory of one call with a 16 MiB inline input
+Paths: "compiled" (Api.serve as the agent runs it: the compiled Predict codec), "python"
+(its pure-Python twin), "protobuf" (upb decodes the request and encodes the reply: the
+reference the codec is held to). Then the peak memory of one call with a 16 MiB inline input
 (model_builder.input_sink_model: the input is only copied into the runtime, the reply is
 tiny): the frame plus the most the call held at once (tracemalloc, which sees Python and
 NumPy allocations), as a multiple of the frame.
@@ -40,7 +40,7 @@ SINK_BYTES = 16 << 20
 
 
 class ProtobufOnly:
-    """The service without predict_wire: Api decodes and encodes with upb."""
+    """A version with predict_wire, without it: Api decodes and encodes with upb."""
     predict_wire = None
 
     def __init__(self, service):
@@ -50,21 +50,49 @@ class ProtobufOnly:
         return getattr(self._service, name)
 
 
-def fronts(service) -> dict:
-    """Api per path this version of the package has."""
-    paths = {}
-    if hasattr(service, "predict_wire"):
-        from edge_agent.protocol import _predict_py
-        from edge_agent.protocol import predict_codec
-        from edge_agent.api import service as service_module
+class _Reference:
+    """What the service's Predict takes from the codec, as protobuf alone would do it: no
+    plain match (the engine's general path binds every input), the reply built by upb."""
 
-        compiled = predict_codec.decode_request is not _predict_py.decode_request
+    @staticmethod
+    def plain_inputs(tensors, positions, specs):
+        return None
+
+    @staticmethod
+    def encode_response(outputs) -> bytes:
+        from edge_agent.protocol.tensors import add_tensor
+
+        response = pb.PredictResponse()
+        for name, data_type, shape, data in outputs:
+            add_tensor(response.tensors, name, data_type, shape, data)
+        return response.SerializeToString()
+
+
+def fronts(service) -> dict:
+    """(Api, codec the service uses, the service module) per path this version has."""
+    paths: dict = {}
+    from edge_agent.api import service as service_module
+    from edge_agent.protocol import _predict_py, predict_codec
+
+    compiled = predict_codec.decode_request is not _predict_py.decode_request
+    if hasattr(api, "Codec"):  # Predict through the table: the codec is a column of it
+        from edge_agent.api.codecs import UPB_ONLY, PredictCodec
+
+        def table(codec) -> tuple:
+            return tuple(rpc._replace(codec=codec) if rpc.method == Method.PREDICT else rpc
+                         for rpc in api.RPCS)
+
         if compiled:
-            paths["compiled"] = (api.Api(service), predict_codec)
-        paths["python"] = (api.Api(service), _predict_py)
-        paths["protobuf"] = (api.Api(ProtobufOnly(service)), predict_codec)
-        for name, (front, codec) in paths.items():
-            paths[name] = (front, codec, service_module)
+            paths["compiled"] = (api.Api(service), predict_codec, service_module)
+        paths["python"] = (api.Api(service, rpcs=table(PredictCodec(_predict_py))),
+                           _predict_py, service_module)
+        paths["protobuf"] = (api.Api(service, rpcs=table(PredictCodec(UPB_ONLY))),
+                             _Reference, service_module)
+    elif hasattr(service, "predict_wire"):  # the version with Api's predict_wire lookup
+        if compiled:
+            paths["compiled"] = (api.Api(service), predict_codec, service_module)
+        paths["python"] = (api.Api(service), _predict_py, service_module)
+        paths["protobuf"] = (api.Api(ProtobufOnly(service)), predict_codec, service_module)
     else:  # a version before the codec: its one path
         paths["protobuf"] = (api.Api(service), None, None)
     return paths
@@ -117,7 +145,7 @@ def main() -> None:
                     front = path[0]
                     assert front.serve(PREDICT, body, IN_PROCESS).code == 0
                     results["server_us"].setdefault(name, {})[label] = time_calls(
-                        partial(front.invoke, PREDICT, body, IN_PROCESS), iterations)["p50_us"]
+                        partial(front.serve, PREDICT, body, IN_PROCESS), iterations)["p50_us"]
             sink = {"x": np.ones((1, SINK_BYTES // 4), np.float32)}
             body = request_body("sink-16MiB", sink)
             del sink

@@ -1,7 +1,8 @@
 # cython: language_level=3, boundscheck=False, wraparound=False
 """The Predict codec, compiled: PredictRequest and PredictResponse read straight from and
-written straight into wire bytes, without protobuf objects; and plain_inputs, the engine's
-match of decoded inputs to a model's in the common case.
+written straight into wire bytes, without protobuf objects; plain_inputs, the service's
+match of decoded inputs to a model's in the common case; and the client's array calls,
+encode_arrays_request and decode_arrays_response.
 
 The twin of edge_agent/protocol/_predict_py.py, which says what is read here and what is left to upb
 (decode_* return None): a change here is made there too. tests/integration/test_predict_codec.py holds
@@ -19,7 +20,8 @@ from protowire cimport Field, as_int32, next_field, read_varint, varint_size, wr
 
 from numpy import ndarray
 
-from edge_agent.protocol.tensors import Handle, WireTensor
+from edge_agent.protocol.tensors import (DATATYPE_BY_DTYPE, DTYPE_BY_DATATYPE, Handle,
+                                         WireTensor)
 
 # The tuples are built without their Python constructors (one C call each).
 cdef object _tuple_new = tuple.__new__
@@ -358,6 +360,80 @@ def encode_request(str name, tensors, output_handles=()):
     """The PredictRequest of a model name, (name bytes, DataType, shape, data) per input
     tensor as for encode_response, and output Handles."""
     return _encode(name.encode(), tensors, output_handles, 2 << 3 | 2)
+
+
+# --- the client's arrays --------------------------------------------------------------------------
+# The client's common case in one call each way: a request from NumPy arrays, a reply to them.
+
+cdef object _array_tensor(bytes name, value):
+    """(name, DataType, shape, array) of a C-contiguous array of a wire type, else None."""
+    if type(value) is not ndarray:
+        return None
+    if not value.flags.c_contiguous:
+        return None
+    data_type = DATATYPE_BY_DTYPE.get(value.dtype)
+    if data_type is None:
+        return None
+    return (name, data_type, value.shape, value)
+
+
+def encode_arrays_request(str name, inputs):
+    """The PredictRequest of a model name and its inputs as NumPy arrays, by position (a list
+    or a tuple) or by name (a dict of str): what encode_request writes for them. None when an
+    input is anything else (not an ndarray, not C-contiguous, a dtype without a wire DataType)
+    or the inputs are not a list, tuple or dict: the caller's general path shapes those."""
+    cdef list tensors = []
+    if type(inputs) is dict:
+        for key, value in (<dict>inputs).items():
+            if type(key) is not str:
+                return None
+            tensor = _array_tensor((<str>key).encode(), value)
+            if tensor is None:
+                return None
+            tensors.append(tensor)
+    elif type(inputs) is list or type(inputs) is tuple:
+        for value in inputs:
+            tensor = _array_tensor(b"", value)
+            if tensor is None:
+                return None
+            tensors.append(tensor)
+    else:
+        return None
+    return _encode(name.encode(), tensors, (), 2 << 3 | 2)
+
+
+def decode_arrays_response(body):
+    """[(output name, array)] of a PredictResponse, each array a read-only view of the body's
+    byte_data in the shape and dtype its metadata gives. None when the body is left to upb or
+    a tensor is anything else (no metadata, not byte_data, an unknown DataType, a negative
+    dimension, a length its shape does not make, a shape NumPy cannot make): the caller's
+    general path reads those."""
+    cdef tuple tensor
+    tensors = decode_response(body)
+    if tensors is None:
+        return None
+    arrays = []
+    for item in tensors:
+        tensor = <tuple>item
+        if tensor[4] != BYTE_DATA or not tensor[1]:
+            return None
+        dtype = DTYPE_BY_DATATYPE.get(tensor[2])
+        if dtype is None:
+            return None
+        nbytes = dtype.itemsize
+        for dim in tensor[3]:
+            if dim < 0:
+                return None
+            nbytes *= dim
+        data = tensor[5]
+        if len(data) != nbytes:
+            return None
+        try:
+            array = ndarray(tuple(tensor[3]), dtype, data)
+        except ValueError:  # a shape NumPy cannot make, though it holds no byte
+            return None
+        arrays.append(((<bytes>tensor[0]).decode("utf-8", "replace"), array))
+    return arrays
 
 
 # --- matching inputs -------------------------------------------------------------------------------

@@ -4,20 +4,23 @@ status code and a message.
 Both fronts (the framed socket, edge_agent.transport.framed_front; gRPC,
 edge_agent.transport.grpc_front) and the client (edge_agent.client) are built from RPCS: a new
 RPC is one row here and one method of AgentService. The method numbers live here, not in the
-framed protocol, which carries them as numbers. A leaf module: it knows the protobuf types and
-the errors, not the service (bound by Api) nor any transport.
+framed protocol, which carries them as numbers. Each row's codec says how its body is read and
+its reply written (edge_agent.api.codecs): Api.serve decodes a body once, with it, whichever
+front it came through. A leaf module: it knows the protobuf types, the codecs and the errors,
+not the service (bound by Api) nor any transport.
 """
 from __future__ import annotations
 
 import enum
 import logging
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Iterable, NamedTuple, Protocol
 
 from google.protobuf.message import DecodeError, Message
 
 from edge_agent import agent_pb2 as pb
 from edge_agent.errors import AgentError, StatusCode
 from edge_agent.api.caller import Caller
+from edge_agent.api.codecs import PredictCodec, ProtobufCodec, written
 
 log = logging.getLogger(__name__)
 
@@ -41,37 +44,60 @@ class Method(enum.IntEnum):
 GRPC_SERVICE = "AWS.SageMaker.Edge.Agent"
 
 
+class Codec(Protocol):
+    """A row's codec (edge_agent.api.codecs): decode_request raises DecodeError for a body
+    that is not the row's request."""
+
+    def decode_request(self, body: bytes | memoryview, /) -> Any: ...
+    def encode_response(self, response: Any, /) -> bytes: ...
+    def encode_request(self, request: Any, /) -> bytes: ...
+    def decode_response(self, body: bytes | memoryview, /) -> Any: ...
+
+
 class Rpc(NamedTuple):
     method: Method  # its number on the framed socket
     name: str  # its name in agent.proto and on gRPC (/AWS.SageMaker.Edge.Agent/<name>)
     request_type: type[Message]
     response_type: type[Message]
-    handler: str  # the AgentService method that serves it
+    handler: str  # the AgentService method that serves it (and the client's call: client.rpc)
+    # How its body is read and its reply written, on the agent's side and the client's
+    # (edge_agent.api.codecs): protobuf, or for Predict the wire codec with upb as fallback.
+    codec: Codec
 
     @property
     def grpc_path(self) -> str:
         return f"/{GRPC_SERVICE}/{self.name}"
 
 
+def _protobuf(method: Method, name: str, request_type: type[Message],
+              response_type: type[Message], handler: str) -> Rpc:
+    return Rpc(method, name, request_type, response_type, handler,
+               ProtobufCodec(request_type, response_type))
+
+
 RPCS: tuple[Rpc, ...] = (
-    Rpc(Method.PREDICT, "Predict", pb.PredictRequest, pb.PredictResponse, "predict"),
-    Rpc(Method.LOAD_MODEL, "LoadModel", pb.LoadModelRequest, pb.LoadModelResponse, "load_model"),
-    Rpc(Method.UNLOAD_MODEL, "UnLoadModel", pb.UnLoadModelRequest, pb.UnLoadModelResponse,
-        "unload_model"),
-    Rpc(Method.LIST_MODELS, "ListModels", pb.ListModelsRequest, pb.ListModelsResponse,
-        "list_models"),
-    Rpc(Method.DESCRIBE_MODEL, "DescribeModel", pb.DescribeModelRequest,
-        pb.DescribeModelResponse, "describe_model"),
-    Rpc(Method.CAPTURE_DATA, "CaptureData", pb.CaptureDataRequest, pb.CaptureDataResponse,
-        "capture_data"),
-    Rpc(Method.GET_CAPTURE_DATA_STATUS, "GetCaptureDataStatus", pb.GetCaptureDataStatusRequest,
-        pb.GetCaptureDataStatusResponse, "get_capture_data_status"),
+    # Handler predict_call: (model name, [WireTensor], [Handle]) in, the reply's bytes out.
+    Rpc(Method.PREDICT, "Predict", pb.PredictRequest, pb.PredictResponse, "predict_call",
+        PredictCodec()),
+    _protobuf(Method.LOAD_MODEL, "LoadModel", pb.LoadModelRequest, pb.LoadModelResponse,
+              "load_model"),
+    _protobuf(Method.UNLOAD_MODEL, "UnLoadModel", pb.UnLoadModelRequest, pb.UnLoadModelResponse,
+              "unload_model"),
+    _protobuf(Method.LIST_MODELS, "ListModels", pb.ListModelsRequest, pb.ListModelsResponse,
+              "list_models"),
+    _protobuf(Method.DESCRIBE_MODEL, "DescribeModel", pb.DescribeModelRequest,
+              pb.DescribeModelResponse, "describe_model"),
+    _protobuf(Method.CAPTURE_DATA, "CaptureData", pb.CaptureDataRequest, pb.CaptureDataResponse,
+              "capture_data"),
+    _protobuf(Method.GET_CAPTURE_DATA_STATUS, "GetCaptureDataStatus",
+              pb.GetCaptureDataStatusRequest, pb.GetCaptureDataStatusResponse,
+              "get_capture_data_status"),
     # Extensions of service Agent (method numbers from 100).
-    Rpc(Method.GET_METRICS, "GetMetrics", pb.GetMetricsRequest, pb.GetMetricsResponse,
-        "get_metrics"),
-    Rpc(Method.RESCAN, "Rescan", pb.RescanRequest, pb.RescanResponse, "rescan"),
-    Rpc(Method.ROLLBACK, "Rollback", pb.RollbackRequest, pb.RollbackResponse, "rollback"),
-    Rpc(Method.UNPIN, "Unpin", pb.UnpinRequest, pb.UnpinResponse, "unpin"),
+    _protobuf(Method.GET_METRICS, "GetMetrics", pb.GetMetricsRequest, pb.GetMetricsResponse,
+              "get_metrics"),
+    _protobuf(Method.RESCAN, "Rescan", pb.RescanRequest, pb.RescanResponse, "rescan"),
+    _protobuf(Method.ROLLBACK, "Rollback", pb.RollbackRequest, pb.RollbackResponse, "rollback"),
+    _protobuf(Method.UNPIN, "Unpin", pb.UnpinRequest, pb.UnpinResponse, "unpin"),
 )
 BY_METHOD: dict[int, Rpc] = {rpc.method: rpc for rpc in RPCS}
 BY_GRPC_PATH: dict[str, Rpc] = {rpc.grpc_path: rpc for rpc in RPCS}
@@ -88,17 +114,18 @@ def _not_counted(rpc: str, code: int) -> None:
 
 
 class Api:
-    """The RPCs bound to one AgentService for one front: handlers looked up once, not per
-    call; every call's outcome counted by `count(rpc name, code)` (the front's counter of
-    edge_agent.observe.metrics), here, where every outcome passes."""
+    """The RPCs bound to one AgentService for one front: per method, the row's decode, the
+    handler and the row's encode, looked up once, not per call; every call's outcome counted
+    by `count(rpc name, code)` (the front's counter of edge_agent.observe.metrics), here, where
+    every outcome passes. `rpcs`: the table (tests pass one whose Predict codec differs)."""
 
     def __init__(self, service: Any,
-                 count: Callable[[str, int], None] = _not_counted):
-        self._handlers: dict[int, Callable] = {
-            rpc.method: getattr(service, rpc.handler) for rpc in RPCS}
-        # Predict from wire bytes to wire bytes, without protobuf objects (the hot path);
-        # it answers None for a body it leaves to the table's handler.
-        self._predict_wire: Callable | None = getattr(service, "predict_wire", None)
+                 count: Callable[[str, int], None] = _not_counted,
+                 rpcs: Iterable[Rpc] = RPCS):
+        self._bound: dict[int, tuple[Callable, Callable]] = {
+            rpc.method: (rpc.codec.decode_request,
+                         _replying(getattr(service, rpc.handler), rpc.codec.encode_response))
+            for rpc in rpcs}
         self._count = count
 
     def unknown(self, method: object) -> Outcome:
@@ -107,54 +134,47 @@ class Api:
         return unknown_method(method)
 
     def serve(self, rpc: Rpc, body: bytes | memoryview, caller: Caller) -> Outcome:
-        """Decode, serve, encode, count; never raises for a bad request or a failed call.
+        """Decode (once: the row's codec), serve, encode, count; never raises for a bad
+        request or a failed call.
 
         A failed call is logged here, so it is logged the same way whichever front it came
         through."""
-        predict_wire = self._predict_wire
-        if rpc.method == Method.PREDICT and predict_wire is not None:
-            outcome = self._serve_wire(predict_wire, rpc, body, caller)
-        else:
-            outcome = self._serve(rpc, body, caller)
-        self._count(rpc.name, outcome.code)
-        return outcome
-
-    def _serve_wire(self, predict_wire: Callable, rpc: Rpc, body: bytes | memoryview,
-                    caller: Caller) -> Outcome:
+        decode, reply = self._bound[rpc.method]
         try:
-            reply = predict_wire(body, caller)
-        except AgentError as e:
-            log.debug("%s failed: %s", rpc.name, e)
-            return Outcome(e.code, e.message)
-        except Exception as e:  # a fault of ours: report it, keep serving
-            return self._internal(rpc, e)
-        if reply is None:  # unusual: protobuf decodes it (the reference)
-            return self._serve(rpc, body, caller)
-        return Outcome(StatusCode.OK, reply)
-
-    def _serve(self, rpc: Rpc, body: bytes | memoryview, caller: Caller) -> Outcome:
-        try:
-            request = rpc.request_type.FromString(body)
+            request = decode(body)
         except DecodeError:
             log.debug("%s failed: malformed request from pid %d", rpc.name, caller.pid)
-            return Outcome(
+            outcome = Outcome(
                 StatusCode.INVALID_ARGUMENT,
                 f"malformed {rpc.name} request: the body is not a "
                 f"{rpc.request_type.__name__} message")
-        try:
-            response = self._handlers[rpc.method](request, caller)
-        except AgentError as e:
-            log.debug("%s failed: %s", rpc.name, e)
-            return Outcome(e.code, e.message)
-        except Exception as e:  # a fault of ours: report it, keep serving
-            return self._internal(rpc, e)
-        return Outcome(StatusCode.OK, response.SerializeToString())
+        else:
+            try:
+                outcome = Outcome(StatusCode.OK, reply(request, caller))
+            except AgentError as e:
+                log.debug("%s failed: %s", rpc.name, e)
+                outcome = Outcome(e.code, e.message)
+            except Exception as e:  # a fault of ours: report it, keep serving
+                outcome = self._internal(rpc, e)
+        self._count(rpc.name, outcome.code)
+        return outcome
 
     @staticmethod
     def _internal(rpc: Rpc, error: Exception) -> Outcome:
         log.exception("%s failed with an internal error", rpc.name)
         return Outcome(StatusCode.INTERNAL,
                        f"internal error in {rpc.name}: {type(error).__name__}: {error}")
+
+
+def _replying(handler: Callable, encode: Callable[[Any], bytes]) -> Callable:
+    """handler(request, caller), then the row's encoder: the reply's bytes. A handler that
+    writes its reply itself (its codec's encode_response is codecs.written) is called alone."""
+    if encode is written:
+        return handler
+
+    def reply(request: Any, caller: Caller) -> bytes:
+        return encode(handler(request, caller))
+    return reply
 
 
 def unknown_method(method: object) -> Outcome:

@@ -1,7 +1,9 @@
 """The service core: load, unload, list, describe, predict. It knows no transport.
 
 Each RPC is a method taking the protobuf request and the Caller and returning the protobuf
-response, or raising AgentError with the status code the API gives for that failure. The
+response, or raising AgentError with the status code the API gives for that failure; Predict,
+the hot path, takes what the RPC table's codec decoded and returns the reply's bytes
+(predict_call; predict() is the same in protobuf messages, for callers in this process). The
 framed socket server and the gRPC front are thin adapters over one AgentService, through
 the RPC table of edge_agent.api.rpcs.
 """
@@ -16,6 +18,7 @@ from typing import Callable
 from edge_agent import agent_pb2 as pb
 from edge_agent.protocol import predict_codec
 from edge_agent.api.caller import IN_PROCESS, Caller, check_model_name
+from edge_agent.api.codecs import PredictCall, predict_call_of
 from edge_agent.capture.capture_calls import CaptureService
 from edge_agent.capture.validate import uses_shared_memory
 from edge_agent.config import AgentConfig
@@ -27,17 +30,9 @@ from edge_agent.platform.memory import MemoryBudget
 from edge_agent.observe.metrics import AgentMetrics
 from edge_agent.models.model_check import Prover
 from edge_agent.shm.segments import SharedMemory
-from edge_agent.protocol.tensors import SHARED_MEMORY, add_tensor, handle_of, wire_tensor
+from edge_agent.protocol.tensors import SHARED_MEMORY
 
 log = logging.getLogger(__name__)
-
-
-def _pb_response(outputs: list) -> pb.PredictResponse:
-    """The PredictResponse of the engine's outputs, built with protobuf (the reference)."""
-    response = pb.PredictResponse()
-    for name, data_type, shape, data in outputs:
-        add_tensor(response.tensors, name, data_type, shape, data)
-    return response
 
 
 # Makes the capture service of an agent from its configuration: the composition (the composition
@@ -230,47 +225,46 @@ class AgentService:
 
     # --- data plane ---------------------------------------------------------------------------
 
-    def predict(self, request: pb.PredictRequest, caller: Caller = IN_PROCESS) -> pb.PredictResponse:
-        """Predict from a decoded request: the reference the compiled path (predict_wire) is
-        held to, and the path for requests it leaves to protobuf."""
-        return self._predict(request.name, [wire_tensor(t) for t in request.tensors],
-                             [handle_of(h) for h in request.output_handles], caller,
-                             _pb_response)
+    def predict_call(self, request: PredictCall, caller: Caller = IN_PROCESS) -> bytes:
+        """Predict, as the RPC table's codec decoded it: (model name, [WireTensor], [Handle]
+        of output_handles) in, the serialized PredictResponse out.
 
-    def predict_wire(self, body, caller: Caller = IN_PROCESS) -> bytes | None:
-        """Predict from the serialized PredictRequest (bytes or a memoryview of the frame) to
-        the serialized PredictResponse, without protobuf objects (edge_agent.protocol.predict_codec);
-        None for a request the codec leaves to protobuf (unknown fields, merged messages,
-        malformed bytes): the caller then decodes it and calls predict()."""
-        decoded = predict_codec.decode_request(body)
-        if decoded is None:
-            return None
-        name, tensors, output_handles = decoded
-        return self._predict(name, tensors, output_handles, caller,
-                             predict_codec.encode_response)
-
-    def _predict(self, name: str, tensors: list, output_handles: list, caller: Caller,
-                 encode: Callable[[list], object]):
+        The Predict codec's part on this side of the table is here: its plain match takes
+        inline inputs of exactly the model's shapes as views of the frame (anything else is
+        bound and checked by the engine), and its encoder writes the outputs into the reply
+        while the engine holds them (one copy, from the runtime's buffers)."""
         started = time.perf_counter()
+        name, tensors, output_handles = request
         model = self._model(name)
         predicted = False  # counted OK by the model; the shared memory may yet prove truncated
         try:
+            if not output_handles:
+                arrays = predict_codec.plain_inputs(tensors, *model.plain_match)
+                if arrays is not None:  # the common case, first: it is on every Predict
+                    with model.run(arrays, False, 0, None, started) as outputs:
+                        return predict_codec.encode_response(outputs)
             if output_handles or _any_shared(tensors):
                 with self.shm.call(caller) as shm:
                     writer = (shm.output_writer(output_handles, model.outputs)
                               if output_handles else None)
-                    result = model.predict(tensors, encode, reader=shm.read, writer=writer,
-                                           started=started)
+                    reply = _run(model, tensors, shm.read, writer, started)
                     predicted = True
-            else:  # no shared-memory call context where no handle is present
-                result = model.predict(tensors, encode, started=started)
+            else:  # inline inputs the plain match left to the engine's checks
+                arrays, _ = model.bind(tensors)
+                with model.run(arrays, True, 0, None, started) as outputs:
+                    reply = predict_codec.encode_response(outputs)
         except AgentError as e:
             model.count_failure(e.code, predicted)
             raise
         except Exception:
             model.count_failure(StatusCode.INTERNAL, predicted)
             raise
-        return result
+        return reply
+
+    def predict(self, request: pb.PredictRequest, caller: Caller = IN_PROCESS) -> pb.PredictResponse:
+        """Predict for callers in this process, in protobuf messages: the request read as the
+        table's codec reads one it leaves to upb, the reply parsed back."""
+        return pb.PredictResponse.FromString(self.predict_call(predict_call_of(request), caller))
 
     def capture_data(self, request: pb.CaptureDataRequest,
                      caller: Caller = IN_PROCESS) -> pb.CaptureDataResponse:
@@ -342,6 +336,19 @@ class AgentService:
 def _managed_message(name: str, what: str) -> str:
     return (f"model '{name}' is managed by the model repository (edge_agent_model_repository): "
             f"applications cannot {what} it; `edge-agent client rollback|unpin` change its version")
+
+
+def _run(model: LoadedModel, tensors: list, reader, writer, started: float) -> bytes:
+    """The serialized PredictResponse of `model` run on the request's tensors."""
+    arrays = predict_codec.plain_inputs(tensors, *model.plain_match)
+    if arrays is None:  # anything but plain inline inputs of the model's shapes
+        arrays, shared = model.bind(tensors, reader)
+        checked = True
+    else:
+        shared = 0
+        checked = False
+    with model.run(arrays, checked, shared, writer, started) as outputs:
+        return predict_codec.encode_response(outputs)
 
 
 def _any_shared(tensors) -> bool:

@@ -1,4 +1,6 @@
-"""A loaded TensorFlow Lite model: its tensor metadata and the predict path.
+"""A loaded TensorFlow Lite model: its tensor metadata, and what a Predict asks of it: bind
+the inputs to arrays, run the model, hold its outputs while the caller reads them. The wire
+and its codec are the service's (edge_agent.api.service), not this module's.
 
 One LoadedModel wraps one interpreter. Calls on it are serialised by its own lock; calls on
 different models run in parallel, because the runtime releases the GIL while it invokes.
@@ -9,12 +11,12 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from traceback import clear_frames
+from typing import Sequence
 
 import numpy as np
 
 from edge_agent import agent_pb2 as pb
-from edge_agent.protocol import predict_codec
 from edge_agent.errors import (AgentError, StatusCode, failed_precondition, invalid_argument,
                                resource_exhausted)
 from edge_agent.platform.runtime import interpreter_module
@@ -138,11 +140,14 @@ class LoadedModel:
         self._allocated = [spec.shape for spec in self.inputs]
         self._load_shapes = list(self._allocated)
         self._resized = False  # _allocated differs from the shapes at load; under _lock
-        # What predict_codec.plain_inputs matches a request against, derived once.
-        self._positions = {spec.name_bytes: spec.position for spec in self.inputs}
-        self._plain = tuple((spec.data_type, spec.shape_list, spec.nbytes, spec.dtype, spec.shape)
-                            for spec in self.inputs)
         self._input_indices = tuple(spec.index for spec in self.inputs)
+        # What predict_codec.plain_inputs matches a request's inputs against (the service's
+        # plain match), derived once: (input name bytes -> place among the inputs, per input
+        # (wire DataType, shape as a list, byte length, dtype, shape as a tuple)).
+        self.plain_match = (
+            {spec.name_bytes: spec.position for spec in self.inputs},
+            tuple((spec.data_type, spec.shape_list, spec.nbytes, spec.dtype, spec.shape)
+                  for spec in self.inputs))
         if metrics is not None:
             metrics.inputs_per_call = len(self.inputs)
 
@@ -160,72 +165,37 @@ class LoadedModel:
             output_tensor_metadatas=[s.metadata() for s in self.outputs],
             delegate=self.delegate, version=self.version)
 
-    # --- predict ----------------------------------------------------------------------------
+    # --- predict ---------------------------------------------------------------------------
+    # The service (edge_agent.api.service) matches a request's inputs to the model, runs it and
+    # writes the reply: bind() checks inputs into arrays (the general path: the service's
+    # codec matches plain inline inputs itself, against plain_match), run() sets them and
+    # invokes, holding the model while the caller reads the outputs. No codec here.
 
-    def predict(self, tensors: Sequence[WireTensor], encode: Callable[[list], Any],
-                reader=None, writer=None, started: float = 0.0) -> Any:
-        """encode(outputs) for the request's input tensors, called under the model's lock.
+    def bind(self, tensors: Sequence[WireTensor], reader=None) -> tuple[list[np.ndarray], int]:
+        """The request's tensors as arrays in the model's input order, each checked, and how
+        many of them came through shared memory; INVALID_ARGUMENT when they do not fit the
+        model. `reader(handle, nbytes, what)` turns a shared-memory handle into a buffer;
+        without one, such tensors are refused."""
+        return self._bind_inputs(tensors, reader or _no_shared_memory)
+
+    def run(self, arrays: list[np.ndarray], checked: bool = True, shared: int = 0,
+            writer=None, started: float = 0.0) -> "Run":
+        """`with model.run(arrays) as outputs:` the model run on `arrays` (its inputs in
+        order: bind()'s, or the plain match's), held until the block ends.
 
         `outputs`: one (name bytes, wire DataType, shape, data) per model output, in order,
-        where data is a view of the runtime's output buffer (valid only during encode: the
-        encoder copies it once, into the reply) or, with a writer, the Handle it returned.
-        INVALID_ARGUMENT when the inputs do not fit the model. `reader(handle, nbytes, what)`
-        turns a shared-memory handle into a buffer; without one, such tensors are refused.
+        where data is a view of the runtime's output buffer (valid only inside the block:
+        read it, or copy it once, there) or, with a writer, the Handle it returned.
         `writer(position, name, array)`, when given, puts each output into shared memory and
-        returns its Handle. `started`: time.perf_counter() when the request arrived, for the
-        metrics.
-        """
-        arrays = predict_codec.plain_inputs(tensors, self._positions, self._plain)
-        general = arrays is None
-        if general:  # anything but plain inline inputs of the model's shapes: checked here
-            arrays, shared = self._bind_inputs(tensors, reader or _no_shared_memory)
-        else:
-            shared = 0
-        interpreter = self._interpreter
-        with self._lock:
-            if general or self._resized:
-                self._fit_shapes(arrays)
-            input_bytes = 0
-            set_tensor = interpreter.set_tensor
-            for index, array in zip(self._input_indices, arrays):
-                input_bytes += array.nbytes
-                # set_tensor copies once more an array that is not a writable, aligned C
-                # array (NumPy's CARRAY): a read-only view, or inline bytes at an offset of
-                # the frame that is not a multiple of the element size.
-                if array.flags.carray or array.nbytes < _DIRECT_COPY_BYTES:
-                    set_tensor(index, array)
-                else:
-                    self._copy_input(index, array)
-            metrics = self.metrics
-            if metrics is None:
-                interpreter.invoke()
-            else:
-                invoke_started = time.perf_counter()
-                interpreter.invoke()
-                invoke_ended = time.perf_counter()
-            outputs: list = []
-            view = None
-            try:
-                output_bytes = 0
-                for spec in self.outputs:
-                    view = interpreter.tensor(spec.index)()
-                    output_bytes += view.nbytes
-                    # No local name for the view beyond `view`: every reference to it must be
-                    # gone before the lock is released (the next call on another thread
-                    # invokes, which the runtime refuses while a view lives).
-                    outputs.append((spec.name_bytes, spec.data_type, view.shape,
-                                    view if writer is None
-                                    else writer(spec.position, spec.name, view)))
-                result = encode(outputs)
-            finally:
-                # Also when the writer or the encoder refuses: the runtime refuses to invoke
-                # while views into its buffers live.
-                outputs.clear()
-                del view
-            if metrics is not None:  # one C call (edge_agent.observe.metrics.ModelMetrics)
-                metrics.succeeded(started, invoke_ended - invoke_started, shared,
-                                       input_bytes, output_bytes)
-            return result
+        returns its Handle. `checked`: the arrays came from bind(), and may need the model
+        resized (False: the plain match's, of the model's load shapes). `shared`: how many
+        inputs came through shared memory; `started`: time.perf_counter() when the request
+        arrived; both for the metrics, counted when the block ends without an exception."""
+        run = _new(Run)  # not Run(...): one Python call fewer on every Predict
+        run._model = self
+        run._call = (arrays, checked, shared, writer, started)
+        run._outputs = []
+        return run
 
     def count_failure(self, code: int, after_success: bool = False) -> None:
         """Count a prediction that answered `code` (metrics.ModelMetrics.failed). Takes the
@@ -329,6 +299,87 @@ class LoadedModel:
                 f"input '{spec.name}': expected shape {format_shape(spec.signature)}"
                 f"{' (-1: any size)' if spec.dynamic else ''}, got {format_shape(shape)}")
         return shape, byte_length(spec.dtype, shape)
+
+
+class Run:
+    """One call's hold on a model (LoadedModel.run): entering takes the model's lock, sets the
+    inputs, invokes and gathers the outputs; leaving drops every view of the runtime's buffers,
+    counts the call and releases the lock. A class, not a generator: it is on every Predict."""
+
+    __slots__ = ("_model", "_call", "_outputs", "_counted")
+    _model: LoadedModel
+    _call: tuple  # (arrays, checked, shared, writer, started): LoadedModel.run's arguments
+    _outputs: list
+    _counted: tuple  # (invoke seconds, input bytes, output bytes) for the metrics
+
+    def __enter__(self) -> list:
+        model = self._model
+        arrays, checked, _, writer, _ = self._call
+        interpreter = model._interpreter
+        outputs = self._outputs
+        view = None
+        model._lock.acquire()
+        try:
+            if checked or model._resized:
+                model._fit_shapes(arrays)
+            input_bytes = 0
+            set_tensor = interpreter.set_tensor
+            for index, array in zip(model._input_indices, arrays):
+                input_bytes += array.nbytes
+                # set_tensor copies once more an array that is not a writable, aligned C
+                # array (NumPy's CARRAY): a read-only view, or inline bytes at an offset of
+                # the frame that is not a multiple of the element size.
+                if array.flags.carray or array.nbytes < _DIRECT_COPY_BYTES:
+                    set_tensor(index, array)
+                else:
+                    model._copy_input(index, array)
+            metrics = model.metrics
+            if metrics is None:
+                interpreter.invoke()
+            else:
+                invoke_started = time.perf_counter()
+                interpreter.invoke()
+                invoke_seconds = time.perf_counter() - invoke_started
+            output_bytes = 0
+            for spec in model.outputs:
+                view = interpreter.tensor(spec.index)()
+                output_bytes += view.nbytes
+                # No local name for the view beyond `view`, deleted below: every reference to
+                # it must be gone before the lock is released (the next call on another thread
+                # invokes, which the runtime refuses while a view lives).
+                outputs.append((spec.name_bytes, spec.data_type, view.shape,
+                                view if writer is None
+                                else writer(spec.position, spec.name, view)))
+            del view
+            if metrics is not None:
+                self._counted = (invoke_seconds, input_bytes, output_bytes)
+        except BaseException as e:
+            view = None  # noqa: F841 - this frame is in the traceback: it must not keep a view
+            outputs.clear()
+            # A refusing writer's frame, kept by the traceback, still names its view.
+            clear_frames(e.__traceback__)
+            model._lock.release()
+            raise
+        return outputs
+
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        model = self._model
+        # The runtime refuses to invoke while views into its buffers live: the caller's
+        # `outputs` is this list, emptied.
+        self._outputs.clear()
+        if traceback is not None:  # the frames the reader left, e.g. an encoder that refused
+            clear_frames(traceback)
+        try:
+            metrics = model.metrics
+            if exc_type is None and metrics is not None:  # one C call (observe.metrics)
+                _, _, shared, _, started = self._call
+                invoke_seconds, input_bytes, output_bytes = self._counted
+                metrics.succeeded(started, invoke_seconds, shared, input_bytes, output_bytes)
+        finally:
+            model._lock.release()
+
+
+_new = object.__new__
 
 
 def _no_shared_memory(handle, nbytes: int, name: str):

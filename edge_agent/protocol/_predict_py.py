@@ -1,5 +1,6 @@
 """The Predict codec in pure Python: the twin of cext/_predict.pyx, line for line (with
-plain_inputs, the engine's match of decoded inputs to a model's in the common case).
+plain_inputs, the service's match of decoded inputs to a model's in the common case, and the
+client's array calls, encode_arrays_request and decode_arrays_response).
 
 PredictRequest and PredictResponse are small, fixed messages: their protocol buffer encoding
 is a few varints and length-delimited fields. This reads them straight from the frame body and
@@ -17,7 +18,8 @@ from __future__ import annotations
 
 from numpy import ndarray
 
-from edge_agent.protocol.tensors import BYTE_DATA, NO_DATA, SHARED_MEMORY, Handle, WireTensor
+from edge_agent.protocol.tensors import (BYTE_DATA, DATATYPE_BY_DTYPE, DTYPE_BY_DATATYPE, NO_DATA,
+                                         SHARED_MEMORY, Handle, WireTensor)
 
 _U64 = (1 << 64) - 1
 
@@ -274,6 +276,78 @@ def encode_request(name: str, tensors, output_handles=()) -> bytes:
     for handle in output_handles:
         _put_bytes(out, 100 << 3 | 2, _handle_bytes(handle))
     return bytes(out)
+
+
+# --- the client's arrays ----------------------------------------------------------------------
+# The client's common case in one call each way: a request from NumPy arrays, a reply to them.
+
+def _array_tensor(name: bytes, value) -> tuple | None:
+    """(name, DataType, shape, array) of a C-contiguous array of a wire type, else None."""
+    if type(value) is not ndarray:
+        return None
+    if not value.flags.c_contiguous:
+        return None
+    data_type = DATATYPE_BY_DTYPE.get(value.dtype)
+    if data_type is None:
+        return None
+    return (name, data_type, value.shape, value)
+
+
+def encode_arrays_request(name: str, inputs) -> bytes | None:
+    """The PredictRequest of a model name and its inputs as NumPy arrays, by position (a list
+    or a tuple) or by name (a dict of str): what encode_request writes for them. None when an
+    input is anything else (not an ndarray, not C-contiguous, a dtype without a wire DataType)
+    or the inputs are not a list, tuple or dict: the caller's general path shapes those."""
+    tensors: list = []
+    if type(inputs) is dict:
+        for key, value in inputs.items():
+            if type(key) is not str:
+                return None
+            tensor = _array_tensor(key.encode(), value)
+            if tensor is None:
+                return None
+            tensors.append(tensor)
+    elif type(inputs) is list or type(inputs) is tuple:
+        for value in inputs:
+            tensor = _array_tensor(b"", value)
+            if tensor is None:
+                return None
+            tensors.append(tensor)
+    else:
+        return None
+    return encode_request(name, tensors)
+
+
+def decode_arrays_response(body) -> list | None:
+    """[(output name, array)] of a PredictResponse, each array a read-only view of the body's
+    byte_data in the shape and dtype its metadata gives. None when the body is left to upb or
+    a tensor is anything else (no metadata, not byte_data, an unknown DataType, a negative
+    dimension, a length its shape does not make, a shape NumPy cannot make): the caller's
+    general path reads those."""
+    tensors = decode_response(body)
+    if tensors is None:
+        return None
+    arrays: list = []
+    for tensor in tensors:
+        if tensor[4] != BYTE_DATA or not tensor[1]:
+            return None
+        dtype = DTYPE_BY_DATATYPE.get(tensor[2])
+        if dtype is None:
+            return None
+        nbytes = dtype.itemsize
+        for dim in tensor[3]:
+            if dim < 0:
+                return None
+            nbytes *= dim
+        data = tensor[5]
+        if len(data) != nbytes:
+            return None
+        try:
+            array: ndarray = ndarray(tuple(tensor[3]), dtype, data)
+        except ValueError:  # a shape NumPy cannot make, though it holds no byte
+            return None
+        arrays.append((tensor[0].decode("utf-8", "replace"), array))
+    return arrays
 
 
 # --- matching inputs -------------------------------------------------------------------------------

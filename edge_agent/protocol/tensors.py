@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple, Sequence
+from types import MappingProxyType
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -29,6 +30,9 @@ _DTYPE_BY_DATATYPE: dict[int, np.dtype] = {
     pb.COMPLEX128: np.dtype(np.complex128),
 }
 _DATATYPE_BY_DTYPE: dict[np.dtype, int] = {v: k for k, v in _DTYPE_BY_DATATYPE.items()}
+# Read-only views of the two maps, for the Predict codec's array calls (the client's path).
+DTYPE_BY_DATATYPE: Mapping[int, np.dtype] = MappingProxyType(_DTYPE_BY_DATATYPE)
+DATATYPE_BY_DTYPE: Mapping[np.dtype, int] = MappingProxyType(_DATATYPE_BY_DTYPE)
 
 
 def dtype_of(data_type: int) -> np.dtype | None:

@@ -67,7 +67,7 @@ def test_a_late_reply_to_a_call_given_up_on_is_not_taken_for_the_next(path):
         with pytest.raises(AgentError) as info:
             client.list_models()
         assert info.value.code == StatusCode.DEADLINE_EXCEEDED
-        client._sock.settimeout(30)  # the second call waits as long as it takes
+        client.transport.sock.settimeout(30)  # the second call waits as long as it takes
         assert [m.name for m in client.list_models()] == ["m"]
     agent.join()
 

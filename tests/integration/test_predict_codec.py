@@ -5,8 +5,10 @@ decodes what upb decodes; for any bytes at all, the codec either decodes what up
 leaves the body to upb (None), never something else; PredictResponse and PredictRequest are
 encoded byte for byte as upb's SerializeToString writes them (upb writes fields in field-number
 order and leaves proto3 defaults out, so there is one encoding to match, and matching it
-byte for byte is stronger than parsing alike). Then the agent's Predict through Api.invoke
-(the compiled path) answers every good and bad request exactly as the protobuf path does.
+byte for byte is stronger than parsing alike). Then the agent's Predict through Api.serve
+(the RPC table's Predict codec on each implementation, the service's plain match and encoder)
+answers every good and bad request exactly as the protobuf path does (upb decodes, the engine's
+general path binds, upb encodes).
 """
 from __future__ import annotations
 
@@ -24,13 +26,13 @@ import edge_agent.protocol._predict_py
 from edge_agent import agent_pb2 as pb
 from edge_agent import config
 from edge_agent.api import rpcs as api
+from edge_agent.api.codecs import UPB_ONLY, PredictCodec
 from edge_agent.protocol import predict_codec
 from edge_agent.tools import model_builder
-from edge_agent.models import engine as engine_module
 from edge_agent.api import service as service_module
 from edge_agent.errors import StatusCode
 from edge_agent.api.rpcs import Method
-from edge_agent.api.service import AgentService, _pb_response
+from edge_agent.api.service import AgentService
 from edge_agent.api.caller import IN_PROCESS
 from edge_agent.protocol.tensors import BYTE_DATA, Handle, add_tensor, handle_of, wire_tensor
 
@@ -43,6 +45,14 @@ CODECS = {"python": edge_agent.protocol._predict_py}
 if compiled is not None:
     CODECS["compiled"] = compiled
 PREDICT = api.BY_METHOD[Method.PREDICT]
+
+
+def _pb_response(outputs) -> pb.PredictResponse:
+    """The PredictResponse of (name bytes, DataType, shape, data) per output, built by upb."""
+    response = pb.PredictResponse()
+    for name, data_type, shape, data in outputs:
+        add_tensor(response.tensors, name, data_type, shape, data)
+    return response
 
 
 @pytest.fixture(params=sorted(CODECS), scope="module")
@@ -276,17 +286,102 @@ def test_a_buffer_that_is_not_contiguous_is_refused_not_misread(codec):
         codec.encode_response([(b"y", pb.FLOAT32, (2,), np.zeros((4, 4), np.float32)[:, 1])])
 
 
+# --- the client's array calls ------------------------------------------------------------------
+
+WIRE_DTYPES = [np.float32, np.uint8, np.int8, np.int16, np.int64, np.float16, np.float64,
+               np.bool_, np.uint64, np.complex64]
+
+
+@st.composite
+def arrays(draw):
+    shape = tuple(draw(st.lists(st.integers(0, 3), max_size=3)))
+    dtype = np.dtype(draw(st.sampled_from(WIRE_DTYPES)))
+    data = draw(st.binary(min_size=dtype.itemsize * int(np.prod(shape)),
+                          max_size=dtype.itemsize * int(np.prod(shape))))
+    return np.frombuffer(data, dtype).reshape(shape).copy()
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(name=st.text(max_size=8), values=st.lists(arrays(), max_size=3),
+       keys=st.lists(st.text(max_size=4), min_size=3, max_size=3, unique=True),
+       container=st.sampled_from(["list", "tuple", "dict"]))
+def test_array_requests_are_encoded_as_encode_request_writes_them(codec, name, values, keys,
+                                                                 container):
+    from edge_agent.protocol.tensors import data_type_of
+
+    if container == "dict":
+        inputs = dict(zip(keys, values))
+        named = [(k.encode(), v) for k, v in inputs.items()]
+    else:
+        inputs = list(values) if container == "list" else tuple(values)
+        named = [(b"", v) for v in values]
+    expected = codec.encode_request(name, [(n, data_type_of(v.dtype), v.shape, v)
+                                           for n, v in named])
+    assert codec.encode_arrays_request(name, inputs) == expected
+
+
+def test_array_requests_leave_anything_else_to_the_general_path(codec):
+    from collections import OrderedDict
+
+    x = np.zeros((2, 4), np.float32)
+    for inputs in ([x[:, ::2]],                       # not C-contiguous
+                   [np.array(["a"])],                 # no wire DataType
+                   [x.astype(">f4")],                 # not the machine's byte order
+                   [x.tolist()], [Handle(16)],        # not an ndarray
+                   {1: x}, OrderedDict(a=x),          # a key not a str, a mapping not a dict
+                   iter([x])):
+        assert codec.encode_arrays_request("m", inputs) is None, inputs
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(tensors=st.lists(outputs(), max_size=4))
+def test_array_replies_decode_as_the_general_read_does(codec, tensors):
+    """Whatever decode_arrays_response reads, the general read (decode_response, then
+    reply_array per tensor) reads alike; what it leaves is what the general read refuses or
+    what is not an inline array with metadata."""
+    from edge_agent.protocol.tensors import reply_array
+
+    body = codec.encode_response(tensors)
+    decoded = codec.decode_arrays_response(body)
+    event(f"arrays: {decoded is not None}")
+    general = codec.decode_response(body)
+    if decoded is None:
+        def readable(t):
+            try:
+                reply_array(t)
+            except (ValueError, TypeError):
+                return False
+            return t.kind == BYTE_DATA and t.has_metadata and min(t.shape, default=0) >= 0
+        assert not all(readable(t) for t in general)
+        return
+    assert len(decoded) == len(general)
+    for (name, array), tensor in zip(decoded, general):
+        reference_name, reference = reply_array(tensor)
+        assert name == reference_name
+        assert (array.dtype, array.shape) == (reference.dtype, reference.shape)
+        assert array.tobytes() == reference.tobytes() and not array.flags.writeable
+
+
 # --- the agent's Predict on each codec, against the protobuf path -----------------------------
 
-class ProtobufOnly:
-    """The service as Api sees it without predict_wire: every Predict decoded by upb."""
-    predict_wire = None
+class _Reference:
+    """What the service's Predict uses of the codec (the plain match, the reply's encoder),
+    as protobuf alone would do it: no plain match (the engine's general path binds every
+    input), the reply built by upb."""
 
-    def __init__(self, service):
-        self._service = service
+    @staticmethod
+    def plain_inputs(tensors, positions, specs):
+        return None
 
-    def __getattr__(self, name):
-        return getattr(self._service, name)
+    @staticmethod
+    def encode_response(outputs) -> bytes:
+        return _pb_response(outputs).SerializeToString()
+
+
+def table(codec) -> tuple:
+    """The RPC table with `codec` as the Predict row's."""
+    return tuple(rpc._replace(codec=codec) if rpc.method == Method.PREDICT else rpc
+                 for rpc in api.RPCS)
 
 
 @pytest.fixture(scope="module")
@@ -304,15 +399,20 @@ def agent_service(tmp_path_factory, model_files):
 
 @pytest.fixture
 def fronts(agent_service, codec, monkeypatch):
-    """(Api on the codec under test, Api on protobuf only)."""
+    """(Api on the codec under test, Api on protobuf only): Api.serve decodes with the
+    table's Predict codec, the service matches and encodes with its module's predict_codec."""
     monkeypatch.setattr(service_module, "predict_codec", codec)
-    monkeypatch.setattr(engine_module, "predict_codec", codec)  # its plain_inputs
-    return api.Api(agent_service), api.Api(ProtobufOnly(agent_service))
+    return (api.Api(agent_service, rpcs=table(PredictCodec(codec))),
+            api.Api(agent_service, rpcs=table(PredictCodec(UPB_ONLY))))
 
 
 def both(fronts, body, caller=IN_PROCESS):
-    """The compiled path's outcome, asserted to be the protobuf path's, byte for byte."""
-    fast, reference = (front.serve(PREDICT, body, caller) for front in fronts)
+    """The codec's outcome, asserted to be the protobuf path's, byte for byte."""
+    fast_front, reference_front = fronts
+    fast = fast_front.serve(PREDICT, body, caller)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(service_module, "predict_codec", _Reference)
+        reference = reference_front.serve(PREDICT, body, caller)
     assert fast == reference
     return fast
 
@@ -355,7 +455,7 @@ def test_good_requests_answer_as_protobuf_does(fronts, codec, agent_service):
         assert decoded is not None  # the compiled path, not the fallback
         model = agent_service._models["add"]
         # ... and the engine's plain match, not its general path
-        assert codec.plain_inputs(decoded[1], model._positions, model._plain) is not None
+        assert codec.plain_inputs(decoded[1], *model.plain_match) is not None
         code, reply = both(fronts, body)
         assert code == StatusCode.OK
         np.testing.assert_allclose(outputs_of(reply)[b"sum"], built.reference(inputs)["sum"].ravel())
@@ -415,15 +515,15 @@ def _never_reads(handle, nbytes, name):
 @given(data=st.data())
 def test_the_plain_match_takes_only_what_the_general_path_accepts_unchanged(
         agent_service, codec, name, data):
-    """Whatever plain_inputs takes, the engine's general path (_bind_inputs) takes too, as the
+    """Whatever plain_inputs takes, the engine's general path (bind) takes too, as the
     same arrays of the model's load shapes; anything else is left to the general path."""
     model = agent_service._models[name]
     tensors = data.draw(_wire_tensors(model.inputs))
-    arrays = codec.plain_inputs(tensors, model._positions, model._plain)
+    arrays = codec.plain_inputs(tensors, *model.plain_match)
     event(f"plain: {arrays is not None}")
     if arrays is None:
         return
-    general, shared = model._bind_inputs(tensors, _never_reads)
+    general, shared = model.bind(tensors, _never_reads)
     assert shared == 0
     assert [a.shape for a in arrays] == [s.shape for s in model.inputs]
     for fast, reference in zip(arrays, general):
@@ -444,7 +544,7 @@ def test_the_plain_match_is_the_same_on_both_codecs(agent_service):
             int(rng.choice([s.data_type for s in model.inputs] + [0])),
             [] if rng.integers(2) else list(s.shape), BYTE_DATA, s.nbytes)
             for s in rng.permutation(model.inputs)]
-        results = [c.plain_inputs(tensors, model._positions, model._plain)
+        results = [c.plain_inputs(tensors, *model.plain_match)
                    for c in (compiled, edge_agent.protocol._predict_py)]
         assert (results[0] is None) == (results[1] is None)
         if results[0] is not None:
@@ -594,11 +694,10 @@ def test_shared_memory_inputs_and_outputs_answer_as_protobuf_does(fronts, codec)
 # --- the client's predict on each codec, against a real agent ---------------------------------
 
 def test_the_client_predicts_on_each_codec(agent, model_files, codec, monkeypatch):
-    from edge_agent import client as client_module
     from edge_agent.errors import AgentError
     from edge_agent.shm_client import MemfdSegment, SysVSegment
 
-    monkeypatch.setattr(client_module, "predict_codec", codec)
+    monkeypatch.setattr(api.BY_METHOD[Method.PREDICT].codec, "wire", codec)  # the client's
     built = model_builder.add_model()
     inputs = built.sample_inputs(seed=4)
     expected = built.reference(inputs)["sum"]

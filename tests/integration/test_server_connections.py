@@ -84,11 +84,11 @@ def test_the_python_client_reconnects_after_an_idle_close(start_agent):
     agent = start_agent(edge_agent_idle_timeout_seconds=0.3)
     with agent.client(timeout=60) as client:
         client.list_models()
-        first = client._sock
+        first = client.transport.sock
         readable, _, _ = select.select([first], [], [], 120)  # the agent's idle notice
         assert readable
         assert client.list_models() == []
-        assert client._sock is not first  # a new connection
+        assert client.transport.sock is not first  # a new connection
     assert "idle for 0.3 s" in agent.log()
 
 

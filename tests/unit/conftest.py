@@ -1,43 +1,20 @@
 """Unit tests: modules called in process, no agent serving a socket. Here `in_process` and
 `start_in_process` give an AgentService with the configuration `edge-agent serve` tests use,
-and a client that speaks to it through the one RPC table (edge_agent.api.rpcs) instead of a socket:
-the same requests, replies and status codes as over the wire, encoded by AgentClient's own
-methods."""
+and an AgentClient that speaks to it over edge_agent.client.InMemoryTransport (Api.serve, what
+the fronts call with a request's body) instead of a socket: the same requests, replies and
+status codes as over the wire, encoded and decoded by the RPC table's codecs."""
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import pytest
 from agents import agent_settings
 
 from edge_agent import config as config_module
-from edge_agent.api.rpcs import BY_METHOD, Api
-from edge_agent.api.caller import IN_PROCESS
-from edge_agent.client import AgentClient
-from edge_agent.errors import AgentError, StatusCode
+from edge_agent.api.caller import IN_PROCESS, Caller
+from edge_agent.api.rpcs import Api
 from edge_agent.api.service import AgentService
-
-
-class InProcessClient(AgentClient):
-    """AgentClient whose calls go to Api.invoke in this process: what the fronts do with a
-    request's body, without the framing."""
-
-    def __init__(self, api: Api):  # no socket: AgentClient.__init__ would connect one
-        self.socket_path = "(in process)"
-        self._api = api
-
-    def close(self) -> None:
-        pass
-
-    def call(self, method, request, response_type: type | None = None, fds=()):
-        rpc = BY_METHOD.get(method)
-        caller = dataclasses.replace(IN_PROCESS, fds=tuple(fds))
-        code, reply = (self._api.unknown(method) if rpc is None
-                       else self._api.serve(rpc, request.SerializeToString(), caller))
-        if code != StatusCode.OK:
-            raise AgentError(code, reply)
-        return (response_type or rpc.response_type).FromString(reply)
+from edge_agent.client import AgentClient, InMemoryTransport
 
 
 class InProcessAgent:
@@ -49,8 +26,9 @@ class InProcessAgent:
         self.service = AgentService(config_module.from_mapping(settings))
         self.api = Api(self.service)
 
-    def client(self) -> InProcessClient:
-        return InProcessClient(self.api)
+    def client(self, caller: Caller = IN_PROCESS) -> AgentClient:
+        """An AgentClient over an InMemoryTransport to this service's Api."""
+        return AgentClient(transport=InMemoryTransport(self.api, caller))
 
     def close(self) -> None:
         self.service.close()
