@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import socket
-import struct
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -43,47 +41,18 @@ from edge_agent.api.caller import Caller
 from edge_agent.transport.socket_files import (accept_until, bind_socket, peer_credentials,
                                     remove_socket_file, timeval)
 
+from edge_agent.protocol.grpc_connection import (CONNECTION_WINDOW, MAX_FRAME, MAX_HEADER_LIST,
+                                                 MESSAGE_PREFIX, STREAM_WINDOW, parse_timeout,
+                                                 percent_encode)
+from edge_agent.protocol.grpc_connection import RESPONSE_HEADERS as _RESPONSE_HEADERS
+
 log = logging.getLogger(__name__)
 
 RECV_BYTES = 256 * 1024
-# Each gRPC message: a compressed flag and a big-endian length, then the protobuf bytes.
-MESSAGE_PREFIX = struct.Struct(">BI")
-# Receive windows: large enough that a message of some MiB streams in without waiting a
-# round trip per 64 KiB (the HTTP/2 default); what is buffered stays bounded by
-# edge_agent_max_frame_bytes per call and, for all clients of both fronts together, by
-# edge_agent_max_pending_bytes (edge_agent.transport.pending).
-STREAM_WINDOW = 4 * 1024 * 1024
-CONNECTION_WINDOW = 16 * 1024 * 1024
-MAX_FRAME = 1024 * 1024  # fewer, larger DATA frames: less Python per byte
-MAX_HEADER_LIST = 16 * 1024
 # A connection over edge_agent_max_connections is answered RESOURCE_EXHAUSTED for this long,
 # by at most MAX_REFUSING threads at once; beyond, it is closed unanswered.
 REFUSAL_SECONDS = 2.0
 MAX_REFUSING = 4
-MAX_MESSAGE_BYTES = 1024  # of an error message, in grpc-message
-_TIMEOUT = re.compile(rb"(\d{1,8})([HMSmun])")
-_TIMEOUT_UNIT = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"n": 1e-9}
-_RESPONSE_HEADERS = [(b":status", b"200"), (b"content-type", b"application/grpc"),
-                     (b"grpc-accept-encoding", b"identity")]
-
-
-def percent_encode(message: str) -> bytes:
-    """grpc-message as the gRPC spec has it: UTF-8, every byte outside printable ASCII and
-    '%' itself as %XX. Surrounding blanks go (a header value cannot carry them). Only the
-    first MAX_MESSAGE_BYTES of UTF-8 are sent, then "...": the header stays well under the
-    8 KiB of metadata gRPC clients accept (an encoded byte takes up to 3), and HPACK's cost,
-    which grows with the square of a header's length, stays small."""
-    raw = message.strip().encode("utf-8", "replace")
-    if len(raw) > MAX_MESSAGE_BYTES:  # cut at a character's boundary, not inside one
-        raw = raw[:MAX_MESSAGE_BYTES].decode("utf-8", "ignore").encode("utf-8") + b"..."
-    return "".join(chr(b) if 0x20 <= b <= 0x7E and b != 0x25 else f"%{b:02X}"
-                   for b in raw).encode("ascii")
-
-
-def parse_timeout(value: bytes) -> float | None:
-    """Seconds of a grpc-timeout header ("100m", "5S"); None when malformed (then ignored)."""
-    match = _TIMEOUT.fullmatch(value)
-    return int(match[1]) * _TIMEOUT_UNIT[match[2]] if match else None
 
 
 class _Call:
