@@ -18,6 +18,18 @@ import tempfile
 from edge_agent.errors import AgentError, StatusCode, invalid_argument
 
 FD_URL = re.compile(r"fd:([0-9]{1,9})")
+# Descriptors a client may pass with one frame (SCM_RIGHTS). The framed front's ancillary
+# buffer holds this many; the kernel closes any beyond it and flags the receive MSG_CTRUNC.
+MAX_FDS = 16
+
+
+def close_fds(fds) -> None:
+    """Close descriptors a client passed; each exactly once, whatever fails."""
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
 
 
 def fd_url_index(url: str) -> int | None:

@@ -1,7 +1,12 @@
 """How much a connection receives next: the one rule both connection objects follow."""
 from __future__ import annotations
 
-from edge_agent.transport.socket_io import WAITALL_BYTES
+# The receive buffer every connection has for its life (a larger frame grows it for as long
+# as it is incomplete), on both fronts and the client.
+RECV_BYTES = 256 * 1024
+# The most one receive of a large body asks for (a buffer set aside for it grows by at most
+# this much at a time).
+WAITALL_BYTES = 4 * 1024 * 1024
 
 
 def next_receive(needed: int, pending: int, base: int) -> tuple[int, bool]:

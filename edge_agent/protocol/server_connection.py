@@ -1,6 +1,6 @@
 """The agent's side of one framed connection, sans-IO.
 
-The loop that owns the socket (edge_agent.transport.framed_front.Connection) does only this:
+The loop that owns the socket (edge_agent.transport.framed_front.FramedConnection) does only this:
 
     while True:
         event = conn.next_event(now)
@@ -27,12 +27,9 @@ from edge_agent.errors import StatusCode
 from edge_agent.protocol.events import CLOSED, NEED_DATA, ProtocolError, Request
 from edge_agent.protocol.frames import (HEADER, FrameSplitter, FramingError, Kind,
                                         encode_error, reply_parts)
-from edge_agent.protocol.receiving import next_receive
-from edge_agent.transport.socket_io import MAX_FDS, close_fds
+from edge_agent.protocol.receiving import RECV_BYTES, next_receive
+from edge_agent.protocol.descriptors import MAX_FDS, close_fds
 
-# The receive buffer every connection has for its life (a larger frame grows it for as long
-# as it is incomplete).
-RECV_BYTES = 256 * 1024
 
 _REQUEST = int(Kind.REQUEST)  # a plain int: compared once a request, faster than the enum
 

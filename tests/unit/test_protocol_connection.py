@@ -17,7 +17,8 @@ from edge_agent.protocol import (CLOSED, HEADER, NEED_DATA, ClientConnection, Fr
                                  ProtocolError, Reply, Request, ServerConnection, encode_error,
                                  encode_reply, encode_request)
 from edge_agent.api.rpcs import Method
-from edge_agent.transport.socket_io import MAX_FDS, WAITALL_BYTES
+from edge_agent.protocol.receiving import WAITALL_BYTES
+from edge_agent.transport.socket_io import MAX_FDS
 
 SPLITTERS = {"compiled": edge_agent.protocol._framing.FrameSplitter,
              "python": edge_agent.protocol._framing_py.FrameSplitter}

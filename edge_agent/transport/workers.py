@@ -1,0 +1,139 @@
+"""Where a call runs: inline on the loop, on its model's worker, or in the small pool.
+
+- Predict runs inline while its model's measured time per call (the median of the last
+  SAMPLES calls) is under INLINE_SECONDS: a tiny model costs less to run than a hand-off to
+  another thread. A model measured slower gets a worker thread of its own (its invoke
+  releases the GIL, so two compute-bound models keep two cores), up to MAX_MODEL_WORKERS
+  models; a model not yet measured, or a Predict that brings descriptors (shared memory to
+  map), runs in the pool.
+- Calls that may block — loading a model and its check, capture (its journal syncs),
+  metrics, unloading (it waits for the model's calls), the model repository's calls — run in
+  the pool; ListModels, DescribeModel and GetCaptureDataStatus read memory and run inline.
+
+The result of a call handed off comes back to the loop through call_soon_threadsafe().
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, TypeVar
+
+from edge_agent.api.rpcs import Method
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+INLINE_SECONDS = 50e-6
+SAMPLES = 16
+MAX_MODEL_WORKERS = 32
+MAX_MEASURED = 256  # model names with timings kept (beyond: forgotten, measured again)
+POOL_THREADS = 4
+# Read-only, in memory: never worth a hand-off.
+INLINE_METHODS = frozenset({Method.LIST_MODELS, Method.DESCRIBE_MODEL,
+                            Method.GET_CAPTURE_DATA_STATUS})
+
+
+def predict_model_name(body) -> str | None:
+    """The model name of a serialized PredictRequest (field 1, a string), read without
+    decoding the message; None when it is not where the encoders put it (first)."""
+    if len(body) < 2 or body[0] != 0x0A:
+        return None
+    length, at = 0, 1
+    for shift in (0, 7):
+        byte = body[at]
+        at += 1
+        length |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            break
+    else:
+        return None
+    name = body[at:at + length]
+    return bytes(name).decode("utf-8", "replace") if len(name) == length else None
+
+
+class _ModelWorker:
+    """One thread running one model's calls in order."""
+
+    def __init__(self, name: str):
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, daemon=True,
+                                         name=f"edge-agent-model-{name[:20]}")
+        self._thread.start()
+
+    def submit(self, job: Callable[[], None]) -> None:
+        self._queue.put(job)
+
+    def _run(self) -> None:
+        while (job := self._queue.get()) is not None:
+            job()
+
+    def stop(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+
+
+class Workers:
+    """The threads calls are handed to, and the per-model timings that decide."""
+
+    def __init__(self, pool_threads: int = POOL_THREADS, inline_seconds: float = INLINE_SECONDS):
+        self.inline_seconds = inline_seconds
+        self._pool = ThreadPoolExecutor(pool_threads, thread_name_prefix="edge-agent-call")
+        self._models: dict[str, _ModelWorker] = {}
+        self._samples: dict[str, list[float]] = {}
+        self._slow: dict[str, bool] = {}  # model → measured slower than inline_seconds
+        self._lock = threading.Lock()  # samples come from the loop and the workers
+
+    def place(self, method: int, body, fds) -> Callable[[Callable[[], None]], object] | None:
+        """None: run it inline; else the function that queues a job where it runs."""
+        if method == Method.PREDICT:
+            name = predict_model_name(body)
+            slow = self._slow.get(name) if name is not None else True
+            if slow is False and not fds:
+                return None
+            if slow and name is not None and not fds:
+                worker = self._models.get(name)
+                if worker is None and len(self._models) < MAX_MODEL_WORKERS:
+                    worker = self._models[name] = _ModelWorker(name)
+                if worker is not None:
+                    return worker.submit
+            return self._pool.submit
+        if method in INLINE_METHODS:
+            return None
+        return self._pool.submit
+
+    def measure(self, method: int, body, seconds: float) -> None:
+        """One Predict's time (wherever it ran): every SAMPLES, its model's median decides."""
+        if method != Method.PREDICT:
+            return
+        name = predict_model_name(body)
+        if name is None:
+            return
+        with self._lock:
+            samples = self._samples.get(name)
+            if samples is None:
+                if len(self._samples) >= MAX_MEASURED:
+                    self._samples.clear()
+                    self._slow.clear()
+                samples = self._samples[name] = []
+            samples.append(seconds)
+            if len(samples) >= SAMPLES:
+                samples.sort()
+                self._slow[name] = samples[len(samples) // 2] > self.inline_seconds
+                samples.clear()
+
+    def run_measured(self, method: int, body, call: Callable[[], T]) -> T:
+        if method != Method.PREDICT:
+            return call()
+        started = time.perf_counter()
+        result = call()
+        self.measure(method, body, time.perf_counter() - started)
+        return result
+
+    def stop(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        for worker in list(self._models.values()):
+            worker.stop()
+        self._models.clear()
