@@ -200,16 +200,11 @@ class ServerConnection:
 
     # --- bytes out --------------------------------------------------------------------------
 
-    def send_reply(self, request_id: int, method: int, code: int, body_or_message) -> bytes:
-        """The reply frame to the Request last handed out, as one bytes object: the
-        serialized response when `code` is OK, else the error message."""
-        header, body = self.reply_parts(request_id, method, code, body_or_message)
-        return header + body
-
     def reply_parts(self, request_id: int, method: int, code: int,
                     body_or_message) -> tuple[bytes, bytes]:
-        """send_reply() as (header, body), not joined: the loop sends both in one sendmsg,
-        so a large response is not copied once more behind its header."""
+        """The reply frame to the Request last handed out, as (header, body): the serialized
+        response when `code` is OK, else the error message. Not joined: the loop sends both
+        in one sendmsg, so a large response is not copied once more behind its header."""
         if request_id != self._awaiting:
             raise RuntimeError(f"reply to request {request_id}, but {self._awaiting} is the "
                                "one being answered")

@@ -405,15 +405,14 @@ def test_a_client_that_does_not_take_its_reply_is_disconnected(start_agent, tmp_
 
 
 def test_a_client_that_does_not_open_its_window_holds_no_worker(start_agent, tmp_path):
-    """With one worker: a client's reply held back by its closed window waits on its own
-    connection, and another client's call is answered meanwhile (the worker is not waiting
-    for the window; edge_agent_send_timeout_seconds is far away)."""
+    """A client's reply held back by its closed window waits on its own connection, and
+    another client's call is answered meanwhile (nothing waits for the window;
+    edge_agent_send_timeout_seconds is far away)."""
     from edge_agent.tools import model_builder
     from edge_agent.protocol.tensors import add_array
 
     path = str(tmp_path / "grpc.sock")
-    agent = start_agent(edge_agent_grpc_socket_path=path, edge_agent_grpc_max_workers=1,
-                        edge_agent_send_timeout_seconds=600)
+    agent = start_agent(edge_agent_grpc_socket_path=path, edge_agent_send_timeout_seconds=600)
     built = model_builder.add_model((1, 1 << 16))
     with agent.client() as framed:
         framed.load_model("wide", str(built.write(tmp_path / "wide.tflite")))
