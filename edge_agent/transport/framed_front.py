@@ -306,10 +306,31 @@ class FramedConnection:
     # --- bytes out --------------------------------------------------------------------------
 
     def _send(self, *parts) -> None:
-        """Queue `parts` and send what the socket takes now; the rest waits for WRITE."""
-        self._out.extend(memoryview(part) for part in parts)
-        if len(self._out) == len(parts):  # nothing was waiting before
+        """Send `parts` as far as the socket takes them now; the rest waits for WRITE."""
+        if not self._out:  # the usual case: all of it goes at once
+            try:
+                sent = self.sock.sendmsg(parts)
+            except BlockingIOError:
+                sent = 0
+            except OSError as e:
+                log.debug("client connection ended before its reply: %s", e)
+                self.close()
+                return
+            for part in parts:
+                if sent >= len(part):
+                    sent -= len(part)
+                    continue
+                self._out.append(memoryview(part)[sent:])
+                sent = 0
+            if not self._out:
+                if self._closing:
+                    self.close()
+                return
             self._sent_at = time.monotonic()
+            self._want(WRITE)
+            self.loop.timer_changed(self.deadline())
+            return
+        self._out.extend(memoryview(part) for part in parts)
         self._flush()
 
     def _flush(self) -> None:

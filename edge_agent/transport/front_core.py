@@ -213,10 +213,13 @@ class FrontLoop:
         try:
             self.loop.run(self._over)
         finally:
+            left = sum(len(core.handlers) for core in self.cores)
             for core in self.cores:
                 core.close_listener()
                 core.close_all()
-            self.workers.stop()
+            if not self.workers.stop() or left:
+                log.warning("stopping with %d connection(s) still busy or calls still running "
+                            "after the grace period", left)
             self.loop.close()
             self.finished.set()
 

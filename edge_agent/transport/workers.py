@@ -7,8 +7,9 @@
   models; a model not yet measured, or a Predict that brings descriptors (shared memory to
   map), runs in the pool.
 - Calls that may block — loading a model and its check, capture (its journal syncs),
-  metrics, unloading (it waits for the model's calls), the model repository's calls — run in
-  the pool; ListModels, DescribeModel and GetCaptureDataStatus read memory and run inline.
+  metrics, unloading (it waits for the model's calls), a capture's status (it may read the
+  disk), the model repository's calls — run in the pool; ListModels and DescribeModel read
+  memory and run inline.
 
 The result of a call handed off comes back to the loop through call_soon_threadsafe().
 """
@@ -32,8 +33,7 @@ MAX_MODEL_WORKERS = 32
 MAX_MEASURED = 256  # model names with timings kept (beyond: forgotten, measured again)
 POOL_THREADS = 4
 # Read-only, in memory: never worth a hand-off.
-INLINE_METHODS = frozenset({Method.LIST_MODELS, Method.DESCRIBE_MODEL,
-                            Method.GET_CAPTURE_DATA_STATUS})
+INLINE_METHODS = frozenset({Method.LIST_MODELS, Method.DESCRIBE_MODEL})
 
 
 def predict_model_name(body) -> str | None:
@@ -70,9 +70,11 @@ class _ModelWorker:
         while (job := self._queue.get()) is not None:
             job()
 
-    def stop(self) -> None:
+    def stop(self, deadline: float) -> bool:
+        """End after the calls queued; False if still running at `deadline`."""
         self._queue.put(None)
-        self._thread.join()
+        self._thread.join(max(0.0, deadline - time.monotonic()))
+        return not self._thread.is_alive()
 
 
 class Workers:
@@ -132,8 +134,17 @@ class Workers:
         self.measure(method, body, time.perf_counter() - started)
         return result
 
-    def stop(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+    def stop(self, timeout: float = 2.0) -> bool:
+        """Calls not started are dropped; those running get up to `timeout` seconds to end
+        (a call stuck in a model must not hold the agent's stop for ever). False if some are
+        still running then: their threads end when they return."""
+        deadline = time.monotonic() + timeout
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        ended = True
+        for thread in list(getattr(self._pool, "_threads", ())):
+            thread.join(max(0.0, deadline - time.monotonic()))
+            ended = ended and not thread.is_alive()
         for worker in list(self._models.values()):
-            worker.stop()
+            ended = worker.stop(deadline) and ended
         self._models.clear()
+        return ended
