@@ -1,7 +1,7 @@
 """The agent's one event loop: every connection's I/O, of both fronts, on one thread.
 
-The loop waits (selectors: epoll on Linux) for sockets that are ready and calls their
-handlers; a handler reads what is there, feeds its sans-IO connection object, runs short calls
+The loop waits (epoll, through the standard library's select module) for sockets that are
+ready and calls their handlers; a handler reads what is there, feeds its sans-IO connection object, runs short calls
 inline and hands long ones to the workers (edge_agent.transport.workers), whose results come
 back through call_soon_threadsafe(), the only way into the loop from another thread. Work a
 connection still has after its turn (requests already buffered) waits in the ready queue
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
-import selectors
+import select
 import threading
 import time
 from collections import deque
@@ -21,9 +21,43 @@ from typing import Callable, Protocol
 
 log = logging.getLogger(__name__)
 
-READ = selectors.EVENT_READ
-WRITE = selectors.EVENT_WRITE
+READ = select.EPOLLIN
+WRITE = select.EPOLLOUT
+# A hang-up or an error is reported to the handler as both: its next receive or send says
+# which (end of stream, or the error itself).
+_TROUBLE = select.EPOLLHUP | select.EPOLLERR
 _NEVER = float("inf")
+
+
+class Poller:
+    """epoll with a callback per descriptor: register(sock, READ | WRITE, callback), modify,
+    unregister; the loop calls callback(events) when the socket is ready. (The selectors
+    module does the same with a key object per event: a few microseconds a request more.)"""
+
+    def __init__(self) -> None:
+        self._epoll = select.epoll()
+        self.callbacks: dict[int, Callable[[int], None]] = {}
+
+    def register(self, fileobj, events: int, callback: Callable[[int], None]) -> None:
+        fd = fileobj if isinstance(fileobj, int) else fileobj.fileno()
+        self._epoll.register(fd, events)
+        self.callbacks[fd] = callback
+
+    def modify(self, fileobj, events: int, callback: Callable[[int], None]) -> None:
+        fd = fileobj if isinstance(fileobj, int) else fileobj.fileno()
+        self._epoll.modify(fd, events)
+        self.callbacks[fd] = callback
+
+    def unregister(self, fileobj) -> None:
+        fd = fileobj if isinstance(fileobj, int) else fileobj.fileno()
+        if self.callbacks.pop(fd, None) is not None:
+            self._epoll.unregister(fd)
+
+    def poll(self, timeout: float | None):
+        return self._epoll.poll(-1 if timeout is None else timeout)
+
+    def close(self) -> None:
+        self._epoll.close()
 
 
 class Timed(Protocol):
@@ -38,7 +72,7 @@ class EventLoop:
     call."""
 
     def __init__(self) -> None:
-        self.selector = selectors.DefaultSelector()
+        self.selector = Poller()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.selector.register(self._wake_r, READ, self._drain_wake)
         self._incoming: deque = deque()  # (callback, args) from other threads
@@ -46,6 +80,7 @@ class EventLoop:
         self._timed: set[Timed] = set()
         self._next_timer = _NEVER
         self._periodic: list[list] = []  # [due, interval, callback]
+        self._next_periodic = _NEVER
         self._stop_requested = False
         self.stop_deadline = _NEVER
         self._on_stop: list[Callable[[], None]] = []  # called once, on the loop, at stop()
@@ -88,7 +123,9 @@ class EventLoop:
 
     def every(self, interval: float, callback: Callable[[], None]) -> None:
         """callback() every `interval` seconds, on the loop (the watchdog)."""
-        self._periodic.append([time.monotonic() + interval, interval, callback])
+        due = time.monotonic() + interval
+        self._periodic.append([due, interval, callback])
+        self._next_periodic = min(self._next_periodic, due)
 
     def on_stop(self, callback: Callable[[], None]) -> None:
         self._on_stop.append(callback)
@@ -119,31 +156,40 @@ class EventLoop:
     def run(self, until: Callable[[], bool]) -> None:
         """Serve until `until()` is true (checked after every turn)."""
         self.thread = threading.current_thread()
-        select = self.selector.select
+        poll = self.selector.poll
+        callbacks = self.selector.callbacks
         incoming, ready = self._incoming, self._ready
         clock = time.monotonic
+        trouble, both = _TROUBLE, READ | WRITE
         while not until():
             if ready or incoming:
                 timeout: float | None = 0.0
             else:
-                wake = min(self._next_timer,
-                           min((p[0] for p in self._periodic), default=_NEVER))
+                wake = min(self._next_timer, self._next_periodic)
                 timeout = None if wake == _NEVER else max(0.0, wake - clock())
-            for key, mask in select(timeout):
-                key.data(mask)
+            for fd, events in poll(timeout):
+                callback = callbacks.get(fd)
+                if callback is not None:  # (unregistered by a handler run before it)
+                    callback(events | both if events & trouble else events)
             while incoming:
                 callback, args = incoming.popleft()
                 callback(*args)
             for _ in range(len(ready)):  # this turn's; what they add waits for the next
                 callback, args = ready.popleft()
                 callback(*args)
-            now = clock()
-            if now >= self._next_timer:
-                self._run_timers(now)
-            for periodic in self._periodic:
-                if now >= periodic[0]:
-                    periodic[0] = now + periodic[1]
-                    periodic[2]()
+            if self._next_timer != _NEVER or self._next_periodic != _NEVER:
+                now = clock()
+                if now >= self._next_timer:
+                    self._run_timers(now)
+                if now >= self._next_periodic:
+                    self._run_periodic(now)
+
+    def _run_periodic(self, now: float) -> None:
+        for periodic in self._periodic:
+            if now >= periodic[0]:
+                periodic[0] = now + periodic[1]
+                periodic[2]()
+        self._next_periodic = min(p[0] for p in self._periodic)
 
     def _run_timers(self, now: float) -> None:
         self._next_timer = _NEVER

@@ -30,7 +30,7 @@ from edge_agent.transport.event_loop import READ, WRITE
 from edge_agent.transport.front_core import FrontCore, FrontLoop
 from edge_agent.transport.pending import PendingBudget
 from edge_agent.transport.socket_files import ServerError, peer_credentials
-from edge_agent.transport.socket_io import close_fds, receive_into_with_fds
+from edge_agent.transport.socket_io import close_fds, receive_with_fds
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +123,8 @@ class FramedConnection:
         self.server = server
         self.core = server.core
         self.loop = server.loop
+        self.workers = server.workers
+        self.serve = server.serve
         self.sock = sock
         self.fd = sock.fileno()
         self.caller = caller
@@ -201,7 +203,7 @@ class FramedConnection:
     def _receive(self) -> None:
         protocol = self.protocol
         try:
-            n, fds, truncated = receive_into_with_fds(self.sock, protocol.get_buffer(), False, 0)
+            n, fds, truncated = receive_with_fds(self.sock, protocol.get_buffer())
         except BlockingIOError:
             return
         except OSError as e:
@@ -214,15 +216,20 @@ class FramedConnection:
                 self.close()
                 return
             protocol.receive_eof()
+            self._advance()
         else:
             self.idle = False
-            protocol.buffer_updated(n, time.monotonic(), fds, truncated)
-        self._advance()
+            now = time.monotonic()
+            protocol.buffer_updated(n, now, fds, truncated)
+            self._advance(now)
 
-    def _advance(self) -> None:
+    def _advance(self, now: float | None = None) -> None:
         """Answer what is complete, in order, until the protocol needs bytes, a call runs
-        off the loop, a reply waits for the client, or this turn's requests are done."""
+        off the loop, a reply waits for the client, or this turn's requests are done.
+        `now`: when the bytes came (the calls answered inline meanwhile are short)."""
         protocol = self.protocol
+        if now is None:
+            now = time.monotonic()
         turn = TURN
         while not (self._closed or self._closing or self._running or self._out):
             if self._stopping:
@@ -231,7 +238,7 @@ class FramedConnection:
             if not turn:
                 self.loop.soon(self._advance)  # the other connections' turn first
                 return
-            event = protocol.next_event(time.monotonic())
+            event = protocol.next_event(now)
             kind = event.__class__
             if kind is Request:
                 turn -= 1
@@ -239,8 +246,10 @@ class FramedConnection:
                 self._dispatch(event)
             elif kind is NeedData:
                 self.idle = not protocol.frame_in_progress
-                self._waiting_since = time.monotonic()
-                self.loop.timer_changed(self.deadline())
+                self._waiting_since = now
+                timeout = protocol.receive_timeout
+                if timeout:
+                    self.loop.timer_changed(now + timeout)
                 self._want(READ)
                 return
             elif kind is ProtocolError:
@@ -258,12 +267,11 @@ class FramedConnection:
     def _dispatch(self, request: Request) -> None:
         method, body, fds = request.method, request.body, request.fds
         caller = self.caller if not fds else dataclasses.replace(self.caller, fds=fds)
-        workers = self.server.workers
-        queue = workers.place(method, body, fds)
+        workers = self.workers
+        queue, measured = workers.place(method, body, fds)
         if queue is None:
             try:
-                outcome = workers.run_measured(
-                    method, body, lambda: self.server.serve(method, body, caller))
+                outcome = workers.run(measured, self.serve, method, body, caller)
             finally:
                 if fds:
                     close_fds(fds)
@@ -277,8 +285,7 @@ class FramedConnection:
                 if self._closed:  # its client went while it waited: nobody to answer
                     outcome = _NOT_RUN
                 else:
-                    outcome = workers.run_measured(
-                        method, body, lambda: self.server.serve(method, body, caller))
+                    outcome = workers.run(measured, self.serve, method, body, caller)
             except BaseException as e:  # never: Api.serve answers every failure
                 outcome = Outcome(StatusCode.INTERNAL, f"internal error: {e}")
             finally:

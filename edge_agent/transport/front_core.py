@@ -181,7 +181,8 @@ class FrontCore:
 
     @property
     def done(self) -> bool:
-        return self.stopping and not self.handlers
+        """Stopped (or never bound) with no connection left."""
+        return (self.stopping or self.listener is None) and not self.handlers
 
     def close_all(self) -> None:
         for handler in list(self.handlers.values()):
@@ -206,8 +207,8 @@ class FrontLoop:
 
     def _over(self) -> bool:
         loop = self.loop
-        return loop.stopping and (all(core.done for core in self.cores)
-                                  or time.monotonic() >= loop.stop_deadline)
+        return loop._stop_requested and (all(core.done for core in self.cores)
+                                         or time.monotonic() >= loop.stop_deadline)
 
     def run(self) -> None:
         try:

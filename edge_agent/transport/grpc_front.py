@@ -217,28 +217,25 @@ class GrpcHandler(_Sender):
             outcome = server.api.unknown(call.path)
             conn.reply(call.stream_id, outcome.code, outcome.reply, time.monotonic())
             return
-        workers = server.workers
-        method, body = call.rpc.method, call.body
-        place = workers.place(method, body, ())
+        place, measured = server.workers.place(call.rpc.method, call.body, ())
         if place is None:
-            outcome = self._serve(call)
+            outcome = self._serve(call, measured)
             conn.reply(call.stream_id, outcome.code, outcome.reply, time.monotonic())
             return
 
         def job() -> None:
             # A call whose client went (or reset it) while it waited is not run.
-            outcome = _NOT_RUN if self.closed or self.conn.closed else self._serve(call)
+            outcome = _NOT_RUN if self.closed or self.conn.closed else self._serve(call, measured)
             self.loop.call_soon_threadsafe(self._done, call, outcome)
 
         place(job)
 
-    def _serve(self, call: Call) -> Outcome:
+    def _serve(self, call: Call, measured: str | None) -> Outcome:
         if call.deadline is not None and time.monotonic() > call.deadline:
             return Outcome(StatusCode.DEADLINE_EXCEEDED,
                            "the call's deadline passed before it could start")
-        return self.server.workers.run_measured(
-            call.rpc.method, call.body,
-            lambda: self.server.api.serve(call.rpc, call.body, self.caller))
+        return self.server.workers.run(measured, self.server.api.serve, call.rpc, call.body,
+                                       self.caller)
 
     def _done(self, call: Call, outcome: Outcome) -> None:
         self.conn.reply(call.stream_id, outcome.code, outcome.reply, time.monotonic())

@@ -74,6 +74,15 @@ def receive_into_with_fds(sock: socket.socket, view: memoryview, wait_all: bool,
     return n, _NO_FDS, False
 
 
+def receive_with_fds(sock: socket.socket, view: memoryview):
+    """receive_into_with_fds() for a non-blocking socket on the event loop (one receive of
+    whatever is there, no spin): → (nbytes, fds, truncated); BlockingIOError if nothing is."""
+    n, ancillary, flags, _ = sock.recvmsg_into([view], _ANCILLARY_BYTES, _CLOEXEC)
+    if ancillary or flags & _CTRUNC:
+        return n, _descriptors(ancillary), bool(flags & _CTRUNC)
+    return n, _NO_FDS, False
+
+
 def _recvmsg_polling(sock: socket.socket, buffer, spin_seconds: float):
     """recv_into_polling, as recvmsg: the spin is the same, ancillary data comes along."""
     deadline = time.perf_counter() + spin_seconds

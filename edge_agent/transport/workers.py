@@ -1,11 +1,13 @@
 """Where a call runs: inline on the loop, on its model's worker, or in the small pool.
 
-- Predict runs inline while its model's measured time per call (the median of the last
-  SAMPLES calls) is under INLINE_SECONDS: a tiny model costs less to run than a hand-off to
-  another thread. A model measured slower gets a worker thread of its own (its invoke
-  releases the GIL, so two compute-bound models keep two cores), up to MAX_MODEL_WORKERS
-  models; a model not yet measured, or a Predict that brings descriptors (shared memory to
-  map), runs in the pool.
+- Predict runs inline while its model's measured time per call (the least of the last
+  SAMPLES calls: time spent waiting for the GIL or a core, when threads compete, only ever
+  adds to a call's time, so the least is the model's own cost) is under INLINE_SECONDS: a
+  tiny model costs less to run than a hand-off to another thread. A model measured slower
+  gets a worker thread of its own (its invoke releases the GIL, so two compute-bound models
+  keep two cores), up to MAX_MODEL_WORKERS models; a model not yet measured, or a Predict
+  that brings descriptors (shared memory to map), runs in the pool. (A SysV segment named in
+  the request is attached once and cached: its cost shows in one measured call.)
 - Calls that may block — loading a model and its check, capture (its journal syncs),
   metrics, unloading (it waits for the model's calls), a capture's status (it may read the
   disk), the model repository's calls — run in the pool; ListModels and DescribeModel read
@@ -27,8 +29,10 @@ from edge_agent.api.rpcs import Method
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+Queue = Callable[[Callable[[], None]], object]  # queues a job on the thread that runs it
 INLINE_SECONDS = 50e-6
 SAMPLES = 16
+MEASURE_EVERY = 16
 MAX_MODEL_WORKERS = 32
 MAX_MEASURED = 256  # model names with timings kept (beyond: forgotten, measured again)
 POOL_THREADS = 4
@@ -87,32 +91,35 @@ class Workers:
         self._samples: dict[str, list[float]] = {}
         self._slow: dict[str, bool] = {}  # model → measured slower than inline_seconds
         self._lock = threading.Lock()  # samples come from the loop and the workers
+        self._calls = 0  # Predicts placed: every MEASURE_EVERY-th of a decided model is timed
 
-    def place(self, method: int, body, fds) -> Callable[[Callable[[], None]], object] | None:
-        """None: run it inline; else the function that queues a job where it runs."""
-        if method == Method.PREDICT:
-            name = predict_model_name(body)
-            slow = self._slow.get(name) if name is not None else True
-            if slow is False and not fds:
-                return None
-            if slow and name is not None and not fds:
-                worker = self._models.get(name)
-                if worker is None and len(self._models) < MAX_MODEL_WORKERS:
-                    worker = self._models[name] = _ModelWorker(name)
-                if worker is not None:
-                    return worker.submit
-            return self._pool.submit
-        if method in INLINE_METHODS:
-            return None
-        return self._pool.submit
-
-    def measure(self, method: int, body, seconds: float) -> None:
-        """One Predict's time (wherever it ran): every SAMPLES, its model's median decides."""
+    def place(self, method: int, body, fds) -> tuple[Queue | None, str | None]:
+        """(None: run it inline, else the function that queues a job where it runs; the
+        model whose time this call should be measured for, or None). A model not yet decided
+        is measured on every call, a decided one on one call in MEASURE_EVERY (its cost may
+        change: another version under the same name)."""
         if method != Method.PREDICT:
-            return
+            return (None if method in INLINE_METHODS else self._pool.submit), None
         name = predict_model_name(body)
         if name is None:
-            return
+            return self._pool.submit, None
+        slow = self._slow.get(name)
+        self._calls += 1
+        measured = name if slow is None or not self._calls % MEASURE_EVERY else None
+        if fds:
+            return self._pool.submit, measured
+        if slow is False:
+            return None, measured
+        if slow:
+            worker = self._models.get(name)
+            if worker is None and len(self._models) < MAX_MODEL_WORKERS:
+                worker = self._models[name] = _ModelWorker(name)
+            if worker is not None:
+                return worker.submit, measured
+        return self._pool.submit, measured
+
+    def measure(self, name: str, seconds: float) -> None:
+        """One Predict's time (wherever it ran): every SAMPLES, the least of them decides."""
         with self._lock:
             samples = self._samples.get(name)
             if samples is None:
@@ -122,16 +129,16 @@ class Workers:
                 samples = self._samples[name] = []
             samples.append(seconds)
             if len(samples) >= SAMPLES:
-                samples.sort()
-                self._slow[name] = samples[len(samples) // 2] > self.inline_seconds
+                self._slow[name] = min(samples) > self.inline_seconds
                 samples.clear()
 
-    def run_measured(self, method: int, body, call: Callable[[], T]) -> T:
-        if method != Method.PREDICT:
-            return call()
+    def run(self, measured: str | None, call: Callable[..., T], *args) -> T:
+        """call(*args), timed for the model `measured` (place() said which, if any)."""
+        if measured is None:
+            return call(*args)
         started = time.perf_counter()
-        result = call()
-        self.measure(method, body, time.perf_counter() - started)
+        result = call(*args)
+        self.measure(measured, time.perf_counter() - started)
         return result
 
     def stop(self, timeout: float = 2.0) -> bool:
