@@ -255,3 +255,45 @@ def test_evicting_an_idle_grpc_connection_never_waits_on_its_client(tmp_path):
         server.workers.stop()
         fronts.loop.close()
         theirs.close()
+
+
+def test_the_watchdog_is_fed_from_the_loop(monkeypatch):
+    """WATCHDOG=1 is sent by the loop's own thread (a stuck loop would stop it), and no more
+    once the agent says it is stopping."""
+    from edge_agent.platform import systemd
+
+    sent: list[tuple[str, str]] = []
+    pinged = threading.Event()
+
+    def notify(message, env=None):
+        sent.append((message, threading.current_thread().name))
+        if message == "WATCHDOG=1":
+            assert threading.current_thread().name == "edge-agent-loop"
+            if sent.count(("WATCHDOG=1", "edge-agent-loop")) >= 2:
+                pinged.set()
+        return True
+
+    monkeypatch.setattr(systemd, "notify", notify)
+    fronts = FrontLoop()
+    notifier = systemd.Notifier({"WATCHDOG_USEC": "2000"})  # every millisecond
+    notifier.ready("/run/agent.sock", fronts.loop.every)
+    fronts.start()
+    try:
+        assert pinged.wait(WAIT)
+        stopped = threading.Event()
+
+        def stop_on_the_loop():  # (on the loop's thread: no ping can be half-way)
+            notifier.stopping()
+            sent.clear()
+            stopped.set()
+
+        fronts.loop.call_soon_threadsafe(stop_on_the_loop)
+        assert stopped.wait(WAIT)
+        turned = threading.Event()
+        fronts.loop.call_soon_threadsafe(turned.set)  # a later turn of the loop
+        assert turned.wait(WAIT)
+        assert sent == []  # no ping since
+    finally:
+        fronts.stop(0)
+        assert fronts.join(WAIT)
+    assert not [message for message, _ in sent if message == "WATCHDOG=1"]
