@@ -38,6 +38,8 @@ __all__ = ["ServerError", "SocketServer", "FramedConnection", "peer_credentials"
 
 # Requests one connection may have answered in one turn of the loop before the others'.
 TURN = 8
+# Receives in one turn while a large body arrives.
+RECEIVES_OF_A_BODY = 8
 # A connection closing after an error reply gives its client at most this long to take it.
 CLOSING_SEND_SECONDS = 1.0
 _NOT_RUN = Outcome(StatusCode.UNAVAILABLE, "the connection closed before the call ran")
@@ -201,27 +203,33 @@ class FramedConnection:
     # --- bytes in ---------------------------------------------------------------------------
 
     def _receive(self) -> None:
+        """One receive, and the requests it completed; while the rest of a large body is
+        awaited (receive_whole), a few receives at once, each taking what the kernel holds,
+        rather than one wait on the loop per socket buffer's worth."""
         protocol = self.protocol
-        try:
-            n, fds, truncated = receive_with_fds(self.sock, protocol.get_buffer())
-        except BlockingIOError:
-            return
-        except OSError as e:
-            log.debug("client connection ended: %s", e)
-            self.close()
-            return
-        if not n:
-            close_fds(fds)
-            if self._stopping:
+        for _ in range(RECEIVES_OF_A_BODY):
+            try:
+                n, fds, truncated = receive_with_fds(self.sock, protocol.get_buffer())
+            except BlockingIOError:
+                return
+            except OSError as e:
+                log.debug("client connection ended: %s", e)
                 self.close()
                 return
-            protocol.receive_eof()
-            self._advance()
-        else:
+            if not n:
+                close_fds(fds)
+                if self._stopping:
+                    self.close()
+                    return
+                protocol.receive_eof()
+                self._advance()
+                return
             self.idle = False
             now = time.monotonic()
             protocol.buffer_updated(n, now, fds, truncated)
             self._advance(now)
+            if not protocol.receive_whole or self._mask != READ or self._closed:
+                return
 
     def _advance(self, now: float | None = None) -> None:
         """Answer what is complete, in order, until the protocol needs bytes, a call runs
