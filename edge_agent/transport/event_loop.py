@@ -170,19 +170,41 @@ class EventLoop:
             for fd, events in poll(timeout):
                 callback = callbacks.get(fd)
                 if callback is not None:  # (unregistered by a handler run before it)
-                    callback(events | both if events & trouble else events)
+                    try:
+                        callback(events | both if events & trouble else events)
+                    except Exception:
+                        self._fault(callback)
             while incoming:
                 callback, args = incoming.popleft()
-                callback(*args)
+                try:
+                    callback(*args)
+                except Exception:
+                    self._fault(callback)
             for _ in range(len(ready)):  # this turn's; what they add waits for the next
                 callback, args = ready.popleft()
-                callback(*args)
+                try:
+                    callback(*args)
+                except Exception:
+                    self._fault(callback)
             if self._next_timer != _NEVER or self._next_periodic != _NEVER:
                 now = clock()
                 if now >= self._next_timer:
                     self._run_timers(now)
                 if now >= self._next_periodic:
                     self._run_periodic(now)
+
+    def _fault(self, callback: Callable) -> None:
+        """A fault of ours in a handler: its connection is closed, the loop (and every other
+        connection) goes on."""
+        owner = getattr(callback, "__self__", None)
+        log.exception("a connection failed with an internal error; it is closed, the agent "
+                      "keeps serving")
+        close = getattr(owner, "close", None)
+        if owner is not None and owner is not self and callable(close):
+            try:
+                close()
+            except Exception:
+                log.exception("closing the failed connection failed too")
 
     def _run_periodic(self, now: float) -> None:
         for periodic in self._periodic:

@@ -224,8 +224,12 @@ class GrpcHandler(_Sender):
             return
 
         def job() -> None:
-            # A call whose client went (or reset it) while it waited is not run.
-            outcome = _NOT_RUN if self.closed or self.conn.closed else self._serve(call, measured)
+            try:
+                # A call whose client went (or reset it) while it waited is not run.
+                outcome = (_NOT_RUN if self.closed or self.conn.closed
+                           else self._serve(call, measured))
+            except BaseException as e:  # never: Api.serve answers every failure
+                outcome = Outcome(StatusCode.INTERNAL, f"internal error: {e}")
             self.loop.call_soon_threadsafe(self._done, call, outcome)
 
         place(job)

@@ -297,3 +297,26 @@ def test_the_watchdog_is_fed_from_the_loop(monkeypatch):
         fronts.stop(0)
         assert fronts.join(WAIT)
     assert not [message for message, _ in sent if message == "WATCHDOG=1"]
+
+
+def test_a_fault_in_one_connection_closes_it_and_the_others_are_served(serving, monkeypatch):
+    """A bug of ours in one connection's handling (here: forced) must not stop the loop."""
+    server = serving(FakeService())
+    original = FramedConnection._dispatch
+
+    def faulty(self, request):
+        if request.request_id == 666:
+            raise RuntimeError("a bug")
+        original(self, request)
+
+    monkeypatch.setattr(FramedConnection, "_dispatch", faulty)
+    failing, healthy = _connect(server), _connect(server)
+    try:
+        failing.sendall(encode_request(Method.LIST_MODELS, 666, b""))
+        assert failing.recv(65536) == b""  # closed
+        healthy.sendall(encode_request(Method.LIST_MODELS, 1, b""))
+        [reply] = _replies(healthy, 1)
+        assert reply.status == StatusCode.OK
+    finally:
+        failing.close()
+        healthy.close()
