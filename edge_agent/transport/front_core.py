@@ -78,7 +78,6 @@ class FrontCore:
 
     def bind(self) -> None:
         self.listener = bind_socket(self.path, self.config)
-        self.listener.setblocking(False)
         self._inode = os.stat(self.path).st_ino
         self.loop.selector.register(self.listener, READ, self._on_accept)
         self.loop.on_stop(self.begin_stop)
