@@ -8,10 +8,13 @@
   kinds, descriptors, end of stream, the partial-frame deadline, idle timeout and pending
   budget);
 - client_connection.py: ClientConnection, a client's side (request ids, reply matching);
-- receiving.py: how much either side receives next, and sets aside for a large body.
+- receiving.py: how much either side receives next, and sets aside for a large body;
+- grpc_connection.py: GrpcConnection, the agent's side of one gRPC connection over h2
+  (imported only by the gRPC front: h2 loads only when that front is configured);
+- descriptors.py: descriptors passed with a call (how many, by index, closing them).
 
-Nothing here touches a socket or reads a clock: the loops in edge_agent.transport.framed_front and
-edge_agent.client move bytes and descriptors and pass the time in. docs/PROTOCOL.md is the
+Nothing here touches a socket or reads a clock: the fronts on the agent's event loop
+(edge_agent.transport) and edge_agent.client move bytes and descriptors and pass the time in. docs/PROTOCOL.md is the
 description of the wire.
 """
 from edge_agent.protocol.client_connection import ClientConnection

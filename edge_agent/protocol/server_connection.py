@@ -1,15 +1,17 @@
 """The agent's side of one framed connection, sans-IO.
 
-The loop that owns the socket (edge_agent.transport.framed_front.FramedConnection) does only this:
+The handler that owns the socket on the agent's event loop
+(edge_agent.transport.framed_front.FramedConnection) does only this:
 
     while True:
         event = conn.next_event(now)
-        Request        → answer it, send conn.reply_parts(...) (header and body, in one
-                         sendmsg), close event.fds
+        Request        → answer it (on the loop or a worker), send conn.reply_parts(...)
+                         (header and body, in one sendmsg), close event.fds
         ProtocolError  → send conn.send_error(event); stop if event.closing
-        NeedData       → receive into conn.get_buffer(), then conn.buffer_updated(n, now, fds)
-                         (conn.receive_eof() at end of stream, conn.receive_timed_out() when
-                         the socket's receive timeout, conn.receive_timeout, passed)
+        NeedData       → wait until the socket is readable, receive into conn.get_buffer(),
+                         then conn.buffer_updated(n, now, fds) (conn.receive_eof() at end of
+                         stream, conn.receive_timed_out() when conn.receive_timeout passed
+                         with nothing received)
         Closed         → stop
     finally: conn.close()
 
