@@ -110,15 +110,16 @@ class AgentConfig:
         30.0, "A client that does not read its reply for this long is disconnected.",
         kind=float, minimum=0.001)
     edge_agent_busy_poll_us: int = _setting(
-        0, "Microseconds to spin for a client's next request before sleeping (0: never). Can "
-        "save the wake-up on back-to-back calls where cores are the agent's own; costs CPU, "
-        "and hurts where cores are shared (see docs/BENCHMARKS.md).", minimum=0)
+        0, "Retired: no effect (the agent's event loop waits for every connection at once; "
+        "nothing spins). Accepted so older files still load; a warning is logged when set.",
+        minimum=0)
     edge_agent_grpc_socket_path: str = _setting(
         "", "Also serve the original agent's gRPC API (AWS.SageMaker.Edge.Agent) on this UNIX "
         "socket; empty: off. `edge-agent -a SOCKET -c CONFIG` sets it to SOCKET.")
     edge_agent_grpc_max_workers: int = _setting(
-        8, "gRPC calls run at once, by all gRPC clients together (a worker pool); also the "
-        "calls one gRPC connection may have open.", minimum=1)
+        8, "Retired: no effect on the agent (gRPC calls run on the event loop or its workers, "
+        "as framed ones do; a connection may have 16 calls open). Accepted so older files "
+        "still load; a warning is logged when set.", minimum=1)
     edge_agent_state_dir: str = _setting(
         "/tmp/edge-agent-state", "Directory for the agent's own state (unpacked packages, "
         "capture journal).")
@@ -457,6 +458,16 @@ def compatibility_notes(config: AgentConfig) -> list[str]:
     return notes
 
 
+# Keys that lost their meaning, and why: still accepted (a file that sets them loads), never
+# silently ignored.
+RETIRED = {
+    "edge_agent_busy_poll_us": "the agent's event loop waits for all connections at once; "
+                               "nothing spins",
+    "edge_agent_grpc_max_workers": "gRPC calls run on the agent's event loop and its workers, "
+                                   "as framed calls do",
+}
+
+
 def from_mapping(values: Mapping[str, Any], *, warn_unknown: bool = True) -> AgentConfig:
     """A config from key → value, defaults for what is missing; raises ConfigError."""
     known = {}
@@ -465,6 +476,9 @@ def from_mapping(values: Mapping[str, Any], *, warn_unknown: bool = True) -> Age
             if warn_unknown:
                 log.warning("configuration key %r is unknown and ignored", key)
             continue
+        if key in RETIRED and warn_unknown and value != FIELDS[key].default:
+            log.warning("configuration key %r is retired and has no effect: %s", key,
+                        RETIRED[key])
         known[key] = _coerce(key, value)
     config = AgentConfig(**known)
     _check(config)

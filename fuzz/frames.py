@@ -60,7 +60,7 @@ class Harness:
         step = data[0] + 1 if data else 1  # the input also decides how the stream is cut
         stream = memoryview(data[1:])
         # The connection object the socket loop drives, driven the same way (no socket):
-        # requests answered as SocketServer's Connection answers them.
+        # requests answered as the framed front answers them.
         conn = ServerConnection(MAX_FRAME_BYTES, PendingBudget(1 << 30), frame_timeout=60,
                                 idle_timeout=0)
         offset = 0
@@ -69,8 +69,8 @@ class Harness:
                 event = conn.next_event()
                 if isinstance(event, Request):
                     code, reply = self.server.serve(event.method, event.body, self.caller)
-                    self.check(event, conn.send_reply(event.request_id, event.method, code,
-                                                      reply))
+                    self.check(event, b"".join(conn.reply_parts(event.request_id, event.method,
+                                                                code, reply)))
                 elif isinstance(event, NeedData):
                     if offset == len(stream):
                         conn.receive_eof()

@@ -24,6 +24,7 @@ if TYPE_CHECKING:  # imported in start(): `edge-agent client ...` needs none of 
     from edge_agent.transport.framed_front import SocketServer
     from edge_agent.api.service import AgentService
     from edge_agent.platform.systemd import Notifier
+    from edge_agent.transport.front_core import FrontLoop
 
 log = logging.getLogger("edge_agent")
 
@@ -62,6 +63,7 @@ class App:
         self.fleet = None  # the fleet deployment's source (edge_agent.fleet.board), if any
         self._fleet_link = None  # its MQTT connection, if a broker is configured
         self._notifier: Notifier = None  # type: ignore[assignment]
+        self.fronts: FrontLoop = None  # type: ignore[assignment]  # the event loop
         self._serving: threading.Thread | None = None
 
     @property
@@ -70,7 +72,7 @@ class App:
 
     @property
     def serving(self) -> bool:
-        """Started, and the framed front still accepting."""
+        """Started, and the fronts' loop still serving."""
         return self._serving is not None and self._serving.is_alive()
 
     def start(self) -> "App":
@@ -82,6 +84,7 @@ class App:
         from edge_agent.transport.pending import PendingBudget
         from edge_agent.errors import AgentError
         from edge_agent.transport.framed_front import ServerError, SocketServer
+        from edge_agent.transport.front_core import FrontLoop
         from edge_agent.api.service import AgentService
 
         config = self.config
@@ -99,7 +102,9 @@ class App:
             raise StartError(f"configuration error: {e}", 2) from None
         pending = PendingBudget(  # one budget for both fronts
             config.pending_budget_bytes, config.edge_agent_connection_reserve_bytes)
-        self.server = SocketServer(self.service, config, pending)
+        # One event loop serves every connection of both fronts (edge_agent.transport).
+        self.fronts = FrontLoop()
+        self.server = SocketServer(self.service, config, pending, self.fronts)
         try:
             self.server.bind()
         except (ServerError, OSError) as e:  # OSError: its directory cannot be made
@@ -108,7 +113,8 @@ class App:
         if grpc_path:
             from edge_agent.transport import grpc_front
             try:
-                self.grpc_server = grpc_front.start(self.service, config, pending=pending)
+                self.grpc_server = grpc_front.start(self.service, config, pending=pending,
+                                                    fronts=self.fronts)
             except (ServerError, OSError) as e:
                 self._close_framed_socket()
                 self.service.close()
@@ -130,8 +136,6 @@ class App:
                 self.fleet.stop()
             if self.models is not None:
                 self.models.stop()
-            if self.grpc_server is not None:
-                self.grpc_server.stop(grace=0)
             self._close_framed_socket()
             self.service.close()
             if isinstance(e, AgentError):
@@ -144,42 +148,41 @@ class App:
         for note in config_module.compatibility_notes(config):
             log.info("%s", note)
         self._notifier = systemd.Notifier()  # READY=1 and the watchdog, when systemd runs it
-        self._notifier.ready(config.edge_agent_socket_path)
-        self._serving = threading.Thread(target=self.server.serve_forever, daemon=True,
-                                         name="edge-agent-accept")
+        # The watchdog is fed from the loop itself: a stuck loop is noticed.
+        self._notifier.ready(config.edge_agent_socket_path, self.fronts.loop.every)
+        self._serving = threading.Thread(target=self.fronts.run, daemon=True,
+                                         name="edge-agent-loop")
         self._serving.start()
         return self
 
     def _close_framed_socket(self) -> None:
-        self.server.shutdown()
-        self.server.serve_forever()  # returns at once: closes and removes the framed socket
+        """Before the loop runs: close and remove the fronts' sockets, close the loop."""
+        self.fronts.stop(0)
+        self.fronts.run()  # returns at once: nothing is connected yet
 
     def request_stop(self) -> None:
-        """Ask the framed front to stop accepting (safe from a signal handler: sets an event)."""
-        self.server.shutdown()
+        """Ask the fronts to stop: they stop accepting, and the calls in progress get up to
+        stop_grace_seconds (safe from a signal handler: a write to the loop's pipe)."""
+        self.fronts.stop(self.stop_grace_seconds)
 
     def wait(self) -> None:
-        """Until the framed front has stopped accepting (request_stop)."""
+        """Until the fronts' loop has ended (request_stop)."""
         # A join with a timeout, in a loop: the main thread stays responsive to signals.
         serving = self._serving
         while serving is not None and serving.is_alive():
             serving.join(0.5)
 
     def stop(self) -> None:
-        """Stop in the order that loses nothing: the framed socket stops accepting and is
-        removed, then systemd hears STOPPING=1, the gRPC front answers its calls in progress
-        (up to 2 s), the observers send their last figures, the service flushes captures."""
+        """Stop in the order that loses nothing: systemd hears STOPPING=1, both fronts stop
+        accepting and remove their sockets, the calls in progress are answered (up to
+        stop_grace_seconds; gRPC clients get GOAWAY), the observers send their last figures,
+        the service flushes captures."""
         if self._serving is None:
             return
+        self._notifier.stopping()
         self.request_stop()
         self.wait()
         self._serving = None
-        self._notifier.stopping()
-        if self.grpc_server is not None:
-            self.grpc_server.stop(grace=self.stop_grace_seconds)
-        if not self.server.wait_for_connections(self.stop_grace_seconds):
-            log.warning("framed calls still running after %g s; stopping without them",
-                        self.stop_grace_seconds)
         for observer in self.observers:
             observer.stop()  # the heartbeat says offline; the textfile gets the final counts
         if self.fleet is not None:

@@ -19,8 +19,6 @@ import tempfile
 from edge_agent.errors import AgentError, StatusCode, invalid_argument
 
 FD_URL = re.compile(r"fd:([0-9]{1,9})")
-
-
 def fd_url_index(url: str) -> int | None:
     """N for a LoadModel url `fd:N`, None for any other url."""
     match = FD_URL.fullmatch(url)

@@ -117,19 +117,32 @@ class Notifier:
     def __init__(self, env: Mapping[str, str] = os.environ):
         self._env = env
         self._watchdog: Watchdog | None = None
+        self._stopping = False
 
-    def ready(self, socket_path: str) -> None:
+    def ready(self, socket_path: str,
+              every: Callable[[float, Callable[[], None]], None] | None = None) -> None:
+        """READY=1, and WATCHDOG=1 every half WatchdogSec when systemd asks for it: from
+        `every(interval, ping)` (the agent's event loop: a stuck loop stops the pings), else
+        from a thread of its own that checks the agent answers on socket_path."""
         if not notify(f"READY=1\nSTATUS=serving on {socket_path}", self._env):
             return
         interval = watchdog_interval(self._env)
-        if interval is not None:
+        if interval is not None and every is not None:
+            every(interval, self._ping)
+            log.info("systemd watchdog: notifying every %.1f s", interval)
+        elif interval is not None:
             self._watchdog = Watchdog(
                 # Half the interval: a slow answer still leaves time to ping before WatchdogSec.
                 interval, lambda: agent_answers(socket_path, timeout=interval / 2),
                 lambda message: notify(message, self._env)).start()
             log.info("systemd watchdog: notifying every %.1f s", interval)
 
+    def _ping(self) -> None:
+        if not self._stopping:
+            notify("WATCHDOG=1", self._env)
+
     def stopping(self) -> None:
+        self._stopping = True
         if self._watchdog is not None:
             self._watchdog.stop()
         notify("STOPPING=1", self._env)

@@ -12,6 +12,8 @@ import operator
 
 from edge_agent.errors import FramingError, StatusCode
 
+# The header's layout (edge_agent.protocol.frames.HEADER builds its struct from these; the
+# compiled splitter has them as C constants, held equal by tests/unit/test_protocol.py).
 HEADER_SIZE = 16
 MAGIC = b"EA"
 VERSION = 1

@@ -15,12 +15,11 @@ from edge_agent.errors import StatusCode
 from edge_agent.protocol.events import CLOSED, NEED_DATA, ProtocolError, Reply
 from edge_agent.protocol.frames import (MAX_REQUEST_ID, FrameSplitter, FramingError, Kind,
                                         encode_request)
-from edge_agent.protocol.receiving import next_receive
+from edge_agent.protocol.receiving import RECV_BYTES, next_receive
 
 # Replies are bounded by what the agent sends; this only stops a corrupt length from
 # allocating without limit (and a buffer grows with what arrived, never by a length alone).
 MAX_REPLY_BYTES = 2**31
-RECV_BYTES = 256 * 1024
 _REPLY = int(Kind.REPLY)  # a plain int: compared once a reply, faster than the enum
 
 

@@ -9,7 +9,7 @@ from typing import NamedTuple, Union
 
 
 class Request(NamedTuple):
-    """A well-formed request frame, for the server to answer with send_reply().
+    """A well-formed request frame, for the server to answer with reply_parts().
 
     `body` is a memoryview of the connection's receive buffer: valid until the connection's
     next get_buffer(), so it is decoded (or copied, by a handler that keeps it) before the

@@ -23,6 +23,7 @@ import os
 import struct
 
 from edge_agent.errors import FramingError
+from edge_agent.protocol._framing_py import HEADER_SIZE, MAGIC, VERSION
 
 # The splitter: the compiled one, else its pure-Python twin (msgpack's seam). The twin is the
 # same code in Python (edge_agent/protocol/_framing_py.py), for a checkout without a build and as the
@@ -41,8 +42,7 @@ __all__ = [
 ]
 
 HEADER = struct.Struct("<2sBBHHII")
-MAGIC = b"EA"
-VERSION = 1
+assert HEADER.size == HEADER_SIZE
 MAX_REQUEST_ID = 0xFFFFFFFF
 
 

@@ -1,7 +1,15 @@
-"""How much a connection receives next: the one rule both connection objects follow."""
+"""How much a connection receives next: the one rule both connection objects follow, and the
+descriptors one frame may bring (a receive's ancillary buffer holds that many)."""
 from __future__ import annotations
 
-from edge_agent.transport.socket_io import WAITALL_BYTES
+import os
+
+# The receive buffer every connection has for its life (a larger frame grows it for as long
+# as it is incomplete), on both fronts and the client.
+RECV_BYTES = 256 * 1024
+# The most one receive of a large body asks for (a buffer set aside for it grows by at most
+# this much at a time).
+WAITALL_BYTES = 4 * 1024 * 1024
 
 
 def next_receive(needed: int, pending: int, base: int) -> tuple[int, bool]:
@@ -22,3 +30,17 @@ def next_receive(needed: int, pending: int, base: int) -> tuple[int, bool]:
     if size > base:
         return size, True
     return max(size, base - pending), False
+
+
+# Descriptors a client may pass with one frame (SCM_RIGHTS). The framed front's ancillary
+# buffer holds this many; the kernel closes any beyond it and flags the receive MSG_CTRUNC.
+MAX_FDS = 16
+
+
+def close_fds(fds) -> None:
+    """Close descriptors a client passed; each exactly once, whatever fails."""
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass

@@ -1,15 +1,17 @@
 """The agent's side of one framed connection, sans-IO.
 
-The loop that owns the socket (edge_agent.transport.framed_front.Connection) does only this:
+The handler that owns the socket on the agent's event loop
+(edge_agent.transport.framed_front.FramedConnection) does only this:
 
     while True:
         event = conn.next_event(now)
-        Request        → answer it, send conn.reply_parts(...) (header and body, in one
-                         sendmsg), close event.fds
+        Request        → answer it (on the loop or a worker), send conn.reply_parts(...)
+                         (header and body, in one sendmsg), close event.fds
         ProtocolError  → send conn.send_error(event); stop if event.closing
-        NeedData       → receive into conn.get_buffer(), then conn.buffer_updated(n, now, fds)
-                         (conn.receive_eof() at end of stream, conn.receive_timed_out() when
-                         the socket's receive timeout, conn.receive_timeout, passed)
+        NeedData       → wait until the socket is readable, receive into conn.get_buffer(),
+                         then conn.buffer_updated(n, now, fds) (conn.receive_eof() at end of
+                         stream, conn.receive_timed_out() when conn.receive_timeout passed
+                         with nothing received)
         Closed         → stop
     finally: conn.close()
 
@@ -27,12 +29,9 @@ from edge_agent.errors import StatusCode
 from edge_agent.protocol.events import CLOSED, NEED_DATA, ProtocolError, Request
 from edge_agent.protocol.frames import (HEADER, FrameSplitter, FramingError, Kind,
                                         encode_error, reply_parts)
-from edge_agent.protocol.receiving import next_receive
-from edge_agent.transport.socket_io import MAX_FDS, close_fds
+from edge_agent.protocol.receiving import RECV_BYTES, next_receive
+from edge_agent.protocol.receiving import MAX_FDS, close_fds
 
-# The receive buffer every connection has for its life (a larger frame grows it for as long
-# as it is incomplete).
-RECV_BYTES = 256 * 1024
 
 _REQUEST = int(Kind.REQUEST)  # a plain int: compared once a request, faster than the enum
 
@@ -203,16 +202,11 @@ class ServerConnection:
 
     # --- bytes out --------------------------------------------------------------------------
 
-    def send_reply(self, request_id: int, method: int, code: int, body_or_message) -> bytes:
-        """The reply frame to the Request last handed out, as one bytes object: the
-        serialized response when `code` is OK, else the error message."""
-        header, body = self.reply_parts(request_id, method, code, body_or_message)
-        return header + body
-
     def reply_parts(self, request_id: int, method: int, code: int,
                     body_or_message) -> tuple[bytes, bytes]:
-        """send_reply() as (header, body), not joined: the loop sends both in one sendmsg,
-        so a large response is not copied once more behind its header."""
+        """The reply frame to the Request last handed out, as (header, body): the serialized
+        response when `code` is OK, else the error message. Not joined: the loop sends both
+        in one sendmsg, so a large response is not copied once more behind its header."""
         if request_id != self._awaiting:
             raise RuntimeError(f"reply to request {request_id}, but {self._awaiting} is the "
                                "one being answered")

@@ -1,176 +1,108 @@
-"""The framed UNIX-socket front: a thin loop over edge_agent.protocol.ServerConnection and
-edge_agent.api.rpcs.Api.
+"""The framed UNIX-socket front: a thin handler on the agent's event loop over
+edge_agent.protocol.ServerConnection and edge_agent.api.rpcs.Api.
 
-One thread per connection: a call runs on its client's thread, so a slow, stalled or
-half-open client holds only its own thread, and predictions from different clients on
-different models run in parallel. Requests pipelined on one connection are answered in
-order. Framing faults get an error reply and the connection is closed; everything else
-(a bad request, an unknown method, a request frame with a non-zero status, a failed call)
-gets an error reply and the connection stays open. docs/PROTOCOL.md states the rules.
+Each connection is a FramedConnection on the loop (edge_agent.transport.front_core has
+accept, the limit and the stop). When its socket is readable it receives once (recvmsg:
+descriptors pass with SCM_RIGHTS), then answers the requests that are complete, in order: a
+short call inline, a long one on a worker (edge_agent.transport.workers) — while a call runs
+off the loop or a reply waits for the client to read, the connection reads nothing more, so
+replies keep the requests' order and a client that does not read holds only its own
+connection. At most TURN requests per turn, then the other connections' turn. Framing faults
+get an error reply and the connection is closed; everything else (a bad request, an unknown
+method, a request frame with a non-zero status, a failed call) gets an error reply and the
+connection stays open. docs/PROTOCOL.md states the rules.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import socket
-import threading
 import time
-from collections import Counter
+from collections import deque
 
+from edge_agent.api.caller import Caller
 from edge_agent.api.rpcs import BY_METHOD, Api, Outcome
+from edge_agent.api.service import AgentService
 from edge_agent.config import AgentConfig
 from edge_agent.errors import StatusCode
-from edge_agent.transport.pending import PendingBudget, connection_slot
 from edge_agent.protocol import NeedData, ProtocolError, Request, ServerConnection, encode_error
-from edge_agent.api.service import AgentService
-from edge_agent.api.caller import Caller
-from edge_agent.transport.socket_io import close_fds, receive_into_with_fds, send_parts
-from edge_agent.transport.socket_files import (ServerError, accept_until, bind_socket, peer_credentials,
-                                    remove_socket_file)
-from edge_agent.transport.socket_files import send_quietly as _send_quietly
-from edge_agent.transport.socket_files import timeval as _timeval
+from edge_agent.transport.event_loop import READ, WRITE
+from edge_agent.transport.front_core import FrontCore, FrontLoop
+from edge_agent.transport.pending import PendingBudget
+from edge_agent.transport.socket_files import ServerError, peer_credentials
+from edge_agent.transport.socket_io import close_fds, receive_with_fds
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ServerError", "SocketServer", "Connection", "peer_credentials"]
+__all__ = ["ServerError", "SocketServer", "FramedConnection", "peer_credentials"]
+
+# Requests one connection may have answered in one turn of the loop before the others'.
+TURN = 8
+# Receives in one turn while a large body arrives.
+RECEIVES_OF_A_BODY = 8
+# A connection closing after an error reply gives its client at most this long to take it.
+CLOSING_SEND_SECONDS = 1.0
+_NOT_RUN = Outcome(StatusCode.UNAVAILABLE, "the connection closed before the call ran")
 
 
 class SocketServer:
+    """The framed front on `fronts` (the agent's loop; a loop of its own when None)."""
+
     def __init__(self, service: AgentService, config: AgentConfig,
-                 pending: PendingBudget | None = None):
+                 pending: PendingBudget | None = None, fronts: FrontLoop | None = None):
         self.service = service
         self.api = Api(service, service.metrics.call_counter("framed"))
         self.config = config
         self.path = config.edge_agent_socket_path
-        self._listener: socket.socket | None = None
-        self._stopping = threading.Event()
-        self._connections: set[socket.socket] = set()
-        self._threads: set[threading.Thread] = set()  # one per connection, until it ends
-        self._handlers: dict[socket.socket, Connection] = {}  # the connections, by socket
-        self._lock = threading.Lock()
-        # Shared with the gRPC front when the agent runs both (cli); else this front's own.
-        self.pending = pending or PendingBudget(
-            config.pending_budget_bytes, config.edge_agent_connection_reserve_bytes)
-        service.metrics.watch_connections("framed", self._connections.__len__)
+        self._own_loop = fronts is None
+        self.fronts = fronts or FrontLoop()
+        self.loop = self.fronts.loop
+        self.workers = self.fronts.workers
+        self.core = FrontCore(self.loop, config, self.path, "framed", pending,
+                              self._connect, self._refuse)
+        self.fronts.add(self.core)
+        self.pending = self.core.pending
+        service.metrics.watch_connections("framed", self.core.handlers.__len__)
+
+    @property
+    def _handlers(self) -> dict:
+        """The connections, by socket descriptor."""
+        return self.core.handlers
 
     def bind(self) -> None:
-        self._listener = bind_socket(self.path, self.config)
-        self._inode = os.stat(self.path).st_ino
+        self.core.bind()
+        log.info("serving on %s", self.path)
 
     def serve_forever(self) -> None:
-        if self._listener is None:
+        """Serve on this front's own loop until shutdown() (the agent runs its FrontLoop)."""
+        if self.core.listener is None:
             self.bind()
-        log.info("serving on %s", self.path)
-        try:
-            accept_until(self._listener, self._stopping, self._start_connection)
-        finally:
-            self._close_listener()
-            self._wake_connections()
+        self.fronts.run()
 
     def shutdown(self) -> None:
-        self._stopping.set()
+        self.fronts.stop()
 
     @property
     def stopping(self) -> bool:
-        return self._stopping.is_set()
+        return self.core.stopping
 
-    def _wake_connections(self) -> None:
-        """Connection threads block in recv(); shutting the receiving side of their sockets
-        down wakes them (end of stream), while a call in progress can still send its reply."""
-        with self._lock:
-            for conn in self._connections:
-                try:
-                    conn.shutdown(socket.SHUT_RD)
-                except OSError:
-                    pass
+    def close_listener(self) -> None:
+        self.core.close_listener()
 
     def wait_for_connections(self, timeout: float) -> bool:
-        """After serve_forever returned: wait up to `timeout` seconds for the calls in progress
-        to be answered and their threads to end (so the service is not closed under them).
-        False if some are still running then."""
-        deadline = time.monotonic() + timeout
-        with self._lock:
-            threads = list(self._threads)
-        for thread in threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
-        return not any(thread.is_alive() for thread in threads)
+        """After the loop was asked to stop: whether it ended (every call in progress
+        answered or given up) within `timeout` seconds."""
+        return self.fronts.join(timeout)
 
-    def _close_listener(self) -> None:
-        if self._listener is not None:
-            self._listener.close()
-            self._listener = None
-            remove_socket_file(self.path, self._inode)
+    def _connect(self, sock: socket.socket, caller: Caller) -> "FramedConnection":
+        return FramedConnection(self, sock, caller)
 
-    def _start_connection(self, conn: socket.socket) -> None:
-        limit = self.config.edge_agent_max_connections
+    def _refuse(self, sock: socket.socket, reason: str) -> None:
         try:
-            caller = peer_credentials(conn)
-        except OSError as e:  # the client left before we could ask who it is
-            log.debug("client connection ended at once: %s", e)
-            conn.close()
-            return
-        uid = caller.uid
-        victim = None
-        with self._lock:
-            slots = self._slots_by_user()
-            admitted, owner = connection_slot(uid, slots, limit)
-            if owner is not None:
-                # Under its guarantee: an idle client of the user with the most slots makes
-                # room (told so), as it would have at its idle timeout.
-                victim = self._idle_client_of(owner)
-                admitted = victim is not None
-            if admitted:
-                try:
-                    handler = Connection(self, conn, caller)
-                except OSError as e:  # the client left (setsockopt on a dead socket)
-                    log.debug("client connection ended at once: %s", e)
-                    conn.close()
-                    return
-                self._connections.add(conn)
-                self._handlers[conn] = handler
-        if victim is not None:
-            victim.evict(f"closed to make room for another user's client "
-                         f"(edge_agent_max_connections is {limit}, shared fairly by the "
-                         f"users connected); connect again")
-        if not admitted:
-            if len(self._connections) >= limit:
-                reason = f"too many clients (edge_agent_max_connections is {limit}); try again later"
-            else:
-                reason = (f"this user's clients hold {slots.get(uid, 0)} of the "
-                          f"{limit} connections (edge_agent_max_connections), and the rest "
-                          "are kept for other users; try again later")
-            _send_quietly(conn, encode_error(StatusCode.RESOURCE_EXHAUSTED, 0, reason))
-            conn.close()
-            return
-        thread = threading.Thread(target=self._serve_connection, args=(conn, handler),
-                                  daemon=True, name="edge-agent-conn")
-        with self._lock:
-            self._threads.add(thread)
-        thread.start()
-
-    def _slots_by_user(self) -> Counter[int]:
-        """(Under the lock.) How many connections each user holds: the fair share's input."""
-        return Counter(handler.caller.uid for handler in self._handlers.values())
-
-    def _idle_client_of(self, owner: int) -> "Connection | None":
-        """(Under the lock.) An idle connection of the user `owner`, not already evicted."""
-        for handler in self._handlers.values():
-            if handler.caller.uid == owner and handler.idle and handler.evicted is None:
-                return handler
-        return None
-
-    def _serve_connection(self, conn: socket.socket, handler: "Connection") -> None:
-        try:
-            handler.run()
-        except OSError as e:
-            log.debug("client connection ended: %s", e)
-        finally:
-            with self._lock:
-                self._connections.discard(conn)
-                self._handlers.pop(conn, None)
-                self._threads.discard(threading.current_thread())
-            conn.close()
+            sock.send(encode_error(StatusCode.RESOURCE_EXHAUSTED, 0, reason))
+        except OSError:
+            pass
+        sock.close()
 
     def serve(self, method: int, body, caller: Caller) -> Outcome:
         """One request's body in, its outcome out; never raises for a bad request."""
@@ -178,23 +110,25 @@ class SocketServer:
         return self.api.unknown(method) if rpc is None else self.api.serve(rpc, body, caller)
 
 
-class Connection:
-    """One client: a thin loop moving bytes and descriptors between the socket and a
-    ServerConnection (edge_agent.protocol), which decides everything else; requests are
-    answered in order, a closing protocol error ends the connection.
+class FramedConnection:
+    """One client: moves bytes and descriptors between the socket and a ServerConnection
+    (edge_agent.protocol), which decides everything else.
 
-    The socket stays in blocking mode (a Python-level timeout costs a poll() per call); the
-    kernel enforces the time limits instead: SO_SNDTIMEO for a client that stops reading, and
-    SO_RCVTIMEO, set to the protocol's receive_timeout only when it changes (the idle timeout
-    between frames, the frame timeout while one is incomplete), never per call.
-
+    Time limits are the loop's timers: between frames the idle timeout, while a frame is
+    incomplete the frame timeout (the protocol's receive_timeout, from when the connection
+    last went back to waiting), and while a reply waits for the client, the send timeout.
     Descriptors the client passed go to the call in Caller.fds and are closed when its reply
     is ready, whatever happened.
     """
 
-    def __init__(self, server: SocketServer, conn: socket.socket, caller: Caller):
+    def __init__(self, server: SocketServer, sock: socket.socket, caller: Caller):
         self.server = server
-        self.conn = conn
+        self.core = server.core
+        self.loop = server.loop
+        self.workers = server.workers
+        self.serve = server.serve
+        self.sock = sock
+        self.fd = sock.fileno()
         self.caller = caller
         config = server.config
         # This connection's share of the pending budget (its reserve, then the user's fair
@@ -203,91 +137,283 @@ class Connection:
         self.protocol = ServerConnection(
             config.edge_agent_max_frame_bytes, self.share,
             config.edge_agent_frame_timeout_seconds, config.edge_agent_idle_timeout_seconds)
+        self.send_timeout = config.edge_agent_send_timeout_seconds
         # Waiting for a request, with nothing of one received: what may be closed to make
-        # room for another user's client (SocketServer._idle_client_to_evict).
-        self.idle = False
-        self.evicted: str | None = None
-        try:
-            conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
-                            _timeval(config.edge_agent_send_timeout_seconds))
-            self._timeout = self.protocol.idle_timeout  # the SO_RCVTIMEO in force
-            if self._timeout:
-                conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(self._timeout))
-        except OSError:
-            self.share.close()
-            raise
+        # room for another user's client (FrontCore._admit).
+        self.idle = True
+        self._out: deque = deque()  # what the client has not taken yet
+        self._running = False  # a call of this connection runs off the loop
+        self._closing = False  # close once what is queued is sent
+        self._stopping = False
+        self._closed = False
+        self._waiting_since = time.monotonic()  # went back to waiting for bytes
+        self._sent_at = 0.0  # a queued reply last made progress
+        self._mask = READ
+        self.loop.selector.register(sock, READ, self._on_ready)
 
-    def run(self) -> None:
-        conn, protocol, answer = self.conn, self.protocol, self._answer
-        spin = self.server.config.edge_agent_busy_poll_us / 1e6
-        clock = time.monotonic
-        try:
-            while True:
-                event = protocol.next_event(clock())
-                kind = event.__class__
-                if kind is Request:
-                    send_parts(conn, *answer(event))
-                elif kind is NeedData:
-                    if protocol.receive_timeout != self._timeout:
-                        self._timeout = protocol.receive_timeout
-                        conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
-                                        _timeval(self._timeout))  # 0: wait for ever
-                    self.idle = not protocol.frame_in_progress
-                    try:
-                        n, fds, truncated = receive_into_with_fds(
-                            conn, protocol.get_buffer(), protocol.receive_whole, spin)
-                    except BlockingIOError:  # SO_RCVTIMEO
-                        if not protocol.frame_in_progress:
-                            log.info("closing a client connection (pid %d) idle for %g s",
-                                     self.caller.pid, protocol.idle_timeout)
-                        protocol.receive_timed_out()
-                        continue
-                    self.idle = False
-                    if not n:
-                        close_fds(fds)
-                        if self.evicted is not None:
-                            log.info("closing an idle client connection (pid %d) to make room "
-                                     "for another user's", self.caller.pid)
-                            _send_quietly(conn, encode_error(StatusCode.UNAVAILABLE, 0,
-                                                             self.evicted))
-                            return
-                        if self.server.stopping:
-                            return
-                        protocol.receive_eof()
-                    else:
-                        protocol.buffer_updated(n, clock(), fds, truncated)
-                elif kind is ProtocolError:
-                    if not event.closing:
-                        conn.sendall(protocol.send_error(event))
-                        continue
-                    log.info("closing a client connection (pid %d): %s", self.caller.pid,
-                             event.message)
-                    _send_quietly(conn, protocol.send_error(event))
-                    return
-                else:  # Closed
-                    return
-        finally:
-            protocol.close()
-            self.share.close()
+    # --- the loop's calls -----------------------------------------------------------------
 
-    def evict(self, reason: str) -> None:
-        """Wake the idle connection (end of stream on its side) to be closed with `reason`."""
-        self.evicted = reason
-        try:
-            self.conn.shutdown(socket.SHUT_RD)
-        except OSError:
-            pass
+    def _on_ready(self, mask: int) -> None:
+        if mask & WRITE:
+            self._flush()
+        if mask & READ and not self._closed:
+            self._receive()
 
-    def _answer(self, request: Request) -> tuple[bytes, bytes]:
-        """The reply frame to one request, as (header, body); its descriptors are closed once
-        it is ready."""
-        fds = request.fds
-        if not fds:
-            code, reply = self.server.serve(request.method, request.body, self.caller)
-        else:
+    def deadline(self) -> float | None:
+        if self._out:
+            return self._sent_at + (CLOSING_SEND_SECONDS if self._closing else self.send_timeout)
+        if self._running or self._closing:
+            return None
+        timeout = self.protocol.receive_timeout
+        return self._waiting_since + timeout if timeout else None
+
+    def on_timer(self, now: float) -> None:
+        if self._closed:
+            return
+        if self._out:
+            if not self._closing:
+                log.info("closing a client connection (pid %d): it has not read its reply "
+                         "for %g s", self.caller.pid, self.send_timeout)
+            self.close()
+            return
+        if self._running or self._closing:
+            return
+        if not self.protocol.frame_in_progress:
+            log.info("closing a client connection (pid %d) idle for %g s",
+                     self.caller.pid, self.protocol.idle_timeout)
+        self.protocol.receive_timed_out()
+        self._advance()
+
+    def evict(self, reason: str) -> bool:
+        """Close this idle connection, telling its client why."""
+        if not self.idle or self._closed or self._closing:
+            return False
+        log.info("closing an idle client connection (pid %d) to make room for another "
+                 "user's", self.caller.pid)
+        self._close_with(encode_error(StatusCode.UNAVAILABLE, 0, reason))
+        return True
+
+    def begin_stop(self) -> None:
+        """The agent stops: an idle connection ends now, a busy one once its call is
+        answered."""
+        self._stopping = True
+        if not self._running and not self._out:
+            self.close()
+
+    # --- bytes in ---------------------------------------------------------------------------
+
+    def _receive(self) -> None:
+        """One receive, and the requests it completed; while the rest of a large body is
+        awaited (receive_whole), a few receives at once, each taking what the kernel holds,
+        rather than one wait on the loop per socket buffer's worth."""
+        protocol = self.protocol
+        for _ in range(RECEIVES_OF_A_BODY):
             try:
-                code, reply = self.server.serve(request.method, request.body,
-                                                dataclasses.replace(self.caller, fds=fds))
-            finally:
+                n, fds, truncated = receive_with_fds(self.sock, protocol.get_buffer())
+            except BlockingIOError:
+                return
+            except OSError as e:
+                log.debug("client connection ended: %s", e)
+                self.close()
+                return
+            if not n:
                 close_fds(fds)
-        return self.protocol.reply_parts(request.request_id, request.method, code, reply)
+                if self._stopping:
+                    self.close()
+                    return
+                protocol.receive_eof()
+                self._advance()
+                return
+            self.idle = False
+            now = time.monotonic()
+            protocol.buffer_updated(n, now, fds, truncated)
+            self._advance(now)
+            if not protocol.receive_whole or self._mask != READ or self._closed:
+                return
+
+    def _advance(self, now: float | None = None) -> None:
+        """Answer what is complete, in order, until the protocol needs bytes, a call runs
+        off the loop, a reply waits for the client, or this turn's requests are done.
+        `now`: when the bytes came (the calls answered inline meanwhile are short)."""
+        protocol = self.protocol
+        if now is None:
+            now = time.monotonic()
+        turn = TURN
+        while not (self._closed or self._closing or self._running or self._out):
+            if self._stopping:
+                self.close()
+                return
+            if not turn:
+                self.loop.soon(self._advance)  # the other connections' turn first
+                return
+            event = protocol.next_event(now)
+            kind = event.__class__
+            if kind is Request:
+                turn -= 1
+                self.idle = False
+                self._dispatch(event)
+            elif kind is NeedData:
+                self.idle = not protocol.frame_in_progress
+                self._waiting_since = now
+                timeout = protocol.receive_timeout
+                if timeout:
+                    self.loop.timer_changed(now + timeout)
+                self._want(READ)
+                return
+            elif kind is ProtocolError:
+                if not event.closing:
+                    self._send(protocol.send_error(event))
+                    continue
+                log.info("closing a client connection (pid %d): %s", self.caller.pid,
+                         event.message)
+                self._close_with(protocol.send_error(event))
+                return
+            else:  # Closed
+                self.close()
+                return
+
+    def _dispatch(self, request: Request) -> None:
+        method, body, fds = request.method, request.body, request.fds
+        caller = self.caller if not fds else dataclasses.replace(self.caller, fds=fds)
+        workers = self.workers
+        queue, measured = workers.place(method, body, fds)
+        if queue is None:
+            try:
+                outcome = workers.run(measured, self.serve, method, body, caller)
+            finally:
+                if fds:
+                    close_fds(fds)
+            self._reply(request, outcome)
+            return
+        self._running = True
+        self._want(0)  # nothing more is read while the call runs (its body is in our buffer)
+
+        def job() -> None:
+            try:
+                if self._closed:  # its client went while it waited: nobody to answer
+                    outcome = _NOT_RUN
+                else:
+                    outcome = workers.run(measured, self.serve, method, body, caller)
+            except BaseException as e:  # never: Api.serve answers every failure
+                outcome = Outcome(StatusCode.INTERNAL, f"internal error: {e}")
+            finally:
+                if fds:
+                    close_fds(fds)
+            self.loop.call_soon_threadsafe(self._done, request, outcome)
+
+        queue(job)
+
+    def _done(self, request: Request, outcome: Outcome) -> None:
+        self._running = False
+        if self._closed:
+            return
+        self._reply(request, outcome)
+        self._advance()
+
+    def _reply(self, request: Request, outcome: Outcome) -> None:
+        header, body = self.protocol.reply_parts(request.request_id, request.method,
+                                                 outcome.code, outcome.reply)
+        if len(body) < 4096:
+            self._send(header + body)
+        else:
+            self._send(header, body)
+
+    # --- bytes out --------------------------------------------------------------------------
+
+    def _send(self, *parts) -> None:
+        """Send `parts` as far as the socket takes them now; the rest waits for WRITE."""
+        if not self._out:  # the usual case: all of it goes at once
+            try:
+                sent = self.sock.sendmsg(parts)
+            except BlockingIOError:
+                sent = 0
+            except OSError as e:
+                log.debug("client connection ended before its reply: %s", e)
+                self.close()
+                return
+            for part in parts:
+                if sent >= len(part):
+                    sent -= len(part)
+                    continue
+                self._out.append(memoryview(part)[sent:])
+                sent = 0
+            if not self._out:
+                if self._closing:
+                    self.close()
+                return
+            self._sent_at = time.monotonic()
+            self._want(WRITE)
+            self.loop.timer_changed(self.deadline())
+            return
+        self._out.extend(memoryview(part) for part in parts)
+        self._flush()
+
+    def _flush(self) -> None:
+        out = self._out
+        while out:
+            try:
+                sent = self.sock.sendmsg(list(out)[:16])
+            except BlockingIOError:
+                break
+            except OSError as e:
+                log.debug("client connection ended before its reply: %s", e)
+                self.close()
+                return
+            self._sent_at = time.monotonic()
+            while sent:
+                head = out[0]
+                if sent >= len(head):
+                    sent -= len(head)
+                    out.popleft()
+                else:
+                    out[0] = head[sent:]
+                    sent = 0
+        if out:
+            self._want(WRITE)
+            self.loop.timer_changed(self.deadline())
+            return
+        if self._closing:
+            self.close()
+        elif self._mask & WRITE:
+            self._want(0)
+            self._advance()
+
+    def _close_with(self, data: bytes) -> None:
+        """Send `data` (an error saying why), then close, giving the client at most
+        CLOSING_SEND_SECONDS to take it."""
+        self._closing = True
+        self._send(data)
+
+    def _want(self, mask: int) -> None:
+        """Wait for `mask` on the socket (0: for nothing: it is not polled at all)."""
+        if mask == self._mask or self._closed:
+            return
+        selector = self.loop.selector
+        if not self._mask:
+            selector.register(self.sock, mask, self._on_ready)
+        elif not mask:
+            selector.unregister(self.sock)
+        else:
+            selector.modify(self.sock, mask, self._on_ready)
+        self._mask = mask
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.core.remove(self.fd, self)
+        if self._mask:
+            self.loop.selector.unregister(self.sock)
+        self.protocol.close()
+        self.share.close()
+        self.sock.close()
+
+
+def serve_one(server: SocketServer, sock: socket.socket, caller: Caller) -> None:
+    """Serve one connected socket on the server's loop, on this thread, until it ends (the
+    server itself not serving: tests drive a connection over a socketpair with this)."""
+    sock.setblocking(False)
+    connection = FramedConnection(server, sock, caller)
+    server.core.handlers[connection.fd] = connection
+    server.loop.add_timed(connection)
+    server.loop.run(lambda: connection._closed)

@@ -1,34 +1,24 @@
 """The UNIX socket files both fronts serve on, and who is at the other end of a connection.
 
 Binding (with the configured mode and group, claiming a stale file only when no agent
-answers on it), accepting until told to stop, and the peer's credentials read once per
-connection: the framed socket (edge_agent.transport.framed_front) and the gRPC front (edge_agent.transport.grpc_front)
-share these, so the two know their callers in exactly the same way.
+answers on it; the listener non-blocking, for the event loop), and the peer's credentials
+read once per connection: both fronts (edge_agent.transport.front_core) share these, so the
+two know their callers in exactly the same way.
 """
 from __future__ import annotations
 
-import errno
 import grp
-import logging
 import os
 import socket
 import stat
 import struct
-import threading
-import time
-from typing import Callable
 
 from edge_agent.config import AgentConfig
 from edge_agent.api.caller import Caller
 
-log = logging.getLogger(__name__)
-
-# How often the blocked accept() looks up to notice a shutdown.
-POLL_SECONDS = 0.5
 _PEERCRED = struct.Struct("3i")
 SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux's value; Python may lack it
 _PEERGROUPS_BYTES = 1024  # the most CPython's getsockopt takes: 256 gids
-_TIMEVAL = struct.Struct("ll")
 
 
 class ServerError(RuntimeError):
@@ -61,12 +51,6 @@ def _peer_groups(sock: socket.socket, pid: int) -> frozenset[int]:
     except (OSError, ValueError):
         pass
     return frozenset()  # unknown: the caller is credited with its primary gid only
-
-
-def timeval(seconds: float) -> bytes:
-    """A struct timeval for SO_SNDTIMEO / SO_RCVTIMEO."""
-    whole = int(seconds)
-    return _TIMEVAL.pack(whole, int((seconds - whole) * 1e6))
 
 
 def claim_socket_path(path: str) -> None:
@@ -129,29 +113,8 @@ def bind_socket(path: str, config: AgentConfig) -> socket.socket:
         os.unlink(path)
         raise
     listener.listen(128)
-    listener.settimeout(POLL_SECONDS)
+    listener.setblocking(False)  # accepted on the event loop
     return listener
-
-
-def accept_until(listener: socket.socket, stopping: threading.Event,
-                 on_connection: Callable[[socket.socket], None]) -> None:
-    """Hand each accepted connection (blocking, no timeout) to on_connection until stopping
-    is set. Running out of file descriptors or memory is logged and waited out, not fatal."""
-    while not stopping.is_set():
-        try:
-            conn, _ = listener.accept()
-        except socket.timeout:
-            continue
-        except OSError as e:
-            if stopping.is_set():
-                break
-            if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                log.error("cannot accept a client: %s", e)
-                time.sleep(POLL_SECONDS)
-                continue
-            raise
-        conn.settimeout(None)  # accepted sockets inherit the listener's poll timeout
-        on_connection(conn)
 
 
 def remove_socket_file(path: str, inode: int) -> None:
@@ -160,13 +123,4 @@ def remove_socket_file(path: str, inode: int) -> None:
         if os.stat(path).st_ino == inode:
             os.unlink(path)
     except FileNotFoundError:
-        pass
-
-
-def send_quietly(conn: socket.socket, data: bytes) -> None:
-    """Best effort: the peer may already be gone."""
-    try:
-        conn.settimeout(1.0)
-        conn.sendall(data)
-    except OSError:
         pass

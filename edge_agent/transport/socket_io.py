@@ -2,17 +2,13 @@
 from __future__ import annotations
 
 import array
-import os
 import socket
 import time
 
+from edge_agent.protocol.receiving import MAX_FDS, close_fds  # noqa: F401  (the fronts use them)
+
+
 _DONTWAIT = socket.MSG_DONTWAIT
-# The most one receive of a large body asks for (a buffer set aside for it grows by at most
-# this much at a time).
-WAITALL_BYTES = 4 * 1024 * 1024
-# Descriptors a client may pass with one frame (SCM_RIGHTS). The ancillary buffer holds this
-# many; the kernel closes any beyond it and flags the receive MSG_CTRUNC.
-MAX_FDS = 16
 _FD_SIZE = array.array("i").itemsize
 _ANCILLARY_BYTES = socket.CMSG_SPACE(MAX_FDS * _FD_SIZE)
 # Received descriptors are close-on-exec from the start: a model probe or helper the agent
@@ -78,6 +74,15 @@ def receive_into_with_fds(sock: socket.socket, view: memoryview, wait_all: bool,
     return n, _NO_FDS, False
 
 
+def receive_with_fds(sock: socket.socket, view: memoryview):
+    """receive_into_with_fds() for a non-blocking socket on the event loop (one receive of
+    whatever is there, no spin): → (nbytes, fds, truncated); BlockingIOError if nothing is."""
+    n, ancillary, flags, _ = sock.recvmsg_into([view], _ANCILLARY_BYTES, _CLOEXEC)
+    if ancillary or flags & _CTRUNC:
+        return n, _descriptors(ancillary), bool(flags & _CTRUNC)
+    return n, _NO_FDS, False
+
+
 def _recvmsg_polling(sock: socket.socket, buffer, spin_seconds: float):
     """recv_into_polling, as recvmsg: the spin is the same, ancillary data comes along."""
     deadline = time.perf_counter() + spin_seconds
@@ -96,15 +101,6 @@ def _descriptors(ancillary) -> tuple[int, ...]:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             fds.frombytes(payload[:len(payload) - len(payload) % _FD_SIZE])
     return tuple(fds)
-
-
-def close_fds(fds) -> None:
-    """Close descriptors a client passed; each exactly once, whatever fails."""
-    for fd in fds:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
 
 
 # Below this many body bytes, joining header and body costs less than sendmsg's gather list.

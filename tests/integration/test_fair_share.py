@@ -252,7 +252,7 @@ def _make_room_over_grpc(agent, grpc_path: str, list_models: bytes, idle: list) 
         assert client.status(client.call(headers(list_models), message(b"")))[0] == 0
     grpc = agent.app.grpc_server  # each connection's call is over: idle
     deadline = time.monotonic() + 60
-    while not all(not c._calls and not c._running for c in list(grpc._connections)):
+    while not all(handler.idle for handler in list(grpc._handlers.values())):
         assert time.monotonic() < deadline, "the calls never ended"
         time.sleep(0.01)
 

@@ -275,20 +275,22 @@ def test_an_idle_connection_is_closed_and_frees_its_place(start_agent, tmp_path)
         again.close()
 
 
-def test_streams_beyond_the_workers_are_refused_before_the_settings_are_acked(start_agent,
-                                                                             tmp_path):
-    """SETTINGS_MAX_CONCURRENT_STREAMS is edge_agent_grpc_max_workers; a client that opens
-    more streams before it acknowledged the setting (h2 enforces it only after) has the
-    extra ones refused (REFUSED_STREAM, safe to retry), and its other calls are served."""
+def test_streams_beyond_the_limit_are_refused_before_the_settings_are_acked(start_agent,
+                                                                           tmp_path):
+    """SETTINGS_MAX_CONCURRENT_STREAMS is MAX_STREAMS; a client that opens more streams
+    before it acknowledged the setting (h2 enforces it only after) has the extra ones
+    refused (REFUSED_STREAM, safe to retry), and its other calls are served."""
     from h2.errors import ErrorCodes
 
+    from edge_agent.protocol.grpc_connection import MAX_STREAMS
+
     path = str(tmp_path / "grpc.sock")
-    start_agent(edge_agent_grpc_socket_path=path, edge_agent_grpc_max_workers=2)
+    start_agent(edge_agent_grpc_socket_path=path)
     client = RawClient(path)  # nothing received yet: the agent's settings are not acked
     try:
         body = message(b"")
         streams = []
-        for _ in range(3):  # in one write: the agent may get all three in one chunk
+        for _ in range(MAX_STREAMS + 1):  # in one write: the agent may get all in one chunk
             streams.append(client.h2.get_next_available_stream_id())
             client.h2.send_headers(streams[-1], headers())
             client.h2.send_data(streams[-1], body[:2])
@@ -298,7 +300,7 @@ def test_streams_beyond_the_workers_are_refused_before_the_settings_are_acked(st
         for stream in open_calls:
             client.h2.send_data(stream, body[2:], end_stream=True)
         client.flush()
-        assert [client.status(stream) for stream in open_calls] == [(0, "")] * 2
+        assert [client.status(stream) for stream in open_calls] == [(0, "")] * MAX_STREAMS
         assert client.status(client.call(headers(), body)) == (0, "")  # a place is free again
     finally:
         client.close()
@@ -403,15 +405,14 @@ def test_a_client_that_does_not_take_its_reply_is_disconnected(start_agent, tmp_
 
 
 def test_a_client_that_does_not_open_its_window_holds_no_worker(start_agent, tmp_path):
-    """With one worker: a client's reply held back by its closed window waits on its own
-    connection, and another client's call is answered meanwhile (the worker is not waiting
-    for the window; edge_agent_send_timeout_seconds is far away)."""
+    """A client's reply held back by its closed window waits on its own connection, and
+    another client's call is answered meanwhile (nothing waits for the window;
+    edge_agent_send_timeout_seconds is far away)."""
     from edge_agent.tools import model_builder
     from wire import add_array
 
     path = str(tmp_path / "grpc.sock")
-    agent = start_agent(edge_agent_grpc_socket_path=path, edge_agent_grpc_max_workers=1,
-                        edge_agent_send_timeout_seconds=600)
+    agent = start_agent(edge_agent_grpc_socket_path=path, edge_agent_send_timeout_seconds=600)
     built = model_builder.add_model((1, 1 << 16))
     with agent.client() as framed:
         framed.load_model("wide", str(built.write(tmp_path / "wide.tflite")))
@@ -573,13 +574,14 @@ def test_a_call_longer_than_the_idle_timeout_is_not_cut(tmp_path, model_files,
 
 def test_a_queued_call_of_a_closed_connection_is_not_run(tmp_path, model_files,
                                                         recording_delegate):
-    """One worker, held in the runtime (the test delegate's barrier): a call queued behind it
-    whose client has gone is skipped, not run, when the worker is free; calls queued after
-    it are served (the call counters show which ran)."""
+    """One pool thread, held in the runtime (the test delegate's barrier): a call queued
+    behind it whose client has gone is skipped, not run, when the thread is free; other
+    connections are served meanwhile (the call counters show which ran)."""
     from capture_helpers import wait_for
 
     from edge_agent import config
     from edge_agent.transport import grpc_front
+    from edge_agent.transport.front_core import FrontLoop
     from edge_agent.tools import model_builder
     from edge_agent.api.service import AgentService
     from wire import add_array
@@ -589,7 +591,6 @@ def test_a_queued_call_of_a_closed_connection_is_not_run(tmp_path, model_files,
         "edge_agent_socket_path": str(tmp_path / "unused.sock"),
         "edge_agent_grpc_socket_path": str(tmp_path / "grpc.sock"),
         "edge_agent_state_dir": str(tmp_path / "state"),
-        "edge_agent_grpc_max_workers": 1,
         "edge_agent_allow_unsigned_models": True, "edge_agent_num_threads": 1,
         "edge_agent_delegate": "external", "edge_agent_delegate_library": recording_delegate,
         "edge_agent_delegate_options": {"rendezvous": 2, "rendezvous_seconds": 60,
@@ -597,13 +598,16 @@ def test_a_queued_call_of_a_closed_connection_is_not_run(tmp_path, model_files,
     service = AgentService(settings)
     for name in ("held", "partner"):
         service.load_model(pb.LoadModelRequest(name=name, url=str(model_files["add"])))
-    server = grpc_front.start(service, settings)
+    fronts = FrontLoop(pool_threads=1)  # models not yet measured run in the pool
+    grpc_front.GrpcServer(service, settings, fronts=fronts).start()
+    fronts.start()
     inputs = model_builder.add_model().sample_inputs(seed=5)
     requests = {}
     for name in ("held", "partner"):
         requests[name] = pb.PredictRequest(name=name)
         for tensor, array in inputs.items():
             add_array(requests[name].tensors, tensor, array)
+    predict = headers(path=f"/{GRPC_SERVICE}/Predict".encode())
 
     def grpc_calls(rpc: str) -> int:
         return sum(c.count for c in service.get_metrics().calls
@@ -614,26 +618,27 @@ def test_a_queued_call_of_a_closed_connection_is_not_run(tmp_path, model_files,
 
     holder = RawClient(settings.edge_agent_grpc_socket_path)
     try:
-        held = holder.call(headers(path=f"/{GRPC_SERVICE}/Predict".encode()),
-                           message(requests["held"].SerializeToString()))
+        held = holder.call(predict, message(requests["held"].SerializeToString()))
         wait_for(lambda: "arrive" in record.read_text(), what="the call inside the runtime")
         gone = RawClient(settings.edge_agent_grpc_socket_path)
-        gone.call(headers(), message(b""))  # queued: read before the end of its stream
+        gone.call(predict, message(requests["partner"].SerializeToString()))  # queued
         gone.sock.shutdown(socket.SHUT_WR)  # (a close with unread data would be a reset)
         wait_for(lambda: grpc_connections() == 1, what="the closed connection to go")
         gone.close()
         late = RawClient(settings.edge_agent_grpc_socket_path)
         try:
-            stream = late.call(headers(), message(b""))  # queued behind the one of `gone`
-            service.predict(requests["partner"])  # meets the held call: the worker is free
+            stream = late.call(headers(), message(b""))  # (inline: served meanwhile)
+            service.predict(requests["partner"])  # meets the held call: the thread is free
             assert holder.status(held) == (0, "")
             assert late.status(stream) == (0, "")
         finally:
             late.close()
-        assert grpc_calls("ListModels") == 1  # the late one's; the gone one's never ran
+        assert grpc_calls("Predict") == 1  # the held one; the gone one never ran
+        assert grpc_calls("ListModels") == 1
     finally:
         holder.close()
-        server.stop(grace=0)
+        fronts.stop(0)
+        fronts.join()
         service.close()
 
 

@@ -113,3 +113,10 @@ def test_a_pin_that_is_no_version_is_a_configuration_error():
         from_mapping({"edge_agent_model_pins": {"m": "v1.2"}})
     assert "edge_agent_model_pins.m" in str(refused.value)
     assert "without the leading 'v'" in str(refused.value)
+
+
+@pytest.mark.parametrize("key", ["edge_agent_busy_poll_us", "edge_agent_grpc_max_workers"])
+def test_a_retired_key_still_loads_with_a_warning(key, caplog):
+    with caplog.at_level(logging.WARNING, logger="edge_agent.config"):
+        config.from_mapping({key: 3})
+    assert f"{key!r} is retired and has no effect" in caplog.text

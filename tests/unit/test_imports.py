@@ -230,9 +230,6 @@ IO_MODULES = {"socket", "select", "selectors", "ssl", "subprocess", "threading",
 # Imports that break the table today, each with the work that removes it. An entry that no
 # longer happens fails the test too: delete it with the import.
 KNOWN = {
-    # MAX_FDS, close_fds, WAITALL_BYTES: the event-loop rework moves them out of transport.
-    ("edge_agent.protocol.receiving", "edge_agent.transport.socket_io"),
-    ("edge_agent.protocol.server_connection", "edge_agent.transport.socket_io"),
     # The watchdog's health check asks the agent through its own client: the composition root
     # is to hand it the check instead.
     ("edge_agent.platform.systemd", "edge_agent.client"),

@@ -17,7 +17,7 @@ from edge_agent.protocol import (CLOSED, HEADER, NEED_DATA, ClientConnection, Fr
                                  Kind, ProtocolError, Reply, Request, ServerConnection,
                                  encode_error, encode_request)
 from edge_agent.api.rpcs import Method
-from edge_agent.transport.socket_io import MAX_FDS, WAITALL_BYTES
+from edge_agent.protocol.receiving import MAX_FDS, WAITALL_BYTES
 from wire import encode_reply, split_frames
 
 SPLITTERS = {"compiled": edge_agent.protocol._framing.FrameSplitter,
@@ -25,6 +25,11 @@ SPLITTERS = {"compiled": edge_agent.protocol._framing.FrameSplitter,
 LIMIT = 1 << 20
 FRAME_TIMEOUT = 5.0
 IDLE_TIMEOUT = 30.0
+
+
+def send_reply(conn: ServerConnection, *args) -> bytes:
+    """The reply frame, joined (the loop sends the two parts in one sendmsg)."""
+    return b"".join(conn.reply_parts(*args))
 
 
 @pytest.fixture(params=sorted(SPLITTERS), scope="module")
@@ -66,7 +71,7 @@ def stream_in(conn: ServerConnection, data: bytes, now: float = 0.0, describe=la
             continue
         events.append(describe(event))
         if isinstance(event, Request):
-            conn.send_reply(event.request_id, event.method, StatusCode.OK, b"")
+            send_reply(conn, event.request_id, event.method, StatusCode.OK, b"")
         if event is CLOSED:
             return events
 
@@ -125,7 +130,7 @@ def test_a_request_comes_out_with_its_body_as_a_view_of_the_buffer(splitter):
     assert isinstance(event, Request)
     assert (event.method, event.request_id, event.fds) == (Method.LIST_MODELS, 7, ())
     assert isinstance(event.body, memoryview) and event.body == b"hello"
-    reply = decode_reply(conn.send_reply(7, Method.LIST_MODELS, StatusCode.OK, b"answer"))
+    reply = decode_reply(send_reply(conn, 7, Method.LIST_MODELS, StatusCode.OK, b"answer"))
     assert (reply.kind, reply.method, reply.status, reply.request_id, reply.body) == \
         (Kind.REPLY, Method.LIST_MODELS, StatusCode.OK, 7, b"answer")
     assert conn.next_event() is NEED_DATA
@@ -138,7 +143,7 @@ def test_the_receive_buffer_is_reused_from_request_to_request(splitter):
         deliver(conn, encode_request(Method.PREDICT, request_id, b"x" * 100))
         event = conn.next_event()
         buffers.add(id(event.body.obj))
-        conn.send_reply(request_id, Method.PREDICT, StatusCode.OK, b"")
+        send_reply(conn, request_id, Method.PREDICT, StatusCode.OK, b"")
         del event
     assert len(buffers) == 1
 
@@ -147,14 +152,14 @@ def test_a_failed_call_is_encoded_as_an_error_reply(splitter):
     conn = server(splitter)
     deliver(conn, encode_request(Method.DESCRIBE_MODEL, 3, b""))
     event = conn.next_event()
-    reply = decode_reply(conn.send_reply(event.request_id, event.method, StatusCode.NOT_FOUND,
+    reply = decode_reply(send_reply(conn, event.request_id, event.method, StatusCode.NOT_FOUND,
                                          "no model named x"))
     assert (reply.status, reply.method, reply.body) == \
         (StatusCode.NOT_FOUND, Method.DESCRIBE_MODEL, b"no model named x")
 
 
 def test_reply_parts_are_the_reply_frame_not_joined(splitter):
-    """The loop sends header and body apart (one sendmsg): together they are send_reply's
+    """The loop sends header and body apart (one sendmsg): together they are the whole reply frame
     frame, and the body is the response object itself, not a copy."""
     conn = server(splitter)
     body = b"r" * 10000
@@ -169,7 +174,7 @@ def test_reply_parts_are_the_reply_frame_not_joined(splitter):
         assert (frame.kind, frame.method, frame.status, frame.request_id) == \
             (Kind.REPLY, Method.PREDICT, code, request_id)
         assert frame.body == (reply if code == StatusCode.OK else reply.encode())
-    with pytest.raises(RuntimeError):  # the same rule as send_reply: one reply per request
+    with pytest.raises(RuntimeError):  # one reply per request
         conn.reply_parts(2, Method.PREDICT, StatusCode.OK, b"")
 
 
@@ -178,7 +183,7 @@ def test_a_reply_is_only_for_the_request_being_answered(splitter):
     deliver(conn, encode_request(Method.LIST_MODELS, 3, b""))
     conn.next_event()
     with pytest.raises(RuntimeError, match="reply to request 4, but 3"):
-        conn.send_reply(4, Method.LIST_MODELS, StatusCode.OK, b"")
+        send_reply(conn, 4, Method.LIST_MODELS, StatusCode.OK, b"")
 
 
 def test_pipelined_requests_come_out_in_order(splitter):
@@ -241,7 +246,7 @@ def test_end_of_stream_between_frames_closes(splitter):
     conn = server(splitter, budget)
     deliver(conn, encode_request(Method.LIST_MODELS, 1, b""))
     assert isinstance(conn.next_event(), Request)
-    conn.send_reply(1, Method.LIST_MODELS, StatusCode.OK, b"")
+    send_reply(conn, 1, Method.LIST_MODELS, StatusCode.OK, b"")
     assert conn.next_event() is NEED_DATA
     conn.receive_eof()
     assert conn.next_event() is CLOSED and budget.used == 0
@@ -272,7 +277,7 @@ def test_the_receive_timeout_follows_the_state(splitter):
     assert conn.receive_timeout == FRAME_TIMEOUT and conn.frame_in_progress
     deliver(conn, frame[5:], now=101.0)
     assert isinstance(conn.next_event(), Request)
-    conn.send_reply(1, Method.LIST_MODELS, StatusCode.OK, b"")
+    send_reply(conn, 1, Method.LIST_MODELS, StatusCode.OK, b"")
     assert conn.next_event() is NEED_DATA
     assert conn.receive_timeout == IDLE_TIMEOUT and not conn.frame_in_progress
 
@@ -319,7 +324,7 @@ def test_a_frame_behind_a_request_starts_its_clock_when_the_agent_is_done_answer
     deliver(conn, first + second[:6], now=0.0)
     request = conn.next_event(0.0)
     assert isinstance(request, Request) and request.request_id == 1
-    conn.send_reply(1, Method.LOAD_MODEL, StatusCode.OK, b"")
+    send_reply(conn, 1, Method.LOAD_MODEL, StatusCode.OK, b"")
     assert conn.next_event(15.0) is NEED_DATA  # answered 15 s later: no deadline passed yet
     assert conn.receive_timeout == FRAME_TIMEOUT and conn.frame_in_progress
     view = conn.get_buffer()
@@ -332,7 +337,7 @@ def test_a_frame_behind_a_request_starts_its_clock_when_the_agent_is_done_answer
     event = conn.next_event(17.0)
     assert isinstance(event, Request) and event.request_id == 2
     # Without a time from the loop, the frame is timed from its bytes' arrival, as before.
-    conn.send_reply(2, Method.LIST_MODELS, StatusCode.OK, b"")
+    send_reply(conn, 2, Method.LIST_MODELS, StatusCode.OK, b"")
     deliver(conn, second[:6], now=20.0)
     deliver(conn, second[6:7], now=26.0)
     assert described(conn.next_event()) == (
@@ -379,7 +384,7 @@ def test_a_large_body_grows_the_buffer_with_what_arrived(splitter):
     assert offered[:4] == [4096, 8192, 16384, 32768] and max(offered) <= WAITALL_BYTES
     assert isinstance(event, Request) and event.body == body
     del event
-    conn.send_reply(1, Method.PREDICT, StatusCode.OK, b"")
+    send_reply(conn, 1, Method.PREDICT, StatusCode.OK, b"")
     assert conn.next_event() is NEED_DATA and budget.used == 0
     assert len(conn.get_buffer()) == 4096 and not conn.receive_whole
 

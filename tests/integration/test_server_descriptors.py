@@ -3,8 +3,9 @@ many descriptors at whatever point of a frame, cut however, every descriptor the
 received is closed by the time it ends, it answers only with well-formed replies, and nothing
 escapes it but the end of the connection.
 
-A real Connection over a socketpair in this process, against an in-process agent core, so the
-descriptors it holds are counted in this process's /proc/self/fd.
+A real FramedConnection over a socketpair in this process, served by the front's event loop
+on a thread of the test against an in-process agent core, so the descriptors it holds are
+counted in this process's /proc/self/fd.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from edge_agent.config import from_mapping
 from edge_agent.errors import StatusCode
 from edge_agent.protocol import HEADER, FrameSplitter, Kind, encode_request
 from edge_agent.api.rpcs import Method
-from edge_agent.transport.framed_front import Connection, SocketServer
+from edge_agent.transport.framed_front import SocketServer, serve_one
 from edge_agent.api.service import AgentService
 from edge_agent.api.caller import Caller
 from edge_agent.transport.socket_io import MAX_FDS
@@ -42,7 +43,10 @@ def server(tmp_path_factory):
     service = AgentService(config)
     model = model_builder.add_model().write(directory / "add.tflite")
     service.load_model(pb.LoadModelRequest(name="add", url=str(model)))
-    yield SocketServer(service, config)
+    server = SocketServer(service, config)
+    yield server
+    server.workers.stop()
+    server.loop.close()
     service.close()
 
 
@@ -92,12 +96,9 @@ def _read_to_end(sock: socket.socket) -> bytes:
 
 def _serve(server, sock, errors) -> None:
     try:
-        Connection(server, sock, Caller(os.getpid(), 65534, 65534)).run()
-    except OSError:
-        pass  # the peer went away: what _serve_connection logs and ends on
-    except BaseException as e:  # anything else is a fault of the connection
+        serve_one(server, sock, Caller(os.getpid(), 65534, 65534))
+    except BaseException as e:  # anything escaping is a fault of the connection
         errors.append(e)
-    finally:
         sock.close()
 
 

@@ -1,0 +1,157 @@
+"""Where a call runs: inline on the loop, on its model's worker, or in the small pool.
+
+- Predict runs inline while its model's measured time per call (the least of the last
+  SAMPLES calls: time spent waiting for the GIL or a core, when threads compete, only ever
+  adds to a call's time, so the least is the model's own cost) is under INLINE_SECONDS: a
+  tiny model costs less to run than a hand-off to another thread. A model measured slower
+  gets a worker thread of its own (its invoke releases the GIL, so two compute-bound models
+  keep two cores), up to MAX_MODEL_WORKERS models; a model not yet measured, or a Predict
+  that brings descriptors (shared memory to map), runs in the pool. (A SysV segment named in
+  the request is attached once and cached: its cost shows in one measured call.)
+- Calls that may block — loading a model and its check, capture (its journal syncs),
+  metrics, unloading (it waits for the model's calls), a capture's status (it may read the
+  disk), the model repository's calls — run in the pool; ListModels and DescribeModel read
+  memory and run inline.
+
+The result of a call handed off comes back to the loop through call_soon_threadsafe().
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, TypeVar
+
+from edge_agent.api.rpcs import Method
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Queue = Callable[[Callable[[], None]], object]  # queues a job on the thread that runs it
+INLINE_SECONDS = 50e-6
+SAMPLES = 16
+MEASURE_EVERY = 16
+MAX_MODEL_WORKERS = 32
+MAX_MEASURED = 256  # model names with timings kept (beyond: forgotten, measured again)
+POOL_THREADS = 4
+# Read-only, in memory: never worth a hand-off.
+INLINE_METHODS = frozenset({Method.LIST_MODELS, Method.DESCRIBE_MODEL})
+
+
+def predict_model_name(body) -> str | None:
+    """The model name of a serialized PredictRequest (field 1, a string), read without
+    decoding the message; None when it is not where the encoders put it (first)."""
+    if len(body) < 2 or body[0] != 0x0A:
+        return None
+    length, at = 0, 1
+    for shift in (0, 7):
+        byte = body[at]
+        at += 1
+        length |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            break
+    else:
+        return None
+    name = body[at:at + length]
+    return bytes(name).decode("utf-8", "replace") if len(name) == length else None
+
+
+class _ModelWorker:
+    """One thread running one model's calls in order."""
+
+    def __init__(self, name: str):
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, daemon=True,
+                                         name=f"edge-agent-model-{name[:20]}")
+        self._thread.start()
+
+    def submit(self, job: Callable[[], None]) -> None:
+        self._queue.put(job)
+
+    def _run(self) -> None:
+        while (job := self._queue.get()) is not None:
+            job()
+
+    def stop(self, deadline: float) -> bool:
+        """End after the calls queued; False if still running at `deadline`."""
+        self._queue.put(None)
+        self._thread.join(max(0.0, deadline - time.monotonic()))
+        return not self._thread.is_alive()
+
+
+class Workers:
+    """The threads calls are handed to, and the per-model timings that decide."""
+
+    def __init__(self, pool_threads: int = POOL_THREADS, inline_seconds: float = INLINE_SECONDS):
+        self.inline_seconds = inline_seconds
+        self._pool = ThreadPoolExecutor(pool_threads, thread_name_prefix="edge-agent-call")
+        self._models: dict[str, _ModelWorker] = {}
+        self._samples: dict[str, list[float]] = {}
+        self._slow: dict[str, bool] = {}  # model → measured slower than inline_seconds
+        self._lock = threading.Lock()  # samples come from the loop and the workers
+        self._calls = 0  # Predicts placed: every MEASURE_EVERY-th of a decided model is timed
+
+    def place(self, method: int, body, fds) -> tuple[Queue | None, str | None]:
+        """(None: run it inline, else the function that queues a job where it runs; the
+        model whose time this call should be measured for, or None). A model not yet decided
+        is measured on every call, a decided one on one call in MEASURE_EVERY (its cost may
+        change: another version under the same name)."""
+        if method != Method.PREDICT:
+            return (None if method in INLINE_METHODS else self._pool.submit), None
+        name = predict_model_name(body)
+        if name is None:
+            return self._pool.submit, None
+        slow = self._slow.get(name)
+        self._calls += 1
+        measured = name if slow is None or not self._calls % MEASURE_EVERY else None
+        if fds:
+            return self._pool.submit, measured
+        if slow is False:
+            return None, measured
+        if slow:
+            worker = self._models.get(name)
+            if worker is None and len(self._models) < MAX_MODEL_WORKERS:
+                worker = self._models[name] = _ModelWorker(name)
+            if worker is not None:
+                return worker.submit, measured
+        return self._pool.submit, measured
+
+    def measure(self, name: str, seconds: float) -> None:
+        """One Predict's time (wherever it ran): every SAMPLES, the least of them decides."""
+        with self._lock:
+            samples = self._samples.get(name)
+            if samples is None:
+                if len(self._samples) >= MAX_MEASURED:
+                    self._samples.clear()
+                    self._slow.clear()
+                samples = self._samples[name] = []
+            samples.append(seconds)
+            if len(samples) >= SAMPLES:
+                self._slow[name] = min(samples) > self.inline_seconds
+                samples.clear()
+
+    def run(self, measured: str | None, call: Callable[..., T], *args) -> T:
+        """call(*args), timed for the model `measured` (place() said which, if any)."""
+        if measured is None:
+            return call(*args)
+        started = time.perf_counter()
+        result = call(*args)
+        self.measure(measured, time.perf_counter() - started)
+        return result
+
+    def stop(self, timeout: float = 2.0) -> bool:
+        """Calls not started are dropped; those running get up to `timeout` seconds to end
+        (a call stuck in a model must not hold the agent's stop for ever). False if some are
+        still running then: their threads end when they return."""
+        deadline = time.monotonic() + timeout
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        ended = True
+        for thread in list(getattr(self._pool, "_threads", ())):
+            thread.join(max(0.0, deadline - time.monotonic()))
+            ended = ended and not thread.is_alive()
+        for worker in list(self._models.values()):
+            ended = worker.stop(deadline) and ended
+        self._models.clear()
+        return ended

@@ -1,0 +1,322 @@
+"""The fronts' event loop, by construction: connections take turns, a long call runs off the
+loop while other connections are served, compute-bound models run at once, a fast model
+runs inline, eviction never waits on a client. A fake service (no models, no processes)
+whose Predict waits on events and barriers: never on time."""
+from __future__ import annotations
+
+import os
+import select
+import socket
+import threading
+from types import SimpleNamespace
+
+import pytest
+
+from edge_agent import agent_pb2 as pb
+from edge_agent.api.caller import Caller
+from edge_agent.api.rpcs import Method
+from edge_agent.config import from_mapping
+from edge_agent.errors import StatusCode
+from edge_agent.protocol import FrameDecoder, encode_request
+from edge_agent.transport.framed_front import FramedConnection, SocketServer
+from edge_agent.transport.front_core import FrontLoop
+
+WAIT = 30  # seconds: a bound for a bug (a hang), never a measurement
+
+
+class FakeService:
+    """What Api needs of a service: the handlers, and metrics that count nothing. Predict
+    runs `on_predict(request)`, which the test makes wait."""
+
+    def __init__(self, on_predict=None):
+        self.metrics = SimpleNamespace(call_counter=lambda front: (lambda rpc, code: None),
+                                       watch_connections=lambda front, count: None)
+        self.on_predict = on_predict or (lambda request: None)
+        self.predicted_on: list[str] = []  # the thread of each Predict
+
+    def __getattr__(self, name):
+        if name.startswith("_") or name == "predict_wire":
+            raise AttributeError(name)
+        return lambda request, caller: None  # handlers this test never calls
+
+    def list_models(self, request, caller):
+        return pb.ListModelsResponse()
+
+    def predict(self, request, caller):
+        self.predicted_on.append(threading.current_thread().name)
+        self.on_predict(request)
+        return pb.PredictResponse()
+
+
+def _config(tmp_path, **settings):
+    return from_mapping({"edge_agent_socket_path": str(tmp_path / "agent.sock"), **settings})
+
+
+def _replies(sock: socket.socket, count: int) -> list:
+    decoder = FrameDecoder(1 << 20)
+    frames: list = []
+    sock.settimeout(WAIT)
+    while len(frames) < count:
+        chunk = sock.recv(65536)
+        assert chunk, "the agent closed the connection"
+        decoder.feed(chunk)
+        frames.extend(decoder.frames())
+    return frames
+
+
+def _predict(model: str, request_id: int = 1) -> bytes:
+    return encode_request(Method.PREDICT, request_id,
+                          pb.PredictRequest(name=model).SerializeToString())
+
+
+@pytest.fixture
+def serving(tmp_path):
+    """start(service) → a SocketServer on a loop in a thread, stopped afterwards."""
+    started: list[FrontLoop] = []
+
+    def start(service, **settings) -> SocketServer:
+        fronts = FrontLoop()
+        server = SocketServer(service, _config(tmp_path, **settings), fronts=fronts)
+        server.bind()
+        started.append(fronts.start())
+        return server
+
+    yield start
+    for fronts in started:
+        fronts.stop(0)
+        assert fronts.join(WAIT)
+
+
+def _connect(server: SocketServer) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(WAIT)
+    sock.connect(server.path)
+    return sock
+
+
+def test_a_long_predict_does_not_hold_another_connections_list_models(serving):
+    release = threading.Event()
+    inside = threading.Event()
+
+    def slow(request):
+        inside.set()
+        assert release.wait(WAIT)
+
+    server = serving(FakeService(slow))
+    predicting, listing = _connect(server), _connect(server)
+    try:
+        predicting.sendall(_predict("slow"))
+        assert inside.wait(WAIT)  # the Predict is running, and will until released
+        listing.sendall(encode_request(Method.LIST_MODELS, 7, b""))
+        [reply] = _replies(listing, 1)
+        assert (reply.request_id, reply.status) == (7, StatusCode.OK)
+        release.set()
+        [reply] = _replies(predicting, 1)
+        assert reply.status == StatusCode.OK
+    finally:
+        release.set()
+        predicting.close()
+        listing.close()
+
+
+def test_two_models_predict_at_once():
+    """Neither Predict can return until both are inside the runtime: they run on two
+    threads, neither on the loop."""
+    barrier = threading.Barrier(2, timeout=WAIT)
+    service = FakeService(lambda request: barrier.wait())
+    config = from_mapping({"edge_agent_socket_path": "/nonexistent/agent.sock"})
+    fronts = FrontLoop()
+    server = SocketServer(service, config, fronts=fronts)
+    fronts.start()
+    pairs = [socket.socketpair() for _ in range(2)]
+    try:
+        for (client, agent_side), model in zip(pairs, ("a", "b")):
+            _serve_on(fronts, server, agent_side)
+            client.sendall(_predict(model))
+        for client, _ in pairs:
+            [reply] = _replies(client, 1)
+            assert reply.status == StatusCode.OK, reply.body
+        assert "edge-agent-loop" not in service.predicted_on
+    finally:
+        fronts.stop(0)
+        assert fronts.join(WAIT)
+        for client, _ in pairs:
+            client.close()
+
+
+def _serve_on(fronts: FrontLoop, server: SocketServer, sock: socket.socket) -> None:
+    """Hand an already connected socket to the running loop (as accept would)."""
+    def admit():
+        sock.setblocking(False)
+        connection = FramedConnection(server, sock, Caller(os.getpid(), os.getuid(), os.getgid()))
+        server.core.handlers[connection.fd] = connection
+        fronts.loop.add_timed(connection)
+    fronts.loop.call_soon_threadsafe(admit)
+
+
+def test_a_model_measured_fast_runs_inline_on_the_loop(serving):
+    service = FakeService()
+    server = serving(service)
+    server.workers.inline_seconds = 60.0  # every call "fast": what is measured decides
+    with _connect(server) as sock:
+        for i in range(20):
+            sock.sendall(_predict("tiny", i + 1))
+            [reply] = _replies(sock, 1)
+            assert reply.status == StatusCode.OK
+    threads = service.predicted_on
+    assert "edge-agent-loop" not in threads[:16]  # unmeasured: off the loop
+    assert set(threads[16:]) == {"edge-agent-loop"}
+
+
+def test_a_model_measured_slow_gets_a_worker_of_its_own(serving):
+    service = FakeService()
+    server = serving(service)
+    server.workers.inline_seconds = 0.0  # every call "slow"
+    with _connect(server) as sock:
+        for i in range(20):
+            sock.sendall(_predict("big", i + 1))
+            assert _replies(sock, 1)[0].status == StatusCode.OK
+    assert set(service.predicted_on[16:]) == {"edge-agent-model-big"}
+
+
+def test_connections_take_turns_under_a_pipelining_client(tmp_path):
+    """40 requests pipelined on one connection and one on another, all buffered before the
+    loop runs: the other's reply is written within the first turn, while most of the
+    pipelined ones still wait (at most TURN per connection per turn)."""
+    from edge_agent.transport.framed_front import TURN
+
+    service = FakeService()
+    fronts = FrontLoop()
+    server = SocketServer(service, _config(tmp_path), fronts=fronts)
+    greedy, greedy_agent = socket.socketpair()
+    other, other_agent = socket.socketpair()
+    try:
+        greedy.sendall(b"".join(encode_request(Method.LIST_MODELS, i + 1, b"")
+                                for i in range(40)))
+        other.sendall(encode_request(Method.LIST_MODELS, 99, b""))
+        caller = Caller(os.getpid(), os.getuid(), os.getgid())
+        for sock in (greedy_agent, other_agent):
+            sock.setblocking(False)
+            connection = FramedConnection(server, sock, caller)
+            server.core.handlers[connection.fd] = connection
+        fronts.loop.run(lambda: bool(select.select([other], [], [], 0)[0]))
+        [reply] = _replies(other, 1)
+        assert reply.request_id == 99
+        greedy.setblocking(False)
+        decoder = FrameDecoder(1 << 20)
+        try:
+            while chunk := greedy.recv(1 << 20):
+                decoder.feed(chunk)
+        except BlockingIOError:
+            pass
+        answered = [frame.request_id for frame in decoder.frames()]
+        assert answered == list(range(1, len(answered) + 1))  # in order
+        assert TURN <= len(answered) <= 2 * TURN < 40
+        # The rest follows, in order, when the loop goes on.
+        fronts.loop.run(lambda: not fronts.loop._ready)
+        decoder2 = FrameDecoder(1 << 20)
+        try:
+            while chunk := greedy.recv(1 << 20):
+                decoder2.feed(chunk)
+        except BlockingIOError:
+            pass
+        assert [f.request_id for f in decoder2.frames()] == list(range(len(answered) + 1, 41))
+    finally:
+        server.core.close_all()
+        server.workers.stop()
+        server.loop.close()
+        greedy.close()
+        other.close()
+
+
+def test_evicting_an_idle_grpc_connection_never_waits_on_its_client(tmp_path):
+    """Eviction runs on the loop: a client that stopped reading (its socket buffer full)
+    must not hold the loop for the send timeout. The GOAWAY is a courtesy; the connection is
+    closed either way."""
+    pytest.importorskip("h2")
+    from edge_agent.transport.grpc_front import GrpcHandler, GrpcServer
+
+    config = _config(tmp_path, edge_agent_send_timeout_seconds=3600)
+    fronts = FrontLoop()
+    server = GrpcServer(FakeService(), config, str(tmp_path / "grpc.sock"), fronts=fronts)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        ours.setblocking(False)
+        try:
+            while True:  # what an earlier reply left unread: the buffer full
+                ours.send(bytes(65536))
+        except BlockingIOError:
+            pass
+        handler = GrpcHandler(server, ours, Caller(os.getpid(), os.getuid(), os.getgid()))
+        server.core.handlers[handler.fd] = handler
+        assert handler.evict("room")  # returns at once: the socket never blocks
+        assert handler.closed and not server.core.handlers
+    finally:
+        server.workers.stop()
+        fronts.loop.close()
+        theirs.close()
+
+
+def test_the_watchdog_is_fed_from_the_loop(monkeypatch):
+    """WATCHDOG=1 is sent by the loop's own thread (a stuck loop would stop it), and no more
+    once the agent says it is stopping."""
+    from edge_agent.platform import systemd
+
+    sent: list[tuple[str, str]] = []
+    pinged = threading.Event()
+
+    def notify(message, env=None):
+        sent.append((message, threading.current_thread().name))
+        if message == "WATCHDOG=1":
+            assert threading.current_thread().name == "edge-agent-loop"
+            if sent.count(("WATCHDOG=1", "edge-agent-loop")) >= 2:
+                pinged.set()
+        return True
+
+    monkeypatch.setattr(systemd, "notify", notify)
+    fronts = FrontLoop()
+    notifier = systemd.Notifier({"WATCHDOG_USEC": "2000"})  # every millisecond
+    notifier.ready("/run/agent.sock", fronts.loop.every)
+    fronts.start()
+    try:
+        assert pinged.wait(WAIT)
+        stopped = threading.Event()
+
+        def stop_on_the_loop():  # (on the loop's thread: no ping can be half-way)
+            notifier.stopping()
+            sent.clear()
+            stopped.set()
+
+        fronts.loop.call_soon_threadsafe(stop_on_the_loop)
+        assert stopped.wait(WAIT)
+        turned = threading.Event()
+        fronts.loop.call_soon_threadsafe(turned.set)  # a later turn of the loop
+        assert turned.wait(WAIT)
+        assert sent == []  # no ping since
+    finally:
+        fronts.stop(0)
+        assert fronts.join(WAIT)
+    assert not [message for message, _ in sent if message == "WATCHDOG=1"]
+
+
+def test_a_fault_in_one_connection_closes_it_and_the_others_are_served(serving, monkeypatch):
+    """A bug of ours in one connection's handling (here: forced) must not stop the loop."""
+    server = serving(FakeService())
+    original = FramedConnection._dispatch
+
+    def faulty(self, request):
+        if request.request_id == 666:
+            raise RuntimeError("a bug")
+        original(self, request)
+
+    monkeypatch.setattr(FramedConnection, "_dispatch", faulty)
+    failing, healthy = _connect(server), _connect(server)
+    try:
+        failing.sendall(encode_request(Method.LIST_MODELS, 666, b""))
+        assert failing.recv(65536) == b""  # closed
+        healthy.sendall(encode_request(Method.LIST_MODELS, 1, b""))
+        [reply] = _replies(healthy, 1)
+        assert reply.status == StatusCode.OK
+    finally:
+        failing.close()
+        healthy.close()
