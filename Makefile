@@ -51,7 +51,8 @@ system-deps:
 lint: $(STAMP)
 	$(PY) -m ruff check --quiet .
 	$(PY) -m mypy
-	$(PY) -m mypy.stubtest --ignore-unused-allowlist --allowlist cext/stubtest-allowlist.txt \
+	$(PY) -m mypy.stubtest --mypy-config-file cext/stubtest-mypy.ini --ignore-unused-allowlist \
+		--allowlist cext/stubtest-allowlist.txt \
 		edge_agent.protocol._framing edge_agent.shm._shm edge_agent.observe._metrics edge_agent.protocol._predict \
 		edge_agent.models._flatverify
 
