@@ -8,9 +8,9 @@ plain_inputs is the engine's match of decoded inputs to a model's in the common 
 """
 from __future__ import annotations
 
-import os
+from edge_agent import pure_python
 
-if os.environ.get("EDGE_AGENT_PUREPYTHON", "") not in ("", "0"):
+if pure_python():
     from edge_agent.protocol._predict_py import (decode_request, decode_response, encode_request,
                                         encode_response, plain_inputs)
 else:
