@@ -17,9 +17,19 @@ import time
 from typing import Callable, Iterable
 
 from edge_agent import agent_pb2 as pb
-from edge_agent.observe._metrics import CallCounts, PredictCounters
+from edge_agent import pure_python
 from edge_agent.errors import StatusCode
 from edge_agent.platform.memory import resident_bytes
+
+# The counters: the compiled ones (cext/_metrics.pyx), else their pure-Python twin, the seam of
+# the frame splitter's (edge_agent/observe/_metrics_py.py; EDGE_AGENT_PUREPYTHON=1 forces it).
+if pure_python():
+    from edge_agent.observe._metrics_py import CallCounts, PredictCounters
+else:
+    try:
+        from edge_agent.observe._metrics import CallCounts, PredictCounters
+    except ImportError:
+        from edge_agent.observe._metrics_py import CallCounts, PredictCounters
 
 # Upper bounds in seconds: a tiny model's ~50 µs call up to a large model on a slow board.
 LATENCY_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
