@@ -56,8 +56,15 @@ lint: $(STAMP)
 		edge_agent.protocol._framing edge_agent.shm._shm edge_agent.observe._metrics edge_agent.protocol._predict \
 		edge_agent.models._flatverify
 
+# Then the unit and integration tests once more on the pure-Python twins of the compiled
+# modules (EDGE_AGENT_PUREPYTHON=1; docs/DEVELOPMENT.md, "Compiled modules and their twins"),
+# natively only: the emulated boards call pytest themselves (cross/qemu-test.sh). With
+# PYTEST_ARGS, the second run takes the same selection.
+PYTEST_PURE_ARGS ?= $(if $(PYTEST_ARGS),$(PYTEST_ARGS),-q tests/unit tests/integration)
 test: $(STAMP) system-deps lint
 	$(TIMED) "tests (pytest)" $(PY) -m pytest $(PYTEST_ARGS)
+	$(TIMED) "tests on the pure-Python twins (EDGE_AGENT_PUREPYTHON=1 pytest)" \
+		env EDGE_AGENT_PUREPYTHON=1 $(PY) -m pytest $(PYTEST_PURE_ARGS)
 
 # The fleet rollout in full (docs/FLEET.md: five boards, staged, promoted, rolled back; make
 # test runs the failure policy, the board's refusals and the operator's walkthrough).

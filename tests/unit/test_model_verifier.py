@@ -12,6 +12,8 @@ import pytest
 import tflite
 from seams import fresh_import
 
+from edge_agent import pure_python
+
 import edge_agent.models._flatverify
 from edge_agent.models import _flatverify_py
 from edge_agent.models import verifier as model_verifier
@@ -46,6 +48,7 @@ def flips(limit: int = 512) -> list[bytes]:
     return cases
 
 
+@pytest.mark.skipif(pure_python(), reason="EDGE_AGENT_PUREPYTHON forces the twin")
 def test_the_compiled_verifier_is_the_one_in_use():
     assert edge_agent.models._flatverify.__file__.endswith(".so")
     assert model_verifier.Verifier is edge_agent.models._flatverify.Verifier

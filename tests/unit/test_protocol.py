@@ -14,7 +14,7 @@ from seams import fresh_import
 
 import edge_agent.protocol._framing
 import edge_agent.protocol._framing_py
-from edge_agent import errors, protocol
+from edge_agent import errors, protocol, pure_python
 from edge_agent.errors import StatusCode
 from edge_agent.protocol import HEADER, FrameDecoder, FramingError, Kind, encode_error, encode_reply, encode_request
 from edge_agent.api.rpcs import Method
@@ -39,6 +39,7 @@ def decode_all(chunks, splitter, limit=LIMIT):
     return frames, decoder
 
 
+@pytest.mark.skipif(pure_python(), reason="EDGE_AGENT_PUREPYTHON forces the twin")
 def test_the_compiled_splitter_is_the_one_in_use():
     assert edge_agent.protocol._framing.__file__.endswith(".so")
     assert protocol.FrameSplitter is edge_agent.protocol._framing.FrameSplitter
