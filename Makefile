@@ -58,9 +58,12 @@ lint: $(STAMP)
 
 # Then the unit and integration tests once more on the pure-Python twins of the compiled
 # modules (EDGE_AGENT_PUREPYTHON=1; docs/DEVELOPMENT.md, "Compiled modules and their twins"),
-# natively only: the emulated boards call pytest themselves (cross/qemu-test.sh). With
-# PYTEST_ARGS, the second run takes the same selection.
-PYTEST_PURE_ARGS ?= $(if $(PYTEST_ARGS),$(PYTEST_ARGS),-q tests/unit tests/integration)
+# natively only: the emulated boards call pytest themselves (cross/qemu-test.sh). Left out of
+# that pass: the long scenarios (native_only: run once is enough, as on the boards) and the
+# tests that run each case on both twins themselves (twins). With PYTEST_ARGS, the second
+# run takes the same selection.
+PYTEST_PURE_ARGS ?= $(if $(PYTEST_ARGS),$(PYTEST_ARGS),-q -m "not native_only and not twins" \
+	tests/unit tests/integration)
 test: $(STAMP) system-deps lint
 	$(TIMED) "tests (pytest)" $(PY) -m pytest $(PYTEST_ARGS)
 	$(TIMED) "tests on the pure-Python twins (EDGE_AGENT_PUREPYTHON=1 pytest)" \
@@ -147,12 +150,13 @@ CROSS_ENV := CROSS_PYTHON=$(abspath $(PY))
 # benchmarks). A new module is not on the board until it is added here (a new compiled module's
 # tests must be). In any selection, tests marked native_only (long scenarios) are deselected on
 # a board (cross/qemu_plugin.py). The -full targets run everything, native_only included.
-QEMU_UNIT_TESTS := protocol protocol_connection shm descriptors tensors delegates \
+QEMU_UNIT_TESTS := protocol protocol_connection shm descriptors tensors \
 	engine loading service packages capture_journal boards systemd caller_paths imports \
 	model_verifier
 QEMU_INTEGRATION_TESTS := app bench c_client capture_delivery capture_iot client_transport \
 	delegates_served grpc_front grpc_front_h2 heartbeat metrics model_access package_loading \
-	predict_codec server_connections server_transport systemd_health sockets server shm_peers
+	predict_codec server_connections server_transport systemd_health sockets server shm_peers \
+	delegates
 QEMU_E2E_TESTS := shm_agent fd_passing agent_user installed boards_agent delegates_agent \
 	model_probe cli capture_agent serve_imports prover
 QEMU_CI_TESTS ?= $(QEMU_UNIT_TESTS:%=tests/unit/test_%.py) \

@@ -39,6 +39,9 @@ try:
 except ImportError:  # a checkout without a build: only the twin is tested
     compiled = None
 
+# Every test runs on each codec by itself: the EDGE_AGENT_PUREPYTHON pass would repeat them.
+pytestmark = pytest.mark.twins
+
 CODECS = {"python": edge_agent.protocol._predict_py}
 if compiled is not None:
     CODECS["compiled"] = compiled

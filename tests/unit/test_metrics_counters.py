@@ -14,6 +14,8 @@ from edge_agent.errors import StatusCode
 from edge_agent.observe import _metrics_py, metrics
 
 TWINS = ["compiled", "python"]
+# Every test runs on each module by itself: the EDGE_AGENT_PUREPYTHON pass would repeat them.
+pytestmark = pytest.mark.twins
 
 
 @pytest.fixture(params=TWINS, scope="module")
