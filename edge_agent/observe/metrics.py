@@ -8,7 +8,9 @@ Cost on the predict path is two calls into C, and no lock of its own:
   a reader sees each prediction whole; its failures are counted under the model's lock;
 - calls by RPC and status (edge_agent.observe._metrics.CallCounts, one per front) likewise, in C
   holding the GIL, so the calls of every thread add up exactly without a lock.
-Readers take no model lock: every counter only grows, as Prometheus expects.
+Readers take no model lock: every counter only grows, as Prometheus expects. (Without the
+build, or with EDGE_AGENT_PUREPYTHON=1, the same classes come from the pure-Python twin,
+edge_agent/observe/_metrics_py.py, which takes a lock of each object's own instead.)
 """
 from __future__ import annotations
 
