@@ -27,7 +27,14 @@ def _segments():
     """The compiled module that makes and maps segments, imported when a segment is first
     made: the client, which only names segments (ShmTensor) unless asked to make one, then
     imports without a compiled build."""
-    from edge_agent.shm import _shm
+    try:
+        from edge_agent.shm import _shm
+    except ImportError:
+        raise ImportError(
+            "making or mapping a shared-memory segment needs edge_agent.shm._shm, the compiled "
+            "module, which this installation lacks (a checkout without a build: run `make "
+            "setup` or `pip install .`); naming an existing segment (ShmTensor) needs no build",
+            name="edge_agent.shm._shm") from None
     return _shm
 
 

@@ -1,7 +1,7 @@
 """Corrupt model files: the project's own add model (model_builder) truncated, with a byte
 flipped, cut to its header, or with non-UTF-8 tensor names; the flips and cuts kept here are
 ones found (by trying every offset) to crash tflite-runtime with SIGSEGV when it reads them
-in-process. Shared by tests/unit/test_prover.py and tests/unit/test_loading.py (the check in
+in-process. Shared by tests/e2e/test_prover.py and tests/unit/test_loading.py (the check in
 process) and tests/e2e/test_model_probe.py (agents that must survive them)."""
 from __future__ import annotations
 

@@ -13,12 +13,11 @@ edge_agent/models/tflite_schema.py, generated from the `tflite` package's code.
 """
 from __future__ import annotations
 
-import os
-
+from edge_agent import pure_python
 from edge_agent.models import tflite_schema
 from edge_agent.errors import failed_precondition
 
-if os.environ.get("EDGE_AGENT_PUREPYTHON", "") not in ("", "0"):
+if pure_python():
     from edge_agent.models._flatverify_py import Verifier
 else:
     try:

@@ -8,7 +8,9 @@ Cost on the predict path is two calls into C, and no lock of its own:
   a reader sees each prediction whole; its failures are counted under the model's lock;
 - calls by RPC and status (edge_agent.observe._metrics.CallCounts, one per front) likewise, in C
   holding the GIL, so the calls of every thread add up exactly without a lock.
-Readers take no model lock: every counter only grows, as Prometheus expects.
+Readers take no model lock: every counter only grows, as Prometheus expects. (Without the
+build, or with EDGE_AGENT_PUREPYTHON=1, the same classes come from the pure-Python twin,
+edge_agent/observe/_metrics_py.py, which takes a lock of each object's own instead.)
 """
 from __future__ import annotations
 
@@ -17,9 +19,19 @@ import time
 from typing import Callable, Iterable
 
 from edge_agent import agent_pb2 as pb
-from edge_agent.observe._metrics import CallCounts, PredictCounters
+from edge_agent import pure_python
 from edge_agent.errors import StatusCode
 from edge_agent.platform.memory import resident_bytes
+
+# The counters: the compiled ones (cext/_metrics.pyx), else their pure-Python twin, the seam of
+# the frame splitter's (edge_agent/observe/_metrics_py.py; EDGE_AGENT_PUREPYTHON=1 forces it).
+if pure_python():
+    from edge_agent.observe._metrics_py import CallCounts, PredictCounters
+else:
+    try:
+        from edge_agent.observe._metrics import CallCounts, PredictCounters
+    except ImportError:
+        from edge_agent.observe._metrics_py import CallCounts, PredictCounters
 
 # Upper bounds in seconds: a tiny model's ~50 µs call up to a large model on a slow board.
 LATENCY_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,

@@ -19,16 +19,16 @@ The connections (server_connection.py, client_connection.py) are built on this.
 from __future__ import annotations
 
 import enum
-import os
 import struct
 
+from edge_agent import pure_python
 from edge_agent.errors import FramingError
 from edge_agent.protocol._framing_py import HEADER_SIZE, MAGIC, VERSION
 
 # The splitter: the compiled one, else its pure-Python twin (msgpack's seam). The twin is the
 # same code in Python (edge_agent/protocol/_framing_py.py), for a checkout without a build and as the
-# reference the tests hold the compiled one to; EDGE_AGENT_PUREPYTHON=1 forces it.
-if os.environ.get("EDGE_AGENT_PUREPYTHON", "") not in ("", "0"):
+# reference the tests hold the compiled one to; EDGE_AGENT_PUREPYTHON=1 forces it (pure_python()).
+if pure_python():
     from edge_agent.protocol._framing_py import FrameSplitter
 else:
     try:  # two classes with one API, which mypy sees as two types

@@ -10,9 +10,9 @@ NumPy arrays out), each in one call.
 """
 from __future__ import annotations
 
-import os
+from edge_agent import pure_python
 
-if os.environ.get("EDGE_AGENT_PUREPYTHON", "") not in ("", "0"):
+if pure_python():
     from edge_agent.protocol._predict_py import (decode_arrays_response, decode_request,
                                                  decode_response, encode_arrays_request,
                                                  encode_request, encode_response, plain_inputs)

@@ -41,12 +41,23 @@ from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 
-from edge_agent.shm import _shm
 from edge_agent import agent_pb2 as pb
 from edge_agent.platform import permissions
 from edge_agent.platform.passed_fds import check_access, is_shared_memory, passed_fd
 from edge_agent.errors import AgentError, StatusCode, invalid_argument
 from edge_agent.protocol.tensors import Handle, handle_of
+
+# The compiled module maps segments and guards every read of one against SIGBUS (a POSIX
+# object truncated under the agent): no pure-Python twin can catch that signal, so there is
+# none (docs/DEVELOPMENT.md, "Compiled modules and their twins"). Without a build the agent
+# serves everything else and refuses shared-memory tensors with UNIMPLEMENTED, naming the build.
+try:
+    from edge_agent.shm import _shm
+except ImportError:
+    _shm = None  # attach() refuses, naming the build
+NO_BUILD = ("shared-memory tensors need edge_agent.shm._shm, the compiled module, which this "
+            "installation lacks (a checkout without a build: run `make setup` or `pip install .`); "
+            "send the tensor's bytes in the request instead")
 
 log = logging.getLogger(__name__)
 
@@ -223,6 +234,8 @@ class SharedMemory:
         attachment is made outside the lock (open, mmap, shmat may be slow; the lock guards
         only the cache), so one call's attach never stalls the others or the sweeper.
         """
+        if _shm is None:
+            raise AgentError(StatusCode.UNIMPLEMENTED, f"{what}: {NO_BUILD}")
         writable = want == WRITE
         if ref.fd_index is not None:
             return self._attach_passed(ref, caller, writable, what, offset, size)

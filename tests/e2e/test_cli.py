@@ -1,6 +1,7 @@
 """The shell commands: `edge-agent client ...` against a real agent, and `edge-agent demo`."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -55,3 +56,14 @@ def test_demo_runs_a_round_trip_and_stops():
     result = edge_agent("demo")
     assert "signed package" in result.stdout and "NumPy reference agrees" in result.stdout
     assert "agent stopped (exit status 0)" in result.stdout
+
+
+def test_serve_stops_on_a_wrong_value_naming_the_key(tmp_path):
+    path = tmp_path / "agent.json"
+    path.write_text(json.dumps({"edge_agent_socket_path": str(tmp_path / "s.sock"),
+                                "edge_agent_memory_budget_mb": -5}))
+    result = subprocess.run([sys.executable, "-m", "edge_agent", "serve", "--config", str(path)],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert "configuration error: edge_agent_memory_budget_mb: must be at least 1" in result.stderr
+    assert not (tmp_path / "s.sock").exists()

@@ -1,6 +1,6 @@
 """Delegates in agent processes: XNNPACK and plain CPU, told by the runtime's own messages on
 the process's stderr; `client describe` naming the delegate. (Delegate loading, fallback and
-the Edge TPU in process: tests/unit/test_delegates.py; an external delegate served:
+the Edge TPU in process: tests/integration/test_delegates.py; an external delegate served:
 tests/integration/test_delegates_served.py.)"""
 from __future__ import annotations
 

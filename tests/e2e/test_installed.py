@@ -1,4 +1,4 @@
-"""The package as `pip install .` installs it from a clean checkout (not the editable install
+"""The package as pip installs it from the sdist of a clean checkout (not the editable install
 the suite runs on), used from that checkout's root, where a `python -m edge_agent` child would
 find the source tree's edge_agent/ (which has no compiled modules) before the installed one."""
 from __future__ import annotations
@@ -36,15 +36,40 @@ def checkout(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def installed(checkout, tmp_path_factory) -> Path:
-    """bin/ of a fresh venv holding the wheel `pip install` builds from the checkout, not
-    --editable. Offline: its dependencies are the suite's own (a .pth to this interpreter's
-    site-packages, after the venv's own, so the venv's edge_agent comes first)."""
-    tmp = tmp_path_factory.mktemp("installed")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
-                    "--no-build-isolation", "--wheel-dir", str(tmp / "dist"), "."],
+def sdist_source(checkout, tmp_path_factory) -> Path:
+    """The source tree of the sdist `setup.py sdist` makes from the checkout, unpacked."""
+    if not (checkout / "setup.py").exists():
+        pytest.skip("no source tree here (only the installed wheel is under test)")
+    tmp = tmp_path_factory.mktemp("sdist")
+    subprocess.run([sys.executable, "setup.py", "-q", "sdist", "-d", str(tmp / "sdist")],
                    cwd=checkout, check=True, capture_output=True, timeout=600)
-    (wheel,) = (tmp / "dist").glob("edge_agent-*.whl")
+    (sdist,) = (tmp / "sdist").glob("edge_agent-*.tar.gz")
+    # The "data" filter where this Python has it (3.11.4+), which later ones expect to be named.
+    safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+    with tarfile.open(sdist) as archive:
+        archive.extractall(tmp / "unpacked", **safe)
+    (source,) = (tmp / "unpacked").iterdir()
+    return source
+
+
+@pytest.fixture(scope="module")
+def wheel(sdist_source, tmp_path_factory) -> Path:
+    """The wheel pip builds from the sdist alone: the one build of the Cython modules this
+    module makes (a build from the checkout itself compiles the same sources again)."""
+    tmp = tmp_path_factory.mktemp("wheel")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
+                    "--no-build-isolation", "--wheel-dir", str(tmp), "."],
+                   cwd=sdist_source, check=True, capture_output=True, timeout=600)
+    (built,) = tmp.glob("edge_agent-*.whl")
+    return built
+
+
+@pytest.fixture(scope="module")
+def installed(wheel, tmp_path_factory) -> Path:
+    """bin/ of a fresh venv holding the wheel (not --editable). Offline: its dependencies
+    are the suite's own (a .pth to this interpreter's site-packages, after the venv's own, so
+    the venv's edge_agent comes first)."""
+    tmp = tmp_path_factory.mktemp("installed")
     target = tmp / "venv"
     venv.create(target, with_pip=False)
     python = target / "bin" / "python"
@@ -95,27 +120,13 @@ def test_the_wheel_ships_its_type_information(installed):
 
 
 @pytest.mark.slow
-def test_the_sdist_builds_the_same_wheel(checkout, tmp_path):
+def test_the_sdist_builds_the_same_wheel(sdist_source, wheel):
     """An sdist carries what setup.py compiles from (the Cython sources, their .pxd
     declarations and C headers in cext/includes/, the board profiles), and pip builds the
-    wheel from it alone."""
-    if not (checkout / "setup.py").exists():
-        pytest.skip("no source tree here (only the installed wheel is under test)")
-    subprocess.run([sys.executable, "setup.py", "-q", "sdist", "-d", str(tmp_path / "sdist")],
-                   cwd=checkout, check=True, capture_output=True, timeout=600)
-    (sdist,) = (tmp_path / "sdist").glob("edge_agent-*.tar.gz")
-    # The "data" filter where this Python has it (3.11.4+), which later ones expect to be named.
-    safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
-    with tarfile.open(sdist) as archive:
-        archive.extractall(tmp_path / "unpacked", **safe)
-    (source,) = (tmp_path / "unpacked").iterdir()
+    wheel from it alone (the wheel the other tests here install)."""
     for name in ("cext/_shm.pyx", "cext/includes/system.pxd", "cext/includes/sigbus_guard.h",
                  "firmware_configs/raspberry-pi-4b.json", "edge_agent/py.typed"):
-        assert (source / name).is_file(), f"the sdist lacks {name}"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
-                    "--no-build-isolation", "--wheel-dir", str(tmp_path / "dist"), "."],
-                   cwd=source, check=True, capture_output=True, timeout=600)
-    (wheel,) = (tmp_path / "dist").glob("edge_agent-*.whl")
+        assert (sdist_source / name).is_file(), f"the sdist lacks {name}"
     names = zipfile.ZipFile(wheel).namelist()
     for module in COMPILED:
         assert [n for n in names if n.startswith(f"edge_agent/{module}.") and n.endswith(".so")]

@@ -2,7 +2,7 @@
 (model_verifier) and proven in a child process (model_probe) first, refused with a status
 that says what happened, and the agent keeps serving; what the corrupt cases
 (tests/corrupt_models.py) do to a process that loads them itself, and to the agent's own
-runtime out of memory. (The check in process: tests/unit/test_prover.py,
+runtime out of memory. (The check in its child: tests/e2e/test_prover.py; in process:
 tests/unit/test_loading.py and tests/unit/test_model_verifier.py.)"""
 from __future__ import annotations
 
@@ -82,7 +82,7 @@ def test_the_corrupt_cases_really_crash_the_runtime(tmp_path):
 def test_corrupt_models_are_refused_and_the_agent_keeps_serving(start_agent, tmp_path):
     """Every case leaves its buffer somewhere: the verifier refuses it in the agent before
     the child or the agent's runtime reads a byte (what the child catches when the runtime
-    crashes on a model: tests/unit/test_prover.py)."""
+    crashes on a model: tests/e2e/test_prover.py)."""
     agent = start_agent()
     good = write(tmp_path, "good", GOOD)
     with agent.client() as client:

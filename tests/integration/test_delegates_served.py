@@ -1,6 +1,6 @@
 """An external delegate (tests/delegate/recording_delegate.c) configured for the agent in a
 thread: created with its options for the check and for the agent's own interpreter, the model
-run, the delegate freed at unload, the log naming it. (In process: tests/unit/test_delegates.py;
+run, the delegate freed at unload, the log naming it. (In process: tests/integration/test_delegates.py;
 the runtime's own messages and the CLI: tests/e2e/test_delegates_agent.py.)"""
 from __future__ import annotations
 

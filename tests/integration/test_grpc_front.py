@@ -276,7 +276,7 @@ def test_predictions_on_two_models_run_in_parallel_through_grpc(start_agent, tmp
             return run
 
         run_concurrently(predict("left", 1), predict("right", 2))
-    # tests/unit/test_delegates.py shows the control: an invoke alone at the barrier fails.
+    # tests/integration/test_delegates.py shows the control: an invoke alone at the barrier fails.
 
 
 def test_a_client_that_goes_away_mid_call_harms_nobody(grpc_agent, tmp_path):

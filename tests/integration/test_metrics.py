@@ -289,26 +289,6 @@ def test_bad_exposition_and_heartbeat_settings_stop_start_up(start_agent, tmp_pa
 
 # --- the counters themselves ------------------------------------------------------------
 
-def test_call_counts_lose_no_count_across_threads():
-    """Threads released together by a barrier count at once: the totals are exact."""
-    from edge_agent.observe._metrics import CallCounts
-
-    counter = CallCounts()
-    threads, per_thread = 8, 5000
-    barrier = threading.Barrier(threads)
-
-    def work():
-        barrier.wait()
-        for i in range(per_thread):
-            counter.count("Predict", StatusCode.OK if i % 5 else StatusCode.NOT_FOUND)
-        counter.count("ListModels", 0)
-
-    run_concurrently(*[work] * threads)
-    assert counter.counted() == {("Predict", StatusCode.OK): threads * per_thread * 4 // 5,
-                                 ("Predict", StatusCode.NOT_FOUND): threads * per_thread // 5,
-                                 ("ListModels", StatusCode.OK): threads}
-
-
 def test_histogram_buckets_counts_and_quantile():
     m = metrics.ModelMetrics()
     m.inputs_per_call = 2
@@ -553,16 +533,3 @@ def test_counts_are_exact_under_concurrent_predictions_and_snapshots(tmp_path, m
             assert model.input_bytes == workers // 2 * calls * 32
     finally:
         service.close()
-
-
-def test_the_c_counters_end_on_the_clock_predictions_start_on():
-    """PredictCounters ends a prediction's time on CLOCK_MONOTONIC; the service starts it
-    with time.perf_counter(): they must be one clock (a sandwich, not a timing)."""
-    from edge_agent.observe import _metrics
-
-    before = time.perf_counter()
-    now = _metrics.now()
-    after = time.perf_counter()
-    assert before <= now <= after
-    with pytest.raises(ValueError):
-        _metrics.PredictCounters(tuple(range(1, 40)))

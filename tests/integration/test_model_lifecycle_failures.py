@@ -106,7 +106,7 @@ def test_a_signature_change_serves_when_allowed(lab, start_agent):
 
 def test_a_version_the_runtime_would_crash_on_is_refused_and_the_old_one_serves(lab, start_agent):
     """A flip that crashes the runtime: the flatbuffer verifier refuses it before any runtime
-    reads it (the model check's child catching a crash is tests/unit/test_prover.py's)."""
+    reads it (the model check's child catching a crash is tests/e2e/test_prover.py's)."""
     lab.publish("m", "1.0", model=model_builder.add_model())
     agent = start_agent(**lab.settings())
     bad = lab.crashing_package("m", "2.0", corrupt_models.flipped(corrupt_models.CRASHING_FLIPS[0]))

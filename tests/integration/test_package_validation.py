@@ -124,7 +124,7 @@ def test_integer_outputs_compare_exactly_unless_the_package_gives_a_tolerance(
 def test_a_corrupt_model_with_test_vectors_is_refused_before_it_runs_and_the_agent_serves_on(
         signed_agent, signer, tmp_path):
     """A flip that crashes the runtime, signed with vectors: the flatbuffer verifier refuses it
-    before the check's child runs it (a crash while the vectors run: tests/unit/test_prover.py)."""
+    before the check's child runs it (a crash while the vectors run: tests/e2e/test_prover.py)."""
     crashing = flipped(CRASHING_FLIPS[-1])  # its inputs and outputs still read
     good = model_builder.add_model()
     inputs = good.sample_inputs(seed=1)

@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 
 import edge_agent.protocol._predict_py
 from edge_agent import agent_pb2 as pb
+from edge_agent import pure_python
 from edge_agent import config
 from edge_agent.api import rpcs as api
 from edge_agent.api.codecs import UPB_ONLY, PredictCodec
@@ -40,6 +41,9 @@ try:
     import edge_agent.protocol._predict as compiled
 except ImportError:  # a checkout without a build: only the twin is tested
     compiled = None
+
+# Every test runs on each codec by itself: the EDGE_AGENT_PUREPYTHON pass would repeat them.
+pytestmark = pytest.mark.twins
 
 CODECS = {"python": edge_agent.protocol._predict_py}
 if compiled is not None:
@@ -61,8 +65,7 @@ def codec(request):
     return CODECS[request.param]
 
 
-@pytest.mark.skipif(os.environ.get("EDGE_AGENT_PUREPYTHON", "") not in ("", "0"),
-                    reason="EDGE_AGENT_PUREPYTHON forces the twin")
+@pytest.mark.skipif(pure_python(), reason="EDGE_AGENT_PUREPYTHON forces the twin")
 def test_the_compiled_codec_is_the_one_in_use():
     if compiled is None:
         pytest.skip("edge_agent.protocol._predict is not built")

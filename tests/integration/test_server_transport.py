@@ -208,7 +208,7 @@ def test_two_models_are_inside_the_runtime_at_once(start_agent, model_files, tmp
                                                    recording_delegate):
     """Predictions on two models run in parallel, proven by construction whatever the
     machine's load: the test delegate runs each model's ADD only once two invokes are inside
-    it together (a barrier), and fails one left alone there (tests/unit/test_delegates.py shows
+    it together (a barrier), and fails one left alone there (tests/integration/test_delegates.py shows
     that control)."""
     record_path = tmp_path / "delegate-record.txt"
     agent = start_agent(edge_agent_delegate="external",

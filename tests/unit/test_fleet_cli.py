@@ -135,11 +135,3 @@ def test_a_publisher_builds_on_a_sequence_claimed_before_deployment_json_is_repl
     bucket.client.objects["p/fleets/plant/sequences/0000000003.json"] = b"{}"
     current, highest = bucket.current(keys)
     assert highest == 3 and current == claimed
-
-
-def test_status_from_a_broker_that_cannot_be_reached_says_so(capsys):
-    from edge_agent.app.cli import main
-
-    assert main(["fleet", "status", "--url", "s3://b/p", "--fleet", "plant",
-                 "--mqtt-url", "mqtt://127.0.0.1:9"]) == 1
-    assert "cannot reach the broker mqtt://127.0.0.1:9" in capsys.readouterr().err

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import pytest
 
@@ -241,10 +242,26 @@ def _nested(root, depth: int):
         os.chdir(here)
 
 
+def _remove_nested(root) -> None:
+    """Removes what _nested made under `root`, then `root`: as it was made, one level at a
+    time (shutil.rmtree recurses, and would fail on it)."""
+    here = os.getcwd()
+    os.chdir(root)
+    try:
+        depth = 0
+        while os.path.isdir("d"):
+            os.chdir("d")
+            depth += 1
+        for _ in range(depth):
+            os.chdir("..")
+            os.rmdir("d")
+    finally:
+        os.chdir(here)
+    shutil.rmtree(root)
+
+
 def test_a_package_nested_thousands_deep_is_refused_and_the_scan_goes_on(tmp_path):
     """os.walk recursed: such a folder ended every scan (and the start) with RecursionError."""
-    import subprocess
-
     package = tmp_path / "repository" / "m" / "package"
     package.mkdir(parents=True)
     (package / "manifest.json").write_text("{}")
@@ -261,7 +278,7 @@ def test_a_package_nested_thousands_deep_is_refused_and_the_scan_goes_on(tmp_pat
         assert "nest deeper than" in refused.value.message
         assert os.listdir(store.staging) == []
     finally:  # pytest's own clean-up (shutil.rmtree) recurses, and would fail on it
-        subprocess.run(["rm", "-rf", str(package)], check=True)
+        _remove_nested(package)
 
 
 def test_a_package_of_many_empty_folders_is_refused(tmp_path):

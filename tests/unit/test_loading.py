@@ -55,30 +55,6 @@ def test_the_bytes_proven_are_the_bytes_loaded(tmp_path, monkeypatch):
         service.close()
 
 
-@FOUND_WITH_THIS_RUNTIME
-def test_the_budget_reserves_what_the_child_measured(tmp_path, monkeypatch, model_files):
-    service = in_process_service(tmp_path)
-    real_prove = service.prover.prove
-    proofs = []
-
-    def recording(*args, **kwargs):
-        proofs.append(real_prove(*args, **kwargs))
-        return proofs[-1]
-
-    monkeypatch.setattr(service.prover, "prove", recording)
-    try:
-        service.load_model(pb.LoadModelRequest(name="slow", url=str(model_files["slow"])))
-        (proof,) = proofs
-        size = model_files["slow"].stat().st_size
-        # The runtime holds the file and packs its 32 MiB of weights again.
-        assert proof.peak_bytes > size
-        assert service.budget.used >= proof.peak_bytes
-        service.unload_model(pb.UnLoadModelRequest(name="slow"))
-        assert service.budget.used == 0
-    finally:
-        service.close()
-
-
 @pytest.mark.parametrize("url, path", [
     ("/models/a.tflite", "/models/a.tflite"),
     ("relative/a.tflite", "relative/a.tflite"),  # opened relative to the agent's directory

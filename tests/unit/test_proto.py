@@ -2,12 +2,11 @@
 code stays in step with it."""
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from google.protobuf import descriptor_pb2
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from grpc_tools import protoc
 
 from edge_agent import agent_pb2 as pb
 
@@ -15,6 +14,13 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 
 # (message, field, number, type) exactly as the original agent.proto has them.
 T = descriptor_pb2.FieldDescriptorProto
+
+
+def _descriptor_set(include: Path, out: Path) -> descriptor_pb2.FileDescriptorProto:
+    """protoc (grpc_tools', in this process) on include/agent.proto: its file descriptor."""
+    assert protoc.main(["protoc", f"-I{include}", f"--descriptor_set_out={out}",
+                        "agent.proto"]) == 0
+    return descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes()).file[0]
 ORIGINAL_FIELDS = [
     ("TensorMetadata", "name", 1, T.TYPE_BYTES), ("TensorMetadata", "data_type", 2, T.TYPE_ENUM),
     ("TensorMetadata", "shape", 3, T.TYPE_INT32),
@@ -93,10 +99,7 @@ def test_timestamp_is_the_packages_own():
 
 def test_committed_generated_code_matches_the_proto(tmp_path):
     """Regenerate from proto/agent.proto; the descriptor must equal the committed one."""
-    out = tmp_path / "agent.desc"
-    subprocess.run([sys.executable, "-m", "grpc_tools.protoc", f"-I{ROOT / 'proto'}",
-                    f"--descriptor_set_out={out}", "agent.proto"], check=True)
-    fresh = descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes()).file[0]
+    fresh = _descriptor_set(ROOT / "proto", tmp_path / "agent.desc")
     for message in fresh.message_type:  # protoc adds json_name here; generated code omits it
         for field in message.field:
             field.ClearField("json_name")
@@ -104,21 +107,10 @@ def test_committed_generated_code_matches_the_proto(tmp_path):
     assert fresh == committed, "edge_agent/agent_pb2.py is stale: run `make proto`"
 
 
-_DECODE_WITH_THE_ORIGINAL = """
-import sys
-import agent_pb2 as original
-reply = original.DescribeModelResponse.FromString(sys.stdin.buffer.read())
-model = reply.model
-print(model.name, model.url, model.input_tensor_metadatas[0].name.decode(),
-      list(model.input_tensor_metadatas[0].shape), model.output_tensor_metadatas[0].name.decode())
-"""
-
-
 def test_a_client_of_the_original_proto_decodes_a_model_carrying_the_extensions(tmp_path):
-    """The original agent.proto's generated code (tests/original/) reads a Model with the
+    """The original agent.proto (tests/original/), compiled by protoc, reads a Model with the
     delegate and version fields set: it ignores them and keeps every original field."""
-    subprocess.run([sys.executable, "-m", "grpc_tools.protoc", f"-I{ROOT / 'tests' / 'original'}",
-                    f"--python_out={tmp_path}", "agent.proto"], check=True)
+    original = _descriptor_set(ROOT / "tests" / "original", tmp_path / "original.desc")
     model = pb.Model(
         url="/models/demo", name="demo", delegate="xnnpack", version="1.2.0-rc1+build.7",
         input_tensor_metadatas=[pb.TensorMetadata(name=b"features", data_type=pb.FLOAT32,
@@ -126,8 +118,14 @@ def test_a_client_of_the_original_proto_decodes_a_model_carrying_the_extensions(
         output_tensor_metadatas=[pb.TensorMetadata(name=b"scores", data_type=pb.FLOAT32,
                                                    shape=[1, 3])])
     wire = pb.DescribeModelResponse(model=model).SerializeToString()
-    # A process of its own: the original's descriptors share the package name with ours.
-    result = subprocess.run([sys.executable, "-c", _DECODE_WITH_THE_ORIGINAL], input=wire,
-                            cwd=tmp_path, capture_output=True, check=True)
-    assert result.stdout.decode().split() == ["demo", "/models/demo", "features", "[1,", "8]",
-                                              "scores"]
+    # A pool of its own: the original's descriptors share the package name with ours.
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(original)
+    reply = message_factory.GetMessageClass(pool.FindMessageTypeByName(
+        "AWS.SageMaker.Edge.DescribeModelResponse")).FromString(wire)
+    decoded = reply.model
+    assert decoded.DESCRIPTOR.file.pool is pool and not hasattr(decoded, "delegate")
+    assert [decoded.name, decoded.url, decoded.input_tensor_metadatas[0].name.decode(),
+            list(decoded.input_tensor_metadatas[0].shape),
+            decoded.output_tensor_metadatas[0].name.decode()] == \
+        ["demo", "/models/demo", "features", [1, 8], "scores"]

@@ -5,18 +5,16 @@ Every splitting test runs on both splitters, the compiled one and its pure-Pytho
 """
 from __future__ import annotations
 
-import os
 import struct
-import subprocess
-import sys
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from seams import fresh_import
 
 import edge_agent.protocol._framing
 import edge_agent.protocol._framing_py
-from edge_agent import errors, protocol
+from edge_agent import errors, protocol, pure_python
 from edge_agent.errors import StatusCode
 from edge_agent.api.rpcs import Method
 from edge_agent.protocol import HEADER, FramingError, Kind, encode_error, encode_request
@@ -42,6 +40,7 @@ def decode_all(chunks, splitter_type, limit=LIMIT):
     return frames, splitter
 
 
+@pytest.mark.skipif(pure_python(), reason="EDGE_AGENT_PUREPYTHON forces the twin")
 def test_the_compiled_splitter_is_the_one_in_use():
     assert edge_agent.protocol._framing.__file__.endswith(".so")
     assert protocol.FrameSplitter is edge_agent.protocol._framing.FrameSplitter
@@ -231,42 +230,24 @@ def test_both_splitters_raise_the_one_framing_error_of_errors_py():
             "not an edge-agent frame: expected magic 'EA', got 5859"
 
 
-def _python(code: str, **env) -> subprocess.CompletedProcess:
-    # Run from the directory the package under test was imported from (site-packages under
-    # QEMU), so the child imports that same package.
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          cwd=os.path.dirname(os.path.dirname(os.path.dirname(edge_agent.protocol._framing_py.__file__))),
-                          env={**os.environ, **env}, timeout=120)
+@pytest.mark.parametrize("value, module", [
+    ("1", "edge_agent.protocol._framing_py"), ("yes", "edge_agent.protocol._framing_py"),
+    ("0", "edge_agent.protocol._framing"), (None, "edge_agent.protocol._framing")])
+def test_edge_agent_purepython_forces_the_twin(monkeypatch, value, module):
+    frames = fresh_import("edge_agent.protocol.frames", monkeypatch, pure=value)
+    assert frames.FrameSplitter.__module__ == module
 
 
-def test_edge_agent_purepython_forces_the_twin():
-    code = "from edge_agent import protocol; print(protocol.FrameSplitter.__module__)"
-    assert _python(code, EDGE_AGENT_PUREPYTHON="1").stdout.split() == ["edge_agent.protocol._framing_py"]
-    assert _python(code, EDGE_AGENT_PUREPYTHON="0").stdout.split() == ["edge_agent.protocol._framing"]
-
-
-def test_the_client_imports_and_frames_without_a_compiled_build():
-    # None in sys.modules makes an import fail with ImportError, as a missing build does.
-    code = """if True:
-        import sys
-        for name in ("protocol._framing", "shm._shm", "observe._metrics"):
-            sys.modules["edge_agent." + name] = None
-        from edge_agent import protocol
-        from edge_agent.client import AgentClient
-        from edge_agent.protocol import FrameSplitter, encode_request
-        from edge_agent.api.rpcs import Method
-        frame = encode_request(Method.LIST_MODELS, 7, b"hi")
-        splitter = FrameSplitter(100)
-        splitter.get_buffer(len(frame))[:] = frame
-        splitter.buffer_updated(len(frame))
-        print(protocol.FrameSplitter.__module__, splitter.next_view()[3])
-        try:
-            from edge_agent.shm_client import SysVSegment
-            SysVSegment.create(10)
-        except ImportError as e:
-            print("segments need the build:", e.name)
-    """
-    run = _python(code)
-    assert run.returncode == 0, run.stderr
-    assert run.stdout.splitlines() == ["edge_agent.protocol._framing_py 7",
-                                       "segments need the build: edge_agent.shm._shm"]
+def test_without_a_compiled_build_the_seam_takes_the_twin(monkeypatch):
+    # (The client imported and framing in a fresh interpreter without any compiled module:
+    # tests/e2e/test_unbuilt.py.)
+    frames = fresh_import("edge_agent.protocol.frames", monkeypatch,
+                          missing=("edge_agent.protocol._framing",))
+    assert frames.FrameSplitter is edge_agent.protocol._framing_py.FrameSplitter
+    splitter = frames.FrameSplitter(100)
+    frame = frames.encode_request(Method.LIST_MODELS, 7, b"hi")
+    splitter.get_buffer(len(frame))[:] = frame
+    splitter.buffer_updated(len(frame))
+    kind, method, status, request_id, body = splitter.next_view()
+    assert (kind, method, status, request_id, bytes(body)) == (
+        Kind.REQUEST, Method.LIST_MODELS, 0, 7, b"hi")

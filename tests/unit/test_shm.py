@@ -1,12 +1,13 @@
-"""The compiled shared-memory module and the agent-side cache, in process, on real segments."""
+"""The compiled shared-memory module and the agent-side cache, in process, on real segments.
+(Whose groups the permission check uses, with child processes and a socket:
+tests/integration/test_shm_peers.py.)"""
 from __future__ import annotations
 
 import ctypes
 import errno
 import importlib.machinery
 import os
-import socket
-import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -17,9 +18,8 @@ from fifo_helpers import fifo, returns
 from edge_agent.shm import _shm
 from edge_agent import agent_pb2 as pb
 from edge_agent.shm import segments as shm
-from edge_agent.transport import socket_files as unix_socket
 from edge_agent.errors import AgentError, StatusCode
-from edge_agent.api.caller import IN_PROCESS, Caller
+from edge_agent.api.caller import Caller
 from edge_agent.shm_client import PosixSegment, SysVSegment
 
 ROOT = Caller(os.getpid(), 0, 0)
@@ -157,27 +157,6 @@ def test_permission_follows_the_kernel(caller_uid, caller_gid, st, want, allowed
     assert shm.may_access(caller, st, want) is allowed
 
 
-GROUP = 4242  # a supplementary group no test user has
-
-
-@pytest.fixture
-def process_in_group():
-    """A live process whose supplementary groups are exactly [GROUP]."""
-    child = subprocess.Popen(["sleep", "600"], extra_groups=[GROUP])
-    yield child
-    child.kill()
-    child.wait()
-
-
-def test_supplementary_groups_are_the_callers_never_read_from_proc(process_in_group):
-    # The caller's pid is in GROUP now, but the groups taken at accept do not include it:
-    # only Caller.groups counts, whatever a process with that pid looks like today.
-    st = _stat(0o040, uid=1000, gid=GROUP)
-    assert not shm.may_access(Caller(process_in_group.pid, 7, 8), st, shm.READ)
-    assert shm.may_access(Caller(process_in_group.pid, 7, 8, frozenset({GROUP})), st, shm.READ)
-    assert shm.may_access(Caller(-1, 7, 8, frozenset({5, GROUP})), _stat(0o040, cgid=GROUP),
-                          shm.READ)  # the creator's group counts too
-    assert IN_PROCESS.groups == frozenset(os.getgroups())
 
 
 def test_a_caller_matching_no_owner_or_group_gets_the_other_bits():
@@ -186,38 +165,6 @@ def test_a_caller_matching_no_owner_or_group_gets_the_other_bits():
     for st in (_stat(0o660, uid=2**32 - 2, gid=2**32 - 2), _stat(0o060, gid=0)):
         assert not shm.may_access(stranger, st, shm.READ)
     assert shm.may_access(stranger, _stat(0o604), shm.READ)  # others may: so may it
-
-
-def _peer_of_a_child_in_groups(tmp_path, groups) -> tuple[Caller, int]:
-    """Caller that peer_credentials reads off a connection from a child in `groups`."""
-    path = str(tmp_path / "peer.sock")
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(path)
-    listener.listen(1)
-    child = subprocess.Popen(
-        ["python3", "-c", "import socket, sys; s = socket.socket(socket.AF_UNIX); "
-         f"s.connect({path!r}); sys.stdin.read()"],
-        stdin=subprocess.PIPE, extra_groups=list(groups))
-    try:
-        conn, _ = listener.accept()
-        with conn:
-            return unix_socket.peer_credentials(conn), child.pid
-    finally:
-        child.stdin.close()  # the child exits
-        child.wait()
-        listener.close()
-
-
-def test_peer_credentials_carry_the_groups_read_at_accept(tmp_path):
-    caller, pid = _peer_of_a_child_in_groups(tmp_path, [GROUP, GROUP + 1])
-    assert (caller.pid, caller.uid) == (pid, os.getuid())
-    assert caller.groups == {GROUP, GROUP + 1}
-
-
-def test_peer_groups_fall_back_to_proc_without_so_peergroups(tmp_path, monkeypatch):
-    monkeypatch.setattr(unix_socket, "SO_PEERGROUPS", -1)  # as on a kernel before 4.13: ENOPROTOOPT
-    caller, _ = _peer_of_a_child_in_groups(tmp_path, [GROUP])
-    assert caller.groups == {GROUP}
 
 
 # --- the cache ----------------------------------------------------------------------------
@@ -419,3 +366,37 @@ def test_a_slow_attach_stalls_neither_other_calls_nor_the_sweeper(posix, monkeyp
         stuck.join(60)
     assert not stuck.is_alive() and cache.attachment_count == 2
     cache.close()
+
+
+# --- without a build ----------------------------------------------------------------------
+
+def test_without_the_build_a_shared_memory_tensor_is_unimplemented_naming_it(monkeypatch, sysv):
+    """_shm has no pure-Python twin (it guards reads against SIGBUS): without it the agent
+    refuses shared-memory tensors with UNIMPLEMENTED, saying what is missing, and the rest
+    of the call path is unchanged."""
+    segment = sysv(64)
+    monkeypatch.setattr(shm, "_shm", None)
+    cache = shm.SharedMemory(cache_size=4)
+    handle = pb.SharedMemoryHandle(segment_id=segment.shmid, offset=0, size=16)
+    with pytest.raises(AgentError) as refused, cache.call(ROOT) as call:
+        call.read(handle, 16, "input 'x'")
+    assert refused.value.code == StatusCode.UNIMPLEMENTED
+    assert refused.value.message.startswith("input 'x': shared-memory tensors need "
+                                            "edge_agent.shm._shm, the compiled module")
+    assert "make setup" in refused.value.message and cache.attachment_count == 0
+    cache.close()
+
+
+def test_without_the_build_the_client_names_segments_and_making_one_names_the_build(
+        monkeypatch):
+    import edge_agent.shm
+    from edge_agent.shm_client import ShmTensor, SysVSegment
+
+    monkeypatch.setitem(sys.modules, "edge_agent.shm._shm", None)  # ImportError, as unbuilt
+    monkeypatch.delattr(edge_agent.shm, "_shm")
+    named = ShmTensor(5, 0, 16, np.dtype(np.float32), (4,))  # naming one needs no build
+    assert named.segment_id == 5
+    with pytest.raises(ImportError) as missing:
+        SysVSegment.create(10)
+    assert missing.value.name == "edge_agent.shm._shm"
+    assert "needs edge_agent.shm._shm, the compiled module" in str(missing.value)

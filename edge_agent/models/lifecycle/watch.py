@@ -8,7 +8,6 @@ any event, so a lost or merged event costs at most one poll period.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 import os
 import select
@@ -34,7 +33,7 @@ class Waker:
         self._libc = None
         if use_inotify:
             try:
-                libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+                libc = ctypes.CDLL(None, use_errno=True)  # the process's own libc: no ldconfig run
                 fd = libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
             except (OSError, AttributeError):
                 fd = -1

@@ -1,6 +1,7 @@
-"""The model check (prover.py, model_probe.py) in process: the pre-forked helper and a fresh
-process tell the same, a check past its time is killed, a garbled report is a refusal, a dead
-helper is replaced. The corrupt cases are tests/corrupt_models.py's; agents that must survive
+"""The model check (models/model_check.py, model_check_child.py) in its processes: the
+pre-forked helper and a fresh process tell the same, a check past its time is killed, a
+garbled report is a refusal, a dead helper is replaced, the budget reserves what the child
+measured. The corrupt cases are tests/corrupt_models.py's; agents that must survive
 them are tests/e2e/test_model_probe.py's."""
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edge_agent import agent_pb2 as pb
 from edge_agent import config as config_module
 from edge_agent.models import model_check_child as model_probe
 from edge_agent.models import model_check as prover
@@ -129,3 +131,37 @@ def _npy(array) -> bytes:
     out = io.BytesIO()
     np.save(out, array, allow_pickle=False)
     return out.getvalue()
+
+
+# --- what the budget reserves (from tests/unit/test_loading.py: the child's measure) ------
+
+def in_process_service(tmp_path):
+    from edge_agent.api.service import AgentService
+
+    return AgentService(config_module.from_mapping({
+        "edge_agent_state_dir": str(tmp_path / "state"),
+        "edge_agent_allow_unsigned_models": True, "edge_agent_num_threads": 1}))
+
+
+@FOUND_WITH_THIS_RUNTIME
+def test_the_budget_reserves_what_the_child_measured(tmp_path, monkeypatch, model_files):
+    service = in_process_service(tmp_path)
+    real_prove = service.prover.prove
+    proofs = []
+
+    def recording(*args, **kwargs):
+        proofs.append(real_prove(*args, **kwargs))
+        return proofs[-1]
+
+    monkeypatch.setattr(service.prover, "prove", recording)
+    try:
+        service.load_model(pb.LoadModelRequest(name="slow", url=str(model_files["slow"])))
+        (proof,) = proofs
+        size = model_files["slow"].stat().st_size
+        # The runtime holds the file and packs its 32 MiB of weights again.
+        assert proof.peak_bytes > size
+        assert service.budget.used >= proof.peak_bytes
+        service.unload_model(pb.UnLoadModelRequest(name="slow"))
+        assert service.budget.used == 0
+    finally:
+        service.close()
