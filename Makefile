@@ -155,8 +155,8 @@ QEMU_UNIT_TESTS := protocol protocol_connection shm descriptors tensors \
 	model_verifier
 QEMU_INTEGRATION_TESTS := app bench c_client capture_delivery capture_iot client_transport \
 	delegates_served grpc_front grpc_front_h2 heartbeat metrics model_access package_loading \
-	predict_codec server_connections server_transport systemd_health sockets server shm_peers \
-	delegates
+	predict_codec server_connections server_transport systemd_health sockets server_descriptors \
+	shm_peers delegates
 QEMU_E2E_TESTS := shm_agent fd_passing agent_user installed boards_agent delegates_agent \
 	model_probe cli capture_agent serve_imports prover
 QEMU_CI_TESTS ?= $(QEMU_UNIT_TESTS:%=tests/unit/test_%.py) \
