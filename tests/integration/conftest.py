@@ -10,16 +10,6 @@ from pathlib import Path
 import pytest
 from agents import AgentInThread, agent_threads, assert_nothing_left, open_fds
 
-from edge_agent.transport import socket_files
-
-
-@pytest.fixture(autouse=True)
-def prompt_accept_loops(monkeypatch):
-    """The fronts' accept loops see their stop event between accept() timeouts of
-    socket_files.POLL_SECONDS (0.5 s): every agent a test stops waited for one. Here the
-    period is 0.02 s: the same loop and the same stop, about half a second less per agent
-    stopped (hundreds of them in this directory, twice in `make test`)."""
-    monkeypatch.setattr(socket_files, "POLL_SECONDS", 0.02)
 
 
 @pytest.fixture

@@ -17,7 +17,8 @@ from edge_agent.api.caller import Caller
 from edge_agent.api.rpcs import Method
 from edge_agent.config import from_mapping
 from edge_agent.errors import StatusCode
-from edge_agent.protocol import FrameDecoder, encode_request
+from edge_agent.protocol import FrameSplitter, encode_request
+from wire import split_frames
 from edge_agent.transport.framed_front import FramedConnection, SocketServer
 from edge_agent.transport.front_core import FrontLoop
 
@@ -35,17 +36,19 @@ class FakeService:
         self.predicted_on: list[str] = []  # the thread of each Predict
 
     def __getattr__(self, name):
-        if name.startswith("_") or name == "predict_wire":
+        if name.startswith("_"):
             raise AttributeError(name)
         return lambda request, caller: None  # handlers this test never calls
 
     def list_models(self, request, caller):
         return pb.ListModelsResponse()
 
-    def predict(self, request, caller):
+    def predict_call(self, request, caller):
+        """The Predict row's handler: (model name, tensors, output handles) in, the
+        serialized PredictResponse out (an empty one)."""
         self.predicted_on.append(threading.current_thread().name)
         self.on_predict(request)
-        return pb.PredictResponse()
+        return pb.PredictResponse().SerializeToString()
 
 
 def _config(tmp_path, **settings):
@@ -53,14 +56,13 @@ def _config(tmp_path, **settings):
 
 
 def _replies(sock: socket.socket, count: int) -> list:
-    decoder = FrameDecoder(1 << 20)
+    splitter = FrameSplitter(1 << 20)
     frames: list = []
     sock.settimeout(WAIT)
     while len(frames) < count:
         chunk = sock.recv(65536)
         assert chunk, "the agent closed the connection"
-        decoder.feed(chunk)
-        frames.extend(decoder.frames())
+        frames.extend(split_frames(splitter, chunk))
     return frames
 
 
@@ -203,24 +205,26 @@ def test_connections_take_turns_under_a_pipelining_client(tmp_path):
         [reply] = _replies(other, 1)
         assert reply.request_id == 99
         greedy.setblocking(False)
-        decoder = FrameDecoder(1 << 20)
+        splitter = FrameSplitter(1 << 20)
+        frames = []
         try:
             while chunk := greedy.recv(1 << 20):
-                decoder.feed(chunk)
+                frames.extend(split_frames(splitter, chunk))
         except BlockingIOError:
             pass
-        answered = [frame.request_id for frame in decoder.frames()]
+        answered = [frame.request_id for frame in frames]
         assert answered == list(range(1, len(answered) + 1))  # in order
         assert TURN <= len(answered) <= 2 * TURN < 40
         # The rest follows, in order, when the loop goes on.
         fronts.loop.run(lambda: not fronts.loop._ready)
-        decoder2 = FrameDecoder(1 << 20)
+        splitter2 = FrameSplitter(1 << 20)
+        rest = []
         try:
             while chunk := greedy.recv(1 << 20):
-                decoder2.feed(chunk)
+                rest.extend(split_frames(splitter2, chunk))
         except BlockingIOError:
             pass
-        assert [f.request_id for f in decoder2.frames()] == list(range(len(answered) + 1, 41))
+        assert [f.request_id for f in rest] == list(range(len(answered) + 1, 41))
     finally:
         server.core.close_all()
         server.workers.stop()
