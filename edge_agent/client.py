@@ -156,7 +156,7 @@ class SocketTransport:
     def __init__(self, socket_path: str = DEFAULT_SOCKET, timeout: float | None = None,
                  busy_poll_us: int = 0):
         """`timeout`: seconds to wait for a reply (None: for ever). `busy_poll_us`: how long
-        to spin for a reply before sleeping (0: not at all; see edge_agent_busy_poll_us)."""
+        to spin for a reply before sleeping (0: not at all; docs/BENCHMARKS.md has what it saves)."""
         self.socket_path = socket_path
         self._spin = busy_poll_us / 1e6
         self._timeout = timeout

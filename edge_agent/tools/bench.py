@@ -465,7 +465,7 @@ def peak_x_frame(invoke: Callable[[], Any], frame_bytes: int) -> float:
 
 
 def inline_peak(workdir: str) -> float:
-    """peak_x_frame of the server side of one Predict (Api.invoke on the received body, in this
+    """peak_x_frame of the server side of one Predict (Api.serve on the received body, in this
     process) with a 16 MiB inline input to model_builder.input_sink_model."""
     import numpy as np
 
