@@ -8,6 +8,7 @@ status codes as over the wire, encoded and decoded by the RPC table's codecs."""
 from __future__ import annotations
 
 import _posixsubprocess
+import _socket
 import json
 import multiprocessing.process
 import os
@@ -38,7 +39,8 @@ def no_process_nor_socket(monkeypatch, request):
     """Makes every way of starting a process and of creating a socket fail the test: os.fork,
     _posixsubprocess.fork_exec (subprocess keeps its own reference to it; multiprocessing's
     spawn uses it too), the os.posix_spawn/os.system/exec family, multiprocessing's start,
-    socket.socket (socketpair and fromfd make one too). The failure is pytest's own (a
+    socket.socket (socketpair and fromfd make one too) and the C module's _socket.socket and
+    _socket.socketpair. The failure is pytest's own (a
     BaseException), so no `except Exception` of the code under test can swallow it; one
     swallowed anyway still fails the test at teardown."""
     attempts: list[str] = []
@@ -60,6 +62,9 @@ def no_process_nor_socket(monkeypatch, request):
                         refuse("multiprocessing.Process.start()"))
     monkeypatch.setattr(socket.socket, "__init__", refuse("a socket"))
     monkeypatch.setattr(socket, "socketpair", refuse("socket.socketpair()"))
+    # The C module's own names, which socket.py wraps: code that calls them directly.
+    monkeypatch.setattr(_socket, "socket", refuse("a socket (_socket.socket)"))
+    monkeypatch.setattr(_socket, "socketpair", refuse("_socket.socketpair()"))
     yield
     call = getattr(request.node, "call_report", None)
     if attempts and call is not None and not call.failed:
