@@ -22,7 +22,9 @@ if pure_python():
 else:
     try:
         from edge_agent.models._flatverify import Verifier
-    except ImportError:
+    except ModuleNotFoundError as missing:  # no build; a broken or stale one is an error
+        if missing.name != "edge_agent.models._flatverify":
+            raise
         from edge_agent.models._flatverify_py import Verifier
 
 ROOT = "Model"

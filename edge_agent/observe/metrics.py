@@ -30,7 +30,9 @@ if pure_python():
 else:
     try:
         from edge_agent.observe._metrics import CallCounts, PredictCounters
-    except ImportError:
+    except ModuleNotFoundError as missing:  # no build; a broken or stale one is an error
+        if missing.name != "edge_agent.observe._metrics":
+            raise
         from edge_agent.observe._metrics_py import CallCounts, PredictCounters
 
 # Upper bounds in seconds: a tiny model's ~50 µs call up to a large model on a slow board.

@@ -33,7 +33,9 @@ if pure_python():
 else:
     try:  # two classes with one API, which mypy sees as two types
         from edge_agent.protocol._framing import FrameSplitter  # type: ignore[assignment]
-    except ImportError:
+    except ModuleNotFoundError as missing:  # no build; a broken or stale one is an error
+        if missing.name != "edge_agent.protocol._framing":
+            raise
         from edge_agent.protocol._framing_py import FrameSplitter
 
 __all__ = [

@@ -21,7 +21,9 @@ else:
         from edge_agent.protocol._predict import (decode_arrays_response, decode_request,
                                                   decode_response, encode_arrays_request,
                                                   encode_request, encode_response, plain_inputs)
-    except ImportError:
+    except ModuleNotFoundError as missing:  # no build; a broken or stale one is an error
+        if missing.name != "edge_agent.protocol._predict":
+            raise
         from edge_agent.protocol._predict_py import (decode_arrays_response, decode_request,
                                                      decode_response, encode_arrays_request,
                                                      encode_request, encode_response,
