@@ -50,7 +50,7 @@ _FD_TRUNCATION = {
             "(cross/fd-truncation-probe.py)"
     for nodeid in (
         "tests/e2e/test_fd_passing.py::test_too_many_descriptors_are_all_closed_and_refused",
-        "tests/integration/test_server.py::"
+        "tests/integration/test_server_descriptors.py::"
         "test_every_received_descriptor_is_closed_and_every_reply_is_well_formed",
     )
 }
