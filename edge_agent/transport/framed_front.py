@@ -36,18 +36,16 @@ from edge_agent.transport.front_core import FrontCore, FrontLoop
 from edge_agent.transport.pending import PendingBudget
 from edge_agent.transport.socket_files import ServerError, peer_credentials
 from edge_agent.transport.socket_io import close_fds, receive_with_fds
+from edge_agent.transport.workers import NOT_RUN, TURN
 
 log = logging.getLogger(__name__)
 
 __all__ = ["ServerError", "SocketServer", "FramedConnection", "peer_credentials"]
 
-# Requests one connection may have answered in one turn of the loop before the others'.
-TURN = 8
 # Receives in one turn while a large body arrives.
 RECEIVES_OF_A_BODY = 8
 # A connection closing after an error reply gives its client at most this long to take it.
 CLOSING_SEND_SECONDS = 1.0
-_NOT_RUN = Outcome(StatusCode.UNAVAILABLE, "the connection closed before the call ran")
 # What the socket waits for while the connection reads nothing: only its hang-up (epoll
 # reports EPOLLHUP and EPOLLERR whatever it is asked; EPOLLHUP when the client closed its
 # end). Not EPOLLRDHUP: a client that only shut down its sending side still reads replies.
@@ -316,7 +314,7 @@ class FramedConnection:
         def job() -> None:
             try:
                 if self._closed:  # its client went while it waited: nobody to answer
-                    outcome = _NOT_RUN
+                    outcome = NOT_RUN
                 else:
                     outcome = workers.run(measured, self.serve, method, body, caller)
             except BaseException as e:  # never: Api.serve answers every failure

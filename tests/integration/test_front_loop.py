@@ -186,7 +186,7 @@ def test_connections_take_turns_under_a_pipelining_client(tmp_path):
     """40 requests pipelined on one connection and one on another, all buffered before the
     loop runs: the other's reply is written within the first turn, while most of the
     pipelined ones still wait (at most TURN per connection per turn)."""
-    from edge_agent.transport.framed_front import TURN
+    from edge_agent.transport.workers import TURN
 
     service = FakeService()
     fronts = FrontLoop()
