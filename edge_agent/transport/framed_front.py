@@ -62,7 +62,6 @@ class SocketServer:
         self.api = Api(service, service.metrics.call_counter("framed"))
         self.config = config
         self.path = config.edge_agent_socket_path
-        self._own_loop = fronts is None
         self.fronts = fronts or FrontLoop()
         self.loop = self.fronts.loop
         self.workers = self.fronts.workers
@@ -96,11 +95,6 @@ class SocketServer:
 
     def close_listener(self) -> None:
         self.core.close_listener()
-
-    def wait_for_connections(self, timeout: float) -> bool:
-        """After the loop was asked to stop: whether it ended (every call in progress
-        answered or given up) within `timeout` seconds."""
-        return self.fronts.join(timeout)
 
     def _connect(self, sock: socket.socket, caller: Caller) -> "FramedConnection":
         return FramedConnection(self, sock, caller)
@@ -431,12 +425,3 @@ class FramedConnection:
         self.share.close()
         self.sock.close()
 
-
-def serve_one(server: SocketServer, sock: socket.socket, caller: Caller) -> None:
-    """Serve one connected socket on the server's loop, on this thread, until it ends (the
-    server itself not serving: tests drive a connection over a socketpair with this)."""
-    sock.setblocking(False)
-    connection = FramedConnection(server, sock, caller)
-    server.core.handlers[connection.fd] = connection
-    server.loop.add_timed(connection)
-    server.loop.run(lambda: connection._closed)
