@@ -424,4 +424,3 @@ class FramedConnection:
         self.protocol.close()
         self.share.close()
         self.sock.close()
-
