@@ -79,7 +79,16 @@ class ServerConnection:
 
     def get_buffer(self, sizehint: int = -1) -> memoryview:
         """Where to receive the next bytes (after next_event() said NEED_DATA). `sizehint` is
-        not used: the size is what the frame in progress and the budget allow."""
+        not used: the size is what the frame in progress and the budget allow.
+
+        Raises RuntimeError while requests split early (those that came with descriptors)
+        still wait to be handed out: their bodies are views of the buffer, which receiving
+        would move or overwrite."""
+        if self._queue:
+            raise RuntimeError(
+                f"get_buffer() with {len(self._queue)} request(s) still to hand out (their "
+                "bodies are views of the receive buffer): receive only after next_event() "
+                "said NEED_DATA")
         return self._splitter.get_buffer(self._offer)
 
     def buffer_updated(self, nbytes: int, now: float, fds=(), fds_truncated: bool = False) -> None:

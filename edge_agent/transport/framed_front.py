@@ -7,7 +7,11 @@ descriptors pass with SCM_RIGHTS), then answers the requests that are complete, 
 short call inline, a long one on a worker (edge_agent.transport.workers) — while a call runs
 off the loop or a reply waits for the client to read, the connection reads nothing more, so
 replies keep the requests' order and a client that does not read holds only its own
-connection. At most TURN requests per turn, then the other connections' turn. Framing faults
+connection. At most TURN requests per turn, then the other connections' turn; the socket is
+read again only once every request received is answered (their bodies are views of the
+receive buffer), so a pipelining client's writes wait in its socket, not in the agent's
+memory. While nothing is read, the client's hang-up is still seen: the connection closes
+and its calls still queued are not run. Framing faults
 get an error reply and the connection is closed; everything else (a bad request, an unknown
 method, a request frame with a non-zero status, a failed call) gets an error reply and the
 connection stays open. docs/PROTOCOL.md states the rules.
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import select
 import socket
 import time
 from collections import deque
@@ -31,18 +36,21 @@ from edge_agent.transport.front_core import FrontCore, FrontLoop
 from edge_agent.transport.pending import PendingBudget
 from edge_agent.transport.socket_files import ServerError, peer_credentials
 from edge_agent.transport.socket_io import close_fds, receive_with_fds
+from edge_agent.transport.workers import NOT_RUN, TURN
 
 log = logging.getLogger(__name__)
 
 __all__ = ["ServerError", "SocketServer", "FramedConnection", "peer_credentials"]
 
-# Requests one connection may have answered in one turn of the loop before the others'.
-TURN = 8
 # Receives in one turn while a large body arrives.
 RECEIVES_OF_A_BODY = 8
 # A connection closing after an error reply gives its client at most this long to take it.
 CLOSING_SEND_SECONDS = 1.0
-_NOT_RUN = Outcome(StatusCode.UNAVAILABLE, "the connection closed before the call ran")
+# What the socket waits for while the connection reads nothing: only its hang-up (epoll
+# reports EPOLLHUP and EPOLLERR whatever it is asked; EPOLLHUP when the client closed its
+# end). Not EPOLLRDHUP: a client that only shut down its sending side still reads replies.
+_HANGUP = select.EPOLLHUP
+_GONE = select.EPOLLHUP | select.EPOLLERR
 
 
 class SocketServer:
@@ -54,7 +62,6 @@ class SocketServer:
         self.api = Api(service, service.metrics.call_counter("framed"))
         self.config = config
         self.path = config.edge_agent_socket_path
-        self._own_loop = fronts is None
         self.fronts = fronts or FrontLoop()
         self.loop = self.fronts.loop
         self.workers = self.fronts.workers
@@ -88,11 +95,6 @@ class SocketServer:
 
     def close_listener(self) -> None:
         self.core.close_listener()
-
-    def wait_for_connections(self, timeout: float) -> bool:
-        """After the loop was asked to stop: whether it ended (every call in progress
-        answered or given up) within `timeout` seconds."""
-        return self.fronts.join(timeout)
 
     def _connect(self, sock: socket.socket, caller: Caller) -> "FramedConnection":
         return FramedConnection(self, sock, caller)
@@ -148,6 +150,10 @@ class FramedConnection:
         self._closed = False
         self._waiting_since = time.monotonic()  # went back to waiting for bytes
         self._sent_at = 0.0  # a queued reply last made progress
+        # The last event of the protocol was NeedData: the socket is read (and the receive
+        # timeouts run) only then. Otherwise the protocol still has requests to hand out, and
+        # their bodies are views of its receive buffer.
+        self._reading = True
         self._mask = READ
         self.loop.selector.register(sock, READ, self._on_ready)
 
@@ -156,13 +162,19 @@ class FramedConnection:
     def _on_ready(self, mask: int) -> None:
         if mask & WRITE:
             self._flush()
-        if mask & READ and not self._closed:
+        if mask & READ and self._reading and not self._closed:
             self._receive()
+        if mask & _GONE and not (self._reading or self._closed):
+            # The client hung up while a call of its runs or waits (or its requests wait for
+            # their turn): the calls still queued are not run (their jobs see it closed).
+            log.debug("client connection (pid %d) hung up before its replies",
+                      self.caller.pid)
+            self.close()
 
     def deadline(self) -> float | None:
         if self._out:
             return self._sent_at + (CLOSING_SEND_SECONDS if self._closing else self.send_timeout)
-        if self._running or self._closing:
+        if not self._reading:
             return None
         timeout = self.protocol.receive_timeout
         return self._waiting_since + timeout if timeout else None
@@ -176,7 +188,7 @@ class FramedConnection:
                          "for %g s", self.caller.pid, self.send_timeout)
             self.close()
             return
-        if self._running or self._closing:
+        if not self._reading:
             return
         if not self.protocol.frame_in_progress:
             log.info("closing a client connection (pid %d) idle for %g s",
@@ -228,7 +240,7 @@ class FramedConnection:
             now = time.monotonic()
             protocol.buffer_updated(n, now, fds, truncated)
             self._advance(now)
-            if not protocol.receive_whole or self._mask != READ or self._closed:
+            if not (self._reading and protocol.receive_whole) or self._closed:
                 return
 
     def _advance(self, now: float | None = None) -> None:
@@ -244,10 +256,13 @@ class FramedConnection:
                 self.close()
                 return
             if not turn:
-                self.loop.soon(self._advance)  # the other connections' turn first
+                # The other connections' turn first; nothing more is read meanwhile.
+                self._want(_HANGUP)
+                self.loop.soon(self._advance)
                 return
             event = protocol.next_event(now)
             kind = event.__class__
+            self._reading = kind is NeedData
             if kind is Request:
                 turn -= 1
                 self.idle = False
@@ -286,12 +301,14 @@ class FramedConnection:
             self._reply(request, outcome)
             return
         self._running = True
-        self._want(0)  # nothing more is read while the call runs (its body is in our buffer)
+        # Nothing more is read while the call runs (its body is in our buffer); a hang-up is
+        # still seen.
+        self._want(_HANGUP)
 
         def job() -> None:
             try:
                 if self._closed:  # its client went while it waited: nobody to answer
-                    outcome = _NOT_RUN
+                    outcome = NOT_RUN
                 else:
                     outcome = workers.run(measured, self.serve, method, body, caller)
             except BaseException as e:  # never: Api.serve answers every failure
@@ -375,7 +392,7 @@ class FramedConnection:
         if self._closing:
             self.close()
         elif self._mask & WRITE:
-            self._want(0)
+            self._want(_HANGUP)
             self._advance()
 
     def _close_with(self, data: bytes) -> None:
@@ -385,7 +402,7 @@ class FramedConnection:
         self._send(data)
 
     def _want(self, mask: int) -> None:
-        """Wait for `mask` on the socket (0: for nothing: it is not polled at all)."""
+        """Wait for `mask` on the socket (_HANGUP: only for the client's hang-up)."""
         if mask == self._mask or self._closed:
             return
         selector = self.loop.selector
@@ -407,13 +424,3 @@ class FramedConnection:
         self.protocol.close()
         self.share.close()
         self.sock.close()
-
-
-def serve_one(server: SocketServer, sock: socket.socket, caller: Caller) -> None:
-    """Serve one connected socket on the server's loop, on this thread, until it ends (the
-    server itself not serving: tests drive a connection over a socketpair with this)."""
-    sock.setblocking(False)
-    connection = FramedConnection(server, sock, caller)
-    server.core.handlers[connection.fd] = connection
-    server.loop.add_timed(connection)
-    server.loop.run(lambda: connection._closed)

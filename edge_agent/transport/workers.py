@@ -1,7 +1,7 @@
 """Where a call runs: inline on the loop, on its model's worker, or in the small pool.
 
 - Predict runs inline while its model's measured time per call (the least of the last
-  SAMPLES calls: time spent waiting for the GIL or a core, when threads compete, only ever
+  SAMPLES successful calls: time spent waiting for the GIL or a core, when threads compete, only ever
   adds to a call's time, so the least is the model's own cost) is under INLINE_SECONDS: a
   tiny model costs less to run than a hand-off to another thread. A model measured slower
   gets a worker thread of its own (its invoke releases the GIL, so two compute-bound models
@@ -21,20 +21,29 @@ import logging
 import queue
 import threading
 import time
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, TypeVar
+from typing import Callable
 
-from edge_agent.api.rpcs import Method
+from edge_agent.api.rpcs import Method, Outcome
+from edge_agent.errors import StatusCode
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
+# Requests (framed) or calls (gRPC) one connection may have answered in one turn of the loop
+# before the other connections'.
+TURN = 8
+# What a call queued here answers when its connection closed before it ran (its client
+# left, or the agent stopped): nothing is run, the descriptors it brought are closed.
+NOT_RUN = Outcome(StatusCode.UNAVAILABLE, "the connection closed before the call ran")
 Queue = Callable[[Callable[[], None]], object]  # queues a job on the thread that runs it
 INLINE_SECONDS = 50e-6
 SAMPLES = 16
 MEASURE_EVERY = 16
 MAX_MODEL_WORKERS = 32
-MAX_MEASURED = 256  # model names with timings kept (beyond: forgotten, measured again)
+# Model names with a decision kept, and names being measured (each beyond: the least
+# recently measured is forgotten, and measured again when it comes back).
+MAX_MEASURED = 256
 POOL_THREADS = 4
 # Read-only, in memory: never worth a hand-off.
 INLINE_METHODS = frozenset({Method.LIST_MODELS, Method.DESCRIBE_MODEL})
@@ -88,8 +97,9 @@ class Workers:
         self.inline_seconds = inline_seconds
         self._pool = ThreadPoolExecutor(pool_threads, thread_name_prefix="edge-agent-call")
         self._models: dict[str, _ModelWorker] = {}
-        self._samples: dict[str, list[float]] = {}
-        self._slow: dict[str, bool] = {}  # model → measured slower than inline_seconds
+        self._samples: OrderedDict[str, list[float]] = OrderedDict()
+        # model → measured slower than inline_seconds (least recently measured first)
+        self._slow: OrderedDict[str, bool] = OrderedDict()
         self._lock = threading.Lock()  # samples come from the loop and the workers
         self._calls = 0  # Predicts placed: every MEASURE_EVERY-th of a decided model is timed
 
@@ -119,34 +129,47 @@ class Workers:
         return self._pool.submit, measured
 
     def measure(self, name: str, seconds: float) -> None:
-        """One Predict's time (wherever it ran): every SAMPLES, the least of them decides."""
+        """One successful Predict's time (wherever it ran): every SAMPLES, the least of them
+        decides. Beyond MAX_MEASURED names, the least recently measured is forgotten: names
+        measured once each (never decided) push out only each other, not the decisions."""
         with self._lock:
-            samples = self._samples.get(name)
+            pending = self._samples
+            samples = pending.get(name)
             if samples is None:
-                if len(self._samples) >= MAX_MEASURED:
-                    self._samples.clear()
-                    self._slow.clear()
-                samples = self._samples[name] = []
+                if len(pending) >= MAX_MEASURED:
+                    pending.popitem(last=False)
+                samples = pending[name] = []
+            else:
+                pending.move_to_end(name)
             samples.append(seconds)
             if len(samples) >= SAMPLES:
-                self._slow[name] = min(samples) > self.inline_seconds
+                decided = self._slow
+                decided[name] = min(samples) > self.inline_seconds
+                decided.move_to_end(name)
+                if len(decided) > MAX_MEASURED:
+                    decided.popitem(last=False)
                 samples.clear()
 
-    def run(self, measured: str | None, call: Callable[..., T], *args) -> T:
-        """call(*args), timed for the model `measured` (place() said which, if any)."""
+    def run(self, measured: str | None, call: Callable[..., Outcome], *args) -> Outcome:
+        """call(*args), timed for the model `measured` (place() said which, if any) when it
+        succeeds: a failure (a malformed request, a wrong shape) may return before the model
+        runs, and says nothing of its cost."""
         if measured is None:
             return call(*args)
         started = time.perf_counter()
-        result = call(*args)
-        self.measure(measured, time.perf_counter() - started)
-        return result
+        outcome = call(*args)
+        if outcome.code == StatusCode.OK:
+            self.measure(measured, time.perf_counter() - started)
+        return outcome
 
     def stop(self, timeout: float = 2.0) -> bool:
-        """Calls not started are dropped; those running get up to `timeout` seconds to end
-        (a call stuck in a model must not hold the agent's stop for ever). False if some are
-        still running then: their threads end when they return."""
+        """Calls running get up to `timeout` seconds to end (a call stuck in a model must not
+        hold the agent's stop for ever). Jobs not started still run, after them: the fronts
+        closed every connection first, so each answers NOT_RUN at once and closes the
+        descriptors it brought (dropped unrun, they would leak). False if some are still
+        running at the deadline: their threads end when they return."""
         deadline = time.monotonic() + timeout
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool.shutdown(wait=False)
         ended = True
         for thread in list(getattr(self._pool, "_threads", ())):
             thread.join(max(0.0, deadline - time.monotonic()))

@@ -4,6 +4,7 @@ runs inline, eviction never waits on a client. A fake service (no models, no pro
 whose Predict waits on events and barriers: never on time."""
 from __future__ import annotations
 
+import array
 import os
 import select
 import socket
@@ -185,7 +186,7 @@ def test_connections_take_turns_under_a_pipelining_client(tmp_path):
     """40 requests pipelined on one connection and one on another, all buffered before the
     loop runs: the other's reply is written within the first turn, while most of the
     pipelined ones still wait (at most TURN per connection per turn)."""
-    from edge_agent.transport.framed_front import TURN
+    from edge_agent.transport.workers import TURN
 
     service = FakeService()
     fronts = FrontLoop()
@@ -324,3 +325,168 @@ def test_a_fault_in_one_connection_closes_it_and_the_others_are_served(serving, 
     finally:
         failing.close()
         healthy.close()
+
+
+def _admit_now(server: SocketServer, sock: socket.socket) -> FramedConnection:
+    """A connected socket served by the loop (not running yet), as accept would."""
+    sock.setblocking(False)
+    connection = FramedConnection(server, sock, Caller(os.getpid(), os.getuid(), os.getgid()))
+    server.core.handlers[connection.fd] = connection
+    return connection
+
+
+def _run_turns(fronts: FrontLoop, turns: int) -> None:
+    left = iter(range(turns))
+    fronts.loop.run(lambda: next(left, None) is None)
+
+
+class DescribingService(FakeService):
+    def describe_model(self, request, caller):
+        return pb.DescribeModelResponse(model=pb.Model(name=request.name))
+
+
+def test_requests_split_early_keep_their_bodies_while_more_bytes_wait(tmp_path):
+    """21 requests that came with a descriptor are split at once (views of the receive
+    buffer); 40 more wait in the socket. More than a turn's worth: nothing is received until
+    the 21 are answered, so each reply is about its own request."""
+    fronts = FrontLoop()
+    server = SocketServer(DescribingService(), _config(tmp_path), fronts=fronts)
+    client, agent_side = socket.socketpair()
+    names = {i + 1: f"first-{i:02d}" for i in range(21)}
+    names.update({i + 22: f"second-{i:02d}-" + "x" * 40 for i in range(40)})
+
+    def frames(ids):
+        return b"".join(encode_request(Method.DESCRIBE_MODEL, i, pb.DescribeModelRequest(
+            name=names[i]).SerializeToString()) for i in ids)
+
+    r, w = os.pipe()
+    try:
+        client.sendmsg([frames(range(1, 22))], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                                 array.array("i", [r]))])
+        client.sendall(frames(range(22, 62)))
+        _admit_now(server, agent_side)
+        fronts.loop.run(lambda: not server.core.handlers or not (
+            fronts.loop._ready or select.select([agent_side], [], [], 0)[0]))
+        assert server.core.handlers, "the connection failed"
+        replies = _replies(client, 61)
+        assert [reply.request_id for reply in replies] == list(range(1, 62))
+        for reply in replies:
+            assert reply.status == StatusCode.OK, bytes(reply.body)
+            model = pb.DescribeModelResponse.FromString(bytes(reply.body)).model
+            assert model.name == names[reply.request_id]
+    finally:
+        server.core.close_all()
+        server.workers.stop()
+        server.loop.close()
+        client.close()
+        os.close(r)
+        os.close(w)
+
+
+def test_a_pipelining_client_is_read_no_further_than_what_is_answered(tmp_path):
+    """The requests of one receive are answered a turn's worth at a time; meanwhile nothing
+    more is received: the rest waits in the socket (the client's writes block), not in the
+    agent's buffer."""
+    from edge_agent.protocol.receiving import RECV_BYTES
+
+    fronts = FrontLoop()
+    server = SocketServer(FakeService(), _config(tmp_path), fronts=fronts)
+    client, agent_side = socket.socketpair()
+    try:
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * RECV_BYTES)
+        client.setblocking(False)
+        request = encode_request(Method.LIST_MODELS, 1, b"")
+        sent = 0
+        try:
+            while sent < 4 * RECV_BYTES:
+                sent += client.send(request * 1024)
+        except BlockingIOError:
+            pass
+        if sent <= 2 * RECV_BYTES:
+            pytest.skip("this kernel's socket buffers hold too little to show it")
+        connection = _admit_now(server, agent_side)
+        _run_turns(fronts, 6)
+        assert not connection._closed
+        assert connection.protocol._splitter.pending <= RECV_BYTES
+    finally:
+        server.core.close_all()
+        server.workers.stop()
+        server.loop.close()
+        client.close()
+
+
+def test_the_calls_of_a_client_that_hung_up_are_not_run(tmp_path, monkeypatch):
+    """One pool thread, busy with a call held on an event; a client queues a LoadModel with a
+    descriptor behind it and hangs up. Its call is never run and its descriptor is closed;
+    a later client's call (queued behind it) runs."""
+    release, inside = threading.Event(), threading.Event()
+    metrics_calls: list[int] = []
+    loaded: list[int] = []
+
+    class Service(FakeService):
+        def get_metrics(self, request, caller):
+            metrics_calls.append(1)
+            if len(metrics_calls) == 1:
+                inside.set()
+                assert release.wait(WAIT)
+            return pb.GetMetricsResponse()
+
+        def load_model(self, request, caller):
+            loaded.append(1)  # (the call of a client that hung up: never)
+            return pb.LoadModelResponse()
+
+    queued = threading.Event()
+    leaving_connection: list[FramedConnection] = []
+    dispatch = FramedConnection._dispatch
+
+    def dispatched(self, request):
+        dispatch(self, request)
+        if request.request_id == 2:
+            leaving_connection.append(self)
+            queued.set()
+
+    monkeypatch.setattr(FramedConnection, "_dispatch", dispatched)
+    fronts = FrontLoop(pool_threads=1)
+    server = SocketServer(Service(), _config(tmp_path), fronts=fronts)
+    fronts.start()
+    pairs = [socket.socketpair() for _ in range(3)]
+    (busy, busy_agent), (leaving, leaving_agent), (later, later_agent) = pairs
+    r, w = os.pipe()
+    try:
+        for _, agent_side in pairs:
+            _serve_on(fronts, server, agent_side)
+        busy.sendall(encode_request(Method.GET_METRICS, 1, b""))
+        assert inside.wait(WAIT)  # the pool's one thread is busy
+        leaving.sendmsg([encode_request(Method.LOAD_MODEL, 2, pb.LoadModelRequest(
+            name="m", url="fd:0").SerializeToString())],
+            [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [w]))])
+        os.close(w)
+        w = -1
+        assert queued.wait(WAIT)  # its call waits for the pool's thread
+        leaving.close()
+        seen = threading.Event()
+
+        def hang_up_seen():  # on the loop, each turn until it is
+            if leaving_connection[0]._closed:
+                seen.set()
+            else:
+                fronts.loop.soon(hang_up_seen)
+
+        fronts.loop.call_soon_threadsafe(hang_up_seen)
+        assert seen.wait(WAIT)
+        later.sendall(encode_request(Method.GET_METRICS, 3, b""))
+        release.set()
+        assert _replies(busy, 1)[0].status == StatusCode.OK
+        assert _replies(later, 1)[0].status == StatusCode.OK  # ran after the one left
+        assert len(metrics_calls) == 2 and not loaded
+        os.set_blocking(r, False)
+        assert os.read(r, 1) == b""  # every write end closed: the agent's too
+    finally:
+        release.set()
+        fronts.stop(0)
+        assert fronts.join(WAIT)
+        for client, _ in pairs:
+            client.close()
+        os.close(r)
+        if w >= 0:
+            os.close(w)

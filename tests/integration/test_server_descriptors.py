@@ -24,7 +24,7 @@ from edge_agent.config import from_mapping
 from edge_agent.errors import StatusCode
 from edge_agent.protocol import HEADER, FrameSplitter, Kind, encode_request
 from edge_agent.api.rpcs import Method
-from edge_agent.transport.framed_front import SocketServer, serve_one
+from edge_agent.transport.framed_front import FramedConnection, SocketServer
 from edge_agent.api.service import AgentService
 from edge_agent.api.caller import Caller
 from edge_agent.transport.socket_io import MAX_FDS
@@ -94,9 +94,19 @@ def _read_to_end(sock: socket.socket) -> bytes:
     return data
 
 
+def _serve_one(server: SocketServer, sock: socket.socket, caller: Caller) -> None:
+    """Serve one connected socket on the server's loop, on this thread, until it ends (the
+    server itself not serving)."""
+    sock.setblocking(False)
+    connection = FramedConnection(server, sock, caller)
+    server.core.handlers[connection.fd] = connection
+    server.loop.add_timed(connection)
+    server.loop.run(lambda: connection._closed)
+
+
 def _serve(server, sock, errors) -> None:
     try:
-        serve_one(server, sock, Caller(os.getpid(), 65534, 65534))
+        _serve_one(server, sock, Caller(os.getpid(), 65534, 65534))
     except BaseException as e:  # anything escaping is a fault of the connection
         errors.append(e)
         sock.close()

@@ -527,6 +527,25 @@ def test_truncated_ancillary_data_refuses_that_request_only(splitter, memfds):
     assert conn.next_event().request_id == 6
 
 
+def test_no_buffer_is_given_while_requests_split_early_wait(splitter, memfds):
+    """Frames that came with descriptors are split at once; their bodies are views of the
+    receive buffer, which another receive would move or overwrite: get_buffer() refuses
+    until the last of them is handed out."""
+    conn = server(splitter)
+    fds = memfds()
+    frames = [encode_request(Method.DESCRIBE_MODEL, i, bytes([i]) * 20) for i in (1, 2, 3)]
+    deliver(conn, b"".join(frames), fds=fds)
+    first = conn.next_event()
+    assert first.request_id == 1
+    with pytest.raises(RuntimeError, match="NEED_DATA"):
+        conn.get_buffer()
+    send_reply(conn, 1, first.method, StatusCode.OK, b"")
+    second, third = conn.next_event(), conn.next_event()
+    assert (bytes(second.body), bytes(third.body), third.fds) == (b"\2" * 20, b"\3" * 20, fds)
+    assert conn.next_event() is NEED_DATA
+    assert len(conn.get_buffer()) > 0
+
+
 def test_descriptors_not_handed_out_are_closed_with_the_connection(splitter, memfds):
     budget = PendingBudget(1 << 20)
     conn = server(splitter, budget)
