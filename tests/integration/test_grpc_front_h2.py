@@ -788,3 +788,71 @@ def test_clients_gone_before_their_refusal_leave_no_trace(start_agent, tmp_path)
             refused.close()
     finally:
         holder.close()
+
+
+def test_a_queued_call_whose_stream_was_reset_is_not_run(tmp_path, model_files,
+                                                         recording_delegate):
+    """One pool thread, held in the runtime (the test delegate's barrier): a call queued
+    behind it whose stream the client reset is skipped when the thread is free (nothing
+    answered, its place among the connection's streams freed), and the connection goes on."""
+    from capture_helpers import wait_for
+
+    from edge_agent import config
+    from edge_agent.api.service import AgentService
+    from edge_agent.tools import model_builder
+    from edge_agent.transport import grpc_front
+    from edge_agent.transport.front_core import FrontLoop
+    from wire import add_array
+
+    record = tmp_path / "record.txt"
+    settings = config.from_mapping({
+        "edge_agent_socket_path": str(tmp_path / "unused.sock"),
+        "edge_agent_grpc_socket_path": str(tmp_path / "grpc.sock"),
+        "edge_agent_state_dir": str(tmp_path / "state"),
+        "edge_agent_allow_unsigned_models": True, "edge_agent_num_threads": 1,
+        "edge_agent_delegate": "external", "edge_agent_delegate_library": recording_delegate,
+        "edge_agent_delegate_options": {"rendezvous": 2, "rendezvous_seconds": 60,
+                                        "record_to": str(record)}})
+    service = AgentService(settings)
+    for name in ("held", "partner"):
+        service.load_model(pb.LoadModelRequest(name=name, url=str(model_files["add"])))
+    fronts = FrontLoop(pool_threads=1)  # models not yet measured run in the pool
+    server = grpc_front.GrpcServer(service, settings, fronts=fronts).start()
+    fronts.start()
+    inputs = model_builder.add_model().sample_inputs(seed=5)
+    requests = {}
+    for name in ("held", "partner"):
+        requests[name] = pb.PredictRequest(name=name)
+        for tensor, array in inputs.items():
+            add_array(requests[name].tensors, tensor, array)
+    predict = headers(path=f"/{GRPC_SERVICE}/Predict".encode())
+
+    def grpc_calls(rpc: str) -> int:
+        return sum(c.count for c in service.get_metrics().calls
+                   if (c.front, c.rpc) == ("grpc", rpc))
+
+    holder = RawClient(settings.edge_agent_grpc_socket_path)
+    client = RawClient(settings.edge_agent_grpc_socket_path)
+    try:
+        held = holder.call(predict, message(requests["held"].SerializeToString()))
+        wait_for(lambda: "arrive" in record.read_text(), what="the call inside the runtime")
+        queued = client.call(predict, message(requests["partner"].SerializeToString()))
+        # Served inline once the Predict before it was queued in the pool (one connection's
+        # calls are taken in order), then once the reset was read.
+        assert client.status(client.call(headers(), message(b""))) == (0, "")
+        client.h2.reset_stream(queued)
+        client.flush()
+        assert client.status(client.call(headers(), message(b""))) == (0, "")
+        service.predict(requests["partner"])  # meets the held call: the thread is free
+        assert holder.status(held) == (0, "")
+        handlers = server._handlers
+        wait_for(lambda: not any(h.conn.running for h in list(handlers.values())),
+                 what="the reset call to leave the pool")
+        assert grpc_calls("Predict") == 1  # the held one; the reset one never ran
+        assert client.status(client.call(headers(), message(b""))) == (0, "")
+    finally:
+        holder.close()
+        client.close()
+        fronts.stop(0)
+        fronts.join()
+        service.close()
