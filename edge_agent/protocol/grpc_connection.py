@@ -124,7 +124,9 @@ class GrpcConnection:
             normalize_outbound_headers=False))
         self._streams: dict[int, _Stream] = {}
         self._backlog: dict[int, _Stream] = {}  # answered, waiting for the peer's window
-        self._running = 0  # calls handed out, not yet replied to
+        # Calls handed out, not yet replied to, by stream id: a call whose stream the client
+        # reset still counts against max_streams until it ends.
+        self._running: set[int] = set()
         self._active_at = 0.0  # when a call last ended or bytes last came: the idle clock
         self._sent_at = 0.0  # when a reply in the backlog last made progress
         self._out: list[bytes] = []  # written directly (GOAWAY while streams are open)
@@ -198,9 +200,13 @@ class GrpcConnection:
         # h2 enforces SETTINGS_MAX_CONCURRENT_STREAMS only once the client acknowledged it
         # (then by closing the connection); until then the streams beyond it are refused
         # here. Counted in our streams, not h2's open ones: h2 has already opened every
-        # stream of the chunk it was given when we see the first one.
-        if self.draining or len(self._streams) >= self.max_streams:
-            self.h2.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
+        # stream of the chunk it was given when we see the first one. A call still running
+        # counts though the client reset its stream: else resets would bypass the limit.
+        if self.draining or self._open_calls() >= self.max_streams:
+            try:
+                self.h2.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
+            except h2.exceptions.ProtocolError:  # the client reset it in the same chunk
+                pass
             return
         path = headers.get(b":path", b"").decode("utf-8", "replace")
         timeout = parse_timeout(headers.get(b"grpc-timeout", b""))
@@ -215,7 +221,7 @@ class GrpcConnection:
                          f"{content_type.decode('latin-1') or 'without a content-type'}", now)
         elif stream.rpc is None:  # answered at once (by the loop: the front counts it)
             stream.answered = True
-            self._running += 1
+            self._running.add(stream_id)
             self._ready.append(Call(stream_id, None, path, b"", stream.deadline))
 
     def _on_data(self, stream: _Stream, data: bytes) -> None:
@@ -257,11 +263,11 @@ class GrpcConnection:
         stream.data = bytearray()
         self._release(stream)  # handed over: the body is the call's now
         if stream.deadline is not None and now > stream.deadline:
-            self._running += 1
+            self._running.add(stream_id)
             self.reply(stream_id, StatusCode.DEADLINE_EXCEEDED,
                        "the call's deadline passed before it could start", now)
             return None
-        self._running += 1
+        self._running.add(stream_id)
         return Call(stream_id, stream.rpc, stream.path, body, stream.deadline)
 
     def _refuse(self, stream: _Stream, code: int, message: str, now: float) -> None:
@@ -283,7 +289,7 @@ class GrpcConnection:
         """The outcome of a Call handed out by receive_data (`reply`: the serialized
         response when `code` is OK, else the error message). Dropped if the client reset the
         stream or the connection is closed meanwhile."""
-        self._running -= 1
+        self._running.discard(stream_id)
         self._active_at = now  # the idle clock starts again from here
         stream = self._streams.get(stream_id)
         if stream is None or self.closed:
@@ -371,7 +377,18 @@ class GrpcConnection:
 
     @property
     def running(self) -> int:
-        return self._running
+        return len(self._running)
+
+    def _open_calls(self) -> int:
+        """Streams open, and calls still running whose stream the client reset."""
+        streams = self._streams
+        return len(streams) + sum(1 for stream_id in self._running if stream_id not in streams)
+
+    def wanted(self, stream_id: int) -> bool:
+        """The call of `stream_id` still has someone waiting for its reply (the client has
+        not reset its stream, the connection is open): a call no longer wanted is not run,
+        and is answered (reply()) only to free its place."""
+        return not self.closed and stream_id in self._streams
 
     def deadline(self) -> float | None:
         """When check_timers() may next have something to do (None: nothing to wait for)."""

@@ -39,6 +39,9 @@ REFUSAL_SECONDS = 2.0
 MAX_REFUSING = 4
 # Calls of one connection run inline in one turn of the loop before the others' turn.
 TURN = 8
+# While more than this waits to be sent to a client, nothing more is read from it: a client
+# that sends (PINGs, say) and never reads cannot make the agent hold ever more answers.
+MAX_UNSENT = 256 * 1024
 _NOT_RUN = Outcome(StatusCode.UNAVAILABLE, "the connection closed before the call ran")
 
 
@@ -89,7 +92,9 @@ class GrpcServer:
         if len(self._refusals) >= MAX_REFUSING:
             sock.close()  # a flood: no answer for each
             return
-        self._refusals.add(Refusal(self, sock, reason))
+        refusal = Refusal(self, sock, reason)
+        if not refusal.closed:  # (a client already gone is closed at once: nothing to keep)
+            self._refusals.add(refusal)
 
     def _stop_refusing(self) -> None:
         for refusal in list(self._refusals):
@@ -97,7 +102,9 @@ class GrpcServer:
 
 
 class _Sender:
-    """Bytes to a non-blocking socket: what it does not take now waits for WRITE."""
+    """Bytes to a non-blocking socket: what it does not take now waits for WRITE; while
+    more than MAX_UNSENT waits, nothing is read. `stalled_since`: when what waits last
+    made progress (the send timeout's clock; 0.0 while nothing waits)."""
 
     def __init__(self, server: GrpcServer, sock: socket.socket):
         self.server = server
@@ -105,6 +112,8 @@ class _Sender:
         self.sock = sock
         self.fd = sock.fileno()
         self._out: deque[memoryview] = deque()
+        self._unsent = 0
+        self.stalled_since = 0.0
         self._mask = READ
         self.closed = False
         self.loop.selector.register(sock, READ, self._on_ready)
@@ -113,9 +122,12 @@ class _Sender:
         raise NotImplementedError
 
     def write(self, data: bytes) -> None:
+        waiting = self._unsent
         if data:
             self._out.append(memoryview(data))
+            self._unsent += len(data)
         out = self._out
+        sent_any = False
         while out and not self.closed:
             try:
                 sent = self.sock.send(out[0])
@@ -125,15 +137,32 @@ class _Sender:
                 log.debug("gRPC client connection ended: %s", e)
                 self.close()
                 return
+            sent_any = sent_any or sent > 0
+            self._unsent -= sent
             if sent < len(out[0]):
                 out[0] = out[0][sent:]
             else:
                 out.popleft()
-        self._want(READ | WRITE if out else READ)
+        if not out:
+            self.stalled_since = 0.0
+            self._want(READ)
+            return
+        if sent_any or not waiting:  # the send timeout's clock starts (again)
+            self.stalled_since = time.monotonic()
+            self.loop.timer_changed(self.deadline())
+        self._want(WRITE if self._unsent > MAX_UNSENT else READ | WRITE)
 
     @property
     def sending(self) -> bool:
         return bool(self._out)
+
+    @property
+    def unsent(self) -> int:
+        """Bytes waiting for the client to take them."""
+        return self._unsent
+
+    def deadline(self) -> float | None:
+        raise NotImplementedError
 
     def _want(self, mask: int) -> None:
         if mask != self._mask and not self.closed:
@@ -162,6 +191,7 @@ class GrpcHandler(_Sender):
             config.edge_agent_frame_timeout_seconds, config.edge_agent_idle_timeout_seconds,
             config.edge_agent_send_timeout_seconds)
         self._queue: deque[Call] = deque()  # calls to run inline, in turns
+        self.send_timeout = config.edge_agent_send_timeout_seconds
         self._stopping = False
         super().__init__(server, sock)
         self.conn.initiate(time.monotonic())
@@ -213,6 +243,9 @@ class GrpcHandler(_Sender):
 
     def _run(self, call: Call) -> None:
         server, conn = self.server, self.conn
+        if not conn.wanted(call.stream_id):  # reset by the client: not run, place freed
+            conn.reply(call.stream_id, _NOT_RUN.code, _NOT_RUN.reply, time.monotonic())
+            return
         if call.rpc is None:
             outcome = server.api.unknown(call.path)
             conn.reply(call.stream_id, outcome.code, outcome.reply, time.monotonic())
@@ -225,8 +258,9 @@ class GrpcHandler(_Sender):
 
         def job() -> None:
             try:
-                # A call whose client went (or reset it) while it waited is not run.
-                outcome = (_NOT_RUN if self.closed or self.conn.closed
+                # A call whose client went (or reset it) while it waited is not run; its
+                # answer, dropped, frees its place among the connection's streams.
+                outcome = (_NOT_RUN if self.closed or not self.conn.wanted(call.stream_id)
                            else self._serve(call, measured))
             except BaseException as e:  # never: Api.serve answers every failure
                 outcome = Outcome(StatusCode.INTERNAL, f"internal error: {e}")
@@ -263,10 +297,18 @@ class GrpcHandler(_Sender):
             self.loop.timer_changed(self.deadline())
 
     def deadline(self) -> float | None:
-        return self.conn.deadline()
+        deadline = self.conn.deadline()
+        if self.stalled_since:  # what the client has not taken for the send timeout
+            stalled = self.stalled_since + self.send_timeout
+            return stalled if deadline is None else min(deadline, stalled)
+        return deadline
 
     def on_timer(self, now: float) -> None:
-        if self.conn.check_timers(now) is not None:
+        if self.stalled_since and now - self.stalled_since >= self.send_timeout:
+            log.info("closing a gRPC connection (pid %d): it has not read what the agent "
+                     "sent for %g s", self.caller.pid, self.send_timeout)
+            self.close()
+        elif self.conn.check_timers(now) is not None:
             # What is queued (a GOAWAY saying why) goes if the socket takes it now.
             log.info("closing a gRPC connection (pid %d): %s", self.caller.pid,
                      self.conn.close_reason)

@@ -667,3 +667,192 @@ def _frames_after_goaway(client: RawClient, stream_id: int) -> tuple[dict, bytes
                 fields.update(dict(client.h2.decoder.decode(frame.data, raw=True)))
                 if "END_STREAM" in frame.flags:
                     return fields, data
+
+
+def _ping_flood(sock: socket.socket, total: int) -> threading.Thread:
+    """A thread that writes `total` bytes of PINGs and reads nothing (ends when they are all
+    written or the agent closes the connection)."""
+    from hyperframe.frame import PingFrame
+
+    ping = PingFrame(0, opaque_data=b"12345678").serialize()
+    burst = ping * 4096
+
+    def flood() -> None:
+        try:
+            for _ in range(total // len(burst) + 1):
+                sock.sendall(burst)
+        except OSError:  # closed by the agent
+            pass
+
+    thread = threading.Thread(target=flood, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_client_that_sends_and_never_reads_holds_a_bounded_output(start_agent, tmp_path):
+    """PINGs sent and their ACKs never read: past MAX_UNSENT unsent bytes the agent reads
+    nothing more from that client (what it holds stays bounded), and reads again once the
+    client takes what waits; the connection still serves calls."""
+    from capture_helpers import wait_for
+
+    from edge_agent.protocol.receiving import RECV_BYTES
+    from edge_agent.transport.grpc_front import MAX_UNSENT
+
+    path = str(tmp_path / "grpc.sock")
+    agent = start_agent(edge_agent_grpc_socket_path=path, edge_agent_send_timeout_seconds=3600)
+    client = RawClient(path)
+    try:
+        client.settled()
+        handlers = agent.app.grpc_server._handlers
+        wait_for(lambda: len(handlers) == 1, what="the connection to be registered")
+        [handler] = handlers.values()
+        flood = _ping_flood(client.sock, 4 << 20)  # far more than the socket buffers hold
+        wait_for(lambda: handler.unsent > MAX_UNSENT, what="the ACKs to pile up")
+        # The flood is held back in the sockets: the agent has stopped reading it.
+        assert flood.is_alive() and handler.unsent <= MAX_UNSENT + RECV_BYTES
+        received = b""
+        while flood.is_alive():  # taking what waits lets the agent read on, to the end
+            client.sock.settimeout(0.5)
+            try:
+                received += client.sock.recv(1 << 20)
+            except (TimeoutError, socket.timeout):
+                pass
+        client.sock.settimeout(30)
+        events = client.h2.receive_data(received)
+        assert not any(isinstance(e, h2.events.ConnectionTerminated) for e in events)
+        assert client.status(client.call(headers(), message(b""))) == (0, "")
+    finally:
+        client.close()
+    assert agent.alive()
+
+
+def test_a_client_that_takes_nothing_is_closed_after_the_send_timeout(start_agent, tmp_path):
+    """As on the framed socket: what the agent sent (PING ACKs here) not taken for
+    edge_agent_send_timeout_seconds closes the connection."""
+    from capture_helpers import wait_for
+
+    path = str(tmp_path / "grpc.sock")
+    agent = start_agent(edge_agent_grpc_socket_path=path, edge_agent_send_timeout_seconds=0.2)
+    client = RawClient(path)
+    try:
+        client.settled()
+        flood = _ping_flood(client.sock, 4 << 20)
+        wait_for(lambda: "it has not read what the agent sent for 0.2 s" in agent.log(),
+                 timeout=60, what="the connection to be closed")
+        flood.join(60)
+        assert not flood.is_alive()
+    finally:
+        client.close()
+    other = RawClient(path)
+    try:
+        assert other.status(other.call(headers(), message(b""))) == (0, "")
+    finally:
+        other.close()
+
+
+def test_clients_gone_before_their_refusal_leave_no_trace(start_agent, tmp_path):
+    """Clients over edge_agent_max_connections that left before the agent took them (their
+    refusal closed at once) do not use up the refusals: the next one over the limit is still
+    told why (RESOURCE_EXHAUSTED), not closed unanswered. The loop is held while they come
+    and go, so every one is gone when it is accepted."""
+    from edge_agent.transport.grpc_front import MAX_REFUSING
+
+    path = str(tmp_path / "grpc.sock")
+    agent = start_agent(edge_agent_grpc_socket_path=path, edge_agent_max_connections=1)
+    holder = RawClient(path)
+    try:
+        assert holder.status(holder.call(headers(), message(b""))) == (0, "")
+        held, release = threading.Event(), threading.Event()
+
+        def hold() -> None:
+            held.set()
+            release.wait(60)
+
+        agent.app.fronts.loop.call_soon_threadsafe(hold)
+        assert held.wait(60)
+        try:
+            for _ in range(MAX_REFUSING + 1):
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as gone:
+                    gone.connect(path)
+            refused = RawClient(path)  # its preface waits in the socket
+        finally:
+            release.set()
+        try:
+            refused.call(headers(), message(b""))
+            events = refused.h2.receive_data(_read_until_closed(refused.sock))
+            [answer] = [dict(e.headers) for e in events
+                        if isinstance(e, h2.events.ResponseReceived)]
+            assert answer[b"grpc-status"] == b"8"
+            assert b"too many clients" in answer[b"grpc-message"]
+        finally:
+            refused.close()
+    finally:
+        holder.close()
+
+
+def test_a_queued_call_whose_stream_was_reset_is_not_run(tmp_path, model_files,
+                                                         recording_delegate):
+    """One pool thread, held in the runtime (the test delegate's barrier): a call queued
+    behind it whose stream the client reset is skipped when the thread is free (nothing
+    answered, its place among the connection's streams freed), and the connection goes on."""
+    from capture_helpers import wait_for
+
+    from edge_agent import config
+    from edge_agent.api.service import AgentService
+    from edge_agent.tools import model_builder
+    from edge_agent.transport import grpc_front
+    from edge_agent.transport.front_core import FrontLoop
+    from wire import add_array
+
+    record = tmp_path / "record.txt"
+    settings = config.from_mapping({
+        "edge_agent_socket_path": str(tmp_path / "unused.sock"),
+        "edge_agent_grpc_socket_path": str(tmp_path / "grpc.sock"),
+        "edge_agent_state_dir": str(tmp_path / "state"),
+        "edge_agent_allow_unsigned_models": True, "edge_agent_num_threads": 1,
+        "edge_agent_delegate": "external", "edge_agent_delegate_library": recording_delegate,
+        "edge_agent_delegate_options": {"rendezvous": 2, "rendezvous_seconds": 60,
+                                        "record_to": str(record)}})
+    service = AgentService(settings)
+    for name in ("held", "partner"):
+        service.load_model(pb.LoadModelRequest(name=name, url=str(model_files["add"])))
+    fronts = FrontLoop(pool_threads=1)  # models not yet measured run in the pool
+    server = grpc_front.GrpcServer(service, settings, fronts=fronts).start()
+    fronts.start()
+    inputs = model_builder.add_model().sample_inputs(seed=5)
+    requests = {}
+    for name in ("held", "partner"):
+        requests[name] = pb.PredictRequest(name=name)
+        for tensor, array in inputs.items():
+            add_array(requests[name].tensors, tensor, array)
+    predict = headers(path=f"/{GRPC_SERVICE}/Predict".encode())
+
+    def grpc_calls(rpc: str) -> int:
+        return sum(c.count for c in service.get_metrics().calls
+                   if (c.front, c.rpc) == ("grpc", rpc))
+
+    holder = RawClient(settings.edge_agent_grpc_socket_path)
+    client = RawClient(settings.edge_agent_grpc_socket_path)
+    try:
+        held = holder.call(predict, message(requests["held"].SerializeToString()))
+        wait_for(lambda: "arrive" in record.read_text(), what="the call inside the runtime")
+        queued = client.call(predict, message(requests["partner"].SerializeToString()))
+        # Served inline once the Predict before it was queued in the pool (one connection's
+        # calls are taken in order), then once the reset was read.
+        assert client.status(client.call(headers(), message(b""))) == (0, "")
+        client.h2.reset_stream(queued)
+        client.flush()
+        assert client.status(client.call(headers(), message(b""))) == (0, "")
+        service.predict(requests["partner"])  # meets the held call: the thread is free
+        assert holder.status(held) == (0, "")
+        handlers = server._handlers
+        wait_for(lambda: not any(h.conn.running for h in list(handlers.values())),
+                 what="the reset call to leave the pool")
+        assert grpc_calls("Predict") == 1  # the held one; the reset one never ran
+        assert client.status(client.call(headers(), message(b""))) == (0, "")
+    finally:
+        holder.close()
+        client.close()
+        fronts.stop(0)
+        fronts.join()
+        service.close()

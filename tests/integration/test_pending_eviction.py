@@ -1,46 +1,68 @@
-"""The pending budget's eviction of an idle gRPC connection, on a real socketpair whose buffer
-the client left full (the budget's rules themselves: tests/unit/test_pending.py)."""
+"""The eviction of an idle gRPC connection of a user over its share, on the agent's loop, when
+its client left the socket full (the budget's rules themselves: tests/unit/test_pending.py)."""
 from __future__ import annotations
 
-from edge_agent.transport.pending import PendingBudget
+import os
+
+import pytest
+from test_grpc_front_h2 import RawClient, _ping_flood, headers, message
 
 
-def test_evicting_an_idle_grpc_connection_never_waits_on_its_client():
-    """The eviction runs in the accepting thread, under the server's lock: a client that
-    stopped reading (its socket buffer full) must not hold every new connection back for
-    the send timeout. The GOAWAY is a courtesy; the connection is closed either way."""
-    import socket
-    import threading
-    from types import SimpleNamespace
+def test_evicting_an_idle_grpc_connection_never_waits_on_its_client(start_agent, public_dir):
+    """Both places (edge_agent_max_connections 2) held by this user's idle gRPC connections
+    whose clients stopped reading (PING ACKs fill their sockets): a client of another user
+    is admitted at once, the loop does not wait for the evicted client to take its GOAWAY
+    (a courtesy), and that connection is closed either way; the other one stays."""
+    from capture_helpers import wait_for
+    from test_fair_share import as_nobody
 
-    from edge_agent.config import from_mapping
-    from edge_agent.transport.grpc_front import GrpcConnection
-
-    config = from_mapping({"edge_agent_send_timeout_seconds": 3600})
-    server = SimpleNamespace(config=config, pending=PendingBudget(1 << 20, 1 << 10))
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run a client as a second user")
+    workdir = public_dir / "agent"
+    workdir.mkdir(mode=0o755)
+    os.chmod(workdir, 0o755)
+    grpc_path = str(workdir / "grpc.sock")
+    agent = start_agent(workdir=workdir, edge_agent_socket_mode="0666",
+                        edge_agent_max_connections=2, edge_agent_grpc_socket_path=grpc_path,
+                        edge_agent_send_timeout_seconds=3600,
+                        edge_agent_idle_timeout_seconds=3600)
+    handlers = agent.app.grpc_server._handlers
+    stalled = []
     try:
-        connection = GrpcConnection(server, ours)
-        with connection._cond:
-            connection.h2.initiate_connection()
-            connection.h2.data_to_send()
-        ours.setblocking(False)
-        try:
-            while True:  # what an earlier reply left unread: the buffer full
-                ours.send(bytes(65536))
-        except BlockingIOError:
-            pass
-        ours.setblocking(True)
-        evicted: list = []
-        thread = threading.Thread(target=lambda: evicted.append(connection.evict("room")),
-                                  daemon=True)
-        thread.start()
-        thread.join(60)  # a bound for the bug (it waited the send timeout), not a timing
-        hung = thread.is_alive()
-        if hung:
-            theirs.close()  # unblock it
-            thread.join()
-        assert not hung and evicted == [True]
+        for _ in range(2):
+            client = RawClient(grpc_path)
+            stalled.append(client)
+            client.settled()
+            assert client.status(client.call(headers(), message(b"")))[0] == 0
+            wait_for(lambda: len(handlers) == len(stalled), what="the connection registered")
+            _ping_flood(client.sock, 4 << 20)  # never read
+        # Each waits with its client's socket full: idle, and with bytes it cannot send.
+        wait_for(lambda: all(h.idle and h.sending for h in list(handlers.values())),
+                 what="both connections stalled on their clients")
+
+        def other_user() -> dict:
+            client = RawClient(grpc_path)
+            try:
+                client.settled()
+                return {"status": list(client.status(client.call(headers(), message(b""))))}
+            finally:
+                client.close()
+
+        assert as_nobody(agent, other_user) == {"status": [0, ""]}
+        closed = []
+        for client in stalled:  # what waits in each socket, then the end for the evicted one
+            client.sock.setblocking(False)
+            try:
+                while client.sock.recv(1 << 20):
+                    pass
+                closed.append(client)
+            except BlockingIOError:
+                pass
+            except ConnectionError:
+                closed.append(client)
+        assert len(closed) == 1
+        assert "closing an idle gRPC connection" in agent.log()
+        wait_for(lambda: len(handlers) == 1, what="the other user's connection to end")
     finally:
-        ours.close()
-        theirs.close()
+        for client in stalled:
+            client.close()

@@ -309,3 +309,39 @@ def test_a_connection_over_the_limit_is_answered_resource_exhausted_then_goaway(
 def test_helpers():
     assert percent_encode("a%b é") == b"a%25b %C3%A9"
     assert parse_timeout(b"100m") == pytest.approx(0.1) and parse_timeout(b"x") is None
+
+
+def test_a_reset_call_still_running_counts_against_the_stream_limit():
+    """Resetting a stream does not end its call: until the call is answered, a new stream
+    beyond MAX_STREAMS is refused, else HEADERS, DATA and RST_STREAM in a loop would queue
+    calls without bound. The reset call is no longer wanted; its answer frees its place."""
+    pair = Pair()
+    streams = [pair.call(headers(), message(b"")) for _ in range(MAX_STREAMS)]
+    assert len(pair.to_server()) == MAX_STREAMS
+    for stream_id in streams:
+        pair.client.reset_stream(stream_id)
+    extra = pair.call(headers(), message(b""))
+    assert pair.to_server() == []  # refused: the reset calls still run
+    pair.to_client()
+    assert pair.replies[extra].get("done")
+    assert not any(pair.server.wanted(stream_id) for stream_id in streams)
+    pair.server.reply(streams[0], StatusCode.OK, b"late", pair.now)  # dropped: place freed
+    again = pair.call(headers(), message(b""))
+    assert [call.stream_id for call in pair.to_server()] == [again]
+    assert pair.server.wanted(again)
+    pair.to_client()
+    assert streams[0] not in pair.replies or not pair.replies[streams[0]]["data"]
+
+
+def test_a_stream_refused_over_the_limit_and_reset_by_the_client_in_one_chunk():
+    """The client reset the stream past the limit in the same write that opened it: h2 has
+    closed it already when the agent refuses it, and the connection goes on."""
+    pair = Pair(greet=False)  # (a client with the agent's settings would not open a 17th)
+    streams = [pair.call(headers(), end=False) for _ in range(MAX_STREAMS)]  # bodies to come
+    assert pair.to_server() == []
+    extra = pair.call(headers(), end=False)
+    pair.client.reset_stream(extra)
+    assert pair.to_server() == []  # no StreamClosedError out of receive_data
+    assert not pair.server.closed
+    pair.client.send_data(streams[0], message(b"x"), end_stream=True)
+    assert [call.stream_id for call in pair.to_server()] == [streams[0]]
