@@ -27,6 +27,7 @@ from edge_agent.protocol.grpc_connection import (Call, GrpcConnection, parse_tim
 from edge_agent.transport.event_loop import READ, WRITE
 from edge_agent.transport.front_core import FrontCore, FrontLoop
 from edge_agent.transport.pending import PendingBudget
+from edge_agent.transport.workers import NOT_RUN, TURN
 from edge_agent.protocol.receiving import RECV_BYTES
 
 __all__ = ["GrpcServer", "start", "parse_timeout", "percent_encode"]
@@ -37,12 +38,9 @@ log = logging.getLogger(__name__)
 # at most MAX_REFUSING at once; beyond, it is closed unanswered.
 REFUSAL_SECONDS = 2.0
 MAX_REFUSING = 4
-# Calls of one connection run inline in one turn of the loop before the others' turn.
-TURN = 8
 # While more than this waits to be sent to a client, nothing more is read from it: a client
 # that sends (PINGs, say) and never reads cannot make the agent hold ever more answers.
 MAX_UNSENT = 256 * 1024
-_NOT_RUN = Outcome(StatusCode.UNAVAILABLE, "the connection closed before the call ran")
 
 
 class GrpcServer:
@@ -244,7 +242,7 @@ class GrpcHandler(_Sender):
     def _run(self, call: Call) -> None:
         server, conn = self.server, self.conn
         if not conn.wanted(call.stream_id):  # reset by the client: not run, place freed
-            conn.reply(call.stream_id, _NOT_RUN.code, _NOT_RUN.reply, time.monotonic())
+            conn.reply(call.stream_id, NOT_RUN.code, NOT_RUN.reply, time.monotonic())
             return
         if call.rpc is None:
             outcome = server.api.unknown(call.path)
@@ -260,7 +258,7 @@ class GrpcHandler(_Sender):
             try:
                 # A call whose client went (or reset it) while it waited is not run; its
                 # answer, dropped, frees its place among the connection's streams.
-                outcome = (_NOT_RUN if self.closed or not self.conn.wanted(call.stream_id)
+                outcome = (NOT_RUN if self.closed or not self.conn.wanted(call.stream_id)
                            else self._serve(call, measured))
             except BaseException as e:  # never: Api.serve answers every failure
                 outcome = Outcome(StatusCode.INTERNAL, f"internal error: {e}")
