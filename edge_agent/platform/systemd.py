@@ -38,12 +38,12 @@ def notify(message: str, env: Mapping[str, str] = os.environ) -> bool:
         log.warning("NOTIFY_SOCKET=%s is not a UNIX socket address; systemd is not notified",
                     notify_socket)
         return False
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-        try:
+    try:  # the socket too: out of descriptors (EMFILE) for a moment, the next ping succeeds
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
             sock.sendto(message.encode(), address)
-        except OSError as e:
-            log.warning("cannot notify systemd at %s: %s", notify_socket, e)
-            return False
+    except OSError as e:
+        log.warning("cannot notify systemd at %s: %s", notify_socket, e)
+        return False
     return True
 
 

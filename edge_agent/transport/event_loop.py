@@ -78,6 +78,9 @@ class EventLoop:
         self._incoming: deque = deque()  # (callback, args) from other threads
         self._ready: deque = deque()  # callbacks for the next turn, on the loop
         self._timed: set[Timed] = set()
+        # Items whose deadline stayed put when their timer fired (by the deadline): a second
+        # time in a row, they are dropped (see _run_timers).
+        self._unmoved: dict[Timed, float] = {}
         self._next_timer = _NEVER
         self._periodic: list[list] = []  # [due, interval, callback]
         self._next_periodic = _NEVER
@@ -86,16 +89,24 @@ class EventLoop:
         self._on_stop: list[Callable[[], None]] = []  # called once, on the loop, at stop()
         self._until: Callable[[], bool] | None = None
         self.thread: threading.Thread | None = None
+        # close() and the wake-up write exclude each other: a thread that calls in after the
+        # loop closed must not write into a descriptor number reused since. Reentrant: stop()
+        # may run in a signal handler on a thread that is inside call_soon_threadsafe().
+        self._wake_lock = threading.RLock()
         self.closed = False
 
     # --- from any thread ----------------------------------------------------------------
 
     def call_soon_threadsafe(self, callback: Callable, *args) -> None:
-        self._incoming.append((callback, args))
-        try:
-            os.write(self._wake_w, b"\0")
-        except (BlockingIOError, OSError):
-            pass  # the pipe is full (a wake-up is pending anyway) or the loop is gone
+        with self._wake_lock:
+            if self.closed:  # a worker that outlived the stop: nobody is left to answer
+                log.debug("the loop is closed; dropped a late call of %r", callback)
+                return
+            self._incoming.append((callback, args))
+            try:
+                os.write(self._wake_w, b"\0")
+            except OSError:
+                pass  # the pipe is full: a wake-up is pending anyway
 
     def stop(self, grace: float = 2.0) -> None:
         """Ask the loop to stop: the fronts stop accepting and end their connections
@@ -115,6 +126,7 @@ class EventLoop:
 
     def remove_timed(self, item: Timed) -> None:
         self._timed.discard(item)
+        self._unmoved.pop(item, None)
 
     def timer_changed(self, deadline: float | None) -> None:
         """A timed item's deadline moved (earlier: the loop must look sooner)."""
@@ -194,8 +206,8 @@ class EventLoop:
                     self._run_periodic(now)
 
     def _fault(self, callback: Callable) -> None:
-        """A fault of ours in a handler: its connection is closed, the loop (and every other
-        connection) goes on."""
+        """A fault of ours in a handler (or its timer): its connection is closed, the loop
+        (and every other connection) goes on."""
         owner = getattr(callback, "__self__", None)
         log.exception("a connection failed with an internal error; it is closed, the agent "
                       "keeps serving")
@@ -210,22 +222,47 @@ class EventLoop:
         for periodic in self._periodic:
             if now >= periodic[0]:
                 periodic[0] = now + periodic[1]
-                periodic[2]()
+                try:
+                    periodic[2]()
+                except Exception:  # (the watchdog's ping out of descriptors): next time
+                    log.exception("a periodic task of the loop failed; the loop goes on")
         self._next_periodic = min(p[0] for p in self._periodic)
 
     def _run_timers(self, now: float) -> None:
-        self._next_timer = _NEVER
+        # The stop's deadline is a timer too: the loop must look again then, whatever fired.
+        self._next_timer = self.stop_deadline if self.stop_deadline > now else _NEVER
         for item in list(self._timed):
             deadline = item.deadline()
             if deadline is not None and deadline <= now:
-                item.on_timer(now)
-                deadline = item.deadline() if item in self._timed else None
+                try:
+                    item.on_timer(now)
+                except Exception:
+                    self._fault(item.on_timer)
+                if item not in self._timed:
+                    continue
+                after = item.deadline()
+                if after is not None and after == deadline:
+                    # Still due. Once may be rounding (a check that wants `now` past the
+                    # deadline, not at it: the next turn's clock is); twice in a row, the
+                    # item ignores its timer and the loop would spin on it every turn. A bug
+                    # of ours: the item loses its timer rather than the agent a core.
+                    if self._unmoved.get(item) == deadline:
+                        log.error("%r did not move its deadline (%.3f) when its timer "
+                                  "fired; its timer is dropped", item, deadline)
+                        self.remove_timed(item)
+                        continue
+                    self._unmoved[item] = deadline
+                else:
+                    self._unmoved.pop(item, None)
+                deadline = after
             if deadline is not None and deadline < self._next_timer:
                 self._next_timer = deadline
 
     def close(self) -> None:
-        if not self.closed:
+        with self._wake_lock:
+            if self.closed:
+                return
             self.closed = True
-            self.selector.close()
-            os.close(self._wake_r)
-            os.close(self._wake_w)
+            os.close(self._wake_w)  # (under the lock: no late wake-up writes to its number)
+        self.selector.close()
+        os.close(self._wake_r)

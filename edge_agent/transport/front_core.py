@@ -155,13 +155,18 @@ class FrontCore:
                           "are kept for other users; try again later")
             self._refuse(sock, reason)
             return
+        fd = sock.fileno()  # (-1 once the handler closed the socket)
         try:
             handler = self._make_connection(sock, caller)
         except OSError as e:  # the client left (setsockopt on a dead socket)
             log.debug("client connection ended at once: %s", e)
             sock.close()
             return
-        self.handlers[sock.fileno()] = handler
+        if sock.fileno() == -1:  # the client left before its first bytes could be sent: the
+            # handler closed itself, and neither it nor its timer is kept
+            log.debug("client connection ended at once")
+            return
+        self.handlers[fd] = handler
         self.loop.add_timed(handler)
 
     def remove(self, fd: int, handler: Handler) -> None:

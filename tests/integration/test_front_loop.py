@@ -490,3 +490,50 @@ def test_the_calls_of_a_client_that_hung_up_are_not_run(tmp_path, monkeypatch):
         os.close(r)
         if w >= 0:
             os.close(w)
+
+
+def test_a_handler_that_closed_in_its_constructor_is_not_kept(tmp_path):
+    """A client that connects and leaves at once: the handler's first write fails (EPIPE) and
+    it closes itself before the core registers it. Registered anyway, it sat under
+    handlers[-1] with its timer in the past, and the loop spun a core on it."""
+    from edge_agent.transport.event_loop import READ
+    from edge_agent.transport.front_core import FrontCore
+
+    made: list = []
+
+    class ClosesAtOnce:
+        def __init__(self, sock, caller):
+            self.sock, self.caller, self.closed = sock, caller, False
+            loop.selector.register(sock, READ, lambda mask: None)
+            made.append(self)
+            self.close()  # (its first write: EPIPE)
+
+        idle = True
+
+        def deadline(self):
+            return 0.0
+
+        def on_timer(self, now):
+            pass
+
+        def close(self):
+            if not self.closed:
+                self.closed = True
+                core.remove(self.sock.fileno(), self)
+                loop.selector.unregister(self.sock)
+                self.sock.close()
+
+    fronts = FrontLoop()
+    loop = fronts.loop
+    core = FrontCore(loop, _config(tmp_path), str(tmp_path / "grpc.sock"), "test", None,
+                     ClosesAtOnce, lambda sock, reason: sock.close())
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        theirs.close()
+        core._admit(ours)
+        assert made and made[0].closed
+        assert core.handlers == {} and made[0] not in loop._timed
+    finally:
+        fronts.workers.stop()
+        loop.close()
+        ours.close()

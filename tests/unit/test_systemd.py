@@ -55,3 +55,12 @@ def test_the_watchdog_is_fed_only_while_the_agent_is_healthy():
     finally:
         watchdog.stop()
     assert set(sent) == {"WATCHDOG=1"}
+
+
+def test_notify_out_of_descriptors_says_false_and_raises_nothing(monkeypatch):
+    """(The watchdog's ping runs on the event loop: an exception out of it ended the loop.)"""
+    def no_descriptor(*args, **kwargs):
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(systemd.socket, "socket", no_descriptor)
+    assert not systemd.notify("WATCHDOG=1", {"NOTIFY_SOCKET": "/run/systemd/notify"})
