@@ -7,8 +7,8 @@
     .venv/bin/python benchmarks/profile_predict.py memory                (idle RSS by mapping)
     .venv/bin/python benchmarks/profile_predict.py malloc [--calls N]    (image, malloc thresholds)
 
-- server: the server side of a Predict (Api.invoke on a received body, the call the connection
-  thread makes) under cProfile, tiny model and a 1x224x224x3 float32 input; the functions by
+- server: the server side of a Predict (Api.serve on a received body, the call the front
+  makes) under cProfile, tiny model and a 1x224x224x3 float32 input; the functions by
   their own time per call. cProfile's own cost inflates Python calls several times: read the
   shares, not the absolute figures.
 - client: AgentClient.predict (tiny) under cProfile, the agent in another process: what the
