@@ -338,16 +338,19 @@ def replay_with_usage(program: str, pids: Sequence[int], socket_path: str, itera
                       frames: Sequence[str], cpus: set[int] | None = None) -> dict[str, Any]:
     """frame_bench replay-sync: its figures, and per_request of the agent `pids[0]` over the
     timed calls only (read after the warm-up and before the connections close). `cpus`: the
-    client's threads are pinned there."""
-    pin_client = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
+    client's threads are pinned there, once it is ready and before its timed calls (not in a
+    preexec_fn: Python between fork and exec of this threaded process, grpcio's among its
+    threads, is not safe)."""
     client = subprocess.Popen([program, "replay-sync", socket_path, str(iterations), *frames],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, preexec_fn=pin_client)
+                              stderr=subprocess.PIPE, text=True)
     stuck = threading.Timer(600, client.kill)  # an agent that stopped answering
     stuck.start()
     try:
         assert client.stdin is not None and client.stdout is not None
         ready = client.stdout.readline()
+        if cpus and ready == "ready\n":
+            pin(client.pid, cpus)
         before = usage(pids[0]) if ready == "ready\n" else None
         with contextlib.suppress(BrokenPipeError):
             client.stdin.write("go\n")
