@@ -9,8 +9,11 @@ import uuid
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from edge_agent import agent_pb2 as pb
+from edge_agent.api.service import AgentService
+from edge_agent.errors import AgentError, StatusCode
 from wire import add_array
 
 
@@ -73,3 +76,19 @@ def wait_all(client, capture_ids, status="SUCCESS", timeout=60):
     for cid in capture_ids:
         wait_for(lambda cid=cid: client.get_capture_data_status(cid) == status, timeout=timeout,
                  what=f"{cid} to be {status}")
+
+
+def status_of(service: AgentService, capture_id: str) -> pb.GetCaptureDataStatusResponse:
+    return service.get_capture_data_status(pb.GetCaptureDataStatusRequest(capture_id=capture_id))
+
+
+def wait_status(service, capture_id, status=pb.SUCCESS):
+    return wait_for(lambda: status_of(service, capture_id).status == status,
+                    what=f"{capture_id} to be {pb.CaptureDataStatus.Name(status)}")
+
+
+def expect(code: StatusCode, call, *args) -> AgentError:
+    with pytest.raises(AgentError) as info:
+        call(*args)
+    assert info.value.code == code, info.value
+    return info.value

@@ -99,3 +99,29 @@ def public_python():
         yield PublicPython.make(directory)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def make_service(tmp_path):
+    """make_service(**settings) → an AgentService capturing to tmp_path/out, closed after the
+    test (the capture service's tests, unit and integration)."""
+    services = []
+
+    def make(**overrides):
+        settings = {
+            "edge_agent_state_dir": str(tmp_path / "state"),
+            "sagemaker_edge_core_capture_data_disk_path": str(tmp_path / "out"),
+            "sagemaker_edge_core_capture_data_push_period_seconds": 0.05,
+            "edge_agent_capture_retry_max_seconds": 0.05,
+            "edge_agent_capture_flush_seconds": 0.5,
+        }
+        settings.update(overrides)
+        from edge_agent.api.service import AgentService
+        from edge_agent.platform import boards
+        service = AgentService(boards.load(None, settings))
+        services.append(service)
+        return service
+
+    yield make
+    for service in services:
+        service.close()

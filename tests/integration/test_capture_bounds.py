@@ -7,52 +7,11 @@ from __future__ import annotations
 import socket
 
 import pytest
-from capture_helpers import capture_request, delivered_ids, disk_manifests, wait_for
+from capture_helpers import (capture_request, delivered_ids, disk_manifests, expect, status_of,
+                             wait_status)
 
 from edge_agent import agent_pb2 as pb
-from edge_agent.api.service import AgentService
 from edge_agent.errors import AgentError, StatusCode
-from edge_agent.platform import boards
-
-
-@pytest.fixture
-def make_service(tmp_path):
-    """make_service(**settings) → an AgentService capturing to tmp_path/out, closed after the
-    test (as tests/unit/test_capture_service.py makes them)."""
-    services = []
-
-    def make(**overrides) -> AgentService:
-        settings = {
-            "edge_agent_state_dir": str(tmp_path / "state"),
-            "sagemaker_edge_core_capture_data_disk_path": str(tmp_path / "out"),
-            "sagemaker_edge_core_capture_data_push_period_seconds": 0.05,
-            "edge_agent_capture_retry_max_seconds": 0.05,
-            "edge_agent_capture_flush_seconds": 0.5,
-        }
-        settings.update(overrides)
-        service = AgentService(boards.load(None, settings))
-        services.append(service)
-        return service
-
-    yield make
-    for service in services:
-        service.close()
-
-
-def status_of(service: AgentService, capture_id: str) -> pb.GetCaptureDataStatusResponse:
-    return service.get_capture_data_status(pb.GetCaptureDataStatusRequest(capture_id=capture_id))
-
-
-def wait_status(service, capture_id, status=pb.SUCCESS):
-    return wait_for(lambda: status_of(service, capture_id).status == status,
-                    what=f"{capture_id} to be {pb.CaptureDataStatus.Name(status)}")
-
-
-def expect(code: StatusCode, call, *args) -> AgentError:
-    with pytest.raises(AgentError) as info:
-        call(*args)
-    assert info.value.code == code, info.value
-    return info.value
 
 
 def unreachable_store() -> dict:

@@ -17,49 +17,12 @@ from edge_agent import agent_pb2 as pb
 from edge_agent.platform import boards
 from edge_agent.capture.capture_calls import CaptureService
 from edge_agent.config import ConfigError
-from edge_agent.errors import AgentError, StatusCode
+from edge_agent.errors import StatusCode
 from edge_agent.api.service import AgentService
 from wire import add_array
 
-from capture_helpers import capture_request, delivered_ids, disk_manifests, lines, payload, wait_for
-
-
-@pytest.fixture
-def make_service(tmp_path):
-    services = []
-
-    def make(**overrides) -> AgentService:
-        settings = {
-            "edge_agent_state_dir": str(tmp_path / "state"),
-            "sagemaker_edge_core_capture_data_disk_path": str(tmp_path / "out"),
-            "sagemaker_edge_core_capture_data_push_period_seconds": 0.05,
-            "edge_agent_capture_retry_max_seconds": 0.05,
-            "edge_agent_capture_flush_seconds": 0.5,
-        }
-        settings.update(overrides)
-        service = AgentService(boards.load(None, settings))
-        services.append(service)
-        return service
-
-    yield make
-    for service in services:
-        service.close()
-
-
-def status_of(service: AgentService, capture_id: str) -> pb.GetCaptureDataStatusResponse:
-    return service.get_capture_data_status(pb.GetCaptureDataStatusRequest(capture_id=capture_id))
-
-
-def wait_status(service, capture_id, status=pb.SUCCESS):
-    return wait_for(lambda: status_of(service, capture_id).status == status,
-                    what=f"{capture_id} to be {pb.CaptureDataStatus.Name(status)}")
-
-
-def expect(code: StatusCode, call, *args) -> AgentError:
-    with pytest.raises(AgentError) as info:
-        call(*args)
-    assert info.value.code == code, info.value
-    return info.value
+from capture_helpers import (capture_request, delivered_ids, disk_manifests, expect, lines,
+                             payload, status_of, wait_for, wait_status)
 
 
 # --- the happy path and the layout ------------------------------------------------------------
