@@ -54,7 +54,8 @@ lint: $(STAMP)
 	$(PY) -m mypy.stubtest --mypy-config-file cext/stubtest-mypy.ini --ignore-unused-allowlist \
 		--allowlist cext/stubtest-allowlist.txt \
 		edge_agent.protocol._framing edge_agent.shm._shm edge_agent.observe._metrics edge_agent.protocol._predict \
-		edge_agent.models._flatverify
+		edge_agent.models._flatverify edge_agent.models._plain_call \
+		edge_agent.transport._inline_predicts
 
 # Then the unit and integration tests once more on the pure-Python twins of the compiled
 # modules (EDGE_AGENT_PUREPYTHON=1; docs/DEVELOPMENT.md, "Compiled modules and their twins"),

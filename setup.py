@@ -17,6 +17,8 @@ EXTENSIONS = [
     Extension("edge_agent.observe._metrics", ["cext/_metrics.pyx"]),
     Extension("edge_agent.protocol._predict", ["cext/_predict.pyx"]),
     Extension("edge_agent.models._flatverify", ["cext/_flatverify.pyx"]),
+    Extension("edge_agent.models._plain_call", ["cext/_plain_call.pyx"]),
+    Extension("edge_agent.transport._inline_predicts", ["cext/_inline_predicts.pyx"]),
 ]
 
 here = os.path.dirname(os.path.abspath(__file__))

@@ -13,6 +13,8 @@ COMPILED = {
     "edge_agent.protocol._framing": "edge_agent.protocol.frames",
     "edge_agent.protocol._predict": "edge_agent.protocol.predict_codec",
     "edge_agent.models._flatverify": "edge_agent.models.verifier",
+    "edge_agent.models._plain_call": "edge_agent.models.plain_call",
+    "edge_agent.transport._inline_predicts": "edge_agent.transport.inline_predicts",
     "edge_agent.observe._metrics": "edge_agent.observe.metrics",
     "edge_agent.shm._shm": "edge_agent.shm.segments",
 }

@@ -126,11 +126,11 @@ class Api:
             rpc.method: (rpc.codec.decode_request,
                          _replying(getattr(service, rpc.handler), rpc.codec.encode_response))
             for rpc in rpcs}
-        self._count = count
+        self.count = count
 
     def unknown(self, method: object) -> Outcome:
         """The reply to a method this agent does not serve, counted as rpc "unknown"."""
-        self._count("unknown", StatusCode.UNIMPLEMENTED)
+        self.count("unknown", StatusCode.UNIMPLEMENTED)
         return unknown_method(method)
 
     def serve(self, rpc: Rpc, body: bytes | memoryview, caller: Caller) -> Outcome:
@@ -151,17 +151,21 @@ class Api:
         else:
             try:
                 outcome = Outcome(StatusCode.OK, reply(request, caller))
-            except AgentError as e:
-                log.debug("%s failed: %s", rpc.name, e)
-                outcome = Outcome(e.code, e.message)
-            except Exception as e:  # a fault of ours: report it, keep serving
-                outcome = self._internal(rpc, e)
-        self._count(rpc.name, outcome.code)
+            except Exception as e:
+                outcome = self.failure(rpc, e)
+        self.count(rpc.name, outcome.code)
         return outcome
 
     @staticmethod
-    def _internal(rpc: Rpc, error: Exception) -> Outcome:
-        log.exception("%s failed with an internal error", rpc.name)
+    def failure(rpc: Rpc, error: Exception) -> Outcome:
+        """The outcome of a call of `rpc` that raised `error` (an AgentError: its code and
+        message; anything else is a fault of ours, logged whole, INTERNAL), logged here so
+        every front's failures read alike. Also the framed front's inline Predicts' one
+        failure path (edge_agent.transport.inline_predicts)."""
+        if isinstance(error, AgentError):
+            log.debug("%s failed: %s", rpc.name, error)
+            return Outcome(error.code, error.message)
+        log.error("%s failed with an internal error", rpc.name, exc_info=error)
         return Outcome(StatusCode.INTERNAL,
                        f"internal error in {rpc.name}: {type(error).__name__}: {error}")
 

@@ -238,11 +238,10 @@ class AgentService:
         model = self._model(name)
         predicted = False  # counted OK by the model; the shared memory may yet prove truncated
         try:
-            if not output_handles:
-                arrays = predict_codec.plain_inputs(tensors, *model.plain_match)
-                if arrays is not None:  # the common case, first: it is on every Predict
-                    with model.run(arrays, False, 0, None, started) as outputs:
-                        return predict_codec.encode_response(outputs)
+            if not output_handles:  # the common case, first: it is on every Predict
+                reply = model.plain_call.run(tensors, started)
+                if reply is not None:
+                    return reply
             if output_handles or _any_shared(tensors):
                 with self.shm.call(caller) as shm:
                     writer = (shm.output_writer(output_handles, model.outputs)
@@ -289,6 +288,13 @@ class AgentService:
                                      self.lifecycle)
 
     # --- helpers ----------------------------------------------------------------------------
+
+    @property
+    def serving(self) -> dict[str, LoadedModel]:
+        """The models served, by name: the live dictionary (never replaced, only changed under
+        the service's lock), for a reader on the hot path that reads it without the lock, as
+        _model does (one dict read is atomic)."""
+        return self._models
 
     def _model(self, name: str) -> LoadedModel:
         model = self._models.get(name)  # a dict read is atomic; no lock on the hot path

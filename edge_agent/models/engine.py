@@ -19,6 +19,7 @@ import numpy as np
 from edge_agent import agent_pb2 as pb
 from edge_agent.errors import (AgentError, StatusCode, failed_precondition, invalid_argument,
                                resource_exhausted)
+from edge_agent.models.plain_call import PlainCall
 from edge_agent.platform.runtime import interpreter_module
 from edge_agent.protocol.tensors import (SHARED_MEMORY, WireTensor, byte_length, checked_array,
                                data_type_name, data_type_of, describe, format_shape,
@@ -150,6 +151,9 @@ class LoadedModel:
                   for spec in self.inputs))
         if metrics is not None:
             metrics.inputs_per_call = len(self.inputs)
+        # The common Predict in one call (edge_agent.models.plain_call): the service's and the
+        # framed front's inline answer.
+        self.plain_call = PlainCall(self, interpreter)
 
     def wait_idle(self) -> None:
         """Return once the call running on this model (if any) has finished: after a swap,

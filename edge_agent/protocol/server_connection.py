@@ -209,6 +209,31 @@ class ServerConnection:
         self._hold(self._splitter.pending)
         return self._event(parts, fds)
 
+    # --- requests answered by the caller directly -------------------------------------------
+
+    def inline_splitter(self):
+        """The splitter, when the whole frames at its head may be taken by the caller's own
+        pass (edge_agent.transport.inline_predicts): nothing split early waits, no closing
+        error, no descriptors wait for their frame, the connection open; else None. After
+        the pass, give_back() what it did not answer."""
+        if self._queue or self._failure is not None or self._carried is not None \
+                or self._closed:
+            return None
+        return self._splitter
+
+    def give_back(self, held) -> None:
+        """After the caller's pass over inline_splitter(): `held`, the frame it took but did not
+        answer (next_view's parts: the next event hands it out, as next_event would have)
+        or the FramingError the splitter raised (the next event is that closing error), or
+        None; the frames it answered are released from the pending budget."""
+        self._hold(self._splitter.pending)
+        if held is None:
+            return
+        if isinstance(held, FramingError):
+            self._failure = self._closing(held.code, held.message, held.request_id)
+        else:
+            self._queue.append((held, None))
+
     # --- bytes out --------------------------------------------------------------------------
 
     def reply_parts(self, request_id: int, method: int, code: int,

@@ -26,17 +26,19 @@ import time
 from collections import deque
 
 from edge_agent.api.caller import Caller
-from edge_agent.api.rpcs import BY_METHOD, Api, Outcome
+from edge_agent.api.rpcs import BY_METHOD, Api, Method, Outcome
 from edge_agent.api.service import AgentService
 from edge_agent.config import AgentConfig
 from edge_agent.errors import StatusCode
-from edge_agent.protocol import NeedData, ProtocolError, Request, ServerConnection, encode_error
+from edge_agent.protocol import (NeedData, ProtocolError, Request, ServerConnection, encode_error,
+                                 reply_parts)
 from edge_agent.transport.event_loop import READ, WRITE
 from edge_agent.transport.front_core import FrontCore, FrontLoop
 from edge_agent.transport.pending import PendingBudget
 from edge_agent.transport.socket_files import ServerError, peer_credentials
 from edge_agent.transport.socket_io import close_fds, receive_with_fds
-from edge_agent.transport.workers import NOT_RUN, TURN
+from edge_agent.transport.inline_predicts import InlinePredicts
+from edge_agent.transport.workers import MEASURE_EVERY, NOT_RUN, TURN
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +72,10 @@ class SocketServer:
         self.fronts.add(self.core)
         self.pending = self.core.pending
         service.metrics.watch_connections("framed", self.core.handlers.__len__)
+        # The Predicts of models measured fast enough for the loop, answered in one compiled
+        # pass over what a receive brought (edge_agent.transport.inline_predicts).
+        self.inline = InlinePredicts(service.serving, self.workers.decided, self.api.count,
+                                     self.workers.measure, Method.PREDICT, MEASURE_EVERY)
 
     @property
     def _handlers(self) -> dict:
@@ -110,6 +116,15 @@ class SocketServer:
         """One request's body in, its outcome out; never raises for a bad request."""
         rpc = BY_METHOD.get(method)
         return self.api.unknown(method) if rpc is None else self.api.serve(rpc, body, caller)
+
+    def inline_failed(self, model, error: Exception) -> Outcome:
+        """The outcome of an inline Predict whose run raised `error` (the runtime's fault:
+        the pass answers only what it can run), counted as the service counts a failed
+        Predict (the model's and the front's counters)."""
+        outcome = self.api.failure(BY_METHOD[Method.PREDICT], error)
+        model.count_failure(outcome.code)
+        self.api.count("Predict", outcome.code)
+        return outcome
 
 
 class FramedConnection:
@@ -239,18 +254,46 @@ class FramedConnection:
             self.idle = False
             now = time.monotonic()
             protocol.buffer_updated(n, now, fds, truncated)
-            self._advance(now)
+            answered = 0 if fds or self._stopping else self._answer_inline(now)
+            self._advance(now, TURN - answered)
             if not (self._reading and protocol.receive_whole) or self._closed:
                 return
 
-    def _advance(self, now: float | None = None) -> None:
+    def _answer_inline(self, now: float) -> int:
+        """The inline Predicts at the head of what was received, answered in one pass and
+        their replies sent in one sendmsg: how many (of this turn's). The pass hands the first
+        frame it does not answer back to the protocol, for _advance."""
+        protocol = self.protocol
+        splitter = protocol.inline_splitter()
+        if splitter is None:
+            return 0
+        inline = self.server.inline
+        out = bytearray()
+        answered = inline.answer(splitter, TURN, out, now)
+        failed = inline.failed
+        protocol.give_back(inline.held)
+        if failed is not None:  # its frame is taken: answered here, in its place
+            parts, model, error = failed
+            outcome = self.server.inline_failed(model, error)
+            message = str(outcome.reply).encode("utf-8", "replace")
+            header, message = reply_parts(parts[1], parts[3], outcome.code, message)
+            out += header + message
+            answered += 1
+        if out:
+            # What follows waits for the replies to go (_advance); the socket is read again
+            # only once _advance finds the protocol needing bytes.
+            self._reading = False
+            self._send(out)
+        return answered
+
+    def _advance(self, now: float | None = None, turn: int = TURN) -> None:
         """Answer what is complete, in order, until the protocol needs bytes, a call runs
         off the loop, a reply waits for the client, or this turn's requests are done.
-        `now`: when the bytes came (the calls answered inline meanwhile are short)."""
+        `now`: when the bytes came (the calls answered inline meanwhile are short); `turn`:
+        the requests this turn still has."""
         protocol = self.protocol
         if now is None:
             now = time.monotonic()
-        turn = TURN
         while not (self._closed or self._closing or self._running or self._out):
             if self._stopping:
                 self.close()

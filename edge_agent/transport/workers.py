@@ -128,6 +128,13 @@ class Workers:
                 return worker.submit, measured
         return self._pool.submit, measured
 
+    @property
+    def decided(self) -> OrderedDict[str, bool]:
+        """Model name → measured slower than inline_seconds, for the models decided: the
+        live dictionary, read without the lock (one dict read) by the framed front's inline
+        pass."""
+        return self._slow
+
     def measure(self, name: str, seconds: float) -> None:
         """One successful Predict's time (wherever it ran): every SAMPLES, the least of them
         decides. Beyond MAX_MEASURED names, the least recently measured is forgotten: names
