@@ -100,6 +100,10 @@ cdef class InlinePredicts:
 
     def __cinit__(self, models, decided, count, measure, int method,
                   unsigned long measure_every):
+        # Read below with PyDict_GetItem, which a subclass (the workers' OrderedDict) allows
+        # and anything else would answer with nothing.
+        if not isinstance(models, dict) or not isinstance(decided, dict):
+            raise TypeError("models and decided must be dictionaries")
         self._models = models
         self._decided = decided
         self._count = count

@@ -11,6 +11,8 @@ checks and refuses it, with the only messages.
 """
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
+from weakref import ref
+
 from edge_agent.protocol.predict_codec import decode_request, encode_response, plain_inputs
 
 cdef enum:
@@ -29,13 +31,16 @@ cdef inline double _now() noexcept:
 cdef class PlainCall:
     """The plain Predict of one LoadedModel (edge_agent.models.engine), made once at load."""
 
-    cdef object _model, _lock, _set_tensor, _invoke, _tensor
+    # The model by a weak reference: it holds this object, and an unloaded model's
+    # interpreter (and its delegates) must go when the last call on it ends, not at the next
+    # garbage collection.
+    cdef object _model_ref, _lock, _set_tensor, _invoke, _tensor
     cdef str _name
     cdef tuple _indices, _outputs, _specs
     cdef dict _positions
 
     def __cinit__(self, model, interpreter):
-        self._model = model
+        self._model_ref = ref(model)
         self._name = model.name
         self._lock = model._lock
         self._set_tensor = interpreter.set_tensor
@@ -74,7 +79,9 @@ cdef class PlainCall:
             array = arrays[i]
             if not array.flags.carray and array.nbytes >= DIRECT_COPY_BYTES:
                 return None
-        model = self._model
+        model = self._model_ref()
+        if model is None:  # (only a caller that kept this object past its model)
+            return None
         metrics = model.metrics
         self._lock.acquire()
         try:

@@ -5,6 +5,7 @@ tests/unit/test_plain_call.py runs both."""
 from __future__ import annotations
 
 from typing import Any
+from weakref import ref
 
 from edge_agent.protocol.predict_codec import decode_request, encode_response, plain_inputs
 
@@ -16,10 +17,11 @@ DIRECT_COPY_BYTES = 16 * 1024
 class PlainCall:
     """The plain Predict of one LoadedModel (edge_agent.models.engine), made once at load."""
 
-    __slots__ = ("_model", "_name", "_positions", "_specs")
+    __slots__ = ("_model_ref", "_name", "_positions", "_specs")
 
     def __init__(self, model: Any, interpreter: Any):
-        self._model = model
+        # By a weak reference, as the compiled one: the model holds this object.
+        self._model_ref = ref(model)
         self._name = model.name
         self._positions, self._specs = model.plain_match
 
@@ -42,8 +44,8 @@ class PlainCall:
             return None
         if any(not a.flags.carray and a.nbytes >= DIRECT_COPY_BYTES for a in arrays):
             return None
-        model = self._model
-        if model._resized:  # read without the lock: run() fits the shapes back anyway
+        model = self._model_ref()
+        if model is None or model._resized:  # read without the lock: run() fits the shapes back anyway
             return None
         with model.run(arrays, False, 0, None, started) as outputs:
             return encode_response(outputs)

@@ -35,6 +35,9 @@ class FakeService:
                                        watch_connections=lambda front, count: None)
         self.on_predict = on_predict or (lambda request: None)
         self.predicted_on: list[str] = []  # the thread of each Predict
+        # No model for the framed front's inline pass: every Predict takes the usual path,
+        # whose placement these tests are about.
+        self.serving: dict = {}
 
     def __getattr__(self, name):
         if name.startswith("_"):
