@@ -20,9 +20,14 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.dict cimport PyDict_GetItem
 from cpython.object cimport PyObject
 from cpython.unicode cimport PyUnicode_DecodeUTF8
+from libc.errno cimport EAGAIN, EINTR, errno
 from libc.stdint cimport uint8_t, uint16_t, uint32_t
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memset, strerror
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
+
+from includes.sockets cimport (CMSG_DATA, CMSG_FIRSTHDR, CMSG_LEN, CMSG_NXTHDR, MSG_CMSG_CLOEXEC,
+                               MSG_CTRUNC, MSG_DONTWAIT, MSG_NOSIGNAL, SCM_RIGHTS, SOL_SOCKET,
+                               cmsghdr, iovec, msghdr, recvmsg, send)
 
 from edge_agent.errors import FramingError
 
@@ -31,6 +36,10 @@ cdef enum:
     REQUEST = 1
     REPLY = 2
     VERSION = 1
+    # edge_agent.protocol.receiving.MAX_FDS descriptors a frame may bring (its ancillary
+    # space, as socket_io's: more are cut off by the kernel, MSG_CTRUNC)
+    MAX_FDS = 16
+    CONTROL_BYTES = 128  # >= CMSG_SPACE(MAX_FDS * sizeof(int)) = 80 on every ABI
 
 
 cdef inline double _now() noexcept:
@@ -183,3 +192,76 @@ cdef class InlinePredicts:
             answered += 1
             self._count("Predict", 0)
         return answered
+
+    def receive(self, sock, splitter, Py_ssize_t offer, int turn, bytearray out,
+                double now):
+        """One receive of the connection's socket `sock` (non-blocking) into
+        splitter.get_buffer(offer), the pass over it, and the replies sent: the framed
+        front's steady state (no frame in progress) in one call.
+
+        Returns (nbytes, fds, truncated, answered, sent). nbytes 0: end of stream. With
+        descriptors (fds, a tuple, close-on-exec, now the caller's; truncated: MSG_CTRUNC) the
+        bytes are left unannounced to the splitter and nothing is answered: the caller's usual
+        path takes them with their descriptors. Otherwise the splitter has them and the pass
+        ran (answered, held and failed as answer() leaves them), and `sent` bytes of `out`
+        went (the caller sends the rest, and answers a failed call). Raises the receive's
+        OSError (BlockingIOError when nothing is there), the splitter's view released."""
+        cdef Py_buffer view
+        cdef msghdr message
+        cdef iovec vector
+        cdef char control[CONTROL_BYTES]
+        cdef cmsghdr* header
+        cdef Py_ssize_t received, count, i, sent = 0, wrote, size
+        cdef int* descriptors
+        cdef list fds = None
+        cdef bint truncated
+        cdef int error
+        cdef int fd = sock.fileno()
+        buffer = splitter.get_buffer(offer)
+        PyObject_GetBuffer(buffer, &view, PyBUF_SIMPLE)
+        memset(&message, 0, sizeof(message))
+        vector.iov_base = view.buf
+        vector.iov_len = view.len
+        message.msg_iov = &vector
+        message.msg_iovlen = 1
+        message.msg_control = control
+        message.msg_controllen = CONTROL_BYTES
+        while True:
+            received = recvmsg(fd, &message, MSG_CMSG_CLOEXEC | MSG_DONTWAIT)
+            if received >= 0 or errno != EINTR:
+                break
+        PyBuffer_Release(&view)
+        if received < 0:
+            error = errno  # before a Python call may change it
+            splitter.buffer_updated(0)  # the view released
+            if error == EAGAIN:  # (EWOULDBLOCK on Linux)
+                raise BlockingIOError(error, "recvmsg: nothing to receive")
+            raise OSError(error, strerror(error))
+        truncated = (message.msg_flags & MSG_CTRUNC) != 0
+        if message.msg_controllen:
+            fds = []
+            header = CMSG_FIRSTHDR(&message)
+            while header != NULL:
+                if header.cmsg_level == SOL_SOCKET and header.cmsg_type == SCM_RIGHTS:
+                    count = (header.cmsg_len - CMSG_LEN(0)) // sizeof(int)
+                    descriptors = <int*>CMSG_DATA(header)
+                    for i in range(count):
+                        fds.append(descriptors[i])
+                header = CMSG_NXTHDR(&message, header)
+        if fds or truncated or not received:
+            # Not this path's: the caller announces the bytes with their descriptors (or
+            # sees the end of the stream).
+            return received, tuple(fds or ()), truncated, 0, 0
+        splitter.buffer_updated(received)
+        answered = self.answer(splitter, turn, out, now)
+        size = PyByteArray_GET_SIZE(out)
+        if answered and self.failed is None:
+            while sent < size:
+                wrote = send(fd, PyByteArray_AS_STRING(out) + sent, size - sent,
+                             MSG_DONTWAIT | MSG_NOSIGNAL)
+                if wrote < 0:
+                    if errno == EINTR:
+                        continue
+                    break  # the caller's send sees the error, or waits to write the rest
+                sent += wrote
+        return received, (), False, answered, sent

@@ -221,6 +221,33 @@ class ServerConnection:
             return None
         return self._splitter
 
+    def steady_splitter(self):
+        """The splitter, when the connection waits for the first bytes of a frame (nothing of
+        one received, nothing held against the budget) and inline_splitter() would give it:
+        the caller may then receive receive_bytes into it, announce them to it and run its own
+        pass in one go (InlinePredicts.receive), then call taken(); else None, and the caller
+        receives the usual way (get_buffer, buffer_updated)."""
+        if self._held or self._eof or self._splitter.pending:
+            return None
+        return self.inline_splitter()
+
+    @property
+    def receive_bytes(self) -> int:
+        """What a receive offers between frames (get_buffer's size then)."""
+        return self._receive_bytes
+
+    def taken(self, now: float, held) -> None:
+        """After the caller received into steady_splitter() at monotonic time `now`, announced
+        the bytes to it and took the frames it answered: what is left is held against the
+        pending budget (refused as buffer_updated refuses: the connection's closing error),
+        and `held` given back (give_back)."""
+        self._now = now
+        if not self._hold(self._splitter.pending):
+            self._failure = self._header_fault() or self._closing(
+                StatusCode.RESOURCE_EXHAUSTED, self._budget.refusal())
+            return
+        self.give_back(held)
+
     def give_back(self, held) -> None:
         """After the caller's pass over inline_splitter(): `held`, the frame it took but did not
         answer (next_view's parts: the next event hands it out, as next_event would have)

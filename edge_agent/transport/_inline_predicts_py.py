@@ -8,6 +8,7 @@ from typing import Any, Callable
 
 from edge_agent.errors import FramingError
 from edge_agent.protocol.frames import HEADER, MAGIC, VERSION, Kind
+from edge_agent.transport.socket_io import receive_with_fds
 from edge_agent.transport.workers import predict_model_name
 
 _REQUEST = int(Kind.REQUEST)
@@ -72,3 +73,25 @@ class InlinePredicts:
             answered += 1
             self._count("Predict", 0)
         return answered
+
+    def receive(self, sock: Any, splitter: Any, offer: int, turn: int, out: bytearray,
+                now: float) -> tuple[int, tuple, bool, int, int]:
+        """One receive into splitter.get_buffer(offer), the pass over it and the replies sent:
+        (nbytes, fds, truncated, answered, sent), as the compiled one's docstring says."""
+        view = splitter.get_buffer(offer)
+        try:
+            received, fds, truncated = receive_with_fds(sock, view)
+        except OSError:
+            splitter.buffer_updated(0)  # the view released
+            raise
+        if fds or truncated or not received:
+            return received, fds, truncated, 0, 0
+        splitter.buffer_updated(received)
+        answered = self.answer(splitter, turn, out, now)
+        sent = 0
+        if answered and self.failed is None:
+            try:
+                sent = sock.send(out)
+            except OSError:  # the caller's send sees the error, or waits to write the rest
+                sent = 0
+        return received, (), False, answered, sent

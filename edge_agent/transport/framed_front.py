@@ -175,6 +175,11 @@ class FramedConnection:
     # --- the loop's calls -----------------------------------------------------------------
 
     def _on_ready(self, mask: int) -> None:
+        if mask == READ and self._reading and not (self._closed or self._stopping):
+            splitter = self.protocol.steady_splitter()
+            if splitter is not None:  # waiting for a request: the common case, compiled
+                self._receive_steady(splitter)
+                return
         if mask & WRITE:
             self._flush()
         if mask & READ and self._reading and not self._closed:
@@ -259,6 +264,65 @@ class FramedConnection:
             if not (self._reading and protocol.receive_whole) or self._closed:
                 return
 
+    def _receive_steady(self, splitter) -> None:
+        """The receive of a connection waiting for a request, in one compiled call
+        (InlinePredicts.receive): the bytes received, the inline Predicts among them answered
+        and their replies sent. When that was all (every frame answered, every reply sent,
+        nothing left over) the connection is back where it was, waiting; anything else
+        continues the usual way: bytes with descriptors are announced with them, what is left
+        over is held and its frames answered by _advance, an unsent rest waits to be sent."""
+        protocol = self.protocol
+        inline = self.server.inline
+        out = bytearray()
+        now = time.monotonic()
+        try:
+            n, fds, truncated, answered, sent = inline.receive(
+                self.sock, splitter, protocol.receive_bytes, TURN, out, now)
+        except BlockingIOError:
+            return
+        except OSError as e:
+            log.debug("client connection ended: %s", e)
+            self.close()
+            return
+        if not n:
+            protocol.receive_eof()
+            self._advance()
+            return
+        self.idle = False
+        if fds or truncated:
+            protocol.buffer_updated(n, now, fds, truncated)
+            self._advance(now)
+        elif (sent == len(out) and inline.held is None and inline.failed is None
+              and not splitter.pending):
+            # Waiting for a request again, as _advance's NeedData leaves it (the loop finds
+            # the idle timer's old deadline not due, and looks at the new one).
+            self.idle = True
+            self._waiting_since = now
+            return
+        else:
+            protocol.taken(now, inline.held)
+            answered += self._send_pass(out, sent, inline.failed)
+            self._advance(now, TURN - answered)
+        if self._reading and protocol.receive_whole and not self._closed:
+            self._receive()  # the rest of a large body, as _receive goes on
+
+    def _send_pass(self, out: bytearray, sent: int, failed) -> int:
+        """After a pass: its replies from byte `sent` on, with, when a call of the pass
+        raised, that call's error reply; 1 if there was one (a request answered), else 0.
+        The connection reads again only once _advance finds the protocol needing bytes."""
+        extra = 0
+        if failed is not None:  # its frame is taken: answered here, in its place
+            parts, model, error = failed
+            outcome = self.server.inline_failed(model, error)
+            message = str(outcome.reply).encode("utf-8", "replace")
+            header, message = reply_parts(parts[1], parts[3], outcome.code, message)
+            out += header + message
+            extra = 1
+        self._reading = False
+        if sent < len(out):
+            self._send(memoryview(out)[sent:])
+        return extra
+
     def _answer_inline(self, now: float) -> int:
         """The inline Predicts at the head of what was received, answered in one pass and
         their replies sent in one sendmsg: how many (of this turn's). The pass hands the first
@@ -270,20 +334,9 @@ class FramedConnection:
         inline = self.server.inline
         out = bytearray()
         answered = inline.answer(splitter, TURN, out, now)
-        failed = inline.failed
         protocol.give_back(inline.held)
-        if failed is not None:  # its frame is taken: answered here, in its place
-            parts, model, error = failed
-            outcome = self.server.inline_failed(model, error)
-            message = str(outcome.reply).encode("utf-8", "replace")
-            header, message = reply_parts(parts[1], parts[3], outcome.code, message)
-            out += header + message
-            answered += 1
-        if out:
-            # What follows waits for the replies to go (_advance); the socket is read again
-            # only once _advance finds the protocol needing bytes.
-            self._reading = False
-            self._send(out)
+        if answered or inline.failed is not None:
+            answered += self._send_pass(out, 0, inline.failed)
         return answered
 
     def _advance(self, now: float | None = None, turn: int = TURN) -> None:
