@@ -34,18 +34,27 @@ cdef class PlainCall:
     # The model by a weak reference: it holds this object, and an unloaded model's
     # interpreter (and its delegates) must go when the last call on it ends, not at the next
     # garbage collection.
-    cdef object _model_ref, _lock, _set_tensor, _invoke, _tensor
+    cdef object _model_ref, _lock, _runtime
+    # The runtime's own binding is called directly (SetTensor, Invoke, tensor: what its
+    # Interpreter's methods call, without their Python frames) when it has them; its
+    # Interpreter's check before invoke (no view of its buffers alive) holds here by
+    # construction: the views are dropped before the model's lock is released. The binding is
+    # looked up per call, never kept: that check counts its references.
+    cdef bint _direct
     cdef str _name
     cdef tuple _indices, _outputs, _specs
     cdef dict _positions
+    # Per call, filled by _invoke_locked.
+    cdef double _invoke_seconds
+    cdef unsigned long long _input_bytes, _output_bytes
 
     def __cinit__(self, model, interpreter):
         self._model_ref = ref(model)
         self._name = model.name
         self._lock = model._lock
-        self._set_tensor = interpreter.set_tensor
-        self._invoke = interpreter.invoke
-        self._tensor = interpreter.tensor
+        self._runtime = interpreter
+        binding = getattr(interpreter, "_interpreter", None)
+        self._direct = all(hasattr(binding, name) for name in ("SetTensor", "Invoke", "tensor"))
         self._indices = tuple(spec.index for spec in model.inputs)
         self._outputs = tuple((spec.index, spec.name_bytes, spec.data_type)
                               for spec in model.outputs)
@@ -67,15 +76,10 @@ cdef class PlainCall:
         plain, else None (nothing run). `started`: the request's arrival, CLOCK_MONOTONIC
         seconds (time.perf_counter() or time.monotonic() on Linux), for the metrics."""
         cdef list arrays = plain_inputs(tensors, self._positions, self._specs)
-        cdef Py_ssize_t i, count
-        cdef double invoke_started = 0.0, invoke_seconds = 0.0
-        cdef unsigned long long input_bytes = 0, output_bytes = 0
-        cdef list outputs
-        cdef tuple output
+        cdef Py_ssize_t i
         if arrays is None:
             return None
-        count = len(arrays)
-        for i in range(count):
+        for i in range(len(arrays)):
             array = arrays[i]
             if not array.flags.carray and array.nbytes >= DIRECT_COPY_BYTES:
                 return None
@@ -87,32 +91,58 @@ cdef class PlainCall:
         try:
             if model._resized:  # another call's shapes: the general path fits them back
                 return None
-            set_tensor = self._set_tensor
-            for i in range(count):
-                array = arrays[i]
-                input_bytes += array.nbytes
-                set_tensor(self._indices[i], array)
-            if metrics is None:
-                self._invoke()
-            else:
-                invoke_started = _now()
-                self._invoke()
-                invoke_seconds = _now() - invoke_started
-            outputs = []
-            try:
-                for item in self._outputs:
-                    output = <tuple>item
-                    view = self._tensor(output[0])()
-                    output_bytes += view.nbytes
-                    outputs.append((output[1], output[2], view.shape, view))
-                    view = None
-                reply = encode_response(outputs)
-            finally:
-                # The runtime refuses to invoke while views into its buffers live.
-                view = None
-                outputs.clear()
+            # Every reference to the runtime's buffers and binding is gone when this returns
+            # (its locals die with it), before the lock is released.
+            reply = self._invoke_locked(arrays, metrics is not None)
             if metrics is not None:
-                metrics.succeeded(started, invoke_seconds, 0, input_bytes, output_bytes)
+                metrics.succeeded(started, self._invoke_seconds, 0, self._input_bytes,
+                                  self._output_bytes)
         finally:
             self._lock.release()
+        return reply
+
+    cdef object _invoke_locked(self, list arrays, bint timed):
+        """Set, invoke, encode; under the model's lock."""
+        cdef Py_ssize_t i
+        cdef double invoke_started
+        cdef unsigned long long input_bytes = 0, output_bytes = 0
+        cdef list outputs = []
+        cdef tuple output
+        runtime = self._runtime
+        if self._direct:
+            binding = runtime._interpreter
+            set_tensor = binding.SetTensor
+            invoke = binding.Invoke
+        else:
+            binding = None
+            set_tensor = runtime.set_tensor
+            invoke = runtime.invoke
+        for i in range(len(arrays)):
+            array = arrays[i]
+            input_bytes += array.nbytes
+            set_tensor(self._indices[i], array)
+        array = None
+        if timed:
+            invoke_started = _now()
+            invoke()
+            self._invoke_seconds = _now() - invoke_started
+        else:
+            invoke()
+        try:
+            for item in self._outputs:
+                output = <tuple>item
+                if binding is not None:
+                    view = binding.tensor(binding, output[0])
+                else:
+                    view = runtime.tensor(output[0])()
+                output_bytes += view.nbytes
+                outputs.append((output[1], output[2], view.shape, view))
+                view = None
+            reply = encode_response(outputs)
+        finally:
+            # The runtime refuses to invoke while views into its buffers live.
+            view = None
+            outputs.clear()
+        self._input_bytes = input_bytes
+        self._output_bytes = output_bytes
         return reply
