@@ -270,8 +270,11 @@ class FramedConnection:
         inline = self.server.inline
         out = bytearray()
         answered = inline.answer(splitter, TURN, out, now)
-        failed = inline.failed
-        protocol.give_back(inline.held)
+        held, failed = inline.held, inline.failed
+        # Not kept past this pass (the pass is the front's, not this connection's): the frame
+        # held is a view of this connection's buffer, a failed call names its model.
+        inline.held = inline.failed = None
+        protocol.give_back(held)
         if failed is not None:  # its frame is taken: answered here, in its place
             parts, model, error = failed
             outcome = self.server.inline_failed(model, error)

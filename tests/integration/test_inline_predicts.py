@@ -11,9 +11,12 @@ the loop sends its replies in (a record of FramedConnection._send), never by tim
 from __future__ import annotations
 
 import array
+import gc
 import importlib
+import logging
 import os
 import socket
+import weakref
 
 import numpy as np
 import pytest
@@ -40,7 +43,8 @@ pytestmark = pytest.mark.twins
 WAIT = 30  # seconds: a bound for a bug (a hang), never a measurement
 TINY = model_builder.tiny_model()
 ADD = model_builder.add_model()
-FAST = ("tiny", "add", "gone")  # the models decided inline ("gone" is not loaded)
+# The models decided inline ("gone" is not loaded; "victim" is, for one test only).
+FAST = ("tiny", "add", "gone", "victim")
 CALLER = Caller(os.getpid(), os.getuid(), os.getgid())
 
 
@@ -98,9 +102,17 @@ class Pass:
     def held(self):
         return self.inner.held
 
+    @held.setter
+    def held(self, value):
+        self.inner.held = value
+
     @property
     def failed(self):
         return self.inner.failed
+
+    @failed.setter
+    def failed(self, value):
+        self.inner.failed = value
 
 
 class NoPass:
@@ -425,6 +437,37 @@ def test_a_runtime_failure_in_the_pass_is_internal_in_its_place(start_front, ser
                                                    ("Predict", "INTERNAL"): 1}
     assert delta(predictions(service, "tiny"), tiny) == {"OK": 3, "INTERNAL": 1}
     model.wait_idle()  # the model is free
+
+
+def test_the_pass_keeps_nothing_of_a_call_once_answered(start_front, service, tmp_path,
+                                                       monkeypatch):
+    """After its pass, the front keeps neither the frame it handed back (a view of the
+    connection's buffer) nor the call that raised (its model, its exception): a model
+    unloaded after an inline failure is freed, not kept alive until some later pass."""
+    front = start_front()
+    path = TINY.write(tmp_path / "victim.tflite")
+    service.load_model(pb.LoadModelRequest(name="victim", url=str(path)))
+    model = service.serving["victim"]
+
+    def fail(body, started):  # (its frame holds nothing of the model)
+        raise RuntimeError("the runtime failed")
+
+    model.plain_call = type("Failing", (), {"answer": staticmethod(fail)})()
+    gone = weakref.ref(model)
+    del model
+    # What is logged with its traceback is kept by the test's log capture: not logged here.
+    monkeypatch.setattr(logging.getLogger("edge_agent.api.rpcs"), "disabled", True)
+    try:
+        with front.connect(predict(1, "victim") + encode_request(Method.LIST_MODELS, 2, b"")) \
+                as client:
+            failed, listed = replies(client, 2)
+            assert (failed.status, listed.status) == (StatusCode.INTERNAL, StatusCode.OK)
+        assert front.inline.passes == [(0, None, True)]
+        assert (front.inline.held, front.inline.failed) == (None, None)
+    finally:
+        service.unload_model(pb.UnLoadModelRequest(name="victim"))
+    gc.collect()
+    assert gone() is None, gc.get_referrers(gone())
 
 
 def _memfds() -> int:
