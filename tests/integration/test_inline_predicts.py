@@ -145,8 +145,14 @@ class Front:
             for _ in range(SAMPLES):
                 workers.measure(name, 0.0)
         assert all(workers.decided[name] is False for name in FAST)
+        self.measured: list[tuple[str, float]] = []  # what the pass timed, in order
+
+        def measure(name: str, seconds: float) -> None:
+            self.measured.append((name, seconds))
+            workers.measure(name, seconds)
+
         inline = inline_class(service.serving, workers.decided, server.api.count,
-                              workers.measure, Method.PREDICT, MEASURE_EVERY)
+                              measure, Method.PREDICT, MEASURE_EVERY)
         self.inline = server.inline = Pass(inline) if passing else NoPass()
 
     def admit(self, sock: socket.socket) -> None:
@@ -468,6 +474,39 @@ def test_the_pass_keeps_nothing_of_a_call_once_answered(start_front, service, tm
         service.unload_model(pb.UnLoadModelRequest(name="victim"))
     gc.collect()
     assert gone() is None, gc.get_referrers(gone())
+
+
+def test_one_call_in_measure_every_is_timed_and_a_model_grown_slow_leaves_the_pass(
+        start_front):
+    """The pass feeds the workers the time of one call in MEASURE_EVERY; once those say the
+    model is slow (here: every time is, inline_seconds 0), its Predicts are no longer the
+    pass's, and are answered all the same (on the model's worker)."""
+    front = start_front()
+    workers = front.server.workers
+    calls = 0
+    with front.connect() as client:
+        def turn():  # a turn's worth of Predicts in one write, all the pass's while fast
+            nonlocal calls
+            client.sendall(b"".join(predict(calls + i + 1, seed=i) for i in range(TURN)))
+            for i, frame in enumerate(replies(client, TURN)):
+                assert_predicted(frame, calls + i + 1, seed=i)
+            calls += TURN
+
+        for _ in range(2 * MEASURE_EVERY // TURN):
+            turn()
+        assert [name for name, _ in front.measured] == ["tiny", "tiny"]
+        assert all(seconds > 0 for _, seconds in front.measured)
+        assert front.inline.passes == [(TURN, None, False)] * (2 * MEASURE_EVERY // TURN)
+        workers.inline_seconds = 0.0  # from now on every call measured is "slow"
+        while workers.decided["tiny"] is False:
+            assert calls < 2 * SAMPLES * MEASURE_EVERY, "the pass stopped measuring"
+            turn()
+        assert len(front.measured) == SAMPLES  # the two above are among the samples
+        # Decided slow: the next turn is the usual path's, on the model's worker.
+        del front.inline.passes[:]
+        turn()
+        assert front.inline.passes == [(0, (Method.PREDICT, calls - TURN + 1), False)]
+        assert len(front.measured) == SAMPLES
 
 
 def _memfds() -> int:
