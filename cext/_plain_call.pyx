@@ -11,6 +11,8 @@ checks and refuses it, with the only messages.
 """
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
+from weakref import ref
+
 from edge_agent.protocol.predict_codec import decode_request, encode_response, plain_inputs
 
 cdef enum:
@@ -35,7 +37,10 @@ cdef class PlainCall:
     cdef dict _positions
 
     def __cinit__(self, model, interpreter):
-        self._model = model
+        # Weak: the model holds this object (LoadedModel.plain_call), and a cycle would keep
+        # an unloaded model (its interpreter, arena and delegate) until the garbage collector
+        # runs. Every caller holds the model while it calls.
+        self._model = ref(model)
         self._name = model.name
         self._lock = model._lock
         self._set_tensor = interpreter.set_tensor
@@ -74,7 +79,9 @@ cdef class PlainCall:
             array = arrays[i]
             if not array.flags.carray and array.nbytes >= DIRECT_COPY_BYTES:
                 return None
-        model = self._model
+        model = self._model()
+        if model is None:  # (no caller without the model: never)
+            return None
         metrics = model.metrics
         self._lock.acquire()
         try:

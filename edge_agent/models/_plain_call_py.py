@@ -4,6 +4,7 @@ steps the compiled one takes in one call. A change there is made here too;
 tests/unit/test_plain_call.py runs both."""
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 from edge_agent.protocol.predict_codec import decode_request, encode_response, plain_inputs
@@ -19,7 +20,9 @@ class PlainCall:
     __slots__ = ("_model", "_name", "_positions", "_specs")
 
     def __init__(self, model: Any, interpreter: Any):
-        self._model = model
+        # Weak: the model holds this object; a cycle would keep an unloaded model until the
+        # garbage collector runs (the compiled class's comment).
+        self._model = weakref.ref(model)
         self._name = model.name
         self._positions, self._specs = model.plain_match
 
@@ -42,8 +45,8 @@ class PlainCall:
             return None
         if any(not a.flags.carray and a.nbytes >= DIRECT_COPY_BYTES for a in arrays):
             return None
-        model = self._model
-        if model._resized:  # read without the lock: run() fits the shapes back anyway
+        model = self._model()  # (None: no caller without the model, never)
+        if model is None or model._resized:  # read without the lock: run() fits them back
             return None
         with model.run(arrays, False, 0, None, started) as outputs:
             return encode_response(outputs)

@@ -7,9 +7,11 @@ runtime raises reaches the caller with the model's lock released and no view of 
 runtime's buffers alive."""
 from __future__ import annotations
 
+import gc
 import importlib
 import sys
 import time
+import weakref
 
 import numpy as np
 import pytest
@@ -341,3 +343,20 @@ def test_the_service_answers_its_plain_predicts_through_the_class(plain_class, m
         [metrics] = in_process.service.get_metrics().models
     assert [(p.code, p.count) for p in metrics.predictions] == [("OK", 3)]
     assert metrics.input_bytes == 3 * 2 * 16
+
+
+def test_a_model_let_go_is_freed_at_once_not_at_the_next_collection(plain_class):
+    """The model holds its plain call: the plain call must not hold the model (a cycle), or
+    an unloaded model's interpreter (its arena, its delegate) would live until the garbage
+    collector happens to run."""
+    built = model_builder.add_model()
+    model = loaded(built, plain_class)
+    assert model.plain_call.answer(request("m", built.sample_inputs()), time.perf_counter())
+    gone = weakref.ref(model)
+    gc.collect()
+    gc.disable()  # freed by its reference count alone
+    try:
+        del model
+        assert gone() is None, "the model is kept alive by a reference cycle"
+    finally:
+        gc.enable()
