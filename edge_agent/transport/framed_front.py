@@ -289,19 +289,19 @@ class FramedConnection:
             self._advance()
             return
         self.idle = False
+        held, failed = _left_by(inline)
         if fds or truncated:
             protocol.buffer_updated(n, now, fds, truncated)
             self._advance(now)
-        elif (sent == len(out) and inline.held is None and inline.failed is None
-              and not splitter.pending):
+        elif sent == len(out) and held is None and failed is None and not splitter.pending:
             # Waiting for a request again, as _advance's NeedData leaves it (the loop finds
             # the idle timer's old deadline not due, and looks at the new one).
             self.idle = True
             self._waiting_since = now
             return
         else:
-            protocol.taken(now, inline.held)
-            answered += self._send_pass(out, sent, inline.failed)
+            protocol.taken(now, held)
+            answered += self._send_pass(out, sent, failed)
             self._advance(now, TURN - answered)
         if self._reading and protocol.receive_whole and not self._closed:
             self._receive()  # the rest of a large body, as _receive goes on
@@ -334,9 +334,10 @@ class FramedConnection:
         inline = self.server.inline
         out = bytearray()
         answered = inline.answer(splitter, TURN, out, now)
-        protocol.give_back(inline.held)
-        if answered or inline.failed is not None:
-            answered += self._send_pass(out, 0, inline.failed)
+        held, failed = _left_by(inline)
+        protocol.give_back(held)
+        if answered or failed is not None:
+            answered += self._send_pass(out, 0, failed)
         return answered
 
     def _advance(self, now: float | None = None, turn: int = TURN) -> None:
@@ -520,3 +521,12 @@ class FramedConnection:
         self.protocol.close()
         self.share.close()
         self.sock.close()
+
+
+def _left_by(inline) -> tuple:
+    """(held, failed) of the pass just made, taken off the pass object: it is the front's,
+    not the connection's, and must not keep past the pass a view of this connection's buffer
+    (the frame held) or a model and an exception's frames (a failed call)."""
+    held, failed = inline.held, inline.failed
+    inline.held = inline.failed = None
+    return held, failed

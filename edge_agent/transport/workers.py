@@ -56,6 +56,8 @@ def predict_model_name(body) -> str | None:
         return None
     length, at = 0, 1
     for shift in (0, 7):
+        if at >= len(body):  # the body ends inside the name's length
+            return None
         byte = body[at]
         at += 1
         length |= (byte & 0x7F) << shift

@@ -34,6 +34,9 @@ class FakeService:
         self.metrics = SimpleNamespace(call_counter=lambda front: (lambda rpc, code: None),
                                        watch_connections=lambda front, count: None)
         self.on_predict = on_predict or (lambda request: None)
+        # No models: the framed front's inline pass (it reads them here) leaves every
+        # Predict to predict_call below.
+        self.serving: dict = {}
         self.predicted_on: list[str] = []  # the thread of each Predict
         # No model for the framed front's inline pass: every Predict takes the usual path,
         # whose placement these tests are about.

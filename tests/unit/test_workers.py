@@ -111,3 +111,21 @@ def test_jobs_still_queued_at_stop_run_and_close_their_descriptors():
     finally:
         release.set()
         os.close(r)
+
+
+def test_the_model_name_of_a_predict_is_read_or_none_whatever_the_body():
+    """Read off the body's first field without decoding it: a body cut anywhere, in the
+    name's length too, is None (the Predict goes the usual way, which refuses it), never an
+    exception on the loop."""
+    from edge_agent.transport.workers import predict_model_name
+
+    body = _predict("tiny")
+    assert predict_model_name(body) == predict_model_name(memoryview(body)) == "tiny"
+    long = "m" * 200  # a two-byte length
+    assert predict_model_name(_predict(long) + b"\x12\x00") == long
+    for cut in range(len(body)):
+        assert predict_model_name(memoryview(body[:cut])) is None, cut
+    for odd in (b"\x0a\x80", b"\x0a\xff\xff", b"\x0a\x80\x80\x01", b"\x12\x00", b"\x0a"):
+        assert predict_model_name(memoryview(odd)) is None, odd
+    with_tensor = pb.PredictRequest(name="tiny", tensors=[pb.Tensor(byte_data=b"x")])
+    assert predict_model_name(with_tensor.SerializeToString()) == "tiny"
