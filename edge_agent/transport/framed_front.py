@@ -22,6 +22,7 @@ import dataclasses
 import logging
 import select
 import socket
+import threading
 import time
 from collections import deque
 
@@ -51,6 +52,7 @@ CLOSING_SEND_SECONDS = 1.0
 # end). Not EPOLLRDHUP: a client that only shut down its sending side still reads replies.
 _HANGUP = select.EPOLLHUP
 _GONE = select.EPOLLHUP | select.EPOLLERR
+_NEVER = float("inf")
 
 
 class SocketServer:
@@ -148,6 +150,9 @@ class FramedConnection:
         self._closing = False  # close once what is queued is sent
         self._stopping = False
         self._closed = False
+        # While a call runs on a worker, the worker sends its reply (_finish): this lock
+        # keeps that send and close() apart.
+        self._lock = threading.Lock()
         self._waiting_since = time.monotonic()  # went back to waiting for bytes
         self._sent_at = 0.0  # a queued reply last made progress
         # The last event of the protocol was NeedData: the socket is read (and the receive
@@ -208,7 +213,8 @@ class FramedConnection:
     def begin_stop(self) -> None:
         """The agent stops: an idle connection ends now, a busy one once its call is
         answered."""
-        self._stopping = True
+        with self._lock:  # a worker replying reads it (_finish)
+            self._stopping = True
         if not self._running and not self._out:
             self.close()
 
@@ -301,9 +307,13 @@ class FramedConnection:
             self._reply(request, outcome)
             return
         self._running = True
+        self.loop.calls_out += 1
         # Nothing more is read while the call runs (its body is in our buffer); a hang-up is
         # still seen.
         self._want(_HANGUP)
+        # Decided here, on the loop: whether the worker may put the connection back to
+        # reading itself (nothing else received waits behind this request).
+        drained = self.protocol.drained
 
         def job() -> None:
             try:
@@ -316,15 +326,59 @@ class FramedConnection:
             finally:
                 if fds:
                     close_fds(fds)
-            self.loop.call_soon_threadsafe(self._done, request, outcome)
+            self._finish(request, outcome, drained)
 
         queue(job)
 
-    def _done(self, request: Request, outcome: Outcome) -> None:
+    def _finish(self, request: Request, outcome: Outcome, drained: bool) -> None:
+        """On the worker, the call done: send its reply from here when the socket takes it
+        whole, else leave it to the loop (_done). The connection's lock makes the send and
+        the loop's close() exclude each other (the descriptor is never closed, let alone
+        reused, under a send). When all of it went and nothing else received waits
+        (`drained`), the socket is put back to reading here and the loop is told lazily
+        (call_by_threadsafe): the client's next request wakes it, not this reply."""
+        rest: tuple = ()
+        with self._lock:
+            if self._closed or outcome is NOT_RUN:
+                self.loop.call_soon_threadsafe(self._done, None, ())
+                return
+            header, body = self.protocol.reply_parts(request.request_id, request.method,
+                                                     outcome.code, outcome.reply)
+            parts = (header + body,) if len(body) < 4096 else (header, body)
+            try:
+                sent = self.sock.sendmsg(parts)
+            except BlockingIOError:
+                sent = 0
+            except OSError as e:
+                log.debug("client connection ended before its reply: %s", e)
+                self.loop.call_soon_threadsafe(self._done, e, ())
+                return
+            rest = _unsent(parts, sent)
+            if rest or not drained or self._stopping:
+                self.loop.call_soon_threadsafe(self._done, None, rest)
+                return
+            now = time.monotonic()
+            timeout = self.protocol.idle_timeout
+            # Queued first, then the socket armed: the loop runs _done (which takes this
+            # lock) only after this section, so nothing it does next is undone here.
+            self.loop.call_by_threadsafe(now + timeout if timeout else _NEVER,
+                                         self._done, None, ())
+            self._want(READ)
+
+    def _done(self, failure: OSError | None, rest: tuple) -> None:
+        """On the loop: a call handed off has ended, its reply sent by the worker but for
+        `rest`; the connection reads on (or closes: `failure`, stopping)."""
+        with self._lock:  # the worker's _finish is over
+            pass
+        self.loop.calls_out -= 1
         self._running = False
         if self._closed:
             return
-        self._reply(request, outcome)
+        if failure is not None:
+            self.close()
+            return
+        if rest:
+            self._send(*rest)
         self._advance()
 
     def _reply(self, request: Request, outcome: Outcome) -> None:
@@ -348,12 +402,7 @@ class FramedConnection:
                 log.debug("client connection ended before its reply: %s", e)
                 self.close()
                 return
-            for part in parts:
-                if sent >= len(part):
-                    sent -= len(part)
-                    continue
-                self._out.append(memoryview(part)[sent:])
-                sent = 0
+            self._out.extend(_unsent(parts, sent))
             if not self._out:
                 if self._closing:
                     self.close()
@@ -417,10 +466,23 @@ class FramedConnection:
     def close(self) -> None:
         if self._closed:
             return
-        self._closed = True
-        self.core.remove(self.fd, self)
-        if self._mask:
-            self.loop.selector.unregister(self.sock)
-        self.protocol.close()
-        self.share.close()
-        self.sock.close()
+        with self._lock:  # not while a worker sends on this socket (_finish)
+            self._closed = True
+            self.core.remove(self.fd, self)
+            if self._mask:
+                self.loop.selector.unregister(self.sock)
+            self.protocol.close()
+            self.share.close()
+            self.sock.close()
+
+
+def _unsent(parts, sent: int) -> tuple:
+    """What of `parts` a send of `sent` bytes left, as views."""
+    rest = []
+    for part in parts:
+        if sent >= len(part):
+            sent -= len(part)
+            continue
+        rest.append(memoryview(part)[sent:])
+        sent = 0
+    return tuple(rest)
