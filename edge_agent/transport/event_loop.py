@@ -137,6 +137,15 @@ class EventLoop:
                 except OSError:
                     pass
 
+    def wake(self) -> None:
+        """Wake the loop now (what was queued lazily has become urgent)."""
+        with self._wake_lock:
+            if not self.closed:
+                try:
+                    os.write(self._wake_w, b"\0")
+                except OSError:
+                    pass
+
     def stop(self, grace: float = 2.0) -> None:
         """Ask the loop to stop: the fronts stop accepting and end their connections
         gracefully (their own rules), for at most `grace` seconds (stop_deadline); the

@@ -153,6 +153,8 @@ class FramedConnection:
         # While a call runs on a worker, the worker sends its reply (_finish): this lock
         # keeps that send and close() apart.
         self._lock = threading.Lock()
+        # What of a worker's reply the socket did not take (or why it failed), for _done.
+        self._left: tuple | Exception = ()
         self._waiting_since = time.monotonic()  # went back to waiting for bytes
         self._sent_at = 0.0  # a queued reply last made progress
         # The last event of the protocol was NeedData: the socket is read (and the receive
@@ -167,8 +169,16 @@ class FramedConnection:
     def _on_ready(self, mask: int) -> None:
         if mask & WRITE:
             self._flush()
-        if mask & READ and self._reading and not self._closed:
-            self._receive()
+        if mask & READ and not self._closed:
+            if self._reading:
+                self._receive()
+            elif self._mask & READ:
+                # Bytes came while a call of this connection runs on a worker (the socket
+                # stays armed for reading then: a client that waits for its reply sends
+                # nothing, and the worker need not arm it again): they wait in the socket,
+                # only the hang-up is watched.
+                with self._lock:  # (the worker may be arming it: _finish)
+                    self._want(_HANGUP)
         if mask & _GONE and not (self._reading or self._closed):
             # The client hung up while a call of its runs or waits (or its requests wait for
             # their turn): the calls still queued are not run (their jobs see it closed).
@@ -309,8 +319,7 @@ class FramedConnection:
         self._running = True
         self.loop.calls_out += 1
         # Nothing more is read while the call runs (its body is in our buffer); a hang-up is
-        # still seen.
-        self._want(_HANGUP)
+        # still seen. The socket stays armed for reading until bytes come (_on_ready).
         # Decided here, on the loop: whether the worker may put the connection back to
         # reading itself (nothing else received waits behind this request).
         drained = self.protocol.drained
@@ -331,54 +340,64 @@ class FramedConnection:
         queue(job)
 
     def _finish(self, request: Request, outcome: Outcome, drained: bool) -> None:
-        """On the worker, the call done: send its reply from here when the socket takes it
-        whole, else leave it to the loop (_done). The connection's lock makes the send and
-        the loop's close() exclude each other (the descriptor is never closed, let alone
-        reused, under a send). When all of it went and nothing else received waits
-        (`drained`), the socket is put back to reading here and the loop is told lazily
-        (call_by_threadsafe): the client's next request wakes it, not this reply."""
-        rest: tuple = ()
+        """On the worker, the call done: its reply is sent from here, as far as the socket
+        takes it now; what it does not take, and everything else, is the loop's (_done).
+
+        Under the connection's lock, which the loop's close() and _done() take too: the
+        descriptor is never closed (let alone reused) under this send, and _done() runs
+        after it. _done is queued first, so that the client's next request, which may
+        come as soon as the reply is read, finds it waiting on the loop. When nothing else
+        received waits behind this request (`drained`), it is queued lazily
+        (call_by_threadsafe: the client's next request wakes the loop, not this reply) and,
+        the reply sent whole, the socket is armed for reading here; else the loop is woken."""
+        loop = self.loop
         with self._lock:
             if self._closed or outcome is NOT_RUN:
-                self.loop.call_soon_threadsafe(self._done, None, ())
+                loop.call_soon_threadsafe(self._done)
                 return
-            header, body = self.protocol.reply_parts(request.request_id, request.method,
-                                                     outcome.code, outcome.reply)
-            parts = (header + body,) if len(body) < 4096 else (header, body)
+            lazy = drained and not self._stopping
+            if lazy:
+                timeout = self.protocol.idle_timeout
+                loop.call_by_threadsafe(time.monotonic() + timeout if timeout else _NEVER,
+                                        self._done)
+            else:
+                loop.call_soon_threadsafe(self._done)
             try:
-                sent = self.sock.sendmsg(parts)
-            except BlockingIOError:
-                sent = 0
+                header, body = self.protocol.reply_parts(request.request_id, request.method,
+                                                         outcome.code, outcome.reply)
+                parts = (header + body,) if len(body) < 4096 else (header, body)
+                try:
+                    sent = self.sock.sendmsg(parts)
+                except BlockingIOError:
+                    sent = 0
+                self._left = _unsent(parts, sent)
             except OSError as e:
                 log.debug("client connection ended before its reply: %s", e)
-                self.loop.call_soon_threadsafe(self._done, e, ())
-                return
-            rest = _unsent(parts, sent)
-            if rest or not drained or self._stopping:
-                self.loop.call_soon_threadsafe(self._done, None, rest)
-                return
-            now = time.monotonic()
-            timeout = self.protocol.idle_timeout
-            # Queued first, then the socket armed: the loop runs _done (which takes this
-            # lock) only after this section, so nothing it does next is undone here.
-            self.loop.call_by_threadsafe(now + timeout if timeout else _NEVER,
-                                         self._done, None, ())
-            self._want(READ)
+                self._left = e
+            except Exception as e:  # a fault of ours: the loop closes the connection
+                log.exception("replying from a worker failed")
+                self._left = e
+            if lazy:
+                if self._left:
+                    loop.wake()
+                else:
+                    self._want(READ)
 
-    def _done(self, failure: OSError | None, rest: tuple) -> None:
-        """On the loop: a call handed off has ended, its reply sent by the worker but for
-        `rest`; the connection reads on (or closes: `failure`, stopping)."""
-        with self._lock:  # the worker's _finish is over
-            pass
+    def _done(self) -> None:
+        """On the loop: a call handed off has ended and its worker's _finish is over; what
+        the socket did not take is sent from here, and the connection reads on (or closes:
+        the send failed, stopping)."""
+        with self._lock:
+            left, self._left = self._left, ()
         self.loop.calls_out -= 1
         self._running = False
         if self._closed:
             return
-        if failure is not None:
+        if isinstance(left, Exception):
             self.close()
             return
-        if rest:
-            self._send(*rest)
+        if left:
+            self._send(*left)
         self._advance()
 
     def _reply(self, request: Request, outcome: Outcome) -> None:

@@ -15,6 +15,7 @@ from edge_agent.api.rpcs import Method
 from edge_agent.config import from_mapping
 from edge_agent.errors import StatusCode
 from edge_agent.protocol import FrameSplitter, encode_request
+from edge_agent.transport.event_loop import READ
 from edge_agent.transport.framed_front import FramedConnection, SocketServer
 from edge_agent.transport.front_core import FrontLoop
 from edge_agent.transport.workers import SAMPLES
@@ -181,6 +182,33 @@ def test_pipelined_requests_are_answered_whole_and_in_order(serving):
     for n, reply in enumerate(replies, 1):
         _check(reply, n, service.size(n))
     assert set(service.threads) == {WORKER}
+
+
+def test_a_request_sent_while_the_previous_call_runs_is_answered_after_it(serving):
+    """Nothing else had come when the call went to the worker (so the worker arms the socket
+    for reading itself); the client's next request comes while the call runs (the loop
+    stops reading until then): both are answered, in order, whole."""
+    inside, release = threading.Event(), threading.Event()
+
+    def hold(n):
+        if n == 1:
+            inside.set()
+            assert release.wait(WAIT)
+
+    service = NumberingService(size=lambda n: 300_000, on_predict=hold)
+    server, fronts = serving(service)
+    with _connect(server) as sock:
+        sock.sendall(_predict(1))
+        assert inside.wait(WAIT)
+        sock.sendall(_predict(2))
+        [connection] = server.core.handlers.values()
+        _on_loop(fronts, lambda: not connection._mask & READ)  # seen: reading stopped
+        release.set()
+        first, second = Replies(sock).take(2)
+        _check(first, 1, 300_000)
+        _check(second, 2, 300_000)
+        sock.sendall(_predict(3))
+        _check(Replies(sock).take(1)[0], 3, 300_000)
 
 
 def test_a_client_that_hangs_up_while_its_call_runs_costs_no_descriptor(serving):
