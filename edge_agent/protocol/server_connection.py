@@ -127,6 +127,14 @@ class ServerConnection:
         return self._frame_started is not None
 
     @property
+    def drained(self) -> bool:
+        """Nothing received is left to hand out after the last Request (no byte of another
+        frame, no end of stream, no error): the next event can only be NEED_DATA, so the
+        connection's next step is to wait for the client."""
+        return not (self._queue or self._splitter.pending or self._eof
+                    or self._failure is not None or self._closed)
+
+    @property
     def receive_timeout(self) -> float:
         """The receive timeout for the state the connection is in (0: wait for ever): the
         frame timeout while a frame is incomplete, the idle timeout between frames."""

@@ -3,7 +3,9 @@
 The loop waits (epoll, through the standard library's select module) for sockets that are
 ready and calls their handlers; a handler reads what is there, feeds its sans-IO connection object, runs short calls
 inline and hands long ones to the workers (edge_agent.transport.workers), whose results come
-back through call_soon_threadsafe(), the only way into the loop from another thread. Work a
+back through call_soon_threadsafe() or call_by_threadsafe(), the only ways into the loop from
+another thread (the second wakes the loop only if it would otherwise sleep past a deadline:
+a model worker that sent its reply itself has nothing the loop must do at once). Work a
 connection still has after its turn (requests already buffered) waits in the ready queue
 behind the others, so connections take turns. Timers are per connection: each says when it
 next needs the loop (deadline()); the loop scans them only when the earliest is due.
@@ -27,6 +29,9 @@ WRITE = select.EPOLLOUT
 # which (end of stream, or the error itself).
 _TROUBLE = select.EPOLLHUP | select.EPOLLERR
 _NEVER = float("inf")
+# While calls are out on other threads (calls_out), the loop sleeps at most this long, so that
+# one finished lazily (call_by_threadsafe) with a distant deadline needs no wake-up of its own.
+LAZY_TICK = 1.0
 
 
 class Poller:
@@ -94,6 +99,12 @@ class EventLoop:
         # may run in a signal handler on a thread that is inside call_soon_threadsafe().
         self._wake_lock = threading.RLock()
         self.closed = False
+        # Calls handed to other threads whose result may come back lazily: counted by their
+        # front, on the loop.
+        self.calls_out = 0
+        # When the loop wakes by itself at the latest while it sleeps in poll (-inf while it
+        # runs: it looks at what came in before it sleeps again). Written by the loop only.
+        self._sleeping_until = -_NEVER
 
     # --- from any thread ----------------------------------------------------------------
 
@@ -107,6 +118,33 @@ class EventLoop:
                 os.write(self._wake_w, b"\0")
             except OSError:
                 pass  # the pipe is full: a wake-up is pending anyway
+
+    def call_by_threadsafe(self, deadline: float, callback: Callable, *args) -> None:
+        """callback(*args) on the loop when it next wakes, and by `deadline` (monotonic) at the
+        latest: the loop is woken only if it sleeps and would wake later than that by
+        itself. For a result nothing waits for at once (the client's next bytes, a timer or
+        LAZY_TICK wake the loop anyway)."""
+        with self._wake_lock:
+            if self.closed:
+                log.debug("the loop is closed; dropped a late call of %r", callback)
+                return
+            self._incoming.append((callback, args))
+            # The loop sets _sleeping_until before it looks at _incoming (under the GIL, in
+            # that order): either it sees this call before it sleeps, or this sees its sleep.
+            if deadline < self._sleeping_until:
+                try:
+                    os.write(self._wake_w, b"\0")
+                except OSError:
+                    pass
+
+    def wake(self) -> None:
+        """Wake the loop now (what was queued lazily has become urgent)."""
+        with self._wake_lock:
+            if not self.closed:
+                try:
+                    os.write(self._wake_w, b"\0")
+                except OSError:
+                    pass
 
     def stop(self, grace: float = 2.0) -> None:
         """Ask the loop to stop: the fronts stop accepting and end their connections
@@ -174,12 +212,25 @@ class EventLoop:
         clock = time.monotonic
         trouble, both = _TROUBLE, READ | WRITE
         while not until():
+            wake = min(self._next_timer, self._next_periodic)
+            if self.calls_out:
+                wake = min(wake, clock() + LAZY_TICK)
+            self._sleeping_until = wake  # before incoming is looked at: call_by_threadsafe
             if ready or incoming:
                 timeout: float | None = 0.0
             else:
-                wake = min(self._next_timer, self._next_periodic)
                 timeout = None if wake == _NEVER else max(0.0, wake - clock())
-            for fd, events in poll(timeout):
+            polled = poll(timeout)
+            self._sleeping_until = -_NEVER
+            # What came from other threads first: a call finished lazily puts its connection
+            # back to reading before that connection's readiness is handled below.
+            while incoming:
+                callback, args = incoming.popleft()
+                try:
+                    callback(*args)
+                except Exception:
+                    self._fault(callback)
+            for fd, events in polled:
                 callback = callbacks.get(fd)
                 if callback is not None:  # (unregistered by a handler run before it)
                     try:

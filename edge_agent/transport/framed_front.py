@@ -22,6 +22,7 @@ import dataclasses
 import logging
 import select
 import socket
+import threading
 import time
 from collections import deque
 
@@ -53,6 +54,7 @@ CLOSING_SEND_SECONDS = 1.0
 # end). Not EPOLLRDHUP: a client that only shut down its sending side still reads replies.
 _HANGUP = select.EPOLLHUP
 _GONE = select.EPOLLHUP | select.EPOLLERR
+_NEVER = float("inf")
 
 
 class SocketServer:
@@ -163,6 +165,11 @@ class FramedConnection:
         self._closing = False  # close once what is queued is sent
         self._stopping = False
         self._closed = False
+        # While a call runs on a worker, the worker sends its reply (_finish): this lock
+        # keeps that send and close() apart.
+        self._lock = threading.Lock()
+        # What of a worker's reply the socket did not take (or why it failed), for _done.
+        self._left: tuple | Exception = ()
         self._waiting_since = time.monotonic()  # went back to waiting for bytes
         self._sent_at = 0.0  # a queued reply last made progress
         # The last event of the protocol was NeedData: the socket is read (and the receive
@@ -182,8 +189,16 @@ class FramedConnection:
                 return
         if mask & WRITE:
             self._flush()
-        if mask & READ and self._reading and not self._closed:
-            self._receive()
+        if mask & READ and not self._closed:
+            if self._reading:
+                self._receive()
+            elif self._mask & READ:
+                # Bytes came while a call of this connection runs on a worker (the socket
+                # stays armed for reading then: a client that waits for its reply sends
+                # nothing, and the worker need not arm it again): they wait in the socket,
+                # only the hang-up is watched.
+                with self._lock:  # (the worker may be arming it: _finish)
+                    self._want(_HANGUP)
         if mask & _GONE and not (self._reading or self._closed):
             # The client hung up while a call of its runs or waits (or its requests wait for
             # their turn): the calls still queued are not run (their jobs see it closed).
@@ -228,7 +243,8 @@ class FramedConnection:
     def begin_stop(self) -> None:
         """The agent stops: an idle connection ends now, a busy one once its call is
         answered."""
-        self._stopping = True
+        with self._lock:  # a worker replying reads it (_finish)
+            self._stopping = True
         if not self._running and not self._out:
             self.close()
 
@@ -398,9 +414,12 @@ class FramedConnection:
             self._reply(request, outcome)
             return
         self._running = True
+        self.loop.calls_out += 1
         # Nothing more is read while the call runs (its body is in our buffer); a hang-up is
-        # still seen.
-        self._want(_HANGUP)
+        # still seen. The socket stays armed for reading until bytes come (_on_ready).
+        # Decided here, on the loop: whether the worker may put the connection back to
+        # reading itself (nothing else received waits behind this request).
+        drained = self.protocol.drained
 
         def job() -> None:
             try:
@@ -413,15 +432,69 @@ class FramedConnection:
             finally:
                 if fds:
                     close_fds(fds)
-            self.loop.call_soon_threadsafe(self._done, request, outcome)
+            self._finish(request, outcome, drained)
 
         queue(job)
 
-    def _done(self, request: Request, outcome: Outcome) -> None:
+    def _finish(self, request: Request, outcome: Outcome, drained: bool) -> None:
+        """On the worker, the call done: its reply is sent from here, as far as the socket
+        takes it now; what it does not take, and everything else, is the loop's (_done).
+
+        Under the connection's lock, which the loop's close() and _done() take too: the
+        descriptor is never closed (let alone reused) under this send, and _done() runs
+        after it. _done is queued first, so that the client's next request, which may
+        come as soon as the reply is read, finds it waiting on the loop. When nothing else
+        received waits behind this request (`drained`), it is queued lazily
+        (call_by_threadsafe: the client's next request wakes the loop, not this reply) and,
+        the reply sent whole, the socket is armed for reading here; else the loop is woken."""
+        loop = self.loop
+        with self._lock:
+            if self._closed or outcome is NOT_RUN:
+                loop.call_soon_threadsafe(self._done)
+                return
+            lazy = drained and not self._stopping
+            if lazy:
+                timeout = self.protocol.idle_timeout
+                loop.call_by_threadsafe(time.monotonic() + timeout if timeout else _NEVER,
+                                        self._done)
+            else:
+                loop.call_soon_threadsafe(self._done)
+            try:
+                header, body = self.protocol.reply_parts(request.request_id, request.method,
+                                                         outcome.code, outcome.reply)
+                parts = (header + body,) if len(body) < 4096 else (header, body)
+                try:
+                    sent = self.sock.sendmsg(parts)
+                except BlockingIOError:
+                    sent = 0
+                self._left = _unsent(parts, sent)
+            except OSError as e:
+                log.debug("client connection ended before its reply: %s", e)
+                self._left = e
+            except Exception as e:  # a fault of ours: the loop closes the connection
+                log.exception("replying from a worker failed")
+                self._left = e
+            if lazy:
+                if self._left:
+                    loop.wake()
+                else:
+                    self._want(READ)
+
+    def _done(self) -> None:
+        """On the loop: a call handed off has ended and its worker's _finish is over; what
+        the socket did not take is sent from here, and the connection reads on (or closes:
+        the send failed, stopping)."""
+        with self._lock:
+            left, self._left = self._left, ()
+        self.loop.calls_out -= 1
         self._running = False
         if self._closed:
             return
-        self._reply(request, outcome)
+        if isinstance(left, Exception):
+            self.close()
+            return
+        if left:
+            self._send(*left)
         self._advance()
 
     def _reply(self, request: Request, outcome: Outcome) -> None:
@@ -445,12 +518,7 @@ class FramedConnection:
                 log.debug("client connection ended before its reply: %s", e)
                 self.close()
                 return
-            for part in parts:
-                if sent >= len(part):
-                    sent -= len(part)
-                    continue
-                self._out.append(memoryview(part)[sent:])
-                sent = 0
+            self._out.extend(_unsent(parts, sent))
             if not self._out:
                 if self._closing:
                     self.close()
@@ -514,13 +582,26 @@ class FramedConnection:
     def close(self) -> None:
         if self._closed:
             return
-        self._closed = True
-        self.core.remove(self.fd, self)
-        if self._mask:
-            self.loop.selector.unregister(self.sock)
-        self.protocol.close()
-        self.share.close()
-        self.sock.close()
+        with self._lock:  # not while a worker sends on this socket (_finish)
+            self._closed = True
+            self.core.remove(self.fd, self)
+            if self._mask:
+                self.loop.selector.unregister(self.sock)
+            self.protocol.close()
+            self.share.close()
+            self.sock.close()
+
+
+def _unsent(parts, sent: int) -> tuple:
+    """What of `parts` a send of `sent` bytes left, as views."""
+    rest = []
+    for part in parts:
+        if sent >= len(part):
+            sent -= len(part)
+            continue
+        rest.append(memoryview(part)[sent:])
+        sent = 0
+    return tuple(rest)
 
 
 def _left_by(inline) -> tuple:

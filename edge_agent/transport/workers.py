@@ -13,7 +13,9 @@
   disk), the model repository's calls — run in the pool; ListModels and DescribeModel read
   memory and run inline.
 
-The result of a call handed off comes back to the loop through call_soon_threadsafe().
+A call handed off is answered from the thread that ran it: on the framed front that thread
+sends the reply itself and leaves the rest to the loop (FramedConnection._finish); the gRPC
+front's results come back to the loop through call_soon_threadsafe().
 """
 from __future__ import annotations
 

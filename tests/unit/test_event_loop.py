@@ -142,3 +142,57 @@ def test_a_call_after_the_loop_closed_writes_nothing_into_a_reused_descriptor():
             os.close(number)
         os.close(read_end)
         os.close(write_end)
+
+
+def _woken(loop: EventLoop) -> bool:
+    """Whether a wake-up byte is waiting in the loop's pipe (drained)."""
+    try:
+        return bool(os.read(loop._wake_r, 4096))
+    except BlockingIOError:
+        return False
+
+
+def test_a_lazy_call_wakes_the_loop_only_if_it_would_sleep_past_the_deadline():
+    loop = EventLoop()
+    try:
+        now = time.monotonic()
+        loop._sleeping_until = now + 10  # asleep in poll() until then
+        loop.call_by_threadsafe(now + 20, print, "later")
+        assert not _woken(loop)  # it wakes by itself before the deadline
+        loop.call_by_threadsafe(now + 5, print, "sooner")
+        assert _woken(loop)
+        loop._sleeping_until = -NEVER  # running: it looks at what came in before it sleeps
+        loop.call_by_threadsafe(now, print, "now")
+        assert not _woken(loop)
+        assert len(loop._incoming) == 3
+    finally:
+        loop.close()
+
+
+def test_a_lazy_call_runs_on_the_next_turn_and_calls_out_bound_the_sleep():
+    """While calls are out, poll() is given at most LAZY_TICK (so a lazy result is looked at
+    within it); with none out and no timer, the loop sleeps until something happens."""
+    from edge_agent.transport.event_loop import LAZY_TICK
+
+    loop = EventLoop()
+    timeouts: list = []
+    poll = loop.selector.poll
+
+    def recording(timeout):
+        timeouts.append(timeout)
+        return poll(0)
+
+    loop.selector.poll = recording  # type: ignore[method-assign]
+    ran: list[str] = []
+    try:
+        loop.calls_out = 1
+        loop.run(turns(1))
+        loop.call_by_threadsafe(NEVER, ran.append, "lazy")
+        loop.calls_out = 0
+        loop.run(lambda: bool(ran))
+        assert ran == ["lazy"]
+        loop.run(turns(1))
+        assert timeouts[0] is not None and 0 <= timeouts[0] <= LAZY_TICK
+        assert timeouts[-1] is None
+    finally:
+        loop.close()

@@ -194,6 +194,25 @@ def test_pipelined_requests_come_out_in_order(splitter):
         ("request", Method.PREDICT, i, bytes([i]) * i, ()) for i in range(1, 6)]
 
 
+
+def test_drained_says_whether_anything_received_waits_behind_a_request(splitter):
+    """What the loop asks when it hands a call off: may the connection's next step be
+    nothing but waiting for the client (its worker then re-arms reading itself)?"""
+    one = encode_request(Method.PREDICT, 1, b"a")
+    conn = server(splitter)
+    deliver(conn, one)
+    assert isinstance(conn.next_event(), Request) and conn.drained
+    conn = server(splitter)
+    deliver(conn, one + encode_request(Method.PREDICT, 2, b"b"))  # a second, whole
+    assert isinstance(conn.next_event(), Request) and not conn.drained
+    conn = server(splitter)
+    deliver(conn, one + one[:5])  # part of a second
+    assert isinstance(conn.next_event(), Request) and not conn.drained
+    conn = server(splitter)
+    deliver(conn, one)
+    conn.receive_eof()  # the end of the stream after it
+    assert isinstance(conn.next_event(), Request) and not conn.drained
+
 # --- the server side: protocol errors ---------------------------------------------------------
 
 @pytest.mark.parametrize("frame, code, message, request_id", [
