@@ -25,9 +25,9 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t
 from libc.string cimport memcpy, memset, strerror
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
-from includes.sockets cimport (CMSG_DATA, CMSG_FIRSTHDR, CMSG_LEN, CMSG_NXTHDR, MSG_CMSG_CLOEXEC,
-                               MSG_CTRUNC, MSG_DONTWAIT, MSG_NOSIGNAL, SCM_RIGHTS, SOL_SOCKET,
-                               cmsghdr, iovec, msghdr, recvmsg, send)
+from includes.sockets cimport (CMSG_DATA, CMSG_FIRSTHDR, CMSG_LEN, CMSG_NXTHDR, CMSG_SPACE,
+                               MSG_CMSG_CLOEXEC, MSG_CTRUNC, MSG_DONTWAIT, MSG_NOSIGNAL,
+                               SCM_RIGHTS, SOL_SOCKET, cmsghdr, iovec, msghdr, recvmsg, send)
 
 from edge_agent.errors import FramingError
 
@@ -39,7 +39,7 @@ cdef enum:
     # edge_agent.protocol.receiving.MAX_FDS descriptors a frame may bring (its ancillary
     # space, as socket_io's: more are cut off by the kernel, MSG_CTRUNC)
     MAX_FDS = 16
-    CONTROL_BYTES = 128  # >= CMSG_SPACE(MAX_FDS * sizeof(int)) = 80 on every ABI
+    CONTROL_BYTES = 128  # >= CMSG_SPACE(MAX_FDS * sizeof(int)) (80 on Linux's ABIs)
 
 
 cdef inline double _now() noexcept:
@@ -225,7 +225,9 @@ cdef class InlinePredicts:
         message.msg_iov = &vector
         message.msg_iovlen = 1
         message.msg_control = control
-        message.msg_controllen = CONTROL_BYTES
+        # Room for MAX_FDS descriptors exactly, as the usual path's receive (socket_io): more
+        # are closed by the kernel and flagged (MSG_CTRUNC), and their frame refused.
+        message.msg_controllen = CMSG_SPACE(MAX_FDS * sizeof(int))
         while True:
             received = recvmsg(fd, &message, MSG_CMSG_CLOEXEC | MSG_DONTWAIT)
             if received >= 0 or errno != EINTR:
