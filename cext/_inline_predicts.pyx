@@ -25,8 +25,9 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t
 from libc.string cimport memcpy, memset, strerror
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
-from includes.sockets cimport (CMSG_DATA, CMSG_FIRSTHDR, CMSG_LEN, CMSG_NXTHDR, MSG_CMSG_CLOEXEC,
-                               MSG_CTRUNC, MSG_DONTWAIT, MSG_NOSIGNAL, SCM_RIGHTS, SOL_SOCKET,
+from includes.sockets cimport (CMSG_DATA, CMSG_FIRSTHDR, CMSG_LEN, CMSG_NXTHDR, CMSG_SPACE,
+                               MSG_CMSG_CLOEXEC, MSG_CTRUNC, MSG_DONTWAIT, MSG_NOSIGNAL,
+                               SCM_RIGHTS, SOL_SOCKET,
                                cmsghdr, iovec, msghdr, recvmsg, send)
 
 from edge_agent.errors import FramingError
@@ -36,10 +37,11 @@ cdef enum:
     REQUEST = 1
     REPLY = 2
     VERSION = 1
-    # edge_agent.protocol.receiving.MAX_FDS descriptors a frame may bring (its ancillary
-    # space, as socket_io's: more are cut off by the kernel, MSG_CTRUNC)
+    # edge_agent.protocol.receiving.MAX_FDS descriptors a frame may bring: the ancillary
+    # space offered is exactly theirs (CMSG_SPACE, as socket_io's), so the kernel cuts off
+    # any more (MSG_CTRUNC) and the frame is refused; a larger space would let more through
     MAX_FDS = 16
-    CONTROL_BYTES = 128  # >= CMSG_SPACE(MAX_FDS * sizeof(int)) = 80 on every ABI
+    CONTROL_BYTES = 128  # the array's size: >= CMSG_SPACE(MAX_FDS * sizeof(int)) = 80
 
 
 cdef inline double _now() noexcept:
@@ -225,7 +227,7 @@ cdef class InlinePredicts:
         message.msg_iov = &vector
         message.msg_iovlen = 1
         message.msg_control = control
-        message.msg_controllen = CONTROL_BYTES
+        message.msg_controllen = CMSG_SPACE(MAX_FDS * sizeof(int))
         while True:
             received = recvmsg(fd, &message, MSG_CMSG_CLOEXEC | MSG_DONTWAIT)
             if received >= 0 or errno != EINTR:

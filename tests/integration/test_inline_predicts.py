@@ -30,6 +30,7 @@ from edge_agent.config import from_mapping
 from edge_agent.errors import FramingError, StatusCode
 from edge_agent.models import _plain_call_py
 from edge_agent.protocol import HEADER, FrameSplitter, Kind, encode_request
+from edge_agent.protocol.receiving import MAX_FDS
 from edge_agent.tools import model_builder
 from edge_agent.transport import _inline_predicts_py
 from edge_agent.transport.framed_front import FramedConnection, SocketServer
@@ -629,3 +630,29 @@ def test_a_predict_naming_a_second_model_is_the_second_ones(start_front, service
     assert front.inline.passes[0] == (0, (Method.PREDICT, 1), False)
     assert delta(predictions(service, "add"), add) == {"OK": 1}
     assert delta(predictions(service, "tiny"), tiny) == {"OK": 1}
+
+
+def test_more_descriptors_than_a_frame_may_bring_are_refused_and_closed(start_front):
+    """MAX_FDS + 1 descriptors with a frame, received by the steady state's receive: its
+    ancillary space is the usual path's (the kernel cuts off what does not fit, MSG_CTRUNC),
+    so the frame is refused as the usual path refuses it and every descriptor is closed;
+    MAX_FDS are taken."""
+    front = start_front()
+    fds = [os.memfd_create(f"m{i}", os.MFD_CLOEXEC) for i in range(MAX_FDS + 1)]
+    try:
+        assert _memfds() == MAX_FDS + 1  # ours
+        with front.connect(b"", None) as client:
+            client.sendmsg([encode_request(Method.LIST_MODELS, 5, b"")],
+                           [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+            [refused] = replies(client, 1)
+            assert (refused.request_id, refused.status) == (5, StatusCode.INVALID_ARGUMENT)
+            assert f"more than {MAX_FDS} file descriptors".encode() in refused.body
+            client.sendmsg([encode_request(Method.LIST_MODELS, 6, b"")],
+                           [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                             array.array("i", fds[:MAX_FDS]))])
+            [taken] = replies(client, 1)
+            assert (taken.request_id, taken.status) == (6, StatusCode.OK), taken.body
+            assert _memfds() == MAX_FDS + 1, "a passed descriptor stayed open"
+    finally:
+        for fd in fds:
+            os.close(fd)
