@@ -230,11 +230,11 @@ cdef class InlinePredicts:
         message.msg_controllen = CMSG_SPACE(MAX_FDS * sizeof(int))
         while True:
             received = recvmsg(fd, &message, MSG_CMSG_CLOEXEC | MSG_DONTWAIT)
-            if received >= 0 or errno != EINTR:
+            error = errno  # now: the buffer's release below may run code that changes it
+            if received >= 0 or error != EINTR:
                 break
         PyBuffer_Release(&view)
         if received < 0:
-            error = errno  # before a Python call may change it
             splitter.buffer_updated(0)  # the view released
             if error == EAGAIN:  # (EWOULDBLOCK on Linux)
                 raise BlockingIOError(error, "recvmsg: nothing to receive")
