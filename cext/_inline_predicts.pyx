@@ -41,6 +41,11 @@ cdef enum:
     # space offered is exactly theirs (CMSG_SPACE, as socket_io's), so the kernel cuts off
     # any more (MSG_CTRUNC) and the frame is refused; a larger space would let more through
     MAX_FDS = 16
+    # The pass stops answering once its replies reach this (a socket's worth, as
+    # edge_agent.protocol.receiving.RECV_BYTES): the rest is the usual path's, which answers
+    # the next request only once the last reply went, so a client that does not read has one
+    # large reply waiting for it, not a turn's.
+    OUT_BYTES = 256 * 1024
     CONTROL_BYTES = 128  # the array's size: >= CMSG_SPACE(MAX_FDS * sizeof(int)) = 80
 
 
@@ -127,8 +132,8 @@ cdef class InlinePredicts:
 
     def answer(self, splitter, int turn, bytearray out, double now):
         """Answer up to `turn` frames at the head of `splitter`, their reply frames appended
-        to `out`: how many. Then `held` and `failed` say where it stopped (both None: the
-        splitter has no whole frame left)."""
+        to `out` until it holds OUT_BYTES: how many. Then `held` and `failed` say where it
+        stopped (both None: the splitter has no whole frame the pass may take)."""
         cdef int answered = 0
         cdef tuple parts
         cdef PyObject* found
@@ -138,7 +143,7 @@ cdef class InlinePredicts:
         self.held = None
         self.failed = None
         next_view = splitter.next_view
-        while answered < turn:
+        while answered < turn and PyByteArray_GET_SIZE(out) < OUT_BYTES:
             try:
                 item = next_view()
             except FramingError as e:

@@ -681,3 +681,42 @@ def test_more_descriptors_than_a_frame_may_bring_are_refused_and_closed(start_fr
     finally:
         for fd in fds:
             os.close(fd)
+
+
+def test_a_client_that_does_not_read_has_no_more_than_one_large_reply_waiting(start_front,
+                                                                             service,
+                                                                             monkeypatch):
+    """Fast Predicts with 1 MiB replies, a turn's worth pipelined, the client reading none:
+    as on the usual path (the next request is answered once the last reply went), the pass
+    stops once its replies fill a socket's worth, so the agent keeps one large reply waiting
+    for the client, not a turn's."""
+    front = start_front()
+    reply = bytes(1 << 20)
+    monkeypatch.setattr(service.serving["tiny"], "plain_call",
+                        type("Large", (), {"answer": staticmethod(lambda body, now: reply),
+                                           "run": staticmethod(lambda tensors, now: reply)})())
+    with front.connect(b"".join(predict(i + 1, seed=i) for i in range(TURN))) as client:
+        [connection] = _on_loop_until(front, lambda: [
+            c for c in front.server.core.handlers.values() if c._out])
+        waiting = sum(len(part) for part in connection._out)
+        assert waiting <= len(reply) + HEADER.size, waiting
+        for frame in replies(client, TURN):
+            assert (frame.status, len(frame.body)) == (StatusCode.OK, len(reply))
+
+
+def _on_loop_until(front, check):
+    """check()'s first true value, asked on the loop's thread once a turn."""
+    seen: list = []
+    found = threading.Event()
+
+    def look():
+        value = check()
+        if value:
+            seen.append(value)
+            found.set()
+        else:
+            front.loop.soon(look)
+
+    front.loop.call_soon_threadsafe(look)
+    assert found.wait(WAIT)
+    return seen[0]
