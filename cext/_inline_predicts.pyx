@@ -36,10 +36,16 @@ cdef enum:
     REQUEST = 1
     REPLY = 2
     VERSION = 1
-    # edge_agent.protocol.receiving.MAX_FDS descriptors a frame may bring (its ancillary
-    # space, as socket_io's: more are cut off by the kernel, MSG_CTRUNC)
+    # edge_agent.protocol.receiving.MAX_FDS descriptors a frame may bring: the ancillary
+    # space offered is exactly theirs (CMSG_SPACE, as socket_io's), so the kernel cuts off
+    # any more (MSG_CTRUNC) and the frame is refused; a larger space would let more through
     MAX_FDS = 16
-    CONTROL_BYTES = 128  # >= CMSG_SPACE(MAX_FDS * sizeof(int)) (80 on Linux's ABIs)
+    # The pass stops answering once its replies reach this (a socket's worth, as
+    # edge_agent.protocol.receiving.RECV_BYTES): the rest is the usual path's, which answers
+    # the next request only once the last reply went, so a client that does not read has one
+    # large reply waiting for it, not a turn's.
+    OUT_BYTES = 256 * 1024
+    CONTROL_BYTES = 128  # the array's size: >= CMSG_SPACE(MAX_FDS * sizeof(int)) = 80
 
 
 cdef inline double _now() noexcept:
@@ -125,8 +131,8 @@ cdef class InlinePredicts:
 
     def answer(self, splitter, int turn, bytearray out, double now):
         """Answer up to `turn` frames at the head of `splitter`, their reply frames appended
-        to `out`: how many. Then `held` and `failed` say where it stopped (both None: the
-        splitter has no whole frame left)."""
+        to `out` until it holds OUT_BYTES: how many. Then `held` and `failed` say where it
+        stopped (both None: the splitter has no whole frame the pass may take)."""
         cdef int answered = 0
         cdef tuple parts
         cdef PyObject* found
@@ -136,7 +142,7 @@ cdef class InlinePredicts:
         self.held = None
         self.failed = None
         next_view = splitter.next_view
-        while answered < turn:
+        while answered < turn and PyByteArray_GET_SIZE(out) < OUT_BYTES:
             try:
                 item = next_view()
             except FramingError as e:
@@ -174,6 +180,8 @@ cdef class InlinePredicts:
             if reply is None:
                 self.held = parts
                 break
+            if type(reply) is not bytes:  # (a plain call answers bytes; read below as such)
+                reply = bytes(reply)
             if timed:
                 self._measure(name, _now() - started)
             size = PyBytes_GET_SIZE(reply)
@@ -225,16 +233,14 @@ cdef class InlinePredicts:
         message.msg_iov = &vector
         message.msg_iovlen = 1
         message.msg_control = control
-        # Room for MAX_FDS descriptors exactly, as the usual path's receive (socket_io): more
-        # are closed by the kernel and flagged (MSG_CTRUNC), and their frame refused.
         message.msg_controllen = CMSG_SPACE(MAX_FDS * sizeof(int))
         while True:
             received = recvmsg(fd, &message, MSG_CMSG_CLOEXEC | MSG_DONTWAIT)
-            if received >= 0 or errno != EINTR:
+            error = errno  # now: the buffer's release below may run code that changes it
+            if received >= 0 or error != EINTR:
                 break
         PyBuffer_Release(&view)
         if received < 0:
-            error = errno  # before a Python call may change it
             splitter.buffer_updated(0)  # the view released
             if error == EAGAIN:  # (EWOULDBLOCK on Linux)
                 raise BlockingIOError(error, "recvmsg: nothing to receive")

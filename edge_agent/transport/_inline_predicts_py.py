@@ -13,6 +13,8 @@ from edge_agent.transport.workers import predict_model_name
 
 _REQUEST = int(Kind.REQUEST)
 _REPLY = int(Kind.REPLY)
+# The pass stops answering once its replies reach this (the compiled one's OUT_BYTES says why).
+OUT_BYTES = 256 * 1024
 
 
 class InlinePredicts:
@@ -32,10 +34,11 @@ class InlinePredicts:
 
     def answer(self, splitter: Any, turn: int, out: bytearray, now: float) -> int:
         """Answer up to `turn` frames at the head of `splitter`, their reply frames appended
-        to `out`: how many. Then `held` and `failed` say where it stopped."""
+        to `out` until it holds OUT_BYTES: how many. Then `held` and `failed` say where it
+        stopped."""
         answered = 0
         self.held = self.failed = None
-        while answered < turn:
+        while answered < turn and len(out) < OUT_BYTES:
             try:
                 parts = splitter.next_view()
             except FramingError as e:

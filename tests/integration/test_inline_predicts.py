@@ -16,6 +16,7 @@ import importlib
 import logging
 import os
 import socket
+import threading
 import weakref
 
 import numpy as np
@@ -30,6 +31,7 @@ from edge_agent.config import from_mapping
 from edge_agent.errors import FramingError, StatusCode
 from edge_agent.models import _plain_call_py
 from edge_agent.protocol import HEADER, FrameSplitter, Kind, encode_request
+from edge_agent.protocol.receiving import MAX_FDS
 from edge_agent.tools import model_builder
 from edge_agent.transport import _inline_predicts_py
 from edge_agent.transport.framed_front import FramedConnection, SocketServer
@@ -195,6 +197,16 @@ class Front:
         self.admit(agent_side)
         return client
 
+    def settled(self) -> None:
+        """Once the loop has finished the handler it runs now: the client may read the replies
+        of a steady state's receive before that handler has recorded its pass (Pass.receive)
+        or returned (dropping what it held of the pass); a callback queued now runs after."""
+        if self.loop.closed:  # stopped (stop() joins the loop): settled
+            return
+        done = threading.Event()
+        self.loop.call_soon_threadsafe(done.set)
+        assert done.wait(WAIT)
+
     def stop(self) -> None:
         self.fronts.stop(0)
         assert self.fronts.join(WAIT)
@@ -343,6 +355,7 @@ def test_pipelined_requests_are_answered_in_order_as_without_the_pass(start_fron
     assert_predicted(frames[2], 3, seed=3, built=ADD)
     # The pass answered the three Predicts at the head and stopped at the ListModels; the
     # one after (its own receive) at once.
+    front.settled()
     assert front.inline.passes == [(3, (Method.LIST_MODELS, 4), False), (1, None, False)]
 
 
@@ -356,6 +369,7 @@ def test_a_predict_cut_in_its_model_name_is_refused_in_its_place(start_front, se
         assert_predicted(first, 1, seed=1)
         assert (cut.request_id, cut.status) == (2, StatusCode.INVALID_ARGUMENT), cut.body
         assert_predicted(last, 3, seed=3)
+    front.settled()
     assert front.inline.passes[0] == (1, (Method.PREDICT, 2), False)
 
 
@@ -422,6 +436,7 @@ def test_a_framing_error_after_fast_predicts_is_answered_after_them(start_front)
         assert (error.kind, error.status) == (Kind.REPLY, StatusCode.INVALID_ARGUMENT)
         assert b"not an edge-agent frame" in error.body
         assert closed(client)
+    front.settled()
     assert front.inline.passes == [(2, "FramingError", False)]
 
 
@@ -460,6 +475,7 @@ def test_a_runtime_failure_in_the_pass_is_internal_in_its_place(start_front, ser
         client.sendall(predict(4, seed=4))  # the connection is open
         [fourth] = replies(client, 1)
         assert_predicted(fourth, 4, seed=4)
+    front.settled()
     assert front.inline.passes[0] == (1, None, True)
     assert delta(framed_calls(service), calls) == {("Predict", "OK"): 3,
                                                    ("Predict", "INTERNAL"): 1}
@@ -490,6 +506,7 @@ def test_the_pass_keeps_nothing_of_a_call_once_answered(start_front, service, tm
                 as client:
             failed, listed = replies(client, 2)
             assert (failed.status, listed.status) == (StatusCode.INTERNAL, StatusCode.OK)
+        front.settled()
         assert front.inline.passes == [(0, None, True)]
         assert (front.inline.held, front.inline.failed) == (None, None)
     finally:
@@ -516,6 +533,7 @@ def test_one_call_in_measure_every_is_timed_and_a_model_grown_slow_leaves_the_pa
 
         for _ in range(2 * MEASURE_EVERY // TURN):
             turn()
+        front.settled()
         assert [name for name, _ in front.measured] == ["tiny", "tiny"]
         assert all(seconds > 0 for _, seconds in front.measured)
         assert front.inline.passes == [(TURN, None, False)] * (2 * MEASURE_EVERY // TURN)
@@ -525,8 +543,10 @@ def test_one_call_in_measure_every_is_timed_and_a_model_grown_slow_leaves_the_pa
             turn()
         assert len(front.measured) == SAMPLES  # the two above are among the samples
         # Decided slow: the next turn is the usual path's, on the model's worker.
+        front.settled()  # the last pass recorded before the record is emptied
         del front.inline.passes[:]
         turn()
+        front.settled()
         assert front.inline.passes == [(0, (Method.PREDICT, calls - TURN + 1), False)]
         assert len(front.measured) == SAMPLES
 
@@ -574,12 +594,14 @@ def test_predicts_with_descriptors_go_the_usual_way_and_leak_nothing(start_front
             assert (by_shm.request_id, by_shm.status) == (3, StatusCode.OK), by_shm.body
             np.testing.assert_array_equal(
                 np.frombuffer(os.pread(first, 16, 64), np.float32), (a + b).ravel())
+            front.settled()
             assert front.inline.passes == []  # the receive with descriptors skipped the pass
             assert _memfds() == 2, "a passed descriptor stayed open"
             client.sendall(predict(4, seed=4) + predict(5, seed=5))
             fourth, fifth = replies(client, 2)
             assert_predicted(fourth, 4, seed=4)
             assert_predicted(fifth, 5, seed=5)
+            front.settled()
             assert front.inline.passes == [(2, None, False)]
     finally:
         os.close(first)
@@ -596,12 +618,14 @@ def test_a_model_not_decided_inline_is_left_to_the_usual_path(start_front, servi
         first, second = replies(client, 2)
         assert_predicted(first, 1, seed=1)
         assert_predicted(second, 2, seed=2, built=ADD)
+    front.settled()
     assert front.inline.passes == [(0, (Method.PREDICT, 1), False)]
     with front.connect(predict(3, "dyn", seed=3, built=model_builder.dynamic_batch_model())
                        + predict(4, "add", seed=4, built=ADD)) as client:
         third, fourth = replies(client, 2)
         assert_predicted(third, 3, seed=3, built=model_builder.dynamic_batch_model())
         assert_predicted(fourth, 4, seed=4, built=ADD)
+    front.settled()
     assert front.inline.passes[1] == (0, (Method.PREDICT, 3), False)
 
 
@@ -611,6 +635,7 @@ def test_a_model_decided_inline_but_not_loaded_is_not_found(start_front):
         missing, found = replies(client, 2)
         assert (missing.request_id, missing.status) == (1, StatusCode.NOT_FOUND), missing.body
         assert_predicted(found, 2, seed=2)
+    front.settled()
     assert front.inline.passes == [(0, (Method.PREDICT, 1), False)]
 
 
@@ -626,6 +651,72 @@ def test_a_predict_naming_a_second_model_is_the_second_ones(start_front, service
         first, second = replies(client, 2)
         assert_predicted(first, 1, seed=1, built=ADD)
         assert_predicted(second, 2, seed=2)
+    front.settled()
     assert front.inline.passes[0] == (0, (Method.PREDICT, 1), False)
     assert delta(predictions(service, "add"), add) == {"OK": 1}
     assert delta(predictions(service, "tiny"), tiny) == {"OK": 1}
+
+
+def test_more_descriptors_than_a_frame_may_bring_are_refused_and_closed(start_front):
+    """MAX_FDS + 1 descriptors with a frame, received by the steady state's receive: its
+    ancillary space is the usual path's (the kernel cuts off what does not fit, MSG_CTRUNC),
+    so the frame is refused as the usual path refuses it and every descriptor is closed;
+    MAX_FDS are taken."""
+    front = start_front()
+    fds = [os.memfd_create(f"m{i}", os.MFD_CLOEXEC) for i in range(MAX_FDS + 1)]
+    try:
+        assert _memfds() == MAX_FDS + 1  # ours
+        with front.connect(b"", None) as client:
+            client.sendmsg([encode_request(Method.LIST_MODELS, 5, b"")],
+                           [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+            [refused] = replies(client, 1)
+            assert (refused.request_id, refused.status) == (5, StatusCode.INVALID_ARGUMENT)
+            assert f"more than {MAX_FDS} file descriptors".encode() in refused.body
+            client.sendmsg([encode_request(Method.LIST_MODELS, 6, b"")],
+                           [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                             array.array("i", fds[:MAX_FDS]))])
+            [taken] = replies(client, 1)
+            assert (taken.request_id, taken.status) == (6, StatusCode.OK), taken.body
+            assert _memfds() == MAX_FDS + 1, "a passed descriptor stayed open"
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def test_a_client_that_does_not_read_has_no_more_than_one_large_reply_waiting(start_front,
+                                                                             service,
+                                                                             monkeypatch):
+    """Fast Predicts with 1 MiB replies, a turn's worth pipelined, the client reading none:
+    as on the usual path (the next request is answered once the last reply went), the pass
+    stops once its replies fill a socket's worth, so the agent keeps one large reply waiting
+    for the client, not a turn's."""
+    front = start_front()
+    reply = bytes(1 << 20)
+    monkeypatch.setattr(service.serving["tiny"], "plain_call",
+                        type("Large", (), {"answer": staticmethod(lambda body, now: reply),
+                                           "run": staticmethod(lambda tensors, now: reply)})())
+    with front.connect(b"".join(predict(i + 1, seed=i) for i in range(TURN))) as client:
+        [connection] = _on_loop_until(front, lambda: [
+            c for c in front.server.core.handlers.values() if c._out])
+        waiting = sum(len(part) for part in connection._out)
+        assert waiting <= len(reply) + HEADER.size, waiting
+        for frame in replies(client, TURN):
+            assert (frame.status, len(frame.body)) == (StatusCode.OK, len(reply))
+
+
+def _on_loop_until(front, check):
+    """check()'s first true value, asked on the loop's thread once a turn."""
+    seen: list = []
+    found = threading.Event()
+
+    def look():
+        value = check()
+        if value:
+            seen.append(value)
+            found.set()
+        else:
+            front.loop.soon(look)
+
+    front.loop.call_soon_threadsafe(look)
+    assert found.wait(WAIT)
+    return seen[0]
