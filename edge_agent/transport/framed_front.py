@@ -182,7 +182,8 @@ class FramedConnection:
     # --- the loop's calls -----------------------------------------------------------------
 
     def _on_ready(self, mask: int) -> None:
-        if mask == READ and self._reading and not (self._closed or self._stopping):
+        if mask == READ and self._reading and not (self._closed or self._closing
+                                                   or self._stopping):
             splitter = self.protocol.steady_splitter()
             if splitter is not None:  # waiting for a request: the common case, compiled
                 self._receive_steady(splitter)
