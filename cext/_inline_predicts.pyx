@@ -109,7 +109,8 @@ cdef class InlinePredicts:
     cdef int _method
     cdef unsigned long _measure_every, _calls
     # After answer(): the frame not answered here (its next_view parts) or the FramingError
-    # the splitter raised, for the usual path; and (parts, exception) of a call that raised.
+    # the splitter raised, for the usual path; and (parts, model, exception) of a call that
+    # raised.
     cdef public object held
     cdef public object failed
 
