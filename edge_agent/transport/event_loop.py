@@ -237,12 +237,8 @@ class EventLoop:
                         callback(events | both if events & trouble else events)
                     except Exception:
                         self._fault(callback)
-            while incoming:
-                callback, args = incoming.popleft()
-                try:
-                    callback(*args)
-                except Exception:
-                    self._fault(callback)
+            # (What other threads queue meanwhile runs first in the next turn: its poll does
+            # not wait then.)
             for _ in range(len(ready)):  # this turn's; what they add waits for the next
                 callback, args = ready.popleft()
                 try:
