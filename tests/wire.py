@@ -67,11 +67,17 @@ def add_shm_tensor(tensors, name: str, tensor, fd_index: int | None = None) -> p
                       tensor.wire_handle(fd_index))
 
 
-def raw_connection(agent) -> socket.socket:
+def connect_to(path: str, timeout: float = 10) -> socket.socket:
+    """A blocking connection to the framed socket at `path`, its calls bounded by `timeout`
+    seconds (a bound for a hang, never a measurement)."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(10)
-    sock.connect(agent.socket_path)
+    sock.settimeout(timeout)
+    sock.connect(path)
     return sock
+
+
+def raw_connection(agent) -> socket.socket:
+    return connect_to(agent.socket_path)
 
 
 def read_replies(sock: socket.socket, count: int = 1):

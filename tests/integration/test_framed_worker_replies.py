@@ -19,7 +19,7 @@ from edge_agent.transport.event_loop import READ
 from edge_agent.transport.framed_front import FramedConnection, SocketServer
 from edge_agent.transport.front_core import FrontLoop
 from edge_agent.transport.workers import SAMPLES
-from wire import split_frames
+from wire import connect_to, split_frames
 
 WAIT = 30  # seconds: a bound for a bug (a hang), never a measurement
 MODEL = "big"
@@ -120,13 +120,6 @@ def serving(tmp_path):
         assert fronts.join(WAIT)
 
 
-def _connect(server: SocketServer) -> socket.socket:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(WAIT)
-    sock.connect(server.path)
-    return sock
-
-
 def _open_fds() -> set[str]:
     return set(os.listdir("/proc/self/fd"))
 
@@ -159,7 +152,7 @@ def test_one_request_at_a_time_each_reply_comes_whole_from_the_worker(serving, m
     monkeypatch.setattr(FramedConnection, "_finish", finishing)
     service = NumberingService(size=lambda n: 1 << 20 if n % 2 else 100)
     server, _ = serving(service)
-    with _connect(server) as sock:
+    with connect_to(server.path, WAIT) as sock:
         replies = Replies(sock)
         for n in range(1, 21):
             sock.sendall(_predict(n))
@@ -175,7 +168,7 @@ def test_pipelined_requests_are_answered_whole_and_in_order(serving):
     to reading to the loop; order and bytes are kept."""
     service = NumberingService(size=lambda n: (n * 15_013) % (600 << 10))
     server, _ = serving(service)
-    with _connect(server) as sock:
+    with connect_to(server.path, WAIT) as sock:
         sender = threading.Thread(
             target=sock.sendall, args=(b"".join(_predict(n) for n in range(1, 41)),))
         sender.start()
@@ -199,7 +192,7 @@ def test_a_request_sent_while_the_previous_call_runs_is_answered_after_it(servin
 
     service = NumberingService(size=lambda n: 300_000, on_predict=hold)
     server, fronts = serving(service)
-    with _connect(server) as sock:
+    with connect_to(server.path, WAIT) as sock:
         sock.sendall(_predict(1))
         assert inside.wait(WAIT)
         sock.sendall(_predict(2))
@@ -227,13 +220,13 @@ def test_a_client_that_hangs_up_while_its_call_runs_costs_no_descriptor(serving)
     service = NumberingService(on_predict=hold)
     server, fronts = serving(service)
     before = _open_fds()
-    leaving = _connect(server)
+    leaving = connect_to(server.path, WAIT)
     leaving.sendall(_predict(1))
     assert inside.wait(WAIT)
     leaving.close()
     _on_loop(fronts, lambda: not server.core.handlers)  # the hang-up seen, closed
     release.set()
-    with _connect(server) as sock:
+    with connect_to(server.path, WAIT) as sock:
         sock.sendall(_predict(7))
         [reply] = Replies(sock).take(1)
         assert reply.request_id == 7 and reply.status == StatusCode.OK
@@ -257,7 +250,7 @@ def test_a_stop_while_the_worker_answers_delivers_the_reply_then_closes(serving)
 
     service = NumberingService(size=lambda n: 1 << 20, on_predict=hold)
     server, fronts = serving(service)
-    with _connect(server) as sock:
+    with connect_to(server.path, WAIT) as sock:
         sock.sendall(_predict(1))
         assert inside.wait(WAIT)
         fronts.stop(WAIT)  # a grace longer than the test's bound: the call is waited for
@@ -276,14 +269,14 @@ def test_a_client_that_does_not_read_its_large_reply_meets_the_send_timeout(serv
     serves the next client."""
     service = NumberingService(size=lambda n: 8 << 20 if n == 1 else 10)
     server, fronts = serving(service, edge_agent_send_timeout_seconds=0.05)
-    stuck = _connect(server)
+    stuck = connect_to(server.path, WAIT)
     try:
         stuck.sendall(_predict(1))
         _on_loop(fronts, lambda: service.calls == 1 and not server.core.handlers)
         assert len(Replies(stuck).until_closed()) < 8 << 20
     finally:
         stuck.close()
-    with _connect(server) as sock:
+    with connect_to(server.path, WAIT) as sock:
         sock.sendall(_predict(2))
         [reply] = Replies(sock).take(1)
         _check(reply, 2, 10)
@@ -294,7 +287,7 @@ def test_an_idle_client_after_a_worker_reply_still_meets_the_idle_timeout(servin
     idle timeout still runs from then: the idle client is told and let go."""
     service = NumberingService()
     server, fronts = serving(service, edge_agent_idle_timeout_seconds=0.05)
-    with _connect(server) as sock:
+    with connect_to(server.path, WAIT) as sock:
         sock.sendall(_predict(1))
         replies = Replies(sock)
         [reply] = replies.take(1)

@@ -19,7 +19,7 @@ from edge_agent.api.rpcs import Method
 from edge_agent.config import from_mapping
 from edge_agent.errors import StatusCode
 from edge_agent.protocol import FrameSplitter, encode_request
-from wire import split_frames
+from wire import connect_to, split_frames
 from edge_agent.transport.framed_front import FramedConnection, SocketServer
 from edge_agent.transport.front_core import FrontLoop
 
@@ -96,13 +96,6 @@ def serving(tmp_path):
         assert fronts.join(WAIT)
 
 
-def _connect(server: SocketServer) -> socket.socket:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(WAIT)
-    sock.connect(server.path)
-    return sock
-
-
 def test_a_long_predict_does_not_hold_another_connections_list_models(serving):
     release = threading.Event()
     inside = threading.Event()
@@ -112,7 +105,7 @@ def test_a_long_predict_does_not_hold_another_connections_list_models(serving):
         assert release.wait(WAIT)
 
     server = serving(FakeService(slow))
-    predicting, listing = _connect(server), _connect(server)
+    predicting, listing = connect_to(server.path, WAIT), connect_to(server.path, WAIT)
     try:
         predicting.sendall(_predict("slow"))
         assert inside.wait(WAIT)  # the Predict is running, and will until released
@@ -167,7 +160,7 @@ def test_a_model_measured_fast_runs_inline_on_the_loop(serving):
     service = FakeService()
     server = serving(service)
     server.workers.inline_seconds = 60.0  # every call "fast": what is measured decides
-    with _connect(server) as sock:
+    with connect_to(server.path, WAIT) as sock:
         for i in range(20):
             sock.sendall(_predict("tiny", i + 1))
             [reply] = _replies(sock, 1)
@@ -181,7 +174,7 @@ def test_a_model_measured_slow_gets_a_worker_of_its_own(serving):
     service = FakeService()
     server = serving(service)
     server.workers.inline_seconds = 0.0  # every call "slow"
-    with _connect(server) as sock:
+    with connect_to(server.path, WAIT) as sock:
         for i in range(20):
             sock.sendall(_predict("big", i + 1))
             assert _replies(sock, 1)[0].status == StatusCode.OK
@@ -321,7 +314,7 @@ def test_a_fault_in_one_connection_closes_it_and_the_others_are_served(serving, 
         original(self, request)
 
     monkeypatch.setattr(FramedConnection, "_dispatch", faulty)
-    failing, healthy = _connect(server), _connect(server)
+    failing, healthy = connect_to(server.path, WAIT), connect_to(server.path, WAIT)
     try:
         failing.sendall(encode_request(Method.LIST_MODELS, 666, b""))
         assert failing.recv(65536) == b""  # closed
