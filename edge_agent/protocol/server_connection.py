@@ -101,8 +101,7 @@ class ServerConnection:
         self._now = now
         if not self._hold(before + nbytes):
             close_fds(fds)  # refused with the bytes they came with
-            self._failure = self._header_fault() or self._closing(
-                StatusCode.RESOURCE_EXHAUSTED, self._budget.refusal())
+            self._failure = self._refused()
             return
         if fds or fds_truncated or self._carried is not None:
             self._split_with_fds(before, nbytes, fds, fds_truncated)
@@ -251,8 +250,7 @@ class ServerConnection:
         and `held` given back (give_back)."""
         self._now = now
         if not self._hold(self._splitter.pending):
-            self._failure = self._header_fault() or self._closing(
-                StatusCode.RESOURCE_EXHAUSTED, self._budget.refusal())
+            self._failure = self._refused()
             return
         self.give_back(held)
 
@@ -308,6 +306,11 @@ class ServerConnection:
                 return False
             self._held = nbytes
         return True
+
+    def _refused(self) -> ProtocolError:
+        """The closing error for bytes the pending budget refused."""
+        return self._header_fault() or self._closing(StatusCode.RESOURCE_EXHAUSTED,
+                                                     self._budget.refusal())
 
     def _header_fault(self) -> ProtocolError | None:
         """What the splitter says of bytes the budget refused: a frame refused anyway (a bad
